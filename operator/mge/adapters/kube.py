@@ -1,0 +1,98 @@
+"""Kubernetes API access for the controller: ConfigMaps, Wave children (via the official client, off-loop)."""
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from mge.models.base import API_GROUP, API_VERSION
+
+MASTERPLAN_LABEL: Final = f"{API_GROUP}/masterplan"
+MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "mge-operator"}
+
+
+class KubeUnavailable(RuntimeError):
+    """The API server could not be reached or answered 5xx/429: worth a retry."""
+
+
+def load_client_configuration(host: str | None = None) -> client.Configuration:
+    """In-cluster service account when running in a pod, else the local kubeconfig; `host` forces a URL."""
+    if host:
+        configuration = client.Configuration()
+        configuration.host = host
+        return configuration
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.Configuration.get_default_copy()
+
+
+class Kube:
+    """Blocking kubernetes-client calls run in a worker thread so kopf's event loop never stalls."""
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._api = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api)
+        self._custom = client.CustomObjectsApi(self._api)
+
+    def close(self) -> None:
+        self._api.close()
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as error:
+            if error.status in (429, 500, 502, 503, 504):
+                raise KubeUnavailable(f"Kubernetes API answered {error.status}: {error.reason}") from error
+            raise
+        except OSError as error:  # urllib3 connection errors are OSErrors
+            raise KubeUnavailable(f"Kubernetes API unreachable: {error}") from error
+
+    async def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
+        """The key's value; None if the ConfigMap or the key does not exist."""
+        try:
+            config_map = await self._call(self._core.read_namespaced_config_map, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        data = config_map.data or {}
+        value = data.get(key)
+        return str(value) if value is not None else None
+
+    async def list_waves(self, namespace: str, masterplan: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            self._custom.list_namespaced_custom_object,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "waves",
+            label_selector=f"{MASTERPLAN_LABEL}={masterplan}",
+        )
+        return list(result.get("items", []))
+
+    async def create_wave(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._call(self._custom.create_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", body)
+
+    async def patch_wave_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "waves",
+            name,
+            {"spec": spec},
+        )
+
+    async def delete_wave(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(
+                self._custom.delete_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", name
+            )
+        except ApiException as error:
+            if error.status != 404:  # already gone is what we wanted
+                raise

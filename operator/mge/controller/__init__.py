@@ -1,0 +1,1 @@
+"""kopf handlers: thin shells that read state, call the pure core, and apply its decision."""

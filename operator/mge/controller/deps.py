@@ -1,0 +1,30 @@
+"""What the handlers need, built once at start-up and passed to them through kopf's memo."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mge.adapters.kube import Kube
+from mge.adapters.tokenizer import count_tokens
+from mge.cost.pricing import DEFAULT_PRICES, ModelPrice
+from mge.trace.context import new_trace_id
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass
+class ControllerDeps:
+    kube: Kube
+    prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    now: Callable[[], datetime] = utc_now
+    new_trace_id: Callable[[], str] = new_trace_id
+    count_tokens: Callable[[str], int] = count_tokens
+
+
+def deps_of(memo: Any) -> ControllerDeps:
+    deps = memo.deps
+    assert isinstance(deps, ControllerDeps), "the operator was started without ControllerDeps in its memo"
+    return deps

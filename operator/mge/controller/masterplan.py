@@ -1,0 +1,165 @@
+"""Masterplan handlers: plan on create/update/resume, keep the Wave children and status in line."""
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.controller.deps import ControllerDeps, deps_of
+from mge.models.base import API_GROUP, API_VERSION
+from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
+from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus
+from mge.models.wave import WaveSpec
+from mge.plan.errors import AtomsSourceNotFound, InvalidSpec, PlanError
+from mge.plan.status import KubeEvent, PlanningOutcome, decide_invalid_spec, decide_planning, status_patch
+from mge.trace.context import current_trace_id
+
+RETRY_MISSING_SOURCE_SECONDS = 30
+RETRY_API_SECONDS = 10
+
+
+async def reconcile_masterplan(
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    **_: Any,
+) -> None:
+    """Level-based: the same spec always yields the same Waves and status, so running twice changes nothing."""
+    deps = deps_of(memo)
+    observed = MasterplanStatus.model_validate(dict(status))
+    current_trace_id.set(observed.trace_id)
+    generation = int(meta.get("generation") or 0)
+    retry: kopf.TemporaryError | None = None
+    try:
+        parsed = MasterplanSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        outcome = decide_invalid_spec(
+            name=name,
+            error=InvalidSpec(describe_validation_error(error, "spec")),
+            observed=observed,
+            generation=generation,
+            now=deps.now(),
+            new_trace_id=deps.new_trace_id,
+        )
+    else:
+        atoms = await _read_atoms(deps.kube, namespace, parsed)
+        if isinstance(atoms, AtomsSourceNotFound):
+            retry = kopf.TemporaryError(str(atoms), delay=RETRY_MISSING_SOURCE_SECONDS)
+        outcome = _plan(name, parsed, atoms, observed, generation, deps)
+    current_trace_id.set(outcome.status.trace_id)
+    if outcome.plan is not None:
+        await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
+    _write(body, patch, status, outcome, logger)
+    if retry is not None:
+        raise retry
+
+
+def _plan(
+    name: str,
+    spec: MasterplanSpec,
+    atoms: Sequence[Atom] | PlanError,
+    observed: MasterplanStatus,
+    generation: int,
+    deps: ControllerDeps,
+) -> PlanningOutcome:
+    return decide_planning(
+        name=name,
+        spec=spec,
+        atoms=atoms,
+        observed=observed,
+        generation=generation,
+        now=deps.now(),
+        new_trace_id=deps.new_trace_id,
+        count_tokens=deps.count_tokens,
+        prices=deps.prices,
+    )
+
+
+async def _read_atoms(kube: Kube, namespace: str, spec: MasterplanSpec) -> Sequence[Atom] | PlanError:
+    if spec.atoms is not None:
+        return spec.atoms
+    assert spec.atoms_from is not None  # guaranteed by MasterplanSpec's validator
+    ref = spec.atoms_from.config_map_key_ref
+    try:
+        text = await kube.read_config_map_key(namespace, ref.name, ref.key)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    if text is None:
+        return AtomsSourceNotFound(ref.name, ref.key)
+    try:
+        return parse_atom_list(text, f"ConfigMap {ref.name} key {ref.key}")
+    except ManifestError as error:
+        return InvalidSpec(str(error))
+
+
+async def _apply_waves(
+    kube: Kube, namespace: str, masterplan: str, owner: kopf.Body, desired: Mapping[str, WaveSpec]
+) -> None:
+    """Create missing Waves, fix drifted ones, delete those the plan no longer has."""
+    try:
+        existing = {w["metadata"]["name"]: w for w in await kube.list_waves(namespace, masterplan)}
+        for name, spec in desired.items():
+            wanted = spec.to_kube()
+            if name not in existing:
+                await _create_wave(kube, namespace, name, masterplan, wanted, owner)
+            elif existing[name].get("spec") != wanted:
+                await kube.patch_wave_spec(namespace, name, wanted)
+        for name in existing.keys() - desired.keys():
+            await kube.delete_wave(namespace, name)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+
+
+async def _create_wave(
+    kube: Kube, namespace: str, name: str, masterplan: str, spec: Mapping[str, Any], owner: kopf.Body
+) -> None:
+    child: dict[str, Any] = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Wave",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MASTERPLAN_LABEL: masterplan, **MANAGED_BY}},
+        "spec": dict(spec),
+    }
+    # Owned by the Masterplan so `kubectl delete masterplan` cascades to its Waves.
+    kopf.append_owner_reference(child, owner=owner, block_owner_deletion=True)
+    try:
+        await kube.create_wave(namespace, child)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        # Created meanwhile (e.g. by a previous attempt whose response was lost): converge its spec.
+        await kube.patch_wave_spec(namespace, name, spec)
+
+
+def _write(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    observed: Mapping[str, Any],
+    outcome: PlanningOutcome,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> None:
+    changes = status_patch(dict(observed), outcome.status)
+    if changes:
+        patch.setdefault("status", {}).update(changes)
+    for event in outcome.events:
+        _post(body, event)
+        log = logger.warning if event.type == "Warning" else logger.info
+        log(f"{event.reason}: {event.message}")
+
+
+def _post(body: kopf.Body, event: KubeEvent) -> None:
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(reconcile_masterplan)

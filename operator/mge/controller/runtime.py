@@ -1,0 +1,61 @@
+"""Runs the kopf operator: registers handlers, tunes kopf, serves the liveness probe."""
+
+import asyncio
+import logging
+import kopf
+
+from mge.controller import masterplan, wave
+from mge.controller.deps import ControllerDeps
+from mge.models.base import API_GROUP
+
+
+def tune(settings: kopf.OperatorSettings) -> None:
+    """Explicit kopf settings: our own annotation prefix, bounded watches, quick retries, events on."""
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Restart watches regularly so a silently dropped connection cannot stall reconciliation for long.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.posting.level = logging.INFO
+    # One replica with Recreate rollout: no peering objects to manage (see docs/operations.md).
+    settings.peering.standalone = True
+
+
+def build_registry(registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """Our handlers on `registry`; by default one that logs in like kubectl (in-cluster or kubeconfig)."""
+    registry = registry if registry is not None else kopf.SmartOperatorRegistry()
+    masterplan.register(registry)
+    wave.register(registry)
+    return registry
+
+
+async def run_operator(
+    deps: ControllerDeps,
+    namespaces: list[str],
+    *,
+    registry: kopf.OperatorRegistry | None = None,
+    liveness_endpoint: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Reconcile Masterplans and Waves in `namespaces` until stopped (SIGTERM/SIGINT or `stop_flag`)."""
+    settings = kopf.OperatorSettings()
+    tune(settings)
+    try:
+        await kopf.operator(
+            registry=build_registry(registry),
+            settings=settings,
+            namespaces=namespaces,
+            standalone=True,
+            memo=kopf.Memo(deps=deps),
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        deps.kube.close()

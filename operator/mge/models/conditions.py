@@ -1,0 +1,104 @@
+"""Condition types, reasons and the setter that keeps lastTransitionTime honest (Kubernetes API conventions)."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from mge.models.base import KubeModel
+
+
+class ConditionType(StrEnum):
+    PLANNED = "Planned"
+    PROGRESSING = "Progressing"
+    BUDGET_SOFT_CAP_EXCEEDED = "BudgetSoftCapExceeded"
+    SUSPENDED = "Suspended"
+    GATE_S_PASSED = "GateSPassed"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(StrEnum):
+    """Every reason the operator writes; CamelCase, specific enough to act on."""
+
+    PLANNED = "Planned"
+    EMPTY_PLAN = "EmptyPlan"
+    DEPENDENCY_CYCLE = "DependencyCycle"
+    UNKNOWN_DEPENDENCY = "UnknownDependency"
+    SELF_DEPENDENCY = "SelfDependency"
+    DUPLICATE_ATOM_ID = "DuplicateAtomId"
+    INVALID_SPEC = "InvalidSpec"
+    UNKNOWN_MODEL_PRICE = "UnknownModelPrice"
+    ATOMS_SOURCE_NOT_FOUND = "AtomsSourceNotFound"
+    AWAITING_EXECUTORS = "AwaitingExecutors"
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    NOT_SUSPENDED = "NotSuspended"
+    PLAN_INVALID = "PlanInvalid"
+    NO_FAILURES = "NoFailures"
+    WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"
+    READY_TO_RUN = "ReadyToRun"
+
+
+class Condition(KubeModel):
+    """One observation about a resource, as `kubectl describe` shows it."""
+
+    type: str = Field(description="Condition type, e.g. Planned, Suspended, GateSPassed.", max_length=316)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        description="CamelCase reason for the last transition, e.g. DependencyCycle.",
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    )
+    message: str = Field("", description="What happened and, when blocked, how to unblock it.", max_length=32768)
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int = Field(0, ge=0, description="metadata.generation this condition was computed from.")
+
+
+def set_condition(
+    conditions: list[Condition],
+    *,
+    type_: ConditionType,
+    status: ConditionStatus,
+    reason: Reason,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> bool:
+    """Upsert a condition in place; lastTransitionTime moves only when status flips. Returns True if anything changed."""
+    for index, existing in enumerate(conditions):
+        if existing.type != type_:
+            continue
+        updated = existing.model_copy(
+            update={
+                "status": status,
+                "reason": reason.value,
+                "message": message,
+                "observed_generation": generation,
+                "last_transition_time": now if existing.status != status else existing.last_transition_time,
+            }
+        )
+        if updated == existing:
+            return False
+        conditions[index] = updated
+        return True
+    conditions.append(
+        Condition(
+            type=type_.value,
+            status=status,
+            reason=reason.value,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
+    )
+    return True
+
+
+def find_condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)

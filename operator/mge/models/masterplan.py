@@ -1,0 +1,261 @@
+"""Masterplan custom resource: spec (user intent) and status (the run's summary)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Final, Self
+
+from pydantic import Field, model_validator
+
+from mge.models.base import KubeModel
+from mge.models.conditions import Condition
+
+DEFAULT_BUDGET_USD: Final = 200.0
+DEFAULT_SOFT_CAP_PERCENT: Final = 70.0
+DEFAULT_HARD_CAP_PERCENT: Final = 100.0
+DEFAULT_MODEL: Final = "gpt-4o-mini"
+# Bounds keep the CEL rules' estimated cost within the API server's budget.
+MAX_DEPENDENCIES_PER_ATOM: Final = 200
+MAX_INLINE_ATOMS: Final = 2000
+
+ATOM_ID_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,126}[A-Za-z0-9])?$"
+
+
+class Language(StrEnum):
+    PYTHON = "python"
+    TYPESCRIPT = "typescript"
+    JAVASCRIPT = "javascript"
+
+
+class Atom(KubeModel):
+    """A unit of generated code: one file (or part of one) with the atoms it depends on."""
+
+    id: str = Field(
+        description="Unique id of the atom within the Masterplan (letters, digits, '.', '_', '-').",
+        pattern=ATOM_ID_PATTERN,
+        max_length=128,
+    )
+    file: str = Field(
+        description="Path of the generated file, relative to the project root (no leading '/', no '..').",
+        min_length=1,
+        max_length=512,
+    )
+    language: Language = Field(description="Language of the generated code: python, typescript or javascript.")
+    description: str = Field(
+        description="What the atom's code must do; the LLM prompt is built from it.", min_length=1, max_length=20000
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Ids of atoms whose code this atom needs; they run first.",
+        max_length=MAX_DEPENDENCIES_PER_ATOM,
+        json_schema_extra={"items": {"type": "string", "maxLength": 128}},
+    )
+    estimated_tokens: int | None = Field(
+        None, ge=1, le=1_000_000, description="Expected output tokens; used for cost estimates and scheduling."
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.dependsOn) || !(self.id in self.dependsOn)",
+                    "message": "an atom cannot depend on itself: remove its own id from dependsOn",
+                    "fieldPath": ".dependsOn",
+                },
+                {
+                    "rule": "!self.file.startsWith('/') && !self.file.contains('..')",
+                    "message": "file must be a relative path inside the project (no leading '/' and no '..')",
+                    "fieldPath": ".file",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _file_stays_in_project(self) -> Self:
+        if self.file.startswith("/") or ".." in self.file:
+            raise ValueError(f"atom {self.id!r}: file must be a relative path inside the project, got {self.file!r}")
+        return self
+
+
+class ConfigMapKeyRef(KubeModel):
+    name: str = Field(description="Name of a ConfigMap in the Masterplan's namespace.", min_length=1, max_length=253)
+    key: str = Field(description="Key holding the atoms as a YAML or JSON list.", min_length=1, max_length=253)
+
+
+class AtomsSource(KubeModel):
+    config_map_key_ref: ConfigMapKeyRef = Field(description="ConfigMap key holding the atom list (large plans).")
+
+
+class SecretRef(KubeModel):
+    name: str = Field(description="Name of a Secret in the Masterplan's namespace.", min_length=1, max_length=253)
+
+
+class LLMEndpoint(KubeModel):
+    secret_ref: SecretRef = Field(
+        description="Secret with OPENAI_BASE_URL and OPENAI_API_KEY for an OpenAI-compatible endpoint."
+    )
+
+
+class BudgetOverride(KubeModel):
+    """An approver's audited raise (or cut) of the budget."""
+
+    limit_usd: float = Field(alias="limitUSD", gt=0, le=1_000_000, description="The new budget in USD.")
+    approved_by: str = Field(
+        description="Username of the approver; must equal the requester's Kubernetes username.",
+        min_length=1,
+        max_length=253,
+    )
+    reason: str = Field(description="Why the budget changes; kept in the audit trail.", min_length=1, max_length=2000)
+
+
+class Budget(KubeModel):
+    limit_usd: float = Field(
+        DEFAULT_BUDGET_USD, alias="limitUSD", gt=0, le=1_000_000, description="Budget for the whole run, in USD."
+    )
+    soft_cap_percent: float = Field(
+        DEFAULT_SOFT_CAP_PERCENT, ge=1, le=100, description="Warn (Event, condition, metric) at this share of the budget."
+    )
+    hard_cap_percent: float = Field(
+        DEFAULT_HARD_CAP_PERCENT, ge=1, le=100, description="Suspend the Masterplan at this share of the budget."
+    )
+    override: BudgetOverride | None = Field(None, description="Approved budget override; replaces limitUSD.")
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.softCapPercent <= self.hardCapPercent",
+                    "message": "softCapPercent must not exceed hardCapPercent (defaults: 70 and 100)",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _soft_cap_below_hard_cap(self) -> Self:
+        if self.soft_cap_percent > self.hard_cap_percent:
+            raise ValueError(
+                f"budget.softCapPercent ({self.soft_cap_percent}) must not exceed "
+                f"budget.hardCapPercent ({self.hard_cap_percent})"
+            )
+        return self
+
+    @property
+    def effective_limit_usd(self) -> float:
+        return self.override.limit_usd if self.override else self.limit_usd
+
+
+class MasterplanSpec(KubeModel):
+    """What to generate, with which model, under which budget."""
+
+    requirements: str = Field(
+        "",
+        description="Markdown with '## Requirements', '### MUST' and '### SHOULD' bullet lists; "
+        "each bullet becomes an acceptance test.",
+        max_length=200_000,
+    )
+    atoms: list[Atom] | None = Field(
+        None,
+        description="The atoms, inline (small plans, up to 2000). Exactly one of atoms or atomsFrom.",
+        max_length=MAX_INLINE_ATOMS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["id"]},
+    )
+    atoms_from: AtomsSource | None = Field(
+        None, description="Where to read the atoms from (large plans). Exactly one of atoms or atomsFrom."
+    )
+    model: str = Field(
+        DEFAULT_MODEL, description="LLM model name, e.g. gpt-4o-mini; must be in the price table.", min_length=1
+    )
+    llm: LLMEndpoint | None = Field(None, description="LLM endpoint; defaults to the operator's configured endpoint.")
+    priority: int = Field(0, ge=0, le=1000, description="Higher runs first when plans compete for executors.")
+    budget: Budget = Field(default_factory=Budget, description="Spending limit and caps.")
+    suspend: bool = Field(False, description="Pause the run (no new atoms start); set back to false to resume.")
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.atoms) != has(self.atomsFrom)",
+                    "message": "set exactly one of spec.atoms (inline list) or spec.atomsFrom.configMapKeyRef",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _exactly_one_atom_source(self) -> Self:
+        if (self.atoms is None) == (self.atoms_from is None):
+            raise ValueError("set exactly one of spec.atoms (inline list) or spec.atomsFrom.configMapKeyRef")
+        return self
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    INVALID = "Invalid"
+    PLANNED = "Planned"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class WaveCounts(KubeModel):
+    total: int = Field(0, ge=0, description="Number of waves (topological levels).")
+    complete: int = Field(0, ge=0, description="Waves whose atoms all finished.")
+
+
+class AtomCounts(KubeModel):
+    total: int = Field(0, ge=0)
+    pending: int = Field(0, ge=0)
+    running: int = Field(0, ge=0)
+    succeeded: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+
+
+class CostStatus(KubeModel):
+    current_usd: float = Field(0.0, alias="currentUSD", ge=0, description="Settled spend so far.")
+    reserved_usd: float = Field(0.0, alias="reservedUSD", ge=0, description="Reserved for LLM calls in flight.")
+    projected_usd: float = Field(0.0, alias="projectedUSD", ge=0, description="Projected total at completion.")
+    limit_usd: float = Field(0.0, alias="limitUSD", ge=0, description="Effective budget (override included).")
+    percent_used: float = Field(0.0, ge=0, description="currentUSD as a share of limitUSD, in percent.")
+
+
+class GateState(StrEnum):
+    PENDING = "Pending"
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class GateStatus(KubeModel):
+    status: GateState = Field(GateState.PENDING, description="Gate S: 100% of MUST and >= 95% of SHOULD pass.")
+    must_pass_rate: float | None = Field(None, ge=0, le=100)
+    should_pass_rate: float | None = Field(None, ge=0, le=100)
+
+
+class PrecisionStatus(KubeModel):
+    score: float = Field(ge=0, le=100, description="50% spec + 30% integration + 20% validation.")
+    spec: float = Field(ge=0, le=100)
+    integration: float = Field(ge=0, le=100)
+    validation: float = Field(ge=0, le=100)
+
+
+class MasterplanStatus(KubeModel):
+    """Aggregates only; per-atom data lives in Postgres."""
+
+    observed_generation: int = Field(0, ge=0)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    phase: Phase = Field(Phase.PENDING, description="Summary of the conditions, for `kubectl get`.")
+    progress: str = Field("", description="Succeeded atoms over total, e.g. 12/40.")
+    trace_id: str | None = Field(None, description="Correlates every row, event, log line and LLM call of this run.")
+    waves: WaveCounts = Field(default_factory=WaveCounts)
+    atoms: AtomCounts = Field(default_factory=AtomCounts)
+    critical_path_length: int = Field(0, ge=0, description="Atoms on the longest dependency chain.")
+    estimated_tokens: int = Field(0, ge=0, description="Estimated prompt + completion tokens for the whole plan.")
+    cost: CostStatus = Field(default_factory=CostStatus)
+    gate: GateStatus = Field(default_factory=GateStatus)
+    precision: PrecisionStatus | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None

@@ -1,0 +1,1 @@
+"""Pure planning: atoms -> dependency DAG -> waves, critical path, plan errors, estimates."""

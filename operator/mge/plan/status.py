@@ -1,0 +1,240 @@
+"""Decides what a Masterplan's status and Waves should be after planning (pure; the controller applies it)."""
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Literal
+
+from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
+from mge.models.base import KubeModel
+from mge.models.conditions import Condition, ConditionStatus, ConditionType, Reason, find_condition, set_condition
+from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus, Phase
+from mge.models.wave import WaveSpec, WaveStatus
+from mge.plan.dag import Plan, plan_dag
+from mge.plan.errors import PlanError
+from mge.plan.estimate import estimate_plan
+
+MAX_NAME_LENGTH: Final = 253
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class KubeEvent:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class PlanningOutcome:
+    """Desired state: the status to write, the Waves that must exist (by name), the Events to post."""
+
+    status: MasterplanStatus
+    waves: dict[str, WaveSpec] = field(default_factory=dict)
+    events: list[KubeEvent] = field(default_factory=list)
+    plan: Plan | None = None
+
+
+def wave_name(masterplan: str, index: int) -> str:
+    """Stable child name; long Masterplan names are cut and suffixed with a hash so names stay unique."""
+    suffix = f"-wave-{index}"
+    if len(masterplan) + len(suffix) <= MAX_NAME_LENGTH:
+        return masterplan + suffix
+    digest = hashlib.sha256(masterplan.encode()).hexdigest()[:8]
+    return f"{masterplan[: MAX_NAME_LENGTH - len(suffix) - 9]}-{digest}{suffix}"
+
+
+class _Conditions:
+    """Collects condition changes and the Events that announce them."""
+
+    def __init__(self, conditions: list[Condition], generation: int, now: datetime) -> None:
+        self.items = conditions
+        self.generation = generation
+        self.now = now
+        self.events: list[KubeEvent] = []
+
+    def set(
+        self, type_: ConditionType, status: ConditionStatus, reason: Reason, message: str, *, warn: bool = False
+    ) -> None:
+        previous = find_condition(self.items, type_)
+        changed = set_condition(
+            self.items,
+            type_=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=self.generation,
+            now=self.now,
+        )
+        # An Event per transition (status or reason), not per reconcile: no event storms on resync.
+        if changed and (previous is None or previous.status != status or previous.reason != reason):
+            self.events.append(KubeEvent("Warning" if warn else "Normal", reason.value, message))
+
+
+def decide_planning(
+    *,
+    name: str,
+    spec: MasterplanSpec,
+    atoms: Sequence[Atom] | PlanError,
+    observed: MasterplanStatus,
+    generation: int,
+    now: datetime,
+    new_trace_id: Callable[[], str],
+    count_tokens: Callable[[str], int],
+    prices: Mapping[str, ModelPrice],
+) -> PlanningOutcome:
+    """Plan the atoms and describe the result as status + waves; invalid plans become conditions, not crashes."""
+    status = observed.model_copy(deep=True)
+    status.trace_id = status.trace_id or new_trace_id()
+    status.observed_generation = generation
+    status.cost.limit_usd = spec.budget.effective_limit_usd
+    conditions = _Conditions(status.conditions, generation, now)
+    outcome = PlanningOutcome(status=status)
+
+    try:
+        if isinstance(atoms, PlanError):
+            raise atoms
+        plan = plan_dag((atom.id, atom.depends_on) for atom in atoms)
+        price = price_for(spec.model, prices)
+    except (PlanError, UnknownModelPrice) as error:
+        reason = error.reason if isinstance(error, PlanError) else Reason.UNKNOWN_MODEL_PRICE
+        return _invalid(name, str(error), reason, status, conditions)
+
+    estimate = estimate_plan(atoms, count_tokens, price)
+    outcome.plan = plan
+    outcome.waves = {
+        wave_name(name, index): WaveSpec(masterplan=name, index=index, atom_ids=list(wave))
+        for index, wave in enumerate(plan.waves)
+    }
+    status.waves.total = len(plan.waves)
+    status.atoms.total = len(plan.ids)
+    if status.atoms.succeeded + status.atoms.failed + status.atoms.running == 0:
+        status.atoms.pending = len(plan.ids)
+    status.progress = f"{status.atoms.succeeded}/{status.atoms.total}"
+    status.critical_path_length = len(plan.critical_path)
+    status.estimated_tokens = estimate.total_tokens
+    status.cost.projected_usd = max(status.cost.projected_usd, round(float(estimate.cost_usd), 6))
+    conditions.set(
+        ConditionType.PLANNED,
+        ConditionStatus.TRUE,
+        Reason.PLANNED,
+        f"{len(plan.ids)} atoms in {len(plan.waves)} waves; critical path {len(plan.critical_path)} atoms; "
+        f"estimated {estimate.total_tokens} tokens, ${estimate.cost_usd:.2f} of ${spec.budget.effective_limit_usd:.2f}.",
+    )
+    if spec.suspend:
+        conditions.set(
+            ConditionType.SUSPENDED,
+            ConditionStatus.TRUE,
+            Reason.SUSPENDED_BY_USER,
+            f"No new atoms start. To resume: kubectl patch masterplan {name} --type merge "
+            '-p \'{"spec":{"suspend":false}}\'',
+        )
+    elif find_condition(status.conditions, ConditionType.SUSPENDED) is not None:
+        conditions.set(ConditionType.SUSPENDED, ConditionStatus.FALSE, Reason.NOT_SUSPENDED, "Running normally.")
+    if status.atoms.succeeded + status.atoms.failed < status.atoms.total:
+        conditions.set(
+            ConditionType.PROGRESSING,
+            ConditionStatus.FALSE,
+            Reason.AWAITING_EXECUTORS,
+            f"{len(plan.waves[0])} atoms are ready; waiting for an executor to claim them.",
+        )
+    status.phase = derive_phase(status)
+    outcome.events = conditions.events
+    return outcome
+
+
+def decide_invalid_spec(
+    *,
+    name: str,
+    error: PlanError,
+    observed: MasterplanStatus,
+    generation: int,
+    now: datetime,
+    new_trace_id: Callable[[], str],
+) -> PlanningOutcome:
+    """A spec the operator cannot even read: say so in conditions; never crash-loop."""
+    status = observed.model_copy(deep=True)
+    status.trace_id = status.trace_id or new_trace_id()
+    status.observed_generation = generation
+    return _invalid(name, str(error), error.reason, status, _Conditions(status.conditions, generation, now))
+
+
+def _invalid(
+    name: str, problem: str, reason: Reason, status: MasterplanStatus, conditions: _Conditions
+) -> PlanningOutcome:
+    conditions.set(
+        ConditionType.PLANNED,
+        ConditionStatus.FALSE,
+        reason,
+        f"Masterplan {name} cannot run: {problem}.",
+        warn=True,
+    )
+    conditions.set(
+        ConditionType.PROGRESSING,
+        ConditionStatus.FALSE,
+        Reason.PLAN_INVALID,
+        "Nothing runs until the plan is valid; fix the spec and re-apply.",
+    )
+    status.phase = derive_phase(status)
+    return PlanningOutcome(status=status, events=conditions.events)
+
+
+def derive_phase(status: MasterplanStatus) -> Phase:
+    """One word for `kubectl get`, derived from the conditions (never stored independently)."""
+
+    def is_true(type_: ConditionType) -> bool:
+        condition = find_condition(status.conditions, type_)
+        return condition is not None and condition.status == ConditionStatus.TRUE
+
+    def is_false(type_: ConditionType) -> bool:
+        condition = find_condition(status.conditions, type_)
+        return condition is not None and condition.status == ConditionStatus.FALSE
+
+    if is_true(ConditionType.FAILED):
+        return Phase.FAILED
+    if is_true(ConditionType.COMPLETE):
+        return Phase.SUCCEEDED
+    if is_false(ConditionType.PLANNED):
+        return Phase.INVALID
+    if is_true(ConditionType.SUSPENDED):
+        return Phase.SUSPENDED
+    if is_true(ConditionType.PROGRESSING):
+        return Phase.RUNNING
+    if is_true(ConditionType.PLANNED):
+        return Phase.PLANNED
+    return Phase.PENDING
+
+
+def status_patch(observed: Mapping[str, object], desired: KubeModel) -> dict[str, object]:
+    """Top-level status keys whose value changes; empty when the reconcile is a no-op."""
+    after = desired.to_kube()
+    before = observed
+    return {key: value for key, value in after.items() if before.get(key) != value}
+
+
+def decide_wave_status(spec: WaveSpec, observed: WaveStatus, generation: int, now: datetime) -> WaveStatus:
+    """A new or resumed Wave: count its atoms and say whether it can start or waits for earlier waves."""
+    status = observed.model_copy(deep=True)
+    status.observed_generation = generation
+    status.atoms.total = len(spec.atom_ids)
+    if status.atoms.succeeded + status.atoms.failed + status.atoms.running == 0:
+        status.atoms.pending = len(spec.atom_ids)
+    if spec.index == 0:
+        reason, message = Reason.READY_TO_RUN, "No dependencies: atoms start as soon as an executor claims them."
+    else:
+        reason, message = (
+            Reason.WAITING_FOR_DEPENDENCIES,
+            f"Atoms start as their dependencies in waves 0-{spec.index - 1} succeed.",
+        )
+    if status.atoms.succeeded + status.atoms.failed < status.atoms.total:
+        set_condition(
+            status.conditions,
+            type_=ConditionType.PROGRESSING,
+            status=ConditionStatus.FALSE,
+            reason=reason,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    return status

@@ -1,0 +1,1 @@
+"""Trace ids and correlation: one trace_id per Masterplan, carried everywhere."""

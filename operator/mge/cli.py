@@ -24,7 +24,9 @@ from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import PlanEstimate, estimate_plan
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -95,7 +97,9 @@ def _print_plan(name: str, spec: MasterplanSpec, plan: Plan, estimate: PlanEstim
 
 @app.command()
 def plan(
-    path: Annotated[Path, typer.Argument(help="Masterplan YAML, or an example folder holding masterplan.yaml.")],
+    path: Annotated[
+        Path, typer.Argument(help="Masterplan YAML, or an example folder holding masterplan.yaml.")
+    ],
     prices: Annotated[Path | None, typer.Option(help="YAML price table overriding the built-in one.")] = None,
 ) -> None:
     """Dry run: print the waves, the critical path and a token/cost estimate. Needs no cluster."""
@@ -115,12 +119,16 @@ def _render_crd(crd: dict[str, Any]) -> str:
 
 @app.command()
 def crds(
-    out: Annotated[list[Path], typer.Option(help="Folder to write into; repeat for several.")] = [Path("crds")],  # noqa: B006
-    check: Annotated[bool, typer.Option(help="Write nothing; exit 1 if any file differs from the models.")] = False,
+    out: Annotated[
+        list[Path] | None, typer.Option(help="Folder to write into (default crds/); repeat for several.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="Write nothing; exit 1 if any file differs from the models.")
+    ] = False,
 ) -> None:
     """Generate the Masterplan and Wave CRDs from the pydantic models."""
     stale = []
-    for folder in out:
+    for folder in out or [Path("crds")]:
         for file_name, crd in all_crds().items():
             target = folder / file_name
             text = _render_crd(crd)
@@ -151,7 +159,9 @@ def operator() -> None:
         namespaces = settings.namespaces()
     except ValueError as error:
         raise _fail(str(error)) from None
-    deps = ControllerDeps(kube=Kube(load_client_configuration(settings.kube_host)), prices=_load_prices(settings.prices_file))
+    deps = ControllerDeps(
+        kube=Kube(load_client_configuration(settings.kube_host)), prices=_load_prices(settings.prices_file)
+    )
     asyncio.run(
         run_operator(deps, namespaces, liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz")
     )

@@ -18,8 +18,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     health_port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=1, le=65535)
-    kube_host: str | None = Field(None, description="API server URL; unset = in-cluster config or kubeconfig.")
-    prices_file: Path | None = Field(None, description="YAML price table (model -> input/cachedInput/output).")
+    kube_host: str | None = Field(
+        None, description="API server URL; unset = in-cluster config or kubeconfig."
+    )
+    prices_file: Path | None = Field(
+        None, description="YAML price table (model -> input/cachedInput/output)."
+    )
 
     def namespaces(self) -> list[str]:
         explicit = [ns.strip() for ns in self.watch_namespaces.split(",") if ns.strip()]

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from mge.models.base import API_GROUP, API_VERSION
 
@@ -24,9 +24,9 @@ def load_client_configuration(host: str | None = None) -> client.Configuration:
         configuration.host = host
         return configuration
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.Configuration.get_default_copy()
 
 
@@ -39,7 +39,7 @@ class Kube:
         self._custom = client.CustomObjectsApi(self._api)
 
     def close(self) -> None:
-        self._api.close()
+        self._api.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -75,7 +75,9 @@ class Kube:
         return list(result.get("items", []))
 
     async def create_wave(self, namespace: str, body: Mapping[str, Any]) -> None:
-        await self._call(self._custom.create_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", body)
+        await self._call(
+            self._custom.create_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", body
+        )
 
     async def patch_wave_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
         await self._call(

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
@@ -24,17 +24,18 @@ RETRY_API_SECONDS = 10
 
 async def reconcile_masterplan(
     name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    meta: Mapping[str, Any],
+    namespace: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
     body: kopf.Body,
     patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
     """Level-based: the same spec always yields the same Waves and status, so running twice changes nothing."""
+    assert namespace is not None, "Masterplan is a namespaced resource"
     deps = deps_of(memo)
     observed = MasterplanStatus.model_validate(dict(status))
     current_trace_id.set(observed.trace_id)
@@ -126,7 +127,11 @@ async def _create_wave(
     child: dict[str, Any] = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": "Wave",
-        "metadata": {"name": name, "namespace": namespace, "labels": {MASTERPLAN_LABEL: masterplan, **MANAGED_BY}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MASTERPLAN_LABEL: masterplan, **MANAGED_BY},
+        },
         "spec": dict(spec),
     }
     # Owned by the Masterplan so `kubectl delete masterplan` cascades to its Waves.
@@ -145,7 +150,7 @@ def _write(
     patch: kopf.Patch,
     observed: Mapping[str, Any],
     outcome: PlanningOutcome,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     changes = status_patch(dict(observed), outcome.status)
     if changes:
@@ -162,4 +167,6 @@ def _post(body: kopf.Body, event: KubeEvent) -> None:
 
 def register(registry: kopf.OperatorRegistry) -> None:
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(reconcile_masterplan)
+        decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(
+            reconcile_masterplan
+        )

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+
 import kopf
 
 from mge.controller import masterplan, wave
@@ -28,7 +29,10 @@ def tune(settings: kopf.OperatorSettings) -> None:
 
 def build_registry(registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
     """Our handlers on `registry`; by default one that logs in like kubectl (in-cluster or kubeconfig)."""
-    registry = registry if registry is not None else kopf.SmartOperatorRegistry()
+    if registry is None:
+        registry = kopf.OperatorRegistry()
+        # Same credentials as the kubernetes client: in-cluster service account, else kubeconfig.
+        kopf.on.login(registry=registry)(kopf.login_via_client)
     masterplan.register(registry)
     wave.register(registry)
     return registry

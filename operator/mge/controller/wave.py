@@ -1,6 +1,5 @@
 """Wave handlers: initialise a Wave's status from its spec when it appears or the operator restarts."""
 
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -12,11 +11,11 @@ from mge.plan.status import decide_wave_status, status_patch
 
 
 async def reconcile_wave(
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    meta: Mapping[str, Any],
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
     patch: kopf.Patch,
-    memo: kopf.Memo,
+    memo: Any,
     **_: Any,
 ) -> None:
     deps = deps_of(memo)

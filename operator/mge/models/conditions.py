@@ -55,9 +55,13 @@ class Condition(KubeModel):
         max_length=1024,
         pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
     )
-    message: str = Field("", description="What happened and, when blocked, how to unblock it.", max_length=32768)
+    message: str = Field(
+        "", description="What happened and, when blocked, how to unblock it.", max_length=32768
+    )
     last_transition_time: datetime = Field(description="When status last changed.")
-    observed_generation: int = Field(0, ge=0, description="metadata.generation this condition was computed from.")
+    observed_generation: int = Field(
+        0, ge=0, description="metadata.generation this condition was computed from."
+    )
 
 
 def set_condition(

@@ -27,7 +27,9 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
 
 def parse_masterplan(document: Mapping[str, Any]) -> tuple[str, MasterplanSpec]:
     """Name and spec of a Masterplan manifest; raises ManifestError naming the field."""
-    if document.get("kind") != "Masterplan" or not str(document.get("apiVersion", "")).startswith(f"{API_GROUP}/"):
+    if document.get("kind") != "Masterplan" or not str(document.get("apiVersion", "")).startswith(
+        f"{API_GROUP}/"
+    ):
         raise ManifestError(f"expected kind: Masterplan with apiVersion: {API_GROUP}/v1alpha1")
     name = (document.get("metadata") or {}).get("name")
     if not name:

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from mge.models.base import KubeModel
 from mge.models.conditions import Condition
@@ -39,9 +39,13 @@ class Atom(KubeModel):
         min_length=1,
         max_length=512,
     )
-    language: Language = Field(description="Language of the generated code: python, typescript or javascript.")
+    language: Language = Field(
+        description="Language of the generated code: python, typescript or javascript."
+    )
     description: str = Field(
-        description="What the atom's code must do; the LLM prompt is built from it.", min_length=1, max_length=20000
+        description="What the atom's code must do; the LLM prompt is built from it.",
+        min_length=1,
+        max_length=20000,
     )
     depends_on: list[str] = Field(
         default_factory=list,
@@ -50,11 +54,14 @@ class Atom(KubeModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 128}},
     )
     estimated_tokens: int | None = Field(
-        None, ge=1, le=1_000_000, description="Expected output tokens; used for cost estimates and scheduling."
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Expected output tokens; used for cost estimates and scheduling.",
     )
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.dependsOn) || !(self.id in self.dependsOn)",
@@ -68,26 +75,36 @@ class Atom(KubeModel):
                 },
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _file_stays_in_project(self) -> Self:
         if self.file.startswith("/") or ".." in self.file:
-            raise ValueError(f"atom {self.id!r}: file must be a relative path inside the project, got {self.file!r}")
+            raise ValueError(
+                f"atom {self.id!r}: file must be a relative path inside the project, got {self.file!r}"
+            )
         return self
 
 
 class ConfigMapKeyRef(KubeModel):
-    name: str = Field(description="Name of a ConfigMap in the Masterplan's namespace.", min_length=1, max_length=253)
-    key: str = Field(description="Key holding the atoms as a YAML or JSON list.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of a ConfigMap in the Masterplan's namespace.", min_length=1, max_length=253
+    )
+    key: str = Field(
+        description="Key holding the atoms as a YAML or JSON list.", min_length=1, max_length=253
+    )
 
 
 class AtomsSource(KubeModel):
-    config_map_key_ref: ConfigMapKeyRef = Field(description="ConfigMap key holding the atom list (large plans).")
+    config_map_key_ref: ConfigMapKeyRef = Field(
+        description="ConfigMap key holding the atom list (large plans)."
+    )
 
 
 class SecretRef(KubeModel):
-    name: str = Field(description="Name of a Secret in the Masterplan's namespace.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of a Secret in the Masterplan's namespace.", min_length=1, max_length=253
+    )
 
 
 class LLMEndpoint(KubeModel):
@@ -105,23 +122,35 @@ class BudgetOverride(KubeModel):
         min_length=1,
         max_length=253,
     )
-    reason: str = Field(description="Why the budget changes; kept in the audit trail.", min_length=1, max_length=2000)
+    reason: str = Field(
+        description="Why the budget changes; kept in the audit trail.", min_length=1, max_length=2000
+    )
 
 
 class Budget(KubeModel):
     limit_usd: float = Field(
-        DEFAULT_BUDGET_USD, alias="limitUSD", gt=0, le=1_000_000, description="Budget for the whole run, in USD."
+        DEFAULT_BUDGET_USD,
+        alias="limitUSD",
+        gt=0,
+        le=1_000_000,
+        description="Budget for the whole run, in USD.",
     )
     soft_cap_percent: float = Field(
-        DEFAULT_SOFT_CAP_PERCENT, ge=1, le=100, description="Warn (Event, condition, metric) at this share of the budget."
+        DEFAULT_SOFT_CAP_PERCENT,
+        ge=1,
+        le=100,
+        description="Warn (Event, condition, metric) at this share of the budget.",
     )
     hard_cap_percent: float = Field(
-        DEFAULT_HARD_CAP_PERCENT, ge=1, le=100, description="Suspend the Masterplan at this share of the budget."
+        DEFAULT_HARD_CAP_PERCENT,
+        ge=1,
+        le=100,
+        description="Suspend the Masterplan at this share of the budget.",
     )
     override: BudgetOverride | None = Field(None, description="Approved budget override; replaces limitUSD.")
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "self.softCapPercent <= self.hardCapPercent",
@@ -129,7 +158,7 @@ class Budget(KubeModel):
                 }
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _soft_cap_below_hard_cap(self) -> Self:
@@ -164,15 +193,26 @@ class MasterplanSpec(KubeModel):
         None, description="Where to read the atoms from (large plans). Exactly one of atoms or atomsFrom."
     )
     model: str = Field(
-        DEFAULT_MODEL, description="LLM model name, e.g. gpt-4o-mini; must be in the price table.", min_length=1
+        DEFAULT_MODEL,
+        description="LLM model name, e.g. gpt-4o-mini; must be in the price table.",
+        min_length=1,
     )
-    llm: LLMEndpoint | None = Field(None, description="LLM endpoint; defaults to the operator's configured endpoint.")
+    llm: LLMEndpoint | None = Field(
+        None, description="LLM endpoint; defaults to the operator's configured endpoint."
+    )
     priority: int = Field(0, ge=0, le=1000, description="Higher runs first when plans compete for executors.")
-    budget: Budget = Field(default_factory=Budget, description="Spending limit and caps.")
-    suspend: bool = Field(False, description="Pause the run (no new atoms start); set back to false to resume.")
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="Spending limit and caps.",
+        # `default: {}` makes the API server fill in the nested defaults when budget is omitted.
+        json_schema_extra={"default": {}},
+    )
+    suspend: bool = Field(
+        False, description="Pause the run (no new atoms start); set back to false to resume."
+    )
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.atoms) != has(self.atomsFrom)",
@@ -180,7 +220,7 @@ class MasterplanSpec(KubeModel):
                 }
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _exactly_one_atom_source(self) -> Self:
@@ -214,8 +254,12 @@ class AtomCounts(KubeModel):
 
 class CostStatus(KubeModel):
     current_usd: float = Field(0.0, alias="currentUSD", ge=0, description="Settled spend so far.")
-    reserved_usd: float = Field(0.0, alias="reservedUSD", ge=0, description="Reserved for LLM calls in flight.")
-    projected_usd: float = Field(0.0, alias="projectedUSD", ge=0, description="Projected total at completion.")
+    reserved_usd: float = Field(
+        0.0, alias="reservedUSD", ge=0, description="Reserved for LLM calls in flight."
+    )
+    projected_usd: float = Field(
+        0.0, alias="projectedUSD", ge=0, description="Projected total at completion."
+    )
     limit_usd: float = Field(0.0, alias="limitUSD", ge=0, description="Effective budget (override included).")
     percent_used: float = Field(0.0, ge=0, description="currentUSD as a share of limitUSD, in percent.")
 
@@ -227,7 +271,9 @@ class GateState(StrEnum):
 
 
 class GateStatus(KubeModel):
-    status: GateState = Field(GateState.PENDING, description="Gate S: 100% of MUST and >= 95% of SHOULD pass.")
+    status: GateState = Field(
+        GateState.PENDING, description="Gate S: 100% of MUST and >= 95% of SHOULD pass."
+    )
     must_pass_rate: float | None = Field(None, ge=0, le=100)
     should_pass_rate: float | None = Field(None, ge=0, le=100)
 
@@ -249,11 +295,15 @@ class MasterplanStatus(KubeModel):
     )
     phase: Phase = Field(Phase.PENDING, description="Summary of the conditions, for `kubectl get`.")
     progress: str = Field("", description="Succeeded atoms over total, e.g. 12/40.")
-    trace_id: str | None = Field(None, description="Correlates every row, event, log line and LLM call of this run.")
+    trace_id: str | None = Field(
+        None, description="Correlates every row, event, log line and LLM call of this run."
+    )
     waves: WaveCounts = Field(default_factory=WaveCounts)
     atoms: AtomCounts = Field(default_factory=AtomCounts)
     critical_path_length: int = Field(0, ge=0, description="Atoms on the longest dependency chain.")
-    estimated_tokens: int = Field(0, ge=0, description="Estimated prompt + completion tokens for the whole plan.")
+    estimated_tokens: int = Field(
+        0, ge=0, description="Estimated prompt + completion tokens for the whole plan."
+    )
     cost: CostStatus = Field(default_factory=CostStatus)
     gate: GateStatus = Field(default_factory=GateStatus)
     precision: PrecisionStatus | None = None

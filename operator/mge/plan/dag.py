@@ -4,7 +4,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mge.plan.errors import DependencyCycle, DuplicateAtomIds, EmptyPlan, SelfDependencies, UnknownDependencies
+from mge.plan.errors import (
+    DependencyCycle,
+    DuplicateAtomIds,
+    EmptyPlan,
+    SelfDependencies,
+    UnknownDependencies,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ class EmptyPlan(PlanError):
     reason = Reason.EMPTY_PLAN
 
     def __init__(self) -> None:
-        super().__init__("the plan has no atoms: add at least one atom to spec.atoms (or the atomsFrom ConfigMap)")
+        super().__init__(
+            "the plan has no atoms: add at least one atom to spec.atoms (or the atomsFrom ConfigMap)"
+        )
 
 
 class DuplicateAtomIds(PlanError):
@@ -38,7 +40,9 @@ class SelfDependencies(PlanError):
 
     def __init__(self, ids: Sequence[str]) -> None:
         self.ids = list(ids)
-        super().__init__(f"atoms that depend on themselves: {_ids(self.ids)}; remove their own id from dependsOn")
+        super().__init__(
+            f"atoms that depend on themselves: {_ids(self.ids)}; remove their own id from dependsOn"
+        )
 
 
 class UnknownDependencies(PlanError):
@@ -47,7 +51,9 @@ class UnknownDependencies(PlanError):
     def __init__(self, missing: Sequence[tuple[str, str]]) -> None:
         self.missing = list(missing)
         pairs = [f"{atom} -> {dep}" for atom, dep in self.missing]
-        super().__init__(f"dependsOn names atoms that do not exist: {_ids(pairs)}; fix the id or add the atom")
+        super().__init__(
+            f"dependsOn names atoms that do not exist: {_ids(pairs)}; fix the id or add the atom"
+        )
 
 
 class DependencyCycle(PlanError):
@@ -56,7 +62,9 @@ class DependencyCycle(PlanError):
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = list(cycle)
         path = " -> ".join([*self.cycle, self.cycle[0]])
-        super().__init__(f"dependency cycle: {path} (each atom depends on the next); remove one of these dependsOn edges")
+        super().__init__(
+            f"dependency cycle: {path} (each atom depends on the next); remove one of these dependsOn edges"
+        )
 
 
 class InvalidSpec(PlanError):

@@ -43,7 +43,9 @@ class PlanEstimate:
         return sum((a.cost_usd for a in self.atoms), Decimal(0))
 
 
-def estimate_plan(atoms: Sequence[Atom], count_tokens: Callable[[str], int], price: ModelPrice) -> PlanEstimate:
+def estimate_plan(
+    atoms: Sequence[Atom], count_tokens: Callable[[str], int], price: ModelPrice
+) -> PlanEstimate:
     """One LLM call per atom, no retries: prompt = overhead + own text + dependencies' descriptions.
 
     Dependencies' generated code is not known yet, so their expected completion size stands in for it.

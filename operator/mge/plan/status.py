@@ -8,7 +8,14 @@ from typing import Final, Literal
 
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
 from mge.models.base import KubeModel
-from mge.models.conditions import Condition, ConditionStatus, ConditionType, Reason, find_condition, set_condition
+from mge.models.conditions import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Reason,
+    find_condition,
+    set_condition,
+)
 from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus, Phase
 from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.dag import Plan, plan_dag
@@ -55,7 +62,13 @@ class _Conditions:
         self.events: list[KubeEvent] = []
 
     def set(
-        self, type_: ConditionType, status: ConditionStatus, reason: Reason, message: str, *, warn: bool = False
+        self,
+        type_: ConditionType,
+        status: ConditionStatus,
+        reason: Reason,
+        message: str,
+        *,
+        warn: bool = False,
     ) -> None:
         previous = find_condition(self.items, type_)
         changed = set_condition(
@@ -131,7 +144,9 @@ def decide_planning(
             '-p \'{"spec":{"suspend":false}}\'',
         )
     elif find_condition(status.conditions, ConditionType.SUSPENDED) is not None:
-        conditions.set(ConditionType.SUSPENDED, ConditionStatus.FALSE, Reason.NOT_SUSPENDED, "Running normally.")
+        conditions.set(
+            ConditionType.SUSPENDED, ConditionStatus.FALSE, Reason.NOT_SUSPENDED, "Running normally."
+        )
     if status.atoms.succeeded + status.atoms.failed < status.atoms.total:
         conditions.set(
             ConditionType.PROGRESSING,
@@ -221,7 +236,10 @@ def decide_wave_status(spec: WaveSpec, observed: WaveStatus, generation: int, no
     if status.atoms.succeeded + status.atoms.failed + status.atoms.running == 0:
         status.atoms.pending = len(spec.atom_ids)
     if spec.index == 0:
-        reason, message = Reason.READY_TO_RUN, "No dependencies: atoms start as soon as an executor claims them."
+        reason, message = (
+            Reason.READY_TO_RUN,
+            "No dependencies: atoms start as soon as an executor claims them.",
+        )
     else:
         reason, message = (
             Reason.WAITING_FOR_DEPENDENCIES,

@@ -1,0 +1,33 @@
+"""Small builders for test data: atoms, specs and manifests with sensible defaults."""
+
+from typing import Any
+
+from mge.models.masterplan import Atom, MasterplanSpec
+
+
+def atom(atom_id: str, *deps: str, tokens: int | None = None) -> Atom:
+    return Atom(
+        id=atom_id,
+        file=f"src/{atom_id}.py",
+        language="python",
+        description=f"Implement {atom_id}.",
+        depends_on=list(deps),
+        estimated_tokens=tokens,
+    )
+
+
+def spec(*atoms: Atom, **fields: Any) -> MasterplanSpec:
+    return MasterplanSpec(atoms=list(atoms), **fields)
+
+
+def manifest(name: str = "demo", **spec_fields: Any) -> dict[str, Any]:
+    spec_body: dict[str, Any] = {
+        "atoms": [{"id": "a", "file": "a.py", "language": "python", "description": "Write a."}],
+        **spec_fields,
+    }
+    return {
+        "apiVersion": "mge.devmatrix.io/v1alpha1",
+        "kind": "Masterplan",
+        "metadata": {"name": name},
+        "spec": spec_body,
+    }

@@ -1,0 +1,96 @@
+"""`mge plan` and `mge crds` as a user runs them: output, exit codes, messages."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from mge.cli import app
+from tests.builders import manifest
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, *documents: dict) -> Path:
+    path = tmp_path / "masterplan.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def test_plan_of_the_hello_example_prints_waves_critical_path_and_estimate():
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "plan", str(REPO / "examples" / "hello")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"COLUMNS": "200", "PATH": "", "PYTHONPATH": str(REPO / "operator")},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "6 atoms" in result.stdout
+    assert "Critical path: 4 atoms: languages -> greet -> package -> tests" in result.stdout
+    assert "of a $5.00 budget" in result.stdout
+
+
+def test_plan_with_a_cycle_exits_2_naming_the_cycle(tmp_path):
+    atoms = [
+        {"id": "a", "file": "a.py", "language": "python", "description": "x", "dependsOn": ["b"]},
+        {"id": "b", "file": "b.py", "language": "python", "description": "x", "dependsOn": ["a"]},
+    ]
+    result = runner.invoke(app, ["plan", str(_write(tmp_path, manifest(atoms=atoms)))])
+
+    assert result.exit_code == 2
+    assert "dependency cycle" in result.output
+
+
+def test_plan_reads_atoms_from_a_config_map_in_the_same_file(tmp_path):
+    atoms = [{"id": "only", "file": "o.py", "language": "python", "description": "x"}]
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "big"},
+        "data": {"atoms": yaml.safe_dump(atoms)},
+    }
+    plan_doc = manifest()
+    del plan_doc["spec"]["atoms"]
+    plan_doc["spec"]["atomsFrom"] = {"configMapKeyRef": {"name": "big", "key": "atoms"}}
+
+    result = runner.invoke(app, ["plan", str(_write(tmp_path, plan_doc, config_map))])
+
+    assert result.exit_code == 0, result.output
+    assert "1 atoms" in result.output
+
+
+def test_plan_with_a_bad_field_names_it(tmp_path):
+    result = runner.invoke(app, ["plan", str(_write(tmp_path, manifest(priority=-1)))])
+
+    assert result.exit_code == 2
+    assert "spec.priority" in result.output
+
+
+def test_custom_price_table_makes_an_unknown_model_plannable(tmp_path):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("house-model: {input: 1, output: 2}\n")
+    plan_file = _write(tmp_path, manifest(model="house-model"))
+
+    without = runner.invoke(app, ["plan", str(plan_file)])
+    with_table = runner.invoke(app, ["plan", str(plan_file), "--prices", str(prices)])
+
+    assert without.exit_code == 2
+    assert "no price for model 'house-model'" in without.output
+    assert with_table.exit_code == 0, with_table.output
+
+
+def test_crds_check_fails_on_a_stale_file_and_passes_after_regeneration(tmp_path):
+    (tmp_path / "masterplans.mge.devmatrix.io.yaml").write_text("stale: true\n")
+
+    stale = runner.invoke(app, ["crds", "--out", str(tmp_path), "--check"])
+    runner.invoke(app, ["crds", "--out", str(tmp_path)])
+    fresh = runner.invoke(app, ["crds", "--out", str(tmp_path), "--check"])
+
+    assert stale.exit_code == 1
+    assert "make crds" in stale.output
+    assert fresh.exit_code == 0

@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# Operator and executor image: `mge operator`, `mge executor`, `mge api` share it.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/mge
+COPY pyproject.toml README.md /src/
+COPY operator /src/operator
+RUN /opt/mge/bin/pip install /src
+
+FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="mge-operator" \
+      org.opencontainers.image.description="Kubernetes operator that executes AI code-generation Masterplans" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --gid 10001 mge && useradd --uid 10001 --gid mge --no-create-home --shell /usr/sbin/nologin mge
+COPY --from=build /opt/mge /opt/mge
+ENV PATH=/opt/mge/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+EXPOSE 8080 9100
+ENTRYPOINT ["mge"]
+CMD ["operator"]

@@ -1,0 +1,50 @@
+# MGE operator — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(INSTALLED) ## Create .venv and install the package with its test tools
+
+demo: $(INSTALLED) ## The main job on the hello example (dry run: waves, critical path, cost estimate)
+	$(BIN)/mge plan examples/hello
+
+test: $(INSTALLED) ## Run every test: unit, component (kmock), chart
+	$(BIN)/python -m pytest -q
+
+check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD drift
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/mge crds --out crds --out helm/mge-operator/crds --check
+
+crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic models
+	$(BIN)/mge crds --out crds --out helm/mge-operator/crds
+
+manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
+	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
+
+bench: $(INSTALLED) ## Benchmarks: planner vs stdlib graphlib, operator reconcile throughput
+	$(BIN)/python -m tests.bench.bench_plan
+	$(BIN)/python -m tests.bench.bench_reconcile
+
+image: ## Build the container image (needs a Docker engine)
+	docker build -t mge-operator:dev .
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help setup demo test check crds manifests bench image clean

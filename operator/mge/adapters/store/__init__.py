@@ -1,0 +1,1 @@
+"""Postgres store: migrations, the atom queue, progress aggregates (asyncpg)."""

@@ -1,0 +1,463 @@
+"""The Postgres store: plan registration, the atom queue with leases, progress aggregates."""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from mge.adapters.store.migrate import migrate
+from mge.models.masterplan import Atom, MasterplanSpec
+from mge.plan.dag import Plan
+from mge.plan.sync import PlanSync, atom_fingerprint, sync_atoms
+
+MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
+
+
+class StoreUnavailable(RuntimeError):
+    """Postgres cannot be reached; the message names the host, never the password."""
+
+
+def masterplan_uuid(namespace: str, name: str) -> uuid.UUID:
+    """Stable id: the same Masterplan maps to the same rows across restarts and executors."""
+    return uuid.uuid5(MASTERPLAN_NAMESPACE, f"{namespace}/{name}")
+
+
+def dsn_host(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    query_host = [p.split("=", 1)[1] for p in parts.query.split("&") if p.startswith("host=")]
+    host = parts.hostname or (query_host[0] if query_host else "localhost")
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAtom:
+    masterplan_id: uuid.UUID
+    atom_id: str
+    trace_id: uuid.UUID
+    file: str
+    language: str
+    description: str
+    depends_on: list[str]
+    wave_index: int
+    attempts: int
+    max_attempts: int
+    model: str
+    estimated_tokens: int | None
+    claims: int
+
+
+@dataclass(frozen=True, slots=True)
+class AtomOutput:
+    atom_id: str
+    file: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    total: int
+    pending: int
+    ready: int
+    running: int
+    succeeded: int
+    failed: int
+    blocked: int
+    cost_usd: Decimal
+    waves_total: int
+    waves_complete: int
+    failed_atoms: tuple[str, ...]
+
+    @property
+    def finished(self) -> bool:
+        """Nothing can run any more: every atom succeeded, failed, or waits on a failed dependency."""
+        return self.ready == 0 and self.running == 0 and self.pending == self.blocked
+
+
+_CLAIM_SQL: Final = """
+WITH claimable AS (
+    SELECT a.masterplan_id, a.atom_id
+    FROM atoms a
+    JOIN masterplans m ON m.id = a.masterplan_id
+    WHERE NOT m.suspended
+      AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
+    ORDER BY a.priority DESC, m.priority DESC, a.updated_at, a.atom_id
+    LIMIT $2
+    FOR UPDATE OF a SKIP LOCKED
+)
+UPDATE atoms a
+SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3),
+    claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
+FROM claimable c, masterplans m
+WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
+RETURNING a.masterplan_id, a.atom_id, a.trace_id, a.file, a.language, a.description, a.depends_on,
+          a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims
+"""
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, attempts: int = 5) -> "Store":
+        """Open a pool and migrate, retrying with backoff; StoreUnavailable names the host if it never answers."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5),
+                retry=retry_if_exception_type((OSError, asyncpg.CannotConnectNowError)),
+                reraise=True,
+            ):
+                with attempt:
+                    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.CannotConnectNowError) as error:
+            raise StoreUnavailable(f"cannot reach Postgres at {dsn_host(dsn)}: {error}") from error
+        async with pool.acquire() as connection:
+            await migrate(connection)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def register_plan(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        trace_id: str,
+        generation: int,
+        spec: MasterplanSpec,
+        atoms: Sequence[Atom],
+        plan: Plan,
+        max_attempts: int = 3,
+    ) -> tuple[uuid.UUID, PlanSync]:
+        """Upsert the plan; unchanged atoms keep their results, changed ones and their dependents start over."""
+        plan_id = masterplan_uuid(namespace, name)
+        wave_of = plan.wave_of
+        budget = spec.budget
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                """INSERT INTO masterplans (id, namespace, name, trace_id, generation, model, priority, suspended,
+                       requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                   ON CONFLICT (id) DO UPDATE SET generation = $5, model = $6, priority = $7, suspended = $8,
+                       requirements = $9, budget_limit_usd = $10, soft_cap_percentage = $11,
+                       hard_cap_percentage = $12, updated_at = now()""",
+                plan_id,
+                namespace,
+                name,
+                uuid.UUID(trace_id),
+                generation,
+                spec.model,
+                spec.priority,
+                spec.suspend,
+                spec.requirements,
+                Decimal(str(budget.effective_limit_usd)),
+                Decimal(str(budget.soft_cap_percent)),
+                Decimal(str(budget.hard_cap_percent)),
+            )
+            trace = await connection.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
+            rows = await connection.fetch(
+                "SELECT atom_id, fingerprint FROM atoms WHERE masterplan_id = $1 FOR UPDATE", plan_id
+            )
+            sync = sync_atoms({r["atom_id"]: r["fingerprint"] for r in rows}, atoms)
+            if not sync.changed and len(rows) == len(atoms):
+                return plan_id, sync
+            await connection.execute(
+                "DELETE FROM atoms WHERE masterplan_id = $1 AND atom_id = ANY($2::text[])",
+                plan_id,
+                list(sync.delete),
+            )
+            await connection.execute(
+                """INSERT INTO waves (masterplan_id, wave_index, trace_id, atom_count)
+                   SELECT $1, i, $2, n FROM unnest($3::int[], $4::int[]) AS t(i, n)
+                   ON CONFLICT (masterplan_id, wave_index) DO UPDATE SET atom_count = excluded.atom_count""",
+                plan_id,
+                trace,
+                list(range(len(plan.waves))),
+                [len(w) for w in plan.waves],
+            )
+            by_id = {atom.id: atom for atom in atoms}
+            changed = [by_id[aid] for aid in (*sync.insert, *sync.reset)]
+            await connection.executemany(
+                """INSERT INTO atoms (masterplan_id, atom_id, trace_id, wave_index, file, language, description,
+                       depends_on, estimated_tokens, fingerprint, priority, max_attempts)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                   ON CONFLICT (masterplan_id, atom_id) DO UPDATE SET
+                       wave_index = excluded.wave_index, file = excluded.file, language = excluded.language,
+                       description = excluded.description, depends_on = excluded.depends_on,
+                       estimated_tokens = excluded.estimated_tokens, fingerprint = excluded.fingerprint,
+                       priority = excluded.priority, max_attempts = excluded.max_attempts,
+                       state = 'pending', attempts = 0, claims = 0, last_error = NULL, output = NULL,
+                       lease_owner = NULL, lease_expires_at = NULL, started_at = NULL, finished_at = NULL,
+                       updated_at = now()""",
+                [
+                    (
+                        plan_id,
+                        atom.id,
+                        trace,
+                        wave_of[atom.id],
+                        atom.file,
+                        atom.language.value,
+                        atom.description,
+                        list(dict.fromkeys(atom.depends_on)),
+                        atom.estimated_tokens,
+                        atom_fingerprint(atom),
+                        plan.priority[atom.id],
+                        max_attempts,
+                    )
+                    for atom in changed
+                ],
+            )
+            # Kept atoms may have moved to another level when the plan around them changed.
+            await connection.executemany(
+                "UPDATE atoms SET wave_index = $3, priority = $4 WHERE masterplan_id = $1 AND atom_id = $2",
+                [(plan_id, aid, wave_of[aid], plan.priority[aid]) for aid in sync.keep],
+            )
+            await connection.execute(
+                "DELETE FROM waves WHERE masterplan_id = $1 AND wave_index >= $2", plan_id, len(plan.waves)
+            )
+            await connection.execute("DELETE FROM atom_dependencies WHERE masterplan_id = $1", plan_id)
+            await connection.copy_records_to_table(
+                "atom_dependencies",
+                records=[
+                    (plan_id, atom.id, dep, trace) for atom in atoms for dep in dict.fromkeys(atom.depends_on)
+                ],
+                columns=["masterplan_id", "atom_id", "depends_on", "trace_id"],
+            )
+            await connection.execute(_REFRESH_READINESS_SQL, plan_id)
+        return plan_id, sync
+
+    async def set_suspended(self, plan_id: uuid.UUID, suspended: bool) -> None:
+        await self.pool.execute(
+            "UPDATE masterplans SET suspended = $2, updated_at = now() WHERE id = $1", plan_id, suspended
+        )
+
+    async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
+        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first."""
+        rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds))
+        return [
+            ClaimedAtom(
+                masterplan_id=r["masterplan_id"],
+                atom_id=r["atom_id"],
+                trace_id=r["trace_id"],
+                file=r["file"],
+                language=r["language"],
+                description=r["description"],
+                depends_on=list(r["depends_on"]),
+                wave_index=r["wave_index"],
+                attempts=r["attempts"],
+                max_attempts=r["max_attempts"],
+                model=r["model"],
+                estimated_tokens=r["estimated_tokens"],
+                claims=r["claims"],
+            )
+            for r in rows
+        ]
+
+    async def heartbeat(self, executor: str, lease_seconds: float) -> int:
+        """Extend the leases this executor holds; returns how many it still holds."""
+        result = await self.pool.execute(
+            """UPDATE atoms SET lease_expires_at = now() + make_interval(secs => $2)
+               WHERE state = 'running' AND lease_owner = $1""",
+            executor,
+            float(lease_seconds),
+        )
+        return int(result.split()[-1])
+
+    async def record_attempt(
+        self,
+        atom: ClaimedAtom,
+        *,
+        executor: str,
+        span_id: str,
+        outcome: str,
+        error: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: bool,
+        cost_usd: Decimal,
+        latency_ms: int,
+        started_at: datetime,
+    ) -> bool:
+        """Count one LLM generation against the atom; False if this executor lost the lease meanwhile."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            attempt = await connection.fetchval(
+                """UPDATE atoms SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $3,
+                       completion_tokens = completion_tokens + $4, cost_usd = cost_usd + $5, last_error = $6,
+                       updated_at = now()
+                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $7
+                   RETURNING attempts""",
+                atom.masterplan_id,
+                atom.atom_id,
+                prompt_tokens,
+                completion_tokens,
+                cost_usd,
+                error,
+                executor,
+            )
+            if attempt is None:
+                return False
+            await connection.execute(
+                """INSERT INTO atom_attempts (masterplan_id, atom_id, trace_id, span_id, attempt, executor, outcome,
+                       error, prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                atom.masterplan_id,
+                atom.atom_id,
+                atom.trace_id,
+                span_id,
+                attempt,
+                executor,
+                outcome,
+                error,
+                prompt_tokens,
+                completion_tokens,
+                cached,
+                cost_usd,
+                latency_ms,
+                started_at,
+            )
+            return True
+
+    async def succeed(self, atom: ClaimedAtom, executor: str, output: str) -> bool:
+        """Store the code and make dependents whose last dependency this was ready, in one transaction."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            done = await connection.fetchval(
+                """UPDATE atoms SET state = 'succeeded', output = $3, last_error = NULL, lease_owner = NULL,
+                       lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
+                   RETURNING 1""",
+                atom.masterplan_id,
+                atom.atom_id,
+                output,
+                executor,
+            )
+            if done is None:
+                return False
+            await connection.execute(
+                """UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
+                       state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END, updated_at = now()
+                   FROM atom_dependencies d
+                   WHERE d.masterplan_id = $1 AND d.depends_on = $2
+                     AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'""",
+                atom.masterplan_id,
+                atom.atom_id,
+            )
+            return True
+
+    async def fail(self, atom: ClaimedAtom, executor: str, error: str) -> bool:
+        """Give up on the atom; its dependents stay pending (blocked) and are reported as such."""
+        result = await self.pool.execute(
+            """UPDATE atoms SET state = 'failed', last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                   finished_at = now(), updated_at = now()
+               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4""",
+            atom.masterplan_id,
+            atom.atom_id,
+            error,
+            executor,
+        )
+        return str(result).endswith(" 1")
+
+    async def release(self, atom: ClaimedAtom, executor: str) -> bool:
+        """Hand an unfinished atom back (graceful shutdown, suspension): ready again, claim not counted."""
+        result = await self.pool.execute(
+            """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL,
+                   claims = greatest(claims - 1, 0), updated_at = now()
+               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $3""",
+            atom.masterplan_id,
+            atom.atom_id,
+            executor,
+        )
+        return str(result).endswith(" 1")
+
+    async def dependency_outputs(self, plan_id: uuid.UUID, atom_ids: Sequence[str]) -> list[AtomOutput]:
+        rows = await self.pool.fetch(
+            """SELECT atom_id, file, output FROM atoms
+               WHERE masterplan_id = $1 AND atom_id = ANY($2::text[]) AND state = 'succeeded'
+               ORDER BY wave_index, atom_id""",
+            plan_id,
+            list(atom_ids),
+        )
+        return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
+
+    async def outputs(self, plan_id: uuid.UUID) -> list[AtomOutput]:
+        rows = await self.pool.fetch(
+            "SELECT atom_id, file, output FROM atoms WHERE masterplan_id = $1 AND state = 'succeeded' ORDER BY file",
+            plan_id,
+        )
+        return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
+
+    async def progress(self, plan_id: uuid.UUID) -> Progress:
+        row: Any = await self.pool.fetchrow(_PROGRESS_SQL, plan_id)
+        return Progress(
+            total=row["total"],
+            pending=row["pending"],
+            ready=row["ready"],
+            running=row["running"],
+            succeeded=row["succeeded"],
+            failed=row["failed"],
+            blocked=row["blocked"],
+            cost_usd=row["cost_usd"],
+            waves_total=row["waves_total"],
+            waves_complete=row["waves_complete"],
+            failed_atoms=tuple(row["failed_atoms"] or ()),
+        )
+
+
+# Recount unmet dependencies of every unfinished atom after a (re)plan and mark the free ones ready.
+_REFRESH_READINESS_SQL: Final = """
+UPDATE atoms a SET
+    unmet_dependencies = coalesce(u.unmet, 0),
+    state = CASE WHEN coalesce(u.unmet, 0) = 0 THEN 'ready' ELSE 'pending' END,
+    updated_at = now()
+FROM atoms a2
+LEFT JOIN (
+    SELECT d.masterplan_id, d.atom_id, count(*) AS unmet
+    FROM atom_dependencies d
+    JOIN atoms dep ON dep.masterplan_id = d.masterplan_id AND dep.atom_id = d.depends_on
+    WHERE dep.state <> 'succeeded'
+    GROUP BY d.masterplan_id, d.atom_id
+) u ON u.masterplan_id = a2.masterplan_id AND u.atom_id = a2.atom_id
+WHERE a.masterplan_id = $1 AND a2.masterplan_id = a.masterplan_id AND a2.atom_id = a.atom_id
+  AND a.state IN ('pending', 'ready')
+"""
+
+# An atom is blocked when some dependency, direct or transitive, failed: it can never become ready.
+_PROGRESS_SQL: Final = """
+WITH RECURSIVE blocked(atom_id) AS (
+    SELECT d.atom_id FROM atom_dependencies d
+    JOIN atoms f ON f.masterplan_id = d.masterplan_id AND f.atom_id = d.depends_on AND f.state = 'failed'
+    WHERE d.masterplan_id = $1
+    UNION
+    SELECT d.atom_id FROM atom_dependencies d JOIN blocked b ON d.depends_on = b.atom_id
+    WHERE d.masterplan_id = $1
+),
+counts AS (
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'ready') AS ready,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') AS failed,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           array_agg(atom_id ORDER BY atom_id) FILTER (WHERE state = 'failed') AS failed_atoms
+    FROM atoms WHERE masterplan_id = $1
+),
+wave_counts AS (
+    SELECT count(*) AS waves_total,
+           count(*) FILTER (WHERE NOT EXISTS (
+               SELECT 1 FROM atoms a WHERE a.masterplan_id = w.masterplan_id AND a.wave_index = w.wave_index
+                 AND a.state NOT IN ('succeeded', 'failed'))) AS waves_complete
+    FROM waves w WHERE w.masterplan_id = $1
+)
+SELECT counts.*, wave_counts.*,
+       (SELECT count(*) FROM atoms a JOIN blocked b ON b.atom_id = a.atom_id
+        WHERE a.masterplan_id = $1 AND a.state = 'pending') AS blocked
+FROM counts, wave_counts
+"""

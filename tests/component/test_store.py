@@ -1,0 +1,215 @@
+"""The Postgres store on a real server: migrations, registration, claiming with leases, readiness."""
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from mge.adapters.store.migrate import migrate, migration_files
+from mge.adapters.store.store import Store, StoreUnavailable
+from mge.plan.dag import plan_dag
+from tests.builders import atom, spec
+
+pytestmark = pytest.mark.component
+
+
+async def _store(pg: str) -> Store:
+    return await Store.connect(pg, max_size=20)
+
+
+async def _register(store: Store, *atoms, name: str = "shop", **fields):
+    plan_spec = spec(*atoms, **fields)
+    plan = plan_dag((a.id, a.depends_on) for a in atoms)
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name=name,
+        trace_id="00000000-0000-4000-8000-000000000001",
+        generation=1,
+        spec=plan_spec,
+        atoms=list(atoms),
+        plan=plan,
+    )
+    return plan_id
+
+
+async def _finish(store: Store, claimed, executor="ex-1", output="code"):
+    await store.record_attempt(
+        claimed,
+        executor=executor,
+        span_id="s",
+        outcome="succeeded",
+        error=None,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cached=False,
+        cost_usd=Decimal("0.001"),
+        latency_ms=3,
+        started_at=datetime.now(UTC),
+    )
+    return await store.succeed(claimed, executor, output)
+
+
+async def test_migrations_apply_once_and_record_their_versions(pg):
+    connection = await asyncpg.connect(pg)
+    try:
+        first = await migrate(connection)
+        second = await migrate(connection)
+        recorded = await connection.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await connection.close()
+
+    assert first == [version for version, _ in migration_files()]
+    assert second == []
+    assert [r["version"] for r in recorded] == first
+
+
+async def test_every_table_carries_a_trace_id(pg):
+    store = await _store(pg)
+    try:
+        tables = await store.pool.fetch(
+            """SELECT table_name FROM information_schema.tables
+               WHERE table_schema = 'public' AND table_name <> 'schema_migrations'"""
+        )
+        with_trace = await store.pool.fetch(
+            """SELECT table_name FROM information_schema.columns
+               WHERE table_schema = 'public' AND column_name = 'trace_id' AND data_type = 'uuid'"""
+        )
+    finally:
+        await store.close()
+
+    assert {t["table_name"] for t in tables} == {t["table_name"] for t in with_trace}
+
+
+async def test_only_atoms_without_unmet_dependencies_are_claimed_critical_path_first(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("lone"), atom("root"), atom("mid", "root"), atom("leaf", "mid"))
+
+        claimed = await store.claim("ex-1", 10, lease_seconds=30)
+    finally:
+        await store.close()
+
+    assert [c.atom_id for c in claimed] == ["root", "lone"]
+
+
+async def test_success_makes_dependents_ready_only_when_all_their_dependencies_succeeded(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("a"), atom("b"), atom("c", "a", "b"))
+        first = {c.atom_id: c for c in await store.claim("ex-1", 10, 30)}
+
+        await _finish(store, first["a"])
+        after_a = await store.claim("ex-1", 10, 30)
+        await _finish(store, first["b"])
+        after_b = await store.claim("ex-1", 10, 30)
+    finally:
+        await store.close()
+
+    assert after_a == []
+    assert [c.atom_id for c in after_b] == ["c"]
+
+
+async def test_concurrent_executors_never_claim_the_same_atom(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, *[atom(f"a{i}") for i in range(200)])
+
+        batches = await asyncio.gather(*[store.claim(f"ex-{n}", 7, 30) for n in range(16)])
+    finally:
+        await store.close()
+
+    claimed = [c.atom_id for batch in batches for c in batch]
+    assert len(claimed) == len(set(claimed)) == 16 * 7
+
+
+async def test_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("a"))
+        (held,) = await store.claim("dead-executor", 1, lease_seconds=0.05)
+        assert await store.claim("ex-2", 1, 30) == []
+        await asyncio.sleep(0.1)  # let the short lease run out: the behaviour under test is expiry itself
+
+        (reclaimed,) = await store.claim("ex-2", 1, 30)
+        stale_write = await store.succeed(held, "dead-executor", "stale")
+        fresh_write = await _finish(store, reclaimed, executor="ex-2", output="fresh")
+        outputs = await store.outputs(reclaimed.masterplan_id)
+    finally:
+        await store.close()
+
+    assert reclaimed.claims == 2
+    assert (stale_write, fresh_write) == (False, True)
+    assert [o.output for o in outputs] == ["fresh"]
+
+
+async def test_heartbeat_keeps_the_lease(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("a"))
+        await store.claim("ex-1", 1, lease_seconds=0.2)
+        held = await store.heartbeat("ex-1", lease_seconds=30)
+        await asyncio.sleep(0.3)
+
+        stolen = await store.claim("ex-2", 1, 30)
+    finally:
+        await store.close()
+
+    assert held == 1
+    assert stolen == []
+
+
+async def test_failed_atom_blocks_its_dependents_and_the_plan_finishes(pg):
+    store = await _store(pg)
+    try:
+        plan_id = await _register(store, atom("a"), atom("b", "a"), atom("c", "b"), atom("free"))
+        claimed = {c.atom_id: c for c in await store.claim("ex-1", 10, 30)}
+
+        await store.fail(claimed["a"], "ex-1", "LLM returned no code")
+        await _finish(store, claimed["free"])
+        progress = await store.progress(plan_id)
+    finally:
+        await store.close()
+
+    assert (progress.failed, progress.succeeded, progress.blocked) == (1, 1, 2)
+    assert progress.failed_atoms == ("a",)
+    assert progress.finished
+
+
+async def test_suspended_plans_are_not_claimed(pg):
+    store = await _store(pg)
+    try:
+        plan_id = await _register(store, atom("a"), suspend=True)
+        while_suspended = await store.claim("ex-1", 1, 30)
+        await store.set_suspended(plan_id, False)
+        after_resume = await store.claim("ex-1", 1, 30)
+    finally:
+        await store.close()
+
+    assert while_suspended == []
+    assert [c.atom_id for c in after_resume] == ["a"]
+
+
+async def test_replanning_keeps_unchanged_work_and_redoes_changed_atoms_and_their_dependents(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("a"), atom("b", "a"), atom("x"))
+        for _ in range(2):
+            for claimed in await store.claim("ex-1", 10, 30):
+                await _finish(store, claimed)
+        changed_b = atom("b", "a").model_copy(update={"description": "Implement b differently."})
+
+        plan_id = await _register(store, atom("a"), changed_b, atom("y", "b"))
+        states = dict(
+            await store.pool.fetch("SELECT atom_id, state FROM atoms WHERE masterplan_id = $1", plan_id)
+        )
+    finally:
+        await store.close()
+
+    assert states == {"a": "succeeded", "b": "ready", "y": "pending"}
+
+
+async def test_unreachable_postgres_names_the_host(tmp_path):
+    with pytest.raises(StoreUnavailable, match=r"cannot reach Postgres at 127\.0\.0\.1:1"):
+        await Store.connect("postgresql://u:secret@127.0.0.1:1/db", attempts=2)

@@ -2,27 +2,26 @@
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mge.adapters.manifests import load_plan_input, masterplan_file
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice, UnknownModelPrice, parse_price_table, price_for
 from mge.models.crd import all_crds
-from mge.models.manifest import (
-    ManifestError,
-    find_config_map_value,
-    load_documents,
-    parse_atom_list,
-    parse_masterplan,
-)
-from mge.models.masterplan import Atom, MasterplanSpec
+from mge.models.manifest import ManifestError
+from mge.models.masterplan import MasterplanSpec
 from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import PlanEstimate, estimate_plan
+
+if TYPE_CHECKING:
+    from mge.adapters.llm import LLM
+    from mge.executor.local_run import LocalRun, RunResult
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
@@ -39,10 +38,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
-def _masterplan_path(path: Path) -> Path:
-    return path / "masterplan.yaml" if path.is_dir() else path
-
-
 def _load_prices(path: Path | None) -> dict[str, ModelPrice]:
     prices = dict(DEFAULT_PRICES)
     if path is not None:
@@ -51,29 +46,6 @@ def _load_prices(path: Path | None) -> dict[str, ModelPrice]:
         except (OSError, ValueError, yaml.YAMLError) as error:
             raise _fail(f"--prices {path}: {error}") from None
     return prices
-
-
-def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
-    """Masterplan name, spec and atoms from a manifest file (atomsFrom: a ConfigMap in the same file)."""
-    file = _masterplan_path(path)
-    try:
-        documents = load_documents(file.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ManifestError(f"{file}: {error}") from None
-    masterplans = [d for d in documents if d.get("kind") == "Masterplan"]
-    if len(masterplans) != 1:
-        raise ManifestError(f"{file}: expected exactly one Masterplan document, found {len(masterplans)}")
-    name, spec = parse_masterplan(masterplans[0])
-    if spec.atoms is not None:
-        return name, spec, list(spec.atoms)
-    assert spec.atoms_from is not None
-    ref = spec.atoms_from.config_map_key_ref
-    text = find_config_map_value(documents, ref.name, ref.key)
-    if text is None:
-        raise ManifestError(
-            f"{file}: spec.atomsFrom names ConfigMap {ref.name!r} key {ref.key!r}; add that ConfigMap to the file"
-        )
-    return name, spec, parse_atom_list(text, f"ConfigMap {ref.name} key {ref.key}")
 
 
 def _print_plan(name: str, spec: MasterplanSpec, plan: Plan, estimate: PlanEstimate) -> None:
@@ -142,6 +114,86 @@ def crds(
     if stale:
         errors.print(f"out of date with the models: {', '.join(stale)}; run `make crds`")
         raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    path: Annotated[
+        Path, typer.Argument(help="Example folder (masterplan.yaml + responses.jsonl) or a manifest.")
+    ],
+    llm: Annotated[
+        str,
+        typer.Option(help="'replay' serves the example's recorded answers; 'openai' calls OPENAI_BASE_URL."),
+    ] = "replay",
+    model: Annotated[str | None, typer.Option(help="Override spec.model.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the generated project (default out/<name>).")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Embedded Postgres data (default .mge/<name>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its state dir.")] = False,
+    executors: Annotated[int, typer.Option(min=1, max=64, help="Executor tasks.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="In-flight atoms per executor.")] = 4,
+    prices: Annotated[Path | None, typer.Option(help="YAML price table overriding the built-in one.")] = None,
+) -> None:
+    """Run a Masterplan end to end without a cluster: embedded Postgres, local executors, live progress."""
+    import os
+
+    from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
+    from mge.executor.local_run import LocalRun
+    from mge.executor.report import print_report
+
+    price_table = _load_prices(prices)
+    try:
+        name, spec, atoms = load_plan_input(path)
+        if model:
+            spec = spec.model_copy(update={"model": model})
+        plan_dag((atom.id, atom.depends_on) for atom in atoms)
+        price_for(spec.model, price_table)
+    except (ManifestError, PlanError, UnknownModelPrice) as error:
+        raise _fail(str(error)) from None
+    client: LLM
+    if llm == "replay":
+        recording = masterplan_file(path).parent / "responses.jsonl"
+        if not recording.exists():
+            raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
+        client = ReplayLLM(recording)
+    elif llm == "openai":
+        client = OpenAICompatibleLLM(
+            os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            os.environ.get("OPENAI_API_KEY", ""),
+        )
+    else:
+        raise _fail(f"--llm must be 'replay' or 'openai', not {llm!r}")
+    console.print(f"[bold]LLM:[/] {client.label}")
+    options = LocalRun(
+        example=path,
+        name=name,
+        spec=spec,
+        atoms=atoms,
+        out=out or Path("out") / name,
+        state_dir=state_dir or Path(".mge") / name,
+        resume=resume,
+        executors=executors,
+        concurrency=concurrency,
+        prices=price_table,
+    )
+    result = asyncio.run(_run_and_close(options, client))
+    print_report(console, options, result, client.label)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.succeeded:
+        raise typer.Exit(1)
+
+
+async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
+    from mge.executor.local_run import run_local
+
+    try:
+        return await run_local(options, client, console)
+    finally:
+        await client.close()
 
 
 @app.command()

@@ -79,6 +79,24 @@ class Progress:
         return self.ready == 0 and self.running == 0 and self.pending == self.blocked
 
 
+@dataclass(frozen=True, slots=True)
+class WaveProgress:
+    index: int
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    rejected: int
+
+
 _CLAIM_SQL: Final = """
 WITH claimable AS (
     SELECT a.masterplan_id, a.atom_id
@@ -392,6 +410,49 @@ class Store:
             plan_id,
         )
         return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
+
+    async def release_abandoned(self, plan_id: uuid.UUID) -> int:
+        """Local resume: atoms left running by a process that is gone are ready again at once."""
+        result = await self.pool.execute(
+            """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               WHERE masterplan_id = $1 AND state = 'running'""",
+            plan_id,
+        )
+        return int(str(result).split()[-1])
+
+    async def wave_progress(self, plan_id: uuid.UUID) -> list[WaveProgress]:
+        rows = await self.pool.fetch(
+            """SELECT wave_index, count(*) AS total,
+                      count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                      count(*) FILTER (WHERE state = 'failed') AS failed,
+                      count(*) FILTER (WHERE state = 'running') AS running,
+                      coalesce(sum(cost_usd), 0) AS cost_usd
+               FROM atoms WHERE masterplan_id = $1 GROUP BY wave_index ORDER BY wave_index""",
+            plan_id,
+        )
+        return [
+            WaveProgress(
+                r["wave_index"], r["total"], r["succeeded"], r["failed"], r["running"], r["cost_usd"]
+            )
+            for r in rows
+        ]
+
+    async def usage(self, plan_id: uuid.UUID) -> Usage:
+        row: Any = await self.pool.fetchrow(
+            """SELECT count(*) AS calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+                      coalesce(sum(completion_tokens), 0) AS completion_tokens,
+                      count(*) FILTER (WHERE outcome <> 'succeeded') AS rejected
+               FROM atom_attempts WHERE masterplan_id = $1""",
+            plan_id,
+        )
+        return Usage(row["calls"], row["prompt_tokens"], row["completion_tokens"], row["rejected"])
+
+    async def failures(self, plan_id: uuid.UUID) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "SELECT atom_id, last_error FROM atoms WHERE masterplan_id = $1 AND state = 'failed' ORDER BY atom_id",
+            plan_id,
+        )
+        return [(r["atom_id"], r["last_error"] or "") for r in rows]
 
     async def progress(self, plan_id: uuid.UUID) -> Progress:
         row: Any = await self.pool.fetchrow(_PROGRESS_SQL, plan_id)

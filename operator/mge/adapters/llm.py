@@ -1,0 +1,219 @@
+"""LLM clients: any OpenAI-compatible chat endpoint over HTTP, and the offline replay of recorded answers."""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Final, Protocol
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from mge.adapters.tokenizer import count_tokens
+
+RETRYABLE_STATUS: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
+TRACE_HEADER: Final = "X-MGE-Trace-Id"
+ATOM_HEADER: Final = "X-MGE-Atom"
+ATTEMPT_HEADER: Final = "X-MGE-Attempt"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: Sequence[Mapping[str, str]]
+    max_tokens: int
+    temperature: float = 0.0
+    trace_id: str = ""
+    atom_id: str = ""
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+    latency_s: float = 0.0
+    # Calls that failed and were retried before this answer: 429/5xx/timeouts seen by the caller.
+    retried_errors: tuple[str, ...] = field(default_factory=tuple)
+
+
+class LLMError(RuntimeError):
+    """The endpoint kept failing (or refused the request outright); the atom's attempt fails with this message."""
+
+
+class LLM(Protocol):
+    label: str
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def close(self) -> None: ...
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class _BackoffHonouringRetryAfter:
+    """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
+
+    def __init__(self, base: float, cap: float, jitter: "Jitter") -> None:
+        self.base, self.cap, self.jitter = base, cap, jitter
+
+    def __call__(self, state: RetryCallState) -> float:
+        backoff = min(self.cap, self.base * 2 ** (state.attempt_number - 1)) * self.jitter()
+        error = state.outcome.exception() if state.outcome else None
+        floor = error.retry_after if isinstance(error, _Retryable) and error.retry_after is not None else 0.0
+        return float(max(backoff, min(floor, self.cap * 4)))
+
+
+class Jitter(Protocol):
+    def __call__(self) -> float: ...
+
+
+class OpenAICompatibleLLM:
+    """POST {base_url}/chat/completions; retries 408/409/429/5xx/timeouts with backoff; usage from the response."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 120.0,
+        max_attempts: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        jitter: Jitter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        import random
+
+        self.label = f"OpenAI-compatible endpoint {base_url}"
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            transport=transport,
+        )
+        self._max_attempts = max_attempts
+        # Equal jitter: half the backoff is fixed, half random, so retries spread without collapsing to 0.
+        self._wait = _BackoffHonouringRetryAfter(
+            backoff_base_s, backoff_cap_s, jitter or (lambda: 0.5 + random.random() / 2)
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        seen: list[str] = []
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self._max_attempts),
+                wait=self._wait,
+                retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        return await self._call_once(request, tuple(seen))
+                    except _Retryable as error:
+                        seen.append(str(error))
+                        raise
+        except _Retryable as error:
+            raise LLMError(
+                f"LLM endpoint still failing after {self._max_attempts} attempts: {error}"
+            ) from error
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _call_once(self, request: ChatRequest, retried: tuple[str, ...]) -> Completion:
+        body = {
+            "model": request.model,
+            "messages": list(request.messages),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        headers = {
+            TRACE_HEADER: request.trace_id,
+            ATOM_HEADER: request.atom_id,
+            ATTEMPT_HEADER: str(request.attempt),
+        }
+        started = time.perf_counter()
+        try:
+            response = await self._client.post("chat/completions", json=body, headers=headers)
+        except httpx.TimeoutException as error:
+            raise _Retryable(f"timeout: {error!r}", None) from error
+        except httpx.TransportError as error:
+            raise _Retryable(f"connection error: {error!r}", None) from error
+        latency = time.perf_counter() - started
+        if response.status_code in RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}", _retry_after(response))
+        if response.status_code >= 400:
+            raise LLMError(
+                f"LLM endpoint refused the request: HTTP {response.status_code}: {response.text[:500]}"
+            )
+        try:
+            payload = response.json()
+            content = payload["choices"][0]["message"].get("content") or ""
+            usage = payload.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise _Retryable(f"malformed response: {error!r}: {response.text[:200]}", None) from error
+        details = usage.get("prompt_tokens_details") or {}
+        return Completion(
+            content=content,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+            latency_s=latency,
+            retried_errors=retried,
+        )
+
+
+class ReplayLLM:
+    """Serves an example's recorded answers (responses.jsonl) by atom and attempt; no network, clearly labelled."""
+
+    def __init__(self, recording: Path) -> None:
+        self.label = f"REPLAY of recorded responses {recording} (no LLM is called)"
+        self._answers: dict[str, dict[int, str]] = {}
+        for number, line in enumerate(recording.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self._answers.setdefault(str(record["atom"]), {})[int(record.get("attempt", 1))] = str(
+                    record["content"]
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{recording}:{number}: expected {{atom, attempt, content}}: {error}"
+                ) from None
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        recorded = self._answers.get(request.atom_id)
+        if not recorded:
+            raise LLMError(f"the recording has no answer for atom {request.atom_id!r}")
+        # Later attempts reuse the last recorded one: the recording holds the repairs it needed.
+        attempt = max((n for n in recorded if n <= request.attempt), default=min(recorded))
+        content = recorded[attempt]
+        prompt = sum(count_tokens(m.get("content", "")) for m in request.messages)
+        return Completion(content=content, prompt_tokens=prompt, completion_tokens=count_tokens(content))
+
+    async def close(self) -> None:
+        return None

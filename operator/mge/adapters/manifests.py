@@ -1,0 +1,42 @@
+"""Reads Masterplan manifest files from disk (local mode and `mge plan`)."""
+
+from pathlib import Path
+
+import yaml
+
+from mge.models.manifest import (
+    ManifestError,
+    find_config_map_value,
+    load_documents,
+    parse_atom_list,
+    parse_masterplan,
+)
+from mge.models.masterplan import Atom, MasterplanSpec
+
+
+def masterplan_file(path: Path) -> Path:
+    """An example folder means its masterplan.yaml."""
+    return path / "masterplan.yaml" if path.is_dir() else path
+
+
+def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
+    """Masterplan name, spec and atoms from a manifest file (atomsFrom: a ConfigMap in the same file)."""
+    file = masterplan_file(path)
+    try:
+        documents = load_documents(file.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ManifestError(f"{file}: {error}") from None
+    masterplans = [d for d in documents if d.get("kind") == "Masterplan"]
+    if len(masterplans) != 1:
+        raise ManifestError(f"{file}: expected exactly one Masterplan document, found {len(masterplans)}")
+    name, spec = parse_masterplan(masterplans[0])
+    if spec.atoms is not None:
+        return name, spec, list(spec.atoms)
+    assert spec.atoms_from is not None
+    ref = spec.atoms_from.config_map_key_ref
+    text = find_config_map_value(documents, ref.name, ref.key)
+    if text is None:
+        raise ManifestError(
+            f"{file}: spec.atomsFrom names ConfigMap {ref.name!r} key {ref.key!r}; add that ConfigMap to the file"
+        )
+    return name, spec, parse_atom_list(text, f"ConfigMap {ref.name} key {ref.key}")

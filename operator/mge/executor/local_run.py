@@ -1,0 +1,178 @@
+"""`mge run`: the whole engine on one machine — embedded Postgres, executors as tasks, live progress, report."""
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from mge.adapters.embedded import EmbeddedPostgres
+from mge.adapters.llm import LLM
+from mge.adapters.manifests import masterplan_file
+from mge.adapters.store.store import Progress, Store, WaveProgress
+from mge.cost.pricing import ModelPrice
+from mge.executor.validation import CodeValidator
+from mge.executor.worker import Executor, ExecutorConfig
+from mge.models.masterplan import Atom, MasterplanSpec
+from mge.plan.dag import plan_dag
+from mge.trace.context import new_trace_id
+
+LOCAL_NAMESPACE = "local"
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    example: Path
+    name: str
+    spec: MasterplanSpec
+    atoms: list[Atom]
+    out: Path
+    state_dir: Path
+    resume: bool
+    executors: int
+    concurrency: int
+    prices: Mapping[str, ModelPrice]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    progress: Progress
+    waves: list[WaveProgress]
+    failures: list[tuple[str, str]]
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    rejected_attempts: int
+    seconds: float
+    interrupted: bool
+    files_written: int
+
+    @property
+    def succeeded(self) -> bool:
+        return (
+            not self.interrupted
+            and self.progress.failed == 0
+            and self.progress.succeeded == self.progress.total
+        )
+
+
+async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
+    if not run.resume and run.state_dir.exists():
+        shutil.rmtree(run.state_dir)
+    postgres = EmbeddedPostgres(run.state_dir / "postgres")
+    dsn = await asyncio.to_thread(postgres.start)
+    store = await Store.connect(dsn, max_size=max(4, run.executors + 2))
+    validator = CodeValidator()
+    started = time.monotonic()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        plan = plan_dag((atom.id, atom.depends_on) for atom in run.atoms)
+        trace = await store.pool.fetchval(
+            "SELECT trace_id::text FROM masterplans WHERE namespace = $1 AND name = $2",
+            LOCAL_NAMESPACE,
+            run.name,
+        )
+        plan_id, _ = await store.register_plan(
+            namespace=LOCAL_NAMESPACE,
+            name=run.name,
+            trace_id=trace or new_trace_id(),
+            generation=1,
+            spec=run.spec.model_copy(update={"suspend": False}),
+            atoms=run.atoms,
+            plan=plan,
+        )
+        if run.resume:
+            await store.release_abandoned(plan_id)
+        executors = [
+            Executor(
+                store,
+                llm,
+                validator,
+                run.prices,
+                ExecutorConfig(executor_id=f"local-{n}", concurrency=run.concurrency, shutdown_grace_s=5.0),
+            )
+            for n in range(run.executors)
+        ]
+        workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
+        limit = Decimal(str(run.spec.budget.effective_limit_usd))
+        with Live(console=console, refresh_per_second=8, transient=False) as live:
+            while not stop.is_set():
+                progress = await store.progress(plan_id)
+                live.update(_view(run.name, progress, await store.wave_progress(plan_id), limit, llm.label))
+                if progress.finished:
+                    break
+                await asyncio.sleep(0.2)
+            interrupted = stop.is_set()
+            stop.set()
+            await asyncio.gather(*workers)
+            progress = await store.progress(plan_id)
+            waves = await store.wave_progress(plan_id)
+            live.update(_view(run.name, progress, waves, limit, llm.label))
+        written = _write_project(run, await store.outputs(plan_id)) if not interrupted else 0
+        usage = await store.usage(plan_id)
+        return RunResult(
+            progress=progress,
+            waves=waves,
+            failures=await store.failures(plan_id),
+            calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            rejected_attempts=usage.rejected,
+            seconds=time.monotonic() - started,
+            interrupted=interrupted,
+            files_written=written,
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await validator.close()
+        await store.close()
+        await asyncio.to_thread(postgres.stop)
+
+
+def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]
+    """Scaffold files (if the example has any) plus every generated file, into a clean output folder."""
+    if run.out.exists():
+        shutil.rmtree(run.out)
+    scaffold = masterplan_file(run.example).parent / "scaffold"
+    if scaffold.is_dir():
+        shutil.copytree(scaffold, run.out)
+    for output in outputs:
+        target = run.out / output.file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(output.output)
+    return len(outputs)
+
+
+def _view(name: str, progress: Progress, waves: list[WaveProgress], limit: Decimal, llm_label: str) -> Group:
+    table = Table(title=f"Masterplan {name}", caption=f"LLM: {llm_label}", caption_justify="left")
+    for column in ("Wave", "Atoms", "Succeeded", "Running", "Failed", "Cost (USD)"):
+        table.add_column(column, justify="right")
+    for wave in waves:
+        table.add_row(
+            str(wave.index),
+            str(wave.total),
+            str(wave.succeeded),
+            str(wave.running),
+            str(wave.failed),
+            f"{wave.cost_usd:.4f}",
+        )
+    share = progress.cost_usd / limit * 100 if limit else Decimal(0)
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row(
+        f"atoms {progress.succeeded}/{progress.total} succeeded",
+        f"{progress.running} running",
+        f"{progress.failed} failed, {progress.blocked} blocked",
+        f"cost ${progress.cost_usd:.4f} of ${limit:.2f} ({share:.2f}%)",
+    )
+    return Group(table, summary)

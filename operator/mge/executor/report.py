@@ -1,0 +1,39 @@
+"""The final report of a local run: waves, atoms, failures with their blocked dependents, cost, tokens."""
+
+from decimal import Decimal
+
+from rich.console import Console
+from rich.table import Table
+
+from mge.executor.local_run import LocalRun, RunResult
+
+
+def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
+    progress = result.progress
+    limit = Decimal(str(run.spec.budget.effective_limit_usd))
+    table = Table(title=f"Report: Masterplan {run.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    verdict = "interrupted" if result.interrupted else ("succeeded" if result.succeeded else "FAILED")
+    table.add_row("Result", verdict)
+    table.add_row("LLM", llm_label)
+    table.add_row("Waves", f"{progress.waves_complete}/{progress.waves_total} complete")
+    table.add_row(
+        "Atoms",
+        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.blocked} blocked by failures, "
+        f"{progress.total} total",
+    )
+    table.add_row(
+        "LLM calls", f"{result.calls} ({result.rejected_attempts} rejected by validation or errors)"
+    )
+    table.add_row("Tokens", f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion")
+    share = progress.cost_usd / limit * 100 if limit else Decimal(0)
+    table.add_row("Cost", f"${progress.cost_usd:.4f} of ${limit:.2f} budget ({share:.2f}%)")
+    table.add_row("Time", f"{result.seconds:.1f} s")
+    if result.files_written:
+        table.add_row("Output", f"{result.files_written} files in {run.out}/")
+    console.print(table)
+    for atom_id, error in result.failures:
+        console.print(f"[red]failed[/] {atom_id}: {error[:500]}")
+    if result.interrupted:
+        console.print(f"Stopped. Continue with: mge run {run.example} --resume")

@@ -1,0 +1,201 @@
+"""Executor loop: claim ready atoms up to a concurrency limit, run each through LLM + validation, keep leases."""
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.store.store import ClaimedAtom, Store
+from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
+from mge.executor.validation import CodeValidator
+from mge.generation.extract import NoCodeInAnswer, extract_code
+from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
+from mge.generation.validate import InvalidCode
+from mge.trace.context import current_trace_id
+
+log = logging.getLogger("mge.executor")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    executor_id: str
+    concurrency: int = 8
+    lease_s: float = 60.0
+    heartbeat_s: float = 15.0
+    idle_poll_s: float = 0.5
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    # An atom claimed this often was held by executors that died: stop retrying it.
+    max_claims: int = 5
+    shutdown_grace_s: float = 20.0
+
+
+class Executor:
+    def __init__(
+        self,
+        store: Store,
+        llm: LLM,
+        validator: CodeValidator,
+        prices: Mapping[str, ModelPrice],
+        config: ExecutorConfig,
+    ) -> None:
+        self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
+        self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        try:
+            while not stop.is_set():
+                free = self.config.concurrency - len(self._in_flight)
+                claimed = (
+                    await self.store.claim(self.config.executor_id, free, self.config.lease_s) if free else []
+                )
+                for atom in claimed:
+                    task = asyncio.create_task(self._execute(atom))
+                    self._in_flight[task] = atom
+                    task.add_done_callback(self._done)
+                if not claimed or len(self._in_flight) >= self.config.concurrency:
+                    await self._idle(stop)
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("atom task crashed", exc_info=task.exception())
+        self._wake.set()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Sleep until an atom finishes (a slot frees, dependents may be ready), stop, or the poll interval."""
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            if self._in_flight:
+                try:
+                    await self.store.heartbeat(self.config.executor_id, self.config.lease_s)
+                except (OSError, ConnectionError) as error:
+                    log.warning(
+                        "lease heartbeat failed; leases expire in %.0fs: %s", self.config.lease_s, error
+                    )
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        tasks = list(self._in_flight)
+        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
+        for task in pending:
+            atom = self._in_flight.get(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if atom is not None:
+                await self.store.release(atom, self.config.executor_id)
+                log.info("released atom %s for another executor", atom.atom_id)
+
+    async def _execute(self, atom: ClaimedAtom) -> None:
+        current_trace_id.set(str(atom.trace_id))
+        executor = self.config.executor_id
+        if atom.claims > self.config.max_claims:
+            await self.store.fail(
+                atom, executor, f"claimed {atom.claims} times: executors kept dying while running this atom"
+            )
+            return
+        try:
+            price = price_for(atom.model, self.prices)
+        except UnknownModelPrice as error:
+            await self.store.fail(atom, executor, str(error))
+            return
+        dependencies = [
+            DependencyCode(d.file, d.output)
+            for d in await self.store.dependency_outputs(atom.masterplan_id, atom.depends_on)
+        ]
+        task = AtomTask(atom.atom_id, atom.file, atom.language, atom.description)
+        feedback: str | None = None
+        last_error = "no attempt made"
+        for attempt in range(atom.attempts + 1, atom.max_attempts + 1):
+            outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
+            if outcome is None:  # lease lost: another executor owns the atom now
+                return
+            code, problem = outcome
+            if code is not None:
+                await self.store.succeed(atom, executor, code)
+                return
+            last_error = problem or "unknown error"
+            feedback = problem
+        await self.store.fail(
+            atom, executor, f"gave up after {atom.max_attempts} attempts; last error: {last_error}"
+        )
+
+    async def _attempt(
+        self,
+        atom: ClaimedAtom,
+        task: AtomTask,
+        dependencies: list[DependencyCode],
+        feedback: str | None,
+        attempt: int,
+        price: ModelPrice,
+    ) -> tuple[str | None, str | None] | None:
+        """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost."""
+        started_at, started = datetime.now(UTC), time.perf_counter()
+        request = ChatRequest(
+            model=atom.model,
+            messages=atom_messages(task, dependencies, feedback),
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
+            trace_id=str(atom.trace_id),
+            atom_id=atom.atom_id,
+            attempt=attempt,
+        )
+        code: str | None = None
+        error: str | None = None
+        prompt_tokens = completion_tokens = cached_tokens = 0
+        try:
+            completion = await self.llm.complete(request)
+            prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
+            cached_tokens = completion.cached_prompt_tokens
+            code = extract_code(completion.content)
+            await self.validator.validate(atom.language, atom.file, code)
+            outcome = "succeeded"
+        except LLMError as llm_failure:
+            code, error, outcome = None, str(llm_failure), "llm_error"
+        except (NoCodeInAnswer, InvalidCode) as invalid:
+            code, error, outcome = None, str(invalid), "invalid"
+        cost = price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
+        still_ours = await self.store.record_attempt(
+            atom,
+            executor=self.config.executor_id,
+            span_id=secrets.token_hex(8),
+            outcome=outcome,
+            error=error,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached=False,
+            cost_usd=cost,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            started_at=started_at,
+        )
+        if not still_ours:
+            log.warning("lost the lease on atom %s; dropping attempt %d", atom.atom_id, attempt)
+            return None
+        if error:
+            log.info(
+                "atom %s attempt %d/%d rejected: %s", atom.atom_id, attempt, atom.max_attempts, error[:300]
+            )
+        return code, error

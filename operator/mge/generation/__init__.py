@@ -1,0 +1,1 @@
+"""Pure code generation logic: prompts from atoms, code extraction from answers, syntax validation."""

@@ -1,0 +1,1 @@
+"""Test support: real-protocol fakes and harnesses for the parts that cannot run here for real."""

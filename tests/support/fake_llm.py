@@ -1,0 +1,156 @@
+"""An OpenAI-compatible chat server for tests and benchmarks: recorded answers, latency, capacity, faults.
+
+Real HTTP on 127.0.0.1; clients talk to it exactly as to OpenAI/vLLM. It stands in for a real model,
+which cannot run here.
+"""
+
+import asyncio
+import json
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from mge.adapters.tokenizer import count_tokens
+
+Responder = Callable[[dict[str, Any], str, int], str]
+
+
+@dataclass
+class Fault:
+    """One injected failure: an HTTP status, 'timeout' (hang past the client timeout) or 'garbage' (200, no JSON)."""
+
+    kind: int | str
+    retry_after: float | None = None
+
+
+@dataclass
+class FakeLLMConfig:
+    base_latency_s: float = 0.0
+    latency_jitter_s: float = 0.0
+    per_token_s: float = 0.0
+    # Above `capacity` concurrent requests latency grows proportionally; above `reject_factor` x capacity: 429.
+    capacity: int | None = None
+    reject_factor: float = 1.5
+    hang_s: float = 30.0
+
+
+@dataclass
+class FakeLLMStats:
+    requests: int = 0
+    completed: int = 0
+    rejected: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    calls_per_atom: Counter[str] = field(default_factory=Counter)
+    trace_ids: set[str] = field(default_factory=set)
+
+
+class FakeLLM:
+    def __init__(self, config: FakeLLMConfig | None = None, responder: Responder | None = None) -> None:
+        self.config = config or FakeLLMConfig()
+        self.recordings: dict[str, dict[int, str]] = {}
+        self.responder = responder
+        self.faults: deque[Fault] = deque()
+        self.stats = FakeLLMStats()
+        self._runner: web.AppRunner | None = None
+        self._random = random.Random(7)
+        self.url = ""
+
+    def load_recording(self, path: Path) -> None:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                self.recordings.setdefault(record["atom"], {})[int(record.get("attempt", 1))] = record[
+                    "content"
+                ]
+
+    def inject(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _answer(self, body: dict[str, Any], atom: str, attempt: int) -> str:
+        recorded = self.recordings.get(atom)
+        if recorded:
+            return recorded[max((n for n in recorded if n <= attempt), default=min(recorded))]
+        if self.responder is not None:
+            return self.responder(body, atom, attempt)
+        return "```python\nVALUE = 1\n```"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        stats, config = self.stats, self.config
+        stats.requests += 1
+        stats.trace_ids.add(request.headers.get("X-MGE-Trace-Id", ""))
+        atom = request.headers.get("X-MGE-Atom", "")
+        attempt = int(request.headers.get("X-MGE-Attempt", "1"))
+        stats.calls_per_atom[atom] += 1
+        if self.faults:
+            fault = self.faults.popleft()
+            if fault.kind == "timeout":
+                await asyncio.sleep(config.hang_s)
+            if fault.kind == "garbage":
+                return web.Response(text="<html>upstream error</html>", content_type="text/html")
+            if isinstance(fault.kind, int):
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                return web.json_response(
+                    {"error": {"message": "injected"}}, status=fault.kind, headers=headers
+                )
+        if config.capacity and stats.in_flight >= config.capacity * config.reject_factor:
+            stats.rejected += 1
+            return web.json_response(
+                {"error": {"message": "rate limited"}}, status=429, headers={"Retry-After": "0.1"}
+            )
+        body = await request.json()
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            content = self._answer(body, atom, attempt)
+            completion_tokens = count_tokens(content)
+            latency = config.base_latency_s + self._random.random() * config.latency_jitter_s
+            latency += completion_tokens * config.per_token_s
+            if config.capacity and stats.in_flight > config.capacity:
+                latency *= stats.in_flight / config.capacity
+            if latency:
+                await asyncio.sleep(latency)
+        finally:
+            stats.in_flight -= 1
+        stats.completed += 1
+        prompt_tokens = sum(count_tokens(m.get("content", "")) for m in body.get("messages", []))
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{stats.requests}",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )

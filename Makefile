@@ -14,6 +14,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node typescript@5.9.3
 	touch $@
 
 setup: $(INSTALLED) ## Create .venv and install the package with its test tools

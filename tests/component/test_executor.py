@@ -1,0 +1,190 @@
+"""Executors on real Postgres against the fake LLM server: completion, no double work, faults, shutdown."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.manifests import load_plan_input
+from mge.adapters.store.store import Store
+from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor.validation import CodeValidator
+from mge.executor.worker import Executor, ExecutorConfig
+from mge.models.masterplan import Atom
+from mge.plan.dag import plan_dag
+from tests.builders import atom, spec
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+
+pytestmark = pytest.mark.component
+
+REPO = Path(__file__).resolve().parents[2]
+TRACE = "00000000-0000-4000-8000-0000000000aa"
+
+
+@pytest.fixture
+async def fake_llm():
+    server = FakeLLM()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def store(pg):
+    store = await Store.connect(pg, max_size=30)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def validator():
+    checker = CodeValidator()
+    yield checker
+    await checker.close()
+
+
+async def _register(store, plan_spec, atoms, name="plan"):
+    plan = plan_dag((a.id, a.depends_on) for a in atoms)
+    plan_id, _ = await store.register_plan(
+        namespace="ns", name=name, trace_id=TRACE, generation=1, spec=plan_spec, atoms=atoms, plan=plan
+    )
+    return plan_id
+
+
+def _executor(store, fake_llm, validator, name="ex", **config):
+    llm = OpenAICompatibleLLM(fake_llm.url, "k", backoff_base_s=0.01, backoff_cap_s=0.02, jitter=lambda: 1.0)
+    return Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(executor_id=name, **config))
+
+
+async def _run_until_finished(store, plan_id, executors, timeout=30.0):
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(e.run(stop)) for e in executors]
+    try:
+        async with asyncio.timeout(timeout):
+            while not (progress := await store.progress(plan_id)).finished:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for executor in executors:
+            await executor.llm.close()
+    return progress
+
+
+async def test_hello_example_runs_to_completion_with_validated_code(store, fake_llm, validator):
+    name, plan_spec, atoms = load_plan_input(REPO / "examples" / "hello")
+    fake_llm.load_recording(REPO / "examples" / "hello" / "responses.jsonl")
+    plan_id = await _register(store, plan_spec, atoms, name)
+
+    progress = await _run_until_finished(store, plan_id, [_executor(store, fake_llm, validator)])
+
+    assert (progress.succeeded, progress.failed) == (len(atoms), 0)
+    outputs = {o.atom_id: o.output for o in await store.outputs(plan_id)}
+    assert "def greet(name: str" in outputs["greet"]
+    assert fake_llm.stats.calls_per_atom["greet"] == 2  # the recorded syntax error was repaired
+    assert fake_llm.stats.trace_ids == {TRACE}
+
+
+async def test_eight_executors_never_run_an_atom_twice(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.01, latency_jitter_s=0.02)
+    atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i % 5 else [])) for i in range(60)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executors = [_executor(store, fake_llm, validator, name=f"ex-{n}", concurrency=4) for n in range(8)]
+
+    progress = await _run_until_finished(store, plan_id, executors)
+
+    assert progress.succeeded == 60
+    assert set(fake_llm.stats.calls_per_atom.values()) == {1}
+    rows = await store.pool.fetchval("SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id)
+    assert rows == 60
+
+
+async def test_garbage_answers_fail_the_atom_and_block_only_its_dependents(store, fake_llm, validator):
+    fake_llm.responder = lambda body, atom_id, attempt: (
+        "Sorry, I cannot help with that." if atom_id == "bad" else "```python\nX = 1\n```"
+    )
+    atoms = [atom("bad"), atom("after-bad", "bad"), atom("good"), atom("after-good", "good")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+
+    progress = await _run_until_finished(store, plan_id, [_executor(store, fake_llm, validator)])
+
+    assert (progress.succeeded, progress.failed, progress.blocked) == (2, 1, 1)
+    failures = await store.failures(plan_id)
+    assert failures[0][0] == "bad"
+    assert "gave up after 3 attempts" in failures[0][1]
+    assert "no code block" in failures[0][1]
+    assert fake_llm.stats.calls_per_atom["bad"] == 3
+
+
+async def test_validation_errors_are_fed_back_to_the_model(store, fake_llm, validator):
+    prompts = []
+
+    def responder(body, atom_id, attempt):
+        prompts.append(body["messages"][-1]["content"])
+        return (
+            "```python\ndef broken(:\n```" if attempt == 1 else "```python\ndef fixed():\n    return 1\n```"
+        )
+
+    fake_llm.responder = responder
+    atoms = [atom("a")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+
+    progress = await _run_until_finished(store, plan_id, [_executor(store, fake_llm, validator)])
+
+    assert progress.succeeded == 1
+    assert "SyntaxError" in prompts[1] and "previous answer" in prompts[1]
+
+
+async def test_typescript_atoms_are_checked_by_the_typescript_compiler(store, fake_llm, validator):
+    fake_llm.responder = lambda body, atom_id, attempt: (
+        "```typescript\nexport function f( { return 1 }\n```"
+        if attempt == 1
+        else "```typescript\nexport function f(): number { return 1; }\n```"
+    )
+    ts_atom = Atom(id="ts", file="src/f.ts", language="typescript", description="Export f returning 1.")
+    plan_id = await _register(store, spec(ts_atom), [ts_atom])
+
+    progress = await _run_until_finished(store, plan_id, [_executor(store, fake_llm, validator)])
+
+    assert progress.succeeded == 1
+    row = await store.pool.fetchrow(
+        "SELECT error FROM atom_attempts WHERE attempt = 1 AND masterplan_id = $1", plan_id
+    )
+    assert "TS1005" in row["error"]
+
+
+async def test_killed_executor_atom_is_reclaimed_after_lease_expiry_and_completed_once(
+    store, fake_llm, validator
+):
+    atoms = [atom("a")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    (held,) = await store.claim("killed-executor", 1, lease_seconds=0.3)  # it dies without a word
+
+    progress = await _run_until_finished(
+        store, plan_id, [_executor(store, fake_llm, validator, idle_poll_s=0.05)]
+    )
+
+    assert progress.succeeded == 1
+    assert fake_llm.stats.calls_per_atom["a"] == 1
+    assert await store.succeed(held, "killed-executor", "late write") is False
+    assert [o.output for o in await store.outputs(plan_id)] == ["VALUE = 1\n"]
+
+
+async def test_stop_releases_unfinished_atoms_for_other_executors(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=5.0)
+    atoms = [atom("slow")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executor = _executor(store, fake_llm, validator, shutdown_grace_s=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(executor.run(stop))
+    async with asyncio.timeout(5):
+        while fake_llm.stats.in_flight == 0:
+            await asyncio.sleep(0.02)
+
+    stop.set()
+    await task
+    await executor.llm.close()
+
+    state = await store.pool.fetchval("SELECT state FROM atoms WHERE masterplan_id = $1", plan_id)
+    assert state == "ready"

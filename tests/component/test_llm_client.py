@@ -1,0 +1,123 @@
+"""The OpenAI-compatible client against a real HTTP server: retries, Retry-After, usage, hard failures."""
+
+import time
+
+import pytest
+
+from mge.adapters.llm import ChatRequest, LLMError, OpenAICompatibleLLM
+from tests.support.fake_llm import Fault, FakeLLM
+
+pytestmark = pytest.mark.component
+
+REQUEST = ChatRequest(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50, atom_id="a"
+)
+
+
+@pytest.fixture
+async def server():
+    fake = FakeLLM()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def _client(fake: FakeLLM, **options) -> OpenAICompatibleLLM:
+    defaults = {"backoff_base_s": 0.01, "backoff_cap_s": 0.05, "jitter": lambda: 1.0}
+    return OpenAICompatibleLLM(fake.url, "test-key", **{**defaults, **options})
+
+
+async def test_usage_and_content_come_from_the_response(server):
+    client = _client(server)
+    try:
+        completion = await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert "VALUE = 1" in completion.content
+    assert completion.prompt_tokens > 0
+    assert completion.completion_tokens > 0
+
+
+async def test_429_and_5xx_are_retried_and_reported(server):
+    server.inject(Fault(429), Fault(503), Fault(500))
+    client = _client(server)
+    try:
+        completion = await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert server.stats.requests == 4
+    assert [e.split(":")[0] for e in completion.retried_errors] == ["HTTP 429", "HTTP 503", "HTTP 500"]
+
+
+async def test_retry_after_is_honoured(server):
+    server.inject(Fault(429, retry_after=0.3))
+    client = _client(server, backoff_cap_s=1.0)
+    started = time.monotonic()
+    try:
+        await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_garbage_body_is_retried(server):
+    server.inject(Fault("garbage"))
+    client = _client(server)
+    try:
+        completion = await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert completion.retried_errors and "malformed response" in completion.retried_errors[0]
+
+
+async def test_timeouts_are_retried(server):
+    server.config.hang_s = 1.0
+    server.inject(Fault("timeout"))
+    client = _client(server, timeout_s=0.2)
+    try:
+        completion = await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert "timeout" in completion.retried_errors[0]
+
+
+async def test_client_errors_fail_at_once_with_the_body(server):
+    server.inject(Fault(400))
+    client = _client(server)
+    try:
+        with pytest.raises(LLMError, match="HTTP 400"):
+            await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert server.stats.requests == 1
+
+
+async def test_persistent_failure_gives_up_after_the_attempt_budget(server):
+    server.inject(*[Fault(503)] * 10)
+    client = _client(server, max_attempts=3)
+    try:
+        with pytest.raises(LLMError, match="after 3 attempts"):
+            await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert server.stats.requests == 3
+
+
+async def test_trace_and_atom_travel_as_headers(server):
+    client = _client(server)
+    try:
+        await client.complete(
+            ChatRequest(model="m", messages=[], max_tokens=5, trace_id="trace-9", atom_id="x")
+        )
+    finally:
+        await client.close()
+
+    assert "trace-9" in server.stats.trace_ids
+    assert server.stats.calls_per_atom["x"] == 1

@@ -133,7 +133,8 @@ async def test_validation_errors_are_fed_back_to_the_model(store, fake_llm, vali
     progress = await _run_until_finished(store, plan_id, [_executor(store, fake_llm, validator)])
 
     assert progress.succeeded == 1
-    assert "SyntaxError" in prompts[1] and "previous answer" in prompts[1]
+    assert "SyntaxError" in prompts[1]
+    assert "previous answer" in prompts[1]
 
 
 async def test_typescript_atoms_are_checked_by_the_typescript_compiler(store, fake_llm, validator):

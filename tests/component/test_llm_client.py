@@ -5,7 +5,7 @@ import time
 import pytest
 
 from mge.adapters.llm import ChatRequest, LLMError, OpenAICompatibleLLM
-from tests.support.fake_llm import Fault, FakeLLM
+from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
 
@@ -71,7 +71,8 @@ async def test_garbage_body_is_retried(server):
     finally:
         await client.close()
 
-    assert completion.retried_errors and "malformed response" in completion.retried_errors[0]
+    assert completion.retried_errors
+    assert "malformed response" in completion.retried_errors[0]
 
 
 async def test_timeouts_are_retried(server):

@@ -16,11 +16,12 @@ from rich.table import Table
 from mge.adapters.embedded import EmbeddedPostgres
 from mge.adapters.llm import LLM
 from mge.adapters.manifests import masterplan_file
-from mge.adapters.store.store import Progress, Store, WaveProgress
+from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
+from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import plan_dag
 from mge.trace.context import new_trace_id
 

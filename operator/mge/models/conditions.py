@@ -43,6 +43,10 @@ class Reason(StrEnum):
     NO_FAILURES = "NoFailures"
     WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"
     READY_TO_RUN = "ReadyToRun"
+    ATOMS_RUNNING = "AtomsRunning"
+    ALL_ATOMS_SUCCEEDED = "AllAtomsSucceeded"
+    ATOMS_FAILED = "AtomsFailed"
+    STORE_UNAVAILABLE = "StoreUnavailable"
 
 
 class Condition(KubeModel):

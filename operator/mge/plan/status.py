@@ -52,7 +52,7 @@ def wave_name(masterplan: str, index: int) -> str:
     return f"{masterplan[: MAX_NAME_LENGTH - len(suffix) - 9]}-{digest}{suffix}"
 
 
-class _Conditions:
+class ConditionLog:
     """Collects condition changes and the Events that announce them."""
 
     def __init__(self, conditions: list[Condition], generation: int, now: datetime) -> None:
@@ -102,7 +102,7 @@ def decide_planning(
     status.trace_id = status.trace_id or new_trace_id()
     status.observed_generation = generation
     status.cost.limit_usd = spec.budget.effective_limit_usd
-    conditions = _Conditions(status.conditions, generation, now)
+    conditions = ConditionLog(status.conditions, generation, now)
     outcome = PlanningOutcome(status=status)
 
     try:
@@ -172,11 +172,11 @@ def decide_invalid_spec(
     status = observed.model_copy(deep=True)
     status.trace_id = status.trace_id or new_trace_id()
     status.observed_generation = generation
-    return _invalid(name, str(error), error.reason, status, _Conditions(status.conditions, generation, now))
+    return _invalid(name, str(error), error.reason, status, ConditionLog(status.conditions, generation, now))
 
 
 def _invalid(
-    name: str, problem: str, reason: Reason, status: MasterplanStatus, conditions: _Conditions
+    name: str, problem: str, reason: Reason, status: MasterplanStatus, conditions: ConditionLog
 ) -> PlanningOutcome:
     conditions.set(
         ConditionType.PLANNED,

@@ -13,6 +13,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from mge.adapters.store.migrate import migrate
 from mge.models.masterplan import Atom, MasterplanSpec
+from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
 from mge.plan.sync import PlanSync, atom_fingerprint, sync_atoms
 
@@ -57,36 +58,6 @@ class AtomOutput:
     atom_id: str
     file: str
     output: str
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    total: int
-    pending: int
-    ready: int
-    running: int
-    succeeded: int
-    failed: int
-    blocked: int
-    cost_usd: Decimal
-    waves_total: int
-    waves_complete: int
-    failed_atoms: tuple[str, ...]
-
-    @property
-    def finished(self) -> bool:
-        """Nothing can run any more: every atom succeeded, failed, or waits on a failed dependency."""
-        return self.ready == 0 and self.running == 0 and self.pending == self.blocked
-
-
-@dataclass(frozen=True, slots=True)
-class WaveProgress:
-    index: int
-    total: int
-    succeeded: int
-    failed: int
-    running: int
-    cost_usd: Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +439,7 @@ class Store:
             waves_total=row["waves_total"],
             waves_complete=row["waves_complete"],
             failed_atoms=tuple(row["failed_atoms"] or ()),
+            blocked_atoms=tuple(row["blocked_atoms"] or ()),
         )
 
 
@@ -517,8 +489,10 @@ wave_counts AS (
                  AND a.state NOT IN ('succeeded', 'failed'))) AS waves_complete
     FROM waves w WHERE w.masterplan_id = $1
 )
-SELECT counts.*, wave_counts.*,
-       (SELECT count(*) FROM atoms a JOIN blocked b ON b.atom_id = a.atom_id
-        WHERE a.masterplan_id = $1 AND a.state = 'pending') AS blocked
-FROM counts, wave_counts
+SELECT counts.*, wave_counts.*, coalesce(array_length(blocked_ids.ids, 1), 0) AS blocked,
+       blocked_ids.ids AS blocked_atoms
+FROM counts, wave_counts, (
+    SELECT array_agg(a.atom_id ORDER BY a.atom_id) AS ids FROM atoms a JOIN blocked b ON b.atom_id = a.atom_id
+    WHERE a.masterplan_id = $1 AND a.state = 'pending'
+) AS blocked_ids
 """

@@ -1,0 +1,35 @@
+"""Execution progress of a Masterplan as read from the store: the input of the status decisions."""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class WaveProgress:
+    index: int
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    total: int
+    pending: int
+    ready: int
+    running: int
+    succeeded: int
+    failed: int
+    blocked: int
+    cost_usd: Decimal
+    waves_total: int
+    waves_complete: int
+    failed_atoms: tuple[str, ...] = ()
+    blocked_atoms: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        """Nothing can run any more: every atom succeeded, failed, or waits on a failed dependency."""
+        return self.ready == 0 and self.running == 0 and self.pending == self.blocked

@@ -22,6 +22,7 @@ from mge.plan.estimate import PlanEstimate, estimate_plan
 if TYPE_CHECKING:
     from mge.adapters.llm import LLM
     from mge.executor.local_run import LocalRun, RunResult
+    from mge.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
@@ -200,23 +201,97 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
 def operator() -> None:
     """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
     from mge.adapters.kube import Kube, load_client_configuration
+    from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
+    from mge.controller.executors import sync_executors_forever
     from mge.controller.runtime import run_operator
-    from mge.settings import Settings
-    from mge.trace.context import configure_logging
 
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    settings = _settings()
     try:
         namespaces = settings.namespaces()
     except ValueError as error:
         raise _fail(str(error)) from None
-    deps = ControllerDeps(
-        kube=Kube(load_client_configuration(settings.kube_host)), prices=_load_prices(settings.prices_file)
-    )
+    if not settings.database_url:
+        raise _fail("MGE_DATABASE_URL is not set: the operator keeps atom state in Postgres")
+    kube = Kube(load_client_configuration(settings.kube_host))
+    store = LazyStore(settings.database_url)
+    deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
+    background = []
+    if settings.executor_image:
+        background.append(
+            sync_executors_forever(kube, store, settings.operator_namespace or namespaces[0], settings)
+        )
     asyncio.run(
-        run_operator(deps, namespaces, liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz")
+        run_operator(
+            deps,
+            namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            background_tasks=background,
+        )
     )
+
+
+@app.command()
+def executor() -> None:
+    """Run an executor: claim ready atoms from Postgres and generate them (MGE_DATABASE_URL, OPENAI_*)."""
+    import os
+    import signal
+    import socket
+
+    from mge.adapters.llm import OpenAICompatibleLLM
+    from mge.adapters.store.store import Store, StoreUnavailable
+    from mge.executor.validation import CodeValidator
+    from mge.executor.worker import Executor, ExecutorConfig
+
+    settings = _settings()
+    if not settings.database_url:
+        raise _fail("MGE_DATABASE_URL is not set: executors claim atoms from Postgres")
+    concurrency = settings.executor_concurrency
+    executor_id = settings.executor_id or socket.gethostname()
+
+    async def serve() -> None:
+        try:
+            store = await Store.connect(settings.database_url, max_size=concurrency + 2)
+        except StoreUnavailable as error:
+            raise _fail(str(error)) from None
+        llm = OpenAICompatibleLLM(
+            os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            os.environ.get("OPENAI_API_KEY", ""),
+        )
+        validator = CodeValidator()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = Executor(
+            store,
+            llm,
+            validator,
+            _load_prices(settings.prices_file),
+            ExecutorConfig(executor_id, concurrency),
+        )
+        try:
+            await worker.run(stop)
+        finally:
+            await validator.close()
+            await llm.close()
+            await store.close()
+
+    asyncio.run(serve())
+
+
+def _settings() -> "Settings":
+    from pydantic import ValidationError
+
+    from mge.settings import Settings
+    from mge.trace.context import configure_logging
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise _fail(f"invalid MGE_* settings: {error}") from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 if __name__ == "__main__":

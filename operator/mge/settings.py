@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,32 @@ class Settings(BaseSettings):
     prices_file: Path | None = Field(
         None, description="YAML price table (model -> input/cachedInput/output)."
     )
+    database_url: str = Field("", description="Postgres DSN (postgresql://user:pass@host:5432/db).")
+    # The executor Deployment the operator manages (same image as the operator, command `mge executor`).
+    executor_image: str = Field("", description="Image of executor pods; empty = do not manage executors.")
+    executor_name: str = Field("mge-executor", description="Name of the executor Deployment.")
+    executor_service_account: str = Field(
+        "", description="Service account of executor pods (no API access needed)."
+    )
+    executor_env_secret: str = Field(
+        "", description="Secret mounted as env into executors (DB URL, LLM key)."
+    )
+    executor_id: str = Field("", description="This executor's name (pod name); empty = the host name.")
+    executor_min_replicas: int = Field(0, ge=0, le=500)
+    executor_max_replicas: int = Field(10, ge=1, le=500)
+    executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    executor_sync_seconds: float = Field(
+        30.0, gt=0, description="How often executor replicas are reconciled."
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "Settings":
+        if self.executor_min_replicas > self.executor_max_replicas:
+            raise ValueError(
+                f"MGE_EXECUTOR_MIN_REPLICAS ({self.executor_min_replicas}) must not exceed "
+                f"MGE_EXECUTOR_MAX_REPLICAS ({self.executor_max_replicas})"
+            )
+        return self
 
     def namespaces(self) -> list[str]:
         explicit = [ns.strip() for ns in self.watch_namespaces.split(",") if ns.strip()]

@@ -37,6 +37,7 @@ class Kube:
         self._api = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
+        self._apps = client.AppsV1Api(self._api)
 
     def close(self) -> None:
         self._api.close()  # type: ignore[no-untyped-call]
@@ -98,3 +99,29 @@ class Kube:
         except ApiException as error:
             if error.status != 404:  # already gone is what we wanted
                 raise
+
+    async def patch_wave_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "waves",
+            name,
+            {"status": status},
+        )
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            deployment = await self._call(self._apps.read_namespaced_deployment, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(self._api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
+
+    async def create_deployment(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._call(self._apps.create_namespaced_deployment, namespace, body)
+
+    async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        await self._call(self._apps.patch_namespaced_deployment, name, namespace, body)

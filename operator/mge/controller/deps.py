@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mge.adapters.kube import Kube
+from mge.adapters.store.store import LazyStore
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice
 from mge.trace.context import new_trace_id
@@ -18,6 +19,7 @@ def utc_now() -> datetime:
 @dataclass
 class ControllerDeps:
     kube: Kube
+    store: LazyStore
     prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     now: Callable[[], datetime] = utc_now
     new_trace_id: Callable[[], str] = new_trace_id

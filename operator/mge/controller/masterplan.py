@@ -9,17 +9,31 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
 from mge.controller.deps import ControllerDeps, deps_of
 from mge.models.base import API_GROUP, API_VERSION
+from mge.models.conditions import ConditionStatus, ConditionType, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
 from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus
-from mge.models.wave import WaveSpec
+from mge.models.progress import WaveProgress
+from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.errors import AtomsSourceNotFound, InvalidSpec, PlanError
-from mge.plan.status import KubeEvent, PlanningOutcome, decide_invalid_spec, decide_planning, status_patch
+from mge.plan.execution import decide_execution, decide_store_unavailable
+from mge.plan.status import (
+    KubeEvent,
+    PlanningOutcome,
+    decide_invalid_spec,
+    decide_planning,
+    decide_wave_progress,
+    status_patch,
+    wave_name,
+)
 from mge.trace.context import current_trace_id
 
 RETRY_MISSING_SOURCE_SECONDS = 30
 RETRY_API_SECONDS = 10
+RETRY_STORE_SECONDS = 15
+PROGRESS_INTERVAL_SECONDS = 10.0
 
 
 async def reconcile_masterplan(
@@ -60,9 +74,101 @@ async def reconcile_masterplan(
     current_trace_id.set(outcome.status.trace_id)
     if outcome.plan is not None:
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
+        assert not isinstance(atoms, PlanError)
+        retry = await _register(deps, namespace, name, generation, parsed, atoms, outcome) or retry
     _write(body, patch, status, outcome, logger)
     if retry is not None:
         raise retry
+
+
+async def _register(
+    deps: ControllerDeps,
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: MasterplanSpec,
+    atoms: Sequence[Atom],
+    outcome: PlanningOutcome,
+) -> kopf.TemporaryError | None:
+    """Hand the plan to the executors (Postgres); an outage becomes a condition and a retry, not a crash."""
+    assert outcome.plan is not None
+    assert outcome.status.trace_id is not None
+    try:
+        store = await deps.store.get()
+        await store.register_plan(
+            namespace=namespace,
+            name=name,
+            trace_id=outcome.status.trace_id,
+            generation=generation,
+            spec=spec,
+            atoms=atoms,
+            plan=outcome.plan,
+        )
+    except (StoreUnavailable, OSError) as error:
+        status, events = decide_store_unavailable(outcome.status, str(error), generation, deps.now())
+        outcome.status = status
+        outcome.events.extend(events)
+        return kopf.TemporaryError(str(error), delay=RETRY_STORE_SECONDS)
+    return None
+
+
+async def sync_progress(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """Timer: aggregate atom progress and cost from Postgres into the Masterplan's and its Waves' status."""
+    assert namespace is not None
+    deps = deps_of(memo)
+    observed = MasterplanStatus.model_validate(dict(status))
+    planned = find_condition(observed.conditions, ConditionType.PLANNED)
+    if planned is None or planned.status != ConditionStatus.TRUE:
+        return
+    current_trace_id.set(observed.trace_id)
+    generation = int(meta.get("generation") or 0)
+    try:
+        store = await deps.store.get()
+        plan_id = masterplan_uuid(namespace, name)
+        progress = await store.progress(plan_id)
+        waves = await store.wave_progress(plan_id)
+    except (StoreUnavailable, OSError) as error:
+        desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
+    else:
+        desired, events = decide_execution(
+            name=name,
+            observed=observed,
+            progress=progress,
+            suspended=bool(spec.get("suspend")),
+            generation=generation,
+            now=deps.now(),
+        )
+        await _sync_wave_status(deps, namespace, name, waves)
+    _write(body, patch, status, PlanningOutcome(status=desired, events=events), logger)
+
+
+async def _sync_wave_status(
+    deps: ControllerDeps, namespace: str, masterplan: str, waves: Sequence[WaveProgress]
+) -> None:
+    try:
+        existing = {w["metadata"]["name"]: w for w in await deps.kube.list_waves(namespace, masterplan)}
+        for wave in waves:
+            child = existing.get(wave_name(masterplan, wave.index))
+            if child is None:
+                continue
+            observed = WaveStatus.model_validate(child.get("status") or {})
+            desired = decide_wave_progress(observed, wave, deps.now())
+            changes = status_patch(child.get("status") or {}, desired)
+            if changes:
+                await deps.kube.patch_wave_status(namespace, child["metadata"]["name"], changes)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
 
 
 def _plan(

@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import kopf
 
@@ -46,10 +48,12 @@ async def run_operator(
     liveness_endpoint: str | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
+    background_tasks: Sequence[Coroutine[Any, Any, None]] = (),
 ) -> None:
     """Reconcile Masterplans and Waves in `namespaces` until stopped (SIGTERM/SIGINT or `stop_flag`)."""
     settings = kopf.OperatorSettings()
     tune(settings)
+    background = [asyncio.create_task(task) for task in background_tasks]
     try:
         await kopf.operator(
             registry=build_registry(registry),
@@ -62,4 +66,8 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await deps.store.close()
         deps.kube.close()

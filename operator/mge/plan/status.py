@@ -17,7 +17,8 @@ from mge.models.conditions import (
     set_condition,
 )
 from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus, Phase
-from mge.models.wave import WaveSpec, WaveStatus
+from mge.models.progress import WaveProgress
+from mge.models.wave import WavePhase, WaveSpec, WaveStatus
 from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import estimate_plan
@@ -255,4 +256,39 @@ def decide_wave_status(spec: WaveSpec, observed: WaveStatus, generation: int, no
             generation=generation,
             now=now,
         )
+    return status
+
+
+def decide_wave_progress(observed: WaveStatus, wave: WaveProgress, now: datetime) -> WaveStatus:
+    """A Wave's counts, cost and phase from its atoms' progress."""
+    status = observed.model_copy(deep=True)
+    status.atoms.total = wave.total
+    status.atoms.succeeded = wave.succeeded
+    status.atoms.failed = wave.failed
+    status.atoms.running = wave.running
+    status.atoms.pending = wave.total - wave.succeeded - wave.failed - wave.running
+    status.cost_usd = round(float(wave.cost_usd), 6)
+    if wave.succeeded == wave.total:
+        status.phase = WavePhase.SUCCEEDED
+        reason, message = Reason.ALL_ATOMS_SUCCEEDED, f"All {wave.total} atoms succeeded."
+    elif wave.succeeded + wave.failed == wave.total:
+        status.phase = WavePhase.FAILED
+        reason, message = Reason.ATOMS_FAILED, f"{wave.failed} of {wave.total} atoms failed."
+    elif wave.running or wave.succeeded or wave.failed:
+        status.phase = WavePhase.RUNNING
+        reason, message = (
+            Reason.ATOMS_RUNNING,
+            f"{wave.succeeded}/{wave.total} atoms succeeded, {wave.running} running.",
+        )
+    else:
+        return status
+    set_condition(
+        status.conditions,
+        type_=ConditionType.PROGRESSING,
+        status=ConditionStatus.TRUE if status.phase == WavePhase.RUNNING else ConditionStatus.FALSE,
+        reason=reason,
+        message=message,
+        generation=status.observed_generation,
+        now=now,
+    )
     return status

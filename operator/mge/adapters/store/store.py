@@ -1,5 +1,6 @@
 """The Postgres store: plan registration, the atom queue with leases, progress aggregates."""
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -382,6 +383,16 @@ class Store:
         )
         return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
 
+    async def runnable(self) -> tuple[int, int]:
+        """(ready, running) atoms of plans that are not suspended, across the whole store: executor demand."""
+        row: Any = await self.pool.fetchrow(
+            """SELECT count(*) FILTER (WHERE a.state = 'ready') AS ready,
+                      count(*) FILTER (WHERE a.state = 'running') AS running
+               FROM atoms a JOIN masterplans m ON m.id = a.masterplan_id
+               WHERE NOT m.suspended AND a.state IN ('ready', 'running')"""
+        )
+        return int(row["ready"]), int(row["running"])
+
     async def release_abandoned(self, plan_id: uuid.UUID) -> int:
         """Local resume: atoms left running by a process that is gone are ready again at once."""
         result = await self.pool.execute(
@@ -496,3 +507,23 @@ FROM counts, wave_counts, (
     WHERE a.masterplan_id = $1 AND a.state = 'pending'
 ) AS blocked_ids
 """
+
+
+class LazyStore:
+    """Connects on first use and again after a failure, so the operator starts (and recovers) without Postgres."""
+
+    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+        self._dsn, self._max_size = dsn, max_size
+        self._store: Store | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Store:
+        async with self._lock:
+            if self._store is None:
+                self._store = await Store.connect(self._dsn, max_size=self._max_size, attempts=1)
+            return self._store
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

@@ -1,0 +1,1 @@
+"""Pure concurrency decisions: executor replicas, per-executor limits, backpressure, ramp-up."""

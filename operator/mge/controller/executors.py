@@ -1,0 +1,123 @@
+"""Keeps the executor Deployment present and sized to the atom queue (the operator's slow control loop)."""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
+from mge.adapters.store.store import LazyStore, StoreUnavailable
+from mge.concurrency.replicas import ReplicaBounds, demanded_replicas
+
+log = logging.getLogger("mge.controller.executors")
+
+COMPONENT_LABEL: Final = {"app.kubernetes.io/name": "mge-executor", "app.kubernetes.io/component": "executor"}
+
+
+def executor_deployment(
+    *,
+    name: str,
+    image: str,
+    replicas: int,
+    concurrency: int,
+    env_secret: str,
+    service_account: str,
+) -> dict[str, Any]:
+    """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
+    labels = {**COMPONENT_LABEL, **MANAGED_BY}
+    container: dict[str, Any] = {
+        "name": "executor",
+        "image": image,
+        "args": ["executor"],
+        "env": [
+            {"name": "MGE_EXECUTOR_CONCURRENCY", "value": str(concurrency)},
+            {"name": "MGE_EXECUTOR_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if env_secret:
+        container["envFrom"] = [{"secretRef": {"name": env_secret}}]
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": COMPONENT_LABEL},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that brings `existing` to `desired` (replicas and pod template), or {} if none is needed."""
+    patch: dict[str, Any] = {}
+    existing_spec, desired_spec = existing.get("spec", {}), desired["spec"]
+    if existing_spec.get("replicas") != desired_spec["replicas"]:
+        patch["replicas"] = desired_spec["replicas"]
+    container = existing_spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
+    wanted = desired_spec["template"]["spec"]["containers"][0]
+    if container.get("image") != wanted["image"] or container.get("envFrom") != wanted.get("envFrom"):
+        patch["template"] = desired_spec["template"]
+    return {"spec": patch} if patch else {}
+
+
+async def sync_executors_once(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> int | None:
+    """One pass: demand from the queue -> replicas -> Deployment. Returns the replicas applied, None if blind."""
+    try:
+        ready, running = await (await store.get()).runnable()
+    except (StoreUnavailable, OSError) as error:
+        # Blind: keep the current size rather than scaling on no information.
+        log.warning("executor scaling holds: store unavailable: %s", error)
+        return None
+    bounds = ReplicaBounds(
+        settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency
+    )
+    replicas = demanded_replicas(ready, running, bounds)
+    desired = executor_deployment(
+        name=settings.executor_name,
+        image=settings.executor_image,
+        replicas=replicas,
+        concurrency=settings.executor_concurrency,
+        env_secret=settings.executor_env_secret,
+        service_account=settings.executor_service_account,
+    )
+    existing = await kube.read_deployment(namespace, settings.executor_name)
+    if existing is None:
+        await kube.create_deployment(namespace, desired)
+        log.info("created executor Deployment %s with %d replicas", settings.executor_name, replicas)
+    elif patch := deployment_drift(existing, desired):
+        await kube.patch_deployment(namespace, settings.executor_name, patch)
+        log.info(
+            "executor Deployment %s: %s (ready=%d running=%d)", settings.executor_name, patch, ready, running
+        )
+    return replicas
+
+
+async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> None:
+    while True:
+        try:
+            await sync_executors_once(kube, store, namespace, settings)
+        except KubeUnavailable as error:
+            log.warning("executor scaling skipped this round: %s", error)
+        await asyncio.sleep(settings.executor_sync_seconds)

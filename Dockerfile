@@ -7,12 +7,18 @@ COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 RUN /opt/mge/bin/pip install /src
 
+# The TypeScript compiler validates generated TypeScript/JavaScript atoms (syntax, via the compiler API).
+FROM node:20-bookworm-slim AS typescript
+RUN npm install --prefix /opt/mge/node --no-audit --no-fund typescript@5.9.3
+
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="mge-operator" \
       org.opencontainers.image.description="Kubernetes operator that executes AI code-generation Masterplans" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --gid 10001 mge && useradd --uid 10001 --gid mge --no-create-home --shell /usr/sbin/nologin mge
 COPY --from=build /opt/mge /opt/mge
+COPY --from=typescript /opt/mge/node /opt/mge/node
+COPY --from=typescript /usr/local/bin/node /usr/local/bin/node
 ENV PATH=/opt/mge/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

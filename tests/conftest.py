@@ -9,6 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support.postgres import with_database
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
@@ -24,11 +26,6 @@ def pg_server() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _with_database(dsn: str, database: str) -> str:
-    base, _, query = dsn.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{database}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 async def pg(pg_server: str) -> AsyncIterator[str]:
     """DSN of a fresh, empty database for this test."""
@@ -38,7 +35,7 @@ async def pg(pg_server: str) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(pg_server, name)
+    yield with_database(pg_server, name)
     admin = await asyncpg.connect(pg_server)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

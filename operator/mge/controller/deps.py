@@ -24,6 +24,9 @@ class ControllerDeps:
     now: Callable[[], datetime] = utc_now
     new_trace_id: Callable[[], str] = new_trace_id
     count_tokens: Callable[[str], int] = count_tokens
+    # Retry delays (seconds) for what only time can fix.
+    retry_missing_source_s: float = 30.0
+    retry_store_s: float = 15.0
 
 
 def deps_of(memo: Any) -> ControllerDeps:

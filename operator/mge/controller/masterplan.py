@@ -26,14 +26,13 @@ from mge.plan.status import (
     decide_planning,
     decide_wave_progress,
     status_patch,
+    transition_events,
     wave_name,
 )
 from mge.trace.context import current_trace_id
 
-RETRY_MISSING_SOURCE_SECONDS = 30
-RETRY_API_SECONDS = 10
-RETRY_STORE_SECONDS = 15
 PROGRESS_INTERVAL_SECONDS = 10.0
+RETRY_API_SECONDS = 10.0
 
 
 async def reconcile_masterplan(
@@ -69,13 +68,14 @@ async def reconcile_masterplan(
     else:
         atoms = await _read_atoms(deps.kube, namespace, parsed)
         if isinstance(atoms, AtomsSourceNotFound):
-            retry = kopf.TemporaryError(str(atoms), delay=RETRY_MISSING_SOURCE_SECONDS)
+            retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
     current_trace_id.set(outcome.status.trace_id)
     if outcome.plan is not None:
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
         assert not isinstance(atoms, PlanError)
         retry = await _register(deps, namespace, name, generation, parsed, atoms, outcome) or retry
+    outcome.events = transition_events(observed.conditions, outcome.status.conditions)
     _write(body, patch, status, outcome, logger)
     if retry is not None:
         raise retry
@@ -105,10 +105,8 @@ async def _register(
             plan=outcome.plan,
         )
     except (StoreUnavailable, OSError) as error:
-        status, events = decide_store_unavailable(outcome.status, str(error), generation, deps.now())
-        outcome.status = status
-        outcome.events.extend(events)
-        return kopf.TemporaryError(str(error), delay=RETRY_STORE_SECONDS)
+        outcome.status, _ = decide_store_unavailable(outcome.status, str(error), generation, deps.now())
+        return kopf.TemporaryError(str(error), delay=deps.retry_store_s)
     return None
 
 
@@ -271,8 +269,12 @@ def _post(body: kopf.Body, event: KubeEvent) -> None:
     kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def register(registry: kopf.OperatorRegistry, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(
             reconcile_masterplan
         )
+    timer = kopf.timer(
+        API_GROUP, API_VERSION, "masterplans", registry=registry, id="progress", interval=progress_interval
+    )
+    timer(sync_progress)

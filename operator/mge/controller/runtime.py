@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -27,15 +28,21 @@ def tune(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.INFO
     # One replica with Recreate rollout: no peering objects to manage (see docs/operations.md).
     settings.peering.standalone = True
+    # Resolve our CRDs once at start-up instead of watching CRDs and namespaces cluster-wide: the chart
+    # installs the CRDs before the operator, and this keeps the operator's RBAC namespace-scoped.
+    settings.scanning.disabled = True
 
 
-def build_registry(registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+def build_registry(
+    registry: kopf.OperatorRegistry | None = None,
+    progress_interval: float = masterplan.PROGRESS_INTERVAL_SECONDS,
+) -> kopf.OperatorRegistry:
     """Our handlers on `registry`; by default one that logs in like kubectl (in-cluster or kubeconfig)."""
     if registry is None:
         registry = kopf.OperatorRegistry()
         # Same credentials as the kubernetes client: in-cluster service account, else kubeconfig.
         kopf.on.login(registry=registry)(kopf.login_via_client)
-    masterplan.register(registry)
+    masterplan.register(registry, progress_interval)
     wave.register(registry)
     return registry
 
@@ -46,17 +53,20 @@ async def run_operator(
     *,
     registry: kopf.OperatorRegistry | None = None,
     liveness_endpoint: str | None = None,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     background_tasks: Sequence[Coroutine[Any, Any, None]] = (),
+    progress_interval: float = masterplan.PROGRESS_INTERVAL_SECONDS,
+    settings: kopf.OperatorSettings | None = None,
 ) -> None:
     """Reconcile Masterplans and Waves in `namespaces` until stopped (SIGTERM/SIGINT or `stop_flag`)."""
-    settings = kopf.OperatorSettings()
-    tune(settings)
+    if settings is None:
+        settings = kopf.OperatorSettings()
+        tune(settings)
     background = [asyncio.create_task(task) for task in background_tasks]
     try:
         await kopf.operator(
-            registry=build_registry(registry),
+            registry=build_registry(registry, progress_interval),
             settings=settings,
             namespaces=namespaces,
             standalone=True,

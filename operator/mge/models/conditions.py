@@ -49,6 +49,22 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "StoreUnavailable"
 
 
+# Reasons that mean "blocked or broken": their Events are of type Warning.
+WARNING_REASONS: frozenset[str] = frozenset(
+    {
+        Reason.EMPTY_PLAN,
+        Reason.DEPENDENCY_CYCLE,
+        Reason.UNKNOWN_DEPENDENCY,
+        Reason.SELF_DEPENDENCY,
+        Reason.DUPLICATE_ATOM_ID,
+        Reason.INVALID_SPEC,
+        Reason.UNKNOWN_MODEL_PRICE,
+        Reason.ATOMS_SOURCE_NOT_FOUND,
+        Reason.STORE_UNAVAILABLE,
+    }
+)
+
+
 class Condition(KubeModel):
     """One observation about a resource, as `kubectl describe` shows it."""
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import MasterplanStatus
 from mge.models.progress import Progress
-from mge.plan.status import ConditionLog, KubeEvent, derive_phase
+from mge.plan.status import ConditionLog, KubeEvent, derive_phase, transition_events
 
 _LISTED = 10
 
@@ -49,7 +49,7 @@ def decide_execution(
             f"{progress.succeeded}/{progress.total} succeeded. See each atom's last error with "
             f"`mge trace {name}`; fix the atom descriptions or the model and re-apply to retry them."
         )
-        conditions.set(ConditionType.FAILED, ConditionStatus.TRUE, Reason.ATOMS_FAILED, message, warn=True)
+        conditions.set(ConditionType.FAILED, ConditionStatus.TRUE, Reason.ATOMS_FAILED, message)
         conditions.set(
             ConditionType.PROGRESSING, ConditionStatus.FALSE, Reason.ATOMS_FAILED, "The run has ended."
         )
@@ -75,7 +75,7 @@ def decide_execution(
             f"{progress.waves_complete}/{progress.waves_total} waves complete.",
         )
     status.phase = derive_phase(status)
-    return status, conditions.events
+    return status, transition_events(observed.conditions, status.conditions)
 
 
 def _clear_terminal(conditions: ConditionLog) -> None:
@@ -96,7 +96,6 @@ def decide_store_unavailable(
         Reason.STORE_UNAVAILABLE,
         f"Cannot read progress from Postgres ({error}); retrying with backoff. Check the database "
         "Secret and that Postgres is reachable from the operator.",
-        warn=True,
     )
     status.phase = derive_phase(status)
-    return status, conditions.events
+    return status, transition_events(observed.conditions, status.conditions)

@@ -9,6 +9,7 @@ from typing import Final, Literal
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
 from mge.models.base import KubeModel
 from mge.models.conditions import (
+    WARNING_REASONS,
     Condition,
     ConditionStatus,
     ConditionType,
@@ -54,25 +55,15 @@ def wave_name(masterplan: str, index: int) -> str:
 
 
 class ConditionLog:
-    """Collects condition changes and the Events that announce them."""
+    """Condition setter bound to one status, generation and time."""
 
     def __init__(self, conditions: list[Condition], generation: int, now: datetime) -> None:
         self.items = conditions
         self.generation = generation
         self.now = now
-        self.events: list[KubeEvent] = []
 
-    def set(
-        self,
-        type_: ConditionType,
-        status: ConditionStatus,
-        reason: Reason,
-        message: str,
-        *,
-        warn: bool = False,
-    ) -> None:
-        previous = find_condition(self.items, type_)
-        changed = set_condition(
+    def set(self, type_: ConditionType, status: ConditionStatus, reason: Reason, message: str) -> None:
+        set_condition(
             self.items,
             type_=type_,
             status=status,
@@ -81,9 +72,23 @@ class ConditionLog:
             generation=self.generation,
             now=self.now,
         )
-        # An Event per transition (status or reason), not per reconcile: no event storms on resync.
-        if changed and (previous is None or previous.status != status or previous.reason != reason):
-            self.events.append(KubeEvent("Warning" if warn else "Normal", reason.value, message))
+
+
+def transition_events(before: Sequence[Condition], after: Sequence[Condition]) -> list[KubeEvent]:
+    """One Event per condition whose status or reason changed: none on resync, no storms on retries.
+
+    A condition that went to False with a Warning reason and then Failed=True are both Warnings.
+    """
+    previous = {c.type: (c.status, c.reason) for c in before}
+    events = []
+    for condition in after:
+        if previous.get(condition.type) == (condition.status, condition.reason):
+            continue
+        warning = condition.reason in WARNING_REASONS or (
+            condition.type == ConditionType.FAILED and condition.status == ConditionStatus.TRUE
+        )
+        events.append(KubeEvent("Warning" if warning else "Normal", condition.reason, condition.message))
+    return events
 
 
 def decide_planning(
@@ -113,7 +118,7 @@ def decide_planning(
         price = price_for(spec.model, prices)
     except (PlanError, UnknownModelPrice) as error:
         reason = error.reason if isinstance(error, PlanError) else Reason.UNKNOWN_MODEL_PRICE
-        return _invalid(name, str(error), reason, status, conditions)
+        return _invalid(name, str(error), reason, status, conditions, observed.conditions)
 
     estimate = estimate_plan(atoms, count_tokens, price)
     outcome.plan = plan
@@ -156,7 +161,7 @@ def decide_planning(
             f"{len(plan.waves[0])} atoms are ready; waiting for an executor to claim them.",
         )
     status.phase = derive_phase(status)
-    outcome.events = conditions.events
+    outcome.events = transition_events(observed.conditions, status.conditions)
     return outcome
 
 
@@ -173,18 +178,23 @@ def decide_invalid_spec(
     status = observed.model_copy(deep=True)
     status.trace_id = status.trace_id or new_trace_id()
     status.observed_generation = generation
-    return _invalid(name, str(error), error.reason, status, ConditionLog(status.conditions, generation, now))
+    conditions = ConditionLog(status.conditions, generation, now)
+    return _invalid(name, str(error), error.reason, status, conditions, observed.conditions)
 
 
 def _invalid(
-    name: str, problem: str, reason: Reason, status: MasterplanStatus, conditions: ConditionLog
+    name: str,
+    problem: str,
+    reason: Reason,
+    status: MasterplanStatus,
+    conditions: ConditionLog,
+    before: Sequence[Condition],
 ) -> PlanningOutcome:
     conditions.set(
         ConditionType.PLANNED,
         ConditionStatus.FALSE,
         reason,
         f"Masterplan {name} cannot run: {problem}.",
-        warn=True,
     )
     conditions.set(
         ConditionType.PROGRESSING,
@@ -193,7 +203,7 @@ def _invalid(
         "Nothing runs until the plan is valid; fix the spec and re-apply.",
     )
     status.phase = derive_phase(status)
-    return PlanningOutcome(status=status, events=conditions.events)
+    return PlanningOutcome(status=status, events=transition_events(before, status.conditions))
 
 
 def derive_phase(status: MasterplanStatus) -> Phase:

@@ -21,6 +21,10 @@ from mge.plan.sync import PlanSync, atom_fingerprint, sync_atoms
 MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
 
 
+# Unreachable host, server starting up, database not created yet, authentication not set up yet.
+_CONNECT_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 class StoreUnavailable(RuntimeError):
     """Postgres cannot be reached; the message names the host, never the password."""
 
@@ -101,12 +105,12 @@ class Store:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(attempts),
                 wait=wait_exponential_jitter(multiplier=0.2, max=5),
-                retry=retry_if_exception_type((OSError, asyncpg.CannotConnectNowError)),
+                retry=retry_if_exception_type(_CONNECT_ERRORS),
                 reraise=True,
             ):
                 with attempt:
                     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-        except (OSError, asyncpg.CannotConnectNowError) as error:
+        except _CONNECT_ERRORS as error:
             raise StoreUnavailable(f"cannot reach Postgres at {dsn_host(dsn)}: {error}") from error
         async with pool.acquire() as connection:
             await migrate(connection)

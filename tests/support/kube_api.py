@@ -1,0 +1,242 @@
+"""A fake Kubernetes API server for kopf component tests, built on kmock.
+
+No real API server can run here. kmock serves API discovery and parses requests; this subclass adds
+what kopf and our adapters rely on: an object store with resourceVersion, uid, creationTimestamp and
+generation (bumped on spec changes only), 201/404/409 codes, JSON merge-patch (null deletes), the status
+subresource, labelSelector filtering, finalizer-aware deletion and watch streams. Not emulated: schema
+validation, admission, ownerReference garbage collection, PUT semantics.
+"""
+
+import asyncio
+import copy
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import kmock
+from kmock._internal import enums, rendering  # the subclass hooks live in kmock's internals
+
+Key = tuple[Any, str | None, str]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def json_patch(target: Any, operations: list[dict[str, Any]]) -> Any:
+    """RFC 6902 JSON patch (add, replace, remove, test), which kopf sends for some writes."""
+    doc = copy.deepcopy(target)
+    for op in operations:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if isinstance(node, list):
+            index = len(node) if last == "-" else int(last)
+            if op["op"] == "add":
+                node.insert(index, op["value"])
+            elif op["op"] == "replace":
+                node[index] = op["value"]
+            elif op["op"] == "remove":
+                del node[index]
+            elif op["op"] == "test" and node[index] != op["value"]:
+                raise ValueError(f"test failed at {op['path']}")
+        elif op["op"] in ("add", "replace"):
+            node[last] = op["value"]
+        elif op["op"] == "remove":
+            node.pop(last, None)
+        elif op["op"] == "test" and node.get(last) != op["value"]:
+            raise ValueError(f"test failed at {op['path']}")
+    return doc
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+    return aiohttp.web.json_response(body, status=code)
+
+
+def _matches(labels: Mapping[str, str], selector: str) -> bool:
+    """Equality-based selectors (`a=b,c!=d,e`), which is what our code and kopf send."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key) != value.lstrip("="):
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.store: dict[Key, dict[str, Any]] = {}
+        self._versions = itertools.count(1)
+        self._watchers: list[tuple[Any, str | None, asyncio.Queue[dict[str, Any]]]] = []
+        self.writes = 0
+
+    def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True) -> None:
+        key = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+        self.resources[key] = kmock.ResourceInfo(
+            namespaced=namespaced,
+            kind=kind,
+            verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+            subresources={"status"},
+        )
+
+    def declare_crd(self, crd: Mapping[str, Any]) -> None:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            self.declare(spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"])
+
+    def objects_of(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(obj)
+            for (resource, ns, _), obj in sorted(self.store.items(), key=lambda item: str(item[0][2]))
+            if resource.plural == plural and (namespace is None or ns == namespace)
+        ]
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is None or request.action is None or not isinstance(request.resource.plural, str):
+            return await super()._handle(request)  # discovery: /api, /apis, /apis/<group>/<version>
+        if request.action == enums.action.WATCH:
+            return await kmock.KubernetesScaffold._handle(self, request)  # -> self._serve_watch
+        async with self._lock:
+            return self._serve(request)
+
+    def _serve(self, request: rendering.Request) -> aiohttp.web.Response:
+        action, resource = request.action, request.resource
+        if action == enums.action.LIST:
+            selector = request.params.get("labelSelector", "")
+            items = [
+                obj
+                for (res, ns, _), obj in self.store.items()
+                if res == resource
+                and (request.namespace is None or ns == request.namespace)
+                and _matches(obj["metadata"].get("labels", {}), selector)
+            ]
+            return aiohttp.web.json_response(
+                {"kind": "List", "metadata": {"resourceVersion": str(self._current())}, "items": items}
+            )
+        body: Any = request.data if request.data is not None else json.loads(request.body or b"{}")
+        meta = body.get("metadata", {}) if isinstance(body, dict) else {}
+        name = request.name or meta.get("name")
+        namespace = request.namespace or meta.get("namespace")
+        key = (resource, namespace, name)
+        existing = self.store.get(key)
+        if action == enums.action.CREATE:
+            if name is None and meta.get("generateName"):
+                name = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+                body = {**body, "metadata": {**meta, "name": name}}
+                key = (resource, namespace, name)
+            if existing is not None:
+                return _status(409, "AlreadyExists", f'{resource.plural} "{name}" already exists')
+            obj = copy.deepcopy(body)
+            meta = obj.setdefault("metadata", {})
+            meta.update(
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                generation=1,
+                creationTimestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            return self._commit(key, obj, "ADDED", 201)
+        if existing is None:
+            return _status(404, "NotFound", f'{resource.plural} "{name}" not found')
+        if action == enums.action.FETCH:
+            return aiohttp.web.json_response(existing)
+        if action == enums.action.DELETE:
+            if existing["metadata"].get("finalizers"):
+                stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                existing["metadata"].setdefault("deletionTimestamp", stamp)
+                return self._commit(key, existing, "MODIFIED", 200)
+            return self._commit(key, existing, "DELETED", 200)
+        # UPDATE: JSON patch or merge patch; through the status subresource only status changes.
+        if isinstance(body, list):
+            try:
+                patched = json_patch(existing, body)
+            except (ValueError, KeyError, IndexError) as error:
+                return _status(422, "Invalid", f"json patch: {error}")
+        else:
+            patched = merge_patch(existing, body)
+        if request.subresource == "status":
+            updated = {**existing, "status": patched.get("status")}
+        else:
+            updated = {**patched, "status": existing.get("status")}
+        if updated["status"] is None:
+            del updated["status"]
+        if updated.get("spec") != existing.get("spec"):
+            updated["metadata"]["generation"] = existing["metadata"].get("generation", 1) + 1
+        if updated == existing:
+            return aiohttp.web.json_response(existing)  # a no-op write does not bump resourceVersion
+        if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get("finalizers"):
+            return self._commit(key, updated, "DELETED", 200)
+        return self._commit(key, updated, "MODIFIED", 200)
+
+    def _current(self) -> int:
+        return max((int(o["metadata"]["resourceVersion"]) for o in self.store.values()), default=0)
+
+    def _commit(self, key: Key, obj: dict[str, Any], event: str, code: int) -> aiohttp.web.Response:
+        self.writes += 1
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        if event == "DELETED":
+            self.store.pop(key, None)
+        else:
+            self.store[key] = obj
+        for resource, namespace, queue in self._watchers:
+            if resource == key[0] and namespace in (None, key[1]):
+                queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+        return aiohttp.web.json_response(obj, status=code)
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        yield b""  # start streaming before anything happens
+        since = int(request.params.get("resourceVersion") or 0)
+        timeout = float(request.params.get("timeoutSeconds") or 3600)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        watcher = (request.resource, request.namespace, queue)
+        async with self._lock:
+            backlog = [
+                {"type": "ADDED", "object": copy.deepcopy(obj)}
+                for (res, ns, _), obj in self.store.items()
+                if res == request.resource
+                and request.namespace in (None, ns)
+                and int(obj["metadata"]["resourceVersion"]) > since
+            ]
+            self._watchers.append(watcher)
+        try:
+            for event in backlog:
+                yield event
+            deadline = asyncio.get_running_loop().time() + timeout
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    yield await asyncio.wait_for(queue.get(), timeout=left)
+                except TimeoutError:
+                    return
+        finally:
+            self._watchers.remove(watcher)

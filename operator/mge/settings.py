@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     executor_service_account: str = Field(
         "", description="Service account of executor pods (no API access needed)."
     )
-    executor_env_secret: str = Field(
+    executor_env_secrets: str = Field(
         "", description="Secret mounted as env into executors (DB URL, LLM key)."
     )
     executor_id: str = Field("", description="This executor's name (pod name); empty = the host name.")

@@ -20,7 +20,7 @@ def executor_deployment(
     image: str,
     replicas: int,
     concurrency: int,
-    env_secret: str,
+    env_secrets: list[str],
     service_account: str,
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
@@ -42,8 +42,8 @@ def executor_deployment(
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    if env_secret:
-        container["envFrom"] = [{"secretRef": {"name": env_secret}}]
+    if env_secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in env_secrets]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
         "terminationGracePeriodSeconds": 60,
@@ -99,7 +99,7 @@ async def sync_executors_once(kube: Kube, store: LazyStore, namespace: str, sett
         image=settings.executor_image,
         replicas=replicas,
         concurrency=settings.executor_concurrency,
-        env_secret=settings.executor_env_secret,
+        env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
         service_account=settings.executor_service_account,
     )
     existing = await kube.read_deployment(namespace, settings.executor_name)

@@ -1,0 +1,68 @@
+{{- define "mge.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mge.fullname" -}}
+{{- if hasPrefix .Release.Name .Chart.Name -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mge.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "mge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mge-operator
+{{- end -}}
+
+{{- define "mge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mge.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mge.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Namespaces the operator reconciles: the given list, or the release namespace. */}}
+{{- define "mge.watchNamespaces" -}}
+{{- if .Values.watchNamespaces -}}
+{{- join "," .Values.watchNamespaces -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret holding MGE_DATABASE_URL. */}}
+{{- define "mge.databaseSecret" -}}
+{{- if .Values.database.existingSecret -}}
+{{- .Values.database.existingSecret -}}
+{{- else if .Values.postgres.deploy -}}
+{{- printf "%s-database" (include "mge.fullname" .) -}}
+{{- else -}}
+{{- fail "set database.existingSecret (a Secret with key MGE_DATABASE_URL) or postgres.deploy=true for a quick start" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secrets mounted into executor pods as environment: database URL and LLM endpoint. */}}
+{{- define "mge.executorSecrets" -}}
+{{- $secrets := list (include "mge.databaseSecret" .) -}}
+{{- if .Values.llm.existingSecret -}}
+{{- $secrets = append $secrets .Values.llm.existingSecret -}}
+{{- end -}}
+{{- join "," $secrets -}}
+{{- end -}}

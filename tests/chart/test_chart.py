@@ -1,0 +1,187 @@
+"""The Helm chart rendered and linted offline: valid objects, least privilege, restricted pods, no drift."""
+
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from mge.models.crd import all_crds
+from tests.support.helm import MANIFEST_VALUES, lint_chart, notes, render_chart, render_manifests
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE_VERSION = "1.34.0"
+QUICK_START = {"postgres": {"deploy": True}, "redis": {"deploy": True}}
+WITH_SECRETS = {"database": {"existingSecret": "mge-db"}, "llm": {"existingSecret": "mge-llm"}}
+
+
+def _of(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs, kind, suffix=""):
+    (doc,) = [d for d in _of(docs, kind) if d["metadata"]["name"].endswith(suffix)]
+    return doc
+
+
+@pytest.mark.parametrize("values", [QUICK_START, WITH_SECRETS], ids=["quick-start", "existing-secrets"])
+def test_chart_lints_clean(values):
+    assert lint_chart(values) == []
+
+
+@pytest.mark.parametrize("values", [QUICK_START, WITH_SECRETS], ids=["quick-start", "existing-secrets"])
+def test_every_built_in_object_validates_against_the_kubernetes_schema(values):
+    for doc in render_chart(values):
+        if doc["kind"] == "CustomResourceDefinition" or doc["apiVersion"].startswith("mge.devmatrix.io"):
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_chart_ships_the_crds_generated_from_the_models():
+    crds = _of(render_chart(WITH_SECRETS), "CustomResourceDefinition")
+
+    assert {d["metadata"]["name"]: d for d in crds} == {d["metadata"]["name"]: d for d in all_crds().values()}
+
+
+def test_rbac_has_no_wildcards_and_no_cluster_scope():
+    docs = render_chart(QUICK_START)
+
+    assert _of(docs, "ClusterRole") == []
+    assert _of(docs, "ClusterRoleBinding") == []
+    for role in _of(docs, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard in {field}"
+
+
+def test_operator_can_do_what_its_handlers_do_and_no_more():
+    role = _one(render_chart(WITH_SECRETS), "Role", "mge-operator")
+    grants = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+
+    assert {
+        ("masterplans", "watch"),
+        ("masterplans/status", "patch"),
+        ("waves", "create"),
+        ("waves", "delete"),
+    } <= grants
+    assert ("configmaps", "get") in grants
+    assert ("masterplans", "delete") not in grants
+    assert ("secrets", "get") not in grants
+    assert not any(resource == "configmaps" and verb != "get" for resource, verb in grants)
+
+
+def test_executor_deployment_access_is_limited_to_its_name():
+    role = _one(render_chart(WITH_SECRETS), "Role", "-executors")
+    named = [rule for rule in role["rules"] if "get" in rule["verbs"] or "patch" in rule["verbs"]]
+
+    assert [rule["resourceNames"] for rule in named] == [["mge-operator-executor"]]
+
+
+def test_watching_several_namespaces_renders_a_role_and_binding_in_each():
+    docs = render_chart({**WITH_SECRETS, "watchNamespaces": ["team-a", "team-b"]})
+
+    operator_roles = [
+        d["metadata"]["namespace"] for d in _of(docs, "Role") if d["metadata"]["name"] == "mge-operator"
+    ]
+    bindings = [
+        d["metadata"]["namespace"]
+        for d in _of(docs, "RoleBinding")
+        if d["metadata"]["name"] == "mge-operator"
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert operator_roles == bindings == ["team-a", "team-b"]
+    assert env["MGE_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_operator_pod_is_restricted_single_and_recreated():
+    deployment = _one(render_chart(WITH_SECRETS), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]["type"]) == (1, "Recreate")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["args"] == ["operator"]
+
+
+def test_operator_gets_the_database_and_executor_settings():
+    container = _one(render_chart(WITH_SECRETS), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+
+    assert env["MGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mge-db",
+        "key": "MGE_DATABASE_URL",
+    }
+    assert env["MGE_EXECUTOR_ENV_SECRETS"]["value"] == "mge-db,mge-llm"
+    assert env["MGE_EXECUTOR_IMAGE"]["value"] == "ghcr.io/mge/mge-operator:0.1.0"
+
+
+def test_executor_service_account_has_no_token():
+    account = _one(render_chart(WITH_SECRETS), "ServiceAccount", "-executor")
+
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_without_a_database_the_render_fails_and_says_what_to_set():
+    with pytest.raises(helm.HelmError, match=r"database\.existingSecret"):
+        render_chart({})
+
+
+def test_min_replicas_above_max_is_rejected_naming_both():
+    with pytest.raises(
+        helm.HelmError, match=r"executor\.minReplicas \(5\) must not exceed executor\.maxReplicas \(2\)"
+    ):
+        render_chart({**WITH_SECRETS, "executor": {"minReplicas": 5, "maxReplicas": 2}})
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"surprise": True}, "surprise"),
+        ({"executor": {"concurrency": 0}}, "concurrency"),
+        ({"watchNamespaces": ["Bad_Name"]}, "watchNamespaces"),
+    ],
+)
+def test_values_schema_rejects_bad_values_naming_the_field(values, field):
+    with pytest.raises(helm.HelmError, match=field):
+        render_chart({**WITH_SECRETS, **values})
+
+
+def test_notes_tell_how_to_apply_the_example_and_warn_about_a_missing_llm_secret():
+    text = notes({"postgres": {"deploy": True}})
+
+    assert "kubectl apply -n mge-system -f examples/hello/masterplan.yaml" in text
+    assert "llm.existingSecret is not set" in text
+
+
+def test_quick_start_postgres_password_is_generated_not_hardcoded():
+    first = _one(render_chart(QUICK_START), "Secret", "-database")["stringData"]["POSTGRES_PASSWORD"]
+    second = _one(render_chart(QUICK_START), "Secret", "-database")["stringData"]["POSTGRES_PASSWORD"]
+
+    assert len(first) == 32
+    assert first != second
+
+
+def test_plain_manifests_match_the_chart():
+    committed = (REPO / "manifests" / "mge-operator.yaml").read_text()
+
+    assert committed == render_manifests(), "manifests/ is stale: run `make manifests`"
+
+
+def test_plain_manifests_carry_no_generated_password():
+    docs = [d for d in yaml.safe_load_all(render_manifests()) if d]
+
+    assert MANIFEST_VALUES["postgres"]["deploy"] is True
+    assert [d for d in docs if d["kind"] == "Secret"] == []
+    assert any(d["kind"] == "StatefulSet" for d in docs)

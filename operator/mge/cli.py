@@ -251,7 +251,7 @@ def executor() -> None:
 
     async def serve() -> None:
         try:
-            store = await Store.connect(settings.database_url, max_size=concurrency + 2)
+            store = await Store.connect(settings.database_url, max_size=concurrency + 3)
         except StoreUnavailable as error:
             raise _fail(str(error)) from None
         llm = OpenAICompatibleLLM(

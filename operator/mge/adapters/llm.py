@@ -8,7 +8,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final, Protocol
 
-import httpx
+import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from mge.adapters.tokenizer import count_tokens
@@ -59,8 +59,8 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
     if value is None:
         return None
     try:
@@ -102,25 +102,30 @@ class OpenAICompatibleLLM:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         jitter: Jitter | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         import random
 
         self.label = f"OpenAI-compatible endpoint {base_url}"
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            transport=transport,
-        )
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10.0)
+        self._session: aiohttp.ClientSession | None = None
         self._max_attempts = max_attempts
         # Equal jitter: half the backoff is fixed, half random, so retries spread without collapsing to 0.
         self._wait = _BackoffHonouringRetryAfter(
             backoff_base_s, backoff_cap_s, jitter or (lambda: 0.5 + random.random() / 2)
         )
 
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop that will use it.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def complete(self, request: ChatRequest) -> Completion:
         seen: list[str] = []
@@ -157,24 +162,24 @@ class OpenAICompatibleLLM:
         }
         started = time.perf_counter()
         try:
-            response = await self._client.post("chat/completions", json=body, headers=headers)
-        except httpx.TimeoutException as error:
-            raise _Retryable(f"timeout: {error!r}", None) from error
-        except httpx.TransportError as error:
+            async with self._client().post(self._url, json=body, headers=headers) as response:
+                text = await response.text()
+                status, response_headers = response.status, response.headers
+        except TimeoutError as error:
+            raise _Retryable(f"timeout after {self._timeout.total}s", None) from error
+        except aiohttp.ClientError as error:
             raise _Retryable(f"connection error: {error!r}", None) from error
         latency = time.perf_counter() - started
-        if response.status_code in RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}", _retry_after(response))
-        if response.status_code >= 400:
-            raise LLMError(
-                f"LLM endpoint refused the request: HTTP {response.status_code}: {response.text[:500]}"
-            )
+        if status in RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {status}: {text[:200]}", _retry_after(response_headers))
+        if status >= 400:
+            raise LLMError(f"LLM endpoint refused the request: HTTP {status}: {text[:500]}")
         try:
-            payload = response.json()
+            payload = json.loads(text)
             content = payload["choices"][0]["message"].get("content") or ""
             usage = payload.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise _Retryable(f"malformed response: {error!r}: {response.text[:200]}", None) from error
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+            raise _Retryable(f"malformed response: {error!r}: {text[:200]}", None) from error
         details = usage.get("prompt_tokens_details") or {}
         return Completion(
             content=content,

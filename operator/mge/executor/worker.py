@@ -28,7 +28,8 @@ class ExecutorConfig:
     concurrency: int = 8
     lease_s: float = 60.0
     heartbeat_s: float = 15.0
-    idle_poll_s: float = 0.5
+    # Wake-ups come from Postgres NOTIFY when atoms become ready; polling is only the safety net.
+    idle_poll_s: float = 2.0
     max_tokens: int = 2048
     temperature: float = 0.0
     # An atom claimed this often was held by executors that died: stop retrying it.
@@ -52,6 +53,7 @@ class Executor:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
         heartbeat = asyncio.create_task(self._heartbeat(stop))
+        stop_listening = await self.store.listen_for_ready(self._wake.set)
         try:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._in_flight)
@@ -65,6 +67,7 @@ class Executor:
                 if not claimed or len(self._in_flight) >= self.config.concurrency:
                     await self._idle(stop)
         finally:
+            await stop_listening()
             await self._drain()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

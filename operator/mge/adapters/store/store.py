@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -23,6 +23,14 @@ MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
 
 # Unreachable host, server starting up, database not created yet, authentication not set up yet.
 _CONNECT_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+# Executors LISTEN here so newly ready atoms are claimed at once, not at the next poll.
+READY_CHANNEL: Final = "mge_atoms_ready"
+
+
+async def _notify_ready(connection: Any) -> None:
+    await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
 
 
 class StoreUnavailable(RuntimeError):
@@ -226,12 +234,16 @@ class Store:
                 columns=["masterplan_id", "atom_id", "depends_on", "trace_id"],
             )
             await connection.execute(_REFRESH_READINESS_SQL, plan_id)
+            await _notify_ready(connection)
         return plan_id, sync
 
     async def set_suspended(self, plan_id: uuid.UUID, suspended: bool) -> None:
-        await self.pool.execute(
-            "UPDATE masterplans SET suspended = $2, updated_at = now() WHERE id = $1", plan_id, suspended
-        )
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "UPDATE masterplans SET suspended = $2, updated_at = now() WHERE id = $1", plan_id, suspended
+            )
+            if not suspended:
+                await _notify_ready(connection)
 
     async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
         """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first."""
@@ -334,15 +346,22 @@ class Store:
             )
             if done is None:
                 return False
-            await connection.execute(
-                """UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
-                       state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END, updated_at = now()
-                   FROM atom_dependencies d
-                   WHERE d.masterplan_id = $1 AND d.depends_on = $2
-                     AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'""",
+            freed = await connection.fetchval(
+                """WITH freed AS (
+                       UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
+                           state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END,
+                           updated_at = now()
+                       FROM atom_dependencies d
+                       WHERE d.masterplan_id = $1 AND d.depends_on = $2
+                         AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'
+                       RETURNING a.state
+                   )
+                   SELECT count(*) FILTER (WHERE state = 'ready') FROM freed""",
                 atom.masterplan_id,
                 atom.atom_id,
             )
+            if freed:
+                await _notify_ready(connection)
             return True
 
     async def fail(self, atom: ClaimedAtom, executor: str, error: str) -> bool:
@@ -358,17 +377,38 @@ class Store:
         )
         return str(result).endswith(" 1")
 
+    async def listen_for_ready(self, callback: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """Call `callback` whenever atoms become ready anywhere; returns a function that stops listening."""
+        connection = await self.pool.acquire()
+
+        def on_notify(*_: object) -> None:
+            callback()
+
+        await connection.add_listener(READY_CHANNEL, on_notify)
+
+        async def stop() -> None:
+            try:
+                await connection.remove_listener(READY_CHANNEL, on_notify)
+            finally:
+                await self.pool.release(connection)
+
+        return stop
+
     async def release(self, atom: ClaimedAtom, executor: str) -> bool:
         """Hand an unfinished atom back (graceful shutdown, suspension): ready again, claim not counted."""
-        result = await self.pool.execute(
-            """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL,
-                   claims = greatest(claims - 1, 0), updated_at = now()
-               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $3""",
-            atom.masterplan_id,
-            atom.atom_id,
-            executor,
-        )
-        return str(result).endswith(" 1")
+        async with self.pool.acquire() as connection, connection.transaction():
+            result = await connection.execute(
+                """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL,
+                       claims = greatest(claims - 1, 0), updated_at = now()
+                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $3""",
+                atom.masterplan_id,
+                atom.atom_id,
+                executor,
+            )
+            released = str(result).endswith(" 1")
+            if released:
+                await _notify_ready(connection)
+        return released
 
     async def dependency_outputs(self, plan_id: uuid.UUID, atom_ids: Sequence[str]) -> list[AtomOutput]:
         rows = await self.pool.fetch(

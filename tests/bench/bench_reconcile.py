@@ -32,18 +32,25 @@ def _planned(api) -> int:
     return sum(
         1
         for plan in api.objects_of("masterplans", NS)
-        if any(c["type"] == "Planned" and c["status"] == "True" for c in plan.get("status", {}).get("conditions", []))
+        if any(
+            c["type"] == "Planned" and c["status"] == "True"
+            for c in plan.get("status", {}).get("conditions", [])
+        )
     )
 
 
 async def operator_throughput(server: str) -> float:
-    async with fake_cluster() as api, fresh_database(server) as dsn, httpx.AsyncClient(base_url=str(api.url)) as client:
-        async with running_operator(api, dsn, [NS], progress_interval=60):
-            started = time.perf_counter()
-            for index in range(PLANS):
-                (await client.post(f"{BASE}/masterplans", json=_manifest(index))).raise_for_status()
-            await eventually(lambda: _planned(api) == PLANS, timeout=300, interval=0.02)
-            return PLANS / (time.perf_counter() - started)
+    async with (
+        fake_cluster() as api,
+        fresh_database(server) as dsn,
+        httpx.AsyncClient(base_url=str(api.url)) as client,
+        running_operator(api, dsn, [NS], progress_interval=60),
+    ):
+        started = time.perf_counter()
+        for index in range(PLANS):
+            (await client.post(f"{BASE}/masterplans", json=_manifest(index))).raise_for_status()
+        await eventually(lambda: _planned(api) == PLANS, timeout=300, interval=0.02)
+        return PLANS / (time.perf_counter() - started)
 
 
 async def direct_writes_throughput() -> float:
@@ -62,7 +69,9 @@ async def direct_writes_throughput() -> float:
                 (await client.post(f"{BASE}/waves", json=wave)).raise_for_status()
             status = {"status": {"phase": "Planned"}}
             headers = {"Content-Type": "application/merge-patch+json"}
-            (await client.patch(f"{BASE}/masterplans/plan-{index}/status", json=status, headers=headers)).raise_for_status()
+            (
+                await client.patch(f"{BASE}/masterplans/plan-{index}/status", json=status, headers=headers)
+            ).raise_for_status()
         return PLANS / (time.perf_counter() - started)
 
 

@@ -213,7 +213,12 @@ def operator() -> None:
         raise _fail(str(error)) from None
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: the operator keeps atom state in Postgres")
-    kube = Kube(load_client_configuration(settings.kube_host))
+    try:
+        kube = Kube(load_client_configuration(settings.kube_host))
+    except Exception as error:  # kubernetes.config raises several unrelated types for "no credentials"
+        raise _fail(
+            f"no Kubernetes credentials (in-cluster service account or kubeconfig): {error}"
+        ) from None
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
     background = []

@@ -94,3 +94,32 @@ def test_crds_check_fails_on_a_stale_file_and_passes_after_regeneration(tmp_path
     assert stale.exit_code == 1
     assert "make crds" in stale.output
     assert fresh.exit_code == 0
+
+
+def test_operator_without_credentials_exits_2_and_says_what_is_missing(tmp_path):
+    env = {
+        "PATH": "",
+        "PYTHONPATH": str(REPO / "operator"),
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(tmp_path / "missing"),
+        "MGE_WATCH_NAMESPACES": "team-a",
+        "MGE_DATABASE_URL": "postgresql://mge@db/mge",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "operator"], capture_output=True, text=True, env=env, check=False
+    )
+
+    assert result.returncode == 2
+    assert "no Kubernetes credentials" in result.stderr
+
+
+def test_operator_without_a_database_url_exits_2(tmp_path):
+    env = {"PATH": "", "PYTHONPATH": str(REPO / "operator"), "MGE_WATCH_NAMESPACES": "team-a"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "operator"], capture_output=True, text=True, env=env, check=False
+    )
+
+    assert result.returncode == 2
+    assert "MGE_DATABASE_URL" in result.stderr

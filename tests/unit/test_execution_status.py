@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import MasterplanStatus, Phase
-from mge.models.progress import Progress
+from mge.models.progress import Progress, Spend
 from mge.plan.execution import decide_execution, decide_store_unavailable
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -27,11 +27,28 @@ def _progress(**counts) -> Progress:
     return Progress(**{**fields, **counts})
 
 
-def _decide(progress, observed=None, suspended=False, now=NOW):
+def _spend(spent="0", reserved="0", exhausted=False, limit="200", override_by=None) -> Spend:
+    return Spend(
+        spent_usd=Decimal(spent),
+        reserved_usd=Decimal(reserved),
+        limit_usd=Decimal(limit),
+        soft_cap_percent=Decimal(70),
+        hard_cap_percent=Decimal(100),
+        exhausted=exhausted,
+        override_by=override_by,
+    )
+
+
+def _decide(progress, observed=None, suspended=False, now=NOW, spend=None):
     base = observed or MasterplanStatus()
-    base.cost.limit_usd = 200.0
     return decide_execution(
-        name="shop", observed=base, progress=progress, suspended=suspended, generation=1, now=now
+        name="shop",
+        observed=base,
+        progress=progress,
+        spend=spend or _spend(str(progress.cost_usd)),
+        suspended=suspended,
+        generation=1,
+        now=now,
     )
 
 
@@ -98,3 +115,57 @@ def test_store_outage_is_a_warning_condition_with_what_to_check():
     assert progressing.reason == Reason.STORE_UNAVAILABLE
     assert "database Secret" in progressing.message
     assert events[0].type == "Warning"
+
+
+def test_soft_cap_crossing_sets_the_condition_with_spend_and_projection():
+    status, events = _decide(_progress(succeeded=5, ready=5), spend=_spend("150"))
+
+    soft = _condition(status, ConditionType.BUDGET_SOFT_CAP_EXCEEDED)
+    assert (soft.status, soft.reason) == (ConditionStatus.TRUE, Reason.SOFT_CAP_EXCEEDED)
+    assert "Spent $150.00 of $200.00 (75.0%)" in soft.message
+    assert status.cost.projected_usd == 300.0  # 150 for 5 atoms, 5 more to go at the same mean
+    assert ("Warning", "SoftCapExceeded") in [(e.type, e.reason) for e in events]
+
+
+def test_soft_cap_event_is_posted_once_per_crossing():
+    first, _ = _decide(_progress(succeeded=5, ready=5), spend=_spend("150"))
+
+    _, events = _decide(_progress(succeeded=6, ready=4), observed=first, spend=_spend("160"))
+
+    assert "SoftCapExceeded" not in [e.reason for e in events]
+
+
+def test_hard_cap_suspends_plan_and_tells_how_to_resume():
+    status, events = _decide(_progress(succeeded=9, ready=1), spend=_spend("199.5", exhausted=True))
+
+    suspended = _condition(status, ConditionType.SUSPENDED)
+    assert (suspended.status, suspended.reason) == (ConditionStatus.TRUE, Reason.HARD_CAP_REACHED)
+    assert "Spent $199.50 of $200.00" in suspended.message
+    assert "kubectl patch masterplan shop --type merge" in suspended.message
+    assert '"override":{"limitUSD":300' in suspended.message
+    assert _condition(status, ConditionType.PROGRESSING).reason == Reason.HARD_CAP_REACHED
+    assert status.phase == Phase.SUSPENDED
+    assert ("Warning", "HardCapReached") in [(e.type, e.reason) for e in events]
+
+
+def test_approved_override_lifts_the_hard_cap_suspension():
+    held, _ = _decide(_progress(succeeded=9, ready=1), spend=_spend("199.5", exhausted=True))
+
+    resumed, events = _decide(
+        _progress(succeeded=9, running=1),
+        observed=held,
+        spend=_spend("199.5", limit="300", override_by="alice"),
+    )
+
+    suspended = _condition(resumed, ConditionType.SUSPENDED)
+    assert (suspended.status, suspended.reason) == (ConditionStatus.FALSE, Reason.OVERRIDE_APPROVED)
+    assert "by alice" in suspended.message
+    assert resumed.cost.limit_usd == 300.0
+    assert resumed.phase == Phase.RUNNING
+    assert "OverrideApproved" in [e.reason for e in events]
+
+
+def test_cost_block_carries_reserved_money_and_percent():
+    status, _ = _decide(_progress(running=3), spend=_spend("20", reserved="1.5"))
+
+    assert (status.cost.current_usd, status.cost.reserved_usd, status.cost.percent_used) == (20.0, 1.5, 10.0)

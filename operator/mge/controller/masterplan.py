@@ -9,10 +9,12 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
 from mge.controller.deps import ControllerDeps, deps_of
+from mge.cost.caps import OverrideRejected
 from mge.models.base import API_GROUP, API_VERSION
-from mge.models.conditions import ConditionStatus, ConditionType, find_condition
+from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
 from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus
 from mge.models.progress import WaveProgress
@@ -75,7 +77,8 @@ async def reconcile_masterplan(
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
         assert not isinstance(atoms, PlanError)
         retry = await _register(deps, namespace, name, generation, parsed, atoms, outcome) or retry
-    outcome.events = transition_events(observed.conditions, outcome.status.conditions)
+    rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED]
+    outcome.events = transition_events(observed.conditions, outcome.status.conditions) + rejected
     _write(body, patch, status, outcome, logger)
     if retry is not None:
         raise retry
@@ -95,7 +98,7 @@ async def _register(
     assert outcome.status.trace_id is not None
     try:
         store = await deps.store.get()
-        await store.register_plan(
+        plan_id, _ = await store.register_plan(
             namespace=namespace,
             name=name,
             trace_id=outcome.status.trace_id,
@@ -103,6 +106,11 @@ async def _register(
             spec=spec,
             atoms=atoms,
             plan=outcome.plan,
+        )
+        await CostLedger(store.pool).apply_budget(plan_id, spec.budget)
+    except OverrideRejected as rejected:
+        outcome.events.append(
+            KubeEvent("Warning", Reason.OVERRIDE_REJECTED.value, f"Override not applied: {rejected}")
         )
     except (StoreUnavailable, OSError) as error:
         outcome.status, _ = decide_store_unavailable(outcome.status, str(error), generation, deps.now())
@@ -136,6 +144,7 @@ async def sync_progress(
         plan_id = masterplan_uuid(namespace, name)
         progress = await store.progress(plan_id)
         waves = await store.wave_progress(plan_id)
+        spend = await CostLedger(store.pool).spend(plan_id)
     except (StoreUnavailable, OSError) as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
     else:
@@ -143,6 +152,7 @@ async def sync_progress(
             name=name,
             observed=observed,
             progress=progress,
+            spend=spend,
             suspended=bool(spec.get("suspend")),
             generation=generation,
             now=deps.now(),

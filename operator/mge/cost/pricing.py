@@ -25,6 +25,19 @@ class ModelPrice(BaseModel):
         ) * _PER_TOKEN
 
 
+# Our tokenizer is not every provider's: pad the prompt count so the reservation stays an upper bound.
+PROMPT_MARGIN: Final = Decimal("1.10")
+TOKENS_PER_MESSAGE: Final = 8
+
+
+def worst_case_call_cost(message_tokens: list[int], max_tokens: int, price: ModelPrice) -> Decimal:
+    """The most a call can cost: padded prompt tokens, uncached, plus every allowed completion token."""
+    prompt = int(Decimal(sum(message_tokens)) * PROMPT_MARGIN) + TOKENS_PER_MESSAGE * (
+        len(message_tokens) + 1
+    )
+    return price.cost(prompt_tokens=prompt, completion_tokens=max_tokens)
+
+
 def _price(input_: str, cached: str, output: str) -> ModelPrice:
     return ModelPrice(input=Decimal(input_), cached_input=Decimal(cached), output=Decimal(output))
 

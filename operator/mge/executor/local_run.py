@@ -16,6 +16,7 @@ from rich.table import Table
 from mge.adapters.embedded import EmbeddedPostgres
 from mge.adapters.llm import LLM
 from mge.adapters.manifests import masterplan_file
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
 from mge.executor.validation import CodeValidator
@@ -92,6 +93,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             atoms=run.atoms,
             plan=plan,
         )
+        await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
         if run.resume:
             await store.release_abandoned(plan_id)
         executors = [

@@ -9,10 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Final
 
 from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
-from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
+from mge.adapters.tokenizer import count_tokens
+from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.validation import CodeValidator
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
@@ -20,6 +23,9 @@ from mge.generation.validate import InvalidCode
 from mge.trace.context import current_trace_id
 
 log = logging.getLogger("mge.executor")
+
+# Sentinel outcome of an attempt that could not reserve its worst-case cost.
+OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Executor:
         config: ExecutorConfig,
     ) -> None:
         self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
+        self.ledger = CostLedger(store.pool)
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
         self._wake = asyncio.Event()
 
@@ -136,6 +143,11 @@ class Executor:
             outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
             if outcome is None:  # lease lost: another executor owns the atom now
                 return
+            if outcome is OUT_OF_BUDGET:
+                # The plan hit its hard cap: hand the atom back untouched; an approved override resumes it.
+                await self.store.release(atom, executor)
+                log.warning("atom %s waits: the Masterplan reached its hard budget cap", atom.atom_id)
+                return
             code, problem = outcome
             if code is not None:
                 await self.store.succeed(atom, executor, code)
@@ -155,7 +167,8 @@ class Executor:
         attempt: int,
         price: ModelPrice,
     ) -> tuple[str | None, str | None] | None:
-        """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost."""
+        """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost,
+        OUT_OF_BUDGET if the worst case of the call does not fit under the hard cap."""
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
@@ -166,6 +179,12 @@ class Executor:
             atom_id=atom.atom_id,
             attempt=attempt,
         )
+        worst_case = worst_case_call_cost(
+            [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
+        )
+        reservation = await self.ledger.reserve(atom, self.config.executor_id, worst_case)
+        if reservation is None:
+            return OUT_OF_BUDGET
         code: str | None = None
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
@@ -180,7 +199,21 @@ class Executor:
             code, error, outcome = None, str(llm_failure), "llm_error"
         except (NoCodeInAnswer, InvalidCode) as invalid:
             code, error, outcome = None, str(invalid), "invalid"
-        cost = price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
+        finally:
+            cost = (
+                price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
+            )
+            # Money spent is settled even if the attempt is then dropped or the task is cancelled.
+            await asyncio.shield(
+                self.ledger.settle(
+                    reservation,
+                    atom,
+                    amount=cost,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens,
+                )
+            )
         still_ours = await self.store.record_attempt(
             atom,
             executor=self.config.executor_id,

@@ -47,6 +47,11 @@ class Reason(StrEnum):
     ALL_ATOMS_SUCCEEDED = "AllAtomsSucceeded"
     ATOMS_FAILED = "AtomsFailed"
     STORE_UNAVAILABLE = "StoreUnavailable"
+    SOFT_CAP_EXCEEDED = "SoftCapExceeded"
+    WITHIN_BUDGET = "WithinBudget"
+    HARD_CAP_REACHED = "HardCapReached"
+    OVERRIDE_APPROVED = "OverrideApproved"
+    OVERRIDE_REJECTED = "OverrideRejected"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -61,6 +66,9 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.UNKNOWN_MODEL_PRICE,
         Reason.ATOMS_SOURCE_NOT_FOUND,
         Reason.STORE_UNAVAILABLE,
+        Reason.SOFT_CAP_EXCEEDED,
+        Reason.HARD_CAP_REACHED,
+        Reason.OVERRIDE_REJECTED,
     }
 )
 

@@ -260,6 +260,7 @@ class CostStatus(KubeModel):
     projected_usd: float = Field(
         0.0, alias="projectedUSD", ge=0, description="Projected total at completion."
     )
+    estimated_usd: float = Field(0.0, alias="estimatedUSD", ge=0, description="The plan-time estimate.")
     limit_usd: float = Field(0.0, alias="limitUSD", ge=0, description="Effective budget (override included).")
     percent_used: float = Field(0.0, ge=0, description="currentUSD as a share of limitUSD, in percent.")
 

@@ -33,3 +33,17 @@ class Progress:
     def finished(self) -> bool:
         """Nothing can run any more: every atom succeeded, failed, or waits on a failed dependency."""
         return self.ready == 0 and self.running == 0 and self.pending == self.blocked
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A Masterplan's money as the cost ledger sees it."""
+
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    limit_usd: Decimal
+    soft_cap_percent: Decimal
+    hard_cap_percent: Decimal
+    # A reservation was refused at the hard cap: no new LLM calls until the budget is raised.
+    exhausted: bool
+    override_by: str | None = None

@@ -133,7 +133,8 @@ def decide_planning(
     status.progress = f"{status.atoms.succeeded}/{status.atoms.total}"
     status.critical_path_length = len(plan.critical_path)
     status.estimated_tokens = estimate.total_tokens
-    status.cost.projected_usd = max(status.cost.projected_usd, round(float(estimate.cost_usd), 6))
+    status.cost.estimated_usd = round(float(estimate.cost_usd), 6)
+    status.cost.projected_usd = max(status.cost.projected_usd, status.cost.estimated_usd)
     conditions.set(
         ConditionType.PLANNED,
         ConditionStatus.TRUE,
@@ -149,11 +150,14 @@ def decide_planning(
             f"No new atoms start. To resume: kubectl patch masterplan {name} --type merge "
             '-p \'{"spec":{"suspend":false}}\'',
         )
-    elif find_condition(status.conditions, ConditionType.SUSPENDED) is not None:
+    elif (suspended := find_condition(status.conditions, ConditionType.SUSPENDED)) is not None and (
+        suspended.reason == Reason.SUSPENDED_BY_USER
+    ):
+        # Only the user's own suspension is lifted here; a hard-cap suspension ends with an override.
         conditions.set(
             ConditionType.SUSPENDED, ConditionStatus.FALSE, Reason.NOT_SUSPENDED, "Running normally."
         )
-    if status.atoms.succeeded + status.atoms.failed < status.atoms.total:
+    if status.atoms.succeeded + status.atoms.failed < status.atoms.total and not _held_by_budget(status):
         conditions.set(
             ConditionType.PROGRESSING,
             ConditionStatus.FALSE,
@@ -204,6 +208,13 @@ def _invalid(
     )
     status.phase = derive_phase(status)
     return PlanningOutcome(status=status, events=transition_events(before, status.conditions))
+
+
+def _held_by_budget(status: MasterplanStatus) -> bool:
+    suspended = find_condition(status.conditions, ConditionType.SUSPENDED)
+    return (
+        suspended is not None and suspended.reason == Reason.HARD_CAP_REACHED and suspended.status == "True"
+    )
 
 
 def derive_phase(status: MasterplanStatus) -> Phase:

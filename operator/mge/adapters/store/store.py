@@ -86,7 +86,7 @@ WITH claimable AS (
     SELECT a.masterplan_id, a.atom_id
     FROM atoms a
     JOIN masterplans m ON m.id = a.masterplan_id
-    WHERE NOT m.suspended
+    WHERE NOT m.suspended AND NOT m.budget_exhausted
       AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
     ORDER BY a.priority DESC, m.priority DESC, a.updated_at, a.atom_id
     LIMIT $2
@@ -149,8 +149,7 @@ class Store:
                        requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                    ON CONFLICT (id) DO UPDATE SET generation = $5, model = $6, priority = $7, suspended = $8,
-                       requirements = $9, budget_limit_usd = $10, soft_cap_percentage = $11,
-                       hard_cap_percentage = $12, updated_at = now()""",
+                       requirements = $9, updated_at = now()""",
                 plan_id,
                 namespace,
                 name,
@@ -416,7 +415,7 @@ class Store:
             """SELECT count(*) FILTER (WHERE a.state = 'ready') AS ready,
                       count(*) FILTER (WHERE a.state = 'running') AS running
                FROM atoms a JOIN masterplans m ON m.id = a.masterplan_id
-               WHERE NOT m.suspended AND a.state IN ('ready', 'running')"""
+               WHERE NOT m.suspended AND NOT m.budget_exhausted AND a.state IN ('ready', 'running')"""
         )
         return int(row["ready"]), int(row["running"])
 

@@ -1,0 +1,302 @@
+"""The cost ledger: reserve the worst case before an LLM call, settle to actual usage after, in Postgres.
+
+Every step is one transaction holding the Masterplan row lock, so any number of executors racing on
+one budget can never reserve past the hard cap.
+"""
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import asyncpg
+
+from mge.adapters.store.store import READY_CHANNEL, ClaimedAtom
+from mge.cost.caps import BudgetLimits, check_override, crossed_soft_cap, reservation_decision
+from mge.models.masterplan import Budget
+from mge.models.progress import Spend
+
+DEFAULT_RESERVATION_TTL_S: Final = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: int
+    masterplan_id: uuid.UUID
+    amount_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CostEvent:
+    id: int
+    kind: str
+    atom_id: str | None
+    amount_usd: Decimal
+    cumulative_cost_usd: Decimal
+    budget_limit_usd: Decimal
+    prompt_tokens: int
+    completion_tokens: int
+    detail: Mapping[str, Any]
+    created_at: datetime
+
+
+_LOCK_PLAN: Final = """
+SELECT trace_id, current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage, hard_cap_percentage,
+       budget_exhausted, budget_override_approved_by, budget_override_approved_at, budget_override_limit_usd,
+       budget_override_reason
+FROM masterplans WHERE id = $1 FOR UPDATE
+"""
+
+_EVENT: Final = """
+INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd, prompt_tokens,
+                         completion_tokens, cached_tokens, cumulative_cost_usd, budget_limit_usd, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
+
+
+def _limits(row: Any) -> BudgetLimits:
+    return BudgetLimits(row["budget_limit_usd"], row["soft_cap_percentage"], row["hard_cap_percentage"])
+
+
+class CostLedger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def _event(self, connection: Any, plan_id: uuid.UUID, row: Any, kind: str, **fields: Any) -> None:
+        await connection.execute(
+            _EVENT,
+            plan_id,
+            row["trace_id"],
+            fields.get("atom_id"),
+            fields.get("wave_index"),
+            fields.get("model"),
+            kind,
+            fields.get("amount", Decimal(0)),
+            fields.get("prompt_tokens", 0),
+            fields.get("completion_tokens", 0),
+            fields.get("cached_tokens", 0),
+            fields.get("cumulative", row["current_cost_usd"]),
+            row["budget_limit_usd"],
+            json.dumps(fields.get("detail", {})),
+        )
+
+    async def _release_expired(self, connection: Any, plan_id: uuid.UUID, row: Any) -> Decimal:
+        """Reservations of executors that died: give the money back (inside the caller's transaction)."""
+        expired = await connection.fetch(
+            "DELETE FROM cost_reservations WHERE masterplan_id = $1 AND expires_at < now() RETURNING atom_id, amount_usd",
+            plan_id,
+        )
+        total = sum((r["amount_usd"] for r in expired), Decimal(0))
+        for r in expired:
+            await self._event(
+                connection,
+                plan_id,
+                row,
+                "release",
+                atom_id=r["atom_id"],
+                amount=r["amount_usd"],
+                detail={"why": "expired"},
+            )
+        if total:
+            await connection.execute(
+                "UPDATE masterplans SET reserved_cost_usd = reserved_cost_usd - $2 WHERE id = $1",
+                plan_id,
+                total,
+            )
+        return total
+
+    async def reserve(
+        self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float = DEFAULT_RESERVATION_TTL_S
+    ) -> Reservation | None:
+        """Reserve the call's worst case, or refuse (and mark the plan exhausted) if it would cross the hard cap."""
+        plan_id = atom.masterplan_id
+        async with self.pool.acquire() as connection, connection.transaction():
+            row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
+            reserved = row["reserved_cost_usd"] - await self._release_expired(connection, plan_id, row)
+            decision = reservation_decision(row["current_cost_usd"], reserved, amount, _limits(row))
+            if not decision.granted:
+                if not row["budget_exhausted"]:
+                    await connection.execute(
+                        "UPDATE masterplans SET budget_exhausted = true WHERE id = $1", plan_id
+                    )
+                    await self._event(
+                        connection,
+                        plan_id,
+                        row,
+                        "hard_cap",
+                        atom_id=atom.atom_id,
+                        wave_index=atom.wave_index,
+                        model=atom.model,
+                        detail={"requested": str(amount), "headroom": str(decision.headroom_usd)},
+                    )
+                return None
+            reservation_id = await connection.fetchval(
+                """INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at)
+                   VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING id""",
+                plan_id,
+                atom.atom_id,
+                atom.trace_id,
+                executor,
+                amount,
+                ttl_s,
+            )
+            await connection.execute(
+                "UPDATE masterplans SET reserved_cost_usd = $2 WHERE id = $1", plan_id, reserved + amount
+            )
+            await self._event(
+                connection,
+                plan_id,
+                row,
+                "reserve",
+                atom_id=atom.atom_id,
+                wave_index=atom.wave_index,
+                model=atom.model,
+                amount=amount,
+            )
+        return Reservation(reservation_id, plan_id, amount)
+
+    async def settle(
+        self,
+        reservation: Reservation,
+        atom: ClaimedAtom,
+        *,
+        amount: Decimal,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+    ) -> None:
+        """Replace the reservation by the actual cost (0 for a cache hit or a call that never happened)."""
+        plan_id = reservation.masterplan_id
+        async with self.pool.acquire() as connection, connection.transaction():
+            row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
+            held = await connection.fetchval(
+                "DELETE FROM cost_reservations WHERE id = $1 RETURNING amount_usd", reservation.id
+            )
+            spent = row["current_cost_usd"] + amount
+            # An expired reservation was already given back; only a live one still counts as reserved.
+            reserved = row["reserved_cost_usd"] - (held or Decimal(0))
+            await connection.execute(
+                "UPDATE masterplans SET current_cost_usd = $2, reserved_cost_usd = $3, updated_at = now() WHERE id = $1",
+                plan_id,
+                spent,
+                reserved,
+            )
+            await self._event(
+                connection,
+                plan_id,
+                row,
+                "settle",
+                atom_id=atom.atom_id,
+                wave_index=atom.wave_index,
+                model=atom.model,
+                amount=amount,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached_tokens=cached_tokens,
+                cumulative=spent,
+                detail={"reserved": str(reservation.amount_usd)},
+            )
+            if crossed_soft_cap(row["current_cost_usd"], spent, _limits(row)):
+                await self._event(
+                    connection, plan_id, row, "soft_cap", atom_id=atom.atom_id, cumulative=spent
+                )
+
+    async def spend(self, plan_id: uuid.UUID) -> Spend:
+        row: Any = await self.pool.fetchrow(
+            """SELECT current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage, hard_cap_percentage,
+                      budget_exhausted, budget_override_approved_by, budget_override_approved_at
+               FROM masterplans WHERE id = $1""",
+            plan_id,
+        )
+        if row is None:
+            raise LookupError(f"no Masterplan with id {plan_id}")
+        return Spend(
+            spent_usd=row["current_cost_usd"],
+            reserved_usd=row["reserved_cost_usd"],
+            limit_usd=row["budget_limit_usd"],
+            soft_cap_percent=row["soft_cap_percentage"],
+            hard_cap_percent=row["hard_cap_percentage"],
+            exhausted=row["budget_exhausted"],
+            override_by=row["budget_override_approved_by"],
+        )
+
+    async def apply_budget(self, plan_id: uuid.UUID, budget: Budget) -> list[str]:
+        """Make the stored budget match the spec; records an override and resumes an exhausted plan.
+
+        Returns what happened ("override", "resume"); raises OverrideRejected for an override below spend.
+        """
+        limit = Decimal(str(budget.effective_limit_usd))
+        soft, hard = Decimal(str(budget.soft_cap_percent)), Decimal(str(budget.hard_cap_percent))
+        happened: list[str] = []
+        async with self.pool.acquire() as connection, connection.transaction():
+            row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
+            override = budget.override
+            new_override = override is not None and (
+                row["budget_override_limit_usd"] != Decimal(str(override.limit_usd))
+                or row["budget_override_approved_by"] != override.approved_by
+                or row["budget_override_reason"] != override.reason
+            )
+            if new_override:
+                assert override is not None
+                check_override(limit, row["current_cost_usd"], row["reserved_cost_usd"])
+            unchanged = (row["budget_limit_usd"], row["soft_cap_percentage"], row["hard_cap_percentage"]) == (
+                limit,
+                soft,
+                hard,
+            )
+            if unchanged and not new_override:
+                return happened
+            await connection.execute(
+                """UPDATE masterplans SET budget_limit_usd = $2, soft_cap_percentage = $3, hard_cap_percentage = $4,
+                       updated_at = now() WHERE id = $1""",
+                plan_id,
+                limit,
+                soft,
+                hard,
+            )
+            if new_override:
+                assert override is not None
+                await connection.execute(
+                    """UPDATE masterplans SET budget_override_approved_by = $2, budget_override_approved_at = now(),
+                           budget_override_limit_usd = $3, budget_override_reason = $4 WHERE id = $1""",
+                    plan_id,
+                    override.approved_by,
+                    Decimal(str(override.limit_usd)),
+                    override.reason,
+                )
+                await self._event(
+                    connection,
+                    plan_id,
+                    row,
+                    "override",
+                    detail={
+                        "approvedBy": override.approved_by,
+                        "reason": override.reason,
+                        "previousLimitUSD": f"{row['budget_limit_usd']:.2f}",
+                        "newLimitUSD": f"{limit:.2f}",
+                    },
+                )
+                happened.append("override")
+            headroom = limit * hard / 100 - row["current_cost_usd"] - row["reserved_cost_usd"]
+            if row["budget_exhausted"] and headroom > 0:
+                await connection.execute(
+                    "UPDATE masterplans SET budget_exhausted = false WHERE id = $1", plan_id
+                )
+                await self._event(connection, plan_id, row, "resume", detail={"headroomUSD": str(headroom)})
+                await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+                happened.append("resume")
+        return happened
+
+    async def events(self, plan_id: uuid.UUID, *, after_id: int = 0, limit: int = 100) -> list[CostEvent]:
+        rows = await self.pool.fetch(
+            """SELECT id, kind, atom_id, amount_usd, cumulative_cost_usd, budget_limit_usd, prompt_tokens,
+                      completion_tokens, detail, created_at
+               FROM cost_events WHERE masterplan_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
+            plan_id,
+            after_id,
+            limit,
+        )
+        return [CostEvent(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]

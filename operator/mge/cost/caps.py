@@ -1,0 +1,77 @@
+"""Budget decisions: may this call reserve money, which caps are crossed, may this override apply."""
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+_HUNDRED = Decimal(100)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimits:
+    limit_usd: Decimal
+    soft_cap_percent: Decimal
+    hard_cap_percent: Decimal
+
+    @property
+    def soft_cap_usd(self) -> Decimal:
+        return self.limit_usd * self.soft_cap_percent / _HUNDRED
+
+    @property
+    def hard_cap_usd(self) -> Decimal:
+        return self.limit_usd * self.hard_cap_percent / _HUNDRED
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationDecision:
+    granted: bool
+    headroom_usd: Decimal  # what was left before this request
+
+
+def reservation_decision(
+    spent: Decimal, reserved: Decimal, amount: Decimal, limits: BudgetLimits
+) -> ReservationDecision:
+    """Grant only if spent + already reserved + this worst case stays within the hard cap."""
+    headroom = limits.hard_cap_usd - spent - reserved
+    return ReservationDecision(granted=amount <= headroom, headroom_usd=max(headroom, Decimal(0)))
+
+
+def crossed_soft_cap(before: Decimal, after: Decimal, limits: BudgetLimits) -> bool:
+    """True exactly once per crossing: the settlement that takes spend over the soft cap."""
+    return before < limits.soft_cap_usd <= after
+
+
+class BudgetState(StrEnum):
+    WITHIN = "within"
+    SOFT_CAP = "soft_cap"
+    HARD_CAP = "hard_cap"
+
+
+def budget_state(spent: Decimal, exhausted: bool, limits: BudgetLimits) -> BudgetState:
+    if exhausted or spent >= limits.hard_cap_usd:
+        return BudgetState.HARD_CAP
+    if spent >= limits.soft_cap_usd:
+        return BudgetState.SOFT_CAP
+    return BudgetState.WITHIN
+
+
+def projected_total(
+    spent: Decimal, finished_atoms: int, remaining_atoms: int, estimate_per_atom: Decimal
+) -> Decimal:
+    """Spend so far plus the remaining atoms at the observed mean (the plan's estimate before any finished)."""
+    mean = spent / finished_atoms if finished_atoms else estimate_per_atom
+    return spent + mean * remaining_atoms
+
+
+class OverrideRejected(ValueError):
+    pass
+
+
+def check_override(new_limit: Decimal, spent: Decimal, reserved: Decimal) -> None:
+    """An override may lower a budget, but never below what is already spent or committed to calls in flight."""
+    committed = spent + reserved
+    if new_limit < committed:
+        raise OverrideRejected(
+            f"spec.budget.override.limitUSD ({new_limit:.2f}) is below what is already spent or reserved "
+            f"(${committed:.2f}); choose at least that much"
+        )

@@ -254,3 +254,57 @@ async def test_executors_complete_the_plan_and_status_follows(cluster, pg):
     assert status["cost"]["currentUSD"] > 0
     assert status["completedAt"]
     assert _condition(_masterplan(cluster), "Progressing")["reason"] == "AllAtomsSucceeded"
+
+
+async def test_hard_cap_suspends_the_plan_and_an_override_resumes_it_to_completion(cluster, pg):
+    llm_server = FakeLLM()
+    await llm_server.start()
+    llm_server.load_recording(REPO / "examples" / "hello" / "responses.jsonl")
+    body = hello()
+    body["spec"]["budget"] = {"limitUSD": 0.0005}  # room for one worst-case reservation at a time
+    await _apply(cluster, body)
+    try:
+        async with running_operator(cluster, pg, [NS]):
+            await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+            store = await Store.connect(pg)
+            validator = CodeValidator()
+            llm = OpenAICompatibleLLM(llm_server.url, "k")
+            stop = asyncio.Event()
+            worker = asyncio.create_task(
+                Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig("ex-1", max_tokens=512)).run(
+                    stop
+                )
+            )
+            try:
+                await eventually(lambda: _reason(cluster, "Suspended") == "True/HardCapReached", timeout=30)
+                held = _masterplan(cluster)["status"]
+                await _patch(
+                    cluster,
+                    "hello",
+                    {
+                        "spec": {
+                            "budget": {"override": {"limitUSD": 1, "approvedBy": "alice", "reason": "demo"}}
+                        }
+                    },
+                )
+                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+            finally:
+                stop.set()
+                await worker
+                await llm.close()
+                await validator.close()
+                await store.close()
+    finally:
+        await llm_server.stop()
+
+    suspended = _condition(_masterplan(cluster), "Suspended")
+    assert held["phase"] == "Suspended"
+    assert held["cost"]["currentUSD"] <= 0.0005
+    assert (
+        "kubectl patch masterplan hello --type merge" in _condition({"status": held}, "Suspended")["message"]
+    )
+    assert (suspended["status"], suspended["reason"]) == ("False", "OverrideApproved")
+    assert "by alice" in suspended["message"]
+    assert _masterplan(cluster)["status"]["cost"]["limitUSD"] == 1.0
+    reasons = [e.get("reason") for e in cluster.objects_of("events", NS)]
+    assert {"HardCapReached", "OverrideApproved", "AllAtomsSucceeded"} <= set(reasons)

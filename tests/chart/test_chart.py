@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import celpy
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -44,12 +45,12 @@ def test_chart_ships_the_crds_generated_from_the_models():
     assert {d["metadata"]["name"]: d for d in crds} == {d["metadata"]["name"]: d for d in all_crds().values()}
 
 
-def test_rbac_has_no_wildcards_and_no_cluster_scope():
+def test_rbac_has_no_wildcards_and_the_operator_no_cluster_scope():
     docs = render_chart(QUICK_START)
 
-    assert _of(docs, "ClusterRole") == []
+    assert [r["metadata"]["name"] for r in _of(docs, "ClusterRole")] == ["mge-operator-budget-approver"]
     assert _of(docs, "ClusterRoleBinding") == []
-    for role in _of(docs, "Role"):
+    for role in _of(docs, "Role") + _of(docs, "ClusterRole"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard in {field}"
@@ -185,3 +186,39 @@ def test_plain_manifests_carry_no_generated_password():
     assert MANIFEST_VALUES["postgres"]["deploy"] is True
     assert [d for d in docs if d["kind"] == "Secret"] == []
     assert any(d["kind"] == "StatefulSet" for d in docs)
+
+
+def test_budget_policy_requires_the_approve_verb_and_the_requester_as_approver():
+    docs = render_chart(WITH_SECRETS)
+    policy = _one(docs, "ValidatingAdmissionPolicy")
+    binding = _one(docs, "ValidatingAdmissionPolicyBinding")
+    approver = _one(docs, "ClusterRole", "budget-approver")
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert "resource('masterplans').subresource('budget')" in expressions
+    assert "check('approve').allowed()" in expressions
+    assert "override.approvedBy == request.userInfo.username" in expressions
+    assert (binding["spec"]["policyName"], binding["spec"]["validationActions"]) == (
+        policy["metadata"]["name"],
+        ["Deny"],
+    )
+    assert {
+        "resources": ["masterplans/budget"],
+        "verbs": ["approve"],
+        "apiGroups": ["mge.devmatrix.io"],
+    } in approver["rules"]
+
+
+def test_budget_policy_cel_compiles():
+    policy = _one(render_chart(WITH_SECRETS), "ValidatingAdmissionPolicy")
+    env = celpy.Environment()
+
+    for expression in [v["expression"] for v in policy["spec"]["variables"] + policy["spec"]["validations"]]:
+        env.compile(expression)
+
+
+def test_budget_policy_can_be_disabled():
+    docs = render_chart({**WITH_SECRETS, "budgetPolicy": {"enabled": False}})
+
+    assert _of(docs, "ValidatingAdmissionPolicy") == []

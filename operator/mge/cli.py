@@ -184,6 +184,8 @@ def run(
     print_report(console, options, result, client.label)
     if result.interrupted:
         raise typer.Exit(130)
+    if result.held_by_budget:
+        raise typer.Exit(3)
     if not result.succeeded:
         raise typer.Exit(1)
 

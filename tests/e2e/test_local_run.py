@@ -156,3 +156,20 @@ def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(exa
     for tsconfig in out.rglob("tsconfig.json"):
         compiled = _tsc(tsconfig.parent)
         assert compiled.returncode == 0, compiled.stdout
+
+
+def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_path):
+    plan = tmp_path / "masterplan.yaml"
+    plan.write_text((HELLO / "masterplan.yaml").read_text().replace("limitUSD: 5", "limitUSD: 0.0005"))
+    (tmp_path / "responses.jsonl").write_text((HELLO / "responses.jsonl").read_text())
+    state, out = tmp_path / "state", tmp_path / "out"
+
+    held = _mge("run", str(plan), "--state-dir", str(state), "--out", str(out))
+    plan.write_text(plan.read_text().replace("limitUSD: 0.0005", "limitUSD: 5"))
+    resumed = _mge("run", str(plan), "--state-dir", str(state), "--out", str(out), "--resume")
+
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert "stopped at the hard budget cap" in held.stdout
+    assert "of $0.0005 budget" in " ".join(held.stdout.split())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "6 succeeded" in resumed.stdout

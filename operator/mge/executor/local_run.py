@@ -22,7 +22,7 @@ from mge.cost.pricing import ModelPrice
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
-from mge.models.progress import Progress, WaveProgress
+from mge.models.progress import Progress, Spend, WaveProgress
 from mge.plan.dag import plan_dag
 from mge.trace.context import new_trace_id
 
@@ -55,6 +55,8 @@ class RunResult:
     seconds: float
     interrupted: bool
     files_written: int
+    held_by_budget: bool
+    spend: Spend
 
     @property
     def succeeded(self) -> bool:
@@ -109,10 +111,16 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
         limit = Decimal(str(run.spec.budget.effective_limit_usd))
         with Live(console=console, refresh_per_second=8, transient=False) as live:
+            ledger = CostLedger(store.pool)
+            held_by_budget = False
             while not stop.is_set():
                 progress = await store.progress(plan_id)
                 live.update(_view(run.name, progress, await store.wave_progress(plan_id), limit, llm.label))
                 if progress.finished:
+                    break
+                # Nothing can start until the budget is raised: stop instead of waiting forever.
+                if progress.running == 0 and (await ledger.spend(plan_id)).exhausted:
+                    held_by_budget = True
                     break
                 await asyncio.sleep(0.2)
             interrupted = stop.is_set()
@@ -121,7 +129,9 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             progress = await store.progress(plan_id)
             waves = await store.wave_progress(plan_id)
             live.update(_view(run.name, progress, waves, limit, llm.label))
-        written = _write_project(run, await store.outputs(plan_id)) if not interrupted else 0
+        written = (
+            _write_project(run, await store.outputs(plan_id)) if not (interrupted or held_by_budget) else 0
+        )
         usage = await store.usage(plan_id)
         return RunResult(
             progress=progress,
@@ -134,6 +144,8 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             seconds=time.monotonic() - started,
             interrupted=interrupted,
             files_written=written,
+            held_by_budget=held_by_budget,
+            spend=await ledger.spend(plan_id),
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

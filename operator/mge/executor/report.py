@@ -8,6 +8,11 @@ from rich.table import Table
 from mge.executor.local_run import LocalRun, RunResult
 
 
+def usd(value: Decimal) -> str:
+    """Dollars with cents, or with four decimals for the sub-dollar amounts of small runs."""
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+
+
 def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
     progress = result.progress
     limit = Decimal(str(run.spec.budget.effective_limit_usd))
@@ -15,6 +20,8 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     table.add_column(style="bold")
     table.add_column()
     verdict = "interrupted" if result.interrupted else ("succeeded" if result.succeeded else "FAILED")
+    if result.held_by_budget:
+        verdict = "stopped at the hard budget cap"
     table.add_row("Result", verdict)
     table.add_row("LLM", llm_label)
     table.add_row("Waves", f"{progress.waves_complete}/{progress.waves_total} complete")
@@ -27,8 +34,9 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         "LLM calls", f"{result.calls} ({result.rejected_attempts} rejected by validation or errors)"
     )
     table.add_row("Tokens", f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion")
-    share = progress.cost_usd / limit * 100 if limit else Decimal(0)
-    table.add_row("Cost", f"${progress.cost_usd:.4f} of ${limit:.2f} budget ({share:.2f}%)")
+    spent = result.spend.spent_usd
+    share = spent / limit * 100 if limit else Decimal(0)
+    table.add_row("Cost", f"{usd(spent)} of {usd(limit)} budget ({share:.2f}%)")
     table.add_row("Time", f"{result.seconds:.1f} s")
     if result.files_written:
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
@@ -37,3 +45,8 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         console.print(f"[red]failed[/] {atom_id}: {error[:500]}")
     if result.interrupted:
         console.print(f"Stopped. Continue with: mge run {run.example} --resume")
+    if result.held_by_budget:
+        console.print(
+            f"The next LLM call does not fit under the hard cap (spent {usd(spent)} of {usd(limit)}). Raise "
+            f"spec.budget.limitUSD (or add spec.budget.override) in {run.example}, then: mge run {run.example} --resume"
+        )

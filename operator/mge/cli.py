@@ -203,6 +203,7 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
 def operator() -> None:
     """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
     from mge.adapters.kube import Kube, load_client_configuration
+    from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
     from mge.controller.executors import sync_executors_forever
@@ -223,6 +224,7 @@ def operator() -> None:
         ) from None
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
+    serve_metrics(settings.metrics_port)
     background = []
     if settings.executor_image:
         background.append(

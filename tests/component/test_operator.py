@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
@@ -39,6 +40,11 @@ def hello() -> dict[str, Any]:
 def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     conditions = ((obj or {}).get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == type_), None)
+
+
+def _metric(name: str, **labels: str) -> float | None:
+    """The operator runs in this process (its own thread), so its metrics are in the default registry."""
+    return REGISTRY.get_sample_value(name, {"namespace": NS, "masterplan": "hello", **labels})
 
 
 def _masterplan(api, name: str = "hello") -> dict[str, Any] | None:
@@ -278,6 +284,8 @@ async def test_hard_cap_suspends_the_plan_and_an_override_resumes_it_to_completi
             try:
                 await eventually(lambda: _reason(cluster, "Suspended") == "True/HardCapReached", timeout=30)
                 held = _masterplan(cluster)["status"]
+                await eventually(lambda: _metric("v2_masterplan_paused_budget") == 1)
+                hard_caps = _metric("v2_cost_guardrail_triggered_total", kind="hard")
                 await _patch(
                     cluster,
                     "hello",
@@ -288,6 +296,7 @@ async def test_hard_cap_suspends_the_plan_and_an_override_resumes_it_to_completi
                     },
                 )
                 await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+                await eventually(lambda: _metric("v2_masterplan_paused_budget") == 0)
             finally:
                 stop.set()
                 await worker
@@ -297,6 +306,9 @@ async def test_hard_cap_suspends_the_plan_and_an_override_resumes_it_to_completi
     finally:
         await llm_server.stop()
 
+    assert hard_caps == 1
+    assert _metric("v2_budget_limit_usd") == 1.0
+    assert _metric("mge_masterplan_spent_usd") == _masterplan(cluster)["status"]["cost"]["currentUSD"]
     suspended = _condition(_masterplan(cluster), "Suspended")
     assert held["phase"] == "Suspended"
     assert held["cost"]["currentUSD"] <= 0.0005

@@ -8,6 +8,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
@@ -158,7 +159,41 @@ async def sync_progress(
             now=deps.now(),
         )
         await _sync_wave_status(deps, namespace, name, waves)
+        _export_cost_metrics(namespace, name, spec, observed, desired, events)
     _write(body, patch, status, PlanningOutcome(status=desired, events=events), logger)
+
+
+def _export_cost_metrics(
+    namespace: str,
+    name: str,
+    spec: kopf.Spec,
+    observed: MasterplanStatus,
+    desired: MasterplanStatus,
+    events: Sequence[KubeEvent],
+) -> None:
+    """Gauges from the new status; counters from transitions, which the persisted status makes restart-safe."""
+    labels = (namespace, name)
+    cost = desired.cost
+    soft_percent = (spec.get("budget") or {}).get("softCapPercent", 70)
+    metrics.BUDGET_LIMIT.labels(*labels).set(cost.limit_usd)
+    metrics.SPENT.labels(*labels).set(cost.current_usd)
+    metrics.SOFT_CAP.labels(*labels).set(cost.limit_usd * float(soft_percent) / 100)
+    metrics.PREDICTED_REMAINING.labels(*labels).set(max(cost.projected_usd - cost.current_usd, 0.0))
+    suspended = find_condition(desired.conditions, ConditionType.SUSPENDED)
+    held = (
+        suspended is not None
+        and suspended.status == ConditionStatus.TRUE
+        and suspended.reason == Reason.HARD_CAP_REACHED
+    )
+    metrics.PAUSED_BUDGET.labels(*labels).set(1 if held else 0)
+    reasons = {event.reason for event in events}
+    if Reason.SOFT_CAP_EXCEEDED in reasons:
+        metrics.GUARDRAIL_TRIGGERED.labels(*labels, "soft").inc()
+    if Reason.HARD_CAP_REACHED in reasons:
+        metrics.GUARDRAIL_TRIGGERED.labels(*labels, "hard").inc()
+    was_over = observed.cost.projected_usd > observed.cost.limit_usd > 0
+    if cost.projected_usd > cost.limit_usd > 0 and not was_over:
+        metrics.GUARDRAIL_TRIGGERED.labels(*labels, "projected").inc()
 
 
 async def _sync_wave_status(

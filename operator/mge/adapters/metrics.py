@@ -1,0 +1,29 @@
+"""Prometheus metrics, with the exact names the product promises (v2_*) plus the mge_* series alerts need."""
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+PLAN_LABELS: Final = ("namespace", "masterplan")
+
+BUDGET_LIMIT = Gauge(
+    "v2_budget_limit_usd", "Effective budget of the Masterplan (override included).", PLAN_LABELS
+)
+PREDICTED_REMAINING = Gauge(
+    "v2_predicted_remaining_cost_usd", "Projected cost of the atoms not finished yet.", PLAN_LABELS
+)
+GUARDRAIL_TRIGGERED = Counter(
+    "v2_cost_guardrail_triggered_total",
+    "Budget guardrail transitions: soft cap crossed, hard cap reached, projection above budget.",
+    (*PLAN_LABELS, "kind"),
+)
+PAUSED_BUDGET = Gauge(
+    "v2_masterplan_paused_budget", "1 while the Masterplan is held at its hard cap.", PLAN_LABELS
+)
+SPENT = Gauge("mge_masterplan_spent_usd", "Settled LLM spend of the Masterplan.", PLAN_LABELS)
+SOFT_CAP = Gauge("mge_masterplan_soft_cap_usd", "Soft cap of the Masterplan in USD.", PLAN_LABELS)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on `port` (a daemon thread of prometheus_client)."""
+    start_http_server(port)

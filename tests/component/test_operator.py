@@ -15,18 +15,15 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
-from mge.cost.pricing import DEFAULT_PRICES
-from mge.executor.validation import CodeValidator
-from mge.executor.worker import Executor, ExecutorConfig
-from tests.support.fake_llm import FakeLLM
+from tests.support.executor import running_executor
 from tests.support.operator import eventually, fake_cluster, running_operator
 from tests.support.postgres import with_database
 
 pytestmark = pytest.mark.component
 
 REPO = Path(__file__).resolve().parents[2]
+HELLO_RECORDING = REPO / "examples" / "hello" / "responses.jsonl"
 NS = "team-a"
 GROUP_PATH = f"/apis/mge.devmatrix.io/v1alpha1/namespaces/{NS}"
 
@@ -224,36 +221,17 @@ async def test_store_outage_is_a_condition_and_the_operator_recovers(cluster, pg
 
 
 async def test_executors_complete_the_plan_and_status_follows(cluster, pg):
-    llm_server = FakeLLM()
-    await llm_server.start()
-    llm_server.load_recording(REPO / "examples" / "hello" / "responses.jsonl")
     await _apply(cluster, hello())
-    try:
-        async with running_operator(cluster, pg, [NS]):
-            await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
-            store = await Store.connect(pg)
-            validator = CodeValidator()
-            llm = OpenAICompatibleLLM(llm_server.url, "k")
-            stop = asyncio.Event()
-            worker = asyncio.create_task(
-                Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig("ex-1")).run(stop)
-            )
-            try:
-                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
-                await eventually(
-                    lambda: all(
-                        w.get("status", {}).get("phase") == "Succeeded"
-                        for w in cluster.objects_of("waves", NS)
-                    )
+
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        async with running_executor(pg, HELLO_RECORDING):
+            await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+            await eventually(
+                lambda: all(
+                    w.get("status", {}).get("phase") == "Succeeded" for w in cluster.objects_of("waves", NS)
                 )
-            finally:
-                stop.set()
-                await worker
-                await llm.close()
-                await validator.close()
-                await store.close()
-    finally:
-        await llm_server.stop()
+            )
 
     status = _masterplan(cluster)["status"]
     assert (status["phase"], status["progress"], status["waves"]["complete"]) == ("Succeeded", "6/6", 4)
@@ -263,48 +241,21 @@ async def test_executors_complete_the_plan_and_status_follows(cluster, pg):
 
 
 async def test_hard_cap_suspends_the_plan_and_an_override_resumes_it_to_completion(cluster, pg):
-    llm_server = FakeLLM()
-    await llm_server.start()
-    llm_server.load_recording(REPO / "examples" / "hello" / "responses.jsonl")
     body = hello()
     body["spec"]["budget"] = {"limitUSD": 0.0005}  # room for one worst-case reservation at a time
     await _apply(cluster, body)
-    try:
-        async with running_operator(cluster, pg, [NS]):
-            await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
-            store = await Store.connect(pg)
-            validator = CodeValidator()
-            llm = OpenAICompatibleLLM(llm_server.url, "k")
-            stop = asyncio.Event()
-            worker = asyncio.create_task(
-                Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig("ex-1", max_tokens=512)).run(
-                    stop
-                )
-            )
-            try:
-                await eventually(lambda: _reason(cluster, "Suspended") == "True/HardCapReached", timeout=30)
-                held = _masterplan(cluster)["status"]
-                await eventually(lambda: _metric("v2_masterplan_paused_budget") == 1)
-                hard_caps = _metric("v2_cost_guardrail_triggered_total", kind="hard")
-                await _patch(
-                    cluster,
-                    "hello",
-                    {
-                        "spec": {
-                            "budget": {"override": {"limitUSD": 1, "approvedBy": "alice", "reason": "demo"}}
-                        }
-                    },
-                )
-                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
-                await eventually(lambda: _metric("v2_masterplan_paused_budget") == 0)
-            finally:
-                stop.set()
-                await worker
-                await llm.close()
-                await validator.close()
-                await store.close()
-    finally:
-        await llm_server.stop()
+
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        async with running_executor(pg, HELLO_RECORDING, max_tokens=512):
+            await eventually(lambda: _reason(cluster, "Suspended") == "True/HardCapReached", timeout=30)
+            held = _masterplan(cluster)["status"]
+            await eventually(lambda: _metric("v2_masterplan_paused_budget") == 1)
+            hard_caps = _metric("v2_cost_guardrail_triggered_total", kind="hard")
+            override = {"limitUSD": 1, "approvedBy": "alice", "reason": "demo"}
+            await _patch(cluster, "hello", {"spec": {"budget": {"override": override}}})
+            await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+            await eventually(lambda: _metric("v2_masterplan_paused_budget") == 0)
 
     assert hard_caps == 1
     assert _metric("v2_budget_limit_usd") == 1.0

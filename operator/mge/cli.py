@@ -191,10 +191,13 @@ def run(
 
 
 async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
+    from mge.cost.caps import OverrideRejected
     from mge.executor.local_run import run_local
 
     try:
         return await run_local(options, client, console)
+    except OverrideRejected as error:
+        raise _fail(str(error)) from None
     finally:
         await client.close()
 

@@ -292,6 +292,34 @@ def executor() -> None:
     asyncio.run(serve())
 
 
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    kubernetes: Annotated[
+        bool, typer.Option(help="Use the Kubernetes API for overrides (TokenReview, SubjectAccessReview).")
+    ] = True,
+) -> None:
+    """Serve the /api/v2 REST API (OpenAPI docs at /docs) on MGE_DATABASE_URL."""
+    import uvicorn
+
+    from mge.adapters.kube import Kube, load_client_configuration
+    from mge.api.app import create_app
+
+    settings = _settings()
+    if not settings.database_url:
+        raise _fail("MGE_DATABASE_URL is not set: the API reads costs from Postgres")
+    kube = None
+    if kubernetes:
+        try:
+            kube = Kube(load_client_configuration(settings.kube_host))
+        except Exception as error:  # kubernetes.config raises several unrelated types for "no credentials"
+            raise _fail(
+                f"no Kubernetes credentials (use --no-kubernetes for a read-only API): {error}"
+            ) from None
+    uvicorn.run(create_app(settings.database_url, kube), host=host, port=port, log_config=None)
+
+
 def _settings() -> "Settings":
     from pydantic import ValidationError
 

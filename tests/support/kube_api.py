@@ -101,6 +101,9 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._versions = itertools.count(1)
         self._watchers: list[tuple[Any, str | None, asyncio.Queue[dict[str, Any]]]] = []
         self.writes = 0
+        # Authentication and authorization, as a real API server would answer TokenReview/SubjectAccessReview.
+        self.tokens: dict[str, tuple[str, list[str]]] = {}
+        self.grants: set[tuple[str, str, str, str]] = set()  # (user, namespace, resource/subresource, verb)
 
     def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True) -> None:
         key = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
@@ -151,6 +154,8 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         namespace = request.namespace or meta.get("namespace")
         key = (resource, namespace, name)
         existing = self.store.get(key)
+        if action == enums.action.CREATE and resource.plural in ("tokenreviews", "subjectaccessreviews"):
+            return aiohttp.web.json_response(self._review(resource.plural, body), status=201)
         if action == enums.action.CREATE:
             if name is None and meta.get("generateName"):
                 name = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
@@ -198,6 +203,19 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get("finalizers"):
             return self._commit(key, updated, "DELETED", 200)
         return self._commit(key, updated, "MODIFIED", 200)
+
+    def _review(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        spec = body.get("spec", {})
+        if plural == "tokenreviews":
+            user = self.tokens.get(spec.get("token", ""))
+            status = {"authenticated": True, "user": {"username": user[0], "groups": user[1]}} if user else {}
+            return {**body, "status": status or {"authenticated": False}}
+        attrs = spec.get("resourceAttributes", {})
+        resource = attrs.get("resource", "") + (
+            f"/{attrs['subresource']}" if attrs.get("subresource") else ""
+        )
+        allowed = (spec.get("user"), attrs.get("namespace"), resource, attrs.get("verb")) in self.grants
+        return {**body, "status": {"allowed": allowed}}
 
     def _current(self) -> int:
         return max((int(o["metadata"]["resourceVersion"]) for o in self.store.values()), default=0)

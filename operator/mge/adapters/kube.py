@@ -125,3 +125,18 @@ class Kube:
 
     async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         await self._call(self._apps.patch_namespaced_deployment, name, namespace, body)
+
+    @property
+    def api_client(self) -> client.ApiClient:
+        return self._api
+
+    async def patch_masterplan_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "masterplans",
+            name,
+            {"spec": spec},
+        )

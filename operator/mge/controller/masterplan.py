@@ -74,6 +74,7 @@ async def reconcile_masterplan(
             retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
     current_trace_id.set(outcome.status.trace_id)
+    outcome.status.masterplan_id = str(masterplan_uuid(namespace, name))
     if outcome.plan is not None:
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
         assert not isinstance(atoms, PlanError)

@@ -299,6 +299,7 @@ class MasterplanStatus(KubeModel):
     trace_id: str | None = Field(
         None, description="Correlates every row, event, log line and LLM call of this run."
     )
+    masterplan_id: str | None = Field(None, description="Id of the plan in the store and in /api/v2 URLs.")
     waves: WaveCounts = Field(default_factory=WaveCounts)
     atoms: AtomCounts = Field(default_factory=AtomCounts)
     critical_path_length: int = Field(0, ge=0, description="Atoms on the longest dependency chain.")

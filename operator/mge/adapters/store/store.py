@@ -419,6 +419,11 @@ class Store:
         )
         return int(row["ready"]), int(row["running"])
 
+    async def identity(self, plan_id: uuid.UUID) -> tuple[str, str] | None:
+        """(namespace, name) of a stored Masterplan, None if unknown."""
+        row = await self.pool.fetchrow("SELECT namespace, name FROM masterplans WHERE id = $1", plan_id)
+        return (row["namespace"], row["name"]) if row else None
+
     async def release_abandoned(self, plan_id: uuid.UUID) -> int:
         """Local resume: atoms left running by a process that is gone are ready again at once."""
         result = await self.pool.execute(

@@ -1,0 +1,1 @@
+"""REST API (FastAPI): the /api/v2 endpoints, health and metrics."""

@@ -1,0 +1,37 @@
+"""The FastAPI application: routers, health, Prometheus metrics, Postgres pool lifecycle."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+
+from mge import __version__
+from mge.adapters.kube import Kube
+from mge.adapters.kube_auth import KubeAuth
+from mge.adapters.store.store import Store
+from mge.api import cost
+
+
+def create_app(dsn: str, kube: Kube | None = None) -> FastAPI:
+    """`kube` enables overrides (TokenReview, SubjectAccessReview, patching the Masterplan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = await Store.connect(dsn)
+        try:
+            yield
+        finally:
+            await app.state.store.close()
+
+    app = FastAPI(title="MGE API", version=__version__, lifespan=lifespan)
+    app.state.kube = kube
+    app.state.auth = KubeAuth(kube.api_client) if kube is not None else None
+    app.include_router(cost.router)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

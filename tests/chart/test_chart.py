@@ -48,8 +48,19 @@ def test_chart_ships_the_crds_generated_from_the_models():
 def test_rbac_has_no_wildcards_and_the_operator_no_cluster_scope():
     docs = render_chart(QUICK_START)
 
-    assert [r["metadata"]["name"] for r in _of(docs, "ClusterRole")] == ["mge-operator-budget-approver"]
-    assert _of(docs, "ClusterRoleBinding") == []
+    assert sorted(r["metadata"]["name"] for r in _of(docs, "ClusterRole")) == [
+        "mge-operator-api-auth-delegator",
+        "mge-operator-budget-approver",
+    ]
+    (binding,) = _of(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mge-operator-api", "namespace": "mge-system"}
+    ]
+    delegator = _one(docs, "ClusterRole", "auth-delegator")
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in delegator["rules"]} == {
+        ("tokenreviews", ("create",)),
+        ("subjectaccessreviews", ("create",)),
+    }
     for role in _of(docs, "Role") + _of(docs, "ClusterRole"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
@@ -57,7 +68,7 @@ def test_rbac_has_no_wildcards_and_the_operator_no_cluster_scope():
 
 
 def test_operator_can_do_what_its_handlers_do_and_no_more():
-    role = _one(render_chart(WITH_SECRETS), "Role", "mge-operator")
+    (role,) = [r for r in _of(render_chart(WITH_SECRETS), "Role") if r["metadata"]["name"] == "mge-operator"]
     grants = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
 
     assert {
@@ -92,14 +103,14 @@ def test_watching_several_namespaces_renders_a_role_and_binding_in_each():
     ]
     env = {
         e["name"]: e.get("value")
-        for e in _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        for e in _one(docs, "Deployment", "mge-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert operator_roles == bindings == ["team-a", "team-b"]
     assert env["MGE_WATCH_NAMESPACES"] == "team-a,team-b"
 
 
 def test_operator_pod_is_restricted_single_and_recreated():
-    deployment = _one(render_chart(WITH_SECRETS), "Deployment")
+    deployment = _one(render_chart(WITH_SECRETS), "Deployment", "mge-operator")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
 
@@ -116,7 +127,9 @@ def test_operator_pod_is_restricted_single_and_recreated():
 
 
 def test_operator_gets_the_database_and_executor_settings():
-    container = _one(render_chart(WITH_SECRETS), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = _one(render_chart(WITH_SECRETS), "Deployment", "mge-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     env = {e["name"]: e for e in container["env"]}
 
     assert env["MGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
@@ -222,3 +235,17 @@ def test_budget_policy_can_be_disabled():
     docs = render_chart({**WITH_SECRETS, "budgetPolicy": {"enabled": False}})
 
     assert _of(docs, "ValidatingAdmissionPolicy") == []
+
+
+def test_api_runs_restricted_with_its_own_account_and_the_database_secret():
+    docs = render_chart(WITH_SECRETS)
+    deployment = _one(docs, "Deployment", "-api")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+
+    assert container["args"] == ["api", "--port", "8000"]
+    assert pod["serviceAccountName"] == "mge-operator-api"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert env["MGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mge-db"
+    assert _one(docs, "Service", "-api")["spec"]["ports"][0]["targetPort"] == "http"

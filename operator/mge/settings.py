@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     executor_env_secrets: str = Field(
         "", description="Secret mounted as env into executors (DB URL, LLM key)."
     )
+    executor_prices_config_map: str = Field(
+        "", description="ConfigMap with prices.yaml, mounted into executors as MGE_PRICES_FILE."
+    )
     executor_id: str = Field("", description="This executor's name (pod name); empty = the host name.")
     executor_min_replicas: int = Field(0, ge=0, le=500)
     executor_max_replicas: int = Field(10, ge=1, le=500)

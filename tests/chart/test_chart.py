@@ -249,3 +249,19 @@ def test_api_runs_restricted_with_its_own_account_and_the_database_secret():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert env["MGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mge-db"
     assert _one(docs, "Service", "-api")["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_price_values_become_a_mounted_file_for_operator_and_executors():
+    docs = render_chart({**WITH_SECRETS, "prices": {"house-model": {"input": 0.1, "output": 0.2}}})
+    config_map = _one(docs, "ConfigMap", "-prices")
+    container = _one(docs, "Deployment", "mge-operator")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+
+    assert yaml.safe_load(config_map["data"]["prices.yaml"]) == {"house-model": {"input": 0.1, "output": 0.2}}
+    assert env["MGE_PRICES_FILE"] == "/etc/mge/prices/prices.yaml"
+    assert env["MGE_EXECUTOR_PRICES_CONFIG_MAP"] == "mge-operator-prices"
+
+
+def test_a_price_without_output_is_rejected_by_the_values_schema():
+    with pytest.raises(helm.HelmError, match="output"):
+        render_chart({**WITH_SECRETS, "prices": {"house-model": {"input": 0.1}}})

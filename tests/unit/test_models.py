@@ -77,3 +77,18 @@ def test_spec_round_trips_through_camel_case():
 
     assert dumped["budget"] == {"limitUSD": 200.0, "softCapPercent": 70.0, "hardCapPercent": 100.0}
     assert "dependsOn" in dumped["atoms"][0]
+
+
+@pytest.mark.parametrize(
+    ("budget", "field"),
+    [
+        ({"limitUSD": 0}, "limitUSD"),
+        ({"hardCapPercent": 120}, "hardCapPercent"),
+        ({"override": {"limitUSD": 300, "reason": "more"}}, "approvedBy"),
+        ({"override": {"limitUSD": 300, "approvedBy": "alice"}}, "reason"),
+        ({"override": {"limitUSD": -1, "approvedBy": "alice", "reason": "r"}}, "limitUSD"),
+    ],
+)
+def test_bad_budgets_are_rejected_naming_the_field(budget, field):
+    with pytest.raises(ManifestError, match=rf"spec\.budget\.(override\.)?{field}"):
+        parse_masterplan(manifest(budget=budget))

@@ -22,6 +22,7 @@ def executor_deployment(
     concurrency: int,
     env_secrets: list[str],
     service_account: str,
+    prices_config_map: str = "",
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
     labels = {**COMPONENT_LABEL, **MANAGED_BY}
@@ -44,6 +45,11 @@ def executor_deployment(
     }
     if env_secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in env_secrets]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if prices_config_map:
+        container["env"].append({"name": "MGE_PRICES_FILE", "value": "/etc/mge/prices/prices.yaml"})
+        container["volumeMounts"].append({"name": "prices", "mountPath": "/etc/mge/prices", "readOnly": True})
+        volumes.append({"name": "prices", "configMap": {"name": prices_config_map}})
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
         "terminationGracePeriodSeconds": 60,
@@ -53,7 +59,7 @@ def executor_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
     }
     if service_account:
         pod["serviceAccountName"] = service_account
@@ -77,7 +83,14 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
         patch["replicas"] = desired_spec["replicas"]
     container = existing_spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
     wanted = desired_spec["template"]["spec"]["containers"][0]
-    if container.get("image") != wanted["image"] or container.get("envFrom") != wanted.get("envFrom"):
+    # Compare only what we set that the API server does not default (it fills in env fieldRef apiVersions etc.).
+    volumes = [v["name"] for v in existing_spec.get("template", {}).get("spec", {}).get("volumes") or []]
+    wanted_volumes = [v["name"] for v in desired_spec["template"]["spec"]["volumes"]]
+    if (
+        container.get("image") != wanted["image"]
+        or container.get("envFrom") != wanted.get("envFrom")
+        or volumes != wanted_volumes
+    ):
         patch["template"] = desired_spec["template"]
     return {"spec": patch} if patch else {}
 
@@ -101,6 +114,7 @@ async def sync_executors_once(kube: Kube, store: LazyStore, namespace: str, sett
         concurrency=settings.executor_concurrency,
         env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
         service_account=settings.executor_service_account,
+        prices_config_map=settings.executor_prices_config_map,
     )
     existing = await kube.read_deployment(namespace, settings.executor_name)
     if existing is None:

@@ -1,0 +1,61 @@
+"""The executor Deployment the operator owns: what it contains and when it needs a patch."""
+
+import copy
+
+from mge.concurrency.replicas import ReplicaBounds, demanded_replicas
+from mge.controller.executors import deployment_drift, executor_deployment
+
+
+def _deployment(**overrides):
+    fields = {
+        "name": "mge-executor",
+        "image": "registry/mge:1",
+        "replicas": 2,
+        "concurrency": 8,
+        "env_secrets": ["db", "llm"],
+        "service_account": "mge-executor",
+    }
+    return executor_deployment(**{**fields, **overrides})
+
+
+def test_executor_pods_are_restricted_and_have_no_api_token():
+    pod = _deployment()["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["args"] == ["executor"]
+    assert container["envFrom"] == [{"secretRef": {"name": "db"}}, {"secretRef": {"name": "llm"}}]
+
+
+def test_prices_config_map_is_mounted_and_named_in_the_environment():
+    pod = _deployment(prices_config_map="mge-prices")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+    assert env["MGE_PRICES_FILE"] == "/etc/mge/prices/prices.yaml"
+    assert {"name": "prices", "configMap": {"name": "mge-prices"}} in pod["volumes"]
+
+
+def test_no_patch_when_only_server_defaults_differ():
+    existing = copy.deepcopy(_deployment())
+    existing["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["fieldRef"]["apiVersion"] = (
+        "v1"
+    )
+    existing["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+
+    assert deployment_drift(existing, _deployment()) == {}
+
+
+def test_replica_and_image_changes_are_patched():
+    assert deployment_drift(_deployment(), _deployment(replicas=5)) == {"spec": {"replicas": 5}}
+    assert "template" in deployment_drift(_deployment(), _deployment(image="registry/mge:2"))["spec"]
+
+
+def test_demand_is_one_executor_per_concurrency_worth_of_runnable_atoms_within_bounds():
+    bounds = ReplicaBounds(minimum=0, maximum=10, atoms_per_executor=8)
+
+    assert demanded_replicas(0, 0, bounds) == 0
+    assert demanded_replicas(1, 0, bounds) == 1
+    assert demanded_replicas(20, 5, bounds) == 4
+    assert demanded_replicas(500, 0, bounds) == 10

@@ -1,0 +1,115 @@
+"""Limiter and scaler decisions with a fake clock: no sleeps, no I/O."""
+
+import pytest
+
+from mge.concurrency.limiter import AdaptiveLimiter, Outcome, SeedRuleLimiter
+from mge.concurrency.replicas import ReplicaBounds
+from mge.concurrency.scaler import Observation, ScalerPolicy
+
+
+def _feed_ok(limiter: AdaptiveLimiter, calls: int, now: float = 0.0) -> None:
+    for _ in range(calls):
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=1.0, tokens=100)
+
+
+def test_slow_start_doubles_per_limits_worth_of_good_calls():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+
+    _feed_ok(limiter, 2 + 4 + 8)
+
+    assert limiter.limit == 16
+
+
+def test_overload_cuts_by_ten_percent_and_ends_slow_start():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
+
+    limiter.record(Outcome.OVERLOADED, in_flight=20, now=10.0)
+    _feed_ok(limiter, 18, now=11.0)
+
+    assert limiter.limit == 19  # 20 -> 18, then +1 additively (not doubled)
+    assert [a.reason for a in limiter.adjustments] == ["overloaded (429/5xx/timeout)", "additive increase"]
+
+
+def test_a_burst_of_429s_counts_as_one_decrease():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=30)
+
+    for i in range(10):
+        limiter.record(Outcome.OVERLOADED, in_flight=30, now=5.0 + i * 0.1)
+
+    assert limiter.limit == 27
+
+
+def test_the_limit_only_grows_while_it_is_used():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=8)
+
+    for _ in range(100):
+        limiter.record(Outcome.OK, in_flight=2, now=0.0, latency_s=1.0, tokens=100)
+
+    assert limiter.limit == 8
+
+
+def test_latency_per_token_above_the_baseline_is_overload():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.record(Outcome.OK, in_flight=10, now=0.0, latency_s=1.0, tokens=100)
+
+    limiter.record(Outcome.OK, in_flight=10, now=3.0, latency_s=4.0, tokens=100)
+
+    assert limiter.limit == 9
+    assert limiter.adjustments[-1].reason == "latency per token rose"
+
+
+def test_bounds_hold():
+    limiter = AdaptiveLimiter(minimum=2, maximum=4, initial=2)
+    _feed_ok(limiter, 100)
+    assert limiter.limit == 4
+    for i in range(50):
+        limiter.record(Outcome.OVERLOADED, in_flight=4, now=i * 10.0)
+    assert limiter.limit == 2
+
+
+def test_invalid_bounds_are_rejected_naming_them():
+    with pytest.raises(ValueError, match=r"minimum \(5\) <= initial \(2\)"):
+        AdaptiveLimiter(minimum=5, maximum=10, initial=2)
+
+
+def test_seed_rule_moves_once_per_period():
+    seed = SeedRuleLimiter(limit=100)
+    seed.record(3.0, now=0.0)
+    assert seed.limit == 90
+    seed.record(0.5, now=10.0)
+    assert seed.limit == 90
+    seed.record(0.5, now=30.0)
+    assert seed.limit == 94
+
+
+def _scaler(minimum=0, maximum=20):
+    return ScalerPolicy(ReplicaBounds(minimum, maximum, atoms_per_executor=8))
+
+
+def test_scale_up_is_fast_but_at_most_double_or_plus_four():
+    decision = _scaler().decide(2, Observation(ready_atoms=200, running_atoms=16), now=0)
+
+    assert decision.replicas == 6  # max(2 x 2, 2 + 4), though demand is 20
+
+
+def test_scale_down_waits_for_the_stabilization_window_and_steps_at_most_25_percent():
+    scaler = _scaler()
+    busy, idle = Observation(ready_atoms=80, running_atoms=0), Observation(ready_atoms=0, running_atoms=8)
+
+    assert scaler.decide(10, busy, now=0).replicas == 10
+    assert scaler.decide(10, idle, now=100).replicas == 10  # the busy recommendation is still in the window
+    assert scaler.decide(10, idle, now=301).replicas == 8  # 25% of 10, rounded down, per step
+    assert scaler.decide(8, idle, now=331).replicas == 6
+
+
+def test_unreadable_metrics_hold_the_last_decision():
+    decision = _scaler().decide(7, None, now=0)
+
+    assert (decision.replicas, decision.reason) == (7, "holding: metrics unavailable")
+
+
+def test_no_scale_up_while_the_llm_is_already_slow():
+    decision = _scaler().decide(4, Observation(ready_atoms=100, running_atoms=32, llm_p95_s=5.0), now=0)
+
+    assert decision.replicas == 4
+    assert "LLM p95" in decision.reason

@@ -14,7 +14,7 @@ from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
 from mge.plan.dag import plan_dag
 from tests.builders import atom, spec
-from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig, Fault
 
 pytestmark = pytest.mark.component
 
@@ -189,3 +189,38 @@ async def test_stop_releases_unfinished_atoms_for_other_executors(store, fake_ll
 
     state = await store.pool.fetchval("SELECT state FROM atoms WHERE masterplan_id = $1", plan_id)
     assert state == "ready"
+
+
+async def test_a_storm_of_429s_lowers_the_limit_and_fails_no_atom(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.01)
+    fake_llm.inject(*[Fault(429, retry_after=0.01)] * 12)
+    atoms = [atom(f"a{i}") for i in range(24)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executor = _executor(store, fake_llm, validator, name="storm", concurrency=8)
+
+    progress = await _run_until_finished(store, plan_id, [executor])
+
+    assert (progress.succeeded, progress.failed) == (24, 0)
+    assert any(a.reason.startswith("overloaded") for a in executor.gate.limiter.adjustments)
+    assert fake_llm.stats.max_in_flight <= 8
+
+
+async def test_in_flight_llm_calls_never_exceed_the_adaptive_limit(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.05)
+    atoms = [atom(f"a{i}") for i in range(30)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executor = _executor(store, fake_llm, validator, name="ramp", concurrency=16)
+    seen: list[tuple[int, int]] = []
+    original = executor.gate.record
+
+    async def watch(*args, **kwargs):
+        seen.append((executor.gate.in_flight, executor.gate.limiter.limit))
+        await original(*args, **kwargs)
+
+    executor.gate.record = watch
+
+    await _run_until_finished(store, plan_id, [executor])
+
+    assert seen[0][1] == 2  # a fresh executor starts small (slow start)
+    assert all(in_flight <= limit for in_flight, limit in seen)
+    assert max(limit for _, limit in seen) > 2  # and grows while calls go well

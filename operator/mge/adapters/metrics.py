@@ -27,3 +27,9 @@ SOFT_CAP = Gauge("mge_masterplan_soft_cap_usd", "Soft cap of the Masterplan in U
 def serve_metrics(port: int) -> None:
     """Expose /metrics on `port` (a daemon thread of prometheus_client)."""
     start_http_server(port)
+
+
+CONCURRENCY_LIMIT = Gauge("v2_concurrency_limit", "Adaptive limit on in-flight LLM calls.", ("executor",))
+CONCURRENCY_LIMIT_CHANGES = Counter(
+    "v2_concurrency_limit_changes_total", "Changes of the adaptive limit.", ("executor", "direction")
+)

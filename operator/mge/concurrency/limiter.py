@@ -9,10 +9,13 @@ from enum import StrEnum
 from typing import Final
 
 DECREASE_FACTOR: Final = 0.9
-# A call is "slow" when its latency per output token exceeds the moving baseline by this factor.
-SLOW_FACTOR: Final = 1.5
+# A call is "slow" when its latency per output token exceeds the uncongested baseline by this factor.
+SLOW_FACTOR: Final = 1.25
+# The baseline is the fastest latency per token of the last 5 minutes (congestion only adds latency;
+# the window lets it rise when the provider really got slower).
+BASELINE_WINDOW_S: Final = 300.0
 # Cut at most once per this many seconds: one overload episode returns many failures at once.
-DECREASE_COOLDOWN_S: Final = 2.0
+DECREASE_COOLDOWN_S: Final = 1.0
 
 
 class Outcome(StrEnum):
@@ -42,7 +45,9 @@ class AdaptiveLimiter:
     initial: int = 2
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
-    baseline_s_per_token: float | None = field(init=False, default=None)
+    # (time, latency per token), increasing in both: a monotonic queue whose head is the window's minimum.
+    _minima: deque[tuple[float, float]] = field(init=False, default_factory=deque)
+    _smoothed: float | None = field(init=False, default=None)
     adjustments: deque[Adjustment] = field(init=False, default_factory=lambda: deque(maxlen=50))
     _good_calls: int = field(init=False, default=0)
     _last_decrease: float = field(init=False, default=float("-inf"))
@@ -53,6 +58,10 @@ class AdaptiveLimiter:
                 f"need 1 <= minimum ({self.minimum}) <= initial ({self.initial}) <= maximum ({self.maximum})"
             )
         self.limit = self.initial
+
+    @property
+    def baseline_s_per_token(self) -> float | None:
+        return self._minima[0][1] if self._minima else None
 
     def _set(self, new: int, now: float, reason: str) -> None:
         new = max(self.minimum, min(self.maximum, new))
@@ -67,12 +76,18 @@ class AdaptiveLimiter:
         slow = False
         if outcome is Outcome.OK and tokens > 0:
             per_token = latency_s / tokens
-            if self.baseline_s_per_token is None:
-                self.baseline_s_per_token = per_token
-            slow = per_token > self.baseline_s_per_token * SLOW_FACTOR
-            # The baseline follows the fastest recent calls down quickly and drifts up slowly.
-            weight = 0.2 if per_token < self.baseline_s_per_token else 0.02
-            self.baseline_s_per_token += weight * (per_token - self.baseline_s_per_token)
+            while self._minima and self._minima[-1][1] >= per_token:
+                self._minima.pop()
+            self._minima.append((now, per_token))
+            while self._minima[0][0] < now - BASELINE_WINDOW_S:
+                self._minima.popleft()
+            # Smooth over about one limit's worth of calls so single slow answers (noise) do not count.
+            alpha = 1 / max(4, self.limit)
+            self._smoothed = (
+                per_token if self._smoothed is None else self._smoothed + alpha * (per_token - self._smoothed)
+            )
+            baseline = self.baseline_s_per_token
+            slow = baseline is not None and self._smoothed > baseline * SLOW_FACTOR
         if outcome is Outcome.OVERLOADED or slow:
             if now - self._last_decrease >= DECREASE_COOLDOWN_S:
                 self._last_decrease = now

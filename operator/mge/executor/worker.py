@@ -15,7 +15,9 @@ from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
+from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
+from mge.executor.gate import CallGate
 from mge.executor.validation import CodeValidator
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
@@ -54,6 +56,11 @@ class Executor:
     ) -> None:
         self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
         self.ledger = CostLedger(store.pool)
+        # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
+        self.gate = CallGate(
+            AdaptiveLimiter(minimum=1, maximum=config.concurrency, initial=min(2, config.concurrency)),
+            config.executor_id,
+        )
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
         self._wake = asyncio.Event()
 
@@ -189,7 +196,13 @@ class Executor:
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
         try:
-            completion = await self.llm.complete(request)
+            async with self.gate.slot():
+                try:
+                    completion = await self.llm.complete(request)
+                except LLMError as failure:
+                    await self.gate.record(None, str(failure))
+                    raise
+                await self.gate.record(completion)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens = completion.cached_prompt_tokens
             code = extract_code(completion.content)

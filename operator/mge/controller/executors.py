@@ -7,7 +7,8 @@ from typing import Any, Final
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
 from mge.adapters.store.store import LazyStore, StoreUnavailable
-from mge.concurrency.replicas import ReplicaBounds, demanded_replicas
+from mge.concurrency.replicas import ReplicaBounds
+from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -95,43 +96,59 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     return {"spec": patch} if patch else {}
 
 
-async def sync_executors_once(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> int | None:
-    """One pass: demand from the queue -> replicas -> Deployment. Returns the replicas applied, None if blind."""
+async def sync_executors_once(
+    kube: Kube, store: LazyStore, namespace: str, settings: Any, policy: ScalerPolicy, now: float
+) -> Decision:
+    """One pass: observe the queue, let the damped policy decide, make the Deployment match."""
+    existing = await kube.read_deployment(namespace, settings.executor_name)
+    current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
+    observed: Observation | None
     try:
         ready, running = await (await store.get()).runnable()
+        observed = Observation(ready_atoms=ready, running_atoms=running)
     except (StoreUnavailable, OSError) as error:
-        # Blind: keep the current size rather than scaling on no information.
         log.warning("executor scaling holds: store unavailable: %s", error)
-        return None
-    bounds = ReplicaBounds(
-        settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency
-    )
-    replicas = demanded_replicas(ready, running, bounds)
+        observed = None
+    decision = policy.decide(current, observed, now)
     desired = executor_deployment(
         name=settings.executor_name,
         image=settings.executor_image,
-        replicas=replicas,
+        replicas=decision.replicas,
         concurrency=settings.executor_concurrency,
         env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
         service_account=settings.executor_service_account,
         prices_config_map=settings.executor_prices_config_map,
     )
-    existing = await kube.read_deployment(namespace, settings.executor_name)
     if existing is None:
         await kube.create_deployment(namespace, desired)
-        log.info("created executor Deployment %s with %d replicas", settings.executor_name, replicas)
+        log.info(
+            "created executor Deployment %s: %d replicas (%s)",
+            settings.executor_name,
+            decision.replicas,
+            decision.reason,
+        )
     elif patch := deployment_drift(existing, desired):
         await kube.patch_deployment(namespace, settings.executor_name, patch)
         log.info(
-            "executor Deployment %s: %s (ready=%d running=%d)", settings.executor_name, patch, ready, running
+            "executor Deployment %s: %d -> %d replicas (%s)",
+            settings.executor_name,
+            current,
+            decision.replicas,
+            decision.reason,
         )
-    return replicas
+    return decision
 
 
 async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> None:
+    policy = ScalerPolicy(
+        ReplicaBounds(
+            settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency
+        )
+    )
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            await sync_executors_once(kube, store, namespace, settings)
+            await sync_executors_once(kube, store, namespace, settings, policy, loop.time())
         except KubeUnavailable as error:
             log.warning("executor scaling skipped this round: %s", error)
         await asyncio.sleep(settings.executor_sync_seconds)

@@ -1,0 +1,80 @@
+"""The operator's executor Deployment on the fake Kubernetes API, sized from a real Postgres queue."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from mge.adapters.kube import Kube, load_client_configuration
+from mge.adapters.store.store import LazyStore, Store
+from mge.concurrency.replicas import ReplicaBounds
+from mge.concurrency.scaler import ScalerPolicy
+from mge.controller.executors import sync_executors_once
+from mge.plan.dag import plan_dag
+from tests.builders import atom, spec
+from tests.support.operator import fake_cluster
+
+pytestmark = pytest.mark.component
+
+SETTINGS = SimpleNamespace(
+    executor_name="mge-executor",
+    executor_image="registry/mge:1",
+    executor_min_replicas=0,
+    executor_max_replicas=10,
+    executor_concurrency=4,
+    executor_env_secrets="db,llm",
+    executor_service_account="mge-executor",
+    executor_prices_config_map="",
+)
+
+
+def _policy() -> ScalerPolicy:
+    return ScalerPolicy(ReplicaBounds(0, 10, atoms_per_executor=4))
+
+
+async def _queue(pg: str, atoms: int) -> None:
+    store = await Store.connect(pg)
+    try:
+        planned = [atom(f"a{i}") for i in range(atoms)]
+        await store.register_plan(
+            namespace="ns",
+            name="p",
+            trace_id="00000000-0000-4000-8000-0000000000ff",
+            generation=1,
+            spec=spec(*planned),
+            atoms=planned,
+            plan=plan_dag((a.id, a.depends_on) for a in planned),
+        )
+    finally:
+        await store.close()
+
+
+async def test_deployment_is_created_and_grows_with_the_queue_at_most_double_or_plus_four(pg):
+    await _queue(pg, 40)  # 40 ready atoms / 4 per executor = 10 wanted
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            first = await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=0)
+            second = await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=30)
+        finally:
+            await store.close()
+            kube.close()
+        (deployment,) = api.objects_of("deployments", "ops")
+
+    assert (first.replicas, second.replicas) == (4, 8)  # from 0: +4; then x2
+    assert deployment["spec"]["replicas"] == 8
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+async def test_unreachable_store_holds_the_current_size(pg):
+    await _queue(pg, 40)
+    async with fake_cluster() as api:
+        kube, policy = Kube(load_client_configuration(str(api.url))), _policy()
+        good, bad = LazyStore(pg), LazyStore("postgresql://mge@127.0.0.1:1/mge")
+        try:
+            await sync_executors_once(kube, good, "ops", SETTINGS, policy, now=0)
+            held = await sync_executors_once(kube, bad, "ops", SETTINGS, policy, now=30)
+        finally:
+            await good.close()
+            kube.close()
+
+    assert (held.replicas, held.reason) == (4, "holding: metrics unavailable")

@@ -213,9 +213,9 @@ async def test_in_flight_llm_calls_never_exceed_the_adaptive_limit(store, fake_l
     seen: list[tuple[int, int]] = []
     original = executor.gate.record
 
-    async def watch(*args, **kwargs):
+    def watch(*args, **kwargs):
         seen.append((executor.gate.in_flight, executor.gate.limiter.limit))
-        await original(*args, **kwargs)
+        original(*args, **kwargs)
 
     executor.gate.record = watch
 
@@ -224,3 +224,19 @@ async def test_in_flight_llm_calls_never_exceed_the_adaptive_limit(store, fake_l
     assert seen[0][1] == 2  # a fresh executor starts small (slow start)
     assert all(in_flight <= limit for in_flight, limit in seen)
     assert max(limit for _, limit in seen) > 2  # and grows while calls go well
+
+
+async def test_atoms_waiting_too_long_for_a_slot_go_back_to_the_queue(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.4)
+    atoms = [atom(f"a{i}") for i in range(4)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executor = _executor(store, fake_llm, validator, name="tight", concurrency=4, slot_timeout_s=0.1)
+    executor.gate.limiter.maximum = executor.gate.limiter.limit = (
+        1  # one call at a time: others time out waiting
+    )
+
+    progress = await _run_until_finished(store, plan_id, [executor], timeout=30)
+
+    assert progress.succeeded == 4
+    assert executor.gate.queue.timeouts >= 1
+    assert fake_llm.stats.max_in_flight == 1

@@ -2,9 +2,11 @@
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
 
 
+@pytest.fixture
+def state(tmp_path):
+    """Embedded Postgres data for a run. Not under tmp_path: Postgres runs as its own user when the tests run
+    as root, and pytest resets its temp root to mode 0700 whenever another pytest session starts."""
+    folder = Path(tempfile.mkdtemp(prefix="mge-run-"))
+    yield folder / "state"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO / "operator"), **extra}
 
@@ -27,10 +38,10 @@ def _mge(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_replay_run_generates_a_project_whose_own_tests_pass(tmp_path):
+def test_replay_run_generates_a_project_whose_own_tests_pass(tmp_path, state):
     out = tmp_path / "out"
 
-    result = _mge("run", str(HELLO), "--out", str(out), "--state-dir", str(tmp_path / "state"))
+    result = _mge("run", str(HELLO), "--out", str(out), "--state-dir", str(state))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REPLAY of recorded responses" in result.stdout
@@ -46,12 +57,12 @@ def test_replay_run_generates_a_project_whose_own_tests_pass(tmp_path):
     assert "5 passed" in generated.stdout
 
 
-def test_unknown_model_is_refused_before_anything_starts(tmp_path):
-    result = _mge("run", str(HELLO), "--model", "gpt-99", "--state-dir", str(tmp_path / "state"))
+def test_unknown_model_is_refused_before_anything_starts(state):
+    result = _mge("run", str(HELLO), "--model", "gpt-99", "--state-dir", str(state))
 
     assert result.returncode == 2
     assert "no price for model 'gpt-99'" in result.stderr
-    assert not (tmp_path / "state").exists()
+    assert not state.exists()
 
 
 def test_executor_with_unreachable_postgres_exits_naming_the_host():
@@ -64,11 +75,11 @@ def test_executor_with_unreachable_postgres_exits_naming_the_host():
     assert "secret" not in result.stderr
 
 
-async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp_path):
+async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp_path, state):
     slow = FakeLLM(FakeLLMConfig(base_latency_s=0.6))
     slow.load_recording(HELLO / "responses.jsonl")
     await slow.start()
-    state, out = tmp_path / "state", tmp_path / "out"
+    out = tmp_path / "out"
     args = [
         "run",
         str(HELLO),
@@ -136,12 +147,10 @@ def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("example", ["inventory-api", "ts-utils", "mixed-shortener"])
-def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(example, tmp_path):
+def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(example, tmp_path, state):
     out = tmp_path / "out"
 
-    result = _mge(
-        "run", str(REPO / "examples" / example), "--out", str(out), "--state-dir", str(tmp_path / "s")
-    )
+    result = _mge("run", str(REPO / "examples" / example), "--out", str(out), "--state-dir", str(state))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(2 rejected by validation" in result.stdout  # each recording repairs two broken answers
@@ -158,11 +167,11 @@ def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(exa
         assert compiled.returncode == 0, compiled.stdout
 
 
-def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_path):
+def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_path, state):
     plan = tmp_path / "masterplan.yaml"
     plan.write_text((HELLO / "masterplan.yaml").read_text().replace("limitUSD: 5", "limitUSD: 0.0005"))
     (tmp_path / "responses.jsonl").write_text((HELLO / "responses.jsonl").read_text())
-    state, out = tmp_path / "state", tmp_path / "out"
+    out = tmp_path / "out"
 
     held = _mge("run", str(plan), "--state-dir", str(state), "--out", str(out))
     plan.write_text(plan.read_text().replace("limitUSD: 0.0005", "limitUSD: 5"))

@@ -113,3 +113,53 @@ def test_no_scale_up_while_the_llm_is_already_slow():
 
     assert decision.replicas == 4
     assert "LLM p95" in decision.reason
+
+
+from mge.concurrency.queue import BackpressureQueue  # noqa: E402
+
+
+def test_queue_serves_the_most_critical_atom_of_a_plan_first_then_fifo():
+    queue: BackpressureQueue[str] = BackpressureQueue(max_size=10, timeout_s=60)
+    queue.push("leaf", plan="p", critical_path=1, plan_priority=0, now=0)
+    queue.push("root", plan="p", critical_path=5, plan_priority=0, now=1)
+    queue.push("leaf-2", plan="p", critical_path=1, plan_priority=0, now=2)
+
+    assert [queue.pop(now=3).item for _ in range(3)] == ["root", "leaf", "leaf-2"]
+
+
+def test_queue_takes_turns_so_a_big_plan_cannot_starve_a_small_one():
+    queue: BackpressureQueue[str] = BackpressureQueue(max_size=100, timeout_s=60)
+    for i in range(10):
+        queue.push(f"big-{i}", plan="big", critical_path=9, plan_priority=0, now=0)
+    queue.push("small", plan="small", critical_path=1, plan_priority=0, now=1)
+
+    served = [queue.pop(now=2).item for _ in range(3)]
+
+    assert "small" in served[:2]
+
+
+def test_higher_plan_priority_goes_first():
+    queue: BackpressureQueue[str] = BackpressureQueue(max_size=10, timeout_s=60)
+    queue.push("normal", plan="a", critical_path=1, plan_priority=0, now=0)
+    queue.push("urgent", plan="b", critical_path=1, plan_priority=10, now=1)
+
+    assert queue.pop(now=2).item == "urgent"
+
+
+def test_full_queue_drops_and_counts():
+    queue: BackpressureQueue[str] = BackpressureQueue(max_size=1, timeout_s=60)
+
+    assert queue.push("a", plan="p", critical_path=1, plan_priority=0, now=0)
+    assert not queue.push("b", plan="p", critical_path=1, plan_priority=0, now=0)
+    assert (queue.size, queue.drops) == (1, 1)
+
+
+def test_expired_items_time_out_instead_of_getting_a_slot():
+    queue: BackpressureQueue[str] = BackpressureQueue(max_size=10, timeout_s=5)
+    queue.push("old", plan="p", critical_path=9, plan_priority=0, now=0)
+    queue.push("new", plan="p", critical_path=1, plan_priority=0, now=4)
+
+    popped = queue.pop(now=6)
+
+    assert (popped.item, popped.waited_s) == ("new", 2)
+    assert (queue.timeouts, queue.size) == (1, 0)

@@ -2,7 +2,7 @@
 
 from typing import Final
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 PLAN_LABELS: Final = ("namespace", "masterplan")
 
@@ -33,3 +33,11 @@ CONCURRENCY_LIMIT = Gauge("v2_concurrency_limit", "Adaptive limit on in-flight L
 CONCURRENCY_LIMIT_CHANGES = Counter(
     "v2_concurrency_limit_changes_total", "Changes of the adaptive limit.", ("executor", "direction")
 )
+QUEUE_SIZE = Gauge("v2_backpressure_queue_size", "Atoms waiting for an LLM slot.", ("executor",))
+QUEUE_WAIT = Histogram(
+    "v2_backpressure_queue_wait_seconds",
+    "Time atoms waited for an LLM slot.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+QUEUE_DROPS = Counter("v2_backpressure_queue_drops_total", "Atoms refused by a full queue.", ("executor",))
+QUEUE_TIMEOUTS = Counter("v2_backpressure_queue_timeouts_total", "Atoms that waited too long.", ("executor",))

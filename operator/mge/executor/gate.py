@@ -1,13 +1,15 @@
-"""Admits LLM calls up to the adaptive limit and feeds every call's outcome back into it."""
+"""Admits LLM calls up to the adaptive limit, in backpressure-queue order, and feeds outcomes back."""
 
 import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from mge.adapters import metrics
 from mge.adapters.llm import Completion
 from mge.concurrency.limiter import AdaptiveLimiter, Outcome
+from mge.concurrency.queue import BackpressureQueue
 
 _OVERLOAD_MARKERS = ("HTTP 429", "HTTP 503", "HTTP 502", "HTTP 504", "timeout")
 
@@ -16,45 +18,91 @@ def classify(error: str) -> Outcome:
     return Outcome.OVERLOADED if any(marker in error for marker in _OVERLOAD_MARKERS) else Outcome.ERROR
 
 
+class SlotUnavailable(RuntimeError):
+    """The queue was full or the wait timed out: hand the atom back for another executor."""
+
+
+@dataclass
+class _Waiter:
+    admitted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class CallGate:
-    def __init__(self, limiter: AdaptiveLimiter, executor_id: str) -> None:
+    def __init__(
+        self, limiter: AdaptiveLimiter, executor_id: str, *, queue_size: int, timeout_s: float
+    ) -> None:
         self.limiter = limiter
         self.in_flight = 0
-        self._changed = asyncio.Condition()
-        self._labels = (executor_id,)
-        metrics.CONCURRENCY_LIMIT.labels(*self._labels).set(limiter.limit)
+        self.queue: BackpressureQueue[_Waiter] = BackpressureQueue(max_size=queue_size, timeout_s=timeout_s)
+        self._timeout_s = timeout_s
+        self._executor = executor_id
+        metrics.CONCURRENCY_LIMIT.labels(executor_id).set(limiter.limit)
+
+    def _admit_waiting(self) -> None:
+        now = time.monotonic()
+        while self.in_flight < self.limiter.limit:
+            popped = self.queue.pop(now)
+            if popped is None:
+                break
+            if popped.item.admitted.done():  # its wait timed out meanwhile
+                continue
+            self.in_flight += 1
+            metrics.QUEUE_WAIT.observe(popped.waited_s)
+            popped.item.admitted.set_result(None)
+        self._export_queue()
+
+    def _export_queue(self) -> None:
+        metrics.QUEUE_SIZE.labels(self._executor).set(self.queue.size)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < self.limiter.limit)
+    async def slot(self, *, plan: str, critical_path: int, plan_priority: int) -> AsyncIterator[None]:
+        if self.in_flight < self.limiter.limit and self.queue.size == 0:
             self.in_flight += 1
+        else:
+            waiter = _Waiter()
+            if not self.queue.push(
+                waiter,
+                plan=plan,
+                critical_path=critical_path,
+                plan_priority=plan_priority,
+                now=time.monotonic(),
+            ):
+                metrics.QUEUE_DROPS.labels(self._executor).inc()
+                raise SlotUnavailable(f"backpressure queue full ({self.queue.max_size} waiting)")
+            self._export_queue()
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter.admitted), self._timeout_s)
+            except TimeoutError:
+                if waiter.admitted.done():  # admitted at the last moment: use the slot
+                    pass
+                else:
+                    waiter.admitted.cancel()
+                    metrics.QUEUE_TIMEOUTS.labels(self._executor).inc()
+                    raise SlotUnavailable(f"waited {self._timeout_s:.0f}s for an LLM slot") from None
         try:
             yield
         finally:
-            async with self._changed:
-                self.in_flight -= 1
-                self._changed.notify_all()
+            self.in_flight -= 1
+            self._admit_waiting()
 
-    async def record(self, completion: Completion | None, error: str | None = None) -> None:
+    def record(self, completion: Completion | None, error: str | None = None) -> None:
         """After a call: the retries it needed, then its final outcome, all count."""
         now = time.monotonic()
         before = self.limiter.limit
         for retried in completion.retried_errors if completion else ():
-            self.limiter.record(classify(retried), in_flight=self.in_flight + 1, now=now)
+            self.limiter.record(classify(retried), in_flight=self.in_flight, now=now)
         if completion is not None:
             self.limiter.record(
                 Outcome.OK,
-                in_flight=self.in_flight + 1,
+                in_flight=self.in_flight,
                 now=now,
                 latency_s=completion.latency_s,
                 tokens=completion.completion_tokens,
             )
         elif error is not None:
-            self.limiter.record(classify(error), in_flight=self.in_flight + 1, now=now)
+            self.limiter.record(classify(error), in_flight=self.in_flight, now=now)
         if self.limiter.limit != before:
             direction = "up" if self.limiter.limit > before else "down"
-            metrics.CONCURRENCY_LIMIT.labels(*self._labels).set(self.limiter.limit)
-            metrics.CONCURRENCY_LIMIT_CHANGES.labels(*self._labels, direction).inc()
-            async with self._changed:
-                self._changed.notify_all()
+            metrics.CONCURRENCY_LIMIT.labels(self._executor).set(self.limiter.limit)
+            metrics.CONCURRENCY_LIMIT_CHANGES.labels(self._executor, direction).inc()
+            self._admit_waiting()

@@ -17,7 +17,7 @@ from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
-from mge.executor.gate import CallGate
+from mge.executor.gate import CallGate, SlotUnavailable
 from mge.executor.validation import CodeValidator
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
@@ -26,8 +26,10 @@ from mge.trace.context import current_trace_id
 
 log = logging.getLogger("mge.executor")
 
-# Sentinel outcome of an attempt that could not reserve its worst-case cost.
+# Sentinel outcomes of attempts that never reached the LLM: the atom goes back to the queue untouched.
 OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
+NO_SLOT: Final = (None, "no LLM slot")
+NO_SLOT_OUTCOME: Final = "no_slot"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class ExecutorConfig:
     # An atom claimed this often was held by executors that died: stop retrying it.
     max_claims: int = 5
     shutdown_grace_s: float = 20.0
+    # An atom that waits this long for an LLM slot goes back to the queue in Postgres for another executor.
+    slot_timeout_s: float = 300.0
 
 
 class Executor:
@@ -60,6 +64,8 @@ class Executor:
         self.gate = CallGate(
             AdaptiveLimiter(minimum=1, maximum=config.concurrency, initial=min(2, config.concurrency)),
             config.executor_id,
+            queue_size=config.concurrency,
+            timeout_s=config.slot_timeout_s,
         )
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
         self._wake = asyncio.Event()
@@ -150,10 +156,10 @@ class Executor:
             outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
             if outcome is None:  # lease lost: another executor owns the atom now
                 return
-            if outcome is OUT_OF_BUDGET:
-                # The plan hit its hard cap: hand the atom back untouched; an approved override resumes it.
+            if outcome is OUT_OF_BUDGET or outcome is NO_SLOT:
+                # Hard cap (an approved override resumes it) or no LLM slot here: hand the atom back untouched.
                 await self.store.release(atom, executor)
-                log.warning("atom %s waits: the Masterplan reached its hard budget cap", atom.atom_id)
+                log.warning("atom %s handed back: %s", atom.atom_id, outcome[1])
                 return
             code, problem = outcome
             if code is not None:
@@ -196,13 +202,15 @@ class Executor:
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
         try:
-            async with self.gate.slot():
+            async with self.gate.slot(
+                plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
+            ):
                 try:
                     completion = await self.llm.complete(request)
                 except LLMError as failure:
-                    await self.gate.record(None, str(failure))
+                    self.gate.record(None, str(failure))
                     raise
-                await self.gate.record(completion)
+                self.gate.record(completion)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens = completion.cached_prompt_tokens
             code = extract_code(completion.content)
@@ -212,6 +220,8 @@ class Executor:
             code, error, outcome = None, str(llm_failure), "llm_error"
         except (NoCodeInAnswer, InvalidCode) as invalid:
             code, error, outcome = None, str(invalid), "invalid"
+        except SlotUnavailable as waited:
+            code, error, outcome = None, str(waited), NO_SLOT_OUTCOME
         finally:
             cost = (
                 price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
@@ -227,6 +237,8 @@ class Executor:
                     cached_tokens=cached_tokens,
                 )
             )
+        if outcome == NO_SLOT_OUTCOME:
+            return NO_SLOT
         still_ours = await self.store.record_attempt(
             atom,
             executor=self.config.executor_id,

@@ -64,6 +64,8 @@ class ClaimedAtom:
     model: str
     estimated_tokens: int | None
     claims: int
+    priority: int = 1
+    plan_priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,8 @@ SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interva
 FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
 RETURNING a.masterplan_id, a.atom_id, a.trace_id, a.file, a.language, a.description, a.depends_on,
-          a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims
+          a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims,
+          a.priority, m.priority AS plan_priority
 """
 
 

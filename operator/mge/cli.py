@@ -251,6 +251,7 @@ def executor() -> None:
     import socket
 
     from mge.adapters.llm import OpenAICompatibleLLM
+    from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import Store, StoreUnavailable
     from mge.executor.validation import CodeValidator
     from mge.executor.worker import Executor, ExecutorConfig
@@ -260,6 +261,8 @@ def executor() -> None:
         raise _fail("MGE_DATABASE_URL is not set: executors claim atoms from Postgres")
     concurrency = settings.executor_concurrency
     executor_id = settings.executor_id or socket.gethostname()
+
+    serve_metrics(settings.metrics_port)
 
     async def serve() -> None:
         try:

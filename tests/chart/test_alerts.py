@@ -11,7 +11,13 @@ import yaml
 from tests.support.helm import render_chart
 
 ALERTS = Path(__file__).resolve().parents[1] / "alerts"
-EXPECTED = {"CostSoftCapExceeded", "CostHardCapReached", "CostProjectedExceedsBudget"}
+EXPECTED = {
+    "CostSoftCapExceeded",
+    "CostHardCapReached",
+    "CostProjectedExceedsBudget",
+    "LLMLatencyHigh",
+    "DBLatencyHigh",
+}
 
 
 def _promtool() -> str:
@@ -34,7 +40,7 @@ def rules_file(tmp_path: Path) -> Path:
     return target
 
 
-def test_rule_file_has_exactly_the_cost_alerts_with_runbooks(rules_file):
+def test_rule_file_has_exactly_the_six_alerts_with_runbooks(rules_file):
     groups = yaml.safe_load(rules_file.read_text())["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
 

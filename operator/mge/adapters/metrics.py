@@ -41,3 +41,16 @@ QUEUE_WAIT = Histogram(
 )
 QUEUE_DROPS = Counter("v2_backpressure_queue_drops_total", "Atoms refused by a full queue.", ("executor",))
 QUEUE_TIMEOUTS = Counter("v2_backpressure_queue_timeouts_total", "Atoms that waited too long.", ("executor",))
+
+LLM_LATENCY = Histogram(
+    "mge_llm_request_duration_seconds",
+    "LLM call latency as the executor saw it (retries included), cache hits excluded.",
+    ("model",),
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+DB_LATENCY = Histogram(
+    "mge_db_query_duration_seconds",
+    "Latency of the executor's store operations (claim, record, succeed).",
+    ("operation",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

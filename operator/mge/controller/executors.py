@@ -35,6 +35,7 @@ def executor_deployment(
             {"name": "MGE_EXECUTOR_CONCURRENCY", "value": str(concurrency)},
             {"name": "MGE_EXECUTOR_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
+        "ports": [{"name": "metrics", "containerPort": 9100}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -71,7 +72,14 @@ def executor_deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": COMPONENT_LABEL},
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    # Scraped by annotation-based Prometheus setups; ServiceMonitors select the labels.
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9100"},
+                },
+                "spec": pod,
+            },
         },
     }
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final
 
+from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
@@ -77,9 +78,10 @@ class Executor:
         try:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._in_flight)
-                claimed = (
-                    await self.store.claim(self.config.executor_id, free, self.config.lease_s) if free else []
-                )
+                claimed = []
+                if free:
+                    with metrics.DB_LATENCY.labels("claim").time():
+                        claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
                     self._in_flight[task] = atom
@@ -206,7 +208,8 @@ class Executor:
                 plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
             ):
                 try:
-                    completion = await self.llm.complete(request)
+                    with metrics.LLM_LATENCY.labels(atom.model).time():
+                        completion = await self.llm.complete(request)
                 except LLMError as failure:
                     self.gate.record(None, str(failure))
                     raise

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     executor_min_replicas: int = Field(0, ge=0, le=500)
     executor_max_replicas: int = Field(10, ge=1, le=500)
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    prometheus_url: str = Field("", description="Prometheus base URL for LLM/DB latency; empty = queue only.")
     executor_sync_seconds: float = Field(
         30.0, gt=0, description="How often executor replicas are reconciled."
     )

@@ -3,8 +3,10 @@
 from types import SimpleNamespace
 
 import pytest
+from aiohttp import web
 
 from mge.adapters.kube import Kube, load_client_configuration
+from mge.adapters.prometheus_query import PrometheusQuery
 from mge.adapters.store.store import LazyStore, Store
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import ScalerPolicy
@@ -78,3 +80,58 @@ async def test_unreachable_store_holds_the_current_size(pg):
             kube.close()
 
     assert (held.replicas, held.reason) == (4, "holding: metrics unavailable")
+
+
+@pytest.fixture
+async def prometheus():
+    """A stand-in for Prometheus' HTTP query API (no Prometheus server runs in these tests)."""
+    answers: dict[str, float | None] = {}
+
+    async def query(request: web.Request) -> web.Response:
+        promql = request.query["query"]
+        value = next((v for key, v in answers.items() if key in promql), None)
+        result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield PrometheusQuery(f"http://127.0.0.1:{port}"), answers
+    await runner.cleanup()
+
+
+async def test_slow_llm_in_prometheus_stops_scale_up(pg, prometheus):
+    query, answers = prometheus
+    answers["mge_llm_request_duration_seconds"] = 4.5
+    await _queue(pg, 40)
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            decision = await sync_executors_once(
+                kube, store, "ops", SETTINGS, policy, now=0, prometheus=query
+            )
+        finally:
+            await store.close()
+            kube.close()
+
+    assert decision.replicas == 0
+    assert "LLM p95" in decision.reason
+
+
+async def test_unreachable_prometheus_holds(pg):
+    await _queue(pg, 40)
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            decision = await sync_executors_once(
+                kube, store, "ops", SETTINGS, policy, now=0, prometheus=PrometheusQuery("http://127.0.0.1:1")
+            )
+        finally:
+            await store.close()
+            kube.close()
+
+    assert (decision.replicas, decision.reason) == (0, "holding: metrics unavailable")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
+from mge.adapters.prometheus_query import DB_P95, LLM_P95, PrometheusQuery, PrometheusUnavailable
 from mge.adapters.store.store import LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
@@ -104,20 +105,36 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     return {"spec": patch} if patch else {}
 
 
+async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Observation | None:
+    """The queue from Postgres and, when configured, LLM/DB p95 from Prometheus; None if either is unreadable."""
+    try:
+        ready, running = await (await store.get()).runnable()
+    except (StoreUnavailable, OSError) as error:
+        log.warning("executor scaling holds: store unavailable: %s", error)
+        return None
+    if prometheus is None:
+        return Observation(ready_atoms=ready, running_atoms=running)
+    try:
+        llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)
+    except PrometheusUnavailable as error:
+        log.warning("executor scaling holds: %s", error)
+        return None
+    return Observation(ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95)
+
+
 async def sync_executors_once(
-    kube: Kube, store: LazyStore, namespace: str, settings: Any, policy: ScalerPolicy, now: float
+    kube: Kube,
+    store: LazyStore,
+    namespace: str,
+    settings: Any,
+    policy: ScalerPolicy,
+    now: float,
+    prometheus: PrometheusQuery | None = None,
 ) -> Decision:
     """One pass: observe the queue, let the damped policy decide, make the Deployment match."""
     existing = await kube.read_deployment(namespace, settings.executor_name)
     current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
-    observed: Observation | None
-    try:
-        ready, running = await (await store.get()).runnable()
-        observed = Observation(ready_atoms=ready, running_atoms=running)
-    except (StoreUnavailable, OSError) as error:
-        log.warning("executor scaling holds: store unavailable: %s", error)
-        observed = None
-    decision = policy.decide(current, observed, now)
+    decision = policy.decide(current, await observe(store, prometheus), now)
     desired = executor_deployment(
         name=settings.executor_name,
         image=settings.executor_image,
@@ -153,10 +170,11 @@ async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, s
             settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency
         )
     )
+    prometheus = PrometheusQuery(settings.prometheus_url) if settings.prometheus_url else None
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await sync_executors_once(kube, store, namespace, settings, policy, loop.time())
+            await sync_executors_once(kube, store, namespace, settings, policy, loop.time(), prometheus)
         except KubeUnavailable as error:
             log.warning("executor scaling skipped this round: %s", error)
         await asyncio.sleep(settings.executor_sync_seconds)

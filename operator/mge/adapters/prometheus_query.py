@@ -1,0 +1,37 @@
+"""Reads the scaler's signals from Prometheus' HTTP API (instant queries over 5-minute rates)."""
+
+import math
+from typing import Final
+
+import aiohttp
+
+LLM_P95: Final = "histogram_quantile(0.95, sum by (le) (rate(mge_llm_request_duration_seconds_bucket[5m])))"
+DB_P95: Final = "histogram_quantile(0.95, sum by (le) (rate(mge_db_query_duration_seconds_bucket[5m])))"
+
+
+class PrometheusUnavailable(RuntimeError):
+    pass
+
+
+class PrometheusQuery:
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self._url = base_url.rstrip("/") + "/api/v1/query"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def value(self, promql: str) -> float | None:
+        """The query's value (the largest if several series); None when there is no data yet or it is NaN."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as session,
+                session.get(self._url, params={"query": promql}) as response,
+            ):
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise PrometheusUnavailable(f"Prometheus query failed: {error!r}") from error
+        if payload.get("status") != "success":
+            raise PrometheusUnavailable(
+                f"Prometheus answered {payload.get('errorType')}: {payload.get('error')}"
+            )
+        values = [float(series["value"][1]) for series in payload["data"]["result"]]
+        values = [v for v in values if not math.isnan(v)]
+        return max(values) if values else None

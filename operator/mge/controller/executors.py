@@ -1,6 +1,7 @@
 """Keeps the executor Deployment present and sized to the atom queue (the operator's slow control loop)."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
@@ -144,6 +145,9 @@ async def sync_executors_once(
         service_account=settings.executor_service_account,
         prices_config_map=settings.executor_prices_config_map,
     )
+    if decision.replicas != current or existing is None:
+        with contextlib.suppress(StoreUnavailable, OSError):
+            await (await store.get()).record_scaling(decision.replicas, current, decision.reason)
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(

@@ -111,14 +111,32 @@ class Executor:
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            if self._in_flight:
-                try:
+            try:
+                await self._report()
+                await asyncio.sleep(self.config.heartbeat_s)
+                if self._in_flight:
                     await self.store.heartbeat(self.config.executor_id, self.config.lease_s)
-                except (OSError, ConnectionError) as error:
-                    log.warning(
-                        "lease heartbeat failed; leases expire in %.0fs: %s", self.config.lease_s, error
-                    )
+            except (OSError, ConnectionError) as error:
+                log.warning("lease heartbeat failed; leases expire in %.0fs: %s", self.config.lease_s, error)
+
+    async def _report(self) -> None:
+        """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status."""
+        limiter = self.gate.limiter
+        await self.store.report_executor(
+            self.config.executor_id,
+            limit=limiter.limit,
+            in_flight=self.gate.in_flight,
+            queue_size=self.gate.queue.size,
+            adjustments=[
+                {
+                    "old": a.old,
+                    "new": a.new,
+                    "reason": a.reason,
+                    "secondsAgo": round(time.monotonic() - a.at, 1),
+                }
+                for a in list(limiter.adjustments)[-10:]
+            ],
+        )
 
     async def _drain(self) -> None:
         if not self._in_flight:

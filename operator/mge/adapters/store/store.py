@@ -1,6 +1,7 @@
 """The Postgres store: plan registration, the atom queue with leases, progress aggregates."""
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -426,6 +427,51 @@ class Store:
         """(namespace, name) of a stored Masterplan, None if unknown."""
         row = await self.pool.fetchrow("SELECT namespace, name FROM masterplans WHERE id = $1", plan_id)
         return (row["namespace"], row["name"]) if row else None
+
+    async def report_executor(
+        self, executor: str, *, limit: int, in_flight: int, queue_size: int, adjustments: list[dict[str, Any]]
+    ) -> None:
+        await self.pool.execute(
+            """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, updated_at)
+               VALUES ($1, $2, $3, $4, $5, now())
+               ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
+                   adjustments = $5, updated_at = now()""",
+            executor,
+            limit,
+            in_flight,
+            queue_size,
+            json.dumps(adjustments),
+        )
+
+    async def record_scaling(self, desired: int, actual: int, reason: str) -> None:
+        """Keep the scaler's decisions (the last 100) for the concurrency status API."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO scaling_decisions (desired, actual, reason) VALUES ($1, $2, $3)",
+                desired,
+                actual,
+                reason,
+            )
+            await connection.execute(
+                "DELETE FROM scaling_decisions WHERE id <= (SELECT max(id) - 100 FROM scaling_decisions)"
+            )
+
+    async def concurrency_snapshot(
+        self, fresh_s: float = 120.0
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
+        executors = await self.pool.fetch(
+            """SELECT executor, llm_limit, in_flight, queue_size, adjustments, updated_at FROM executor_status
+               WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
+            fresh_s,
+        )
+        decisions = await self.pool.fetch(
+            "SELECT desired, actual, reason, decided_at FROM scaling_decisions ORDER BY id DESC LIMIT 20"
+        )
+        return (
+            [{**dict(r), "adjustments": json.loads(r["adjustments"])} for r in executors],
+            [dict(r) for r in decisions],
+        )
 
     async def release_abandoned(self, plan_id: uuid.UUID) -> int:
         """Local resume: atoms left running by a process that is gone are ready again at once."""

@@ -1,0 +1,60 @@
+"""GET /api/v2/concurrency/status on real Postgres: what executors and the scaler reported."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mge.adapters.store.store import Store
+from mge.api.app import create_app
+from tests.support.executor import running_executor
+from tests.support.operator import eventually
+
+pytestmark = pytest.mark.component
+
+HELLO_RECORDING = Path(__file__).resolve().parents[2] / "examples" / "hello" / "responses.jsonl"
+
+
+async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
+    store = await Store.connect(pg)
+    try:
+        adjustment = {"old": 2, "new": 4, "reason": "slow start", "secondsAgo": 3.0}
+        await store.report_executor("ex-a", limit=4, in_flight=3, queue_size=1, adjustments=[adjustment])
+        await store.report_executor("ex-b", limit=6, in_flight=6, queue_size=2, adjustments=[])
+        await store.record_scaling(2, 0, "scale up: 40 ready, 0 running")
+        await store.record_scaling(4, 2, "scale up: 30 ready, 8 running")
+    finally:
+        await store.close()
+    app = create_app(pg)
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        body = (await client.get("/api/v2/concurrency/status")).json()
+
+    assert (body["global_limit"], body["global_in_flight"], body["queue_depth"]) == (10, 9, 3)
+    assert [e["executor"] for e in body["executors"]] == ["ex-a", "ex-b"]
+    assert body["executors"][0]["adjustments"][0]["reason"] == "slow start"
+    assert (body["replicas"]["desired"], body["replicas"]["actual"]) == (4, 2)
+    assert len(body["recent_decisions"]) == 2
+
+
+async def test_executors_report_themselves_while_running(pg):
+
+    async with running_executor(
+        pg, __import__("pathlib").Path(__file__).parents[2] / "examples/hello/responses.jsonl"
+    ):
+        store = await Store.connect(pg)
+        try:
+            executors = await eventually(lambda: _executors(store))
+        finally:
+            await store.close()
+
+    assert executors[0]["executor"] == "ex-1"
+    assert executors[0]["llm_limit"] == 2
+
+
+async def _executors(store: Store):
+    executors, _ = await store.concurrency_snapshot()
+    return executors

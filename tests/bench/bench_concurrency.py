@@ -6,13 +6,23 @@ Compared side by side: fixed limits (low and high), the seed's rule (every 30 s:
 else +5%), and our AIMD limiter. The simulation is deterministic (seeded) and takes a second or two.
 """
 
+import asyncio
 import heapq
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.store import Store
 from mge.concurrency.limiter import AdaptiveLimiter, Outcome, SeedRuleLimiter
-from tests.bench.common import print_table
+from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor.validation import CodeValidator
+from mge.executor.worker import Executor, ExecutorConfig
+from mge.plan.dag import plan_dag
+from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.postgres import postgres_server
 
 BASE_LATENCY_S = 1.0
 TOKENS = 400
@@ -150,5 +160,61 @@ def main() -> None:
     print("ours: " + ", ".join(f"{goal} {'met' if ok else 'MISSED'}" for goal, ok in checks.items()))
 
 
+async def _real_run(server: str, limit: int | None, atoms_count: int = 960) -> tuple[float, float, int]:
+    """One executor (64 atoms at a time) against the fake LLM server with capacity 16; `limit=None` = adaptive."""
+    fake = FakeLLM(FakeLLMConfig(base_latency_s=0.2, capacity=16, reject_factor=1.5))
+    await fake.start()
+    async with fresh_database(server) as dsn:
+        store = await Store.connect(dsn, max_size=80)
+        validator = CodeValidator()
+        llm = OpenAICompatibleLLM(fake.url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
+        atoms = layered_atoms(atoms_count, width=atoms_count)
+        plan = plan_dag((a.id, a.depends_on) for a in atoms)
+        plan_id, _ = await store.register_plan(
+            namespace="bench",
+            name="http",
+            trace_id="00000000-0000-4000-8000-0000000000ab",
+            generation=1,
+            spec=spec_of(atoms),
+            atoms=atoms,
+            plan=plan,
+        )
+        executor = Executor(
+            store, llm, validator, DEFAULT_PRICES, ExecutorConfig("bench", concurrency=64, idle_poll_s=0.05)
+        )
+        if limit is not None:
+            executor.gate.limiter.minimum = executor.gate.limiter.maximum = executor.gate.limiter.limit = (
+                limit
+            )
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        task = asyncio.create_task(executor.run(stop))
+        while not (await store.progress(plan_id)).finished:
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        await llm.close()
+        await validator.close()
+        await store.close()
+    await fake.stop()
+    ideal_s = atoms_count / 16 * 0.2
+    return ideal_s / elapsed, p95(fake.stats.latencies_s) / 0.2, fake.stats.rejected
+
+
+async def real_http() -> None:
+    rows = []
+    with postgres_server() as server:
+        for name, limit in (("fixed 4", 4), ("fixed 64", 64), ("ours (AIMD)", None)):
+            goodput, latency, rejected = await _real_run(server, limit)
+            rows.append((name, f"{100 * goodput:.1f}%", f"{latency:.2f}x", rejected))
+    print()
+    print(
+        "Real HTTP: 960 atoms, one executor (64 at a time), fake LLM server with capacity 16 at 0.2 s per call"
+    )
+    print_table(["policy", "goodput % of C", "server p95 / uncongested", "429s"], rows)
+
+
 if __name__ == "__main__":
     main()
+    asyncio.run(real_http())

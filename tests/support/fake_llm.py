@@ -47,6 +47,7 @@ class FakeLLMStats:
     in_flight: int = 0
     max_in_flight: int = 0
     calls_per_atom: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
     trace_ids: set[str] = field(default_factory=set)
 
 
@@ -131,6 +132,7 @@ class FakeLLM:
                 latency *= stats.in_flight / config.capacity
             if latency:
                 await asyncio.sleep(latency)
+            stats.latencies_s.append(latency)
         finally:
             stats.in_flight -= 1
         stats.completed += 1

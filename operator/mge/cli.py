@@ -283,7 +283,7 @@ def executor() -> None:
             llm,
             validator,
             _load_prices(settings.prices_file),
-            ExecutorConfig(executor_id, concurrency),
+            ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0),
         )
         try:
             await worker.run(stop)

@@ -240,3 +240,20 @@ async def test_atoms_waiting_too_long_for_a_slot_go_back_to_the_queue(store, fak
     assert progress.succeeded == 4
     assert executor.gate.queue.timeouts >= 1
     assert fake_llm.stats.max_in_flight == 1
+
+
+async def test_start_jitter_delays_the_first_claim_and_stop_cuts_it_short(store, fake_llm, validator):
+    atoms = [atom("a")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    executor = _executor(store, fake_llm, validator, start_jitter_s=3600.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(executor.run(stop))
+    await asyncio.sleep(0.2)  # the first claim waits a random 0-3600 s: nothing may have been claimed yet
+
+    state = await store.pool.fetchval("SELECT state FROM atoms WHERE masterplan_id = $1", plan_id)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    await executor.llm.close()
+
+    assert state == "ready"

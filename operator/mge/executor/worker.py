@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import Mapping
@@ -48,6 +49,8 @@ class ExecutorConfig:
     shutdown_grace_s: float = 20.0
     # An atom that waits this long for an LLM slot goes back to the queue in Postgres for another executor.
     slot_timeout_s: float = 300.0
+    # Executors started together (a rollout, a scale-up) wait a random part of this before their first claim.
+    start_jitter_s: float = 0.0
 
 
 class Executor:
@@ -73,6 +76,9 @@ class Executor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
+        if self.config.start_jitter_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), random.uniform(0, self.config.start_jitter_s))
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         stop_listening = await self.store.listen_for_ready(self._wake.set)
         try:

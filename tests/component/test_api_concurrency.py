@@ -51,8 +51,8 @@ async def test_executors_report_themselves_while_running(pg):
         finally:
             await store.close()
 
-    assert executors[0]["executor"] == "ex-1"
-    assert executors[0]["llm_limit"] == 2
+    assert executors[0].executor == "ex-1"
+    assert executors[0].limit == 2
 
 
 async def _executors(store: Store):

@@ -14,7 +14,6 @@ from mge.cost.caps import BudgetLimits, BudgetState, OverrideRejected, budget_st
 from mge.models.cost_api import (
     BudgetStatus,
     CostEventsResponse,
-    CostEventView,
     CostStatusResponse,
     OverrideRequest,
     OverrideResponse,
@@ -91,7 +90,7 @@ async def cost_events(
     events = await CostLedger(store.pool).events(plan_id, after_id=after, limit=limit)
     return CostEventsResponse(
         masterplan_id=str(plan_id),
-        events=[CostEventView.model_validate(event, from_attributes=True) for event in events],
+        events=events,
         next_after=events[-1].id if len(events) == limit else None,
     )
 

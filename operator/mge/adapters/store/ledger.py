@@ -6,9 +6,7 @@ one budget can never reserve past the hard cap.
 
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -16,6 +14,7 @@ import asyncpg
 
 from mge.adapters.store.store import READY_CHANNEL, ClaimedAtom
 from mge.cost.caps import BudgetLimits, check_override, crossed_soft_cap, reservation_decision
+from mge.models.cost_api import CostEventView
 from mge.models.masterplan import Budget
 from mge.models.progress import Spend
 
@@ -27,20 +26,6 @@ class Reservation:
     id: int
     masterplan_id: uuid.UUID
     amount_usd: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class CostEvent:
-    id: int
-    kind: str
-    atom_id: str | None
-    amount_usd: Decimal
-    cumulative_cost_usd: Decimal
-    budget_limit_usd: Decimal
-    prompt_tokens: int
-    completion_tokens: int
-    detail: Mapping[str, Any]
-    created_at: datetime
 
 
 _LOCK_PLAN: Final = """
@@ -290,7 +275,7 @@ class CostLedger:
                 happened.append("resume")
         return happened
 
-    async def events(self, plan_id: uuid.UUID, *, after_id: int = 0, limit: int = 100) -> list[CostEvent]:
+    async def events(self, plan_id: uuid.UUID, *, after_id: int = 0, limit: int = 100) -> list[CostEventView]:
         rows = await self.pool.fetch(
             """SELECT id, kind, atom_id, amount_usd, cumulative_cost_usd, budget_limit_usd, prompt_tokens,
                       completion_tokens, detail, created_at
@@ -299,4 +284,4 @@ class CostLedger:
             after_id,
             limit,
         )
-        return [CostEvent(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
+        return [CostEventView(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]

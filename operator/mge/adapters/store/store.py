@@ -14,6 +14,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from mge.adapters.store.migrate import migrate
+from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
@@ -458,19 +459,22 @@ class Store:
 
     async def concurrency_snapshot(
         self, fresh_s: float = 120.0
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[list[ExecutorConcurrency], list[ScalingDecision]]:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
-            """SELECT executor, llm_limit, in_flight, queue_size, adjustments, updated_at FROM executor_status
-               WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
+            """SELECT executor, llm_limit AS limit, in_flight, queue_size, adjustments, updated_at
+               FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )
         decisions = await self.pool.fetch(
             "SELECT desired, actual, reason, decided_at FROM scaling_decisions ORDER BY id DESC LIMIT 20"
         )
         return (
-            [{**dict(r), "adjustments": json.loads(r["adjustments"])} for r in executors],
-            [dict(r) for r in decisions],
+            [
+                ExecutorConcurrency(**{**dict(r), "adjustments": json.loads(r["adjustments"])})
+                for r in executors
+            ],
+            [ScalingDecision(**dict(r)) for r in decisions],
         )
 
     async def release_abandoned(self, plan_id: uuid.UUID) -> int:

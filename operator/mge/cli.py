@@ -20,6 +20,7 @@ from mge.plan.errors import PlanError
 from mge.plan.estimate import PlanEstimate, estimate_plan
 
 if TYPE_CHECKING:
+    from mge.adapters.kube import Kube
     from mge.adapters.llm import LLM
     from mge.executor.local_run import LocalRun, RunResult
     from mge.settings import Settings
@@ -205,7 +206,6 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
 @app.command()
 def operator() -> None:
     """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
-    from mge.adapters.kube import Kube, load_client_configuration
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
@@ -219,12 +219,7 @@ def operator() -> None:
         raise _fail(str(error)) from None
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: the operator keeps atom state in Postgres")
-    try:
-        kube = Kube(load_client_configuration(settings.kube_host))
-    except Exception as error:  # kubernetes.config raises several unrelated types for "no credentials"
-        raise _fail(
-            f"no Kubernetes credentials (in-cluster service account or kubeconfig): {error}"
-        ) from None
+    kube = _kube(settings, "in-cluster service account or kubeconfig")
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
     serve_metrics(settings.metrics_port)
@@ -306,21 +301,22 @@ def api(
     """Serve the /api/v2 REST API (OpenAPI docs at /docs) on MGE_DATABASE_URL."""
     import uvicorn
 
-    from mge.adapters.kube import Kube, load_client_configuration
     from mge.api.app import create_app
 
     settings = _settings()
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: the API reads costs from Postgres")
-    kube = None
-    if kubernetes:
-        try:
-            kube = Kube(load_client_configuration(settings.kube_host))
-        except Exception as error:  # kubernetes.config raises several unrelated types for "no credentials"
-            raise _fail(
-                f"no Kubernetes credentials (use --no-kubernetes for a read-only API): {error}"
-            ) from None
+    kube = _kube(settings, "use --no-kubernetes for a read-only API") if kubernetes else None
     uvicorn.run(create_app(settings.database_url, kube), host=host, port=port, log_config=None)
+
+
+def _kube(settings: "Settings", hint: str) -> "Kube":
+    from mge.adapters.kube import Kube, load_client_configuration
+
+    try:
+        return Kube(load_client_configuration(settings.kube_host))
+    except Exception as error:  # kubernetes.config raises several unrelated types for "no credentials"
+        raise _fail(f"no Kubernetes credentials ({hint}): {error}") from None
 
 
 def _settings() -> "Settings":

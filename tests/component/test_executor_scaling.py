@@ -135,3 +135,37 @@ async def test_unreachable_prometheus_holds(pg):
             kube.close()
 
     assert (decision.replicas, decision.reason) == (0, "holding: metrics unavailable")
+
+
+async def test_high_llm_error_rate_stops_scale_up(pg, prometheus):
+    query, answers = prometheus
+    answers["mge_llm_requests_total"] = 0.3
+    await _queue(pg, 40)
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            decision = await sync_executors_once(
+                kube, store, "ops", SETTINGS, policy, now=0, prometheus=query
+            )
+        finally:
+            await store.close()
+            kube.close()
+
+    assert "error rate" in decision.reason
+
+
+async def test_a_prometheus_outage_is_logged_once(pg, caplog):
+    await _queue(pg, 4)
+    down = PrometheusQuery("http://127.0.0.1:1")
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            for tick in range(3):
+                await sync_executors_once(
+                    kube, store, "ops", SETTINGS, policy, now=tick * 30, prometheus=down
+                )
+        finally:
+            await store.close()
+            kube.close()
+
+    assert sum("until Prometheus answers" in r.getMessage() for r in caplog.records) == 1

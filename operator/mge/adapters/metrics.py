@@ -54,3 +54,6 @@ DB_LATENCY = Histogram(
     ("operation",),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+LLM_REQUESTS = Counter(
+    "mge_llm_requests_total", "LLM calls by outcome (ok, overloaded, error), retries included.", ("outcome",)
+)

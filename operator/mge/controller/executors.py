@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
-from mge.adapters.prometheus_query import DB_P95, LLM_P95, PrometheusQuery, PrometheusUnavailable
+from mge.adapters.prometheus_query import (
+    DB_P95,
+    ERROR_RATE,
+    LLM_P95,
+    PrometheusQuery,
+    PrometheusUnavailable,
+)
 from mge.adapters.store.store import LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
@@ -115,12 +121,19 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Obser
         return None
     if prometheus is None:
         return Observation(ready_atoms=ready, running_atoms=running)
+    was_failing = prometheus.failing
     try:
         llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)
+        errors = await prometheus.value(ERROR_RATE)
     except PrometheusUnavailable as error:
-        log.warning("executor scaling holds: %s", error)
+        if not was_failing:  # once per outage, not every period
+            log.warning("executor scaling holds until Prometheus answers: %s", error)
         return None
-    return Observation(ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95)
+    if was_failing:
+        log.info("executor scaling reads Prometheus again")
+    return Observation(
+        ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95, error_rate=errors
+    )
 
 
 async def sync_executors_once(

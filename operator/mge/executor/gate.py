@@ -90,8 +90,11 @@ class CallGate:
         now = time.monotonic()
         before = self.limiter.limit
         for retried in completion.retried_errors if completion else ():
-            self.limiter.record(classify(retried), in_flight=self.in_flight, now=now)
+            outcome = classify(retried)
+            metrics.LLM_REQUESTS.labels(outcome.value).inc()
+            self.limiter.record(outcome, in_flight=self.in_flight, now=now)
         if completion is not None:
+            metrics.LLM_REQUESTS.labels(Outcome.OK.value).inc()
             self.limiter.record(
                 Outcome.OK,
                 in_flight=self.in_flight,
@@ -100,6 +103,7 @@ class CallGate:
                 tokens=completion.completion_tokens,
             )
         elif error is not None:
+            metrics.LLM_REQUESTS.labels(classify(error).value).inc()
             self.limiter.record(classify(error), in_flight=self.in_flight, now=now)
         if self.limiter.limit != before:
             direction = "up" if self.limiter.limit > before else "down"

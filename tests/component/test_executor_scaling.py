@@ -169,3 +169,20 @@ async def test_a_prometheus_outage_is_logged_once(pg, caplog):
             kube.close()
 
     assert sum("until Prometheus answers" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_scaling_decisions_are_events_on_the_executor_deployment(pg):
+    await _queue(pg, 40)
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=0)
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=30)
+        finally:
+            await store.close()
+            kube.close()
+        events = api.objects_of("events", "ops")
+
+    (event,) = events
+    assert (event["reason"], event["involvedObject"]["name"]) == ("ScaledUp", "mge-executor")
+    assert event["message"].startswith("4 -> 8 executors: scale up")

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from kubernetes import client, config
@@ -140,3 +141,28 @@ class Kube:
             name,
             {"spec": spec},
         )
+
+    async def post_event(
+        self, namespace: str, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """A core/v1 Event about `involved` (shown by kubectl describe)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=involved.get("apiVersion"),
+                kind=involved.get("kind"),
+                name=meta["name"],
+                namespace=namespace,
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            source=client.V1EventSource(component="mge-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        await self._call(self._core.create_namespaced_event, namespace, event)

@@ -161,6 +161,16 @@ async def sync_executors_once(
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, OSError):
             await (await store.get()).record_scaling(decision.replicas, current, decision.reason)
+    if existing is not None and decision.replicas != current:
+        reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
+        message = f"{current} -> {decision.replicas} executors: {decision.reason}"
+        with contextlib.suppress(KubeUnavailable):
+            await kube.post_event(
+                namespace,
+                {**existing, "kind": "Deployment", "apiVersion": "apps/v1"},
+                reason=reason,
+                message=message,
+            )
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(

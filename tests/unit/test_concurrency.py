@@ -20,18 +20,24 @@ def test_slow_start_doubles_per_limits_worth_of_good_calls():
     assert limiter.limit == 16
 
 
-def test_overload_cuts_by_ten_percent_and_ends_slow_start():
+def test_first_overload_ends_slow_start_at_half_and_later_ones_cut_ten_percent():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
 
     limiter.record(Outcome.OVERLOADED, in_flight=20, now=10.0)
-    _feed_ok(limiter, 18, now=11.0)
+    _feed_ok(limiter, 10, now=11.0)
+    limiter.record(Outcome.OVERLOADED, in_flight=11, now=20.0)
 
-    assert limiter.limit == 19  # 20 -> 18, then +1 additively (not doubled)
-    assert [a.reason for a in limiter.adjustments] == ["overloaded (429/5xx/timeout)", "additive increase"]
+    assert limiter.limit == 9  # 20 -> 10 (slow start ends), +1 additively (not doubled) -> 11, x0.9 -> 9
+    assert [a.reason for a in limiter.adjustments] == [
+        "overloaded (429/5xx/timeout); slow start ends",
+        "additive increase",
+        "overloaded (429/5xx/timeout)",
+    ]
 
 
 def test_a_burst_of_429s_counts_as_one_decrease():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=30)
+    limiter.slow_start = False
 
     for i in range(10):
         limiter.record(Outcome.OVERLOADED, in_flight=30, now=5.0 + i * 0.1)
@@ -52,6 +58,7 @@ def test_latency_per_token_above_the_baseline_is_overload():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
     limiter.record(Outcome.OK, in_flight=10, now=0.0, latency_s=1.0, tokens=100)
 
+    limiter.slow_start = False
     limiter.record(Outcome.OK, in_flight=10, now=3.0, latency_s=4.0, tokens=100)
 
     assert limiter.limit == 9

@@ -14,8 +14,10 @@ SLOW_FACTOR: Final = 1.25
 # The baseline is the fastest latency per token of the last 5 minutes (congestion only adds latency;
 # the window lets it rise when the provider really got slower).
 BASELINE_WINDOW_S: Final = 300.0
-# Cut at most once per this many seconds: one overload episode returns many failures at once.
-DECREASE_COOLDOWN_S: Final = 1.0
+# Cut at most once per round trip (a call's smoothed latency, within these bounds): one overload episode
+# returns many failures at once.
+MIN_COOLDOWN_S: Final = 0.05
+MAX_COOLDOWN_S: Final = 2.0
 
 
 class Outcome(StrEnum):
@@ -48,6 +50,7 @@ class AdaptiveLimiter:
     # (time, latency per token), increasing in both: a monotonic queue whose head is the window's minimum.
     _minima: deque[tuple[float, float]] = field(init=False, default_factory=deque)
     _smoothed: float | None = field(init=False, default=None)
+    _round_trip_s: float = field(init=False, default=MAX_COOLDOWN_S)
     adjustments: deque[Adjustment] = field(init=False, default_factory=lambda: deque(maxlen=50))
     _good_calls: int = field(init=False, default=0)
     _last_decrease: float = field(init=False, default=float("-inf"))
@@ -88,17 +91,24 @@ class AdaptiveLimiter:
             )
             baseline = self.baseline_s_per_token
             slow = baseline is not None and self._smoothed > baseline * SLOW_FACTOR
+        if outcome is Outcome.OK and latency_s > 0:
+            bounded = min(MAX_COOLDOWN_S, max(MIN_COOLDOWN_S, latency_s))
+            self._round_trip_s += 0.2 * (bounded - self._round_trip_s)
         if outcome is Outcome.OVERLOADED or slow:
-            if now - self._last_decrease >= DECREASE_COOLDOWN_S:
+            if now - self._last_decrease >= self._round_trip_s:
                 self._last_decrease = now
-                self.slow_start = False
                 self._good_calls = 0
                 reason = (
                     "overloaded (429/5xx/timeout)"
                     if outcome is Outcome.OVERLOADED
                     else "latency per token rose"
                 )
-                self._set(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
+                if self.slow_start:
+                    # Slow start overshoots by up to 2x in its last round: go back to the last good size.
+                    self.slow_start = False
+                    self._set(self.limit // 2, now, f"{reason}; slow start ends")
+                else:
+                    self._set(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
             return
         if outcome is not Outcome.OK or in_flight < self.limit / 2:
             return

@@ -146,7 +146,9 @@ def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("example", ["inventory-api", "ts-utils", "mixed-shortener"])
+@pytest.mark.parametrize(
+    "example", ["inventory-api", "ts-utils", "mixed-shortener", "todo-api", "ts-toolkit", "mixed-notes"]
+)
 def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(example, tmp_path, state):
     out = tmp_path / "out"
 

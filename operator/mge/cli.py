@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mge.adapters.llm import LLM
     from mge.executor.local_run import LocalRun, RunResult
     from mge.settings import Settings
+    from mge.trace.tree import TraceTree
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
@@ -204,12 +205,61 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
 
 
 @app.command()
+def trace(
+    masterplan: Annotated[str, typer.Argument(help="Masterplan name (of a `mge run`, or in --namespace).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tree as JSON for scripts.")] = False,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State dir of a local run (default .mge/<masterplan>).")
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of the Masterplan when reading MGE_DATABASE_URL.")
+    ] = "local",
+) -> None:
+    """Waves -> atoms -> attempts with cost, tokens, cache hit, latency and validation result."""
+    import os
+
+    from mge.executor.trace_report import print_trace, trace_json
+
+    dsn = os.environ.get("MGE_DATABASE_URL", "")
+    folder = state_dir or Path(".mge") / masterplan
+    if not dsn and not (folder / "postgres").exists():
+        raise _fail(f"no local run state in {folder}/ and MGE_DATABASE_URL is not set: run `mge run` first")
+    tree = asyncio.run(_read_trace(dsn, folder, namespace if dsn else "local", masterplan))
+    if tree is None:
+        raise _fail(f"no Masterplan {masterplan!r} in namespace {namespace!r}")
+    if as_json:
+        typer.echo(trace_json(tree))
+    else:
+        print_trace(console, tree)
+
+
+async def _read_trace(dsn: str, folder: Path, namespace: str, masterplan: str) -> "TraceTree | None":
+    from mge.adapters.embedded import EmbeddedPostgres
+    from mge.adapters.store.store import Store
+    from mge.adapters.store.trace import TraceStore
+
+    postgres = None if dsn else EmbeddedPostgres(folder / "postgres")
+    if postgres is not None:
+        dsn = await asyncio.to_thread(postgres.start)
+    try:
+        store = await Store.connect(dsn, max_size=2)
+        try:
+            return await TraceStore(store.pool).tree(namespace, masterplan)
+        finally:
+            await store.close()
+    finally:
+        if postgres is not None:
+            await asyncio.to_thread(postgres.stop)
+
+
+@app.command()
 def operator() -> None:
     """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
     from mge.controller.executors import sync_executors_forever
+    from mge.controller.observability import export_trace_metrics_forever
     from mge.controller.runtime import run_operator
 
     settings = _settings()
@@ -223,7 +273,7 @@ def operator() -> None:
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
     serve_metrics(settings.metrics_port)
-    background = []
+    background = [export_trace_metrics_forever(store, settings.trace_metrics_seconds)]
     if settings.executor_image:
         background.append(
             sync_executors_forever(kube, store, settings.operator_namespace or namespaces[0], settings)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     executor_sync_seconds: float = Field(
         30.0, gt=0, description="How often executor replicas are reconciled."
     )
+    trace_metrics_seconds: float = Field(
+        60.0, gt=0, description="How often trace coverage and correlations are recomputed."
+    )
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> "Settings":

@@ -112,13 +112,33 @@ async def test_persistent_failure_gives_up_after_the_attempt_budget(server):
 
 
 async def test_trace_and_atom_travel_as_headers(server):
+    trace_id = "3f2b9c1e-8d4a-4e1f-9b6c-2a7d5e8f0c11"
     client = _client(server)
     try:
         await client.complete(
-            ChatRequest(model="m", messages=[], max_tokens=5, trace_id="trace-9", atom_id="x")
+            ChatRequest(model="m", messages=[], max_tokens=5, trace_id=trace_id, atom_id="x")
         )
     finally:
         await client.close()
 
-    assert "trace-9" in server.stats.trace_ids
+    assert trace_id in server.stats.trace_ids
     assert server.stats.calls_per_atom["x"] == 1
+    # W3C Trace Context: version-traceid-spanid-flags, the plan's uuid as the trace id, sampled.
+    (header,) = server.stats.traceparents
+    version, trace_hex, span_hex, flags = header.split("-")
+    assert (version, trace_hex, flags) == ("00", trace_id.replace("-", ""), "01")
+    assert len(span_hex) == 16
+    assert span_hex != "0" * 16
+
+
+async def test_a_trace_id_that_is_not_a_uuid_still_gets_a_valid_traceparent(server):
+    client = _client(server)
+    try:
+        await client.complete(ChatRequest(model="m", messages=[], max_tokens=5, trace_id="trace-9"))
+    finally:
+        await client.close()
+
+    assert "trace-9" in server.stats.trace_ids
+    (header,) = server.stats.traceparents
+    assert len(header.split("-")[1]) == 32
+    assert header.split("-")[1] != "0" * 32

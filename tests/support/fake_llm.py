@@ -49,6 +49,7 @@ class FakeLLMStats:
     calls_per_atom: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     trace_ids: set[str] = field(default_factory=set)
+    traceparents: list[str] = field(default_factory=list)
 
 
 class FakeLLM:
@@ -101,6 +102,7 @@ class FakeLLM:
         stats, config = self.stats, self.config
         stats.requests += 1
         stats.trace_ids.add(request.headers.get("X-MGE-Trace-Id", ""))
+        stats.traceparents.append(request.headers.get("traceparent", ""))
         atom = request.headers.get("X-MGE-Atom", "")
         attempt = int(request.headers.get("X-MGE-Attempt", "1"))
         stats.calls_per_atom[atom] += 1

@@ -12,6 +12,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from mge.adapters.tokenizer import count_tokens
+from mge.adapters.tracing import TRACEPARENT_HEADER, span, traceparent
 
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
 TRACE_HEADER: Final = "X-MGE-Trace-Id"
@@ -149,6 +150,19 @@ class OpenAICompatibleLLM:
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _call_once(self, request: ChatRequest, retried: tuple[str, ...]) -> Completion:
+        """One HTTP request, as one span (a child of the atom attempt's span) announced in `traceparent`."""
+        attributes: dict[str, str | int] = {
+            "llm.model": request.model,
+            "mge.atom": request.atom_id,
+            "mge.attempt": request.attempt,
+        }
+        with span("llm.chat", request.trace_id, attributes) as call:
+            completion = await self._post(request, retried, traceparent(call))
+            call.set_attribute("llm.prompt_tokens", completion.prompt_tokens)
+            call.set_attribute("llm.completion_tokens", completion.completion_tokens)
+            return completion
+
+    async def _post(self, request: ChatRequest, retried: tuple[str, ...], trace_parent: str) -> Completion:
         body = {
             "model": request.model,
             "messages": list(request.messages),
@@ -157,6 +171,7 @@ class OpenAICompatibleLLM:
         }
         headers = {
             TRACE_HEADER: request.trace_id,
+            TRACEPARENT_HEADER: trace_parent,
             ATOM_HEADER: request.atom_id,
             ATTEMPT_HEADER: str(request.attempt),
         }

@@ -57,3 +57,47 @@ DB_LATENCY = Histogram(
 LLM_REQUESTS = Counter(
     "mge_llm_requests_total", "LLM calls by outcome (ok, overloaded, error), retries included.", ("outcome",)
 )
+
+# --- traceability ---
+TRACE_COVERAGE = Gauge(
+    "v2_trace_coverage_percentage", "Share of stored rows carrying their Masterplan's trace_id (goal 100)."
+)
+CORRELATION_STRENGTH = Gauge(
+    "v2_correlation_strength",
+    "Spearman's rho over recently finished atoms/calls; absent while undefined (too few samples).",
+    ("correlation_type",),
+)
+
+# Every metric name the product promises (the seed's Monitoring section), for tests and dashboards.
+SEED_METRICS: Final = frozenset(
+    {
+        "v2_acceptance_tests_generated_total",
+        "v2_acceptance_test_execution_seconds",
+        "v2_acceptance_test_pass_rate",
+        "v2_gate_s_status",
+        "v2_gate_s_must_pass_rate",
+        "v2_gate_s_should_pass_rate",
+        "v2_budget_limit_usd",
+        "v2_predicted_remaining_cost_usd",
+        "v2_cost_guardrail_triggered_total",
+        "v2_masterplan_paused_budget",
+        "v2_concurrency_limit",
+        "v2_concurrency_limit_changes_total",
+        "v2_backpressure_queue_size",
+        "v2_backpressure_queue_wait_seconds",
+        "v2_backpressure_queue_drops_total",
+        "v2_backpressure_queue_timeouts_total",
+        "v2_cache_hits_total",
+        "v2_cache_misses_total",
+        "v2_cache_writes_total",
+        "v2_cache_invalidations_total",
+        "v2_cache_errors_total",
+        "v2_cache_cost_savings_usd_total",
+        "v2_batch_size",
+        "v2_batch_requests_processed_total",
+        "v2_precision_score",
+        "v2_precision_score_components",
+        "v2_trace_coverage_percentage",
+        "v2_correlation_strength",
+    }
+)

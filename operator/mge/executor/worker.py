@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final
 
-from mge.adapters import metrics
+from mge.adapters import metrics, tracing
 from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
@@ -31,6 +30,16 @@ log = logging.getLogger("mge.executor")
 # Sentinel outcomes of attempts that never reached the LLM: the atom goes back to the queue untouched.
 OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
 NO_SLOT: Final = (None, "no LLM slot")
+
+
+def _outcome_label(result: tuple[str | None, str | None] | None) -> str:
+    if result is None:
+        return "lease_lost"
+    if result in (OUT_OF_BUDGET, NO_SLOT):
+        return str(result[1])
+    return "valid" if result[1] is None else "invalid"
+
+
 NO_SLOT_OUTCOME: Final = "no_slot"
 
 
@@ -208,6 +217,25 @@ class Executor:
     ) -> tuple[str | None, str | None] | None:
         """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost,
         OUT_OF_BUDGET if the worst case of the call does not fit under the hard cap."""
+        with tracing.span(
+            "atom.attempt", str(atom.trace_id), {"mge.atom": atom.atom_id, "mge.attempt": attempt}
+        ) as attempt_span:
+            result = await self._generate(
+                atom, task, dependencies, feedback, attempt, price, tracing.span_id_hex(attempt_span)
+            )
+            attempt_span.set_attribute("mge.outcome", _outcome_label(result))
+            return result
+
+    async def _generate(
+        self,
+        atom: ClaimedAtom,
+        task: AtomTask,
+        dependencies: list[DependencyCode],
+        feedback: str | None,
+        attempt: int,
+        price: ModelPrice,
+        span_id: str,
+    ) -> tuple[str | None, str | None] | None:
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
@@ -269,7 +297,7 @@ class Executor:
         still_ours = await self.store.record_attempt(
             atom,
             executor=self.config.executor_id,
-            span_id=secrets.token_hex(8),
+            span_id=span_id,
             outcome=outcome,
             error=error,
             prompt_tokens=prompt_tokens,

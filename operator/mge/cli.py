@@ -273,6 +273,7 @@ def operator() -> None:
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
     serve_metrics(settings.metrics_port)
+    _export_spans(settings)
     background = [export_trace_metrics_forever(store, settings.trace_metrics_seconds)]
     if settings.executor_image:
         background.append(
@@ -308,6 +309,7 @@ def executor() -> None:
     executor_id = settings.executor_id or socket.gethostname()
 
     serve_metrics(settings.metrics_port)
+    _export_spans(settings)
 
     async def serve() -> None:
         try:
@@ -358,6 +360,13 @@ def api(
         raise _fail("MGE_DATABASE_URL is not set: the API reads costs from Postgres")
     kube = _kube(settings, "use --no-kubernetes for a read-only API") if kubernetes else None
     uvicorn.run(create_app(settings.database_url, kube), host=host, port=port, log_config=None)
+
+
+def _export_spans(settings: "Settings") -> None:
+    if settings.otel_endpoint:
+        from mge.adapters.tracing import enable_otlp
+
+        enable_otlp(settings.otel_endpoint)
 
 
 def _kube(settings: "Settings", hint: str) -> "Kube":

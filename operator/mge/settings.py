@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     executor_sync_seconds: float = Field(
         30.0, gt=0, description="How often executor replicas are reconciled."
     )
+    otel_endpoint: str = Field(
+        "", description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); empty = no export."
+    )
     trace_metrics_seconds: float = Field(
         60.0, gt=0, description="How often trace coverage and correlations are recomputed."
     )

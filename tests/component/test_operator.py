@@ -101,8 +101,13 @@ async def test_applied_masterplan_gets_owned_waves_conditions_trace_id_and_event
         1,
     )
     assert len(status["traceId"]) == 36
-    reasons = {e.get("reason") for e in cluster.objects_of("events", NS)}
-    assert {"Planned", "AwaitingExecutors"} <= reasons
+    events = cluster.objects_of("events", NS)
+    assert {"Planned", "AwaitingExecutors"} <= {e.get("reason") for e in events}
+    # Every Event about the plan leads back to its trace.
+    plan_events = [e for e in events if e["involvedObject"]["kind"] == "Masterplan"]
+    assert plan_events
+    assert {e["metadata"]["annotations"]["mge.devmatrix.io/trace-id"] for e in plan_events} == {status["traceId"]}
+    assert {e["involvedObject"]["uid"] for e in plan_events} == {masterplan["metadata"]["uid"]}
 
 
 async def test_cyclic_plan_is_planned_false_with_the_cycle_and_no_waves(cluster, pg):

@@ -12,6 +12,8 @@ from mge.models.base import API_GROUP, API_VERSION
 
 MASTERPLAN_LABEL: Final = f"{API_GROUP}/masterplan"
 MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "mge-operator"}
+# On every Event about a Masterplan: `kubectl get events -o yaml` leads to the plan's trace in one step.
+TRACE_ANNOTATION: Final = f"{API_GROUP}/trace-id"
 
 
 class KubeUnavailable(RuntimeError):
@@ -143,13 +145,22 @@ class Kube:
         )
 
     async def post_event(
-        self, namespace: str, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
+        self,
+        namespace: str,
+        involved: Mapping[str, Any],
+        *,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        annotations: Mapping[str, str] | None = None,
     ) -> None:
         """A core/v1 Event about `involved` (shown by kubectl describe)."""
         meta = involved["metadata"]
         now = datetime.now(UTC)
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=namespace, annotations=dict(annotations or {})
+            ),
             involved_object=client.V1ObjectReference(
                 api_version=involved.get("apiVersion"),
                 kind=involved.get("kind"),

@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mge.adapters import metrics
-from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, TRACE_ANNOTATION, Kube, KubeUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
 from mge.controller.deps import ControllerDeps, deps_of
@@ -36,6 +36,8 @@ from mge.trace.context import current_trace_id
 
 PROGRESS_INTERVAL_SECONDS = 10.0
 RETRY_API_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 async def reconcile_masterplan(
@@ -81,7 +83,7 @@ async def reconcile_masterplan(
         retry = await _register(deps, namespace, name, generation, parsed, atoms, outcome) or retry
     rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED]
     outcome.events = transition_events(observed.conditions, outcome.status.conditions) + rejected
-    _write(body, patch, status, outcome, logger)
+    await _write(deps.kube, body, patch, status, outcome, logger)
     if retry is not None:
         raise retry
 
@@ -161,7 +163,7 @@ async def sync_progress(
         )
         await _sync_wave_status(deps, namespace, name, waves)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
-    _write(body, patch, status, PlanningOutcome(status=desired, events=events), logger)
+    await _write(deps.kube, body, patch, status, PlanningOutcome(status=desired, events=events), logger)
 
 
 def _export_cost_metrics(
@@ -295,7 +297,8 @@ async def _create_wave(
         await kube.patch_wave_spec(namespace, name, spec)
 
 
-def _write(
+async def _write(
+    kube: Kube,
     body: kopf.Body,
     patch: kopf.Patch,
     observed: Mapping[str, Any],
@@ -306,13 +309,25 @@ def _write(
     if changes:
         patch.setdefault("status", {}).update(changes)
     for event in outcome.events:
-        _post(body, event)
         log = logger.warning if event.type == "Warning" else logger.info
         log(f"{event.reason}: {event.message}")
+        await _post(kube, body, event, outcome.status.trace_id)
 
 
-def _post(body: kopf.Body, event: KubeEvent) -> None:
-    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+async def _post(kube: Kube, body: kopf.Body, event: KubeEvent, trace_id: str | None) -> None:
+    """An Event annotated with the plan's trace_id; a failure to post never fails the reconcile."""
+    involved = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": body["metadata"]}
+    try:
+        await kube.post_event(
+            body["metadata"]["namespace"],
+            involved,
+            reason=event.reason,
+            message=event.message,
+            type_=event.type,
+            annotations={TRACE_ANNOTATION: trace_id} if trace_id else None,
+        )
+    except (KubeUnavailable, ApiException) as error:
+        log.warning("event %s not posted: %s", event.reason, error)
 
 
 def register(registry: kopf.OperatorRegistry, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:

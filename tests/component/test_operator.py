@@ -106,7 +106,9 @@ async def test_applied_masterplan_gets_owned_waves_conditions_trace_id_and_event
     # Every Event about the plan leads back to its trace.
     plan_events = [e for e in events if e["involvedObject"]["kind"] == "Masterplan"]
     assert plan_events
-    assert {e["metadata"]["annotations"]["mge.devmatrix.io/trace-id"] for e in plan_events} == {status["traceId"]}
+    assert {e["metadata"]["annotations"]["mge.devmatrix.io/trace-id"] for e in plan_events} == {
+        status["traceId"]
+    }
     assert {e["involvedObject"]["uid"] for e in plan_events} == {masterplan["metadata"]["uid"]}
 
 

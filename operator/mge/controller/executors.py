@@ -32,6 +32,7 @@ def executor_deployment(
     env_secrets: list[str],
     service_account: str,
     prices_config_map: str = "",
+    otel_endpoint: str = "",
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
     labels = {**COMPONENT_LABEL, **MANAGED_BY}
@@ -53,6 +54,9 @@ def executor_deployment(
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if otel_endpoint:
+        container["env"].append({"name": "MGE_OTEL_ENDPOINT", "value": otel_endpoint})
+        container["env"].append({"name": "OTEL_SERVICE_NAME", "value": "mge-executor"})
     if env_secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in env_secrets]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -157,6 +161,7 @@ async def sync_executors_once(
         env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
         service_account=settings.executor_service_account,
         prices_config_map=settings.executor_prices_config_map,
+        otel_endpoint=settings.otel_endpoint,
     )
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, OSError):

@@ -57,6 +57,7 @@ class RunResult:
     files_written: int
     held_by_budget: bool
     spend: Spend
+    trace_id: str
 
     @property
     def succeeded(self) -> bool:
@@ -86,10 +87,11 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             LOCAL_NAMESPACE,
             run.name,
         )
+        trace = trace or new_trace_id()
         plan_id, _ = await store.register_plan(
             namespace=LOCAL_NAMESPACE,
             name=run.name,
-            trace_id=trace or new_trace_id(),
+            trace_id=trace,
             generation=1,
             spec=run.spec.model_copy(update={"suspend": False}),
             atoms=run.atoms,
@@ -146,6 +148,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             files_written=written,
             held_by_budget=held_by_budget,
             spend=await ledger.spend(plan_id),
+            trace_id=trace,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

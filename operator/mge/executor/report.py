@@ -1,6 +1,7 @@
 """The final report of a local run: waves, atoms, failures with their blocked dependents, cost, tokens."""
 
 from decimal import Decimal
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -38,6 +39,8 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     share = spent / limit * 100 if limit else Decimal(0)
     table.add_row("Cost", f"{usd(spent)} of {usd(limit)} budget ({share:.2f}%)")
     table.add_row("Time", f"{result.seconds:.1f} s")
+    where = "" if run.state_dir == Path(".mge") / run.name else f" --state-dir {run.state_dir}"
+    table.add_row("Trace", f"{result.trace_id} (details: mge trace {run.name}{where})")
     if result.files_written:
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
     console.print(table)

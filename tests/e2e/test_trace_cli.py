@@ -1,0 +1,40 @@
+"""`mge trace` after a real `mge run`: the tree a user reads and the JSON a script reads, from the run's state."""
+
+import json
+import re
+
+import pytest
+
+from tests.e2e.test_local_run import HELLO, _mge, state  # noqa: F401  (state is a fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_trace_of_a_finished_run_shows_every_attempt_with_cost_and_the_runs_trace_id(tmp_path, state):  # noqa: F811
+    run = _mge("run", str(HELLO), "--out", str(tmp_path / "out"), "--state-dir", str(state))
+    assert run.returncode == 0, run.stdout + run.stderr
+    (trace_id,) = re.findall(r"Trace\s*│\s*([0-9a-f-]{36})", run.stdout)
+
+    as_json = _mge("trace", "hello", "--state-dir", str(state), "--json")
+    as_tree = _mge("trace", "hello", "--state-dir", str(state))
+
+    assert as_json.returncode == 0, as_json.stderr
+    tree = json.loads(as_json.stdout)
+    assert tree["trace_id"] == trace_id
+    assert [w["index"] for w in tree["waves"]] == [0, 1, 2, 3]
+    attempts = [a for w in tree["waves"] for atom in w["atoms"] for a in atom["attempts"]]
+    assert len(attempts) == 7
+    assert sorted(a["outcome"] for a in attempts) == ["invalid"] + ["succeeded"] * 6
+    assert all(len(a["span_id"]) == 16 for a in attempts)
+    assert float(tree["cost_usd"]) == pytest.approx(sum(float(a["cost_usd"]) for a in attempts))
+    assert as_tree.returncode == 0, as_tree.stderr
+    assert trace_id in as_tree.stdout
+    assert "attempt 2 valid" in as_tree.stdout
+    assert "SyntaxError" in as_tree.stdout
+
+
+def test_trace_without_a_run_says_how_to_get_one(tmp_path):
+    result = _mge("trace", "hello", "--state-dir", str(tmp_path / "none"))
+
+    assert result.returncode == 2
+    assert "run `mge run` first" in result.stderr

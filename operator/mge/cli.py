@@ -429,7 +429,9 @@ def api(
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: the API reads costs from Postgres")
     kube = _kube(settings, "use --no-kubernetes for a read-only API") if kubernetes else None
-    uvicorn.run(create_app(settings.database_url, kube), host=host, port=port, log_config=None)
+    uvicorn.run(
+        create_app(settings.database_url, kube, settings.redis_url), host=host, port=port, log_config=None
+    )
 
 
 def _kube(settings: "Settings", hint: str) -> "Kube":

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     executor_env_secrets: str = Field(
         "", description="Secret mounted as env into executors (DB URL, LLM key)."
     )
+    executor_env_config_maps: str = Field(
+        "", description="ConfigMaps mounted as env into executors (cache and batching settings)."
+    )
     executor_prices_config_map: str = Field(
         "", description="ConfigMap with prices.yaml, mounted into executors as MGE_PRICES_FILE."
     )

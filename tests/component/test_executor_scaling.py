@@ -26,6 +26,7 @@ SETTINGS = SimpleNamespace(
     executor_env_secrets="db,llm",
     executor_service_account="mge-executor",
     executor_prices_config_map="",
+    executor_env_config_maps="mge-cache",
 )
 
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     executor_env_secrets: str = Field(
         "", description="Secret mounted as env into executors (DB URL, LLM key)."
     )
+    executor_env_config_maps: str = Field(
+        "", description="ConfigMaps mounted as env into executors (cache and batching settings)."
+    )
     executor_prices_config_map: str = Field(
         "", description="ConfigMap with prices.yaml, mounted into executors as MGE_PRICES_FILE."
     )
@@ -50,6 +53,38 @@ class Settings(BaseSettings):
     )
     trace_metrics_seconds: float = Field(
         60.0, gt=0, description="How often trace coverage and correlations are recomputed."
+    )
+
+    # --- cache and batching (docs/cache.md) ---
+    redis_url: str = Field(
+        "", description="Redis for the prompt and RAG caches (redis://host:6379/0); empty = no cache."
+    )
+    cache_enabled: bool = Field(True, description="Use the prompt cache when redis_url is set.")
+    cache_llm_ttl_seconds: int = Field(
+        86400, ge=60, le=30 * 86400, description="Prompt-cache entry lifetime."
+    )
+    cache_rag_ttl_seconds: int = Field(3600, ge=60, le=7 * 86400, description="RAG-cache entry lifetime.")
+    cache_similarity_threshold: float = Field(
+        0.95, ge=0.8, le=1.0, description="Cosine similarity a RAG query needs to reuse another's results."
+    )
+    cache_max_entry_bytes: int = Field(
+        262144,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest compressed entry stored; bigger ones are skipped.",
+    )
+    cache_sampled_calls: bool = Field(
+        False, description="Also cache calls with temperature > 0 (they are sampled; off by default)."
+    )
+    embeddings_url: str = Field(
+        "", description="OpenAI-compatible base URL for /embeddings; empty = offline hashed n-grams."
+    )
+    embeddings_model: str = Field("text-embedding-3-small", description="Model sent to /embeddings.")
+    batch_enabled: bool = Field(False, description="Group small independent atoms into one LLM request.")
+    batch_max_size: int = Field(5, ge=1, le=20, description="Atoms per batched request at most.")
+    batch_window_ms: int = Field(500, ge=0, le=5000, description="How long a batch waits to fill up.")
+    batch_max_prompt_tokens: int = Field(
+        1500, ge=1, le=100_000, description="Atoms with larger prompts are never batched."
     )
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ EXPECTED = {
     "CostProjectedExceedsBudget",
     "LLMLatencyHigh",
     "DBLatencyHigh",
+    "CacheHitRateLow",
 }
 
 

@@ -265,3 +265,47 @@ def test_price_values_become_a_mounted_file_for_operator_and_executors():
 def test_a_price_without_output_is_rejected_by_the_values_schema():
     with pytest.raises(helm.HelmError, match="output"):
         render_chart({**WITH_SECRETS, "prices": {"house-model": {"input": 0.1}}})
+
+
+def test_cache_settings_go_to_executors_and_the_api_with_the_quick_start_redis_url():
+    docs = render_chart({**QUICK_START, "batching": {"enabled": True, "windowMs": 200}})
+    cache = _one(docs, "ConfigMap", "-cache")["data"]
+    operator_env = {
+        e["name"]: e.get("value")
+        for e in _one(docs, "Deployment", "mge-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    api = _one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+
+    assert cache["MGE_REDIS_URL"] == "redis://mge-operator-redis.mge-system.svc:6379/0"
+    assert (cache["MGE_CACHE_LLM_TTL_SECONDS"], cache["MGE_CACHE_RAG_TTL_SECONDS"]) == ("86400", "3600")
+    assert cache["MGE_CACHE_SIMILARITY_THRESHOLD"] == "0.95"
+    assert (cache["MGE_BATCH_ENABLED"], cache["MGE_BATCH_WINDOW_MS"]) == ("true", "200")
+    assert operator_env["MGE_EXECUTOR_ENV_CONFIG_MAPS"] == "mge-operator-cache"
+    assert {"configMapRef": {"name": "mge-operator-cache"}} in api["envFrom"]
+
+
+def test_a_redis_secret_replaces_the_quick_start_url_for_executors_and_the_api():
+    docs = render_chart({**WITH_SECRETS, "cache": {"existingSecret": "mge-redis"}})
+    operator_env = {
+        e["name"]: e.get("value")
+        for e in _one(docs, "Deployment", "mge-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+    assert "MGE_REDIS_URL" not in _one(docs, "ConfigMap", "-cache")["data"]
+    assert operator_env["MGE_EXECUTOR_ENV_SECRETS"] == "mge-db,mge-llm,mge-redis"
+    api = _one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "mge-redis"}} in api["envFrom"]
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"cache": {"similarityThreshold": 0.5}}, "similarityThreshold"),
+        ({"cache": {"llmTTLSeconds": 10}}, "llmTTLSeconds"),
+        ({"batching": {"maxSize": 0}}, "maxSize"),
+        ({"batching": {"windowMs": 60000}}, "windowMs"),
+    ],
+)
+def test_bad_cache_values_are_rejected_naming_the_field(values, field):
+    with pytest.raises(helm.HelmError, match=field):
+        render_chart({**WITH_SECRETS, **values})

@@ -27,6 +27,7 @@ SETTINGS = SimpleNamespace(
     executor_service_account="mge-executor",
     executor_prices_config_map="",
     otel_endpoint="",
+    executor_env_config_maps="mge-cache",
 )
 
 

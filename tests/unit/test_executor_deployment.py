@@ -37,6 +37,17 @@ def test_prices_config_map_is_mounted_and_named_in_the_environment():
     assert {"name": "prices", "configMap": {"name": "mge-prices"}} in pod["volumes"]
 
 
+def test_cache_settings_reach_executors_before_secrets_so_a_secret_redis_url_wins():
+    container = _deployment(env_config_maps=["mge-cache"])["spec"]["template"]["spec"]["containers"][0]
+
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "mge-cache"}},
+        {"secretRef": {"name": "db"}},
+        {"secretRef": {"name": "llm"}},
+    ]
+    assert deployment_drift(_deployment(), _deployment(env_config_maps=["mge-cache"]))["spec"]["template"]
+
+
 def test_no_patch_when_only_server_defaults_differ():
     existing = copy.deepcopy(_deployment())
     existing["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["fieldRef"]["apiVersion"] = (

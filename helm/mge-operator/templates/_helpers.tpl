@@ -58,11 +58,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Secrets mounted into executor pods as environment: database URL and LLM endpoint. */}}
+{{/* Secrets mounted into executor pods as environment: database URL, LLM endpoint, Redis URL. */}}
 {{- define "mge.executorSecrets" -}}
 {{- $secrets := list (include "mge.databaseSecret" .) -}}
 {{- if .Values.llm.existingSecret -}}
 {{- $secrets = append $secrets .Values.llm.existingSecret -}}
 {{- end -}}
+{{- if .Values.cache.existingSecret -}}
+{{- $secrets = append $secrets .Values.cache.existingSecret -}}
+{{- end -}}
 {{- join "," $secrets -}}
+{{- end -}}
+
+{{/* Redis URL of the quick-start Redis; with cache.existingSecret the Secret's MGE_REDIS_URL is used instead. */}}
+{{- define "mge.redisUrl" -}}
+{{- if and .Values.redis.deploy (not .Values.cache.existingSecret) -}}
+{{- printf "redis://%s-redis.%s.svc:6379/0" (include "mge.fullname" .) .Release.Namespace -}}
+{{- end -}}
 {{- end -}}

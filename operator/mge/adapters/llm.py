@@ -1,5 +1,6 @@
 """LLM clients: any OpenAI-compatible chat endpoint over HTTP, and the offline replay of recorded answers."""
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ class ChatRequest:
     trace_id: str = ""
     atom_id: str = ""
     attempt: int = 1
+    masterplan_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ class Completion:
     latency_s: float = 0.0
     # Calls that failed and were retried before this answer: 429/5xx/timeouts seen by the caller.
     retried_errors: tuple[str, ...] = field(default_factory=tuple)
+    # Served by our prompt cache: no LLM was called, nothing is spent (tokens are then 0).
+    from_cache: bool = False
 
 
 class LLMError(RuntimeError):
@@ -128,6 +132,10 @@ class OpenAICompatibleLLM:
             await self._session.close()
             self._session = None
 
+    def cache_identity(self, request: ChatRequest) -> dict[str, object]:
+        """What besides the request decides the answer: which endpoint serves the model."""
+        return {"endpoint": self._url}
+
     async def complete(self, request: ChatRequest) -> Completion:
         seen: list[str] = []
         try:
@@ -212,7 +220,9 @@ class ReplayLLM:
     def __init__(self, recording: Path) -> None:
         self.label = f"REPLAY of recorded responses {recording} (no LLM is called)"
         self._answers: dict[str, dict[int, str]] = {}
-        for number, line in enumerate(recording.read_text().splitlines(), start=1):
+        text = recording.read_text()
+        self._fingerprint = hashlib.sha256(text.encode()).hexdigest()
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -224,6 +234,10 @@ class ReplayLLM:
                 raise ValueError(
                     f"{recording}:{number}: expected {{atom, attempt, content}}: {error}"
                 ) from None
+
+    def cache_identity(self, request: ChatRequest) -> dict[str, object]:
+        """A replay answers by atom and attempt from one recording, whatever the prompt: all three are in the key."""
+        return {"recording": self._fingerprint, "atom": request.atom_id, "attempt": request.attempt}
 
     async def complete(self, request: ChatRequest) -> Completion:
         recorded = self._answers.get(request.atom_id)

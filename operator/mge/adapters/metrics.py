@@ -58,6 +58,36 @@ LLM_REQUESTS = Counter(
     "mge_llm_requests_total", "LLM calls by outcome (ok, overloaded, error), retries included.", ("outcome",)
 )
 
+# --- cache ---
+# Label `cache` is llm (prompt cache) or rag (retrieval cache); hit rate = hits / (hits + misses).
+CACHE_LABELS: Final = ("cache",)
+CACHE_HITS = Counter("v2_cache_hits_total", "Lookups answered from the cache.", CACHE_LABELS)
+CACHE_MISSES = Counter(
+    "v2_cache_misses_total", "Lookups of cacheable calls the cache could not answer.", CACHE_LABELS
+)
+CACHE_WRITES = Counter("v2_cache_writes_total", "Entries written to the cache.", CACHE_LABELS)
+CACHE_INVALIDATIONS = Counter(
+    "v2_cache_invalidations_total",
+    "Entries removed by invalidation (masterplan, model or all).",
+    CACHE_LABELS,
+)
+CACHE_ERRORS = Counter(
+    "v2_cache_errors_total",
+    "Cache failures (Redis down, timeout, corrupt entry); the call went to the LLM instead.",
+    (*CACHE_LABELS, "operation"),
+)
+CACHE_SAVINGS = Counter(
+    "v2_cache_cost_savings_usd_total", "LLM cost avoided by cache hits, at the price table.", CACHE_LABELS
+)
+BATCH_SIZE = Histogram(
+    "v2_batch_size", "Atoms per request sent by the request batcher.", buckets=(1, 2, 3, 4, 5, 8, 10, 20)
+)
+BATCH_REQUESTS = Counter(
+    "v2_batch_requests_processed_total",
+    "Atom requests through the batcher by outcome: batched, alone (nothing to pair with), fallback (batch unusable).",
+    ("outcome",),
+)
+
 # --- traceability ---
 TRACE_COVERAGE = Gauge(
     "v2_trace_coverage_percentage", "Share of stored rows carrying their Masterplan's trace_id (goal 100)."

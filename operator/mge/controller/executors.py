@@ -33,6 +33,7 @@ def executor_deployment(
     service_account: str,
     prices_config_map: str = "",
     otel_endpoint: str = "",
+    env_config_maps: list[str] | None = None,
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
     labels = {**COMPONENT_LABEL, **MANAGED_BY}
@@ -57,8 +58,11 @@ def executor_deployment(
     if otel_endpoint:
         container["env"].append({"name": "MGE_OTEL_ENDPOINT", "value": otel_endpoint})
         container["env"].append({"name": "OTEL_SERVICE_NAME", "value": "mge-executor"})
-    if env_secrets:
-        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in env_secrets]
+    # Config maps first: a Secret's value (e.g. MGE_REDIS_URL from cache.existingSecret) wins over a default.
+    env_from = [{"configMapRef": {"name": name}} for name in env_config_maps or []]
+    env_from += [{"secretRef": {"name": secret}} for secret in env_secrets]
+    if env_from:
+        container["envFrom"] = env_from
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if prices_config_map:
         container["env"].append({"name": "MGE_PRICES_FILE", "value": "/etc/mge/prices/prices.yaml"})
@@ -162,6 +166,7 @@ async def sync_executors_once(
         service_account=settings.executor_service_account,
         prices_config_map=settings.executor_prices_config_map,
         otel_endpoint=settings.otel_endpoint,
+        env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
     )
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, OSError):

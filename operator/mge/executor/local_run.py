@@ -13,8 +13,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from mge.adapters.embedded import EmbeddedPostgres
+from mge.adapters.cache import CacheSavings, LLMPromptCache, SavingsSummary, connect_redis
+from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
+from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.manifests import masterplan_file
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
@@ -41,6 +43,8 @@ class LocalRun:
     executors: int
     concurrency: int
     prices: Mapping[str, ModelPrice]
+    # Embedded Redis for the prompt cache, kept between runs (None = no cache).
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class RunResult:
     held_by_budget: bool
     spend: Spend
     trace_id: str
+    cache: SavingsSummary | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -74,6 +79,12 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
     postgres = EmbeddedPostgres(run.state_dir / "postgres")
     dsn = await asyncio.to_thread(postgres.start)
     store = await Store.connect(dsn, max_size=max(4, run.executors + 2))
+    redis = EmbeddedRedis(run.cache_dir) if run.cache_dir is not None else None
+    client = connect_redis(await asyncio.to_thread(redis.start)) if redis is not None else None
+    if client is not None:
+        llm = CachingLLM(
+            llm, cache=LLMPromptCache(client), prices=run.prices, savings=CacheSavings(store.pool)
+        )
     validator = CodeValidator()
     started = time.monotonic()
     stop = asyncio.Event()
@@ -149,6 +160,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             held_by_budget=held_by_budget,
             spend=await ledger.spend(plan_id),
             trace_id=trace,
+            cache=await CacheSavings(store.pool).summary(plan_id) if client is not None else None,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,6 +168,10 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         await validator.close()
         await store.close()
         await asyncio.to_thread(postgres.stop)
+        if client is not None:
+            await client.aclose()
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
 
 
 def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]

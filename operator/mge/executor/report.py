@@ -6,12 +6,23 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mge.adapters.cache import SavingsSummary
 from mge.executor.local_run import LocalRun, RunResult
 
 
 def usd(value: Decimal) -> str:
     """Dollars with cents, or with four decimals for the sub-dollar amounts of small runs."""
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+
+
+def cache_line(hits: int, calls: int, saved: SavingsSummary) -> str:
+    """Hits among all generations, and what they would have cost."""
+    lookups = hits + calls
+    rate = hits / lookups * 100 if lookups else 0.0
+    return (
+        f"{hits} of {lookups} generations from the prompt cache ({rate:.0f}%), "
+        f"{saved.prompt_tokens + saved.completion_tokens:,} tokens and {usd(saved.saved_usd)} avoided"
+    )
 
 
 def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
@@ -35,6 +46,8 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         "LLM calls", f"{result.calls} ({result.rejected_attempts} rejected by validation or errors)"
     )
     table.add_row("Tokens", f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion")
+    if result.cache is not None:
+        table.add_row("Cache", cache_line(result.cache.hits, result.calls, result.cache))
     spent = result.spend.spent_usd
     share = spent / limit * 100 if limit else Decimal(0)
     table.add_row("Cost", f"{usd(spent)} of {usd(limit)} budget ({share:.2f}%)")

@@ -12,7 +12,8 @@ from decimal import Decimal
 from typing import Final
 
 from mge.adapters import metrics, tracing
-from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError
+from mge.adapters.llm_cache import cached_answer, remember_answer
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
@@ -206,6 +207,20 @@ class Executor:
             atom, executor, f"gave up after {atom.max_attempts} attempts; last error: {last_error}"
         )
 
+    async def _call_llm(self, atom: ClaimedAtom, request: ChatRequest) -> Completion:
+        """One LLM call through the concurrency gate, its latency and outcome fed back to the limiter."""
+        async with self.gate.slot(
+            plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
+        ):
+            try:
+                with metrics.LLM_LATENCY.labels(atom.model).time():
+                    completion = await self.llm.complete(request)
+            except LLMError as failure:
+                self.gate.record(None, str(failure))
+                raise
+            self.gate.record(completion)
+        return completion
+
     async def _attempt(
         self,
         atom: ClaimedAtom,
@@ -245,31 +260,28 @@ class Executor:
             trace_id=str(atom.trace_id),
             atom_id=atom.atom_id,
             attempt=attempt,
+            masterplan_id=str(atom.masterplan_id),
         )
         worst_case = worst_case_call_cost(
             [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
         )
-        reservation = await self.ledger.reserve(atom, self.config.executor_id, worst_case)
-        if reservation is None:
-            return OUT_OF_BUDGET
+        # A cache hit spends nothing: no reservation, no LLM slot, no call.
+        hit = await cached_answer(self.llm, request)
+        reservation = None
+        if hit is None:
+            reservation = await self.ledger.reserve(atom, self.config.executor_id, worst_case)
+            if reservation is None:
+                return OUT_OF_BUDGET
         code: str | None = None
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
         try:
-            async with self.gate.slot(
-                plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
-            ):
-                try:
-                    with metrics.LLM_LATENCY.labels(atom.model).time():
-                        completion = await self.llm.complete(request)
-                except LLMError as failure:
-                    self.gate.record(None, str(failure))
-                    raise
-                self.gate.record(completion)
+            completion = hit or await self._call_llm(atom, request)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens = completion.cached_prompt_tokens
             code = extract_code(completion.content)
             await self.validator.validate(atom.language, atom.file, code)
+            await remember_answer(self.llm, request, completion)
             outcome = "succeeded"
         except LLMError as llm_failure:
             code, error, outcome = None, str(llm_failure), "llm_error"
@@ -282,16 +294,17 @@ class Executor:
                 price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
             )
             # Money spent is settled even if the attempt is then dropped or the task is cancelled.
-            await asyncio.shield(
-                self.ledger.settle(
-                    reservation,
-                    atom,
-                    amount=cost,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cached_tokens=cached_tokens,
+            if reservation is not None:
+                await asyncio.shield(
+                    self.ledger.settle(
+                        reservation,
+                        atom,
+                        amount=cost,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cached_tokens=cached_tokens,
+                    )
                 )
-            )
         if outcome == NO_SLOT_OUTCOME:
             return NO_SLOT
         still_ours = await self.store.record_attempt(
@@ -302,7 +315,7 @@ class Executor:
             error=error,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cached=False,
+            cached=hit is not None,
             cost_usd=cost,
             latency_ms=int((time.perf_counter() - started) * 1000),
             started_at=started_at,

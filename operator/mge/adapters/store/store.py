@@ -83,6 +83,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     rejected: int
+    # Attempts answered by the prompt cache: not LLM calls, not counted in `calls`.
+    cache_hits: int = 0
 
 
 _CLAIM_SQL: Final = """
@@ -505,13 +507,16 @@ class Store:
 
     async def usage(self, plan_id: uuid.UUID) -> Usage:
         row: Any = await self.pool.fetchrow(
-            """SELECT count(*) AS calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+            """SELECT count(*) FILTER (WHERE NOT cached) AS calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                       coalesce(sum(completion_tokens), 0) AS completion_tokens,
-                      count(*) FILTER (WHERE outcome <> 'succeeded') AS rejected
+                      count(*) FILTER (WHERE outcome <> 'succeeded') AS rejected,
+                      count(*) FILTER (WHERE cached) AS cache_hits
                FROM atom_attempts WHERE masterplan_id = $1""",
             plan_id,
         )
-        return Usage(row["calls"], row["prompt_tokens"], row["completion_tokens"], row["rejected"])
+        return Usage(
+            row["calls"], row["prompt_tokens"], row["completion_tokens"], row["rejected"], row["cache_hits"]
+        )
 
     async def failures(self, plan_id: uuid.UUID) -> list[tuple[str, str]]:
         rows = await self.pool.fetch(

@@ -255,12 +255,16 @@ def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
         rows,
     )
     ours, seed = figures["ours (adaptive)"], figures["seed rule (-10%/+5%)"]
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else (1.0 if a == b else float("inf"))
+
     better = [
-        ("goodput % of C", ours[0] > seed[0], ours[0] / seed[0]),
-        ("p95 / uncongested", ours[1] < seed[1], ours[1] / seed[1]),
-        ("429s", ours[2] < seed[2], ours[2] / seed[2] if seed[2] else float("inf")),
-        ("converge after halving", ours[3] < seed[3], ours[3] / seed[3]),
-        ("converge after doubling", ours[4] < seed[4], ours[4] / seed[4]),
+        ("goodput % of C", ours[0] > seed[0], ratio(ours[0], seed[0])),
+        ("p95 / uncongested", ours[1] < seed[1], ratio(ours[1], seed[1])),
+        ("429s", ours[2] < seed[2], ratio(ours[2], seed[2])),
+        ("converge after halving", ours[3] < seed[3], ratio(ours[3], seed[3])),
+        ("converge after doubling", ours[4] < seed[4], ratio(ours[4], seed[4])),
     ]
     print(
         "ours vs seed rule: "

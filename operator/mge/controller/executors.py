@@ -167,13 +167,7 @@ async def sync_executors_once(
     if existing is not None and decision.replicas != current:
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
-        with contextlib.suppress(KubeUnavailable):
-            await kube.post_event(
-                namespace,
-                {**existing, "kind": "Deployment", "apiVersion": "apps/v1"},
-                reason=reason,
-                message=message,
-            )
+        await _deployment_event(kube, namespace, existing, reason, message)
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(
@@ -201,13 +195,24 @@ async def _report_prometheus(
     if outage:
         reason, type_ = "PrometheusUnavailable", "Warning"
         message = (
-            f"Holding {replicas} executors: Prometheus cannot be queried (down, or no data for LLM/DB p95). "
-            "Check prometheus.url and that Prometheus scrapes the executors' /metrics on port 9100."
+            f"Holding {replicas} executors: Prometheus cannot be queried (unreachable or answering errors). "
+            "Check prometheus.url and that Prometheus is up."
         )
     else:
         reason, type_ = "PrometheusAvailable", "Normal"
         message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"
-    with contextlib.suppress(KubeUnavailable):
+    await _deployment_event(kube, namespace, deployment, reason, message, type_)
+
+
+async def _deployment_event(
+    kube: Kube,
+    namespace: str,
+    deployment: Mapping[str, Any],
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+) -> None:
+    with contextlib.suppress(KubeUnavailable):  # an Event is worth a try, never a failed reconcile
         await kube.post_event(
             namespace,
             {**deployment, "kind": "Deployment", "apiVersion": "apps/v1"},

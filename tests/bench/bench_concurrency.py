@@ -1,21 +1,30 @@
-"""Concurrency policies in a discrete-event simulation of an LLM provider with capacity C.
+"""Concurrency policies against an LLM provider with capacity C that halves mid-run and then doubles back.
 
-The provider answers in L seconds up to C concurrent calls; beyond C latency grows proportionally, and
-beyond 1.5 C calls are refused with 429 at once. C halves at 1/3 of the run and doubles back at 2/3.
-Compared side by side: fixed limits (low and high), the seed's rule (every 30 s: -10% if p95 > 2 s,
-else +5%), and our AIMD limiter. The simulation is deterministic (seeded) and takes a second or two.
+Two runs, each comparing side by side fixed limits (low and high), the seed's rule (every period: -10% if
+p95 is too high, else +5%) and our adaptive limiter:
+
+- a discrete-event simulation (deterministic, seeded, a few seconds of CPU), 600 simulated seconds;
+- a real-HTTP run: one real executor (real Postgres, real HTTP, validation) against the fake
+  OpenAI-compatible server, whose latency grows past C and which answers 429 past 1.5 C. It is time-scaled:
+  one 0.2 s call stands for a 3 s LLM call (15x), so the seed's 30 s period is 2 s here.
+
+The provider's latency past C is `base x in-flight / C`: throughput is flat from C up to the 429 point, so the
+best a policy can do is to keep in-flight just past C. Goodput is successful calls over C / base; p95 is the
+server-side latency over the uncongested p95; convergence is the time until the limit stays within
+[0.9, 1.25] x the new capacity (90% of each later period), in control periods.
 """
 
 import asyncio
+import bisect
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
-from mge.concurrency.limiter import AdaptiveLimiter, Outcome, SeedRuleLimiter
+from mge.concurrency.limiter import AdaptiveLimiter, CallLimiter, FixedLimiter, Outcome, SeedRuleLimiter
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
@@ -24,146 +33,140 @@ from tests.bench.common import fresh_database, layered_atoms, print_table, spec_
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.postgres import postgres_server
 
-BASE_LATENCY_S = 1.0
-TOKENS = 400
-CAPACITY = 40
-DURATION_S = 600.0
-PHASES = ((0.0, CAPACITY), (DURATION_S / 3, CAPACITY // 2), (2 * DURATION_S / 3, CAPACITY))
+# The seed's threshold is 2 s against the 1.5 s p95 it calls healthy: 4/3 of the uncongested latency.
+SEED_THRESHOLD_FACTOR = 2.0 / 1.5
+CONVERGED_BAND = (0.9, 1.25)
 
 
-def capacity_at(t: float) -> int:
-    return [c for start, c in PHASES if t >= start][-1]
+@dataclass(frozen=True)
+class Scenario:
+    capacity: int
+    base_latency_s: float
+    jitter_s: float
+    phase_s: float
+    period_s: float  # the seed rule's control period
+
+    @property
+    def phases(self) -> tuple[tuple[float, int], ...]:
+        c = self.capacity
+        return ((0.0, c), (self.phase_s, c // 2), (2 * self.phase_s, c))
+
+    @property
+    def duration_s(self) -> float:
+        return 3 * self.phase_s
+
+    def capacity_at(self, t: float) -> int:
+        return [c for start, c in self.phases if t >= start][-1]
+
+    @property
+    def ideal_calls(self) -> float:
+        return sum(self.phase_s * c for _, c in self.phases) / (self.base_latency_s + self.jitter_s / 2)
+
+    @property
+    def uncongested_p95_s(self) -> float:
+        return self.base_latency_s + 0.95 * self.jitter_s
+
+    def policies(self) -> dict[str, Callable[[], CallLimiter]]:
+        c = self.capacity
+        return {
+            f"fixed {c // 2} (low)": lambda: FixedLimiter(c // 2),
+            f"fixed {2 * c} (high)": lambda: FixedLimiter(2 * c),
+            # Started at the capacity, its best case (the seed's own start of 100 would take ~14 periods to
+            # come down), with the seed's bounds 10..200.
+            "seed rule (-10%/+5%)": lambda: SeedRuleLimiter(
+                minimum=10,
+                maximum=200,
+                limit=c,
+                period_s=self.period_s,
+                p95_threshold_s=SEED_THRESHOLD_FACTOR * self.base_latency_s,
+            ),
+            "ours (adaptive)": lambda: AdaptiveLimiter(minimum=1, maximum=4 * c, initial=2),
+        }
+
+
+SIMULATED = Scenario(capacity=40, base_latency_s=1.0, jitter_s=0.2, phase_s=200.0, period_s=30.0)
+REAL_HTTP = Scenario(capacity=16, base_latency_s=0.2, jitter_s=0.02, phase_s=10.0, period_s=2.0)
 
 
 @dataclass
 class Result:
     completed: int = 0
     rejected: int = 0
+    failed_atoms: int = 0
     latencies: list[float] = field(default_factory=list)
     limits: list[tuple[float, int]] = field(default_factory=list)
 
 
-def simulate(
-    limit_of: Callable[[], int], on_result: Callable[[bool, float, int, float], None], seed: int = 1
-) -> Result:
-    """Keep `limit_of()` calls in flight; `on_result(overloaded, latency, in_flight, now)` after each call."""
+def p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * 0.95)] if ordered else float("nan")
+
+
+def convergence_periods(result: Result, scenario: Scenario, phase: int) -> float | None:
+    """Control periods after phase `phase` starts until the limit is in the band for at least 90% of every
+    later control period of the phase (a probe of a round trip or two is not a failure to converge);
+    None if that never happens."""
+    start, target = scenario.phases[phase]
+    step = scenario.period_s / 10
+    grid = [start + i * step for i in range(int(scenario.phase_s / step))]
+    times = [t for t, _ in result.limits]
+    low, high = CONVERGED_BAND
+    inside = []
+    for t in grid:
+        at = bisect.bisect_right(times, t) - 1
+        inside.append(at >= 0 and low * target <= result.limits[at][1] <= high * target)
+    for first in range(len(grid) - 9):
+        windows = range(first, len(grid) - 9)
+        if all(sum(inside[j : j + 10]) >= 9 for j in windows):
+            return first * step / scenario.period_s
+    return None
+
+
+def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
+    """Keep `limiter.limit` calls in flight against the simulated provider; report every outcome back."""
     rnd = random.Random(seed)
     now, in_flight, result = 0.0, 0, Result()
     events: list[tuple[float, int, bool, float]] = []  # (finish time, seq, overloaded, latency)
     seq = 0
-    while now < DURATION_S:
-        while in_flight < limit_of():
-            capacity = capacity_at(now)
+    while now < scenario.duration_s:
+        while in_flight < limiter.limit:
+            capacity = scenario.capacity_at(now)
             if in_flight >= 1.5 * capacity:
                 latency, overloaded = 0.05, True
             else:
                 load = max(1.0, (in_flight + 1) / capacity)
-                latency, overloaded = BASE_LATENCY_S * load * rnd.uniform(0.9, 1.1), False
+                base = scenario.base_latency_s + rnd.random() * scenario.jitter_s
+                latency, overloaded = base * load, False
             in_flight += 1
             seq += 1
             heapq.heappush(events, (now + latency, seq, overloaded, latency))
         finish, _, overloaded, latency = heapq.heappop(events)
         now = finish
-        in_flight -= 1
         if overloaded:
             result.rejected += 1
         else:
             result.completed += 1
             result.latencies.append(latency)
-        on_result(overloaded, latency, in_flight + 1, now)
-        result.limits.append((now, limit_of()))
+        outcome = Outcome.OVERLOADED if overloaded else Outcome.OK
+        limiter.record(outcome, in_flight=in_flight, now=now, latency_s=latency, tokens=400)
+        in_flight -= 1
+        result.limits.append((now, limiter.limit))
     return result
 
 
-def fixed(limit: int) -> Result:
-    return simulate(lambda: limit, lambda *_: None)
-
-
-def seed_rule() -> Result:
-    limiter = SeedRuleLimiter(minimum=10, maximum=200, limit=100)
-    return simulate(
-        lambda: limiter.limit, lambda overloaded, latency, _, now: limiter.record(latency, now, overloaded)
-    )
-
-
-def ours() -> Result:
-    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
-
-    def record(overloaded: bool, latency: float, in_flight: int, now: float) -> None:
-        outcome = Outcome.OVERLOADED if overloaded else Outcome.OK
-        limiter.record(outcome, in_flight=in_flight, now=now, latency_s=latency, tokens=TOKENS)
-
-    return simulate(lambda: limiter.limit, record)
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[int(len(ordered) * 0.95)] if ordered else float("nan")
-
-
-def convergence_s(result: Result, start: float, target: int) -> float:
-    """Seconds after `start` until the limit stays within [0.8, 1.5] x target for the rest of the phase."""
-    end = start + DURATION_S / 3
-    samples = [(t, limit) for t, limit in result.limits if start <= t < end]
-    last_bad = start
-    for t, limit in samples:
-        if not 0.8 * target <= limit <= 1.5 * target:
-            last_bad = t
-    return last_bad - start
-
-
-def main() -> None:
-    bounds = [p[0] for p in PHASES[1:]] + [DURATION_S]
-    ideal = sum((end - start) * c for (start, c), end in zip(PHASES, bounds, strict=True)) / BASE_LATENCY_S
-    uncongested = p95(fixed(CAPACITY // 4).latencies)
-    policies = {
-        f"fixed {CAPACITY // 4}": fixed(CAPACITY // 4),
-        f"fixed {CAPACITY * 3}": fixed(CAPACITY * 3),
-        "seed 30 s rule": seed_rule(),
-        "ours (AIMD)": ours(),
-    }
-    rows = []
-    for name, result in policies.items():
-        rows.append(
-            (
-                name,
-                f"{100 * result.completed / ideal:.1f}%",
-                f"{p95(result.latencies) / uncongested:.2f}x",
-                result.rejected,
-                f"{convergence_s(result, PHASES[1][0], PHASES[1][1]):.0f} s",
-                f"{convergence_s(result, PHASES[2][0], PHASES[2][1]):.0f} s",
-            )
+async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Result:
+    """One executor (4 C atoms at a time) against the fake LLM server while its capacity changes."""
+    atoms_count = min(2000, int(scenario.ideal_calls * 1.3))  # 2000: the most one Masterplan holds inline
+    fake = FakeLLM(
+        FakeLLMConfig(
+            base_latency_s=scenario.base_latency_s,
+            latency_jitter_s=scenario.jitter_s,
+            capacity=scenario.capacity,
+            reject_factor=1.5,
         )
-    print(
-        f"Provider capacity {CAPACITY} -> {CAPACITY // 2} -> {CAPACITY} concurrent calls, "
-        f"{BASE_LATENCY_S:.0f} s per call, {DURATION_S:.0f} s simulated"
     )
-    print_table(
-        [
-            "policy",
-            "goodput % of C",
-            "p95 / uncongested p95",
-            "429s",
-            "converge after halving",
-            "after doubling",
-        ],
-        rows,
-    )
-    ours_row = rows[-1]
-    goodput, ratio = float(ours_row[1].rstrip("%")), float(ours_row[2].rstrip("x"))
-    converge = max(float(ours_row[4].split()[0]), float(ours_row[5].split()[0]))
-    checks = {
-        "goodput >= 95% of C": goodput >= 95,
-        "p95 <= 1.2x uncongested": ratio <= 1.2,
-        "converges within 90 s": converge <= 90,
-    }
-    print("ours: " + ", ".join(f"{goal} {'met' if ok else 'MISSED'}" for goal, ok in checks.items()))
-
-
-async def _real_run(server: str, limit: int | None, atoms_count: int = 960) -> tuple[float, float, int]:
-    """One executor (64 atoms at a time) against the fake LLM server with capacity 16; `limit=None` = adaptive."""
-    fake = FakeLLM(FakeLLMConfig(base_latency_s=0.2, capacity=16, reject_factor=1.5))
     await fake.start()
+    result = Result()
     async with fresh_database(server) as dsn:
         store = await Store.connect(dsn, max_size=80)
         validator = CodeValidator()
@@ -179,42 +182,131 @@ async def _real_run(server: str, limit: int | None, atoms_count: int = 960) -> t
             atoms=atoms,
             plan=plan,
         )
+        concurrency = 4 * scenario.capacity
         executor = Executor(
-            store, llm, validator, DEFAULT_PRICES, ExecutorConfig("bench", concurrency=64, idle_poll_s=0.05)
+            store,
+            llm,
+            validator,
+            DEFAULT_PRICES,
+            ExecutorConfig("bench", concurrency=concurrency, idle_poll_s=0.05, shutdown_grace_s=1.0),
         )
-        if limit is not None:
-            executor.gate.limiter.minimum = executor.gate.limiter.maximum = executor.gate.limiter.limit = (
-                limit
-            )
+        executor.gate.limiter = limiter
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(executor.run(stop))
-        while not (await store.progress(plan_id)).finished:
+        while (elapsed := time.perf_counter() - started) < scenario.duration_s:
+            fake.config.capacity = scenario.capacity_at(elapsed)
+            result.limits.append((elapsed, min(limiter.limit, concurrency)))
             await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        result.completed = fake.stats.completed
+        result.rejected = fake.stats.rejected
+        result.latencies = list(fake.stats.latencies_s)
         stop.set()
         await task
+        result.failed_atoms = (await store.progress(plan_id)).failed
         await llm.close()
         await validator.close()
         await store.close()
     await fake.stop()
-    ideal_s = atoms_count / 16 * 0.2
-    return ideal_s / elapsed, p95(fake.stats.latencies_s) / 0.2, fake.stats.rejected
+    return result
+
+
+def _periods(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
+def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
+    print(title)
+    rows = []
+    figures: dict[str, tuple[float, float, int, float, float]] = {}
+    for name, result in results.items():
+        goodput = 100 * result.completed / scenario.ideal_calls
+        ratio = p95(result.latencies) / scenario.uncongested_p95_s
+        halving = convergence_periods(result, scenario, 1)
+        doubling = convergence_periods(result, scenario, 2)
+        figures[name] = (
+            goodput,
+            ratio,
+            result.rejected,
+            float("inf") if halving is None else halving,
+            float("inf") if doubling is None else doubling,
+        )
+        rows.append(
+            (
+                name,
+                f"{goodput:.1f}%",
+                f"{ratio:.2f}x",
+                f"{result.rejected:,}",
+                _periods(halving),
+                _periods(doubling),
+                result.failed_atoms,
+            )
+        )
+    print_table(
+        [
+            "policy",
+            "goodput % of C",
+            "p95 / uncongested p95",
+            "429s",
+            "converge after halving (periods)",
+            "after doubling (periods)",
+            "failed atoms",
+        ],
+        rows,
+    )
+    ours, seed = figures["ours (adaptive)"], figures["seed rule (-10%/+5%)"]
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else (1.0 if a == b else float("inf"))
+
+    better = [
+        ("goodput % of C", ours[0] > seed[0], ratio(ours[0], seed[0])),
+        ("p95 / uncongested", ours[1] < seed[1], ratio(ours[1], seed[1])),
+        ("429s", ours[2] < seed[2], ratio(ours[2], seed[2])),
+        ("converge after halving", ours[3] < seed[3], ratio(ours[3], seed[3])),
+        ("converge after doubling", ours[4] < seed[4], ratio(ours[4], seed[4])),
+    ]
+    print(
+        "ours vs seed rule: "
+        + ", ".join(f"{row} {ratio:.2f}x ({'better' if ok else 'NOT better'})" for row, ok, ratio in better)
+    )
+    checks = {
+        "goodput >= 95% of C": ours[0] >= 95,
+        "p95 <= 1.2x uncongested": ours[1] <= 1.2,
+        "converges within 3 periods": max(ours[3], ours[4]) <= 3,
+    }
+    print("ours: " + ", ".join(f"{goal} {'met' if ok else 'MISSED'}" for goal, ok in checks.items()))
+    print()
+
+
+def simulation() -> None:
+    scenario = SIMULATED
+    results = {name: simulate(scenario, make()) for name, make in scenario.policies().items()}
+    report(
+        f"Simulation: capacity {scenario.capacity} -> {scenario.capacity // 2} -> {scenario.capacity} concurrent "
+        f"calls, {scenario.base_latency_s:.0f} s per call, {scenario.duration_s:.0f} s simulated, "
+        f"control period {scenario.period_s:.0f} s",
+        scenario,
+        results,
+    )
 
 
 async def real_http() -> None:
-    rows = []
+    scenario = REAL_HTTP
     with postgres_server() as server:
-        for name, limit in (("fixed 4", 4), ("fixed 64", 64), ("ours (AIMD)", None)):
-            goodput, latency, rejected = await _real_run(server, limit)
-            rows.append((name, f"{100 * goodput:.1f}%", f"{latency:.2f}x", rejected))
-    print()
-    print(
-        "Real HTTP: 960 atoms, one executor (64 at a time), fake LLM server with capacity 16 at 0.2 s per call"
+        results = {
+            name: await real_run(server, scenario, make()) for name, make in scenario.policies().items()
+        }
+    report(
+        f"Real HTTP: one executor ({4 * scenario.capacity} atoms at a time), fake LLM server at capacity "
+        f"{scenario.capacity} -> {scenario.capacity // 2} -> {scenario.capacity}, "
+        f"{scenario.base_latency_s} s per call, {scenario.phase_s:.0f} s per phase; time-scaled 15x "
+        f"(control period {scenario.period_s:.0f} s stands for 30 s)",
+        scenario,
+        results,
     )
-    print_table(["policy", "goodput % of C", "server p95 / uncongested", "429s"], rows)
 
 
 if __name__ == "__main__":
-    main()
+    simulation()
     asyncio.run(real_http())

@@ -164,6 +164,9 @@ def test_min_replicas_above_max_is_rejected_naming_both():
         ({"logLevel": "LOUD"}, "logLevel"),
         ({"surprise": True}, "surprise"),
         ({"executor": {"concurrency": 0}}, "concurrency"),
+        ({"executor": {"concurrency": -3}}, "concurrency"),
+        ({"executor": {"minReplicas": -1}}, "minReplicas"),
+        ({"executor": {"maxReplicas": 0}}, "maxReplicas"),
         ({"watchNamespaces": ["Bad_Name"]}, "watchNamespaces"),
     ],
 )

@@ -91,6 +91,10 @@ async def prometheus():
 
     async def query(request: web.Request) -> web.Response:
         promql = request.query["query"]
+        if "down" in answers:  # what Prometheus answers when its storage or a rule evaluation is broken
+            return web.json_response(
+                {"status": "error", "errorType": "unavailable", "error": "down"}, status=503
+            )
         value = next((v for key, v in answers.items() if key in promql), None)
         result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
@@ -188,3 +192,30 @@ async def test_scaling_decisions_are_events_on_the_executor_deployment(pg):
     (event,) = events
     assert (event["reason"], event["involvedObject"]["name"]) == ("ScaledUp", "mge-executor")
     assert event["message"].startswith("4 -> 8 executors: scale up")
+
+
+async def test_a_prometheus_outage_is_one_warning_event_and_its_end_one_more(pg, prometheus):
+    await _queue(pg, 4)
+    query, answers = prometheus
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=0)  # creates the Deployment
+            answers["down"] = None
+            for tick in range(1, 4):
+                await sync_executors_once(
+                    kube, store, "ops", SETTINGS, policy, now=tick * 30, prometheus=query
+                )
+            del answers["down"]
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=120, prometheus=query)
+        finally:
+            await store.close()
+            kube.close()
+        events = [e for e in api.objects_of("events", "ops") if e["reason"].startswith("Prometheus")]
+
+    assert sorted((e["reason"], e["type"]) for e in events) == [  # the fake API lists them unordered
+        ("PrometheusAvailable", "Normal"),
+        ("PrometheusUnavailable", "Warning"),
+    ]
+    warning = next(e for e in events if e["type"] == "Warning")
+    assert "Holding 1 executors" in warning["message"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mge.concurrency.limiter import AdaptiveLimiter, Outcome, SeedRuleLimiter
+from mge.concurrency.limiter import PROBE_AFTER_S, AdaptiveLimiter, FixedLimiter, Outcome, SeedRuleLimiter
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import Observation, ScalerPolicy
 
@@ -54,15 +54,83 @@ def test_the_limit_only_grows_while_it_is_used():
     assert limiter.limit == 8
 
 
-def test_latency_per_token_above_the_baseline_is_overload():
+def _warm(limiter: AdaptiveLimiter, calls: int = 40, latency_s: float = 1.0, now: float = 0.0) -> None:
+    """Uncongested calls at full use: enough for the baseline to form (it needs BASELINE_CALLS samples)."""
+    for _ in range(calls):
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=latency_s, tokens=100)
+
+
+def test_latency_per_token_well_above_the_baseline_cuts_the_limit():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
-    limiter.record(Outcome.OK, in_flight=10, now=0.0, latency_s=1.0, tokens=100)
-
     limiter.slow_start = False
-    limiter.record(Outcome.OK, in_flight=10, now=3.0, latency_s=4.0, tokens=100)
+    _warm(limiter)
+    before = limiter.limit
 
-    assert limiter.limit == 9
+    for i in range(20):
+        limiter.record(Outcome.OK, in_flight=before, now=5.0 + i * 0.01, latency_s=1.6, tokens=100)
+
+    assert limiter.limit == int(before * 0.9)
     assert limiter.adjustments[-1].reason == "latency per token rose"
+
+
+def test_latency_a_little_above_the_baseline_holds_the_limit_at_capacity():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.slow_start = False
+    _warm(limiter)
+    before = limiter.limit
+
+    for i in range(200):  # 1.1x: queueing has begun, but not enough to cut
+        limiter.record(Outcome.OK, in_flight=before, now=5.0 + i * 0.01, latency_s=1.1, tokens=100)
+
+    # At most one step while the smoothed latency catches up, then no more growth and no cut.
+    assert before <= limiter.limit <= before + 1
+
+
+def test_no_latency_signal_before_the_baseline_has_enough_calls():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=8)
+    limiter.slow_start = False
+    limiter.record(Outcome.OK, in_flight=8, now=0.0, latency_s=0.5, tokens=100)  # one lucky fast answer
+
+    for i in range(8):
+        limiter.record(Outcome.OK, in_flight=8, now=1.0 + i, latency_s=1.0, tokens=100)
+
+    assert limiter.baseline_s_per_token is None
+    assert limiter.limit == 9  # grew additively; the early fast call did not make the rest look slow
+
+
+def test_latency_is_compared_per_output_token():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.slow_start = False
+    _warm(limiter)
+    before = limiter.limit
+
+    for i in range(50):  # twice as long answers, twice the latency: the same speed
+        limiter.record(Outcome.OK, in_flight=before, now=5.0 + i * 0.01, latency_s=2.0, tokens=200)
+
+    assert limiter.limit > before
+
+
+def test_a_long_hold_drains_briefly_to_re_measure_the_baseline_then_restores():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
+    limiter.slow_start = False
+    _warm(limiter)
+    now = 1.0
+    for _ in range(40):  # settles just past capacity
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=1.1, tokens=100)
+        now += 0.5
+    held = limiter.limit
+    while limiter.limit == held and now < 1.0 + 3 * PROBE_AFTER_S:
+        limiter.record(Outcome.OK, in_flight=held, now=now, latency_s=1.1, tokens=100)
+        now += 0.5
+    assert limiter.limit == int(held * 0.75)
+    assert limiter.adjustments[-1].reason == "draining briefly to re-measure the baseline"
+
+    for _ in range(30):  # the drained limit sees uncongested calls for two round trips
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=1.0, tokens=100)
+        now += 0.5
+
+    assert held <= limiter.limit <= held + 1
+    assert "baseline re-measured; limit restored" in [a.reason for a in limiter.adjustments]
 
 
 def test_bounds_hold():
@@ -79,14 +147,37 @@ def test_invalid_bounds_are_rejected_naming_them():
         AdaptiveLimiter(minimum=5, maximum=10, initial=2)
 
 
+def _seed(seed: SeedRuleLimiter, latency_s: float, now: float, in_flight: int = 100) -> None:
+    seed.record(Outcome.OK, in_flight=in_flight, now=now, latency_s=latency_s)
+
+
 def test_seed_rule_moves_once_per_period():
     seed = SeedRuleLimiter(limit=100)
-    seed.record(3.0, now=0.0)
+    _seed(seed, 3.0, now=0.0)
+    _seed(seed, 3.0, now=30.0)
     assert seed.limit == 90
-    seed.record(0.5, now=10.0)
+    _seed(seed, 0.5, now=40.0)
     assert seed.limit == 90
-    seed.record(0.5, now=30.0)
+    _seed(seed, 0.5, now=60.0)
     assert seed.limit == 94
+
+
+def test_seed_rule_grows_only_when_more_than_80_percent_is_used_and_never_below_20():
+    idle = SeedRuleLimiter(limit=100)
+    _seed(idle, 0.5, now=0.0, in_flight=50)
+    _seed(idle, 0.5, now=30.0, in_flight=50)
+    stuck = SeedRuleLimiter(limit=19)
+    _seed(stuck, 0.5, now=0.0, in_flight=19)
+    _seed(stuck, 0.5, now=30.0, in_flight=19)
+
+    assert (idle.limit, stuck.limit) == (100, 19)  # floor(19 x 1.05) = 19, as the seed specifies
+
+
+def test_fixed_limiter_never_moves():
+    fixed = FixedLimiter(12)
+    fixed.record(Outcome.OVERLOADED, in_flight=12, now=0.0)
+
+    assert fixed.limit == 12
 
 
 def _scaler(minimum=0, maximum=20):

@@ -156,7 +156,10 @@ async def sync_executors_once(
     """One pass: observe the queue, let the damped policy decide, make the Deployment match."""
     existing = await kube.read_deployment(namespace, settings.executor_name)
     current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
+    was_blind = prometheus is not None and prometheus.failing
     decision = policy.decide(current, await observe(store, prometheus), now)
+    if existing is not None and prometheus is not None and prometheus.failing != was_blind:
+        await _report_prometheus(kube, namespace, existing, outage=prometheus.failing, replicas=current)
     desired = executor_deployment(
         name=settings.executor_name,
         image=settings.executor_image,
@@ -174,13 +177,7 @@ async def sync_executors_once(
     if existing is not None and decision.replicas != current:
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
-        with contextlib.suppress(KubeUnavailable):
-            await kube.post_event(
-                namespace,
-                {**existing, "kind": "Deployment", "apiVersion": "apps/v1"},
-                reason=reason,
-                message=message,
-            )
+        await _deployment_event(kube, namespace, existing, reason, message)
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(
@@ -199,6 +196,40 @@ async def sync_executors_once(
             decision.reason,
         )
     return decision
+
+
+async def _report_prometheus(
+    kube: Kube, namespace: str, deployment: Mapping[str, Any], *, outage: bool, replicas: int
+) -> None:
+    """One Event when an outage starts and one when it ends (not one per period), on the executor Deployment."""
+    if outage:
+        reason, type_ = "PrometheusUnavailable", "Warning"
+        message = (
+            f"Holding {replicas} executors: Prometheus cannot be queried (unreachable or answering errors). "
+            "Check prometheus.url and that Prometheus is up."
+        )
+    else:
+        reason, type_ = "PrometheusAvailable", "Normal"
+        message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"
+    await _deployment_event(kube, namespace, deployment, reason, message, type_)
+
+
+async def _deployment_event(
+    kube: Kube,
+    namespace: str,
+    deployment: Mapping[str, Any],
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+) -> None:
+    with contextlib.suppress(KubeUnavailable):  # an Event is worth a try, never a failed reconcile
+        await kube.post_event(
+            namespace,
+            {**deployment, "kind": "Deployment", "apiVersion": "apps/v1"},
+            reason=reason,
+            message=message,
+            type_=type_,
+        )
 
 
 async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mge.adapters import metrics
 from mge.adapters.llm import Completion
-from mge.concurrency.limiter import AdaptiveLimiter, Outcome
+from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
 
 _OVERLOAD_MARKERS = ("HTTP 429", "HTTP 503", "HTTP 502", "HTTP 504", "timeout")
@@ -28,9 +28,7 @@ class _Waiter:
 
 
 class CallGate:
-    def __init__(
-        self, limiter: AdaptiveLimiter, executor_id: str, *, queue_size: int, timeout_s: float
-    ) -> None:
+    def __init__(self, limiter: CallLimiter, executor_id: str, *, queue_size: int, timeout_s: float) -> None:
         self.limiter = limiter
         self.in_flight = 0
         self.queue: BackpressureQueue[_Waiter] = BackpressureQueue(max_size=queue_size, timeout_s=timeout_s)

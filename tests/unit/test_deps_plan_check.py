@@ -44,3 +44,8 @@ def test_agreement_counts_and_ignores_what_tsc_cannot_see() -> None:
     assert (result.precision, result.recall) == (0.5, 0.5)
     assert result.false_negative == {("a.ts", "e.ts")}
     assert result.beyond_truth == {("a.ts", "c.ts")}
+
+
+def test_parent_package_edges_do_not_demand_an_order() -> None:
+    graph = DependencyGraph(edges=[Edge("pkg/a.py", "pkg/__init__.py", EdgeKind.PACKAGE, 1, "pkg.a")])
+    assert check_plan([("a", "pkg/a.py", []), ("init", "pkg/__init__.py", [])], graph).verified

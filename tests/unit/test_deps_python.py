@@ -15,8 +15,12 @@ def test_relative_import_resolves_against_the_importing_package() -> None:
 
 def test_importing_a_submodule_also_needs_every_parent_package() -> None:
     files = {"a/__init__.py": "", "a/b/__init__.py": "", "a/b/c.py": "", "main.py": "import a.b.c\n"}
-    targets = {t for s, t, _ in _pairs(files) if s == "main.py"}
-    assert targets == {"a/__init__.py", "a/b/__init__.py", "a/b/c.py"}
+    targets = {(t, k) for s, t, k in _pairs(files) if s == "main.py"}
+    assert targets == {
+        ("a/__init__.py", EdgeKind.PACKAGE),
+        ("a/b/__init__.py", EdgeKind.PACKAGE),
+        ("a/b/c.py", EdgeKind.STATIC),
+    }
 
 
 def test_from_package_import_submodule_points_at_the_submodule() -> None:
@@ -84,3 +88,8 @@ def test_syntax_error_is_reported_as_unresolved_with_line() -> None:
     graph = analyze_python({"bad.py": "def broken(:\n"})
     assert graph.unresolved[0].file == "bad.py"
     assert "syntax error" in graph.unresolved[0].reason
+
+
+def test_from_package_import_submodules_runs_the_package_only_as_a_parent() -> None:
+    files = {"pkg/__init__.py": "", "pkg/sub.py": "", "main.py": "from pkg import sub\n"}
+    assert ("main.py", "pkg/__init__.py", EdgeKind.PACKAGE) in _pairs(files)

@@ -6,11 +6,13 @@ import posixpath
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mge.adapters.typescript import TypeScriptUnavailable, node_modules_path
+from mge.deps.compare import PlanCheck, check_plan
 from mge.deps.graph import DependencyGraph, EdgeKind
 from mge.deps.python import analyze_python
 from mge.deps.tsconfig import TsConfig, TsConfigError, extends_of, merge_chain, parse_jsonc
@@ -181,3 +183,11 @@ def _project_path(base: Path, written: str) -> str | None:
     except ValueError:
         return None
     return None if relative.split("/")[0] in SKIPPED_DIRS or "/node_modules/" in relative else relative
+
+
+def check_generated(atoms: Iterable[tuple[str, str, Sequence[str]]], root: Path) -> PlanCheck | str:
+    """The plan's dependsOn against the generated project, or why the project could not be analysed."""
+    try:
+        return check_plan(atoms, analyze_folder(root))
+    except (TsConfigError, TypeScriptUnavailable, OSError) as error:
+        return f"dependencies not checked: {error}"

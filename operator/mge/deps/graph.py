@@ -11,6 +11,9 @@ class EdgeKind(StrEnum):
     DYNAMIC = "dynamic"
     REQUIRE = "require"
     RE_EXPORT = "re-export"
+    # Python: importing `a.b.c` first runs `a/__init__.py` and `a/b/__init__.py`. A runtime dependency, but
+    # not one the importing code's author relies on, and packages often import their own submodules.
+    PACKAGE = "package"
 
 
 @dataclass(frozen=True, order=True)

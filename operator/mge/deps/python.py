@@ -189,9 +189,12 @@ def analyze_python(files: Mapping[str, str]) -> DependencyGraph:
             graph.unresolved.append(Unresolved(path, line, specifier, reason))
         for item in fact.imports:
             found = item.module in modules
+            only_submodules = bool(item.names) and all(f"{item.module}.{n}" in modules for n in item.names)
             for parent in _chain(item.module):
                 if parent in modules:
-                    graph.edges.append(Edge(path, modules[parent], item.kind, item.line, item.specifier))
+                    own = parent == item.module and not only_submodules
+                    kind = item.kind if own else EdgeKind.PACKAGE
+                    graph.edges.append(Edge(path, modules[parent], kind, item.line, item.specifier))
             for name in item.names:
                 submodule = f"{item.module}.{name}"
                 if submodule in modules:

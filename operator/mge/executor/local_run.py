@@ -13,12 +13,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres
 from mge.adapters.llm import LLM
 from mge.adapters.manifests import masterplan_file
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
+from mge.deps.compare import PlanCheck
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
@@ -57,6 +59,8 @@ class RunResult:
     files_written: int
     held_by_budget: bool
     spend: Spend
+    # The plan's dependsOn against the imports of the generated project (or why it was not checked).
+    dependencies: PlanCheck | str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -132,6 +136,8 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         written = (
             _write_project(run, await store.outputs(plan_id)) if not (interrupted or held_by_budget) else 0
         )
+        declared = [(atom.id, atom.file, atom.depends_on) for atom in run.atoms]
+        dependencies = await asyncio.to_thread(check_generated, declared, run.out) if written else None
         usage = await store.usage(plan_id)
         return RunResult(
             progress=progress,
@@ -146,6 +152,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             files_written=written,
             held_by_budget=held_by_budget,
             spend=await ledger.spend(plan_id),
+            dependencies=dependencies,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

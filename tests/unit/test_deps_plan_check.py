@@ -2,6 +2,8 @@
 
 from mge.deps.compare import agreement, check_plan
 from mge.deps.graph import DependencyGraph, Edge, EdgeKind
+from mge.deps.status import decide_dependencies
+from mge.models.conditions import ConditionStatus, Reason
 
 
 def _graph(*pairs: tuple[str, str]) -> DependencyGraph:
@@ -49,3 +51,18 @@ def test_agreement_counts_and_ignores_what_tsc_cannot_see() -> None:
 def test_parent_package_edges_do_not_demand_an_order() -> None:
     graph = DependencyGraph(edges=[Edge("pkg/a.py", "pkg/__init__.py", EdgeKind.PACKAGE, 1, "pkg.a")])
     assert check_plan([("a", "pkg/a.py", []), ("init", "pkg/__init__.py", [])], graph).verified
+
+
+def test_missing_imports_make_the_condition_false_and_say_what_to_add() -> None:
+    check = check_plan([("api", "api.ts", []), ("model", "model.ts", [])], _graph(("api.ts", "model.ts")))
+    decision = decide_dependencies(check)
+    assert (decision.status, decision.reason) == (ConditionStatus.FALSE, Reason.IMPORTS_MISSING_FROM_PLAN)
+    assert decision.additions == {"api": ["model"]}
+    assert "add to dependsOn (api: [model]) and re-run" in decision.message
+
+
+def test_plan_ordering_every_import_verifies() -> None:
+    decision = decide_dependencies(
+        check_plan([("a", "a.ts", ["b"]), ("b", "b.ts", [])], _graph(("a.ts", "b.ts")))
+    )
+    assert (decision.status, decision.reason) == (ConditionStatus.TRUE, Reason.IMPORTS_MATCH_PLAN)

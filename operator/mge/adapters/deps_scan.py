@@ -129,14 +129,19 @@ def scan_sources(root: Path, files: list[str]) -> list[SourceFacts]:
     ]
 
 
-def analyze_folder(root: Path) -> DependencyGraph:
-    """The file graph of every Python and TypeScript/JavaScript source under `root`."""
+def analyze_folder(root: Path, tsconfig: str = "tsconfig.json", sources_under: str = "") -> DependencyGraph:
+    """The file graph of every Python and TypeScript/JavaScript source under `root`.
+
+    `sources_under` limits the parsed sources to one folder (a package's `src/` next to its `dist/`);
+    resolution still sees every file.
+    """
     files = project_files(root)
-    python = {file: (root / file).read_text(errors="replace") for file in files if file.endswith(".py")}
+    parsed = [file for file in files if file.startswith(sources_under)]
+    python = {file: (root / file).read_text(errors="replace") for file in parsed if file.endswith(".py")}
     graph = analyze_python(python)
-    sources = [file for file in files if is_source(file)]
+    sources = [file for file in parsed if is_source(file)]
     if sources:
-        resolver = Resolver(files, load_tsconfig(root), _packages(root, files))
+        resolver = Resolver(files, load_tsconfig(root, tsconfig), _packages(root, files))
         graph = graph.merge(analyze_typescript(scan_sources(root, sources), resolver))
     return graph
 
@@ -144,13 +149,14 @@ def analyze_folder(root: Path) -> DependencyGraph:
 _IMPORTED = re.compile(r"^\s+(?:Imported|Referenced) via .+? from file '(?P<source>[^']+)'")
 
 
-def tsc_edges(root: Path) -> tuple[set[str], set[tuple[str, str]]]:
-    root = root.resolve()
+def tsc_edges(root: Path, tsconfig: str = "tsconfig.json") -> tuple[set[str], set[tuple[str, str]]]:
     """Ground truth from tsc `--explainFiles`: the program's project files and who imports each one."""
+    root = root.resolve()
     tsc = node_modules_path() / "typescript" / "bin" / "tsc"
-    command = [_node(), str(tsc), "--noEmit", "--explainFiles", "--pretty", "false"]
-    if (root / "tsconfig.json").exists():
-        command += ["-p", str(root / "tsconfig.json")]
+    # --listFilesOnly stops after module resolution: the explanation without a type check.
+    command = [_node(), str(tsc), "--noEmit", "--explainFiles", "--listFilesOnly", "--pretty", "false"]
+    if (root / tsconfig).exists():
+        command += ["-p", str(root / tsconfig)]
     else:
         sources = [file for file in project_files(root) if is_source(file)]
         command += [

@@ -111,7 +111,7 @@ def validate(folder: Folder) -> None:
     for unresolved in graph.unresolved:
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
     console.print(
-        f"precision {result.precision:.1%}  recall {result.recall:.1%}  "
+        f"precision {result.precision:.1%}  recall {result.recall:.1%}  F1 {result.f1:.1%}  "
         f"({len(result.true_positive)} agreed, {len(result.false_positive)} extra, {len(result.false_negative)} missed; "
         f"ours {ours_s:.2f}s, tsc {tsc_s:.2f}s)",
         highlight=False,

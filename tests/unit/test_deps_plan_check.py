@@ -43,7 +43,7 @@ def test_agreement_counts_and_ignores_what_tsc_cannot_see() -> None:
         ]
     )
     result = agreement(graph, {("a.ts", "b.ts"), ("a.ts", "e.ts")})
-    assert (result.precision, result.recall) == (0.5, 0.5)
+    assert (result.precision, result.recall, result.f1) == (0.5, 0.5, 0.5)
     assert result.false_negative == {("a.ts", "e.ts")}
     assert result.beyond_truth == {("a.ts", "c.ts")}
 

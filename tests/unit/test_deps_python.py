@@ -93,3 +93,8 @@ def test_syntax_error_is_reported_as_unresolved_with_line() -> None:
 def test_from_package_import_submodules_runs_the_package_only_as_a_parent() -> None:
     files = {"pkg/__init__.py": "", "pkg/sub.py": "", "main.py": "from pkg import sub\n"}
     assert ("main.py", "pkg/__init__.py", EdgeKind.PACKAGE) in _pairs(files)
+
+
+def test_script_outside_any_package_path_still_has_its_imports() -> None:
+    files = {"app/__init__.py": "", "app/core.py": "", "tools/run-me.py": "from app import core\n"}
+    assert ("tools/run-me.py", "app/core.py", EdgeKind.STATIC) in _pairs(files)

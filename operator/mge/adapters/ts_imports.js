@@ -28,7 +28,9 @@ function literalText(node) {
 }
 
 function scan(file, text) {
-  const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, false, scriptKind(file));
+  // JSDoc holds no module references in TypeScript files; skipping it makes parsing about twice as fast.
+  const options = { languageVersion: ts.ScriptTarget.Latest, jsDocParsingMode: ts.JSDocParsingMode.ParseForTypeScriptFiles };
+  const sf = ts.createSourceFile(file, text, options, false, scriptKind(file));
   const specifiers = [];
   const exports = new Set();
   const importBindings = new Map(); // local name -> [specifier, imported name]

@@ -111,6 +111,11 @@ class Agreement:
         expected = len(self.true_positive) + len(self.false_negative)
         return len(self.true_positive) / expected if expected else 1.0
 
+    @property
+    def f1(self) -> float:
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
+
 
 def agreement(
     graph: DependencyGraph, truth: set[tuple[str, str]], program: set[str] | None = None

@@ -168,8 +168,13 @@ def analyze_python(files: Mapping[str, str]) -> DependencyGraph:
     """The file graph of the Python files among `files` (project-relative path -> source text)."""
     modules = module_names(files)
     module_of = {path: name for name, path in modules.items()}
-    facts = {path: _facts(path, module_of.get(path, ""), files[path]) for path in module_of}
-    graph = DependencyGraph(files=sorted(module_of))
+    # Scripts outside any importable path (`tools/run-me.py`) still import project modules.
+    facts = {
+        path: _facts(path, module_of.get(path, ""), source)
+        for path, source in files.items()
+        if path.endswith(".py")
+    }
+    graph = DependencyGraph(files=sorted(facts))
 
     def follow(module: str, name: str, depth: int) -> str | None:
         """The file that really defines `name` offered by `module`, following `__init__` re-exports."""

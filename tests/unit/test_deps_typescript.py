@@ -165,3 +165,9 @@ def test_base_url_makes_paths_relative_to_it() -> None:
 def test_invalid_tsconfig_names_the_file() -> None:
     with pytest.raises(TsConfigError, match=r"tsconfig.json: not valid JSON"):
         parse_jsonc("{ nope", "tsconfig.json")
+
+
+def test_json_modules_resolve_only_with_resolve_json_module() -> None:
+    files = ["data.json", "m.ts"]
+    assert _resolver(files).resolve("./data.json", "m.ts") is None
+    assert _resolver(files, TsConfig(resolve_json=True)).resolve("./data.json", "m.ts") == "data.json"

@@ -132,8 +132,11 @@ class Resolver:
                     if self._exists(stem + extension):
                         return stem + extension
                 return path if self._exists(path) else None
-        if path.endswith((".ts", ".tsx", ".mts", ".cts", ".json")) and self._exists(path):
+        if path.endswith((".ts", ".tsx", ".mts", ".cts")) and self._exists(path):
             return path
+        if path.endswith(".json"):
+            # tsc imports JSON modules only with resolveJsonModule.
+            return path if self.config.resolve_json and self._exists(path) else None
         for extension in TS_EXTENSIONS + (JS_EXTENSIONS if self.config.allow_js else ()):
             if self._exists(path + extension):
                 return path + extension

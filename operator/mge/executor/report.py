@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mge.deps.compare import PlanCheck
+from mge.deps.status import decide_dependencies
 from mge.executor.local_run import LocalRun, RunResult
 
 
@@ -64,6 +65,9 @@ def print_dependency_warnings(console: Console, dependencies: PlanCheck | str | 
     """Imports the plan does not order: the atom may have been generated before the code it uses."""
     if isinstance(dependencies, str):
         console.print(f"[yellow]warning[/] {dependencies}", highlight=False)
-    elif dependencies is not None:
+    elif dependencies is not None and dependencies.missing:
         for edge in dependencies.missing:
             console.print(f"[yellow]warning[/] missing dependsOn: {edge}", highlight=False)
+        additions = decide_dependencies(dependencies).additions
+        listed = "; ".join(f"{atom}: add {', '.join(needs)}" for atom, needs in additions.items())
+        console.print(f"Before a re-run, extend dependsOn in the Masterplan ({listed}).", highlight=False)

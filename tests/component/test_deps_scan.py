@@ -110,3 +110,12 @@ def test_analyze_json_lists_edges(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["deps", "analyze", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert '"kind": "side-effect"' in result.output
+
+
+def test_computed_require_and_a_missing_folder_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.js").write_text("const name = 'x';\nconst m = require(name);\n")
+    graph = analyze_folder(tmp_path)
+    assert [str(u) for u in graph.unresolved] == ["a.js:2: name (require() with a computed argument)"]
+    result = CliRunner().invoke(app, ["deps", "analyze", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "is not a folder" in result.output

@@ -291,12 +291,13 @@ def analyze_typescript(facts: Iterable[SourceFacts], resolver: Resolver) -> Depe
                     resolver.resolve_pattern(spec.prefix, spec.suffix, fact.file) if spec.prefix else []
                 )
                 if not candidates:
+                    what = "require() with a computed argument" if spec.kind is EdgeKind.REQUIRE else None
                     graph.unresolved.append(
                         Unresolved(
                             fact.file,
                             spec.line,
                             spec.text or "import(?)",
-                            "dynamic import with a computed specifier",
+                            what or "dynamic import with a computed specifier",
                         )
                     )
                 graph.edges.extend(

@@ -16,6 +16,9 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/node typescript@5.9.3
+	# Dependency benchmark: the two baselines and three TypeScript packages that ship their sources.
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node dependency-cruiser@17.4.3 \
+		madge@8.0.0 rxjs@7.8.2 @tanstack/query-core@5.108.4 zod@4.6.7
 	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "promtool could not be installed (apt-get prometheus): the alert tests will be skipped"
@@ -45,13 +48,14 @@ crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic mo
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
-bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache
+bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, dependencies
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
 	$(BIN)/python -m tests.bench.bench_execution
 	$(BIN)/python -m tests.bench.bench_ledger
 	$(BIN)/python -m tests.bench.bench_concurrency
 	$(BIN)/python -m tests.bench.bench_cache
+	$(BIN)/python -m tests.bench.bench_deps
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t mge-operator:dev .

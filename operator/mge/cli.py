@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mge.adapters.manifests import load_plan_input, masterplan_file
 from mge.adapters.tokenizer import count_tokens
+from mge.cli_deps import deps_app
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice, UnknownModelPrice, parse_price_table, price_for
 from mge.models.crd import all_crds
 from mge.models.manifest import ManifestError
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
 )
+app.add_typer(deps_app, name="deps")
 console = Console()
 errors = Console(stderr=True)
 

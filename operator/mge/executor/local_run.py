@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from mge.adapters.cache import CacheSavings, LLMPromptCache, SavingsSummary, connect_redis
+from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
 from mge.adapters.llm_cache import CachingLLM
@@ -21,6 +22,7 @@ from mge.adapters.manifests import masterplan_file
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
+from mge.deps.compare import PlanCheck
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
@@ -63,6 +65,8 @@ class RunResult:
     spend: Spend
     trace_id: str
     cache: SavingsSummary | None = None
+    # The plan's dependsOn against the imports of the generated project (or why it was not checked).
+    dependencies: PlanCheck | str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -145,6 +149,8 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         written = (
             _write_project(run, await store.outputs(plan_id)) if not (interrupted or held_by_budget) else 0
         )
+        declared = [(atom.id, atom.file, atom.depends_on) for atom in run.atoms]
+        dependencies = await asyncio.to_thread(check_generated, declared, run.out) if written else None
         usage = await store.usage(plan_id)
         return RunResult(
             progress=progress,
@@ -161,6 +167,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             spend=await ledger.spend(plan_id),
             trace_id=trace,
             cache=await CacheSavings(store.pool).summary(plan_id) if client is not None else None,
+            dependencies=dependencies,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

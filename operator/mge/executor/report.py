@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mge.adapters.cache import SavingsSummary
+from mge.deps.compare import PlanCheck
+from mge.deps.status import decide_dependencies
 from mge.executor.local_run import LocalRun, RunResult
 
 
@@ -56,7 +58,14 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     table.add_row("Trace", f"{result.trace_id} (details: mge trace {run.name}{where})")
     if result.files_written:
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
+    if isinstance(result.dependencies, PlanCheck):
+        checked = result.dependencies
+        table.add_row(
+            "Dependencies",
+            f"{len(checked.missing)} imports not ordered by dependsOn, {len(checked.extra)} dependsOn without an import",
+        )
     console.print(table)
+    print_dependency_warnings(console, result.dependencies)
     for atom_id, error in result.failures:
         console.print(f"[red]failed[/] {atom_id}: {error[:500]}")
     if result.interrupted:
@@ -66,3 +75,15 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
             f"The next LLM call does not fit under the hard cap (spent {usd(spent)} of {usd(limit)}). Raise "
             f"spec.budget.limitUSD (or add spec.budget.override) in {run.example}, then: mge run {run.example} --resume"
         )
+
+
+def print_dependency_warnings(console: Console, dependencies: PlanCheck | str | None) -> None:
+    """Imports the plan does not order: the atom may have been generated before the code it uses."""
+    if isinstance(dependencies, str):
+        console.print(f"[yellow]warning[/] {dependencies}", highlight=False)
+    elif dependencies is not None and dependencies.missing:
+        for edge in dependencies.missing:
+            console.print(f"[yellow]warning[/] missing dependsOn: {edge}", highlight=False)
+        additions = decide_dependencies(dependencies).additions
+        listed = "; ".join(f"{atom}: add {', '.join(needs)}" for atom, needs in additions.items())
+        console.print(f"Before a re-run, extend dependsOn in the Masterplan ({listed}).", highlight=False)

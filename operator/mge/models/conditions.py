@@ -16,6 +16,7 @@ class ConditionType(StrEnum):
     GATE_S_PASSED = "GateSPassed"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    DEPENDENCIES_VERIFIED = "DependenciesVerified"
 
 
 class ConditionStatus(StrEnum):
@@ -52,6 +53,8 @@ class Reason(StrEnum):
     HARD_CAP_REACHED = "HardCapReached"
     OVERRIDE_APPROVED = "OverrideApproved"
     OVERRIDE_REJECTED = "OverrideRejected"
+    IMPORTS_MATCH_PLAN = "ImportsMatchPlan"
+    IMPORTS_MISSING_FROM_PLAN = "ImportsMissingFromPlan"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -69,6 +72,7 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.SOFT_CAP_EXCEEDED,
         Reason.HARD_CAP_REACHED,
         Reason.OVERRIDE_REJECTED,
+        Reason.IMPORTS_MISSING_FROM_PLAN,
     }
 )
 

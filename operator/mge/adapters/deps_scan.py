@@ -1,0 +1,199 @@
+"""Reads a project folder for the dependency analyzer: files, tsconfig chain, package.json maps, the Node parser, tsc."""
+
+import json
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mge.adapters.typescript import TypeScriptUnavailable, node_modules_path
+from mge.deps.compare import PlanCheck, check_plan
+from mge.deps.graph import DependencyGraph, EdgeKind
+from mge.deps.python import analyze_python
+from mge.deps.tsconfig import TsConfig, TsConfigError, extends_of, merge_chain, parse_jsonc
+from mge.deps.typescript import Resolver, SourceFacts, Specifier, analyze_typescript, is_source
+
+# Never part of the project's own sources.
+SKIPPED_DIRS = frozenset({"node_modules", ".git", ".venv", "venv", "__pycache__", ".mge", ".mypy_cache"})
+MAX_EXTENDS = 16
+
+
+def project_files(root: Path) -> list[str]:
+    """Project-relative POSIX paths of every file under `root` outside dependency and cache folders."""
+    found: list[str] = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS)
+        relative = Path(directory).relative_to(root).as_posix()
+        for name in names:
+            found.append(name if relative == "." else f"{relative}/{name}")
+    return sorted(found)
+
+
+def _extends_path(root: Path, config_dir: Path, target: str) -> Path:
+    if target.startswith((".", "/")):
+        path = (config_dir / target).resolve()
+    else:
+        path = root / "node_modules" / target
+        if path.is_dir():
+            path = path / "tsconfig.json"
+    if not path.exists() and path.suffix != ".json":
+        path = path.with_name(path.name + ".json")
+    return path
+
+
+def load_tsconfig(root: Path, name: str = "tsconfig.json") -> TsConfig:
+    """The project's tsconfig with its `extends` chain (relative files and packages) merged; defaults if none."""
+    path = root / name
+    if not path.exists():
+        return TsConfig(allow_js=True, resolve_json=True)
+    chain: list[tuple[str, dict[str, Any]]] = []
+    pending = [path.resolve()]
+    while pending:
+        current = pending.pop()
+        if len(chain) > MAX_EXTENDS:
+            raise TsConfigError(f"{path}: `extends` chain longer than {MAX_EXTENDS} (a cycle?)")
+        if not current.exists():
+            raise TsConfigError(f"{path}: extends {current}, which does not exist; fix `extends`")
+        config = parse_jsonc(current.read_text(), str(current))
+        directory = posixpath.normpath(os.path.relpath(current.parent, root.resolve()).replace(os.sep, "/"))
+        chain.insert(0, (directory, config))
+        # An array extends in order, later entries overriding earlier ones: visit the last one first.
+        pending.extend(_extends_path(root.resolve(), current.parent, target) for target in extends_of(config))
+    return merge_chain(chain)
+
+
+def _packages(root: Path, files: list[str]) -> dict[str, dict[str, Any]]:
+    packages: dict[str, dict[str, Any]] = {}
+    for file in files:
+        if posixpath.basename(file) == "package.json":
+            try:
+                content = json.loads((root / file).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(content, dict):
+                directory = posixpath.dirname(file)
+                packages[directory] = content
+    return packages
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise TypeScriptUnavailable(
+            "`node` is not on PATH; install Node.js 18+ to analyse TypeScript projects"
+        )
+    return node
+
+
+def _specifier(raw: dict[str, Any]) -> Specifier:
+    return Specifier(
+        specifier=raw.get("specifier"),
+        line=int(raw["line"]),
+        kind=EdgeKind(raw["kind"]),
+        names=None if raw.get("names") is None else tuple(raw["names"]),
+        reexports=None if raw.get("reexports") is None else tuple((a, b) for a, b in raw["reexports"]),
+        prefix=raw.get("prefix"),
+        suffix=raw.get("suffix") or "",
+        text=raw.get("text") or "",
+    )
+
+
+def scan_sources(root: Path, files: list[str]) -> list[SourceFacts]:
+    """Parse the given TypeScript/JavaScript files with the TypeScript compiler in one Node process."""
+    if not files:
+        return []
+    script = resources.files("mge.adapters") / "ts_imports.js"
+    completed = subprocess.run(
+        [_node(), str(script)],
+        input=json.dumps({"root": str(root), "files": files}),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "NODE_PATH": str(node_modules_path())},
+    )
+    if completed.returncode != 0:
+        raise TypeScriptUnavailable(f"the import scanner failed: {completed.stderr.strip()[-2000:]}")
+    answer = json.loads(completed.stdout)
+    return [
+        SourceFacts(
+            file=item["file"],
+            specifiers=tuple(_specifier(raw) for raw in item["specifiers"]),
+            exports=frozenset(item["exports"]),
+        )
+        for item in answer["files"]
+    ]
+
+
+def analyze_folder(root: Path, tsconfig: str = "tsconfig.json", sources_under: str = "") -> DependencyGraph:
+    """The file graph of every Python and TypeScript/JavaScript source under `root`.
+
+    `sources_under` limits the parsed sources to one folder (a package's `src/` next to its `dist/`);
+    resolution still sees every file.
+    """
+    files = project_files(root)
+    parsed = [file for file in files if file.startswith(sources_under)]
+    python = {file: (root / file).read_text(errors="replace") for file in parsed if file.endswith(".py")}
+    graph = analyze_python(python)
+    sources = [file for file in parsed if is_source(file)]
+    if sources:
+        resolver = Resolver(files, load_tsconfig(root, tsconfig), _packages(root, files))
+        graph = graph.merge(analyze_typescript(scan_sources(root, sources), resolver))
+    return graph
+
+
+_IMPORTED = re.compile(r"^\s+(?:Imported|Referenced) via .+? from file '(?P<source>[^']+)'")
+
+
+def tsc_edges(root: Path, tsconfig: str = "tsconfig.json") -> tuple[set[str], set[tuple[str, str]]]:
+    """Ground truth from tsc `--explainFiles`: the program's project files and who imports each one."""
+    root = root.resolve()
+    tsc = node_modules_path() / "typescript" / "bin" / "tsc"
+    # --listFilesOnly stops after module resolution: the explanation without a type check.
+    command = [_node(), str(tsc), "--noEmit", "--explainFiles", "--listFilesOnly", "--pretty", "false"]
+    if (root / tsconfig).exists():
+        command += ["-p", str(root / tsconfig)]
+    else:
+        sources = [file for file in project_files(root) if is_source(file)]
+        command += [
+            "--allowJs", "--resolveJsonModule", "--module", "esnext", "--moduleResolution", "bundler",
+            "--target", "es2022", "--skipLibCheck", *sources,
+        ]  # fmt: skip
+    completed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    program: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    current: str | None = None
+    base = root.resolve()
+    for line in completed.stdout.splitlines():
+        if not line.startswith(" ") and not re.match(r"^\S+\(\d+,\d+\): error", line):
+            current = _project_path(base, line.strip())
+            if current is not None:
+                program.add(current)
+            continue
+        match = _IMPORTED.match(line)
+        if match and current is not None:
+            source = _project_path(base, match["source"])
+            if source is not None:
+                pairs.add((source, current))
+    return program, pairs
+
+
+def _project_path(base: Path, written: str) -> str | None:
+    path = (base / written).resolve()
+    try:
+        relative = path.relative_to(base).as_posix()
+    except ValueError:
+        return None
+    return None if relative.split("/")[0] in SKIPPED_DIRS or "/node_modules/" in relative else relative
+
+
+def check_generated(atoms: Iterable[tuple[str, str, Sequence[str]]], root: Path) -> PlanCheck | str:
+    """The plan's dependsOn against the generated project, or why the project could not be analysed."""
+    try:
+        return check_plan(atoms, analyze_folder(root))
+    except (TsConfigError, TypeScriptUnavailable, OSError) as error:
+        return f"dependencies not checked: {error}"

@@ -1,0 +1,152 @@
+"""Dependency analysis benchmark on real TypeScript packages installed by `make setup` (rxjs, query-core, zod).
+
+Ground truth: what tsc resolves (`--explainFiles`). Printed side by side: precision and recall of ours,
+dependency-cruiser (`--ts-pre-compilation-deps`) and madge against it, and their wall-clock analysis
+times with ratios. Each package's sources are copied out of node_modules first (both baselines skip
+paths under node_modules); nothing is downloaded here.
+"""
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from mge.adapters.deps_scan import analyze_folder, tsc_edges
+from mge.adapters.typescript import node_modules_path
+from mge.deps.compare import agreement
+from tests.bench.common import print_table
+
+RUNS = 3
+T = TypeVar("T")
+# A plain strict config for packages that do not ship theirs; every tool reads the same file.
+DEFAULT_TSCONFIG = {
+    "compilerOptions": {
+        "target": "es2022",
+        "module": "esnext",
+        "moduleResolution": "bundler",
+        "strict": True,
+        "skipLibCheck": True,
+        "noEmit": True,
+    },
+    "include": ["src"],
+}
+PACKAGES = {
+    # ships its tsconfig.json: baseUrl + paths aliasing its own package name onto src/ barrels
+    "rxjs": ["src", "tsconfig.json", "package.json"],
+    "@tanstack/query-core": ["src", "package.json"],
+    "zod": ["src", "package.json"],  # `.js` specifiers mapped to `.ts` sources, `export *` barrels
+}
+
+
+def _copy(package: str, into: Path) -> Path:
+    source = node_modules_path() / package
+    if not source.exists():
+        sys.exit(f"{source} is missing: run `make setup` (it installs the benchmark packages)")
+    root = into / package.replace("/", "__")
+    root.mkdir()
+    for item in PACKAGES[package]:
+        (shutil.copytree if (source / item).is_dir() else shutil.copy)(source / item, root / item)
+    if not (root / "tsconfig.json").exists():
+        (root / "tsconfig.json").write_text(json.dumps(DEFAULT_TSCONFIG))
+    return root
+
+
+def _node(*args: str, cwd: Path) -> str:
+    completed = subprocess.run(["node", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if completed.returncode not in (0, 1) or not completed.stdout.strip():
+        raise RuntimeError(f"{args[0]} failed: {completed.stderr[-1000:]}")
+    return completed.stdout
+
+
+def dependency_cruiser(root: Path) -> set[tuple[str, str]]:
+    script = node_modules_path() / "dependency-cruiser" / "bin" / "dependency-cruise.mjs"
+    out = json.loads(
+        _node(str(script), "--no-config", "--ts-pre-compilation-deps", "--ts-config", "tsconfig.json",
+              "--output-type", "json", "src", cwd=root)
+    )  # fmt: skip
+    return {
+        (module["source"], dep["resolved"])
+        for module in out["modules"]
+        for dep in module["dependencies"]
+        if not dep["couldNotResolve"] and not dep["coreModule"]
+    }
+
+
+def madge(root: Path) -> set[tuple[str, str]]:
+    script = node_modules_path() / "madge" / "bin" / "cli.js"
+    out = json.loads(
+        _node(
+            str(script),
+            "--ts-config",
+            "tsconfig.json",
+            "--extensions",
+            "ts,tsx,js,mjs,cjs",
+            "--json",
+            "src",
+            cwd=root,
+        )
+    )
+    return {(f"src/{source}", f"src/{target}") for source, targets in out.items() for target in targets}
+
+
+def _timed(run: Callable[[], T]) -> tuple[T, float]:
+    times = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return result, statistics.median(times)
+
+
+def _score(
+    found: set[tuple[str, str]], truth: set[tuple[str, str]], program: set[str]
+) -> tuple[float, float]:
+    judged = {pair for pair in found if pair[0] in program and pair[0] != pair[1]}
+    precision = len(judged & truth) / len(judged) if judged else 1.0
+    recall = len(judged & truth) / len(truth) if truth else 1.0
+    return precision, recall
+
+
+def main() -> None:
+    accuracy_rows, time_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="mge-bench-deps-") as scratch:
+        for package in PACKAGES:
+            root = _copy(package, Path(scratch))
+            program, truth = tsc_edges(root)
+            graph, ours_s = _timed(partial(analyze_folder, root))
+            ours = agreement(graph, truth, program)
+            cruiser, cruiser_s = _timed(partial(dependency_cruiser, root))
+            mad, madge_s = _timed(partial(madge, root))
+            cruiser_p, cruiser_r = _score(cruiser, truth, program)
+            madge_p, madge_r = _score(mad, truth, program)
+            accuracy_rows.append(
+                (package, len(program), len(truth), f"{ours.precision:.2%}", f"{ours.recall:.2%}",
+                 len(ours.false_negative), len(ours.false_positive), f"{cruiser_p:.2%}", f"{cruiser_r:.2%}",
+                 f"{madge_p:.2%}", f"{madge_r:.2%}")
+            )  # fmt: skip
+            time_rows.append(
+                (package, f"{ours_s:.2f}", f"{cruiser_s:.2f}", f"{madge_s:.2f}",
+                 f"{cruiser_s / ours_s:.2f}x", f"{madge_s / ours_s:.2f}x")
+            )  # fmt: skip
+            for source, target in sorted(ours.false_negative | ours.false_positive):
+                kind = "missed" if (source, target) in ours.false_negative else "extra"
+                print(f"  {package}: {kind} {source} -> {target}")
+    print("Dependency edges vs tsc --explainFiles (precision / recall):")
+    print_table(
+        ("package", "files", "tsc edges", "ours P", "ours R", "missed", "extra", "cruiser P", "cruiser R",
+         "madge P", "madge R"),
+        accuracy_rows,
+    )  # fmt: skip
+    print(f"\nAnalysis time, median of {RUNS} (s); ratio = baseline time / ours:")
+    print_table(("package", "ours", "dep-cruiser", "madge", "cruiser/ours", "madge/ours"), time_rows)
+
+
+if __name__ == "__main__":
+    main()

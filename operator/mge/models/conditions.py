@@ -52,6 +52,15 @@ class Reason(StrEnum):
     HARD_CAP_REACHED = "HardCapReached"
     OVERRIDE_APPROVED = "OverrideApproved"
     OVERRIDE_REJECTED = "OverrideRejected"
+    AWAITING_ACCEPTANCE_TESTS = "AwaitingAcceptanceTests"
+    ACCEPTANCE_TESTS_RUNNING = "AcceptanceTestsRunning"
+    ACCEPTANCE_DISABLED = "AcceptanceDisabled"
+    ACCEPTANCE_JOB_FAILED = "AcceptanceJobFailed"
+    ALL_REQUIREMENTS_PASSED = "AllRequirementsPassed"
+    MUST_REQUIREMENT_FAILED = "MustRequirementFailed"
+    SHOULD_REQUIREMENTS_FAILED = "ShouldRequirementsFailed"
+    GATE_S_FAILED = "GateSFailed"
+    INVALID_REQUIREMENTS = "InvalidRequirements"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -69,6 +78,11 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.SOFT_CAP_EXCEEDED,
         Reason.HARD_CAP_REACHED,
         Reason.OVERRIDE_REJECTED,
+        Reason.ACCEPTANCE_JOB_FAILED,
+        Reason.MUST_REQUIREMENT_FAILED,
+        Reason.SHOULD_REQUIREMENTS_FAILED,
+        Reason.GATE_S_FAILED,
+        Reason.INVALID_REQUIREMENTS,
     }
 )
 

@@ -21,6 +21,7 @@ from mge.adapters.acceptance_job import (
     job,
     job_name,
     network_policy,
+    owned_by_job,
     parse_log,
     result_line,
 )
@@ -60,6 +61,7 @@ def test_job_pod_is_restricted_non_root_read_only_without_token_or_capabilities(
     assert volumes["input"]["configMap"]["name"] == "shop-accept-w0-r0"
     assert (body["spec"]["activeDeadlineSeconds"], body["spec"]["ttlSecondsAfterFinished"]) == (600, 120)
     assert body["spec"]["backoffLimit"] == 0
+    assert body["spec"]["suspend"] is True  # released after the NetworkPolicy exists
     assert pod["restartPolicy"] == "Never"
     assert "--integration" not in container["args"]
     kubernetes_validate.validate(body, KUBE_VERSION, strict=True)
@@ -72,7 +74,8 @@ def test_last_wave_job_also_runs_the_integration_checks():
 
 
 def test_network_policy_denies_all_traffic_of_the_job_pod_only():
-    body = network_policy("shop-accept-w0-r0", "team-a", "shop", 0)
+    created = {"metadata": {"name": "shop-accept-w0-r0", "uid": "u-1"}}
+    body = network_policy("shop-accept-w0-r0", "team-a", "shop", 0, owned_by_job(created))
 
     assert body["spec"] == {
         "podSelector": {"matchLabels": {JOB_LABEL: "shop-accept-w0-r0"}},
@@ -82,6 +85,9 @@ def test_network_policy_denies_all_traffic_of_the_job_pod_only():
         "metadata"
     ]["labels"]
     assert pod_labels[JOB_LABEL] == "shop-accept-w0-r0"
+    assert body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "shop-accept-w0-r0", "uid": "u-1"}
+    ]
     kubernetes_validate.validate(body, KUBE_VERSION, strict=True)
 
 

@@ -98,22 +98,46 @@ def _labels(masterplan: str, wave: int, name: str) -> dict[str, str]:
     return {MASTERPLAN_LABEL: masterplan, WAVE_LABEL: str(wave), JOB_LABEL: name, **MANAGED_BY}
 
 
-def config_map(name: str, namespace: str, masterplan: str, wave: int, bundle: bytes) -> dict[str, Any]:
+def owned_by_job(job_body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """ownerReferences to the Job: its ttlSecondsAfterFinished then removes the ConfigMap and NetworkPolicy too."""
+    meta = job_body["metadata"]
+    return [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}]
+
+
+def _meta(
+    name: str, namespace: str, masterplan: str, wave: int, owners: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": _labels(masterplan, wave, name)}
+    if owners:
+        meta["ownerReferences"] = [dict(o) for o in owners]
+    return meta
+
+
+def config_map(
+    name: str,
+    namespace: str,
+    masterplan: str,
+    wave: int,
+    bundle: bytes,
+    owners: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(masterplan, wave, name)},
+        "metadata": _meta(name, namespace, masterplan, wave, owners),
         "binaryData": {BUNDLE_KEY: base64.b64encode(bundle).decode()},
         "immutable": True,
     }
 
 
-def network_policy(name: str, namespace: str, masterplan: str, wave: int) -> dict[str, Any]:
+def network_policy(
+    name: str, namespace: str, masterplan: str, wave: int, owners: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """Deny all ingress and egress for the Job's pod: generated tests get no network at all."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(masterplan, wave, name)},
+        "metadata": _meta(name, namespace, masterplan, wave, owners),
         "spec": {"podSelector": {"matchLabels": {JOB_LABEL: name}}, "policyTypes": ["Ingress", "Egress"]},
     }
 
@@ -121,7 +145,11 @@ def network_policy(name: str, namespace: str, masterplan: str, wave: int) -> dic
 def job(
     name: str, namespace: str, masterplan: str, wave: int, config: AcceptanceJobConfig, *, integration: bool
 ) -> dict[str, Any]:
-    """A run-once Job with the restricted Pod Security profile, no token, a read-only root and a deadline."""
+    """A run-once Job with the restricted Pod Security profile, no token, a read-only root and a deadline.
+
+    Created suspended: it is released only once its deny-all NetworkPolicy exists, so no test ever runs
+    with network access.
+    """
     labels = _labels(masterplan, wave, name)
     args = [
         "acceptance-job",
@@ -141,6 +169,7 @@ def job(
         "spec": {
             # A failed run is recorded, not retried: tests that crash the pod would crash it again.
             "backoffLimit": 0,
+            "suspend": True,
             "activeDeadlineSeconds": config.active_deadline_s,
             "ttlSecondsAfterFinished": config.ttl_after_finished_s,
             "template": {

@@ -147,7 +147,7 @@ def parse_requirements(markdown: str) -> RequirementsDocument:
             text = _clean_item(bullet.group(2))
             if current is not None and indent > current.indent:
                 if text:
-                    current.parts.append(text)
+                    current.parts.append(f"; {text}")  # a detail of the item above
             elif section.priority is not None:
                 if not text:
                     problems.append(
@@ -193,7 +193,7 @@ def _numbered(items: list[_Item], problems: list[RequirementProblem]) -> tuple[R
     seen: dict[tuple[Priority, str], int] = {}
     requirements = []
     for item in items:
-        text = " ".join(part for part in item.parts if part)
+        text = " ".join(item.parts).replace(" ; ", "; ")
         key = (item.priority, text.casefold())
         if key in seen:
             problems.append(

@@ -69,8 +69,6 @@ def test_language(requirement: Requirement, project: Sequence[ProjectFile]) -> L
     return max(count, key=lambda language: (overlap[language], count[language], -order.index(language)))
 
 
-test_language.__test__ = False  # type: ignore[attr-defined]
-
 
 def acceptance_test_path(requirement: Requirement, language: Language) -> str:
     """Deterministic: acceptance_tests/test_must_1.py, acceptance_tests/must_1.test.ts (.js)."""
@@ -85,8 +83,6 @@ def test_name(requirement: Requirement) -> str:
     """ "MUST-1" -> "must_1": the Python test function is test_must_1, the Jest title starts with MUST-1."""
     return re.sub(r"[^a-z0-9]+", "_", requirement.id.lower()).strip("_")
 
-
-test_name.__test__ = False  # type: ignore[attr-defined]
 
 
 def test_generation_messages(
@@ -139,9 +135,10 @@ def wave_for_test(test: GeneratedTest, wave_of_file: Mapping[str, int], last_wav
         return last_wave
     waves: list[int] = []
     for options in candidates:
-        found = [wave_of_file[path] for path in options if path in wave_of_file]
-        if found:
-            waves.append(min(found))
+        # Options are ordered most specific first: `from calc import core` means calc/core.py if it exists.
+        found = next((wave_of_file[path] for path in options if path in wave_of_file), None)
+        if found is not None:
+            waves.append(found)
         elif options and not _is_third_party(options):
             return last_wave  # a project import no atom writes: run it last, where it fails visibly
     return max(waves) if waves else last_wave
@@ -290,3 +287,8 @@ def _is_third_party(options: list[str]) -> bool:
     # Python candidates of one module are all "x.py"-shaped: an import of a module no atom writes
     # (pytest, json, requests) is third-party or stdlib, not a missing project file.
     return all(option.endswith((".py", "__init__.py")) for option in options)
+
+
+# Modules that import these names are test modules too: tell pytest they are not tests.
+for _function in (test_language, test_name, test_generation_messages):
+    _function.__test__ = False  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
+from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.deps import ControllerDeps, deps_of
 from mge.cost.caps import OverrideRejected
 from mge.models.base import API_GROUP, API_VERSION
@@ -25,9 +26,11 @@ from mge.plan.execution import decide_execution, decide_store_unavailable
 from mge.plan.status import (
     KubeEvent,
     PlanningOutcome,
+    TestOutcome,
     decide_invalid_spec,
     decide_planning,
     decide_wave_progress,
+    decide_wave_tests,
     status_patch,
     transition_events,
     wave_name,
@@ -147,8 +150,13 @@ async def sync_progress(
         progress = await store.progress(plan_id)
         waves = await store.wave_progress(plan_id)
         spend = await CostLedger(store.pool).spend(plan_id)
+        acceptance, wave_tests = await sync_acceptance(
+            deps, store, namespace, name, body, requirements_of(spec), progress, waves, logger
+        )
     except (StoreUnavailable, OSError) as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
     else:
         desired, events = decide_execution(
             name=name,
@@ -158,9 +166,11 @@ async def sync_progress(
             suspended=bool(spec.get("suspend")),
             generation=generation,
             now=deps.now(),
+            acceptance=acceptance,
         )
-        await _sync_wave_status(deps, namespace, name, waves)
+        await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
+        export_gate(namespace, name, acceptance)
     _write(body, patch, status, PlanningOutcome(status=desired, events=events), logger)
 
 
@@ -198,7 +208,11 @@ def _export_cost_metrics(
 
 
 async def _sync_wave_status(
-    deps: ControllerDeps, namespace: str, masterplan: str, waves: Sequence[WaveProgress]
+    deps: ControllerDeps,
+    namespace: str,
+    masterplan: str,
+    waves: Sequence[WaveProgress],
+    tests: Mapping[int, Sequence[TestOutcome]],
 ) -> None:
     try:
         existing = {w["metadata"]["name"]: w for w in await deps.kube.list_waves(namespace, masterplan)}
@@ -208,6 +222,8 @@ async def _sync_wave_status(
                 continue
             observed = WaveStatus.model_validate(child.get("status") or {})
             desired = decide_wave_progress(observed, wave, deps.now())
+            if wave.index in tests:
+                desired = decide_wave_tests(desired, tests[wave.index])
             changes = status_patch(child.get("status") or {}, desired)
             if changes:
                 await deps.kube.patch_wave_status(namespace, child["metadata"]["name"], changes)

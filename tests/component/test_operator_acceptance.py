@@ -1,0 +1,233 @@
+"""The operator runs a Job per wave for the acceptance tests, reads their results from the pod log, writes Gate S.
+
+The Kubernetes API server is the mocked part (kmock-based fake): nothing real can run here. This test plays
+the Job controller and kubelet for it: it runs the released Job's command, the real `mge acceptance-job`, as a
+subprocess on the real ConfigMap, and serves its stdout as the pod log. Postgres, the executor, the LLM server
+and the sandboxed test runs are real.
+"""
+
+import asyncio
+import base64
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from mge.acceptance.requirements import parse_requirements
+from mge.acceptance.templates import GeneratedTest
+from mge.adapters.acceptance_job import JOB_LABEL, AcceptanceJobConfig
+from mge.adapters.store.acceptance import AcceptanceStore
+from mge.adapters.store.store import Store, masterplan_uuid
+from mge.models.masterplan import Language
+from tests.support.executor import running_executor
+from tests.support.kube_api import KubeAPI
+from tests.support.operator import eventually, fake_cluster, running_operator
+
+pytestmark = pytest.mark.component
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "team-a"
+GROUP_PATH = f"/apis/mge.devmatrix.io/v1alpha1/namespaces/{NS}"
+CONFIG = AcceptanceJobConfig(image="mge:test", active_deadline_s=300, ttl_after_finished_s=600, workers=2)
+
+# Spec-derived tests for the hello example; MUST-2 is deliberately wrong (greet rejects an empty name).
+TESTS = {
+    "MUST-1": (
+        1,
+        "from hello.greet import greet\n\ndef test_must_1():\n    assert greet('Ada') == 'Hello, Ada!'\n",
+    ),
+    "MUST-2": (1, "from hello.greet import greet\n\ndef test_must_2():\n    assert greet('') == ''\n"),
+    "MUST-3": (
+        3,
+        "import runpy, sys\n\ndef test_must_3(capsys, monkeypatch):\n"
+        "    monkeypatch.setattr(sys, 'argv', ['hello', 'Ada'])\n"
+        "    try:\n        runpy.run_module('hello', run_name='__main__')\n"
+        "    except SystemExit as stop:\n        assert stop.code in (0, None)\n"
+        "    assert capsys.readouterr().out.strip() == 'Hello, Ada!'\n",
+    ),
+    "SHOULD-1": (
+        1,
+        "from hello.greet import greet\n\ndef test_should_1():\n    assert greet('Ada', language='es') == '¡Hola, Ada!'\n",
+    ),
+    "SHOULD-2": (
+        1,
+        "from hello.greet import greet\n\ndef test_should_2():\n    assert greet('Ada', language='xx') == 'Hello, Ada!'\n",
+    ),
+}
+
+
+def hello() -> dict[str, Any]:
+    body = yaml.safe_load((REPO / "examples" / "hello" / "masterplan.yaml").read_text())
+    body["metadata"]["namespace"] = NS
+    return body
+
+
+def _masterplan(api: KubeAPI) -> dict[str, Any]:
+    return next(o for o in api.objects_of("masterplans", NS) if o["metadata"]["name"] == "hello")
+
+
+def _condition(api: KubeAPI, type_: str) -> dict[str, Any] | None:
+    conditions = (_masterplan(api).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_), None)
+
+
+def _reason(api: KubeAPI, type_: str) -> str | None:
+    condition = _condition(api, type_)
+    return f"{condition['status']}/{condition['reason']}" if condition else None
+
+
+async def _generate_tests(dsn: str) -> None:
+    """What an executor's test generation stores (the LLM part is PIPELINE's and tested there)."""
+    store = await Store.connect(dsn)
+    try:
+        accept = AcceptanceStore(store.pool)
+        plan_id = masterplan_uuid(NS, "hello")
+        await eventually(lambda: accept.generation_state(plan_id), timeout=20)
+        assert await accept.claim_generation("generator", 60, plan_id) == plan_id
+        requirements = {r.id: r for r in parse_requirements(hello()["spec"]["requirements"]).requirements}
+        trace = await store.pool.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
+        tests = [
+            (
+                GeneratedTest(
+                    rid, Language.PYTHON, f"acceptance_tests/test_{rid.lower().replace('-', '_')}.py", code
+                ),
+                requirements[rid],
+                wave,
+            )
+            for rid, (wave, code) in TESTS.items()
+        ]
+        await accept.save_tests(plan_id, trace, tests)
+        assert await accept.finish_generation(plan_id, "generator")
+    finally:
+        await store.close()
+
+
+async def _kubelet(api: KubeAPI, workdir: Path, ran: list[str]) -> None:
+    """Run each released Job's container command for real and publish its stdout as the pod's log."""
+    while True:
+        for job in api.objects_of("jobs", NS):
+            name = job["metadata"]["name"]
+            if job["spec"].get("suspend") or name in ran:
+                continue
+            ran.append(name)
+            (cm,) = [c for c in api.objects_of("configmaps", NS) if c["metadata"]["name"] == name]
+            bundle = workdir / f"{name}.tar.gz"
+            bundle.write_bytes(base64.b64decode(cm["binaryData"]["bundle.tar.gz"]))
+            args = list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+            args[args.index("--input") + 1] = str(bundle)
+            args[args.index("--workdir") + 1] = str(workdir / name)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mge.cli", *args, stdout=asyncio.subprocess.PIPE
+            )
+            stdout, _ = await process.communicate()
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"{name}-p", "labels": {JOB_LABEL: name}},
+            }
+            response = await api.client.post(f"/api/v1/namespaces/{NS}/pods", json=pod)
+            assert response.status_code == 201, response.text
+            api.pod_logs[(NS, f"{name}-p")] = stdout.decode()
+            status = {"status": {"succeeded": 1} if process.returncode == 0 else {"failed": 1}}
+            response = await api.client.patch(
+                f"/apis/batch/v1/namespaces/{NS}/jobs/{name}/status",
+                json=status,
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert response.status_code == 200, response.text
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def cluster():
+    import httpx
+
+    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
+        api.client = client
+        yield api
+
+
+def _with_jobs(deps: Any) -> None:
+    deps.acceptance = CONFIG
+
+
+async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_naming_it(cluster, pg):
+    response = await cluster.client.post(f"{GROUP_PATH}/masterplans", json=hello())
+    assert response.status_code == 201, response.text
+    ran: list[str] = []
+
+    with tempfile.TemporaryDirectory() as workdir:
+        async with running_operator(cluster, pg, [NS], customize=_with_jobs):
+            await _generate_tests(pg)
+            kubelet = asyncio.create_task(_kubelet(cluster, Path(workdir), ran))
+            try:
+                async with running_executor(pg, REPO / "examples" / "hello" / "responses.jsonl"):
+                    await eventually(lambda: _reason(cluster, "Failed") == "True/GateSFailed", timeout=90)
+                # A few more ticks: nothing is created or saved twice.
+                await asyncio.sleep(1.5)
+            finally:
+                kubelet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet
+
+    assert ran == ["hello-accept-w1-r0", "hello-accept-w3-r0"]
+    jobs = {j["metadata"]["name"]: j for j in cluster.objects_of("jobs", NS)}
+    assert sorted(jobs) == ran
+    pod = jobs["hello-accept-w1-r0"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert jobs["hello-accept-w1-r0"]["metadata"]["ownerReferences"][0]["kind"] == "Masterplan"
+    policies = cluster.objects_of("networkpolicies", NS)
+    assert sorted(p["metadata"]["name"] for p in policies) == ran
+    assert all(
+        p["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in p["spec"] for p in policies
+    )
+    assert "--integration" in jobs["hello-accept-w3-r0"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    status = _masterplan(cluster)["status"]
+    gate = _condition(cluster, "GateSPassed")
+    assert (gate["status"], gate["reason"]) == ("False", "MustRequirementFailed")
+    assert "MUST-2" in gate["message"]
+    assert "MUST-2" in _condition(cluster, "Failed")["message"]
+    assert _condition(cluster, "Complete") is None
+    assert status["gate"] == {
+        "status": "Failed",
+        "mustPassRate": pytest.approx(66.67, abs=0.01),
+        "shouldPassRate": 100.0,
+    }
+    assert status["phase"] == "Failed"
+    precision = status["precision"]
+    assert precision["integration"] == 100.0
+    assert 0 < precision["spec"] < 100
+    assert precision["score"] == pytest.approx(
+        0.5 * precision["spec"] + 0.3 * precision["integration"] + 0.2 * precision["validation"], abs=0.01
+    )
+    wave1 = next(w for w in cluster.objects_of("waves", NS) if w["metadata"]["name"] == "hello-wave-1")
+    assert wave1["status"]["tests"] == {
+        "total": 4,
+        "passed": 3,
+        "failed": 1,
+        "mustPassRate": 50.0,
+        "shouldPassRate": 100.0,
+    }
+    store = await Store.connect(pg)
+    try:
+        results = await AcceptanceStore(store.pool).results(masterplan_uuid(NS, "hello"))
+    finally:
+        await store.close()
+    assert sorted(r.requirement_id for r in results) == sorted(TESTS)
+    reasons = {e.get("reason") for e in cluster.objects_of("events", NS)}
+    assert {"AcceptanceJobStarted", "AcceptanceTestsReported", "GateSFailed"} <= reasons
+    labels = {"namespace": NS, "masterplan": "hello"}
+    assert REGISTRY.get_sample_value("v2_gate_s_status", labels) == 0
+    assert REGISTRY.get_sample_value("v2_precision_score", labels) == precision["score"]
+    assert (
+        REGISTRY.get_sample_value("v2_precision_score_components", {**labels, "component": "integration"})
+        == 100
+    )

@@ -10,7 +10,7 @@ from mge import __version__
 from mge.adapters.kube import Kube
 from mge.adapters.kube_auth import KubeAuth
 from mge.adapters.store.store import Store
-from mge.api import concurrency, cost
+from mge.api import concurrency, cost, precision, testing
 
 
 def create_app(dsn: str, kube: Kube | None = None) -> FastAPI:
@@ -29,6 +29,8 @@ def create_app(dsn: str, kube: Kube | None = None) -> FastAPI:
     app.state.auth = KubeAuth(kube.api_client) if kube is not None else None
     app.include_router(cost.router)
     app.include_router(concurrency.router)
+    app.include_router(testing.router)
+    app.include_router(precision.router)
     app.mount("/metrics", make_asgi_app())
 
     @app.get("/healthz", include_in_schema=False)

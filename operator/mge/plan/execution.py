@@ -213,6 +213,8 @@ def _apply_gate(
     verdict = acceptance.verdict
     atoms = f"All {progress.total} atoms succeeded in {progress.waves_total} waves"
     if verdict is None:
+        # A wave's tests are running (again): an earlier gate result no longer describes the plan.
+        _clear_terminal(conditions)
         status.gate = GateStatus(status=GateState.PENDING)
         waves = ", ".join(str(w) for w in acceptance.waves_pending)
         running = f" (waves {waves} pending)" if waves else ""

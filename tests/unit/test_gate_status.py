@@ -204,3 +204,14 @@ def test_wave_without_tests_has_no_rates():
     tests = decide_wave_tests(WaveStatus(), []).tests
 
     assert (tests.total, tests.must_pass_rate, tests.should_pass_rate) == (0, None, None)
+
+
+def test_rerunning_tests_after_a_failed_gate_reopens_the_plan():
+    verdict = Verdict(False, 0.0, None, failed_must=("MUST-1",), message="m")
+    failed, _ = _decide(AcceptanceState(enabled=True, requirements=1, verdict=verdict))
+
+    rerun, _ = _decide(AcceptanceState(enabled=True, requirements=1, waves_pending=(0,)), observed=failed)
+
+    assert _cond(rerun, ConditionType.FAILED)[0] == "False"
+    assert _cond(rerun, ConditionType.PROGRESSING)[:2] == ("True", "AcceptanceTestsRunning")
+    assert rerun.gate.status == GateState.PENDING

@@ -81,7 +81,7 @@ def _reason(api: KubeAPI, type_: str) -> str | None:
     return f"{condition['status']}/{condition['reason']}" if condition else None
 
 
-async def _generate_tests(dsn: str) -> None:
+async def _generate_tests(dsn: str, chosen: dict[str, tuple[int, str]]) -> None:
     """What an executor's test generation stores (the LLM part is PIPELINE's and tested there)."""
     store = await Store.connect(dsn)
     try:
@@ -99,7 +99,7 @@ async def _generate_tests(dsn: str) -> None:
                 requirements[rid],
                 wave,
             )
-            for rid, (wave, code) in TESTS.items()
+            for rid, (wave, code) in chosen.items()
         ]
         await accept.save_tests(plan_id, trace, tests)
         assert await accept.finish_generation(plan_id, "generator")
@@ -107,14 +107,30 @@ async def _generate_tests(dsn: str) -> None:
         await store.close()
 
 
-async def _kubelet(api: KubeAPI, workdir: Path, ran: list[str]) -> None:
-    """Run each released Job's container command for real and publish its stdout as the pod's log."""
+async def _kubelet(api: KubeAPI, workdir: Path, ran: list[str], killed: frozenset[str]) -> None:
+    """Run each released Job's container command for real and publish its stdout as the pod's log.
+
+    Jobs in `killed` end as the Job controller ends one past activeDeadlineSeconds: Failed, no pod left.
+    """
     while True:
         for job in api.objects_of("jobs", NS):
             name = job["metadata"]["name"]
             if job["spec"].get("suspend") or name in ran:
                 continue
             ran.append(name)
+            if name in killed:
+                failed = {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "too slow",
+                }
+                await api.client.patch(
+                    f"/apis/batch/v1/namespaces/{NS}/jobs/{name}/status",
+                    json={"status": {"failed": 1, "conditions": [failed]}},
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+                continue
             (cm,) = [c for c in api.objects_of("configmaps", NS) if c["metadata"]["name"] == name]
             bundle = workdir / f"{name}.tar.gz"
             bundle.write_bytes(base64.b64decode(cm["binaryData"]["bundle.tar.gz"]))
@@ -156,24 +172,66 @@ def _with_jobs(deps: Any) -> None:
     deps.acceptance = CONFIG
 
 
-async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_naming_it(cluster, pg):
-    response = await cluster.client.post(f"{GROUP_PATH}/masterplans", json=hello())
+async def _run(
+    api: KubeAPI,
+    dsn: str,
+    tests: dict[str, tuple[int, str]],
+    until: str,
+    killed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Apply hello, store its tests, let a real executor generate the atoms; the Jobs this took, in order."""
+    response = await api.client.post(f"{GROUP_PATH}/masterplans", json=hello())
     assert response.status_code == 201, response.text
     ran: list[str] = []
-
     with tempfile.TemporaryDirectory() as workdir:
-        async with running_operator(cluster, pg, [NS], customize=_with_jobs):
-            await _generate_tests(pg)
-            kubelet = asyncio.create_task(_kubelet(cluster, Path(workdir), ran))
+        async with running_operator(api, dsn, [NS], customize=_with_jobs):
+            await _generate_tests(dsn, tests)
+            kubelet = asyncio.create_task(_kubelet(api, Path(workdir), ran, killed))
             try:
-                async with running_executor(pg, REPO / "examples" / "hello" / "responses.jsonl"):
-                    await eventually(lambda: _reason(cluster, "Failed") == "True/GateSFailed", timeout=90)
+                async with running_executor(dsn, REPO / "examples" / "hello" / "responses.jsonl"):
+                    await eventually(
+                        lambda: _reason(api, until.split("=")[0]) == until.split("=")[1], timeout=90
+                    )
                 # A few more ticks: nothing is created or saved twice.
                 await asyncio.sleep(1.5)
             finally:
                 kubelet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await kubelet
+    return ran
+
+
+async def test_passing_gate_completes_the_plan(cluster, pg):
+    fixed = {
+        **TESTS,
+        "MUST-2": (
+            1,
+            "import pytest\nfrom hello.greet import greet\n\ndef test_must_2():\n"
+            "    with pytest.raises(ValueError):\n        greet('')\n",
+        ),
+    }
+
+    await _run(cluster, pg, fixed, "Complete=True/AllRequirementsPassed")
+
+    status = _masterplan(cluster)["status"]
+    assert (status["phase"], status["gate"]["status"]) == ("Succeeded", "Passed")
+    assert _reason(cluster, "GateSPassed") == "True/AllRequirementsPassed"
+    assert status["precision"]["spec"] == 100.0
+
+
+async def test_a_job_killed_at_its_deadline_records_errors_and_fails_the_gate(cluster, pg):
+    await _run(cluster, pg, TESTS, "Failed=True/GateSFailed", killed=frozenset({"hello-accept-w1-r0"}))
+
+    gate = _condition(cluster, "GateSPassed")
+    assert "MUST-1" in gate["message"]
+    assert "MUST-1 (error)" in gate["message"]
+    warnings = [e for e in cluster.objects_of("events", NS) if e.get("reason") == "AcceptanceJobFailed"]
+    assert len(warnings) == 1
+    assert "DeadlineExceeded" in warnings[0]["message"]
+
+
+async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_naming_it(cluster, pg):
+    ran = await _run(cluster, pg, TESTS, "Failed=True/GateSFailed")
 
     assert ran == ["hello-accept-w1-r0", "hello-accept-w3-r0"]
     jobs = {j["metadata"]["name"]: j for j in cluster.objects_of("jobs", NS)}

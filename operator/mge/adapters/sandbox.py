@@ -286,6 +286,8 @@ class Sandbox:
             "LANG": "C.UTF-8",
             "PYTHONPATH": os.pathsep.join([str(work), isolation.python_path]),
             "PYTHONDONTWRITEBYTECODE": "1",
+            # Only pytest itself: the plugins of our environment (asyncio, kmock) are not the project's.
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
             "NODE_PATH": str(_node_modules()),
             "CI": "true",
             # V8 reserves far more address space than it uses: node gets a wider RLIMIT_AS and a heap cap.
@@ -395,21 +397,27 @@ def _kill_group(pgid: int) -> None:
 
 def _kill_uid(uid: int) -> None:
     """Processes that left the group (setsid) still run as the slot's uid, which nothing else uses."""
-    for _ in range(3):
-        found = False
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                lines = status.read_text().splitlines()
-            except OSError:
-                continue
-            uids = next((line.split()[1:] for line in lines if line.startswith("Uid:")), [])
-            if str(uid) in uids:
-                found = True
-                with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
-                    os.kill(int(status.parent.name), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while (alive := _live_processes_of(uid)) and time.monotonic() < deadline:
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _live_processes_of(uid: int) -> list[int]:
+    """Pids running as uid; zombies are dead already (they only wait for init to reap them)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith(
+            "Z"
+        ):
+            pids.append(int(status.parent.name))
+    return pids
 
 
 def _chown_tree(root: Path, uid: int) -> None:
@@ -432,7 +440,12 @@ def _probe_isolation() -> _Isolation:
     candidates = [sys.executable, *(f"{d}/{version}" for d in ("/usr/local/bin", "/usr/bin"))]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site_packages}
     for python in candidates:
-        probe = [python, "-c", "import pytest"]
+        # The test may start the interpreter again (subprocess.run([sys.executable, ...])): check that too.
+        probe = [
+            python,
+            "-c",
+            "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pytest'], check=True)",
+        ]
         argv = _probe_argv(namespaces, root, probe, str(_SLOT_UID_BASE - 1))
         if not namespaces:
             argv = [

@@ -152,3 +152,32 @@ def test_wave_is_the_last_wave_an_imported_project_file_is_written_in(
     test = GeneratedTest("MUST-1", language, acceptance_test_path(MUST_1, language), code)
 
     assert wave_for_test(test, WAVES, last_wave=3) == wave
+
+
+MIXED = [
+    ProjectFile(
+        "notes/search.py", Language.PYTHON, "search(notes, query) scores notes; normalize_tags(tags)"
+    ),
+    ProjectFile("notes/cli.py", Language.PYTHON, "python -m notes add/list/search/show"),
+    ProjectFile("notes/storage.py", Language.PYTHON, "JsonFileStore load and save notes"),
+    ProjectFile("client/src/client.ts", Language.TYPESCRIPT, "class NotesClient with search and create"),
+    ProjectFile("client/src/validate.ts", Language.TYPESCRIPT, "normalizeTags(tags) like the Python rules"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ('`search(notes, "python")` returns ids 2, 3, 1', Language.PYTHON),
+        ("`python -m notes list` prints every note", Language.PYTHON),
+        ('`NotesClient.search({q: "  "})` resolves to `[]` without a request', Language.TYPESCRIPT),
+        ('`normalizeTags(["B"])` returns `["b"]` like Python\'s `normalize_tags`', Language.TYPESCRIPT),
+        ("The TypeScript client passes `tsc --noEmit`", Language.TYPESCRIPT),
+    ],
+)
+def test_language_in_a_mixed_project_follows_quoted_names_and_language_words(
+    text: str, language: Language
+) -> None:
+    requirement = Requirement("MUST-1", Priority.MUST, text, 1)
+
+    assert templates.test_language(requirement, MIXED) is language

@@ -25,6 +25,14 @@ _SYSTEM: Final = (
 _JS_SUFFIXES: Final = {".js", ".mjs", ".cjs", ".jsx"}
 _TS_SUFFIXES: Final = {".ts", ".tsx", ".mts", ".cts"}
 _WORD: Final = re.compile(r"[a-z][a-z0-9]{2,}")
+_CODE_SPAN: Final = re.compile(r"`([^`]+)`")
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
+_CAMEL: Final = re.compile(r"\b[a-z]+[A-Z][A-Za-z0-9]*\b|\b[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*\b")
+_LANGUAGE_NAMES: Final = {
+    Language.TYPESCRIPT: {"typescript", "tsc"},
+    Language.JAVASCRIPT: {"javascript", "node", "nodejs"},
+    Language.PYTHON: {"python", "pytest"},
+}
 _JEST_TEST: Final = re.compile(r"(?<![\w.])(?:test|it)\s*\(\s*([\"'`])(.*?)\1", re.DOTALL)
 _JEST_DISABLED: Final = re.compile(r"(?<![\w.])(?:xit|xtest|xdescribe)\s*\(|\.(?:skip|only|todo)\s*\(")
 _JS_IMPORT: Final = re.compile(
@@ -55,19 +63,49 @@ class InvalidAcceptanceTest(ValueError):
 
 
 def test_language(requirement: Requirement, project: Sequence[ProjectFile]) -> Language:
-    """The project's language that shares most words with the requirement; else its main language."""
+    """The project language the requirement talks about; ties go to the project's main language."""
     if not project:
         return Language.PYTHON
-    words = set(_WORD.findall(requirement.text.lower()))
-    overlap: dict[Language, int] = {}
-    count: dict[Language, int] = {}
+    score = dict.fromkeys({file.language for file in project}, 0)
+    count = {language: sum(1 for f in project if f.language is language) for language in score}
+    code_spans = " ".join(_CODE_SPAN.findall(requirement.text))
+    prose = _CODE_SPAN.sub(" ", requirement.text).lower()
+    prose_words = set(_WORD.findall(prose))
+    identifiers = set(_IDENTIFIER.findall(code_spans)) | set(_CAMEL.findall(prose))
+    defined: dict[Language, set[str]] = {language: set() for language in score}
     for file in project:
-        count[file.language] = count.get(file.language, 0) + 1
-        described = set(_WORD.findall(f"{file.path} {file.description}".lower()))
-        overlap[file.language] = overlap.get(file.language, 0) + len(words & described)
-    order = list(Language)  # ties: python, then typescript, then javascript
-    return max(count, key=lambda language: (overlap[language], count[language], -order.index(language)))
+        described = f"{file.path} {file.description}"
+        # Quoted names a language's files define are the strongest hint (each name once per language);
+        # for plain words the best-matching file counts, so a language does not win by its number of files.
+        defined[file.language] |= {name for name in identifiers if _mentions(described, name)}
+        folders = {part.lower() for part in file.path.split("/")[:-1]}
+        fit = 3 * len(folders & prose_words) + len(prose_words & set(_WORD.findall(described.lower())))
+        score[file.language] = max(score[file.language], fit)
+    for language, names in defined.items():
+        score[language] += 5 * len(names)
+    # The first quoted name is usually the requirement's subject ("`NotesClient.search(...)` resolves ...").
+    subject = next(iter(_IDENTIFIER.findall(code_spans)), None)
+    for language, names in defined.items():
+        if subject in names:
+            score[language] += 8
+    named = [
+        language for language, words in _LANGUAGE_NAMES.items() if language in score and prose_words & words
+    ]
+    if len(named) == 1:
+        score[named[0]] += 5
+    for name in identifiers:
+        if _CAMEL.fullmatch(name):
+            for language in (Language.TYPESCRIPT, Language.JAVASCRIPT):
+                if language in score:
+                    score[language] += 2
+        elif "_" in name and Language.PYTHON in score:
+            score[Language.PYTHON] += 2
+    order = list(Language)  # last tie-break: python, then typescript, then javascript
+    return max(score, key=lambda language: (score[language], count[language], -order.index(language)))
 
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
 
 
 def acceptance_test_path(requirement: Requirement, language: Language) -> str:
@@ -82,7 +120,6 @@ def acceptance_test_path(requirement: Requirement, language: Language) -> str:
 def test_name(requirement: Requirement) -> str:
     """ "MUST-1" -> "must_1": the Python test function is test_must_1, the Jest title starts with MUST-1."""
     return re.sub(r"[^a-z0-9]+", "_", requirement.id.lower()).strip("_")
-
 
 
 def test_generation_messages(
@@ -290,5 +327,6 @@ def _is_third_party(options: list[str]) -> bool:
 
 
 # Modules that import these names are test modules too: tell pytest they are not tests.
-for _function in (test_language, test_name, test_generation_messages):
-    _function.__test__ = False  # type: ignore[attr-defined]
+test_language.__test__ = False  # type: ignore[attr-defined]
+test_name.__test__ = False  # type: ignore[attr-defined]
+test_generation_messages.__test__ = False  # type: ignore[attr-defined]

@@ -46,12 +46,13 @@ crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic mo
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
-bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency
+bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, acceptance
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
 	$(BIN)/python -m tests.bench.bench_execution
 	$(BIN)/python -m tests.bench.bench_ledger
 	$(BIN)/python -m tests.bench.bench_concurrency
+	$(BIN)/python -m tests.bench.bench_acceptance
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t mge-operator:dev .

@@ -16,9 +16,12 @@ from rich.table import Table
 from mge.adapters.embedded import EmbeddedPostgres
 from mge.adapters.llm import LLM
 from mge.adapters.manifests import masterplan_file
+from mge.adapters.sandbox import Sandbox
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
+from mge.executor.acceptance import Evaluation, LocalAcceptance
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
@@ -57,6 +60,8 @@ class RunResult:
     files_written: int
     held_by_budget: bool
     spend: Spend
+    # Gate S and the precision score; None when the run stopped before they could be computed.
+    acceptance: Evaluation | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -64,6 +69,7 @@ class RunResult:
             not self.interrupted
             and self.progress.failed == 0
             and self.progress.succeeded == self.progress.total
+            and (self.acceptance is None or self.acceptance.gate.passed)
         )
 
 
@@ -98,6 +104,10 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
         if run.resume:
             await store.release_abandoned(plan_id)
+        acceptance = LocalAcceptance(
+            AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
+        )
+        await acceptance.start(plan_id)
         executors = [
             Executor(
                 store,
@@ -115,8 +125,10 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             held_by_budget = False
             while not stop.is_set():
                 progress = await store.progress(plan_id)
-                live.update(_view(run.name, progress, await store.wave_progress(plan_id), limit, llm.label))
-                if progress.finished:
+                waves = await store.wave_progress(plan_id)
+                live.update(_view(run.name, progress, waves, limit, llm.label))
+                await acceptance.step(plan_id, waves)
+                if progress.finished and await acceptance.generated(plan_id):
                     break
                 # Nothing can start until the budget is raised: stop instead of waiting forever.
                 if progress.running == 0 and (await ledger.spend(plan_id)).exhausted:
@@ -129,6 +141,11 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             progress = await store.progress(plan_id)
             waves = await store.wave_progress(plan_id)
             live.update(_view(run.name, progress, waves, limit, llm.label))
+        evaluation = (
+            await acceptance.finish(plan_id, waves)
+            if not (interrupted or held_by_budget) and await acceptance.generated(plan_id)
+            else None
+        )
         written = (
             _write_project(run, await store.outputs(plan_id)) if not (interrupted or held_by_budget) else 0
         )
@@ -146,6 +163,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             files_written=written,
             held_by_budget=held_by_budget,
             spend=await ledger.spend(plan_id),
+            acceptance=evaluation,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

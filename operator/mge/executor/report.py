@@ -1,16 +1,29 @@
-"""The final report of a local run: waves, atoms, failures with their blocked dependents, cost, tokens."""
+"""The final report of a local run: waves, atoms, failures, cost, tokens, Gate S and the precision score."""
 
 from decimal import Decimal
 
 from rich.console import Console
 from rich.table import Table
 
+from mge.acceptance.gate import GateVerdict
 from mge.executor.local_run import LocalRun, RunResult
 
 
 def usd(value: Decimal) -> str:
     """Dollars with cents, or with four decimals for the sub-dollar amounts of small runs."""
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+
+
+def gate_summary(gate: GateVerdict) -> str:
+    """MUST/SHOULD pass rates and the failing requirement ids, e.g. "MUST 100%, SHOULD 50% (failing: SHOULD-2)"."""
+    rates = [
+        f"{label} {rate:.0f}%"
+        for label, rate in (("MUST", gate.must_pass_rate), ("SHOULD", gate.should_pass_rate))
+        if rate is not None
+    ]
+    failing = [*gate.failed_must, *gate.failed_should]
+    text = ", ".join(rates) or "no requirements"
+    return text + (f" (failing: {', '.join(failing)})" if failing else "")
 
 
 def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
@@ -40,7 +53,21 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     table.add_row("Time", f"{result.seconds:.1f} s")
     if result.files_written:
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
+    if result.acceptance is not None:
+        gate, score = result.acceptance.gate, result.acceptance.precision
+        table.add_row("Gate S", ("passed" if gate.passed else "FAILED") + f": {gate_summary(gate)}")
+        table.add_row(
+            "Precision",
+            f"{score.score:.1f} (spec {score.spec:.1f}, integration {score.integration:.1f}, "
+            f"validation {score.validation:.1f})",
+        )
     console.print(table)
+    if result.acceptance is not None and not result.acceptance.gate.passed:
+        console.print(f"[red]{result.acceptance.gate.message}[/]")
+    if result.acceptance is not None:
+        for check in result.acceptance.integration:
+            if not check.passed:
+                console.print(f"[yellow]integration check failed[/] {check.name}: {check.detail[:300]}")
     for atom_id, error in result.failures:
         console.print(f"[red]failed[/] {atom_id}: {error[:500]}")
     if result.interrupted:

@@ -11,7 +11,7 @@ import asyncpg
 
 from mge.acceptance.gate import GateVerdict, RequirementOutcome, TestStatus
 from mge.acceptance.requirements import Priority, Requirement
-from mge.acceptance.templates import GeneratedTest
+from mge.acceptance.templates import GeneratedTest, ProjectFile
 from mge.models.masterplan import Language
 from mge.precision.score import IntegrationCheck, PrecisionScore
 
@@ -53,6 +53,17 @@ class StoredVerdict:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """What test generation needs of a plan: its requirements and the files its atoms write."""
+
+    plan_id: uuid.UUID
+    trace_id: str
+    model: str
+    requirements_markdown: str
+    files: tuple[tuple[ProjectFile, int], ...]  # each atom's file with its wave
+
+
 def _requirement(row: Any) -> Requirement:
     return Requirement(
         id=row["requirement_id"],
@@ -71,6 +82,29 @@ class AcceptanceStore:
         if trace is None:
             raise LookupError(f"Masterplan {plan_id} is not registered")
         return uuid.UUID(str(trace))
+
+    async def plan_context(self, plan_id: uuid.UUID) -> PlanContext:
+        async with self.pool.acquire() as connection:
+            plan = await connection.fetchrow(
+                "SELECT trace_id::text, model, requirements FROM masterplans WHERE id = $1", plan_id
+            )
+            if plan is None:
+                raise LookupError(f"Masterplan {plan_id} is not registered")
+            atoms = await connection.fetch(
+                """SELECT file, language, description, wave_index FROM atoms WHERE masterplan_id = $1
+                   ORDER BY wave_index, atom_id""",
+                plan_id,
+            )
+        return PlanContext(
+            plan_id=plan_id,
+            trace_id=plan["trace_id"],
+            model=plan["model"],
+            requirements_markdown=plan["requirements"],
+            files=tuple(
+                (ProjectFile(row["file"], Language(row["language"]), row["description"]), row["wave_index"])
+                for row in atoms
+            ),
+        )
 
     # --- tests -----------------------------------------------------------------------------------------------
 
@@ -410,6 +444,16 @@ class AcceptanceStore:
             owner,
         )
         return status.endswith(" 1")
+
+    async def release_generation(self, plan_id: uuid.UUID, owner: str) -> None:
+        """Hand an unfinished generation back (shutdown, crash) so another executor takes it at once."""
+        await self.pool.execute(
+            """UPDATE acceptance_generation_claims SET state = 'requested', lease_owner = NULL,
+                   lease_expires_at = NULL, updated_at = now()
+               WHERE masterplan_id = $1 AND state = 'running' AND lease_owner = $2""",
+            plan_id,
+            owner,
+        )
 
     async def generation_state(self, plan_id: uuid.UUID) -> str | None:
         """'requested', 'running', 'done', or None when generation was never requested."""

@@ -272,13 +272,7 @@ class Sandbox:
 
     async def _execute(self, work: Path, command: list[str], uid: int | None, timeout_s: float) -> _Completed:
         isolation = self._isolation
-        if isolation.namespaces:
-            root = os.geteuid() == 0
-            prefix = ["unshare", "--net", "--mount"] if root else ["unshare", "-rn", "--mount"]
-            argv = [*prefix, "--", "sh", "-c", _ENTER, "sh", str(work), str(uid) if uid is not None else "-"]
-            argv += command
-        else:
-            argv = command
+        argv = _namespaced(isolation.namespaces, command, str(work), str(uid) if uid is not None else "-")
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(work),
@@ -432,7 +426,9 @@ def _probe_isolation() -> _Isolation:
     site_packages = sysconfig.get_paths()["purelib"]
     root = os.geteuid() == 0
     unshare = shutil.which("unshare") is not None and (not root or shutil.which("setpriv") is not None)
-    namespaces = unshare and _runs(_probe_argv(True, root, [sys.executable, "-c", "pass"], "-"))
+    namespaces = unshare and _runs(
+        _namespaced(True, [sys.executable, "-c", "pass"], tempfile.gettempdir(), "-")
+    )
     if not root:
         return _Isolation(namespaces, False, sys.executable, site_packages)
     # The test's uid must be able to execute the interpreter (a venv under /root is not reachable).
@@ -446,7 +442,7 @@ def _probe_isolation() -> _Isolation:
             "-c",
             "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pytest'], check=True)",
         ]
-        argv = _probe_argv(namespaces, root, probe, str(_SLOT_UID_BASE - 1))
+        argv = _namespaced(namespaces, probe, tempfile.gettempdir(), str(_SLOT_UID_BASE - 1))
         if not namespaces:
             argv = [
                 "setpriv",
@@ -462,11 +458,12 @@ def _probe_isolation() -> _Isolation:
     return _Isolation(namespaces, False, sys.executable, site_packages)
 
 
-def _probe_argv(namespaces: bool, root: bool, command: list[str], uid: str) -> list[str]:
+def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> list[str]:
+    """The command inside fresh network + mount namespaces (see _ENTER), or as it is without them."""
     if not namespaces:
         return command
-    prefix = ["unshare", "--net", "--mount"] if root else ["unshare", "-rn", "--mount"]
-    return [*prefix, "--", "sh", "-c", _ENTER, "sh", tempfile.gettempdir(), uid, *command]
+    prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
+    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, *command]
 
 
 def _runs(argv: list[str], env: dict[str, str] | None = None) -> bool:

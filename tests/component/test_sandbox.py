@@ -238,3 +238,17 @@ async def test_a_test_can_start_the_interpreter_again(tmp_path: Path) -> None:
     status, output = await run_one(tmp_path, dict([python_test(1, body)]))
 
     assert status is TestStatus.PASSED, output
+
+
+async def test_test_path_outside_the_project_is_an_error_without_running(tmp_path: Path) -> None:
+    [result] = await Sandbox(DEFAULT_LIMITS, workers=1).run_tests(
+        project(tmp_path, {}), [TestRun("MUST-1", Language.PYTHON, "../outside/test_x.py")]
+    )
+
+    assert result.status is TestStatus.ERROR
+    assert "must be relative to the project" in result.output
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"SandboxLimits\.timeout_s must be positive, got 0"):
+        SandboxLimits(timeout_s=0)

@@ -88,6 +88,11 @@ class SandboxLimits:
     file_size_mb: int = 16
     processes: int = 64
 
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "processes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class TestRun:
@@ -163,6 +168,9 @@ class Sandbox:
         return checks
 
     async def _run_test(self, project_dir: Path, test: TestRun) -> TestRunResult:
+        if test.path.startswith("/") or ".." in test.path.split("/"):
+            reason = f"test path {test.path!r} must be relative to the project, without '..'"
+            return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
         if test.language is Language.PYTHON:
             command = [
                 self._isolation.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",

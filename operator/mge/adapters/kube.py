@@ -196,20 +196,19 @@ class Kube:
         """Unsuspend a Job created with spec.suspend=true."""
         await self._call(self._batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": False}})
 
-    async def ensure_config_map(self, namespace: str, body: Mapping[str, Any]) -> None:
+    async def _ensure(self, create: Any, namespace: str, body: Mapping[str, Any]) -> None:
         """Create; an existing one with this name is kept (names are unique per run, contents immutable)."""
         try:
-            await self._call(self._core.create_namespaced_config_map, namespace, body)
+            await self._call(create, namespace, body)
         except ApiException as error:
             if error.status != 409:
                 raise
 
+    async def ensure_config_map(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._ensure(self._core.create_namespaced_config_map, namespace, body)
+
     async def ensure_network_policy(self, namespace: str, body: Mapping[str, Any]) -> None:
-        try:
-            await self._call(self._networking.create_namespaced_network_policy, namespace, body)
-        except ApiException as error:
-            if error.status != 409:
-                raise
+        await self._ensure(self._networking.create_namespaced_network_policy, namespace, body)
 
     async def job_pod_log(self, namespace: str, label_selector: str) -> str | None:
         """Log of the newest pod matching the selector (a Job's pod); None when no pod or log is left."""

@@ -61,6 +61,12 @@ TESTS = {
 }
 
 
+FIXED_MUST_2 = (
+    "import pytest\nfrom hello.greet import greet\n\ndef test_must_2():\n"
+    "    with pytest.raises(ValueError):\n        greet('')\n"
+)
+
+
 def hello() -> dict[str, Any]:
     body = yaml.safe_load((REPO / "examples" / "hello" / "masterplan.yaml").read_text())
     body["metadata"]["namespace"] = NS
@@ -172,12 +178,29 @@ def _with_jobs(deps: Any) -> None:
     deps.acceptance = CONFIG
 
 
+async def _rerun_wave_1_with_a_fixed_must_2(dsn: str) -> None:
+    """What an approver does after fixing a test: regenerate it, then POST /api/v2/testing/run/<id>:1."""
+    store = await Store.connect(dsn)
+    try:
+        accept = AcceptanceStore(store.pool)
+        plan_id = masterplan_uuid(NS, "hello")
+        (stored,) = [t for t in await accept.tests(plan_id, 1) if t.requirement.id == "MUST-2"]
+        fixed = GeneratedTest("MUST-2", Language.PYTHON, stored.test.path, FIXED_MUST_2)
+        trace = await store.pool.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
+        await accept.save_tests(plan_id, trace, [(fixed, stored.requirement, 1)])
+        assert await accept.request_wave_run(plan_id, 1) == 2
+        await accept.clear_verdict(plan_id)
+    finally:
+        await store.close()
+
+
 async def _run(
     api: KubeAPI,
     dsn: str,
     tests: dict[str, tuple[int, str]],
     until: str,
     killed: frozenset[str] = frozenset(),
+    rerun_until: str | None = None,
 ) -> list[str]:
     """Apply hello, store its tests, let a real executor generate the atoms; the Jobs this took, in order."""
     response = await api.client.post(f"{GROUP_PATH}/masterplans", json=hello())
@@ -189,9 +212,12 @@ async def _run(
             kubelet = asyncio.create_task(_kubelet(api, Path(workdir), ran, killed))
             try:
                 async with running_executor(dsn, REPO / "examples" / "hello" / "responses.jsonl"):
-                    await eventually(
-                        lambda: _reason(api, until.split("=")[0]) == until.split("=")[1], timeout=90
-                    )
+                    type_, reason = until.split("=")
+                    await eventually(lambda: _reason(api, type_) == reason, timeout=90)
+                if rerun_until is not None:
+                    await _rerun_wave_1_with_a_fixed_must_2(dsn)
+                    again_type, again_reason = rerun_until.split("=")
+                    await eventually(lambda: _reason(api, again_type) == again_reason, timeout=60)
                 # A few more ticks: nothing is created or saved twice.
                 await asyncio.sleep(1.5)
             finally:
@@ -201,26 +227,21 @@ async def _run(
     return ran
 
 
-async def test_passing_gate_completes_the_plan(cluster, pg):
-    fixed = {
-        **TESTS,
-        "MUST-2": (
-            1,
-            "import pytest\nfrom hello.greet import greet\n\ndef test_must_2():\n"
-            "    with pytest.raises(ValueError):\n        greet('')\n",
-        ),
-    }
+async def test_rerunning_a_wave_with_a_fixed_test_completes_the_plan(cluster, pg):
+    ran = await _run(
+        cluster, pg, TESTS, "Failed=True/GateSFailed", rerun_until="Complete=True/AllRequirementsPassed"
+    )
 
-    await _run(cluster, pg, fixed, "Complete=True/AllRequirementsPassed")
-
+    assert ran == ["hello-accept-w1-r1", "hello-accept-w3-r1", "hello-accept-w1-r2"]
     status = _masterplan(cluster)["status"]
     assert (status["phase"], status["gate"]["status"]) == ("Succeeded", "Passed")
     assert _reason(cluster, "GateSPassed") == "True/AllRequirementsPassed"
+    assert _reason(cluster, "Failed") == "False/AtomsRunning"
     assert status["precision"]["spec"] == 100.0
 
 
 async def test_a_job_killed_at_its_deadline_records_errors_and_fails_the_gate(cluster, pg):
-    await _run(cluster, pg, TESTS, "Failed=True/GateSFailed", killed=frozenset({"hello-accept-w1-r0"}))
+    await _run(cluster, pg, TESTS, "Failed=True/GateSFailed", killed=frozenset({"hello-accept-w1-r1"}))
 
     gate = _condition(cluster, "GateSPassed")
     assert "MUST-1" in gate["message"]
@@ -233,20 +254,20 @@ async def test_a_job_killed_at_its_deadline_records_errors_and_fails_the_gate(cl
 async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_naming_it(cluster, pg):
     ran = await _run(cluster, pg, TESTS, "Failed=True/GateSFailed")
 
-    assert ran == ["hello-accept-w1-r0", "hello-accept-w3-r0"]
+    assert ran == ["hello-accept-w1-r1", "hello-accept-w3-r1"]
     jobs = {j["metadata"]["name"]: j for j in cluster.objects_of("jobs", NS)}
     assert sorted(jobs) == ran
-    pod = jobs["hello-accept-w1-r0"]["spec"]["template"]["spec"]
+    pod = jobs["hello-accept-w1-r1"]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-    assert jobs["hello-accept-w1-r0"]["metadata"]["ownerReferences"][0]["kind"] == "Masterplan"
+    assert jobs["hello-accept-w1-r1"]["metadata"]["ownerReferences"][0]["kind"] == "Masterplan"
     policies = cluster.objects_of("networkpolicies", NS)
     assert sorted(p["metadata"]["name"] for p in policies) == ran
     assert all(
         p["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in p["spec"] for p in policies
     )
-    assert "--integration" in jobs["hello-accept-w3-r0"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--integration" in jobs["hello-accept-w3-r1"]["spec"]["template"]["spec"]["containers"][0]["args"]
 
     status = _masterplan(cluster)["status"]
     gate = _condition(cluster, "GateSPassed")

@@ -34,6 +34,8 @@ from mge.plan.execution import AcceptanceState
 from mge.precision.score import IntegrationCheck, precision_score
 
 _OUTPUT_LIMIT = 4096
+# A wave's first run is run 1, as the store counts requests (a re-run request makes it 2, ...).
+FIRST_RUN = 1
 
 
 def requirements_of(spec: Mapping[str, Any]) -> RequirementsDocument:
@@ -109,7 +111,7 @@ async def sync_acceptance(
         )
         return state, per_wave
 
-    integration = await _integration_checks(deps, namespace, job_name(name, last, runs.get(last, 0)))
+    integration = await _integration_checks(deps, namespace, job_name(name, last, runs.get(last, FIRST_RUN)))
     outcomes = await accept.outcomes(plan_id)
     total, validated = await accept.validation_counts(plan_id)
     verdict = evaluate_gate(document.requirements, outcomes)
@@ -152,7 +154,7 @@ class _WaveRun:
         self.deps, self.accept, self.store, self.namespace = deps, accept, store, namespace
         self.masterplan, self.owner, self.plan_id, self.wave = masterplan, owner, plan_id, wave
         self.integration = wave == last
-        self.name = job_name(masterplan, wave, runs.get(wave, 0))
+        self.name = job_name(masterplan, wave, runs.get(wave, FIRST_RUN))
         self.logger = logger
 
     async def step(self, tests: Sequence[Any]) -> bool:

@@ -215,3 +215,17 @@ def test_rerunning_tests_after_a_failed_gate_reopens_the_plan():
     assert _cond(rerun, ConditionType.FAILED)[0] == "False"
     assert _cond(rerun, ConditionType.PROGRESSING)[:2] == ("True", "AcceptanceTestsRunning")
     assert rerun.gate.status == GateState.PENDING
+
+
+def test_an_empty_must_section_from_the_real_parser_is_reported_at_its_line():
+    from mge.acceptance.requirements import parse_requirements
+
+    document = parse_requirements("## Requirements\n### MUST\n\n### SHOULD\nsome text\n")
+    state = AcceptanceState(enabled=True, requirements=len(document.requirements), problems=document.problems)
+
+    status, _ = _decide(state, progress=_progress(running=1))
+
+    gate = _cond(status, ConditionType.GATE_S_PASSED)
+    assert gate[:2] == ("False", "InvalidRequirements")
+    assert "line 2: the MUST section has no bullet items" in gate[2]
+    assert "line 5:" in gate[2]

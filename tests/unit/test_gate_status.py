@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mge.acceptance.requirements import parse_requirements
 from mge.models.conditions import ConditionType, find_condition
 from mge.models.masterplan import GateState, MasterplanStatus, Phase
 from mge.models.wave import WaveStatus
@@ -218,8 +219,6 @@ def test_rerunning_tests_after_a_failed_gate_reopens_the_plan():
 
 
 def test_an_empty_must_section_from_the_real_parser_is_reported_at_its_line():
-    from mge.acceptance.requirements import parse_requirements
-
     document = parse_requirements("## Requirements\n### MUST\n\n### SHOULD\nsome text\n")
     state = AcceptanceState(enabled=True, requirements=len(document.requirements), problems=document.problems)
 

@@ -252,3 +252,21 @@ async def test_test_path_outside_the_project_is_an_error_without_running(tmp_pat
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"SandboxLimits\.timeout_s must be positive, got 0"):
         SandboxLimits(timeout_s=0)
+
+
+async def test_loopback_works_inside_the_namespace_but_nothing_routes_out(tmp_path: Path) -> None:
+    body = (
+        "    import socket\n"
+        "    server = socket.create_server(('127.0.0.1', 0))\n"
+        "    socket.create_connection(server.getsockname(), timeout=3).close()\n"
+        "    outside = socket.socket()\n"
+        "    assert outside.connect_ex(('1.1.1.1', 80)) != 0\n"
+    )
+    sandbox = Sandbox(DEFAULT_LIMITS, workers=1)
+    if not sandbox.network_isolated:
+        pytest.skip("no network namespace on this machine: the sandbox reports network_isolated=False")
+    tests = dict([python_test(1, body)])
+
+    [result] = await sandbox.run_tests(project(tmp_path, tests), runs(tests))
+
+    assert result.status is TestStatus.PASSED, result.output

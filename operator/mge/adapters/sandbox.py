@@ -64,7 +64,8 @@ _REFUSALS: Final = (
     "heap out of memory",
 )
 # Inside fresh mount + network namespaces: private tmpfs on the world-writable directories (writes there
-# vanish with the test), the workdir moved back in place, then drop to the slot's uid.
+# vanish with the test), the workdir moved back in place, the namespace's own loopback up, then drop to
+# the slot's uid.
 _ENTER: Final = """set -e
 WORK="$1"; SANDBOX_UID="$2"; shift 2
 mount --make-rprivate /
@@ -74,6 +75,8 @@ mkdir -p "$WORK"
 mount --move /mnt "$WORK"
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
+# Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
+PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
 cd "$WORK"
 if [ "$SANDBOX_UID" = "-" ]; then exec "$@"; fi
 exec setpriv --reuid "$SANDBOX_UID" --regid 65534 --clear-groups --inh-caps=-all -- "$@"

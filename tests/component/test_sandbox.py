@@ -270,3 +270,25 @@ async def test_loopback_works_inside_the_namespace_but_nothing_routes_out(tmp_pa
     [result] = await sandbox.run_tests(project(tmp_path, tests), runs(tests))
 
     assert result.status is TestStatus.PASSED, result.output
+
+
+@needs_jest
+async def test_hanging_jest_test_times_out(tmp_path: Path) -> None:
+    tests = {
+        "acceptance_tests/must_1.test.ts": 'test("MUST-1: spins", () => { for (;;) {} expect(1).toBe(1); });\n'
+    }
+
+    status, output = await run_one(tmp_path, tests, SandboxLimits(timeout_s=8))
+
+    assert status is TestStatus.TIMEOUT
+    assert output.startswith("killed after 8 s (timeout)")
+
+
+@needs_jest
+async def test_jest_test_exhausting_memory_is_an_error(tmp_path: Path) -> None:
+    body = "const kept: string[] = []; for (;;) { kept.push('x'.repeat(1 << 20) + kept.length); } expect(kept).toBeTruthy();"
+    tests = {"acceptance_tests/must_1.test.ts": f'test("MUST-1: grows", () => {{ {body} }});\n'}
+
+    status, output = await run_one(tmp_path, tests, SandboxLimits(timeout_s=25, memory_mb=256))
+
+    assert status is TestStatus.ERROR, output

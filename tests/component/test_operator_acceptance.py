@@ -11,6 +11,7 @@ import base64
 import contextlib
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,28 +88,35 @@ def _reason(api: KubeAPI, type_: str) -> str | None:
     return f"{condition['status']}/{condition['reason']}" if condition else None
 
 
-async def _generate_tests(dsn: str, chosen: dict[str, tuple[int, str]]) -> None:
+async def _store_tests(
+    store: Store, accept: AcceptanceStore, plan_id: Any, markdown: str, chosen: dict[str, tuple[int, str]]
+) -> None:
     """What an executor's test generation stores (the LLM part is PIPELINE's and tested there)."""
+    assert await accept.claim_generation("generator", 60, plan_id) == plan_id
+    requirements = {r.id: r for r in parse_requirements(markdown).requirements}
+    trace = await store.pool.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
+    tests = [
+        (
+            GeneratedTest(
+                rid, Language.PYTHON, f"acceptance_tests/test_{rid.lower().replace('-', '_')}.py", code
+            ),
+            requirements[rid],
+            wave,
+        )
+        for rid, (wave, code) in chosen.items()
+    ]
+    await accept.delete_tests_except(plan_id, list(chosen))
+    await accept.save_tests(plan_id, trace, tests)
+    assert await accept.finish_generation(plan_id, "generator")
+
+
+async def _generate_tests(dsn: str, chosen: dict[str, tuple[int, str]]) -> None:
     store = await Store.connect(dsn)
     try:
         accept = AcceptanceStore(store.pool)
         plan_id = masterplan_uuid(NS, "hello")
         await eventually(lambda: accept.generation_state(plan_id), timeout=20)
-        assert await accept.claim_generation("generator", 60, plan_id) == plan_id
-        requirements = {r.id: r for r in parse_requirements(hello()["spec"]["requirements"]).requirements}
-        trace = await store.pool.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
-        tests = [
-            (
-                GeneratedTest(
-                    rid, Language.PYTHON, f"acceptance_tests/test_{rid.lower().replace('-', '_')}.py", code
-                ),
-                requirements[rid],
-                wave,
-            )
-            for rid, (wave, code) in chosen.items()
-        ]
-        await accept.save_tests(plan_id, trace, tests)
-        assert await accept.finish_generation(plan_id, "generator")
+        await _store_tests(store, accept, plan_id, hello()["spec"]["requirements"], chosen)
     finally:
         await store.close()
 
@@ -178,7 +186,7 @@ def _with_jobs(deps: Any) -> None:
     deps.acceptance = CONFIG
 
 
-async def _rerun_wave_1_with_a_fixed_must_2(dsn: str) -> None:
+async def _rerun_wave_1_with_a_fixed_must_2(api: KubeAPI, dsn: str) -> None:
     """What an approver does after fixing a test: regenerate it, then POST /api/v2/testing/run/<id>:1."""
     store = await Store.connect(dsn)
     try:
@@ -201,6 +209,7 @@ async def _run(
     until: str,
     killed: frozenset[str] = frozenset(),
     rerun_until: str | None = None,
+    then: Callable[[KubeAPI, str], Awaitable[None]] = _rerun_wave_1_with_a_fixed_must_2,
 ) -> list[str]:
     """Apply hello, store its tests, let a real executor generate the atoms; the Jobs this took, in order."""
     response = await api.client.post(f"{GROUP_PATH}/masterplans", json=hello())
@@ -215,7 +224,7 @@ async def _run(
                     type_, reason = until.split("=")
                     await eventually(lambda: _reason(api, type_) == reason, timeout=90)
                 if rerun_until is not None:
-                    await _rerun_wave_1_with_a_fixed_must_2(dsn)
+                    await then(api, dsn)
                     again_type, again_reason = rerun_until.split("=")
                     await eventually(lambda: _reason(api, again_type) == again_reason, timeout=60)
                 # A few more ticks: nothing is created or saved twice.
@@ -238,6 +247,52 @@ async def test_rerunning_a_wave_with_a_fixed_test_completes_the_plan(cluster, pg
     assert _reason(cluster, "GateSPassed") == "True/AllRequirementsPassed"
     assert _reason(cluster, "Failed") == "False/AtomsRunning"
     assert status["precision"]["spec"] == 100.0
+
+
+async def _drop_must_2_from_the_spec(api: KubeAPI, dsn: str) -> None:
+    """kubectl apply of the spec without MUST-2; then an executor's generation of the new tests."""
+    body = hello()
+    lines = body["spec"]["requirements"].splitlines()
+    body["spec"]["requirements"] = (
+        "\n".join(line for line in lines if "rejects an empty name" not in line) + "\n"
+    )
+    response = await api.client.patch(
+        f"{GROUP_PATH}/masterplans/hello",
+        json={"spec": {"requirements": body["spec"]["requirements"]}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+    store = await Store.connect(dsn)
+    try:
+        accept = AcceptanceStore(store.pool)
+        plan_id = masterplan_uuid(NS, "hello")
+        await eventually(lambda: _requested(accept, plan_id), timeout=20)
+        renumbered = {
+            "MUST-1": TESTS["MUST-1"],
+            "MUST-2": TESTS["MUST-3"],
+            **{k: TESTS[k] for k in ("SHOULD-1", "SHOULD-2")},
+        }
+        await _store_tests(store, accept, plan_id, body["spec"]["requirements"], renumbered)
+    finally:
+        await store.close()
+
+
+async def _requested(accept: AcceptanceStore, plan_id: Any) -> bool:
+    return await accept.generation_state(plan_id) == "requested"
+
+
+async def test_changed_requirements_are_tested_again_and_decide_a_new_gate(cluster, pg):
+    ran = await _run(
+        cluster,
+        pg,
+        TESTS,
+        "Failed=True/GateSFailed",
+        rerun_until="Complete=True/AllRequirementsPassed",
+        then=_drop_must_2_from_the_spec,
+    )
+
+    assert ran == ["hello-accept-w1-r1", "hello-accept-w3-r1", "hello-accept-w1-r2", "hello-accept-w3-r2"]
+    assert _masterplan(cluster)["status"]["gate"]["status"] == "Passed"
 
 
 async def test_a_job_killed_at_its_deadline_records_errors_and_fails_the_gate(cluster, pg):

@@ -66,6 +66,13 @@ async def sync_acceptance(
     tests = await accept.tests(plan_id)
     wave_of = {t.requirement.id: t.wave for t in tests}
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
+    if await _requirements_changed(accept, plan_id, document):
+        # A re-applied spec with other requirements: new tests, every wave re-run, a new gate.
+        await accept.request_generation(plan_id)
+        for earlier in await accept.result_waves(plan_id):
+            await accept.request_wave_run(plan_id, earlier)
+        await accept.clear_verdict(plan_id)
+        logger.info("requirements changed: acceptance tests are generated again and every wave re-runs")
     stored = await accept.verdict(plan_id)
     if stored is not None:
         state = AcceptanceState(True, count, document.problems, verdict=stored.gate, score=stored.precision)
@@ -122,6 +129,16 @@ async def sync_acceptance(
         metrics.ACCEPTANCE_PASS_RATE.labels(namespace, name).set(passed / len(outcomes) * 100)
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
     return AcceptanceState(True, count, document.problems, verdict=verdict, score=score), per_wave
+
+
+async def _requirements_changed(
+    accept: AcceptanceStore, plan_id: uuid.UUID, document: RequirementsDocument
+) -> bool:
+    """Only once generation is done: before that the generator works from the stored spec anyway."""
+    if await accept.generation_state(plan_id) != "done":
+        return False
+    tested = {(r.id, r.text) for r in await accept.requirements(plan_id)}
+    return tested != {(r.id, r.text) for r in document.requirements}
 
 
 async def _outcomes_by_wave(

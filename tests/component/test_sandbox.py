@@ -292,3 +292,23 @@ async def test_jest_test_exhausting_memory_is_an_error(tmp_path: Path) -> None:
     status, output = await run_one(tmp_path, tests, SandboxLimits(timeout_s=25, memory_mb=256))
 
     assert status is TestStatus.ERROR, output
+
+
+async def test_import_check_follows_a_src_layout_and_names_the_module_that_does_not_import(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "src" / "shop"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "prices.py").write_text("PRICES = {'apple': 3}\n")
+    (package / "cart.py").write_text("from shop.prices import PRICES\n\nTOTAL = sum(PRICES.values())\n")
+    (tmp_path / "bad.py").write_text("import missing_module_of_the_project\n")
+
+    checks = {c.name: c for c in await Sandbox(DEFAULT_LIMITS, workers=1).integration_checks(tmp_path)}
+
+    assert checks["python-compiles"].passed
+    assert not checks["python-imports"].passed
+    assert (
+        checks["python-imports"].detail
+        == "bad.py: ModuleNotFoundError: No module named 'missing_module_of_the_project'"
+    )

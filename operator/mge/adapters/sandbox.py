@@ -597,8 +597,8 @@ for path in files:
     parts = path[:-3].split(os.sep)
     if parts[0] in ("acceptance_tests", "tests") or name.startswith("test_") or name.endswith("_test.py") or name in ("conftest.py", "setup.py"):
         continue
-    if parts[0] == "src" and "src" not in os.listdir("src"):
-        parts = parts[1:] if not os.path.exists("src/__init__.py") else parts
+    if parts[0] == "src" and not os.path.exists("src/__init__.py"):
+        parts = parts[1:]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     if not parts or not all(p.isidentifier() for p in parts):

@@ -55,6 +55,7 @@ def test_typescript_messages_give_relative_import_paths() -> None:
     user = templates.test_generation_messages(MUST_1, Language.TYPESCRIPT, PROJECT, None)[1]["content"]
 
     assert '`"../client/api"`' in user
+    assert "calc/core.py" not in user
     assert 'test("MUST-1: <short title>"' in user
 
 

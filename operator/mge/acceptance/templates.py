@@ -135,7 +135,9 @@ def test_generation_messages(
         f"Write `{path}` ({language}). The test runs from the project root.",
         _structure(requirement, language),
     ]
-    relevant = [file for file in project if file.language == language or language is not Language.PYTHON]
+    # A test imports files of its own language; TypeScript and JavaScript import each other.
+    scripts = {Language.TYPESCRIPT, Language.JAVASCRIPT}
+    relevant = [f for f in project if f.language is language or {f.language, language} <= scripts]
     if relevant:
         parts.append("Project files (they will exist when the test runs):")
         parts.extend(

@@ -239,6 +239,9 @@ class Evaluation:
     gate: GateVerdict
     precision: PrecisionScore
     integration: tuple[IntegrationCheck, ...]
+    tests_generated: int = 0
+    tests_not_generated: int = 0
+    generation_calls: int = 0  # LLM calls spent on tests, repairs included
 
 
 class LocalAcceptance:
@@ -322,7 +325,15 @@ async def evaluate_plan(
     gate = evaluate_gate(requirements, outcomes)
     score = precision_score(requirements, outcomes, integration, total, validated)
     await acceptance.save_verdict(plan_id, gate, score, integration)
-    return Evaluation(gate, score, tuple(integration))
+    generated, missing = await acceptance.tests(plan_id), await acceptance.not_generated(plan_id)
+    return Evaluation(
+        gate,
+        score,
+        tuple(integration),
+        tests_generated=len(generated),
+        tests_not_generated=len(missing),
+        generation_calls=sum(t.attempts for t in generated) + sum(m.attempts for m in missing),
+    )
 
 
 def write_project(

@@ -55,6 +55,12 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
     if result.acceptance is not None:
         gate, score = result.acceptance.gate, result.acceptance.precision
+        evaluation = result.acceptance
+        table.add_row(
+            "Acceptance",
+            f"{evaluation.tests_generated} tests generated, {evaluation.tests_not_generated} not generated "
+            f"({evaluation.generation_calls} LLM calls)",
+        )
         table.add_row("Gate S", ("passed" if gate.passed else "FAILED") + f": {gate_summary(gate)}")
         table.add_row(
             "Precision",

@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'
 	npm install --silent --no-audit --no-fund --save-exact --prefix $(VENV)/node typescript@5.9.3 \
-		jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30
+		jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30 @types/jest@29.5.14
 	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "promtool could not be installed (apt-get prometheus): the alert tests will be skipped"

@@ -312,3 +312,39 @@ async def test_import_check_follows_a_src_layout_and_names_the_module_that_does_
         checks["python-imports"].detail
         == "bad.py: ModuleNotFoundError: No module named 'missing_module_of_the_project'"
     )
+
+
+async def test_typescript_check_uses_the_nearest_tsconfig_and_imports_skip_entry_points(
+    tmp_path: Path,
+) -> None:
+    client = tmp_path / "client" / "src"
+    client.mkdir(parents=True)
+    config = '{"compilerOptions": {"strict": true, "module": "esnext", "moduleResolution": "bundler", "noEmit": true}, "include": ["src"]}'
+    (tmp_path / "client" / "tsconfig.json").write_text(config)
+    (client / "format.ts").write_text(
+        'import { tag } from "./tag";\nexport const label = (t: string): string => tag(t);\n'
+    )
+    (client / "tag.ts").write_text("export const tag = (t: string): string => `[${t}]`;\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "__main__.py").write_text("import sys\nsys.exit(2)\n")
+
+    checks = {
+        c.name: c for c in await Sandbox(SandboxLimits(timeout_s=60), workers=1).integration_checks(tmp_path)
+    }
+
+    assert checks["python-imports"].passed, checks["python-imports"].detail
+    if HAS_TSC:
+        assert checks["typescript-types"].passed, checks["typescript-types"].detail
+
+
+@needs_jest
+async def test_jest_test_using_fetch_response_runs_under_the_memory_limit(tmp_path: Path) -> None:
+    tests = {
+        "acceptance_tests/must_1.test.ts": 'test("MUST-1: body", async () => {\n'
+        '  expect(await new Response("ok").text()).toBe("ok");\n});\n'
+    }
+
+    status, output = await run_one(tmp_path, tests)
+
+    assert status is TestStatus.PASSED, output

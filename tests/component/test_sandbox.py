@@ -278,10 +278,10 @@ async def test_hanging_jest_test_times_out(tmp_path: Path) -> None:
         "acceptance_tests/must_1.test.ts": 'test("MUST-1: spins", () => { for (;;) {} expect(1).toBe(1); });\n'
     }
 
-    status, output = await run_one(tmp_path, tests, SandboxLimits(timeout_s=8))
+    status, output = await run_one(tmp_path, tests, SandboxLimits(timeout_s=4))
 
     assert status is TestStatus.TIMEOUT
-    assert output.startswith("killed after 8 s (timeout)")
+    assert output.startswith("killed after 4 s (timeout)")
 
 
 @needs_jest

@@ -13,7 +13,7 @@ RUN /opt/mge/bin/pip install pytest==9.2.0
 # Jest runs generated TypeScript/JavaScript acceptance tests in acceptance Jobs (same versions as `make setup`).
 FROM node:20-bookworm-slim AS typescript
 RUN npm install --prefix /opt/mge/node --no-audit --no-fund --save-exact typescript@5.9.3 \
-    jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30
+    jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30 @types/jest@29.5.14
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="mge-operator" \

@@ -6,10 +6,14 @@ RUN python -m venv /opt/mge
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 RUN /opt/mge/bin/pip install /src
+# Acceptance Jobs (`mge acceptance-job`) run generated pytest tests with this image.
+RUN /opt/mge/bin/pip install pytest==9.2.0
 
-# The TypeScript compiler validates generated TypeScript/JavaScript atoms (syntax, via the compiler API).
+# The TypeScript compiler validates generated TypeScript/JavaScript atoms (syntax, via the compiler API);
+# Jest runs generated TypeScript/JavaScript acceptance tests in acceptance Jobs (same versions as `make setup`).
 FROM node:20-bookworm-slim AS typescript
-RUN npm install --prefix /opt/mge/node --no-audit --no-fund typescript@5.9.3
+RUN npm install --prefix /opt/mge/node --no-audit --no-fund --save-exact typescript@5.9.3 \
+    jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30 @types/jest@29.5.14
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="mge-operator" \

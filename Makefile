@@ -15,10 +15,11 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'
-	npm install --silent --no-audit --no-fund --prefix $(VENV)/node typescript@5.9.3
-	# Dependency benchmark: the two baselines and three TypeScript packages that ship their sources.
-	npm install --silent --no-audit --no-fund --prefix $(VENV)/node dependency-cruiser@17.4.3 \
-		madge@8.0.0 rxjs@7.8.2 @tanstack/query-core@5.108.4 zod@4.6.7
+	# TypeScript for validation, Jest (+ SWC) for acceptance tests; dependency-cruiser, madge and three
+	# TypeScript packages that ship their sources for the dependency benchmark. One install, pinned.
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(VENV)/node typescript@5.9.3 \
+		jest@29.7.0 @swc/core@1.7.26 @swc/jest@0.2.36 @types/node@20.11.30 @types/jest@29.5.14 \
+		dependency-cruiser@17.4.3 madge@8.0.0 rxjs@7.8.2 @tanstack/query-core@5.108.4 zod@4.6.7
 	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "promtool could not be installed (apt-get prometheus): the alert tests will be skipped"
@@ -48,7 +49,7 @@ crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic mo
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
-bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, dependencies
+bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, dependencies, acceptance
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
 	$(BIN)/python -m tests.bench.bench_execution
@@ -56,6 +57,7 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_concurrency
 	$(BIN)/python -m tests.bench.bench_cache
 	$(BIN)/python -m tests.bench.bench_deps
+	$(BIN)/python -m tests.bench.bench_acceptance
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t mge-operator:dev .

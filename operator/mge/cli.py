@@ -21,6 +21,7 @@ from mge.plan.errors import PlanError
 from mge.plan.estimate import PlanEstimate, estimate_plan
 
 if TYPE_CHECKING:
+    from mge.adapters.acceptance_job import AcceptanceJobConfig
     from mge.adapters.kube import Kube
     from mge.adapters.llm import LLM
     from mge.executor.local_run import LocalRun, RunResult
@@ -283,7 +284,9 @@ def operator() -> None:
         raise _fail("MGE_DATABASE_URL is not set: the operator keeps atom state in Postgres")
     kube = _kube(settings, "in-cluster service account or kubeconfig")
     store = LazyStore(settings.database_url)
-    deps = ControllerDeps(kube=kube, store=store, prices=_load_prices(settings.prices_file))
+    deps = ControllerDeps(
+        kube=kube, store=store, prices=_load_prices(settings.prices_file), acceptance=_acceptance(settings)
+    )
     serve_metrics(settings.metrics_port)
     _export_spans(settings)
     background = [export_trace_metrics_forever(store, settings.trace_metrics_seconds)]
@@ -298,6 +301,25 @@ def operator() -> None:
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
             background_tasks=background,
         )
+    )
+
+
+def _acceptance(settings: "Settings") -> "AcceptanceJobConfig | None":
+    from mge.adapters.acceptance_job import AcceptanceJobConfig
+
+    if not settings.acceptance_image:
+        return None
+    return AcceptanceJobConfig(
+        image=settings.acceptance_image,
+        cpu_request=settings.acceptance_cpu_request,
+        cpu_limit=settings.acceptance_cpu_limit,
+        memory_request=settings.acceptance_memory_request,
+        memory_limit=settings.acceptance_memory_limit,
+        workdir_size=settings.acceptance_workdir_size,
+        active_deadline_s=settings.acceptance_deadline_seconds,
+        ttl_after_finished_s=settings.acceptance_ttl_seconds,
+        test_timeout_s=settings.acceptance_test_timeout_seconds,
+        workers=settings.acceptance_workers,
     )
 
 
@@ -493,6 +515,47 @@ def _export_spans(settings: "Settings") -> None:
         from mge.adapters.tracing import enable_otlp
 
         enable_otlp(settings.otel_endpoint)
+
+
+@app.command("acceptance-job")
+def acceptance_job(
+    input_: Annotated[
+        Path, typer.Option("--input", help="tar.gz bundle: project, tests, mge-acceptance.json.")
+    ],
+    workdir: Annotated[Path, typer.Option(help="Writable folder to unpack into (an emptyDir in the Job).")],
+    timeout: Annotated[float, typer.Option(min=1, help="Per-test timeout in seconds.")] = 30,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Tests run in parallel.")] = 4,
+    integration: Annotated[bool, typer.Option(help="Also run the project's integration checks.")] = False,
+) -> None:
+    """Inside an acceptance Job: run a wave's tests in the sandbox and print one JSON line per result."""
+    import json
+    import tarfile
+
+    from mge.adapters.acceptance_job import MANIFEST_NAME, done_line, integration_line, result_line
+    from mge.adapters.sandbox import Sandbox, SandboxLimits, TestRun
+    from mge.models.masterplan import Language
+
+    project = workdir / "project"
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(input_, mode="r:gz") as archive:
+            # The "data" filter refuses absolute paths, '..', links out of the folder and device files.
+            archive.extractall(project, filter="data")
+        manifest = json.loads((project / MANIFEST_NAME).read_text())
+        runs = [TestRun(t["requirement_id"], Language(t["language"]), t["path"]) for t in manifest["tests"]]
+    except (OSError, tarfile.TarError, ValueError, KeyError) as error:
+        raise _fail(f"--input {input_}: not an acceptance bundle ({error})") from None
+
+    async def run() -> None:
+        sandbox = Sandbox(SandboxLimits(timeout_s=timeout, cpu_s=int(timeout)), workers=workers)
+        for result in await sandbox.run_tests(project, runs):
+            print(result_line(result.requirement_id, result.status.value, result.duration_s, result.output))
+        if integration:
+            for check in await sandbox.integration_checks(project):
+                print(integration_line(check.name, check.passed, check.detail))
+        print(done_line(len(runs)), flush=True)
+
+    asyncio.run(run())
 
 
 def _kube(settings: "Settings", hint: str) -> "Kube":

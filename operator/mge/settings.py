@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         1500, ge=1, le=100_000, description="Atoms with larger prompts are never batched."
     )
 
+    # Acceptance-test Jobs (one per wave); empty image = the operator does not run them (Gate S not evaluated).
+    acceptance_image: str = Field("", description="Image of acceptance Jobs (`mge acceptance-job`).")
+    acceptance_cpu_request: str = "250m"
+    acceptance_cpu_limit: str = "1"
+    acceptance_memory_request: str = "256Mi"
+    acceptance_memory_limit: str = "1Gi"
+    acceptance_workdir_size: str = Field("256Mi", description="emptyDir size (and ephemeral-storage limit).")
+    acceptance_deadline_seconds: int = Field(900, ge=30, le=86400, description="Job activeDeadlineSeconds.")
+    acceptance_ttl_seconds: int = Field(3600, ge=0, le=604800, description="Job ttlSecondsAfterFinished.")
+    acceptance_test_timeout_seconds: int = Field(30, ge=1, le=3600, description="Per-test timeout.")
+    acceptance_workers: int = Field(4, ge=1, le=64, description="Tests run in parallel inside a Job.")
+
     @model_validator(mode="after")
     def _replica_bounds(self) -> "Settings":
         if self.executor_min_replicas > self.executor_max_replicas:

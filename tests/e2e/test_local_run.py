@@ -47,6 +47,9 @@ def test_replay_run_generates_a_project_whose_own_tests_pass(tmp_path, state):
     assert "REPLAY of recorded responses" in result.stdout
     assert "succeeded" in result.stdout
     assert "7 (1 rejected" in result.stdout
+    report = " ".join(result.stdout.split())
+    assert "Gate S │ passed: MUST 100%, SHOULD 100%" in report
+    assert "Precision │ 100.0 (spec 100.0, integration 100.0, validation 100.0)" in report
     generated = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=out,
@@ -135,8 +138,9 @@ async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp
         "validation.py",
     ]
     # Every atom was generated once (greet twice: its recorded first answer is broken), across both runs.
-    assert sum(slow.stats.calls_per_atom.values()) == 7
-    assert calls_before_resume < 7
+    atom_calls = {a: n for a, n in slow.stats.calls_per_atom.items() if not a.startswith("acceptance/")}
+    assert sum(atom_calls.values()) == 7
+    assert calls_before_resume < 7 + 5  # 6 atoms (one repaired) + 5 acceptance tests
 
 
 def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
@@ -156,6 +160,8 @@ def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(exa
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(2 rejected by validation" in result.stdout  # each recording repairs two broken answers
+    # Every requirement of the example got a recorded acceptance test that passes against the generated code.
+    assert "Gate S │ passed: MUST 100%, SHOULD 100%" in " ".join(result.stdout.split())
     if list(out.glob("tests/test_*.py")):
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
@@ -167,6 +173,20 @@ def test_every_example_replays_to_a_project_that_builds_and_passes_its_tests(exa
     for tsconfig in out.rglob("tsconfig.json"):
         compiled = _tsc(tsconfig.parent)
         assert compiled.returncode == 0, compiled.stdout
+
+
+def test_a_project_that_misses_requirements_fails_gate_s_naming_them(tmp_path, state):
+    broken = Path(__file__).parent / "fixtures" / "hello-broken"  # no Spanish, empty names accepted
+
+    result = _mge("run", str(broken), "--out", str(tmp_path / "out"), "--state-dir", str(state))
+
+    report = " ".join(result.stdout.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Result │ FAILED" in report
+    assert "6 succeeded, 0 failed" in report  # every atom validated: only the acceptance tests catch it
+    assert "Gate S │ FAILED: MUST 67%, SHOULD 50% (failing: MUST-2, SHOULD-1)" in report
+    assert "not passing: MUST-2 (failed), SHOULD-1 (failed)" in report
+    assert "Precision │ 81.2 (spec 62.5, integration 100.0, validation 100.0)" in report
 
 
 def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_path, state):

@@ -104,14 +104,25 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         # Authentication and authorization, as a real API server would answer TokenReview/SubjectAccessReview.
         self.tokens: dict[str, tuple[str, list[str]]] = {}
         self.grants: set[tuple[str, str, str, str]] = set()  # (user, namespace, resource/subresource, verb)
+        # What `kubectl logs` returns per (namespace, pod name); set by tests that play the kubelet.
+        self.pod_logs: dict[tuple[str, str], str] = {}
 
-    def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True) -> None:
+    def declare(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        kind: str,
+        *,
+        namespaced: bool = True,
+        subresources: frozenset[str] = frozenset({"status"}),
+    ) -> None:
         key = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
         self.resources[key] = kmock.ResourceInfo(
             namespaced=namespaced,
             kind=kind,
             verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-            subresources={"status"},
+            subresources=set(subresources),
         )
 
     def declare_crd(self, crd: Mapping[str, Any]) -> None:
@@ -174,6 +185,11 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
             return self._commit(key, obj, "ADDED", 201)
         if existing is None:
             return _status(404, "NotFound", f'{resource.plural} "{name}" not found')
+        if action == enums.action.FETCH and request.subresource == "log":
+            log = self.pod_logs.get((namespace, name))
+            if log is None:
+                return _status(400, "BadRequest", f'container in pod "{name}" is waiting to start')
+            return aiohttp.web.Response(text=log, content_type="text/plain")
         if action == enums.action.FETCH:
             return aiohttp.web.json_response(existing)
         if action == enums.action.DELETE:

@@ -29,6 +29,9 @@ async def fake_cluster() -> AsyncIterator[KubeAPI]:
     api.declare("", "v1", "configmaps", "ConfigMap")
     api.declare("events.k8s.io", "v1", "events", "Event")
     api.declare("apps", "v1", "deployments", "Deployment")
+    api.declare("batch", "v1", "jobs", "Job")
+    api.declare("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+    api.declare("", "v1", "pods", "Pod", subresources=frozenset({"status", "log"}))
     api.declare(
         "apiextensions.k8s.io",
         "v1",

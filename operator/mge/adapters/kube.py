@@ -41,6 +41,8 @@ class Kube:
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
         self._apps = client.AppsV1Api(self._api)
+        self._batch = client.BatchV1Api(self._api)
+        self._networking = client.NetworkingV1Api(self._api)
 
     def close(self) -> None:
         self._api.close()  # type: ignore[no-untyped-call]
@@ -177,3 +179,60 @@ class Kube:
             count=1,
         )
         await self._call(self._core.create_namespaced_event, namespace, event)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return dict(self._api.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = await self._call(self._batch.read_namespaced_job, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return self._plain(job)
+
+    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The created Job (with its uid); if it exists already (a lost response), the existing one."""
+        try:
+            return self._plain(await self._call(self._batch.create_namespaced_job, namespace, body))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing = await self.read_job(namespace, body["metadata"]["name"])
+        assert existing is not None, "a Job that conflicts on create exists"
+        return existing
+
+    async def release_job(self, namespace: str, name: str) -> None:
+        """Unsuspend a Job created with spec.suspend=true."""
+        await self._call(self._batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": False}})
+
+    async def _ensure(self, create: Any, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create; an existing one with this name is kept (names are unique per run, contents immutable)."""
+        try:
+            await self._call(create, namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    async def ensure_config_map(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._ensure(self._core.create_namespaced_config_map, namespace, body)
+
+    async def ensure_network_policy(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._ensure(self._networking.create_namespaced_network_policy, namespace, body)
+
+    async def job_pod_log(self, namespace: str, label_selector: str) -> str | None:
+        """Log of the newest pod matching the selector (a Job's pod); None when no pod or log is left."""
+        pods = await self._call(self._core.list_namespaced_pod, namespace, label_selector=label_selector)
+        if not pods.items:
+            return None
+        newest = max(
+            pods.items, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+        )
+        try:
+            log = await self._call(self._core.read_namespaced_pod_log, newest.metadata.name, namespace)
+        except ApiException as error:
+            if error.status in (400, 404):  # container never started, or the pod is gone
+                return None
+            raise
+        return str(log)

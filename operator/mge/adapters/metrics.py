@@ -131,3 +131,40 @@ SEED_METRICS: Final = frozenset(
         "v2_correlation_strength",
     }
 )
+
+# --- acceptance ---
+# Acceptance tests, Gate S and the precision score (issue 8). Per-plan gauges are set by whoever computes the
+# figure: the operator in the cluster, the local run otherwise.
+ACCEPTANCE_TESTS_GENERATED = Counter(
+    "v2_acceptance_tests_generated_total",
+    "Acceptance tests generated from requirements and stored, by language.",
+    ("language",),
+)
+ACCEPTANCE_TEST_SECONDS = Histogram(
+    "v2_acceptance_test_execution_seconds",
+    "Duration of one acceptance test run in the sandbox, by outcome.",
+    ("status",),
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+)
+ACCEPTANCE_PASS_RATE = Gauge(
+    "v2_acceptance_test_pass_rate",
+    "Share of the plan's acceptance tests that passed, in percent.",
+    PLAN_LABELS,
+)
+GATE_S_STATUS = Gauge(
+    "v2_gate_s_status", "Gate S of the plan: 1 passed, 0 failed, -1 not decided yet.", PLAN_LABELS
+)
+GATE_S_MUST_PASS_RATE = Gauge(
+    "v2_gate_s_must_pass_rate", "MUST requirements whose test passed, in percent.", PLAN_LABELS
+)
+GATE_S_SHOULD_PASS_RATE = Gauge(
+    "v2_gate_s_should_pass_rate", "SHOULD requirements whose test passed, in percent.", PLAN_LABELS
+)
+PRECISION_SCORE = Gauge(
+    "v2_precision_score", "Precision: 50% spec + 30% integration + 20% validation, in percent.", PLAN_LABELS
+)
+PRECISION_COMPONENTS = Gauge(
+    "v2_precision_score_components",
+    "The precision score's parts (component = spec, integration, validation), in percent.",
+    (*PLAN_LABELS, "component"),
+)

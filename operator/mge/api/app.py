@@ -11,7 +11,7 @@ from mge.adapters.cache import connect_redis
 from mge.adapters.kube import Kube
 from mge.adapters.kube_auth import KubeAuth
 from mge.adapters.store.store import Store
-from mge.api import admin_cache, concurrency, cost
+from mge.api import admin_cache, concurrency, cost, precision, testing
 
 
 def create_app(dsn: str, kube: Kube | None = None, redis_url: str = "") -> FastAPI:
@@ -35,6 +35,8 @@ def create_app(dsn: str, kube: Kube | None = None, redis_url: str = "") -> FastA
     app.include_router(cost.router)
     app.include_router(concurrency.router)
     app.include_router(admin_cache.router)
+    app.include_router(testing.router)
+    app.include_router(precision.router)
     app.mount("/metrics", make_asgi_app())
 
     @app.get("/healthz", include_in_schema=False)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mge.adapters.acceptance_job import AcceptanceJobConfig
 from mge.adapters.kube import Kube
 from mge.adapters.store.store import LazyStore
 from mge.adapters.tokenizer import count_tokens
@@ -24,6 +25,8 @@ class ControllerDeps:
     now: Callable[[], datetime] = utc_now
     new_trace_id: Callable[[], str] = new_trace_id
     count_tokens: Callable[[str], int] = count_tokens
+    # How acceptance Jobs run; None = the operator runs none and Gate S is not evaluated.
+    acceptance: AcceptanceJobConfig | None = None
     # Retry delays (seconds) for what only time can fix.
     retry_missing_source_s: float = 30.0
     retry_store_s: float = 15.0

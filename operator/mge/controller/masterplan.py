@@ -9,10 +9,12 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mge.adapters import metrics
-from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, TRACE_ANNOTATION, Kube, KubeUnavailable
+from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
+from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.deps import ControllerDeps, deps_of
+from mge.controller.events import post_plan_event
 from mge.cost.caps import OverrideRejected
 from mge.models.base import API_GROUP, API_VERSION
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
@@ -25,9 +27,11 @@ from mge.plan.execution import decide_execution, decide_store_unavailable
 from mge.plan.status import (
     KubeEvent,
     PlanningOutcome,
+    TestOutcome,
     decide_invalid_spec,
     decide_planning,
     decide_wave_progress,
+    decide_wave_tests,
     status_patch,
     transition_events,
     wave_name,
@@ -149,8 +153,13 @@ async def sync_progress(
         progress = await store.progress(plan_id)
         waves = await store.wave_progress(plan_id)
         spend = await CostLedger(store.pool).spend(plan_id)
+        acceptance, wave_tests = await sync_acceptance(
+            deps, store, namespace, name, body, requirements_of(spec), progress, waves, logger
+        )
     except (StoreUnavailable, OSError) as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
     else:
         desired, events = decide_execution(
             name=name,
@@ -160,9 +169,11 @@ async def sync_progress(
             suspended=bool(spec.get("suspend")),
             generation=generation,
             now=deps.now(),
+            acceptance=acceptance,
         )
-        await _sync_wave_status(deps, namespace, name, waves)
+        await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
+        export_gate(namespace, name, acceptance)
     await _write(deps.kube, body, patch, status, PlanningOutcome(status=desired, events=events), logger)
 
 
@@ -200,7 +211,11 @@ def _export_cost_metrics(
 
 
 async def _sync_wave_status(
-    deps: ControllerDeps, namespace: str, masterplan: str, waves: Sequence[WaveProgress]
+    deps: ControllerDeps,
+    namespace: str,
+    masterplan: str,
+    waves: Sequence[WaveProgress],
+    tests: Mapping[int, Sequence[TestOutcome]],
 ) -> None:
     try:
         existing = {w["metadata"]["name"]: w for w in await deps.kube.list_waves(namespace, masterplan)}
@@ -210,6 +225,8 @@ async def _sync_wave_status(
                 continue
             observed = WaveStatus.model_validate(child.get("status") or {})
             desired = decide_wave_progress(observed, wave, deps.now())
+            if wave.index in tests:
+                desired = decide_wave_tests(desired, tests[wave.index])
             changes = status_patch(child.get("status") or {}, desired)
             if changes:
                 await deps.kube.patch_wave_status(namespace, child["metadata"]["name"], changes)
@@ -311,23 +328,14 @@ async def _write(
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log(f"{event.reason}: {event.message}")
-        await _post(kube, body, event, outcome.status.trace_id)
-
-
-async def _post(kube: Kube, body: kopf.Body, event: KubeEvent, trace_id: str | None) -> None:
-    """An Event annotated with the plan's trace_id; a failure to post never fails the reconcile."""
-    involved = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": body["metadata"]}
-    try:
-        await kube.post_event(
-            body["metadata"]["namespace"],
-            involved,
+        await post_plan_event(
+            kube,
+            body,
+            type_=event.type,
             reason=event.reason,
             message=event.message,
-            type_=event.type,
-            annotations={TRACE_ANNOTATION: trace_id} if trace_id else None,
+            trace_id=outcome.status.trace_id,
         )
-    except (KubeUnavailable, ApiException) as error:
-        log.warning("event %s not posted: %s", event.reason, error)
 
 
 def register(registry: kopf.OperatorRegistry, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:

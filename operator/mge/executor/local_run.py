@@ -19,10 +19,13 @@ from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
 from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.manifests import masterplan_file
+from mge.adapters.sandbox import Sandbox
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import ModelPrice
 from mge.deps.compare import PlanCheck
+from mge.executor.acceptance import Evaluation, LocalAcceptance
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
@@ -67,6 +70,8 @@ class RunResult:
     cache: SavingsSummary | None = None
     # The plan's dependsOn against the imports of the generated project (or why it was not checked).
     dependencies: PlanCheck | str | None = None
+    # Gate S and the precision score; None when the run stopped before they could be computed.
+    acceptance: Evaluation | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -74,6 +79,7 @@ class RunResult:
             not self.interrupted
             and self.progress.failed == 0
             and self.progress.succeeded == self.progress.total
+            and (self.acceptance is None or self.acceptance.gate.passed)
         )
 
 
@@ -115,6 +121,10 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
         if run.resume:
             await store.release_abandoned(plan_id)
+        acceptance = LocalAcceptance(
+            AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
+        )
+        await acceptance.start(plan_id)
         executors = [
             Executor(
                 store,
@@ -132,8 +142,10 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             held_by_budget = False
             while not stop.is_set():
                 progress = await store.progress(plan_id)
-                live.update(_view(run.name, progress, await store.wave_progress(plan_id), limit, llm.label))
-                if progress.finished:
+                waves = await store.wave_progress(plan_id)
+                live.update(_view(run.name, progress, waves, limit, llm.label))
+                await acceptance.step(plan_id, waves)
+                if progress.finished and await acceptance.generated(plan_id):
                     break
                 # Nothing can start until the budget is raised: stop instead of waiting forever.
                 if progress.running == 0 and (await ledger.spend(plan_id)).exhausted:
@@ -146,6 +158,11 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             progress = await store.progress(plan_id)
             waves = await store.wave_progress(plan_id)
             live.update(_view(run.name, progress, waves, limit, llm.label))
+        evaluation = (
+            await acceptance.finish(plan_id, waves)
+            if not (interrupted or held_by_budget) and await acceptance.generated(plan_id)
+            else None
+        )
         written = (
             _write_project(run, await store.outputs(plan_id)) if not (interrupted or held_by_budget) else 0
         )
@@ -168,6 +185,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             trace_id=trace,
             cache=await CacheSavings(store.pool).summary(plan_id) if client is not None else None,
             dependencies=dependencies,
+            acceptance=evaluation,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""The final report of a local run: waves, atoms, failures with their blocked dependents, cost, tokens."""
+"""The final report of a local run: waves, atoms, failures, cost, tokens, Gate S and the precision score."""
 
 from decimal import Decimal
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mge.acceptance.gate import GateVerdict
 from mge.adapters.cache import SavingsSummary
 from mge.deps.compare import PlanCheck
 from mge.deps.status import decide_dependencies
@@ -25,6 +26,18 @@ def cache_line(hits: int, calls: int, saved: SavingsSummary) -> str:
         f"{hits} of {lookups} generations from the prompt cache ({rate:.0f}%), "
         f"{saved.prompt_tokens + saved.completion_tokens:,} tokens and {usd(saved.saved_usd)} avoided"
     )
+
+
+def gate_summary(gate: GateVerdict) -> str:
+    """MUST/SHOULD pass rates and the failing requirement ids, e.g. "MUST 100%, SHOULD 50% (failing: SHOULD-2)"."""
+    rates = [
+        f"{label} {rate:.0f}%"
+        for label, rate in (("MUST", gate.must_pass_rate), ("SHOULD", gate.should_pass_rate))
+        if rate is not None
+    ]
+    failing = [*gate.failed_must, *gate.failed_should]
+    text = ", ".join(rates) or "no requirements"
+    return text + (f" (failing: {', '.join(failing)})" if failing else "")
 
 
 def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
@@ -58,6 +71,20 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     table.add_row("Trace", f"{result.trace_id} (details: mge trace {run.name}{where})")
     if result.files_written:
         table.add_row("Output", f"{result.files_written} files in {run.out}/")
+    if result.acceptance is not None:
+        gate, score = result.acceptance.gate, result.acceptance.precision
+        evaluation = result.acceptance
+        table.add_row(
+            "Acceptance",
+            f"{evaluation.tests_generated} tests generated, {evaluation.tests_not_generated} not generated "
+            f"({evaluation.generation_calls} LLM calls)",
+        )
+        table.add_row("Gate S", ("passed" if gate.passed else "FAILED") + f": {gate_summary(gate)}")
+        table.add_row(
+            "Precision",
+            f"{score.score:.1f} (spec {score.spec:.1f}, integration {score.integration:.1f}, "
+            f"validation {score.validation:.1f})",
+        )
     if isinstance(result.dependencies, PlanCheck):
         checked = result.dependencies
         table.add_row(
@@ -66,6 +93,12 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         )
     console.print(table)
     print_dependency_warnings(console, result.dependencies)
+    if result.acceptance is not None and not result.acceptance.gate.passed:
+        console.print(f"[red]{result.acceptance.gate.message}[/]")
+    if result.acceptance is not None:
+        for check in result.acceptance.integration:
+            if not check.passed:
+                console.print(f"[yellow]integration check failed[/] {check.name}: {check.detail[:300]}")
     for atom_id, error in result.failures:
         console.print(f"[red]failed[/] {atom_id}: {error[:500]}")
     if result.interrupted:

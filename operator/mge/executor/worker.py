@@ -14,11 +14,13 @@ from typing import Final
 from mge.adapters import metrics, tracing
 from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError
 from mge.adapters.llm_cache import cached_answer, remember_answer
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
+from mge.executor.acceptance import GenerationConfig, TestGenerator
 from mge.executor.gate import CallGate, SlotUnavailable
 from mge.executor.validation import CodeValidator
 from mge.generation.extract import NoCodeInAnswer, extract_code
@@ -83,6 +85,21 @@ class Executor:
         )
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
         self._wake = asyncio.Event()
+        # Acceptance tests are generated here too, through the same gate and ledger as atoms; running them is
+        # the operator's (a Job per wave) or local mode's business.
+        self.tests = TestGenerator(
+            AcceptanceStore(store.pool),
+            llm,
+            self.ledger,
+            self.gate,
+            prices,
+            GenerationConfig(
+                config.executor_id, max_tokens=config.max_tokens, temperature=config.temperature
+            ),
+            validator,
+        )
+        self._generation: asyncio.Task[bool] | None = None
+        self._generation_checked = -float("inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
@@ -98,6 +115,7 @@ class Executor:
                 if free:
                     with metrics.DB_LATENCY.labels("claim").time():
                         claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                self._generate_tests()
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
                     self._in_flight[task] = atom
@@ -107,9 +125,31 @@ class Executor:
         finally:
             await stop_listening()
             await self._drain()
+            if self._generation is not None and not self._generation.done():
+                self._generation.cancel()  # the claim's lease runs out and another executor takes it over
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._generation
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    def _generate_tests(self) -> None:
+        """At most one plan's tests at a time per executor; look for requested generations each poll interval."""
+        now = time.monotonic()
+        if self._generation is not None and not self._generation.done():
+            return
+        if self._generation is not None and self._generation.done():
+            crashed = not self._generation.cancelled() and self._generation.exception() is not None
+            if crashed:
+                log.error("acceptance test generation crashed", exc_info=self._generation.exception())
+            elif not self._generation.cancelled() and self._generation.result():
+                self._generation_checked = -float("inf")  # one plan done: look for the next at once
+            self._generation = None
+        if now - self._generation_checked < self.config.idle_poll_s:
+            return
+        self._generation_checked = now
+        self._generation = asyncio.create_task(self.tests.generate_claimed())
+        self._generation.add_done_callback(lambda _: self._wake.set())
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -55,6 +55,15 @@ class Reason(StrEnum):
     OVERRIDE_REJECTED = "OverrideRejected"
     IMPORTS_MATCH_PLAN = "ImportsMatchPlan"
     IMPORTS_MISSING_FROM_PLAN = "ImportsMissingFromPlan"
+    AWAITING_ACCEPTANCE_TESTS = "AwaitingAcceptanceTests"
+    ACCEPTANCE_TESTS_RUNNING = "AcceptanceTestsRunning"
+    ACCEPTANCE_DISABLED = "AcceptanceDisabled"
+    ACCEPTANCE_JOB_FAILED = "AcceptanceJobFailed"
+    ALL_REQUIREMENTS_PASSED = "AllRequirementsPassed"
+    MUST_REQUIREMENT_FAILED = "MustRequirementFailed"
+    SHOULD_REQUIREMENTS_FAILED = "ShouldRequirementsFailed"
+    GATE_S_FAILED = "GateSFailed"
+    INVALID_REQUIREMENTS = "InvalidRequirements"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -73,6 +82,11 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.HARD_CAP_REACHED,
         Reason.OVERRIDE_REJECTED,
         Reason.IMPORTS_MISSING_FROM_PLAN,
+        Reason.ACCEPTANCE_JOB_FAILED,
+        Reason.MUST_REQUIREMENT_FAILED,
+        Reason.SHOULD_REQUIREMENTS_FAILED,
+        Reason.GATE_S_FAILED,
+        Reason.INVALID_REQUIREMENTS,
     }
 )
 

@@ -1,11 +1,14 @@
 """Decides a Masterplan's execution status (Progressing, Complete, Failed, counts, cost) from store progress."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from mge.cost.caps import BudgetLimits, BudgetState, budget_state, projected_total
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
-from mge.models.masterplan import MasterplanStatus
+from mge.models.masterplan import GateState, GateStatus, MasterplanStatus, PrecisionStatus
 from mge.models.progress import Progress, Spend
 from mge.plan.status import ConditionLog, KubeEvent, derive_phase, transition_events
 
@@ -14,6 +17,60 @@ _LISTED = 10
 
 def _names(ids: tuple[str, ...]) -> str:
     return ", ".join(ids[:_LISTED]) + (f" and {len(ids) - _LISTED} more" if len(ids) > _LISTED else "")
+
+
+class GateOutcome(Protocol):
+    """Gate S as mge.acceptance.gate.GateVerdict reports it (structural, so status stays decoupled)."""
+
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def must_pass_rate(self) -> float | None: ...
+    @property
+    def should_pass_rate(self) -> float | None: ...
+    @property
+    def failed_must(self) -> tuple[str, ...]: ...
+    @property
+    def failed_should(self) -> tuple[str, ...]: ...
+    @property
+    def message(self) -> str: ...
+
+
+class PrecisionFigures(Protocol):
+    """mge.precision.score.PrecisionScore: percentages 0-100."""
+
+    @property
+    def score(self) -> float: ...
+    @property
+    def spec(self) -> float: ...
+    @property
+    def integration(self) -> float: ...
+    @property
+    def validation(self) -> float: ...
+
+
+class LineProblem(Protocol):
+    """mge.acceptance.requirements.RequirementProblem."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptanceState:
+    """What is known about a plan's acceptance tests: read from the store and the cluster by the shell."""
+
+    enabled: bool
+    requirements: int
+    problems: Sequence[LineProblem] = ()
+    verdict: GateOutcome | None = None
+    score: PrecisionFigures | None = None
+    # Waves whose acceptance Job has not reported yet.
+    waves_pending: tuple[int, ...] = ()
+    # A wave's Job that ended without results (message for the user); the gate cannot be decided then.
+    job_failure: str | None = None
 
 
 def decide_execution(
@@ -25,8 +82,13 @@ def decide_execution(
     suspended: bool,
     generation: int,
     now: datetime,
+    acceptance: AcceptanceState | None = None,
 ) -> tuple[MasterplanStatus, list[KubeEvent]]:
-    """Status after reading progress and spend; only meaningful once the plan is Planned=True."""
+    """Status after reading progress and spend; only meaningful once the plan is Planned=True.
+
+    With `acceptance` (the operator runs acceptance Jobs) a plan whose atoms all succeeded is Complete only
+    once Gate S passed; a failed gate is Failed with reason GateSFailed. Without it the gate is not evaluated.
+    """
     status = observed.model_copy(deep=True)
     conditions = ConditionLog(status.conditions, generation, now)
     _apply_spend(name, status, conditions, progress, spend)
@@ -54,6 +116,8 @@ def decide_execution(
         conditions.set(
             ConditionType.PROGRESSING, ConditionStatus.FALSE, Reason.ATOMS_FAILED, "The run has ended."
         )
+    elif progress.finished and acceptance is not None and acceptance.enabled:
+        _apply_gate(name, status, conditions, progress, acceptance, now)
     elif progress.finished:
         status.completed_at = status.completed_at or now
         message = f"All {progress.total} atoms succeeded in {progress.waves_total} waves."
@@ -82,8 +146,132 @@ def decide_execution(
             f"{progress.succeeded}/{progress.total} atoms succeeded, {progress.running} running, "
             f"{progress.waves_complete}/{progress.waves_total} waves complete.",
         )
+    if acceptance is not None:
+        _apply_requirements(status, conditions, acceptance)
     status.phase = derive_phase(status)
     return status, transition_events(observed.conditions, status.conditions)
+
+
+def _problems(problems: Sequence[LineProblem]) -> str:
+    shown = "; ".join(
+        p.message if p.message.startswith("line ") else f"line {p.line}: {p.message}"
+        for p in problems[:_LISTED]
+    )
+    more = f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+    return f"spec.requirements: {shown}{more}"
+
+
+def _apply_requirements(
+    status: MasterplanStatus, conditions: ConditionLog, acceptance: AcceptanceState
+) -> None:
+    """GateSPassed before a verdict: disabled, unreadable requirements, or waiting for the tests."""
+    if acceptance.verdict is not None:
+        return
+    if not acceptance.enabled:
+        conditions.set(
+            ConditionType.GATE_S_PASSED,
+            ConditionStatus.UNKNOWN,
+            Reason.ACCEPTANCE_DISABLED,
+            "Acceptance Jobs are disabled (Helm value acceptance.enabled=false): Gate S is not evaluated and "
+            "Complete follows the atoms alone.",
+        )
+    elif acceptance.problems and acceptance.requirements == 0:
+        conditions.set(
+            ConditionType.GATE_S_PASSED,
+            ConditionStatus.FALSE,
+            Reason.INVALID_REQUIREMENTS,
+            f"No requirement could be read: {_problems(acceptance.problems)}. Write bullets under "
+            "'## Requirements' / '### MUST' / '### SHOULD' and re-apply.",
+        )
+    elif acceptance.job_failure is not None:
+        conditions.set(
+            ConditionType.GATE_S_PASSED,
+            ConditionStatus.UNKNOWN,
+            Reason.ACCEPTANCE_JOB_FAILED,
+            acceptance.job_failure,
+        )
+    else:
+        problems = f" Ignored: {_problems(acceptance.problems)}." if acceptance.problems else ""
+        conditions.set(
+            ConditionType.GATE_S_PASSED,
+            ConditionStatus.UNKNOWN,
+            Reason.AWAITING_ACCEPTANCE_TESTS,
+            f"{acceptance.requirements} requirements; their acceptance tests run after their wave's atoms "
+            f"succeed.{problems}",
+        )
+
+
+def _apply_gate(
+    name: str,
+    status: MasterplanStatus,
+    conditions: ConditionLog,
+    progress: Progress,
+    acceptance: AcceptanceState,
+    now: datetime,
+) -> None:
+    """All atoms succeeded: Complete only if Gate S passed; a failed gate fails the plan, naming requirements."""
+    verdict = acceptance.verdict
+    atoms = f"All {progress.total} atoms succeeded in {progress.waves_total} waves"
+    if verdict is None:
+        # A wave's tests are running (again): an earlier gate result no longer describes the plan.
+        _clear_terminal(conditions)
+        status.gate = GateStatus(status=GateState.PENDING)
+        waves = ", ".join(str(w) for w in acceptance.waves_pending)
+        running = f" (waves {waves} pending)" if waves else ""
+        conditions.set(
+            ConditionType.PROGRESSING,
+            ConditionStatus.TRUE,
+            Reason.ACCEPTANCE_TESTS_RUNNING,
+            f"{atoms}; acceptance tests are running{running}. Gate S is decided when every wave reported.",
+        )
+        return
+    status.completed_at = status.completed_at or now
+    status.gate = GateStatus(
+        status=GateState.PASSED if verdict.passed else GateState.FAILED,
+        must_pass_rate=verdict.must_pass_rate,
+        should_pass_rate=verdict.should_pass_rate,
+    )
+    if acceptance.score is not None:
+        status.precision = PrecisionStatus(
+            score=acceptance.score.score,
+            spec=acceptance.score.spec,
+            integration=acceptance.score.integration,
+            validation=acceptance.score.validation,
+        )
+    precision = f" Precision {acceptance.score.score:.1f}%." if acceptance.score is not None else ""
+    problems = f" Ignored: {_problems(acceptance.problems)}." if acceptance.problems else ""
+    if verdict.passed:
+        conditions.set(
+            ConditionType.GATE_S_PASSED,
+            ConditionStatus.TRUE,
+            Reason.ALL_REQUIREMENTS_PASSED,
+            f"{verdict.message}{problems}",
+        )
+        message = f"{atoms}; Gate S passed.{precision}"
+        conditions.set(ConditionType.COMPLETE, ConditionStatus.TRUE, Reason.ALL_REQUIREMENTS_PASSED, message)
+        conditions.set(
+            ConditionType.PROGRESSING, ConditionStatus.FALSE, Reason.ALL_REQUIREMENTS_PASSED, message
+        )
+        return
+    failing = _names(verdict.failed_must + verdict.failed_should)
+    reason = Reason.MUST_REQUIREMENT_FAILED if verdict.failed_must else Reason.SHOULD_REQUIREMENTS_FAILED
+    conditions.set(
+        ConditionType.GATE_S_PASSED,
+        ConditionStatus.FALSE,
+        reason,
+        f"Failing requirements: {failing}. {verdict.message}{problems}",
+    )
+    conditions.set(
+        ConditionType.FAILED,
+        ConditionStatus.TRUE,
+        Reason.GATE_S_FAILED,
+        f"{atoms} but Gate S failed on {failing}.{precision} GET /api/v2/testing/results/"
+        f"{status.masterplan_id or '<masterplanId>'} shows each test's output; fix the atoms or the "
+        f"requirements and re-apply, or re-run a wave's tests with POST /api/v2/testing/run/<masterplanId>:<wave>.",
+    )
+    conditions.set(
+        ConditionType.PROGRESSING, ConditionStatus.FALSE, Reason.GATE_S_FAILED, "The run has ended."
+    )
 
 
 def _apply_spend(

@@ -4,7 +4,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
 from mge.models.base import KubeModel
@@ -19,7 +19,7 @@ from mge.models.conditions import (
 )
 from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus, Phase
 from mge.models.progress import WaveProgress
-from mge.models.wave import WavePhase, WaveSpec, WaveStatus
+from mge.models.wave import WavePhase, WaveSpec, WaveStatus, WaveTests
 from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import estimate_plan
@@ -311,5 +311,36 @@ def decide_wave_progress(observed: WaveStatus, wave: WaveProgress, now: datetime
         message=message,
         generation=status.observed_generation,
         now=now,
+    )
+    return status
+
+
+class TestOutcome(Protocol):
+    """mge.acceptance.gate.RequirementOutcome, structurally: priority MUST/SHOULD, status passed/failed/..."""
+
+    @property
+    def requirement_id(self) -> str: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+
+
+def _rate(passed: int, total: int) -> float | None:
+    return round(passed / total * 100, 2) if total else None
+
+
+def decide_wave_tests(observed: WaveStatus, outcomes: Sequence[TestOutcome]) -> WaveStatus:
+    """The Wave's acceptance summary from the latest result of each of its tests."""
+    status = observed.model_copy(deep=True)
+    must = [o for o in outcomes if o.priority == "MUST"]
+    should = [o for o in outcomes if o.priority == "SHOULD"]
+    passed = sum(1 for o in outcomes if o.status == "passed")
+    status.tests = WaveTests(
+        total=len(outcomes),
+        passed=passed,
+        failed=len(outcomes) - passed,
+        must_pass_rate=_rate(sum(1 for o in must if o.status == "passed"), len(must)),
+        should_pass_rate=_rate(sum(1 for o in should if o.status == "passed"), len(should)),
     )
     return status

@@ -1,0 +1,1 @@
+"""Acceptance tests derived from a Masterplan's requirements: parsing, test templates and Gate S."""

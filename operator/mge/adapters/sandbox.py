@@ -1,0 +1,639 @@
+"""Runs acceptance tests and integration checks of a generated project in a locked-down subprocess."""
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from mge.acceptance.gate import TestStatus
+from mge.adapters.typescript import DEFAULT_NODE_MODULES
+from mge.models.masterplan import Language
+from mge.precision.score import IntegrationCheck
+
+OUTPUT_LIMIT_BYTES: Final = 4096
+NOBODY_GID: Final = 65534
+# Every worker slot runs as its own unprivileged uid (no passwd entry, owns nothing): RLIMIT_NPROC counts
+# per uid, so a fork bomb in one test cannot starve the tests next to it; the pid keeps concurrent runners apart.
+_SLOT_UID_BASE: Final = 200_000
+_SLOTS_PER_PROCESS: Final = 256
+_instances = itertools.count()
+_IGNORED: Final = shutil.ignore_patterns(
+    "node_modules", ".git", "__pycache__", ".mypy_cache", ".pytest_cache"
+)
+_NODE_ADDRESS_SPACE_FACTOR: Final = 4
+_JUNIT: Final = ".mge-junit.xml"
+_JEST_REPORT: Final = ".mge-jest.json"
+# An uncaught error of one of these kinds means the sandbox refused something the test tried (memory,
+# processes, network, files outside the workdir): the requirement was not checked, so the status is error.
+_REFUSALS: Final = (
+    "MemoryError",
+    "BlockingIOError",
+    "Resource temporarily unavailable",
+    "PermissionError",
+    "Permission denied",
+    "Read-only file system",
+    "Network is unreachable",
+    "Cannot assign requested address",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "File too large",
+    "EACCES",
+    "EPERM",
+    "EROFS",
+    "ENETUNREACH",
+    "EADDRNOTAVAIL",
+    "EAI_AGAIN",
+    "ENOTFOUND",
+    "EAGAIN",
+    "ENOMEM",
+    "heap out of memory",
+)
+# Inside fresh mount + network namespaces: private tmpfs on the world-writable directories (writes there
+# vanish with the test), the workdir moved back in place, the namespace's own loopback up, then drop to
+# the slot's uid.
+_ENTER: Final = """set -e
+WORK="$1"; SANDBOX_UID="$2"; shift 2
+mount --make-rprivate /
+mount --bind "$WORK" /mnt
+mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp
+mkdir -p "$WORK"
+mount --move /mnt "$WORK"
+mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
+mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
+# Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
+PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
+cd "$WORK"
+if [ "$SANDBOX_UID" = "-" ]; then exec "$@"; fi
+exec setpriv --reuid "$SANDBOX_UID" --regid 65534 --clear-groups --inh-caps=-all -- "$@"
+"""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 30
+    cpu_s: int = 30
+    memory_mb: int = 1024
+    file_size_mb: int = 16
+    processes: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "processes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TestRun:
+    __test__ = False  # not a pytest test class
+
+    requirement_id: str
+    language: Language
+    path: str  # relative to the project directory
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    __test__ = False
+
+    requirement_id: str
+    status: TestStatus
+    duration_s: float
+    output: str  # excerpt, at most OUTPUT_LIMIT_BYTES of UTF-8
+
+
+@dataclass(frozen=True)
+class _Isolation:
+    """How this machine lets us isolate: decided once per process by trying it."""
+
+    namespaces: bool  # unshare of network + mount namespaces works
+    drops_uid: bool  # we are root and can run tests as an unprivileged uid
+    python: str  # interpreter the test's uid can execute
+    python_path: str  # site-packages of our environment, for pytest and the project's dependencies
+
+
+@dataclass(frozen=True)
+class _Completed:
+    returncode: int | None  # None: killed at the timeout
+    output: str
+    duration_s: float
+
+
+class Sandbox:
+    def __init__(self, limits: SandboxLimits = SandboxLimits(), workers: int = 4) -> None:
+        if workers < 1 or workers > _SLOTS_PER_PROCESS:
+            raise ValueError(f"workers must be between 1 and {_SLOTS_PER_PROCESS}, got {workers}")
+        self.limits = limits
+        self.workers = workers
+        self._isolation = _probe_isolation()
+        self.network_isolated: bool = self._isolation.namespaces
+        first = next(_instances) * workers
+        base = _SLOT_UID_BASE + (os.getpid() % 100_000) * _SLOTS_PER_PROCESS
+        self._slots: asyncio.Queue[int] | None = None
+        self._slot_uids = [base + (first + i) % _SLOTS_PER_PROCESS for i in range(workers)]
+
+    async def run_tests(self, project_dir: Path, tests: Sequence[TestRun]) -> list[TestRunResult]:
+        """One result per test, in the order given; each test runs in its own copy of the project."""
+        return list(await asyncio.gather(*(self._run_test(project_dir, test) for test in tests)))
+
+    async def integration_checks(self, project_dir: Path) -> list[IntegrationCheck]:
+        """Python compiles and imports resolve; tsc --noEmit; the project's own tests collect."""
+        files = [p.relative_to(project_dir).as_posix() for p in _project_files(project_dir)]
+        checks: list[IntegrationCheck] = []
+        if any(f.endswith(".py") for f in files):
+            checks.extend(await self._python_checks(project_dir))
+        typescript = [f for f in files if f.endswith((".ts", ".tsx")) and not f.endswith(".d.ts")]
+        if typescript:
+            checks.append(await self._typescript_check(project_dir, typescript))
+        if any(_is_python_test(f) for f in files):
+            done = await self._in_sandbox(
+                project_dir,
+                [self._isolation.python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+            )
+            checks.append(_check("python-tests-collect", done, "the project's pytest tests collect"))
+        if any(_is_jest_test(f) for f in files):
+            done = await self._in_sandbox(project_dir, self._jest_command(None, collect_only=True))
+            checks.append(_check("jest-tests-collect", done, "the project's Jest test files load"))
+        return checks
+
+    async def _run_test(self, project_dir: Path, test: TestRun) -> TestRunResult:
+        if test.path.startswith("/") or ".." in test.path.split("/"):
+            reason = f"test path {test.path!r} must be relative to the project, without '..'"
+            return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
+        if test.language is Language.PYTHON:
+            command = [
+                self._isolation.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
+                f"--junitxml={_JUNIT}", "-o", "junit_family=xunit2", test.path,
+            ]  # fmt: skip
+            classify: Callable[[Path, _Completed], TestStatus] = _pytest_status
+        else:
+            command = self._jest_command(test.path, collect_only=False)
+            classify = _jest_status
+        done = await self._in_sandbox(project_dir, command, classify=classify)
+        return TestRunResult(test.requirement_id, done[1], round(done[0].duration_s, 3), done[0].output)
+
+    async def _python_checks(self, project_dir: Path) -> list[IntegrationCheck]:
+        done, _ = await self._in_sandbox(project_dir, [self._isolation.python, "-c", _PYTHON_CHECKS])
+        try:
+            report = json.loads(done.output.strip().splitlines()[-1])
+            compile_errors, import_errors = list(report["compile"]), list(report["imports"])
+        except (ValueError, IndexError, KeyError, TypeError):
+            detail = "the check process did not report: " + (done.output or f"exit code {done.returncode}")
+            return [
+                IntegrationCheck("python-compiles", False, detail),
+                IntegrationCheck("python-imports", False, detail),
+            ]
+        return [
+            IntegrationCheck("python-compiles", not compile_errors, _joined(compile_errors, "every Python file compiles")),
+            IntegrationCheck("python-imports", not import_errors, _joined(import_errors, "every Python module imports")),
+        ]  # fmt: skip
+
+    async def _typescript_check(self, project_dir: Path, typescript: list[str]) -> IntegrationCheck:
+        """tsc with the nearest tsconfig.json of each file; files under none get a strict default."""
+        tsc = str(_node_modules() / "typescript" / "bin" / "tsc")
+        # Declaration files of libraries are not the project's to fix: --skipLibCheck everywhere.
+        types = ["--skipLibCheck", "--typeRoots", str(_node_modules() / "@types"), "--types", "node,jest"]
+        configs = sorted(
+            (path.parent.relative_to(project_dir).as_posix() for path in _project_files(project_dir)
+             if path.name == "tsconfig.json"),
+            key=len, reverse=True,
+        )  # fmt: skip
+        commands: list[list[str]] = []
+        loose: list[str] = []
+        for directory in configs:
+            if any(_inside(file, directory) for file in typescript):
+                config = "tsconfig.json" if directory == "." else f"{directory}/tsconfig.json"
+                commands.append(["node", tsc, "--noEmit", "-p", config, *types])
+        for file in typescript:
+            if not any(_inside(file, directory) for directory in configs):
+                loose.append(file)
+        if loose:
+            commands.append([
+                "node", tsc, "--noEmit", "--strict", "--target", "es2022",
+                "--module", "esnext", "--moduleResolution", "bundler", *types, *loose,
+            ])  # fmt: skip
+        failures = []
+        for command in commands:
+            done, status = await self._in_sandbox(
+                project_dir, command, timeout_s=max(self.limits.timeout_s, 120)
+            )
+            if status is not TestStatus.PASSED:
+                failures.append(
+                    f"{' '.join(command[3:5]) if '-p' in command else 'default config'}: {done.output}"
+                )
+        if failures:
+            return IntegrationCheck("typescript-types", False, _excerpt("\n".join(failures)))
+        return IntegrationCheck("typescript-types", True, "tsc --noEmit reports no errors")
+
+    def _jest_command(self, path: str | None, *, collect_only: bool) -> list[str]:
+        modules = _node_modules()
+        config = {
+            "rootDir": ".",
+            "testEnvironment": "node",
+            "testMatch": ["**/?(*.)+(spec|test).[jt]s?(x)"],
+            "testPathIgnorePatterns": ["/node_modules/"],
+            "modulePaths": [str(modules)],
+            # TypeScript under NodeNext imports "./x.js" for x.ts.
+            "moduleNameMapper": {"^(\\.{1,2}/.*)\\.js$": "$1"},
+            "transform": {
+                "^.+\\.(t|j)sx?$": [
+                    str(modules / "@swc" / "jest"),
+                    {"jsc": {"parser": {"syntax": "typescript", "tsx": True}, "target": "es2022"},
+                     "module": {"type": "commonjs"}},
+                ]
+            },
+            "cacheDirectory": "/tmp/jest-cache",
+            "watchman": False,
+        }  # fmt: skip
+        command = [
+            "node", str(modules / "jest" / "bin" / "jest.js"), "--ci", "--runInBand", "--no-watchman",
+            "--config", json.dumps(config), "--json", f"--outputFile={_JEST_REPORT}",
+        ]  # fmt: skip
+        if collect_only:
+            # A name no test has: every file is loaded (a broken import fails the suite), no test runs.
+            return [*command, "--passWithNoTests", "-t", "^mge-collect-only-no-test-has-this-name$"]
+        assert path is not None
+        return [*command, "--runTestsByPath", path]
+
+    async def _in_sandbox(
+        self,
+        project_dir: Path,
+        command: list[str],
+        *,
+        classify: Callable[[Path, _Completed], TestStatus] | None = None,
+        timeout_s: float | None = None,
+    ) -> tuple[_Completed, TestStatus]:
+        if self._slots is None:
+            self._slots = asyncio.Queue()
+            for slot in range(self.workers):
+                self._slots.put_nowait(slot)
+        slot = await self._slots.get()
+        base = Path(tempfile.mkdtemp(prefix="mge-sandbox-"))
+        try:
+            work = base / "work"
+            await asyncio.to_thread(shutil.copytree, project_dir, work, symlinks=True, ignore=_IGNORED)
+            uid = self._slot_uids[slot] if self._isolation.drops_uid else None
+            if uid is not None:
+                os.chmod(base, 0o711)
+                await asyncio.to_thread(_chown_tree, work, uid)
+            done = await self._execute(work, command, uid, timeout_s or self.limits.timeout_s)
+            if done.returncode is None:
+                status = TestStatus.TIMEOUT
+            elif classify is not None:
+                status = classify(work, done)
+            else:
+                status = TestStatus.PASSED if done.returncode == 0 else TestStatus.FAILED
+            return done, status
+        finally:
+            await asyncio.to_thread(shutil.rmtree, base, True)
+            self._slots.put_nowait(slot)
+
+    async def _execute(self, work: Path, command: list[str], uid: int | None, timeout_s: float) -> _Completed:
+        isolation = self._isolation
+        argv = _namespaced(isolation.namespaces, command, str(work), str(uid) if uid is not None else "-")
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(work),
+            "TMPDIR": "/tmp" if isolation.namespaces else str(work),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": os.pathsep.join([str(work), isolation.python_path]),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # Only pytest itself: the plugins of our environment (asyncio, kmock) are not the project's.
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+            "NODE_PATH": str(_node_modules()),
+            "CI": "true",
+            # V8 reserves far more address space than it uses: node gets a wider RLIMIT_AS and a heap cap.
+            # WebAssembly (undici's HTTP parser behind fetch/Response) reserves guard regions of many GB
+            # unless the trap handler is off; bounds are then checked in code.
+            "NODE_OPTIONS": f"--max-old-space-size={self.limits.memory_mb} --disable-wasm-trap-handler",
+        }
+        address_space_mb = self.limits.memory_mb * (_NODE_ADDRESS_SPACE_FACTOR if command[0] == "node" else 1)
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=work,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=functools.partial(
+                _apply_limits, self.limits, address_space_mb, None if isolation.namespaces else uid
+            ),
+        )
+        assert process.stdout is not None
+        output = _Excerpt()
+        reader = asyncio.create_task(_drain(process.stdout, output))
+        returncode: int | None
+        try:
+            returncode = await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            returncode = None
+        finally:
+            # Whatever the test left running (children, a fork bomb) goes with it.
+            _kill_group(process.pid)
+            if uid is not None:
+                await asyncio.to_thread(_kill_uid, uid)
+            if process.returncode is None:
+                await process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 2)
+        reader.cancel()
+        duration = time.monotonic() - started
+        text = output.text()
+        if returncode is None:
+            text = f"killed after {timeout_s:g} s (timeout)\n{text}"
+        elif returncode < 0:
+            text = f"killed by signal {signal.Signals(-returncode).name}\n{text}"
+        return _Completed(returncode, _excerpt(text), duration)
+
+
+class _Excerpt:
+    """Keeps the head and the tail of a stream of any size."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = 1024 - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        self.tail += chunk
+        if len(self.tail) > OUTPUT_LIMIT_BYTES:
+            cut = len(self.tail) - OUTPUT_LIMIT_BYTES
+            self.dropped += cut
+            del self.tail[:cut]
+
+    def text(self) -> str:
+        head = self.head.decode(errors="replace")
+        tail = self.tail.decode(errors="replace")
+        return f"{head}\n[... {self.dropped} bytes omitted ...]\n{tail}" if self.dropped else head + tail
+
+
+async def _drain(stream: asyncio.StreamReader, output: _Excerpt) -> None:
+    while chunk := await stream.read(65536):
+        output.add(chunk)
+
+
+def _excerpt(text: str) -> str:
+    """At most OUTPUT_LIMIT_BYTES of UTF-8: the start (what ran) and the end (the verdict)."""
+    data = text.encode()
+    if len(data) <= OUTPUT_LIMIT_BYTES:
+        return text
+    marker = b"\n[...]\n"
+    head = data[:1000].decode(errors="ignore")
+    tail = data[-(OUTPUT_LIMIT_BYTES - 1000 - len(marker)) :].decode(errors="ignore")
+    return head + marker.decode() + tail
+
+
+def _apply_limits(limits: SandboxLimits, address_space_mb: int, uid: int | None) -> None:
+    """Runs in the child between fork and exec; the namespace wrapper drops the uid itself."""
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+    memory = address_space_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    size = limits.file_size_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(NOBODY_GID)
+        os.setuid(uid)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_uid(uid: int) -> None:
+    """Processes that left the group (setsid) still run as the slot's uid, which nothing else uses."""
+    deadline = time.monotonic() + 5
+    while (alive := _live_processes_of(uid)) and time.monotonic() < deadline:
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _live_processes_of(uid: int) -> list[int]:
+    """Pids running as uid; zombies are dead already (they only wait for init to reap them)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith(
+            "Z"
+        ):
+            pids.append(int(status.parent.name))
+    return pids
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, NOBODY_GID)
+    for directory, folders, files in os.walk(root):
+        for name in folders + files:
+            os.chown(os.path.join(directory, name), uid, NOBODY_GID, follow_symlinks=False)
+
+
+@functools.cache
+def _probe_isolation() -> _Isolation:
+    site_packages = sysconfig.get_paths()["purelib"]
+    root = os.geteuid() == 0
+    unshare = shutil.which("unshare") is not None and (not root or shutil.which("setpriv") is not None)
+    namespaces = unshare and _runs(
+        _namespaced(True, [sys.executable, "-c", "pass"], tempfile.gettempdir(), "-")
+    )
+    if not root:
+        return _Isolation(namespaces, False, sys.executable, site_packages)
+    # The test's uid must be able to execute the interpreter (a venv under /root is not reachable).
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable, *(f"{d}/{version}" for d in ("/usr/local/bin", "/usr/bin"))]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site_packages}
+    for python in candidates:
+        # The test may start the interpreter again (subprocess.run([sys.executable, ...])): check that too.
+        probe = [
+            python,
+            "-c",
+            "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pytest'], check=True)",
+        ]
+        argv = _namespaced(namespaces, probe, tempfile.gettempdir(), str(_SLOT_UID_BASE - 1))
+        if not namespaces:
+            argv = [
+                "setpriv",
+                "--reuid",
+                str(_SLOT_UID_BASE - 1),
+                "--regid",
+                str(NOBODY_GID),
+                "--clear-groups",
+                *probe,
+            ]
+        if Path(python).exists() and _runs(argv, env):
+            return _Isolation(namespaces, True, python, site_packages)
+    return _Isolation(namespaces, False, sys.executable, site_packages)
+
+
+def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> list[str]:
+    """The command inside fresh network + mount namespaces (see _ENTER), or as it is without them."""
+    if not namespaces:
+        return command
+    prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
+    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, *command]
+
+
+def _runs(argv: list[str], env: dict[str, str] | None = None) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=20, env=env, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _node_modules() -> Path:
+    configured = os.environ.get("MGE_NODE_MODULES")
+    return Path(configured) if configured else DEFAULT_NODE_MODULES
+
+
+def _project_files(project_dir: Path) -> list[Path]:
+    skipped = {"node_modules", ".git", "__pycache__", ".venv"}
+    return [
+        path
+        for path in sorted(project_dir.rglob("*"))
+        if path.is_file() and not skipped & set(path.relative_to(project_dir).parts)
+    ]
+
+
+def _inside(file: str, directory: str) -> bool:
+    return directory == "." or file.startswith(directory + "/")
+
+
+def _is_python_test(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def _is_jest_test(path: str) -> bool:
+    return any(
+        path.endswith(f".{kind}.{ext}") for kind in ("test", "spec") for ext in ("ts", "tsx", "js", "jsx")
+    )
+
+
+def _refused(text: str) -> bool:
+    return any(marker in text for marker in _REFUSALS)
+
+
+def _pytest_status(work: Path, done: _Completed) -> TestStatus:
+    if done.returncode is None or done.returncode < 0 or done.returncode not in (0, 1):
+        return TestStatus.ERROR  # 2-5: interrupted, internal or usage error, nothing collected
+    try:
+        cases = ElementTree.parse(work / _JUNIT).getroot().iter("testcase")
+    except (OSError, ElementTree.ParseError):
+        return TestStatus.ERROR
+    statuses = []
+    for case in cases:
+        if case.find("error") is not None or case.find("skipped") is not None:
+            statuses.append(TestStatus.ERROR)
+        elif (failure := case.find("failure")) is not None:
+            detail = f"{failure.get('message', '')}\n{failure.text or ''}"
+            statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
+        else:
+            statuses.append(TestStatus.PASSED)
+    return _worst(statuses, done.returncode)
+
+
+def _jest_status(work: Path, done: _Completed) -> TestStatus:
+    try:
+        report = json.loads((work / _JEST_REPORT).read_text())
+        suites = list(report["testResults"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return TestStatus.ERROR
+    statuses = []
+    for suite in suites:
+        assertions = suite.get("assertionResults") or []
+        if not assertions:
+            statuses.append(TestStatus.ERROR)  # the file failed to load (syntax, import, type transform)
+        for assertion in assertions:
+            if assertion.get("status") == "passed":
+                statuses.append(TestStatus.PASSED)
+            elif assertion.get("status") == "failed":
+                detail = "\n".join(assertion.get("failureMessages") or [])
+                statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
+            else:
+                statuses.append(TestStatus.ERROR)  # pending, skipped, todo: the requirement was not checked
+    return _worst(statuses, done.returncode or 0)
+
+
+def _worst(statuses: list[TestStatus], returncode: int) -> TestStatus:
+    if not statuses:
+        return TestStatus.ERROR
+    for status in (TestStatus.ERROR, TestStatus.FAILED):
+        if status in statuses:
+            return status
+    return TestStatus.PASSED if returncode == 0 else TestStatus.ERROR
+
+
+def _check(name: str, result: tuple[_Completed, TestStatus], ok: str) -> IntegrationCheck:
+    done, status = result
+    if status is TestStatus.PASSED:
+        return IntegrationCheck(name, True, ok)
+    reason = "timed out" if status is TestStatus.TIMEOUT else f"exit code {done.returncode}"
+    return IntegrationCheck(name, False, _excerpt(f"{reason}\n{done.output}"))
+
+
+def _joined(errors: list[str], ok: str) -> str:
+    return _excerpt("\n".join(errors)) if errors else ok
+
+
+# Runs inside the sandbox: compiles every Python file, then imports every module that is not a test.
+_PYTHON_CHECKS: Final = r"""
+import importlib, json, os, sys, traceback
+skip = {"node_modules", ".git", "__pycache__", ".venv"}
+root = os.getcwd()
+files = []
+for directory, folders, names in os.walk(root):
+    folders[:] = sorted(f for f in folders if f not in skip)
+    files += sorted(os.path.relpath(os.path.join(directory, n), root) for n in names if n.endswith(".py"))
+compile_errors, import_errors = [], []
+for path in files:
+    try:
+        compile(open(path, encoding="utf-8").read(), path, "exec")
+    except (SyntaxError, ValueError, UnicodeDecodeError) as error:
+        compile_errors.append(f"{path}: {error}")
+if os.path.isdir("src") and not os.path.exists("src/__init__.py"):
+    sys.path.insert(0, os.path.join(root, "src"))
+for path in files:
+    name = os.path.basename(path)
+    parts = path[:-3].split(os.sep)
+    # Tests are collected by pytest; __main__ and setup.py are entry points that run when imported.
+    if parts[0] in ("acceptance_tests", "tests") or name.startswith("test_") or name.endswith("_test.py") or name in ("conftest.py", "setup.py", "__main__.py"):
+        continue
+    if parts[0] == "src" and not os.path.exists("src/__init__.py"):
+        parts = parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if not parts or not all(p.isidentifier() for p in parts):
+        continue
+    try:
+        importlib.import_module(".".join(parts))
+    except BaseException as error:
+        import_errors.append(f"{path}: {type(error).__name__}: {error}")
+print(json.dumps({"compile": compile_errors, "imports": import_errors}))
+"""

@@ -1,0 +1,351 @@
+"""Acceptance tests of a plan: generation through the LLM, runs per wave in the sandbox, Gate S and the score."""
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from mge.acceptance.gate import GateVerdict, TestStatus, evaluate_gate
+from mge.acceptance.requirements import Requirement, parse_requirements
+from mge.acceptance.templates import (
+    GeneratedTest,
+    InvalidAcceptanceTest,
+    ProjectFile,
+    accept_generated_test,
+    test_generation_messages,
+    test_language,
+    wave_for_test,
+)
+from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
+from mge.adapters.store.acceptance import AcceptanceStore, PlanContext, StoredTest
+from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.store import ClaimedAtom, Store
+from mge.adapters.tokenizer import count_tokens
+from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
+from mge.executor.gate import CallGate, SlotUnavailable
+from mge.executor.validation import CodeValidator
+from mge.generation.validate import InvalidCode
+from mge.models.masterplan import Language
+from mge.models.progress import WaveProgress
+from mge.precision.score import IntegrationCheck, PrecisionScore, precision_score
+
+log = logging.getLogger("mge.executor.acceptance")
+
+# ReplayLLM and the cost ledger know a test's calls by this atom id: "acceptance/MUST-1".
+ATOM_PREFIX: Final = "acceptance/"
+# A local wave run is one sandbox call; the lease only guards against a second `mge run` on the same state.
+WAVE_RUN_LEASE_S: Final = 600.0
+
+
+def acceptance_atom_id(requirement: Requirement) -> str:
+    return f"{ATOM_PREFIX}{requirement.id}"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    executor_id: str
+    max_attempts: int = 3
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    # Generation of a whole plan runs under one claim: long enough for every requirement's attempts.
+    lease_s: float = 900.0
+
+
+class TestGenerator:
+    """Writes one test per requirement; calls share the atoms' CallGate and cost ledger."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        acceptance: AcceptanceStore,
+        llm: LLM,
+        ledger: CostLedger,
+        gate: CallGate,
+        prices: Mapping[str, ModelPrice],
+        config: GenerationConfig,
+        validator: CodeValidator | None = None,
+    ) -> None:
+        self.acceptance, self.llm, self.ledger, self.gate = acceptance, llm, ledger, gate
+        self.prices, self.config = prices, config
+        self._validator = validator
+
+    async def generate_claimed(self) -> bool:
+        """Generate the tests of one plan whose generation is requested; False when there was none."""
+        plan_id = await self.acceptance.claim_generation(self.config.executor_id, self.config.lease_s)
+        if plan_id is None:
+            return False
+        try:
+            await self.generate(plan_id)
+        except BaseException:
+            await asyncio.shield(self.acceptance.release_generation(plan_id, self.config.executor_id))
+            raise
+        if not await self.acceptance.finish_generation(plan_id, self.config.executor_id):
+            log.warning("lost the generation claim of plan %s; another executor regenerates it", plan_id)
+        return True
+
+    async def generate(self, plan_id: uuid.UUID) -> None:
+        context = await self.acceptance.plan_context(plan_id)
+        document = parse_requirements(context.requirements_markdown)
+        project = [file for file, _ in context.files]
+        wave_of_file = {file.path: wave for file, wave in context.files}
+        last_wave = max(wave_of_file.values(), default=0)
+        try:
+            price = price_for(context.model, self.prices)
+        except UnknownModelPrice as error:
+            for requirement in document.requirements:
+                await self.acceptance.save_not_generated(
+                    plan_id, context.trace_id, requirement, str(error), attempts=0
+                )
+            return
+        # A test already generated for the same requirement text is kept: a resumed run or a spec change that
+        # leaves a requirement alone does not pay for it again. Not-generated ones are tried again.
+        kept = {
+            stored.requirement.id: stored
+            for stored in await self.acceptance.tests(plan_id)
+            if stored.requirement in document.requirements
+            and stored.test.language is test_language(stored.requirement, project)
+        }
+        outcomes = await asyncio.gather(
+            *(
+                self._reuse(kept[requirement.id])
+                if requirement.id in kept
+                else self._one(plan_id, context, requirement, project, price)
+                for requirement in document.requirements
+            )
+        )
+        generated: list[tuple[GeneratedTest, Requirement, int]] = []
+        attempts: dict[str, int] = {}
+        for requirement, (test, reason, tried) in zip(document.requirements, outcomes, strict=True):
+            attempts[requirement.id] = tried
+            if test is None:
+                await self.acceptance.save_not_generated(
+                    plan_id, context.trace_id, requirement, reason or "no answer", attempts=tried
+                )
+            else:
+                generated.append((test, requirement, wave_for_test(test, wave_of_file, last_wave)))
+        await self.acceptance.save_tests(plan_id, context.trace_id, generated, attempts=attempts)
+        await self.acceptance.delete_tests_except(plan_id, [r.id for r in document.requirements])
+
+    async def _reuse(self, stored: StoredTest) -> tuple[GeneratedTest | None, str | None, int]:
+        return stored.test, None, stored.attempts
+
+    async def _one(
+        self,
+        plan_id: uuid.UUID,
+        context: PlanContext,
+        requirement: Requirement,
+        project: Sequence[ProjectFile],
+        price: ModelPrice,
+    ) -> tuple[GeneratedTest | None, str | None, int]:
+        """(test, None, attempts) when an answer passed validation, else (None, last problem, attempts)."""
+        language = test_language(requirement, project)
+        # The ledger and the gate account per atom; a test's calls are the pseudo-atom "acceptance/<id>".
+        pseudo = ClaimedAtom(
+            masterplan_id=plan_id,
+            atom_id=acceptance_atom_id(requirement),
+            trace_id=uuid.UUID(context.trace_id),
+            file=requirement.id,
+            language=language.value,
+            description=requirement.text,
+            depends_on=[],
+            wave_index=0,
+            attempts=0,
+            max_attempts=self.config.max_attempts,
+            model=context.model,
+            estimated_tokens=None,
+            claims=1,
+        )
+        feedback: str | None = None
+        problem = "no attempt made"
+        for attempt in range(1, self.config.max_attempts + 1):
+            request = ChatRequest(
+                model=context.model,
+                messages=test_generation_messages(requirement, language, project, feedback),
+                max_tokens=self.config.max_tokens,
+                temperature=self.config.temperature,
+                trace_id=context.trace_id,
+                atom_id=pseudo.atom_id,
+                attempt=attempt,
+            )
+            worst_case = worst_case_call_cost(
+                [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
+            )
+            reservation = await self.ledger.reserve(pseudo, self.config.executor_id, worst_case)
+            if reservation is None:
+                return None, "hard budget cap reached before the test could be generated", attempt - 1
+            prompt_tokens = completion_tokens = cached_tokens = 0
+            try:
+                async with self.gate.slot(plan=str(plan_id), critical_path=1, plan_priority=0):
+                    try:
+                        completion = await self.llm.complete(request)
+                    except LLMError as failure:
+                        self.gate.record(None, str(failure))
+                        raise
+                    self.gate.record(completion)
+                prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
+                cached_tokens = completion.cached_prompt_tokens
+                test = accept_generated_test(requirement, language, completion.content)
+                await self._check_syntax(test)
+                return test, None, attempt
+            except InvalidAcceptanceTest as invalid:
+                problem = feedback = str(invalid)
+            except LLMError as failure:
+                problem, feedback = str(failure), None
+            except SlotUnavailable as waited:
+                problem, feedback = str(waited), None
+            finally:
+                cost = (
+                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
+                    if prompt_tokens
+                    else Decimal(0)
+                )
+                await asyncio.shield(
+                    self.ledger.settle(
+                        reservation,
+                        pseudo,
+                        amount=cost,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cached_tokens=cached_tokens,
+                    )
+                )
+            log.info("acceptance test %s attempt %d rejected: %s", requirement.id, attempt, problem[:300])
+        return (
+            None,
+            f"gave up after {self.config.max_attempts} attempts; last error: {problem}",
+            self.config.max_attempts,
+        )
+
+    async def _check_syntax(self, test: GeneratedTest) -> None:
+        """TypeScript/JavaScript tests must parse (Python ones were ast-parsed when accepted)."""
+        if test.language is Language.PYTHON or self._validator is None:
+            return
+        try:
+            await self._validator.validate(test.language.value, test.path, test.code)
+        except InvalidCode as error:
+            raise InvalidAcceptanceTest(str(error)) from error
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    gate: GateVerdict
+    precision: PrecisionScore
+    integration: tuple[IntegrationCheck, ...]
+    tests_generated: int = 0
+    tests_not_generated: int = 0
+    generation_calls: int = 0  # LLM calls spent on tests, repairs included
+
+
+class LocalAcceptance:
+    """Local mode: each wave's tests run in the sandbox once its atoms all succeeded; then Gate S and score."""
+
+    def __init__(
+        self,
+        acceptance: AcceptanceStore,
+        store: Store,
+        sandbox: Sandbox,
+        scaffold: Path | None = None,
+        owner: str = "local",
+    ) -> None:
+        self.acceptance, self.store, self.sandbox = acceptance, store, sandbox
+        self.scaffold, self.owner = scaffold, owner
+
+    async def start(self, plan_id: uuid.UUID) -> None:
+        """Generate the tests; on a resumed run, tests generated before are kept and missing ones retried."""
+        await self.acceptance.request_generation(plan_id)
+
+    async def generated(self, plan_id: uuid.UUID) -> bool:
+        return await self.acceptance.generation_state(plan_id) == "done"
+
+    async def step(self, plan_id: uuid.UUID, waves: Sequence[WaveProgress]) -> list[TestRunResult]:
+        """Run the tests of every wave that completed since the last step (needs generation done)."""
+        if not await self.generated(plan_id):
+            return []
+        done = await self.acceptance.result_waves(plan_id)
+        complete = [w.index for w in waves if w.succeeded == w.total and w.index not in done]
+        results: list[TestRunResult] = []
+        if complete:
+            files = {o.file: o.output for o in await self.store.outputs(plan_id)}
+            for wave in complete:
+                results.extend(await self._run_wave(plan_id, wave, files))
+        return results
+
+    async def _run_wave(self, plan_id: uuid.UUID, wave: int, files: Mapping[str, str]) -> list[TestRunResult]:
+        if not await self.acceptance.claim_wave_run(plan_id, wave, self.owner, WAVE_RUN_LEASE_S):
+            return []
+        tests = await self.acceptance.tests(plan_id, wave)
+        results: list[TestRunResult] = []
+        if tests:
+            with tempfile.TemporaryDirectory(prefix="mge-acceptance-") as work:
+                root = Path(work) / "project"
+                write_project(root, files, [t.test for t in tests], self.scaffold)
+                results = await self.sandbox.run_tests(
+                    root, [TestRun(t.test.requirement_id, t.test.language, t.test.path) for t in tests]
+                )
+        await self.acceptance.save_results(plan_id, wave, results)
+        return results
+
+    async def finish(self, plan_id: uuid.UUID, waves: Sequence[WaveProgress]) -> Evaluation:
+        """Tests of waves that never completed are recorded as errors, then the gate and score are saved."""
+        await self.step(plan_id, waves)
+        done = await self.acceptance.result_waves(plan_id)
+        for wave in (w.index for w in waves if w.index not in done):
+            tests = await self.acceptance.tests(plan_id, wave)
+            if await self.acceptance.claim_wave_run(plan_id, wave, self.owner, WAVE_RUN_LEASE_S):
+                reason = f"not run: the atoms of wave {wave} did not all succeed"
+                await self.acceptance.save_results(
+                    plan_id,
+                    wave,
+                    [TestRunResult(t.test.requirement_id, TestStatus.ERROR, 0.0, reason) for t in tests],
+                )
+        files = {o.file: o.output for o in await self.store.outputs(plan_id)}
+        with tempfile.TemporaryDirectory(prefix="mge-integration-") as work:
+            root = Path(work) / "project"
+            write_project(root, files, [t.test for t in await self.acceptance.tests(plan_id)], self.scaffold)
+            checks = await self.sandbox.integration_checks(root)
+        return await evaluate_plan(self.acceptance, plan_id, checks)
+
+
+async def evaluate_plan(
+    acceptance: AcceptanceStore, plan_id: uuid.UUID, integration: Sequence[IntegrationCheck]
+) -> Evaluation:
+    """Gate S and the precision score from what the store holds; saved as the plan's verdict."""
+    context = await acceptance.plan_context(plan_id)
+    requirements = parse_requirements(context.requirements_markdown).requirements
+    outcomes = await acceptance.outcomes(plan_id)
+    total, validated = await acceptance.validation_counts(plan_id)
+    gate = evaluate_gate(requirements, outcomes)
+    score = precision_score(requirements, outcomes, integration, total, validated)
+    await acceptance.save_verdict(plan_id, gate, score, integration)
+    generated, missing = await acceptance.tests(plan_id), await acceptance.not_generated(plan_id)
+    return Evaluation(
+        gate,
+        score,
+        tuple(integration),
+        tests_generated=len(generated),
+        tests_not_generated=len(missing),
+        generation_calls=sum(t.attempts for t in generated) + sum(m.attempts for m in missing),
+    )
+
+
+def write_project(
+    root: Path, files: Mapping[str, str], tests: Sequence[GeneratedTest], scaffold: Path | None = None
+) -> None:
+    """Scaffold, generated files and acceptance tests in one folder, as the sandbox expects them."""
+    if scaffold is not None and scaffold.is_dir():
+        shutil.copytree(scaffold, root)
+    root.mkdir(parents=True, exist_ok=True)
+    for path, text in [*files.items(), *((t.path, t.code) for t in tests)]:
+        target = (root / path).resolve()
+        if not target.is_relative_to(root.resolve()):
+            raise ValueError(f"file path {path!r} leaves the project folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)

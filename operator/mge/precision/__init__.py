@@ -1,0 +1,1 @@
+"""Precision score of a finished Masterplan: spec conformance, integration and validation."""

@@ -150,9 +150,18 @@ def run(
         Path | None,
         typer.Option(help="Where the local prompt cache lives (default: `cache` beside the state dir)."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port while the run lasts."),
+    ] = None,
 ) -> None:
     """Run a Masterplan end to end without a cluster: embedded Postgres, local executors, live progress."""
     import os
+
+    if metrics_port is not None:
+        from mge.adapters.metrics import serve_metrics
+
+        serve_metrics(metrics_port)
 
     from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
     from mge.executor.local_run import LocalRun

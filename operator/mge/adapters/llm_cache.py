@@ -254,6 +254,7 @@ class CachingLLM:
         self.inner, self.cache, self.prices, self.savings = inner, cache, prices, savings
         self.cache_sampled = cache_sampled
         self.batcher = RequestBatcher(inner.complete, batching) if batching is not None else None
+        metrics.initialise_cache_series()
         extras = [
             x for x, on in (("prompt cache", cache is not None), ("batching", batching is not None)) if on
         ]

@@ -1,8 +1,12 @@
 """Prometheus metrics, with the exact names the product promises (v2_*) plus the mge_* series alerts need."""
 
+from collections.abc import Sequence
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from mge.acceptance.gate import RequirementOutcome, TestStatus
+from mge.plan.execution import GateOutcome, PrecisionFigures
 
 PLAN_LABELS: Final = ("namespace", "masterplan")
 
@@ -168,3 +172,50 @@ PRECISION_COMPONENTS = Gauge(
     "The precision score's parts (component = spec, integration, validation), in percent.",
     (*PLAN_LABELS, "component"),
 )
+
+
+def export_verdict(
+    namespace: str, masterplan: str, gate: GateOutcome | None, score: PrecisionFigures | None
+) -> None:
+    """Gate S and precision gauges of one plan, from its stored verdict (so restarts re-export the same)."""
+    labels = (namespace, masterplan)
+    GATE_S_STATUS.labels(*labels).set(-1 if gate is None else 1 if gate.passed else 0)
+    if gate is not None and gate.must_pass_rate is not None:
+        GATE_S_MUST_PASS_RATE.labels(*labels).set(gate.must_pass_rate)
+    if gate is not None and gate.should_pass_rate is not None:
+        GATE_S_SHOULD_PASS_RATE.labels(*labels).set(gate.should_pass_rate)
+    if score is not None:
+        PRECISION_SCORE.labels(*labels).set(score.score)
+        for component in ("spec", "integration", "validation"):
+            PRECISION_COMPONENTS.labels(*labels, component).set(getattr(score, component))
+
+
+def export_pass_rate(namespace: str, masterplan: str, outcomes: Sequence[RequirementOutcome]) -> None:
+    if outcomes:
+        passed = sum(1 for o in outcomes if o.status is TestStatus.PASSED)
+        ACCEPTANCE_PASS_RATE.labels(namespace, masterplan).set(passed / len(outcomes) * 100)
+
+
+def initialise_plan_series(namespace: str, masterplan: str) -> None:
+    """Counters of a plan exist at 0 from its start, so rate() and alerts see the first increment."""
+    for kind in ("soft", "hard", "projected"):
+        GUARDRAIL_TRIGGERED.labels(namespace, masterplan, kind)
+
+
+def initialise_executor_series(executor: str) -> None:
+    """An executor's counters exist at 0 from its start (rate() needs a first sample before the increment)."""
+    for direction in ("up", "down"):
+        CONCURRENCY_LIMIT_CHANGES.labels(executor, direction)
+    QUEUE_DROPS.labels(executor)
+    QUEUE_TIMEOUTS.labels(executor)
+    QUEUE_SIZE.labels(executor)
+
+
+def initialise_cache_series() -> None:
+    for cache in ("llm", "rag"):
+        for counter in (CACHE_HITS, CACHE_MISSES, CACHE_WRITES, CACHE_INVALIDATIONS, CACHE_SAVINGS):
+            counter.labels(cache)
+        for operation in ("get", "set", "delete"):
+            CACHE_ERRORS.labels(cache, operation)
+    for outcome in ("batched", "alone", "fallback"):
+        BATCH_REQUESTS.labels(outcome)

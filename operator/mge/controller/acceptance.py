@@ -125,9 +125,7 @@ async def sync_acceptance(
     verdict = evaluate_gate(document.requirements, outcomes)
     score = precision_score(document.requirements, outcomes, integration, total, validated)
     await accept.save_verdict(plan_id, verdict, score, integration)
-    if outcomes:
-        passed = sum(1 for o in outcomes if o.status is TestStatus.PASSED)
-        metrics.ACCEPTANCE_PASS_RATE.labels(namespace, name).set(passed / len(outcomes) * 100)
+    metrics.export_pass_rate(namespace, name, outcomes)
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
     return AcceptanceState(True, count, document.problems, verdict=verdict, score=score), per_wave
 
@@ -291,16 +289,4 @@ async def _integration_checks(deps: ControllerDeps, namespace: str, name: str) -
 
 def export_gate(namespace: str, name: str, state: AcceptanceState) -> None:
     """Gate gauges on every tick: restart-safe since they come from the stored verdict."""
-    labels = (namespace, name)
-    verdict = state.verdict
-    metrics.GATE_S_STATUS.labels(*labels).set(-1 if verdict is None else 1 if verdict.passed else 0)
-    if verdict is None:
-        return
-    if verdict.must_pass_rate is not None:
-        metrics.GATE_S_MUST_PASS_RATE.labels(*labels).set(verdict.must_pass_rate)
-    if verdict.should_pass_rate is not None:
-        metrics.GATE_S_SHOULD_PASS_RATE.labels(*labels).set(verdict.should_pass_rate)
-    if state.score is not None:
-        metrics.PRECISION_SCORE.labels(*labels).set(state.score.score)
-        for component in ("spec", "integration", "validation"):
-            metrics.PRECISION_COMPONENTS.labels(*labels, component).set(getattr(state.score, component))
+    metrics.export_verdict(namespace, name, state.verdict, state.score)

@@ -22,6 +22,7 @@ from mge.acceptance.templates import (
     test_language,
     wave_for_test,
 )
+from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import AcceptanceStore, PlanContext, StoredTest
@@ -132,6 +133,9 @@ class TestGenerator:
             else:
                 generated.append((test, requirement, wave_for_test(test, wave_of_file, last_wave)))
         await self.acceptance.save_tests(plan_id, context.trace_id, generated, attempts=attempts)
+        for test, requirement, _ in generated:
+            if requirement.id not in kept:  # reused tests were counted when they were generated
+                metrics.ACCEPTANCE_TESTS_GENERATED.labels(test.language.value).inc()
         await self.acceptance.delete_tests_except(plan_id, [r.id for r in document.requirements])
 
     async def _reuse(self, stored: StoredTest) -> tuple[GeneratedTest | None, str | None, int]:
@@ -291,6 +295,8 @@ class LocalAcceptance:
                     root, [TestRun(t.test.requirement_id, t.test.language, t.test.path) for t in tests]
                 )
         await self.acceptance.save_results(plan_id, wave, results)
+        for result in results:
+            metrics.ACCEPTANCE_TEST_SECONDS.labels(result.status.value).observe(result.duration_s)
         return results
 
     async def finish(self, plan_id: uuid.UUID, waves: Sequence[WaveProgress]) -> Evaluation:

@@ -35,6 +35,7 @@ class CallGate:
         self._timeout_s = timeout_s
         self._executor = executor_id
         metrics.CONCURRENCY_LIMIT.labels(executor_id).set(limiter.limit)
+        metrics.initialise_executor_series(executor_id)
 
     def _admit_waiting(self) -> None:
         now = time.monotonic()

@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,6 +14,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache, SavingsSummary, connect_redis
 from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -23,6 +25,7 @@ from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
+from mge.adapters.store.trace import TraceStore, export_trace_metrics
 from mge.cost.pricing import ModelPrice
 from mge.deps.compare import PlanCheck
 from mge.executor.acceptance import Evaluation, LocalAcceptance
@@ -169,6 +172,15 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         declared = [(atom.id, atom.file, atom.depends_on) for atom in run.atoms]
         dependencies = await asyncio.to_thread(check_generated, declared, run.out) if written else None
         usage = await store.usage(plan_id)
+        spend = await ledger.spend(plan_id)
+        await _export_metrics(
+            run.name,
+            store,
+            plan_id,
+            spend,
+            evaluation,
+            remaining_usd=Decimal(0) if progress.finished else None,
+        )
         return RunResult(
             progress=progress,
             waves=waves,
@@ -181,7 +193,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             interrupted=interrupted,
             files_written=written,
             held_by_budget=held_by_budget,
-            spend=await ledger.spend(plan_id),
+            spend=spend,
             trace_id=trace,
             cache=await CacheSavings(store.pool).summary(plan_id) if client is not None else None,
             dependencies=dependencies,
@@ -197,6 +209,29 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             await client.aclose()
         if redis is not None:
             await asyncio.to_thread(redis.stop)
+
+
+async def _export_metrics(
+    name: str,
+    store: Store,
+    plan_id: uuid.UUID,
+    spend: Spend,
+    evaluation: Evaluation | None,
+    remaining_usd: Decimal | None,
+) -> None:
+    """The plan's series as the operator exports them in a cluster, for `mge run --metrics-port`."""
+    labels = (LOCAL_NAMESPACE, name)
+    metrics.initialise_plan_series(*labels)
+    metrics.BUDGET_LIMIT.labels(*labels).set(float(spend.limit_usd))
+    metrics.SPENT.labels(*labels).set(float(spend.spent_usd))
+    metrics.SOFT_CAP.labels(*labels).set(float(spend.limit_usd * spend.soft_cap_percent / 100))
+    if remaining_usd is not None:
+        metrics.PREDICTED_REMAINING.labels(*labels).set(float(remaining_usd))
+    metrics.PAUSED_BUDGET.labels(*labels).set(1 if spend.exhausted else 0)
+    if evaluation is not None:
+        metrics.export_verdict(*labels, evaluation.gate, evaluation.precision)
+        metrics.export_pass_rate(*labels, await AcceptanceStore(store.pool).outcomes(plan_id))
+    await export_trace_metrics(TraceStore(store.pool))
 
 
 def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]

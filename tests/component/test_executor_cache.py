@@ -15,6 +15,7 @@ from mge.adapters.cache import CacheSavings, LLMPromptCache, connect_redis
 from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
 from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.manifests import load_plan_input
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
@@ -139,6 +140,9 @@ async def test_a_second_plan_with_the_same_prompts_is_served_from_the_cache_with
     assert saved.saved_usd > 0
     # What the second plan spent plus what its hits avoided is what the first plan spent.
     assert second_spend + saved.saved_usd == pytest.approx(first_spend, abs=Decimal("0.000002"))
+    # The ledger reports the avoided cost with the spend, so it lands in status.cost.cacheSavedUSD.
+    assert (await CostLedger(store.pool).spend(second)).cache_saved_usd == saved.saved_usd
+    assert (await CostLedger(store.pool).spend(first)).cache_saved_usd == 0
     # The table keeps 6 decimals per hit; the metric is not rounded.
     assert metrics.CACHE_SAVINGS.labels("llm")._value.get() == pytest.approx(
         saved_before + float(saved.saved_usd), abs=1e-5

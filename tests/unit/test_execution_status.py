@@ -1,5 +1,6 @@
 """Execution status from store progress: counts, Progressing, Complete, Failed naming atoms and dependents."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -169,3 +170,13 @@ def test_cost_block_carries_reserved_money_and_percent():
     status, _ = _decide(_progress(running=3), spend=_spend("20", reserved="1.5"))
 
     assert (status.cost.current_usd, status.cost.reserved_usd, status.cost.percent_used) == (20.0, 1.5, 10.0)
+
+
+def test_cost_avoided_by_the_cache_is_reported_beside_the_spend():
+    spend = dataclasses.replace(_spend(spent="1.5"), cache_saved_usd=Decimal("0.734"))
+
+    status, _ = _decide(_progress(total=4, succeeded=2, running=1, ready=1), spend=spend)
+
+    assert status.cost.cache_saved_usd == 0.734
+    assert status.cost.current_usd == 1.5
+    assert status.to_kube()["cost"]["cacheSavedUSD"] == 0.734

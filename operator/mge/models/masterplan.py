@@ -263,6 +263,12 @@ class CostStatus(KubeModel):
     estimated_usd: float = Field(0.0, alias="estimatedUSD", ge=0, description="The plan-time estimate.")
     limit_usd: float = Field(0.0, alias="limitUSD", ge=0, description="Effective budget (override included).")
     percent_used: float = Field(0.0, ge=0, description="currentUSD as a share of limitUSD, in percent.")
+    cache_saved_usd: float = Field(
+        0.0,
+        alias="cacheSavedUSD",
+        ge=0,
+        description="What prompt-cache hits would have cost at the price table (not charged).",
+    )
 
 
 class GateState(StrEnum):

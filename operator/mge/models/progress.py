@@ -47,3 +47,5 @@ class Spend:
     # A reservation was refused at the hard cap: no new LLM calls until the budget is raised.
     exhausted: bool
     override_by: str | None = None
+    # What prompt-cache hits would have cost at the price table (never charged, not in spent_usd).
+    cache_saved_usd: Decimal = Decimal(0)

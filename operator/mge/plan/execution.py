@@ -282,6 +282,7 @@ def _apply_spend(
     status.cost.current_usd = round(float(spend.spent_usd), 6)
     status.cost.reserved_usd = round(float(spend.reserved_usd), 6)
     status.cost.limit_usd = round(float(spend.limit_usd), 6)
+    status.cost.cache_saved_usd = round(float(spend.cache_saved_usd), 6)
     status.cost.percent_used = (
         round(float(spend.spent_usd / spend.limit_usd * 100), 2) if spend.limit_usd else 0.0
     )

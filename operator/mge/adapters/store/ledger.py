@@ -192,7 +192,9 @@ class CostLedger:
     async def spend(self, plan_id: uuid.UUID) -> Spend:
         row: Any = await self.pool.fetchrow(
             """SELECT current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage, hard_cap_percentage,
-                      budget_exhausted, budget_override_approved_by, budget_override_approved_at
+                      budget_exhausted, budget_override_approved_by, budget_override_approved_at,
+                      (SELECT coalesce(sum(saved_usd), 0) FROM cache_savings WHERE masterplan_id = $1)
+                          AS cache_saved_usd
                FROM masterplans WHERE id = $1""",
             plan_id,
         )
@@ -206,6 +208,7 @@ class CostLedger:
             hard_cap_percent=row["hard_cap_percentage"],
             exhausted=row["budget_exhausted"],
             override_by=row["budget_override_approved_by"],
+            cache_saved_usd=row["cache_saved_usd"],
         )
 
     async def apply_budget(self, plan_id: uuid.UUID, budget: Budget) -> list[str]:

@@ -67,14 +67,19 @@ _REFUSALS: Final = (
 # vanish with the test), the workdir moved back in place, the namespace's own loopback up, then drop to
 # the slot's uid.
 _ENTER: Final = """set -e
-WORK="$1"; SANDBOX_UID="$2"; shift 2
+WORK="$1"; SANDBOX_UID="$2"; KEEP="$3"; shift 3
 mount --make-rprivate /
-mount --bind "$WORK" /mnt
+# Stage the workdir and the tools the tests need (our site-packages, node_modules) on a private tmpfs, so
+# they stay visible when they live under /tmp or /var/tmp (e.g. a checkout in /tmp) once those are replaced.
+mount -t tmpfs -o size=1m tmpfs /mnt
+mkdir /mnt/work && mount --bind "$WORK" /mnt/work
+n=0; for path in $KEEP; do n=$((n+1)); mkdir "/mnt/keep$n"; mount --bind "$path" "/mnt/keep$n"; done
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp
-mkdir -p "$WORK"
-mount --move /mnt "$WORK"
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
+mkdir -p "$WORK" && mount --move /mnt/work "$WORK"
+n=0; for path in $KEEP; do n=$((n+1)); mkdir -p "$path"; mount --move "/mnt/keep$n" "$path"; done
+umount /mnt
 # Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
 PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
 cd "$WORK"
@@ -497,7 +502,21 @@ def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> li
     if not namespaces:
         return command
     prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
-    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, *command]
+    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, " ".join(_kept_paths()), *command]
+
+
+@functools.cache
+def _kept_paths() -> tuple[str, ...]:
+    """Tool folders under the directories the sandbox replaces with empty tmpfs (paths without spaces)."""
+    replaced = ("/tmp", "/var/tmp", "/dev/shm")
+    tools = {sysconfig.get_paths()["purelib"], str(_node_modules())}
+    return tuple(
+        sorted(
+            path
+            for path in tools
+            if Path(path).is_dir() and " " not in path and any(_inside(path, r) for r in replaced)
+        )
+    )
 
 
 def _runs(argv: list[str], env: dict[str, str] | None = None) -> bool:

@@ -14,7 +14,6 @@ from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.acceptance import LocalAcceptance
-from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
 from tests.support.fake_llm import FakeLLM
@@ -33,20 +32,6 @@ async def fake_llm():
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def store(pg):
-    store = await Store.connect(pg, max_size=20)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def validator():
-    checker = CodeValidator()
-    yield checker
-    await checker.close()
 
 
 async def _register(store: Store):

@@ -7,9 +7,7 @@ import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.manifests import load_plan_input
-from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
-from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
 from mge.plan.dag import plan_dag
@@ -28,20 +26,6 @@ async def fake_llm():
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def store(pg):
-    store = await Store.connect(pg, max_size=30)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def validator():
-    checker = CodeValidator()
-    yield checker
-    await checker.close()
 
 
 async def _register(store, plan_spec, atoms, name="plan"):

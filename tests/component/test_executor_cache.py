@@ -16,9 +16,7 @@ from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
 from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.manifests import load_plan_input
 from mge.adapters.store.ledger import CostLedger
-from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
-from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
@@ -41,20 +39,6 @@ async def fake_llm():
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def store(pg):
-    store = await Store.connect(pg, max_size=20)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def validator():
-    checker = CodeValidator()
-    yield checker
-    await checker.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate
+from mge.acceptance.gate import RequirementOutcome, TestStatus
 from mge.acceptance.requirements import RequirementsDocument, parse_requirements
 from mge.adapters import metrics
 from mge.adapters.acceptance_job import (
@@ -32,7 +32,7 @@ from mge.controller.deps import ControllerDeps
 from mge.controller.events import post_plan_event
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.execution import AcceptanceState
-from mge.precision.score import IntegrationCheck, precision_score
+from mge.precision.score import IntegrationCheck
 
 _OUTPUT_LIMIT = 4096
 # A wave's first run is run 1, as the store counts requests (a re-run request makes it 2, ...).
@@ -120,11 +120,7 @@ async def sync_acceptance(
         return state, per_wave
 
     integration = await _integration_checks(deps, namespace, job_name(name, last, runs.get(last, FIRST_RUN)))
-    outcomes = await accept.outcomes(plan_id)
-    total, validated = await accept.validation_counts(plan_id)
-    verdict = evaluate_gate(document.requirements, outcomes)
-    score = precision_score(document.requirements, outcomes, integration, total, validated)
-    await accept.save_verdict(plan_id, verdict, score, integration)
+    verdict, score, outcomes = await accept.decide_verdict(plan_id, document.requirements, integration)
     metrics.export_pass_rate(namespace, name, outcomes)
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
     return AcceptanceState(True, count, document.problems, verdict=verdict, score=score), per_wave

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
-from mge.acceptance.gate import GateVerdict, TestStatus, evaluate_gate
+from mge.acceptance.gate import GateVerdict, TestStatus
 from mge.acceptance.requirements import Requirement, parse_requirements
 from mge.acceptance.templates import (
     GeneratedTest,
@@ -35,7 +35,7 @@ from mge.executor.validation import CodeValidator
 from mge.generation.validate import InvalidCode
 from mge.models.masterplan import Language
 from mge.models.progress import WaveProgress
-from mge.precision.score import IntegrationCheck, PrecisionScore, precision_score
+from mge.precision.score import IntegrationCheck, PrecisionScore
 
 log = logging.getLogger("mge.executor.acceptance")
 
@@ -326,11 +326,7 @@ async def evaluate_plan(
     """Gate S and the precision score from what the store holds; saved as the plan's verdict."""
     context = await acceptance.plan_context(plan_id)
     requirements = parse_requirements(context.requirements_markdown).requirements
-    outcomes = await acceptance.outcomes(plan_id)
-    total, validated = await acceptance.validation_counts(plan_id)
-    gate = evaluate_gate(requirements, outcomes)
-    score = precision_score(requirements, outcomes, integration, total, validated)
-    await acceptance.save_verdict(plan_id, gate, score, integration)
+    gate, score, _ = await acceptance.decide_verdict(plan_id, requirements, integration)
     generated, missing = await acceptance.tests(plan_id), await acceptance.not_generated(plan_id)
     return Evaluation(
         gate,

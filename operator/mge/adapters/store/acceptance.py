@@ -9,11 +9,11 @@ from typing import Any, Final
 
 import asyncpg
 
-from mge.acceptance.gate import GateVerdict, RequirementOutcome, TestStatus
+from mge.acceptance.gate import GateVerdict, RequirementOutcome, TestStatus, evaluate_gate
 from mge.acceptance.requirements import Priority, Requirement
 from mge.acceptance.templates import GeneratedTest, ProjectFile
 from mge.models.masterplan import Language
-from mge.precision.score import IntegrationCheck, PrecisionScore
+from mge.precision.score import IntegrationCheck, PrecisionScore, precision_score
 
 # A result's output excerpt is capped here as well as by the runner: the API pages these rows.
 OUTPUT_LIMIT: Final = 4096
@@ -315,6 +315,18 @@ class AcceptanceStore:
         return int(row["total"]), int(row["validated"])
 
     # --- verdict ---------------------------------------------------------------------------------------------
+
+    async def decide_verdict(
+        self, plan_id: uuid.UUID, requirements: Sequence[Requirement], integration: Sequence[IntegrationCheck]
+    ) -> tuple[GateVerdict, PrecisionScore, list[RequirementOutcome]]:
+        """Gate S and the precision score from the stored outcomes, saved as the plan's verdict (local runs and
+        the operator decide it the same way)."""
+        outcomes = await self.outcomes(plan_id)
+        total, validated = await self.validation_counts(plan_id)
+        gate = evaluate_gate(requirements, outcomes)
+        score = precision_score(requirements, outcomes, integration, total, validated)
+        await self.save_verdict(plan_id, gate, score, integration)
+        return gate, score, outcomes
 
     async def save_verdict(
         self,

@@ -1,9 +1,11 @@
-"""Fixtures shared by the component tests: a Store on the test's fresh database, the code validator."""
+"""Fixtures shared by the component tests: a Store on the test's fresh database, the code validator, the fake API."""
 
+import httpx
 import pytest
 
 from mge.adapters.store.store import Store
 from mge.executor.validation import CodeValidator
+from tests.support.operator import fake_cluster
 
 
 @pytest.fixture
@@ -18,3 +20,11 @@ async def validator():
     checker = CodeValidator()
     yield checker
     await checker.close()
+
+
+@pytest.fixture
+async def cluster():
+    """The fake Kubernetes API with an HTTP client on it (`cluster.client`) for the test's own requests."""
+    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
+        api.client = client
+        yield api

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 from mge.adapters.store.store import Store
 from tests.support.executor import running_executor
-from tests.support.operator import eventually, fake_cluster, running_operator
+from tests.support.operator import eventually, running_operator
 from tests.support.postgres import with_database
 
 pytestmark = pytest.mark.component
@@ -51,13 +50,6 @@ def _masterplan(api, name: str = "hello") -> dict[str, Any] | None:
 def _reason(api, type_: str, name: str = "hello") -> str | None:
     condition = _condition(_masterplan(api, name), type_)
     return f"{condition['status']}/{condition['reason']}" if condition else None
-
-
-@pytest.fixture
-async def cluster():
-    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
-        api.client = client
-        yield api
 
 
 async def _apply(api, body: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 from mge.deps.compare import agreement, check_plan
 from mge.deps.graph import DependencyGraph, Edge, EdgeKind
-from mge.deps.status import decide_dependencies
+from mge.deps.status import apply_learned, decide_dependencies, dependencies_report
 from mge.models.conditions import ConditionStatus, Reason
+from mge.models.masterplan import Atom, LearnedDependency
 
 
 def _graph(*pairs: tuple[str, str]) -> DependencyGraph:
@@ -66,3 +67,55 @@ def test_plan_ordering_every_import_verifies() -> None:
         check_plan([("a", "a.ts", ["b"]), ("b", "b.ts", [])], _graph(("a.ts", "b.ts")))
     )
     assert (decision.status, decision.reason) == (ConditionStatus.TRUE, Reason.IMPORTS_MATCH_PLAN)
+
+
+def _atom(atom_id: str, *depends_on: str) -> Atom:
+    return Atom(
+        id=atom_id, file=f"{atom_id}.ts", language="typescript", description="x", depends_on=list(depends_on)
+    )
+
+
+def test_an_import_against_the_declared_order_is_circular_not_learnable() -> None:
+    # model already depends on api, yet api imports model: they import each other.
+    check = check_plan(
+        [("api", "api.ts", []), ("model", "model.ts", ["api"])], _graph(("api.ts", "model.ts"))
+    )
+    decision = decide_dependencies(check, {"api": set(), "model": {"api"}})
+    assert decision.additions == {}
+    assert [(e.atom, e.needs) for e in decision.circular] == [("api", "model")]
+    assert "Circular imports cannot be ordered (api <-> model)" in decision.message
+
+
+def test_report_keeps_earlier_learned_edges_and_adds_new_ones_at_this_generation() -> None:
+    check = check_plan([("a", "a.ts", ["b"]), ("b", "b.ts", []), ("c", "c.ts", [])], _graph(("a.ts", "c.ts")))
+    earlier = [
+        LearnedDependency(atom="a", needs="b", learned_generation=1),
+        LearnedDependency(atom="gone", needs="b", learned_generation=1),
+    ]
+    report = dependencies_report(
+        check, decide_dependencies(check), generation=3, atom_ids={"a", "b", "c"}, learned_before=earlier
+    )
+    assert [(e.atom, e.needs, e.learned_generation) for e in report.learned] == [("a", "b", 1), ("a", "c", 3)]
+    assert (report.verified, report.missing_count, report.files) == (False, 1, 0)
+    assert report.missing[0].model_dump() == {
+        "atom": "a", "needs": "c", "file": "a.ts", "line": 1, "specifier": "./x"
+    }  # fmt: skip
+
+
+def test_learned_edges_apply_only_from_the_next_generation() -> None:
+    atoms = [_atom("a"), _atom("b")]
+    learned = [LearnedDependency(atom="a", needs="b", learned_generation=2)]
+    assert [a.depends_on for a in apply_learned(atoms, learned, generation=2)] == [[], []]
+    assert [a.depends_on for a in apply_learned(atoms, learned, generation=3)] == [["b"], []]
+    assert atoms[0].depends_on == []  # the spec's atoms are not modified
+
+
+def test_learned_edges_to_unknown_declared_or_cyclic_atoms_are_left_out() -> None:
+    atoms = [_atom("a"), _atom("b", "a"), _atom("c", "a")]
+    learned = [
+        LearnedDependency(atom="a", needs="b", learned_generation=1),  # b already depends on a: a cycle
+        LearnedDependency(atom="c", needs="a", learned_generation=1),  # declared since
+        LearnedDependency(atom="c", needs="removed", learned_generation=1),
+        LearnedDependency(atom="c", needs="b", learned_generation=1),
+    ]
+    assert [a.depends_on for a in apply_learned(atoms, learned, generation=2)] == [[], ["a"], ["a", "b"]]

@@ -6,6 +6,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -197,3 +198,19 @@ def check_generated(atoms: Iterable[tuple[str, str, Sequence[str]]], root: Path)
         return check_plan(atoms, analyze_folder(root))
     except (TsConfigError, TypeScriptUnavailable, OSError) as error:
         return f"dependencies not checked: {error}"
+
+
+def check_outputs(
+    atoms: Iterable[tuple[str, str, Sequence[str]]], outputs: Iterable[tuple[str, str]]
+) -> PlanCheck | str:
+    """`check_generated` on generated files kept elsewhere (the store): written to a scratch folder first."""
+    with tempfile.TemporaryDirectory(prefix="mge-deps-") as scratch:
+        root = Path(scratch).resolve()
+        for file, text in outputs:
+            relative = _project_path(root, file)
+            if relative is None:  # the CRD only admits relative paths; never write outside the folder
+                continue
+            target = root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return check_generated(atoms, root)

@@ -13,9 +13,11 @@ from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailabl
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
+from mge.controller.dependencies import check_dependencies
 from mge.controller.deps import ControllerDeps, deps_of
 from mge.controller.events import post_plan_event
 from mge.cost.caps import OverrideRejected
+from mge.deps.status import apply_learned
 from mge.models.base import API_GROUP, API_VERSION
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
@@ -76,6 +78,8 @@ async def reconcile_masterplan(
         )
     else:
         atoms = await _read_atoms(deps.kube, namespace, parsed)
+        if not isinstance(atoms, PlanError) and observed.dependencies is not None:
+            atoms = apply_learned(atoms, observed.dependencies.learned, generation)
         if isinstance(atoms, AtomsSourceNotFound):
             retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
@@ -156,6 +160,9 @@ async def sync_progress(
         acceptance, wave_tests = await sync_acceptance(
             deps, store, namespace, name, body, requirements_of(spec), progress, waves, logger
         )
+        dependencies = await check_dependencies(
+            store, namespace, name, observed, progress, generation, logger
+        )
     except (StoreUnavailable, OSError) as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
     except KubeUnavailable as error:
@@ -170,6 +177,7 @@ async def sync_progress(
             generation=generation,
             now=deps.now(),
             acceptance=acceptance,
+            dependencies=dependencies,
         )
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)

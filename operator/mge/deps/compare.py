@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mge.deps.graph import DependencyGraph, Edge, EdgeKind
+from mge.deps.graph import DependencyGraph, Edge, EdgeKind, Unresolved
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class PlanCheck:
 
     missing: list[AtomEdge] = field(default_factory=list)
     extra: list[AtomEdge] = field(default_factory=list)
+    # Imports in the atoms' files that could not be tied to a file: they may hide a missing edge.
+    unresolved: list[Unresolved] = field(default_factory=list)
+    files: int = 0  # atom files the check covered
 
     @property
     def verified(self) -> bool:
@@ -63,7 +66,10 @@ def check_plan(atoms: Iterable[tuple[str, str, Sequence[str]]], graph: Dependenc
     file_edges: dict[str, set[str]] = {}
     for edge in graph.edges:
         file_edges.setdefault(edge.source, set()).add(edge.target)
-    result = PlanCheck()
+    result = PlanCheck(
+        unresolved=[u for u in graph.unresolved if u.file in atoms_of],
+        files=len(atoms_of.keys() & set(graph.files)),
+    )
     reported: set[tuple[str, str]] = set()
     for edge in sorted(graph.edges):
         if edge.kind is EdgeKind.PACKAGE:

@@ -55,6 +55,7 @@ class Reason(StrEnum):
     OVERRIDE_REJECTED = "OverrideRejected"
     IMPORTS_MATCH_PLAN = "ImportsMatchPlan"
     IMPORTS_MISSING_FROM_PLAN = "ImportsMissingFromPlan"
+    DEPENDENCY_CHECK_UNAVAILABLE = "DependencyCheckUnavailable"
     AWAITING_ACCEPTANCE_TESTS = "AwaitingAcceptanceTests"
     ACCEPTANCE_TESTS_RUNNING = "AcceptanceTestsRunning"
     ACCEPTANCE_DISABLED = "AcceptanceDisabled"
@@ -82,6 +83,7 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.HARD_CAP_REACHED,
         Reason.OVERRIDE_REJECTED,
         Reason.IMPORTS_MISSING_FROM_PLAN,
+        Reason.DEPENDENCY_CHECK_UNAVAILABLE,
         Reason.ACCEPTANCE_JOB_FAILED,
         Reason.MUST_REQUIREMENT_FAILED,
         Reason.SHOULD_REQUIREMENTS_FAILED,

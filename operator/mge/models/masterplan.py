@@ -16,6 +16,8 @@ DEFAULT_MODEL: Final = "gpt-4o-mini"
 # Bounds keep the CEL rules' estimated cost within the API server's budget.
 MAX_DEPENDENCIES_PER_ATOM: Final = 200
 MAX_INLINE_ATOMS: Final = 2000
+# Lists in status stay short enough for `kubectl describe`; counts give the totals.
+MAX_REPORTED: Final = 20
 
 ATOM_ID_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,126}[A-Za-z0-9])?$"
 
@@ -292,6 +294,53 @@ class PrecisionStatus(KubeModel):
     validation: float = Field(ge=0, le=100)
 
 
+class MissingDependency(KubeModel):
+    atom: str = Field(description="The atom whose generated file imports another atom's file.")
+    needs: str = Field(description="The atom that wrote the imported file: missing from dependsOn.")
+    file: str = Field("", description="The importing file.")
+    line: int = Field(0, ge=0, description="Line of the import.")
+    specifier: str = Field("", description="The import as written.")
+
+
+class LearnedDependency(KubeModel):
+    """A dependsOn edge the operator adds to the plan because the generated code needs it."""
+
+    atom: str
+    needs: str = Field(description="Added to the atom's dependsOn from the next re-plan on.")
+    learned_generation: int = Field(
+        ge=0, description="metadata.generation whose output showed the import; applied from the next one."
+    )
+
+
+class DependenciesStatus(KubeModel):
+    """What the generated code imports, compared with the plan's dependsOn (see docs/deps.md)."""
+
+    observed_generation: int = Field(0, ge=0, description="metadata.generation whose output was analysed.")
+    verified: bool | None = Field(
+        None, description="True when every import between generated files is ordered by dependsOn."
+    )
+    files: int = Field(0, ge=0, description="Generated files analysed.")
+    missing_count: int = Field(0, ge=0, description="Imports not ordered by dependsOn.")
+    missing: list[MissingDependency] = Field(
+        default_factory=list, max_length=MAX_REPORTED, description="The first of them."
+    )
+    extra_count: int = Field(
+        0,
+        ge=0,
+        description="dependsOn entries with no import behind them (harmless, but they serialise waves).",
+    )
+    unresolved_imports: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_REPORTED,
+        description="Imports the analyzer could not tie to a file (e.g. computed dynamic imports), as file:line.",
+    )
+    learned: list[LearnedDependency] = Field(
+        default_factory=list,
+        max_length=MAX_INLINE_ATOMS,
+        description="dependsOn edges the operator adds from the next re-plan (a spec change) on.",
+    )
+
+
 class MasterplanStatus(KubeModel):
     """Aggregates only; per-atom data lives in Postgres."""
 
@@ -315,5 +364,6 @@ class MasterplanStatus(KubeModel):
     cost: CostStatus = Field(default_factory=CostStatus)
     gate: GateStatus = Field(default_factory=GateStatus)
     precision: PrecisionStatus | None = None
+    dependencies: DependenciesStatus | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None

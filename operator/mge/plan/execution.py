@@ -7,8 +7,9 @@ from decimal import Decimal
 from typing import Protocol
 
 from mge.cost.caps import BudgetLimits, BudgetState, budget_state, projected_total
+from mge.deps.status import DependenciesDecision
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
-from mge.models.masterplan import GateState, GateStatus, MasterplanStatus, PrecisionStatus
+from mge.models.masterplan import DependenciesStatus, GateState, GateStatus, MasterplanStatus, PrecisionStatus
 from mge.models.progress import Progress, Spend
 from mge.plan.status import ConditionLog, KubeEvent, derive_phase, transition_events
 
@@ -83,8 +84,11 @@ def decide_execution(
     generation: int,
     now: datetime,
     acceptance: AcceptanceState | None = None,
+    dependencies: tuple[DependenciesDecision, DependenciesStatus] | None = None,
 ) -> tuple[MasterplanStatus, list[KubeEvent]]:
     """Status after reading progress and spend; only meaningful once the plan is Planned=True.
+
+    `dependencies`: a fresh check of the generated code's imports (once per generation, after the run).
 
     With `acceptance` (the operator runs acceptance Jobs) a plan whose atoms all succeeded is Complete only
     once Gate S passed; a failed gate is Failed with reason GateSFailed. Without it the gate is not evaluated.
@@ -148,6 +152,9 @@ def decide_execution(
         )
     if acceptance is not None:
         _apply_requirements(status, conditions, acceptance)
+    if dependencies is not None:
+        decision, status.dependencies = dependencies
+        conditions.set(decision.type, decision.status, decision.reason, decision.message)
     status.phase = derive_phase(status)
     return status, transition_events(observed.conditions, status.conditions)
 

@@ -78,6 +78,16 @@ class AtomOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class GeneratedCode:
+    generation: int  # the Masterplan generation the atoms were registered for
+    active: bool  # atoms are ready or running: the run has not ended
+    atoms: list[
+        tuple[str, str, list[str]]
+    ]  # (atom id, file, dependsOn as registered, learned edges included)
+    outputs: list[tuple[str, str]]  # (file, content) of the succeeded atoms
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     calls: int
     prompt_tokens: int
@@ -415,6 +425,24 @@ class Store:
             plan_id,
         )
         return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
+
+    async def generated_code(self, plan_id: uuid.UUID) -> GeneratedCode:
+        """One consistent snapshot of a plan's registration and outputs (a re-plan may be committing meanwhile)."""
+        async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
+            generation = await connection.fetchval(
+                "SELECT generation FROM masterplans WHERE id = $1", plan_id
+            )
+            rows = await connection.fetch(
+                """SELECT atom_id, file, depends_on, state, output FROM atoms
+                   WHERE masterplan_id = $1 ORDER BY atom_id""",
+                plan_id,
+            )
+        return GeneratedCode(
+            generation=int(generation or 0),
+            active=any(r["state"] in ("ready", "running") for r in rows),
+            atoms=[(r["atom_id"], r["file"], list(r["depends_on"])) for r in rows],
+            outputs=[(r["file"], r["output"]) for r in rows if r["state"] == "succeeded"],
+        )
 
     async def runnable(self) -> tuple[int, int]:
         """(ready, running) atoms of plans that are not suspended, across the whole store: executor demand."""

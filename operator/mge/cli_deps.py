@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mge.adapters.depcruise import cruiser_edges
 from mge.adapters.deps_scan import analyze_folder, tsc_edges
 from mge.adapters.typescript import TypeScriptUnavailable
 from mge.deps.compare import agreement
@@ -80,7 +81,16 @@ def analyze(
 
 
 @deps_app.command()
-def validate(folder: Folder) -> None:
+def validate(
+    folder: Folder,
+    cruiser: Annotated[
+        bool,
+        typer.Option(
+            "--cruiser",
+            help="Also compare with dependency-cruiser (--ts-pre-compilation-deps), installed by `make setup`.",
+        ),
+    ] = False,
+) -> None:
     """Compare the TypeScript edges with what `tsc --explainFiles` resolves; exit 1 on any edge we miss."""
     started = time.perf_counter()
     graph = _analyze(folder)
@@ -116,5 +126,29 @@ def validate(folder: Folder) -> None:
         f"ours {ours_s:.2f}s, tsc {tsc_s:.2f}s)",
         highlight=False,
     )
+    if cruiser:
+        _compare_with_cruiser(folder, graph)
     if result.false_negative:
         raise typer.Exit(1)
+
+
+def _compare_with_cruiser(folder: Path, graph: DependencyGraph) -> None:
+    """Informational: dependency-cruiser is a second opinion, tsc stays the ground truth (and the exit code)."""
+    started = time.perf_counter()
+    try:
+        theirs = cruiser_edges(folder)
+    except TypeScriptUnavailable as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(USAGE_ERROR) from None
+    cruiser_s = time.perf_counter() - started
+    result = agreement(graph, theirs, {file for file in graph.files if is_source(file)})
+    for source, target in sorted(result.false_negative):
+        console.print(f"cruiser-only  {source} -> {target}", highlight=False)
+    for source, target in sorted(result.false_positive):
+        console.print(f"ours-only     {source} -> {target}", highlight=False)
+    console.print(
+        f"vs dependency-cruiser: precision {result.precision:.1%}  recall {result.recall:.1%}  "
+        f"({len(result.true_positive)} agreed, {len(result.false_positive)} ours only, "
+        f"{len(result.false_negative)} cruiser only; dependency-cruiser {cruiser_s:.2f}s)",
+        highlight=False,
+    )

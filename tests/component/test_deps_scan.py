@@ -90,6 +90,17 @@ def test_validate_command_prints_figures_and_passes_on_the_fixture() -> None:
     assert "recall 100.0%" in result.output
 
 
+def test_validate_with_cruiser_prints_where_dependency_cruiser_disagrees() -> None:
+    """tsc agrees with every edge of the fixture; dependency-cruiser resolves the `.cjs` where tsc (and we)
+    take its `.d.cts` declarations, and does not see the package `imports` map or the conditional `exports`."""
+    result = CliRunner().invoke(app, ["deps", "validate", str(TS), "--cruiser"])
+    assert result.exit_code == 0, result.output
+    assert "recall 100.0%  F1 100.0%" in result.output
+    assert "cruiser-only  src/index.ts -> src/legacy/old.cjs" in result.output
+    assert "ours-only     src/index.ts -> src/legacy/old.d.cts" in result.output
+    assert "vs dependency-cruiser: precision 87.5%  recall 95.5%  (21 agreed" in result.output
+
+
 def test_validate_fails_when_an_import_is_missed(tmp_path: Path) -> None:
     """`typesVersions` redirects are a documented gap of the analyzer (docs/deps.md): tsc follows this one,
     we do not, and validate must say so and fail."""

@@ -1,5 +1,6 @@
 """`mge deps analyze|validate`: the file dependency graph of a project folder, and its check against tsc."""
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from rich.console import Console
 
 from mge.adapters.depcruise import cruiser_edges
 from mge.adapters.deps_scan import analyze_folder, tsc_edges
+from mge.adapters.py_import_trace import TraceFailed, trace_python_imports
 from mge.adapters.typescript import TypeScriptUnavailable
-from mge.deps.compare import agreement
+from mge.deps.compare import Agreement, agreement, seen_at_import
 from mge.deps.graph import DependencyGraph
 from mge.deps.tsconfig import TsConfigError
 from mge.deps.typescript import is_source
@@ -91,45 +93,76 @@ def validate(
         ),
     ] = False,
 ) -> None:
-    """Compare the TypeScript edges with what `tsc --explainFiles` resolves; exit 1 on any edge we miss."""
+    """Compare our edges with ground truth: what tsc resolves (TypeScript/JavaScript) and what the Python
+    interpreter imports (every module imported in the sandbox). Exit 1 on any edge we miss."""
     started = time.perf_counter()
     graph = _analyze(folder)
     ours_s = time.perf_counter() - started
-    if not any(is_source(file) for file in graph.files):
+    has_typescript = any(is_source(file) for file in graph.files)
+    has_python = any(file.endswith(".py") for file in graph.files)
+    if not (has_typescript or has_python):
         errors.print(
-            f"[bold red]error:[/] {folder} has no TypeScript/JavaScript sources; validate compares them with tsc"
+            f"[bold red]error:[/] {folder} has no TypeScript/JavaScript or Python sources to compare"
         )
         raise typer.Exit(USAGE_ERROR)
-    started = time.perf_counter()
-    try:
-        program, truth = tsc_edges(folder)
-    except TypeScriptUnavailable as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
-        raise typer.Exit(USAGE_ERROR) from None
-    tsc_s = time.perf_counter() - started
-    result = agreement(graph, truth, program)
-    for source, target in sorted(result.false_negative):
-        console.print(f"[red]missed[/]  {source} -> {target}  (tsc resolves it, we do not)", highlight=False)
-    for source, target in sorted(result.false_positive):
-        console.print(
-            f"[yellow]extra[/]   {source} -> {target}  (we resolve it, tsc does not)", highlight=False
+    missed = False
+    if has_typescript:
+        started = time.perf_counter()
+        try:
+            program, truth = tsc_edges(folder)
+        except TypeScriptUnavailable as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(USAGE_ERROR) from None
+        tsc_s = time.perf_counter() - started
+        result = agreement(graph, truth, program)
+        _print_agreement(
+            "tsc",
+            result,
+            "computed dynamic import or require(): tsc cannot see it",
+            f"ours {ours_s:.2f}s, tsc {tsc_s:.2f}s",
         )
-    for source, target in sorted(result.beyond_truth):
-        console.print(
-            f"beyond  {source} -> {target}  (computed dynamic import or require(): tsc cannot see it)"
+        missed = bool(result.false_negative)
+        if cruiser:
+            _compare_with_cruiser(folder, graph)
+    if has_python:
+        started = time.perf_counter()
+        try:
+            trace = asyncio.run(trace_python_imports(folder))
+        except TraceFailed as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(USAGE_ERROR) from None
+        trace_s = time.perf_counter() - started
+        for module, why in sorted(trace.failed.items()):
+            console.print(f"not judged  {module}: {why}", highlight=False)
+        result = agreement(graph, trace.edges, trace.loaded, seen_at_import)
+        _print_agreement(
+            "python",
+            result,
+            "in a function body, under TYPE_CHECKING or `__main__`: importing does not run it",
+            f"ours {ours_s:.2f}s, import trace {trace_s:.2f}s; {len(trace.loaded)} modules imported",
         )
+        missed = missed or bool(result.false_negative)
     for unresolved in graph.unresolved:
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
+    if missed:
+        raise typer.Exit(1)
+
+
+def _print_agreement(truth: str, result: Agreement, beyond: str, timing: str) -> None:
+    for source, target in sorted(result.false_negative):
+        console.print(f"[red]missed[/]  {source} -> {target}  ({truth} has it, we do not)", highlight=False)
+    for source, target in sorted(result.false_positive):
+        console.print(
+            f"[yellow]extra[/]   {source} -> {target}  (we have it, {truth} does not)", highlight=False
+        )
+    for source, target in sorted(result.beyond_truth):
+        console.print(f"beyond  {source} -> {target}  ({beyond})", highlight=False)
     console.print(
-        f"precision {result.precision:.1%}  recall {result.recall:.1%}  F1 {result.f1:.1%}  "
+        f"{truth}: precision {result.precision:.1%}  recall {result.recall:.1%}  F1 {result.f1:.1%}  "
         f"({len(result.true_positive)} agreed, {len(result.false_positive)} extra, {len(result.false_negative)} missed; "
-        f"ours {ours_s:.2f}s, tsc {tsc_s:.2f}s)",
+        f"{timing})",
         highlight=False,
     )
-    if cruiser:
-        _compare_with_cruiser(folder, graph)
-    if result.false_negative:
-        raise typer.Exit(1)
 
 
 def _compare_with_cruiser(folder: Path, graph: DependencyGraph) -> None:

@@ -1,5 +1,6 @@
 """Python import analysis: relative/absolute imports, TYPE_CHECKING, importlib, `__init__` re-exports."""
 
+from mge.deps.compare import seen_at_import
 from mge.deps.graph import EdgeKind
 from mge.deps.python import analyze_python, module_names
 
@@ -98,3 +99,22 @@ def test_from_package_import_submodules_runs_the_package_only_as_a_parent() -> N
 def test_script_outside_any_package_path_still_has_its_imports() -> None:
     files = {"app/__init__.py": "", "app/core.py": "", "tools/run-me.py": "from app import core\n"}
     assert ("tools/run-me.py", "app/core.py", EdgeKind.STATIC) in _pairs(files)
+
+
+def test_imports_in_function_bodies_and_main_guards_are_deferred_class_bodies_are_not() -> None:
+    graph = analyze_python(
+        {
+            "a.py": (
+                "import b\n"
+                "def f():\n    import c\n"
+                "class K:\n    import d\n"
+                "if __name__ == '__main__':\n    import e\n"
+                "if sys.platform != 'win32' and '__main__' == __name__:\n    import f\n"
+                "g = lambda: __import__('g')\n"
+            ),
+            **{f"{name}.py": "" for name in "bcdefg"},
+        }
+    )
+    deferred = {edge.target: edge.deferred for edge in graph.edges}
+    assert deferred == {"b.py": False, "c.py": True, "d.py": False, "e.py": True, "f.py": True, "g.py": True}
+    assert [e.target for e in graph.edges if seen_at_import(e)] == ["b.py", "d.py"]

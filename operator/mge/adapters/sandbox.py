@@ -175,6 +175,29 @@ class Sandbox:
             checks.append(_check("jest-tests-collect", done, "the project's Jest test files load"))
         return checks
 
+    async def run_python(
+        self, project_dir: Path, script: str, *, result_file: str, timeout_s: float | None = None
+    ) -> tuple[str | None, str]:
+        """Run `script` with our interpreter in a sandboxed copy of the project.
+
+        Returns what the script wrote to `result_file` (relative to the copy; None if it wrote nothing or
+        was killed at the timeout) and an excerpt of its output, for the error message.
+        """
+        written: list[str] = []
+
+        def read_result(work: Path, done: _Completed) -> TestStatus:
+            path = work / result_file
+            if path.is_file():
+                written.append(path.read_text(encoding="utf-8"))
+            return TestStatus.PASSED if done.returncode == 0 else TestStatus.FAILED
+
+        done, status = await self._in_sandbox(
+            project_dir, [self._isolation.python, "-c", script], classify=read_result, timeout_s=timeout_s
+        )
+        if status is TestStatus.TIMEOUT:
+            return None, f"timed out after {timeout_s or self.limits.timeout_s:.0f} s\n{done.output}"
+        return (written[0] if written else None), done.output
+
     async def _run_test(self, project_dir: Path, test: TestRun) -> TestRunResult:
         if test.path.startswith("/") or ".." in test.path.split("/"):
             reason = f"test path {test.path!r} must be relative to the project, without '..'"

@@ -1,6 +1,6 @@
 """Declared atom dependencies against the analyzed file graph, and an analyzed graph against ground truth."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mge.deps.graph import DependencyGraph, Edge, EdgeKind, Unresolved
@@ -98,6 +98,15 @@ def seen_by_tsc(edge: Edge) -> bool:
     return not (edge.kind is EdgeKind.REQUIRE and edge.source.endswith((".ts", ".tsx", ".mts", ".cts")))
 
 
+def seen_at_import(edge: Edge) -> bool:
+    """Python edges the interpreter executes when the module is imported (its ground truth can see them).
+
+    Not: imports in function bodies (they run when called), under `if TYPE_CHECKING:`, parent packages
+    (run first, but not an import the code wrote), or names followed through `__init__` re-exports.
+    """
+    return edge.via is None and not edge.deferred and edge.kind not in (EdgeKind.TYPE, EdgeKind.PACKAGE)
+
+
 @dataclass
 class Agreement:
     """Direct file edges of our graph against a ground truth (tsc's own resolutions)."""
@@ -124,12 +133,22 @@ class Agreement:
 
 
 def agreement(
-    graph: DependencyGraph, truth: set[tuple[str, str]], program: set[str] | None = None
+    graph: DependencyGraph,
+    truth: set[tuple[str, str]],
+    program: set[str] | None = None,
+    seen: Callable[[Edge], bool] = seen_by_tsc,
 ) -> Agreement:
-    """Compare direct edges; with `program` (the files tsc compiled) only sources tsc read are judged."""
+    """Compare direct edges; with `program` (the files tsc compiled) only sources tsc read are judged.
+
+    `seen` says which of our edges the ground truth can observe (`seen_by_tsc`, `seen_at_import`).
+    """
     judged = [e for e in graph.edges if e.source != e.target and (program is None or e.source in program)]
-    ours = {(e.source, e.target) for e in judged if seen_by_tsc(e)}
-    beyond = {(e.source, e.target) for e in judged if not seen_by_tsc(e) and e.via is None} - ours
+    ours = {(e.source, e.target) for e in judged if seen(e)}
+    beyond = {
+        (e.source, e.target)
+        for e in judged
+        if not seen(e) and e.via is None and e.kind is not EdgeKind.PACKAGE
+    } - ours
     truth = {pair for pair in truth if pair[0] != pair[1]}
     return Agreement(
         true_positive=ours & truth,

@@ -18,7 +18,11 @@ class EdgeKind(StrEnum):
 
 @dataclass(frozen=True, order=True)
 class Edge:
-    """`source` needs `target` (both project-relative paths); `via` names the barrel it was followed through."""
+    """`source` needs `target` (both project-relative paths); `via` names the barrel it was followed through.
+
+    `deferred`: the import runs only when a function is called (Python imports in function bodies), so
+    importing the module does not execute it; the dependency is just as real.
+    """
 
     source: str
     target: str
@@ -26,6 +30,7 @@ class Edge:
     line: int
     specifier: str
     via: str | None = None
+    deferred: bool = False
 
 
 @dataclass(frozen=True, order=True)

@@ -18,6 +18,7 @@ class _Import:
     line: int
     kind: EdgeKind
     specifier: str
+    deferred: bool = False  # inside a function body
 
 
 @dataclass
@@ -67,6 +68,18 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+def _is_main_guard(test: ast.expr) -> bool:
+    """`if __name__ == "__main__":` (either order, or and-ed with other tests): runs only as a program."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main_guard(value) for value in test.values)
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides) and any(
+        isinstance(n, ast.Constant) and n.value == "__main__" for n in sides
+    )
+
+
 def _literal(node: ast.expr | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
@@ -77,6 +90,7 @@ class _Collector(ast.NodeVisitor):
         self.facts = _ModuleFacts()
         self._type_only = 0
         self._depth = 0  # >0 inside functions/classes: bindings there are not module attributes
+        self._functions = 0  # >0 inside function bodies: imports there run only when called
 
     def _kind(self) -> EdgeKind:
         return EdgeKind.TYPE if self._type_only else EdgeKind.STATIC
@@ -89,19 +103,36 @@ class _Collector(ast.NodeVisitor):
             self._type_only -= 1
             for child in node.orelse:
                 self.visit(child)
+        elif _is_main_guard(node.test):
+            self._functions += 1  # like a function body: importing the module does not run it
+            for child in node.body:
+                self.visit(child)
+            self._functions -= 1
+            for child in node.orelse:
+                self.visit(child)
         else:
             self.generic_visit(node)
 
-    def _nested(self, node: ast.AST) -> None:
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._depth += 1
         self.generic_visit(node)
         self._depth -= 1
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _nested  # noqa: N815
+    def _function(self, node: ast.AST) -> None:
+        self._depth += 1
+        self._functions += 1
+        self.generic_visit(node)
+        self._functions -= 1
+        self._depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function  # noqa: N815
+
+    def _add(self, module: str, names: tuple[str, ...], line: int, kind: EdgeKind, specifier: str) -> None:
+        self.facts.imports.append(_Import(module, names, line, kind, specifier, deferred=self._functions > 0))
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            self.facts.imports.append(_Import(alias.name, (), node.lineno, self._kind(), alias.name))
+            self._add(alias.name, (), node.lineno, self._kind(), alias.name)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         specifier = "." * node.level + (node.module or "")
@@ -110,7 +141,7 @@ class _Collector(ast.NodeVisitor):
             self.facts.unresolved.append((node.lineno, specifier, "relative import beyond the top package"))
             return
         names = tuple(alias.name for alias in node.names)
-        self.facts.imports.append(_Import(module, names, node.lineno, self._kind(), specifier))
+        self._add(module, names, node.lineno, self._kind(), specifier)
         if self._depth == 0:
             for alias in node.names:
                 if alias.name != "*":
@@ -141,7 +172,7 @@ class _Collector(ast.NodeVisitor):
                 if module is None:
                     self.facts.unresolved.append((node.lineno, target, "relative import without a package"))
                 else:
-                    self.facts.imports.append(_Import(module, (), node.lineno, EdgeKind.DYNAMIC, target))
+                    self._add(module, (), node.lineno, EdgeKind.DYNAMIC, target)
         self.generic_visit(node)
 
 
@@ -199,12 +230,23 @@ def analyze_python(files: Mapping[str, str]) -> DependencyGraph:
                 if parent in modules:
                     own = parent == item.module and not only_submodules
                     kind = item.kind if own else EdgeKind.PACKAGE
-                    graph.edges.append(Edge(path, modules[parent], kind, item.line, item.specifier))
+                    graph.edges.append(
+                        Edge(path, modules[parent], kind, item.line, item.specifier, deferred=item.deferred)
+                    )
             for name in item.names:
                 submodule = f"{item.module}.{name}"
                 if submodule in modules:
                     found = True
-                    graph.edges.append(Edge(path, modules[submodule], item.kind, item.line, item.specifier))
+                    graph.edges.append(
+                        Edge(
+                            path,
+                            modules[submodule],
+                            item.kind,
+                            item.line,
+                            item.specifier,
+                            deferred=item.deferred,
+                        )
+                    )
                 elif name != "*" and item.module in modules:
                     real = follow(item.module, name, 0)
                     if real is not None and real != modules[item.module]:
@@ -216,6 +258,7 @@ def analyze_python(files: Mapping[str, str]) -> DependencyGraph:
                                 item.line,
                                 item.specifier,
                                 via=modules[item.module],
+                                deferred=item.deferred,
                             )
                         )
             if not found:

@@ -51,6 +51,7 @@ def graph_json(graph: DependencyGraph) -> dict[str, object]:
                 "specifier": e.specifier,
             }
             | ({"via": e.via} if e.via else {})
+            | ({"deferred": True} if e.deferred else {})
             for e in graph.edges
         ],
         "external": {file: sorted(mods) for file, mods in sorted(graph.external.items())},
@@ -73,7 +74,10 @@ def analyze(
         return
     for edge in graph.edges:
         via = f"  (via {edge.via})" if edge.via else ""
-        console.print(f"{edge.source}:{edge.line} -> {edge.target}  [{edge.kind}]{via}", highlight=False)
+        deferred = "  (deferred)" if edge.deferred else ""
+        console.print(
+            f"{edge.source}:{edge.line} -> {edge.target}  [{edge.kind}]{via}{deferred}", highlight=False
+        )
     for unresolved in graph.unresolved:
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
     console.print(

@@ -76,7 +76,9 @@ def analyze(
         via = f"  (via {edge.via})" if edge.via else ""
         deferred = "  (deferred)" if edge.deferred else ""
         console.print(
-            f"{edge.source}:{edge.line} -> {edge.target}  [{edge.kind}]{via}{deferred}", highlight=False
+            f"{edge.source}:{edge.line} -> {edge.target}  [{edge.kind}]{via}{deferred}",
+            highlight=False,
+            markup=False,  # "[static]" is the kind, not a style
         )
     for unresolved in graph.unresolved:
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)

@@ -151,3 +151,10 @@ def test_validate_fails_when_the_interpreter_imports_what_we_cannot_see(tmp_path
     assert "unresolved a.py:3: import_module(NAME) (dynamic import with a computed name)" in result.output
     # A module that fails to import is not judged (its edges are not ground truth).
     assert "not judged  broken: RuntimeError: needs a database" in result.output
+
+
+def test_analyze_prints_each_edge_with_its_kind() -> None:
+    result = CliRunner().invoke(app, ["deps", "analyze", str(PY)])
+    assert result.exit_code == 0, result.output
+    assert "app/__init__.py:3 -> app/models/user.py  [re-export]  (via app/models/__init__.py)" in result.output
+    assert "app/services/audit.py:6 -> app/services/billing.py  [static]  (deferred)" in result.output

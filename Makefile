@@ -57,6 +57,7 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_concurrency
 	$(BIN)/python -m tests.bench.bench_cache
 	$(BIN)/python -m tests.bench.bench_deps
+	$(BIN)/python -m tests.bench.bench_deps_python
 	$(BIN)/python -m tests.bench.bench_acceptance
 
 image: ## Build the container image (needs a Docker engine)

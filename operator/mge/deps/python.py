@@ -84,13 +84,30 @@ def _literal(node: ast.expr | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
+# Fields holding statement lists (Module, def, class, if/for/while/with/try bodies, except and match cases).
+_STATEMENT_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+# Without these in the source no call can be a dynamic import, so expressions need not be visited.
+_DYNAMIC_IMPORT_MARKERS = ("import_module", "__import__")
+
+
 class _Collector(ast.NodeVisitor):
-    def __init__(self, package: str) -> None:
+    def __init__(self, package: str, scan_calls: bool = True) -> None:
         self.package = package
+        self.scan_calls = scan_calls
         self.facts = _ModuleFacts()
         self._type_only = 0
         self._depth = 0  # >0 inside functions/classes: bindings there are not module attributes
         self._functions = 0  # >0 inside function bodies: imports there run only when called
+
+    def generic_visit(self, node: ast.AST) -> None:
+        if self.scan_calls:
+            super().generic_visit(node)
+            return
+        # Import statements only occur in statement lists: walking those alone is several times faster.
+        for name in _STATEMENT_FIELDS:
+            for child in getattr(node, name, None) or ():
+                if isinstance(child, ast.AST):
+                    self.visit(child)
 
     def _kind(self) -> EdgeKind:
         return EdgeKind.TYPE if self._type_only else EdgeKind.STATIC
@@ -183,7 +200,8 @@ def _facts(path: str, module: str, source: str) -> _ModuleFacts:
         facts = _ModuleFacts()
         facts.unresolved.append((error.lineno or 0, path, f"syntax error: {error.msg}"))
         return facts
-    collector = _Collector(_package_of(path, module))
+    scan_calls = any(marker in source for marker in _DYNAMIC_IMPORT_MARKERS)
+    collector = _Collector(_package_of(path, module), scan_calls)
     collector.visit(tree)
     return collector.facts
 

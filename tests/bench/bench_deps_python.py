@@ -9,23 +9,19 @@ import asyncio
 import importlib.util
 import modulefinder
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mge.adapters.deps_scan import analyze_folder
 from mge.adapters.py_import_trace import trace_python_imports
 from mge.deps.compare import agreement, seen_at_import
 from mge.deps.graph import DependencyGraph, Edge, EdgeKind
-from tests.bench.common import print_table
+from tests.bench.common import median_time, print_table
 
 PACKAGES = ("rich", "click", "typer")
 RUNS = 3
-T = TypeVar("T")
 
 
 def _copy(package: str, into: Path) -> Path:
@@ -80,15 +76,6 @@ def modulefinder_edges(root: Path) -> set[tuple[str, str]]:
     return relative
 
 
-def _timed(run: Callable[[], T]) -> tuple[T, float]:
-    times = []
-    for _ in range(RUNS):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return result, statistics.median(times)
-
-
 def _as_graph(pairs: set[tuple[str, str]]) -> DependencyGraph:
     return DependencyGraph(edges=[Edge(s, t, EdgeKind.STATIC, 0, "") for s, t in sorted(pairs)])
 
@@ -99,9 +86,9 @@ def main() -> None:
         for package in PACKAGES:
             root = _copy(package, Path(scratch))
             trace = asyncio.run(trace_python_imports(root))
-            graph, ours_s = _timed(lambda root=root: analyze_folder(root))
+            graph, ours_s = median_time(lambda root=root: analyze_folder(root), RUNS)
             ours = agreement(graph, trace.edges, trace.loaded, seen_at_import)
-            found, finder_s = _timed(lambda root=root: modulefinder_edges(root))
+            found, finder_s = median_time(lambda root=root: modulefinder_edges(root), RUNS)
             # modulefinder cannot tell deferred imports apart: only edges the interpreter ran are judged.
             theirs = agreement(_as_graph(found), trace.edges, trace.loaded)
             accuracy.append(

@@ -1,9 +1,12 @@
-"""Shared pieces of the benchmarks: a throwaway Postgres, synthetic plans, table printing."""
+"""Shared pieces of the benchmarks: a throwaway Postgres, synthetic plans, table printing, timing."""
 
 import contextlib
 import random
+import statistics
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import asyncpg
 
@@ -53,3 +56,16 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+T = TypeVar("T")
+
+
+def median_time(run: Callable[[], T], runs: int = 3) -> tuple[T, float]:
+    """The last result and the median wall-clock seconds of `runs` calls."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return result, statistics.median(times)

@@ -96,9 +96,14 @@ def test_validate_with_cruiser_prints_where_dependency_cruiser_disagrees() -> No
     result = CliRunner().invoke(app, ["deps", "validate", str(TS), "--cruiser"])
     assert result.exit_code == 0, result.output
     assert "recall 100.0%  F1 100.0%" in result.output
-    assert "cruiser-only  src/index.ts -> src/legacy/old.cjs" in result.output
-    assert "ours-only     src/index.ts -> src/legacy/old.d.cts" in result.output
-    assert "vs dependency-cruiser: precision 87.5%  recall 95.5%  (21 agreed" in result.output
+    assert (
+        "missed  src/index.ts -> src/legacy/old.cjs  (dependency-cruiser has it, we do not)" in result.output
+    )
+    assert (
+        "extra   src/index.ts -> src/legacy/old.d.cts  (we have it, dependency-cruiser does not)"
+        in result.output
+    )
+    assert "dependency-cruiser: precision 87.5%  recall 95.5%  F1 91.3%  (21 agreed" in result.output
 
 
 def test_validate_fails_when_an_import_is_missed(tmp_path: Path) -> None:
@@ -156,5 +161,7 @@ def test_validate_fails_when_the_interpreter_imports_what_we_cannot_see(tmp_path
 def test_analyze_prints_each_edge_with_its_kind() -> None:
     result = CliRunner().invoke(app, ["deps", "analyze", str(PY)])
     assert result.exit_code == 0, result.output
-    assert "app/__init__.py:3 -> app/models/user.py  [re-export]  (via app/models/__init__.py)" in result.output
+    assert (
+        "app/__init__.py:3 -> app/models/user.py  [re-export]  (via app/models/__init__.py)" in result.output
+    )
     assert "app/services/audit.py:6 -> app/services/billing.py  [static]  (deferred)" in result.output

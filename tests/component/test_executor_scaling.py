@@ -1,8 +1,11 @@
 """The operator's executor Deployment on the fake Kubernetes API, sized from a real Postgres queue."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
+import yaml
 from aiohttp import web
 
 from mge.adapters.kube import Kube, load_client_configuration
@@ -13,9 +16,11 @@ from mge.concurrency.scaler import ScalerPolicy
 from mge.controller.executors import sync_executors_once
 from mge.plan.dag import plan_dag
 from tests.builders import atom, spec
-from tests.support.operator import fake_cluster
+from tests.support.operator import eventually, fake_cluster, running_operator
 
 pytestmark = pytest.mark.component
+
+REPO = Path(__file__).resolve().parents[2]
 
 SETTINGS = SimpleNamespace(
     executor_name="mge-executor",
@@ -219,3 +224,76 @@ async def test_a_prometheus_outage_is_one_warning_event_and_its_end_one_more(pg,
     ]
     warning = next(e for e in events if e["type"] == "Warning")
     assert "Holding 1 executors" in warning["message"]
+
+
+async def test_signal_health_is_recorded_and_since_moves_only_on_a_change(pg, prometheus):
+    query, answers = prometheus
+    await _queue(pg, 4)
+    async with fake_cluster() as api:
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            answers["down"] = None
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=0, prometheus=query)
+            first = await (await store.get()).scaling_signals()
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=30, prometheus=query)
+            second = await (await store.get()).scaling_signals()
+            del answers["down"]
+            await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=60, prometheus=query)
+            recovered = await (await store.get()).scaling_signals()
+        finally:
+            await store.close()
+            kube.close()
+
+    assert (first.source, first.healthy, first.reason) == ("prometheus", False, "PrometheusUnavailable")
+    assert f"Prometheus at {query.base_url} cannot be queried" in first.message
+    assert second.since == first.since
+    assert second.updated_at > first.updated_at
+    assert (recovered.healthy, recovered.reason) == (True, "MetricsMissing")  # answers, but no series yet
+    assert recovered.since > first.since
+
+
+async def test_prometheus_outage_is_a_condition_on_executing_masterplans_with_one_event(pg):
+    body = yaml.safe_load((REPO / "examples" / "hello" / "masterplan.yaml").read_text())
+    body["metadata"]["namespace"] = "team-a"
+    down = PrometheusQuery("http://127.0.0.1:1")
+    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
+        created = await client.post(
+            "/apis/mge.devmatrix.io/v1alpha1/namespaces/team-a/masterplans", json=body
+        )
+        assert created.status_code == 201, created.text
+        kube, store, policy = Kube(load_client_configuration(str(api.url))), LazyStore(pg), _policy()
+        try:
+            async with running_operator(api, pg, ["team-a"]):
+                await eventually(lambda: _planned(api))
+                await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=0, prometheus=down)
+                outage = await eventually(lambda: _scaling(api, "False"))
+                for tick in range(1, 4):  # the outage goes on over several periods
+                    await sync_executors_once(
+                        kube, store, "ops", SETTINGS, policy, now=tick * 30, prometheus=down
+                    )
+                await sync_executors_once(kube, store, "ops", SETTINGS, policy, now=120)  # no Prometheus now
+                local = await eventually(lambda: _scaling(api, "True"))
+        finally:
+            await store.close()
+            kube.close()
+        events = [e["reason"] for e in api.objects_of("events", "team-a")]
+
+    assert outage["reason"] == "PrometheusUnavailable"
+    assert outage["message"].startswith(
+        "Holding 0 executors: Prometheus at http://127.0.0.1:1 cannot be queried"
+    )
+    assert local["reason"] == "LocalStatistics"
+    assert (events.count("PrometheusUnavailable"), events.count("LocalStatistics")) == (1, 1)
+
+
+def _planned(api) -> bool:
+    (plan,) = api.objects_of("masterplans", "team-a")
+    conditions = (plan.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Planned" and c["status"] == "True" for c in conditions)
+
+
+def _scaling(api, status: str | None = None):
+    (plan,) = api.objects_of("masterplans", "team-a")
+    conditions = (plan.get("status") or {}).get("conditions") or []
+    found = next((c for c in conditions if c["type"] == "ExecutorScaling"), None)
+    return found if found and status in (None, found["status"]) else None

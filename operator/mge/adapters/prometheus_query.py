@@ -18,7 +18,8 @@ class PrometheusUnavailable(RuntimeError):
 
 class PrometheusQuery:
     def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self._url = base_url.rstrip("/") + "/api/v1/query"
+        self.base_url = base_url.rstrip("/")
+        self._url = self.base_url + "/api/v1/query"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.failing = False  # whether the last query failed: callers report outages once
 

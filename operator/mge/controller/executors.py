@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
@@ -17,6 +18,7 @@ from mge.adapters.prometheus_query import (
 from mge.adapters.store.store import LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
+from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -120,15 +122,24 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     return {"spec": patch} if patch else {}
 
 
-async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Observation | None:
-    """The queue from Postgres and, when configured, LLM/DB p95 from Prometheus; None if either is unreadable."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observation and what got in its way: a failed Prometheus query, or series with no data."""
+
+    observation: Observation | None
+    prometheus_error: str | None = None
+    missing: tuple[str, ...] = ()
+
+
+async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Reading:
+    """The queue from Postgres and, when configured, LLM/DB p95 from Prometheus; no observation if either fails."""
     try:
         ready, running = await (await store.get()).runnable()
     except (StoreUnavailable, OSError) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
-        return None
+        return Reading(None)
     if prometheus is None:
-        return Observation(ready_atoms=ready, running_atoms=running)
+        return Reading(Observation(ready_atoms=ready, running_atoms=running))
     was_failing = prometheus.failing
     try:
         llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)
@@ -136,11 +147,25 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Obser
     except PrometheusUnavailable as error:
         if not was_failing:  # once per outage, not every period
             log.warning("executor scaling holds until Prometheus answers: %s", error)
-        return None
+        return Reading(None, prometheus_error=str(error))
     if was_failing:
         log.info("executor scaling reads Prometheus again")
-    return Observation(
+    missing = tuple(
+        name
+        for name, value in (("LLM p95", llm_p95), ("DB p95", db_p95), ("LLM error rate", errors))
+        if value is None
+    )
+    observation = Observation(
         ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95, error_rate=errors
+    )
+    return Reading(observation, missing=missing)
+
+
+def signal_health(prometheus: PrometheusQuery | None, reading: Reading, replicas: int) -> SignalHealth:
+    if prometheus is None:
+        return local_health()
+    return prometheus_health(
+        prometheus.base_url, error=reading.prometheus_error, missing=reading.missing, replicas=replicas
     )
 
 
@@ -157,9 +182,14 @@ async def sync_executors_once(
     existing = await kube.read_deployment(namespace, settings.executor_name)
     current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
     was_blind = prometheus is not None and prometheus.failing
-    decision = policy.decide(current, await observe(store, prometheus), now)
+    reading = await observe(store, prometheus)
+    decision = policy.decide(current, reading.observation, now)
+    health = signal_health(prometheus, reading, current)
+    if reading.observation is not None or reading.prometheus_error is not None:
+        with contextlib.suppress(StoreUnavailable, OSError):  # the Masterplans' condition reads this
+            await (await store.get()).record_signals(health)
     if existing is not None and prometheus is not None and prometheus.failing != was_blind:
-        await _report_prometheus(kube, namespace, existing, outage=prometheus.failing, replicas=current)
+        await _report_prometheus(kube, namespace, existing, health)
     desired = executor_deployment(
         name=settings.executor_name,
         image=settings.executor_image,
@@ -199,15 +229,11 @@ async def sync_executors_once(
 
 
 async def _report_prometheus(
-    kube: Kube, namespace: str, deployment: Mapping[str, Any], *, outage: bool, replicas: int
+    kube: Kube, namespace: str, deployment: Mapping[str, Any], health: SignalHealth
 ) -> None:
     """One Event when an outage starts and one when it ends (not one per period), on the executor Deployment."""
-    if outage:
-        reason, type_ = "PrometheusUnavailable", "Warning"
-        message = (
-            f"Holding {replicas} executors: Prometheus cannot be queried (unreachable or answering errors). "
-            "Check prometheus.url and that Prometheus is up."
-        )
+    if not health.healthy:
+        reason, type_, message = "PrometheusUnavailable", "Warning", health.message
     else:
         reason, type_ = "PrometheusAvailable", "Normal"
         message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"

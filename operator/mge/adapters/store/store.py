@@ -14,7 +14,8 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from mge.adapters.store.migrate import migrate
-from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision
+from mge.concurrency.signals import SignalHealth
+from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision, ScalingSignals
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
@@ -458,6 +459,28 @@ class Store:
             await connection.execute(
                 "DELETE FROM scaling_decisions WHERE id <= (SELECT max(id) - 100 FROM scaling_decisions)"
             )
+
+    async def record_signals(self, health: SignalHealth) -> None:
+        """The scaler's signal health after each pass; `since` moves only when source, health or reason change."""
+        await self.pool.execute(
+            """INSERT INTO scaling_signals (source, healthy, reason, message) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (singleton) DO UPDATE SET source = $1, healthy = $2, reason = $3, message = $4,
+                   since = CASE WHEN (scaling_signals.source, scaling_signals.healthy, scaling_signals.reason)
+                                     IS DISTINCT FROM ($1, $2, $3)
+                                THEN now() ELSE scaling_signals.since END,
+                   updated_at = now()""",
+            health.source.value,
+            health.healthy,
+            health.reason.value,
+            health.message,
+        )
+
+    async def scaling_signals(self) -> ScalingSignals | None:
+        """The scaler's latest signal health; None if the operator never scaled executors."""
+        row = await self.pool.fetchrow(
+            "SELECT source, healthy, reason, message, since, updated_at FROM scaling_signals"
+        )
+        return ScalingSignals(**dict(row)) if row else None
 
     async def concurrency_snapshot(
         self, fresh_s: float = 120.0

@@ -13,7 +13,7 @@ from mge.adapters.prometheus_query import PrometheusQuery
 from mge.adapters.store.store import LazyStore, Store
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import ScalerPolicy
-from mge.controller.executors import sync_executors_once
+from mge.controller.executors import COMPONENT_LABEL, sync_executors_once
 from mge.plan.dag import plan_dag
 from tests.builders import atom, spec
 from tests.support.operator import eventually, fake_cluster, running_operator
@@ -297,3 +297,70 @@ def _scaling(api, status: str | None = None):
     conditions = (plan.get("status") or {}).get("conditions") or []
     found = next((c for c in conditions if c["type"] == "ExecutorScaling"), None)
     return found if found and status in (None, found["status"]) else None
+
+
+async def _executor_pods(api, client, held: dict[str, int], pg: str) -> None:
+    """Pods as the executor ReplicaSet would create them, and the load each executor reported."""
+    for name in held:
+        pod = {"metadata": {"name": name, "labels": dict(COMPONENT_LABEL)}, "spec": {"containers": []}}
+        created = await client.post("/api/v1/namespaces/ops/pods", json=pod)
+        assert created.status_code == 201, created.text
+    store = await Store.connect(pg)
+    try:
+        for name, atoms in held.items():
+            await store.report_executor(
+                name, limit=4, in_flight=min(atoms, 4), queue_size=0, adjustments=[], atoms_held=atoms
+            )
+    finally:
+        await store.close()
+
+
+async def _resize(client, replicas: int) -> None:
+    response = await client.patch(
+        "/apis/apps/v1/namespaces/ops/deployments/mge-executor",
+        json={"spec": {"replicas": replicas}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_scale_down_removes_only_idle_executors_and_ranks_their_pods_first(pg):
+    held = {"mge-executor-a": 2, "mge-executor-b": 0, "mge-executor-c": 0, "mge-executor-d": 1}
+    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
+        kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
+        try:
+            await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)  # creates it at 0
+            await _resize(client, 4)
+            await _executor_pods(api, client, held, pg)
+            decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
+        finally:
+            await store.close()
+            kube.close()
+        pods = {p["metadata"]["name"]: p["metadata"]["annotations"] for p in api.objects_of("pods", "ops")}
+        (deployment,) = api.objects_of("deployments", "ops")
+
+    assert decision.replicas == 3  # 25% of 4; 2 executors are idle
+    assert deployment["spec"]["replicas"] == 3
+    costs = {name: int(a["controller.kubernetes.io/pod-deletion-cost"]) for name, a in pods.items()}
+    assert costs == {"mge-executor-a": 2, "mge-executor-b": 0, "mge-executor-c": 0, "mge-executor-d": 1}
+
+
+async def test_scale_down_holds_while_every_executor_holds_atoms(pg):
+    held = {"mge-executor-a": 2, "mge-executor-b": 1}
+    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
+        kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
+        try:
+            await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
+            await _resize(client, 2)
+            await _executor_pods(api, client, held, pg)
+            decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
+        finally:
+            await store.close()
+            kube.close()
+        pods = api.objects_of("pods", "ops")
+
+    assert (decision.replicas, decision.reason) == (
+        2,
+        "holding: would scale down to 1, but no executor is idle",
+    )
+    assert all("annotations" not in p["metadata"] for p in pods)  # nothing to rank when nothing is removed

@@ -4,8 +4,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+from kubernetes.client.exceptions import ApiException
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
 from mge.adapters.prometheus_query import (
@@ -17,6 +19,7 @@ from mge.adapters.prometheus_query import (
 )
 from mge.adapters.store.store import LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
+from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, deletion_costs, idle_executors
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 
@@ -129,17 +132,22 @@ class Reading:
     observation: Observation | None
     prometheus_error: str | None = None
     missing: tuple[str, ...] = ()
+    # Atoms held per executor (pod name), from the executors' reports.
+    load: Mapping[str, int] = field(default_factory=dict)
 
 
-async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Reading:
-    """The queue from Postgres and, when configured, LLM/DB p95 from Prometheus; no observation if either fails."""
+async def observe(store: LazyStore, prometheus: PrometheusQuery | None, replicas: int) -> Reading:
+    """The queue and executor load from Postgres and, when configured, LLM/DB p95 from Prometheus;
+    no observation if either cannot be read."""
     try:
         ready, running = await (await store.get()).runnable()
+        load = await (await store.get()).executor_load()
     except (StoreUnavailable, OSError) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
         return Reading(None)
+    idle = idle_executors(replicas, load)
     if prometheus is None:
-        return Reading(Observation(ready_atoms=ready, running_atoms=running))
+        return Reading(Observation(ready_atoms=ready, running_atoms=running, idle_executors=idle), load=load)
     was_failing = prometheus.failing
     try:
         llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)
@@ -147,7 +155,7 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Readi
     except PrometheusUnavailable as error:
         if not was_failing:  # once per outage, not every period
             log.warning("executor scaling holds until Prometheus answers: %s", error)
-        return Reading(None, prometheus_error=str(error))
+        return Reading(None, prometheus_error=str(error), load=load)
     if was_failing:
         log.info("executor scaling reads Prometheus again")
     missing = tuple(
@@ -156,9 +164,14 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Readi
         if value is None
     )
     observation = Observation(
-        ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95, error_rate=errors
+        ready_atoms=ready,
+        running_atoms=running,
+        llm_p95_s=llm_p95,
+        db_p95_s=db_p95,
+        error_rate=errors,
+        idle_executors=idle,
     )
-    return Reading(observation, missing=missing)
+    return Reading(observation, missing=missing, load=load)
 
 
 def signal_health(prometheus: PrometheusQuery | None, reading: Reading, replicas: int) -> SignalHealth:
@@ -182,7 +195,7 @@ async def sync_executors_once(
     existing = await kube.read_deployment(namespace, settings.executor_name)
     current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
     was_blind = prometheus is not None and prometheus.failing
-    reading = await observe(store, prometheus)
+    reading = await observe(store, prometheus, current)
     decision = policy.decide(current, reading.observation, now)
     health = signal_health(prometheus, reading, current)
     if reading.observation is not None or reading.prometheus_error is not None:
@@ -208,6 +221,8 @@ async def sync_executors_once(
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
         await _deployment_event(kube, namespace, existing, reason, message)
+    if existing is not None and decision.replicas < current:
+        await _rank_for_deletion(kube, namespace, reading.load)
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(
@@ -226,6 +241,24 @@ async def sync_executors_once(
             decision.reason,
         )
     return decision
+
+
+async def _rank_for_deletion(kube: Kube, namespace: str, load: Mapping[str, int]) -> None:
+    """Annotate executor pods with pod-deletion-cost so the ReplicaSet removes idle ones first.
+
+    Best effort: without it the scale-down still happens and a stopping busy executor hands its atoms back.
+    """
+    selector = ",".join(f"{key}={value}" for key, value in COMPONENT_LABEL.items())
+    try:
+        pods = await kube.list_pods(namespace, selector)
+        current = {
+            pod["metadata"]["name"]: (pod["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+            for pod in pods
+        }
+        for pod, cost in cost_patches(current, deletion_costs(current, load)).items():
+            await kube.annotate_pod(namespace, pod, {DELETION_COST_ANNOTATION: cost})
+    except (KubeUnavailable, ApiException) as error:
+        log.warning("scale-down without ranking executor pods (idle first): %s", error)
 
 
 async def _report_prometheus(

@@ -183,6 +183,7 @@ class Executor:
             limit=limiter.limit,
             in_flight=self.gate.in_flight,
             queue_size=self.gate.queue.size,
+            atoms_held=len(self._in_flight),
             adjustments=[
                 {
                     "old": a.old,

@@ -11,6 +11,7 @@ class ExecutorConcurrency(BaseModel):
     limit: int = Field(description="Adaptive limit on this executor's in-flight LLM calls.")
     in_flight: int
     queue_size: int = Field(description="Atoms waiting for an LLM slot in this executor.")
+    atoms_held: int = Field(0, description="Atoms this executor claimed and has not finished.")
     adjustments: list[dict[str, Any]] = Field(
         description="Recent limit changes with their reasons, newest last."
     )

@@ -433,19 +433,37 @@ class Store:
         return (row["namespace"], row["name"]) if row else None
 
     async def report_executor(
-        self, executor: str, *, limit: int, in_flight: int, queue_size: int, adjustments: list[dict[str, Any]]
+        self,
+        executor: str,
+        *,
+        limit: int,
+        in_flight: int,
+        queue_size: int,
+        adjustments: list[dict[str, Any]],
+        atoms_held: int = 0,
     ) -> None:
         await self.pool.execute(
-            """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, updated_at)
-               VALUES ($1, $2, $3, $4, $5, now())
+            """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
+                   updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
-                   adjustments = $5, updated_at = now()""",
+                   adjustments = $5, atoms_held = $6, updated_at = now()""",
             executor,
             limit,
             in_flight,
             queue_size,
             json.dumps(adjustments),
+            atoms_held,
         )
+
+    async def executor_load(self, fresh_s: float = 60.0) -> dict[str, int]:
+        """Atoms held per executor that reported in the last `fresh_s` seconds (a few heartbeats)."""
+        rows = await self.pool.fetch(
+            """SELECT executor, greatest(atoms_held, in_flight) AS held FROM executor_status
+               WHERE updated_at > now() - make_interval(secs => $1)""",
+            fresh_s,
+        )
+        return {r["executor"]: int(r["held"]) for r in rows}
 
     async def record_scaling(self, desired: int, actual: int, reason: str) -> None:
         """Keep the scaler's decisions (the last 100) for the concurrency status API."""
@@ -487,7 +505,7 @@ class Store:
     ) -> tuple[list[ExecutorConcurrency], list[ScalingDecision]]:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
-            """SELECT executor, llm_limit AS limit, in_flight, queue_size, adjustments, updated_at
+            """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, adjustments, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )

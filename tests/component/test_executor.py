@@ -241,3 +241,21 @@ async def test_start_jitter_delays_the_first_claim_and_stop_cuts_it_short(store,
     await executor.llm.close()
 
     assert state == "ready"
+
+
+async def test_executor_reports_its_own_llm_and_claim_latency_and_request_counts(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.05, latency_jitter_s=0.0)
+    atoms = [atom(f"s{i}") for i in range(12)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+
+    await _run_until_finished(
+        store, plan_id, [_executor(store, fake_llm, validator, name="ex-stats", heartbeat_s=0.05)]
+    )
+
+    row = await store.pool.fetchrow(
+        "SELECT llm_p95_s, db_p95_s, llm_requests, llm_errors FROM executor_status WHERE executor = 'ex-stats'"
+    )
+    assert row["llm_requests"] >= 1
+    assert row["llm_errors"] == 0
+    assert row["llm_p95_s"] >= 0.05  # at least the fake provider's latency
+    assert 0 < row["db_p95_s"] < 5

@@ -13,6 +13,7 @@ from mge.adapters.prometheus_query import PrometheusQuery
 from mge.adapters.store.store import LazyStore, Store
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import ScalerPolicy
+from mge.concurrency.statistics import CallSummary
 from mge.controller.executors import COMPONENT_LABEL, sync_executors_once
 from mge.plan.dag import plan_dag
 from tests.builders import atom, spec
@@ -364,3 +365,60 @@ async def test_scale_down_holds_while_every_executor_holds_atoms(pg):
         "holding: would scale down to 1, but no executor is idle",
     )
     assert all("annotations" not in p["metadata"] for p in pods)  # nothing to rank when nothing is removed
+
+
+async def _report_statistics(pg: str, **summary) -> None:
+    store = await Store.connect(pg)
+    try:
+        await store.report_executor(
+            "mge-executor-a",
+            limit=4,
+            in_flight=4,
+            queue_size=0,
+            adjustments=[],
+            atoms_held=4,
+            statistics=CallSummary(
+                **{"llm_p95_s": 1.0, "db_p95_s": 0.01, "llm_requests": 100, "llm_errors": 0, **summary}
+            ),
+        )
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("summary", "strained"),
+    [
+        ({"llm_p95_s": 4.5}, "LLM p95"),
+        ({"db_p95_s": 0.4}, "DB p95"),
+        ({"llm_errors": 30}, "error rate"),
+    ],
+)
+async def test_without_prometheus_the_executors_own_reports_stop_scale_up(pg, summary, strained):
+    await _queue(pg, 40)
+    await _report_statistics(pg, **summary)
+    async with fake_cluster() as api:
+        kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
+        try:
+            decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
+            signals = await (await store.get()).scaling_signals()
+        finally:
+            await store.close()
+            kube.close()
+
+    assert decision.replicas == 0
+    assert decision.reason == f"holding: {strained} over limit"
+    assert (signals.source, signals.reason) == ("local", "LocalStatistics")
+
+
+async def test_without_prometheus_healthy_executor_reports_let_the_queue_scale_up(pg):
+    await _queue(pg, 40)
+    await _report_statistics(pg)
+    async with fake_cluster() as api:
+        kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
+        try:
+            decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
+        finally:
+            await store.close()
+            kube.close()
+
+    assert decision.replicas == 4

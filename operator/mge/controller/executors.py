@@ -22,6 +22,7 @@ from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, deletion_costs, idle_executors
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
+from mge.concurrency.statistics import fleet_signals
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -137,17 +138,28 @@ class Reading:
 
 
 async def observe(store: LazyStore, prometheus: PrometheusQuery | None, replicas: int) -> Reading:
-    """The queue and executor load from Postgres and, when configured, LLM/DB p95 from Prometheus;
-    no observation if either cannot be read."""
+    """The queue and executor load from Postgres, and LLM/DB p95 and the error rate from Prometheus or,
+    when none is configured, from the executors' own reports; no observation if a source cannot be read."""
     try:
-        ready, running = await (await store.get()).runnable()
-        load = await (await store.get()).executor_load()
+        connected = await store.get()
+        ready, running = await connected.runnable()
+        load = await connected.executor_load()
+        local = fleet_signals(await connected.executor_statistics()) if prometheus is None else None
     except (StoreUnavailable, OSError) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
         return Reading(None)
     idle = idle_executors(replicas, load)
     if prometheus is None:
-        return Reading(Observation(ready_atoms=ready, running_atoms=running, idle_executors=idle), load=load)
+        assert local is not None
+        observation = Observation(
+            ready_atoms=ready,
+            running_atoms=running,
+            llm_p95_s=local.llm_p95_s,
+            db_p95_s=local.db_p95_s,
+            error_rate=local.error_rate,
+            idle_executors=idle,
+        )
+        return Reading(observation, load=load)
     was_failing = prometheus.failing
     try:
         llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)

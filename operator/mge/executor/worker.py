@@ -113,8 +113,11 @@ class Executor:
                 free = self.config.concurrency - len(self._in_flight)
                 claimed = []
                 if free:
+                    started = time.monotonic()
                     with metrics.DB_LATENCY.labels("claim").time():
                         claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                    finished = time.monotonic()
+                    self.gate.statistics.db_latency.add(finished - started, finished)
                 self._generate_tests()
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
@@ -184,6 +187,7 @@ class Executor:
             in_flight=self.gate.in_flight,
             queue_size=self.gate.queue.size,
             atoms_held=len(self._in_flight),
+            statistics=self.gate.statistics.summary(time.monotonic()),
             adjustments=[
                 {
                     "old": a.old,

@@ -12,6 +12,12 @@ class ExecutorConcurrency(BaseModel):
     in_flight: int
     queue_size: int = Field(description="Atoms waiting for an LLM slot in this executor.")
     atoms_held: int = Field(0, description="Atoms this executor claimed and has not finished.")
+    llm_p95_s: float | None = Field(None, description="p95 of its LLM calls over the last 5 minutes.")
+    db_p95_s: float | None = Field(
+        None, description="p95 of its atom claims (Postgres) over the last 5 minutes."
+    )
+    llm_requests: int = Field(0, description="LLM requests (retries included) in the last 5 minutes.")
+    llm_errors: int = Field(0, description="Of those, failed ones (429, 5xx, timeouts, other errors).")
     adjustments: list[dict[str, Any]] = Field(
         description="Recent limit changes with their reasons, newest last."
     )

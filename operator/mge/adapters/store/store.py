@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from mge.adapters.store.migrate import migrate
 from mge.concurrency.signals import SignalHealth
+from mge.concurrency.statistics import CallSummary
 from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision, ScalingSignals
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
@@ -441,20 +442,36 @@ class Store:
         queue_size: int,
         adjustments: list[dict[str, Any]],
         atoms_held: int = 0,
+        statistics: CallSummary | None = None,
     ) -> None:
+        stats = statistics or CallSummary(None, None, 0, 0)
         await self.pool.execute(
             """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
-                   updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, now())
+                   llm_p95_s, db_p95_s, llm_requests, llm_errors, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
-                   adjustments = $5, atoms_held = $6, updated_at = now()""",
+                   adjustments = $5, atoms_held = $6, llm_p95_s = $7, db_p95_s = $8, llm_requests = $9,
+                   llm_errors = $10, updated_at = now()""",
             executor,
             limit,
             in_flight,
             queue_size,
             json.dumps(adjustments),
             atoms_held,
+            stats.llm_p95_s,
+            stats.db_p95_s,
+            stats.llm_requests,
+            stats.llm_errors,
         )
+
+    async def executor_statistics(self, fresh_s: float = 60.0) -> list[CallSummary]:
+        """The call statistics of executors that reported in the last `fresh_s` seconds."""
+        rows = await self.pool.fetch(
+            """SELECT llm_p95_s, db_p95_s, llm_requests, llm_errors FROM executor_status
+               WHERE updated_at > now() - make_interval(secs => $1)""",
+            fresh_s,
+        )
+        return [CallSummary(**dict(r)) for r in rows]
 
     async def executor_load(self, fresh_s: float = 60.0) -> dict[str, int]:
         """Atoms held per executor that reported in the last `fresh_s` seconds (a few heartbeats)."""
@@ -505,7 +522,8 @@ class Store:
     ) -> tuple[list[ExecutorConcurrency], list[ScalingDecision]]:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
-            """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, adjustments, updated_at
+            """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, llm_p95_s, db_p95_s,
+                      llm_requests, llm_errors, adjustments, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )

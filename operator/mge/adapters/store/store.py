@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -89,19 +89,33 @@ class Usage:
     cache_hits: int = 0
 
 
+# Per plan, at most its room (the executor's ramp for that plan; $5 for plans not listed in $3/$4), then the
+# best of those overall. Each plan's candidates are locked with SKIP LOCKED, so executors never share an atom.
 _CLAIM_SQL: Final = """
-WITH claimable AS (
-    SELECT a.masterplan_id, a.atom_id
-    FROM atoms a
-    JOIN masterplans m ON m.id = a.masterplan_id
-    WHERE NOT m.suspended AND NOT m.budget_exhausted
-      AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
-    ORDER BY a.priority DESC, m.priority DESC, a.updated_at, a.atom_id
+WITH plans AS (
+    SELECT m.id, m.priority, coalesce(r.room, $5) AS room
+    FROM masterplans m
+    LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, room) ON r.plan_id = m.id
+    WHERE NOT m.suspended AND NOT m.budget_exhausted AND coalesce(r.room, $5) > 0
+      AND EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = m.id AND w.state IN ('ready', 'running'))
+),
+claimable AS (
+    SELECT c.masterplan_id, c.atom_id
+    FROM plans p
+    CROSS JOIN LATERAL (
+        SELECT a.masterplan_id, a.atom_id, a.priority, a.updated_at
+        FROM atoms a
+        WHERE a.masterplan_id = p.id
+          AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
+        ORDER BY a.priority DESC, a.updated_at, a.atom_id
+        LIMIT least(p.room, $2)
+        FOR UPDATE OF a SKIP LOCKED
+    ) c
+    ORDER BY c.priority DESC, p.priority DESC, c.updated_at, c.atom_id
     LIMIT $2
-    FOR UPDATE OF a SKIP LOCKED
 )
 UPDATE atoms a
-SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3),
+SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $6),
     claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
 FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
@@ -253,9 +267,30 @@ class Store:
             if not suspended:
                 await _notify_ready(connection)
 
-    async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
-        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first."""
-        rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds))
+    async def claim(
+        self,
+        executor: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        room: Mapping[uuid.UUID, int] | None = None,
+        new_plan_room: int | None = None,
+    ) -> list[ClaimedAtom]:
+        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first.
+
+        `room` caps how many atoms of each listed plan this claim may take and `new_plan_room` those of any
+        other plan (the executor's per-plan ramp); without them only `limit` applies.
+        """
+        room = room or {}
+        rows = await self.pool.fetch(
+            _CLAIM_SQL,
+            executor,
+            limit,
+            list(room),
+            list(room.values()),
+            limit if new_plan_room is None else new_plan_room,
+            float(lease_seconds),
+        )
         return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
 
     async def heartbeat(self, executor: str, lease_seconds: float) -> int:

@@ -246,7 +246,7 @@ async def test_signal_health_is_recorded_and_since_moves_only_on_a_change(pg, pr
             kube.close()
 
     assert (first.source, first.healthy, first.reason) == ("prometheus", False, "PrometheusUnavailable")
-    assert f"Prometheus at {query.base_url} cannot be queried" in first.message
+    assert f"Prometheus at {query.base_url} cannot be queried (answered unavailable: down)" in first.message
     assert second.since == first.since
     assert second.updated_at > first.updated_at
     assert (recovered.healthy, recovered.reason) == (True, "MetricsMissing")  # answers, but no series yet
@@ -281,8 +281,9 @@ async def test_prometheus_outage_is_a_condition_on_executing_masterplans_with_on
 
     assert outage["reason"] == "PrometheusUnavailable"
     assert outage["message"].startswith(
-        "Holding 0 executors: Prometheus at http://127.0.0.1:1 cannot be queried"
+        "Holding 0 executors: Prometheus at http://127.0.0.1:1 cannot be queried (ClientConnectorError: "
     )
+    assert "check prometheus.url" in outage["message"]
     assert local["reason"] == "LocalStatistics"
     assert (events.count("PrometheusUnavailable"), events.count("LocalStatistics")) == (1, 1)
 

@@ -33,10 +33,12 @@ class PrometheusQuery:
             ):
                 payload = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise PrometheusUnavailable(f"Prometheus query failed: {error!r}") from error
+            # str(), not repr(): this text ends up in the ExecutorScaling condition a user reads.
+            detail = str(error) or ("timed out" if isinstance(error, TimeoutError) else "no detail")
+            raise PrometheusUnavailable(f"{type(error).__name__}: {detail}") from error
         if payload.get("status") != "success":
             error_text = f"{payload.get('errorType')}: {payload.get('error')}"
-            raise PrometheusUnavailable(f"Prometheus answered {error_text}")
+            raise PrometheusUnavailable(f"answered {error_text}")
         self.failing = False
         values = [float(series["value"][1]) for series in payload["data"]["result"]]
         values = [v for v in values if not math.isnan(v)]

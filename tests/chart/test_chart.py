@@ -86,9 +86,26 @@ def test_operator_can_do_what_its_handlers_do_and_no_more():
 
 def test_executor_deployment_access_is_limited_to_its_name():
     role = _one(render_chart(WITH_SECRETS), "Role", "-executors")
-    named = [rule for rule in role["rules"] if "get" in rule["verbs"] or "patch" in rule["verbs"]]
+    named = [
+        rule
+        for rule in role["rules"]
+        if rule["resources"] == ["deployments"] and ("get" in rule["verbs"] or "patch" in rule["verbs"])
+    ]
 
     assert [rule["resourceNames"] for rule in named] == [["mge-operator-executor"]]
+
+
+def test_executor_role_may_rank_pods_for_scale_down_and_nothing_more():
+    role = _one(render_chart(WITH_SECRETS), "Role", "-executors")
+    grants = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+    assert {g for g in grants if g[1].startswith("pods")} == {("", "pods", "list"), ("", "pods", "patch")}
 
 
 def test_watching_several_namespaces_renders_a_role_and_binding_in_each():

@@ -7,6 +7,7 @@ import pytest
 
 from mge.adapters.store.store import Store
 from mge.api.app import create_app
+from mge.concurrency.signals import prometheus_health
 from tests.support.executor import running_executor
 from tests.support.operator import eventually
 
@@ -38,6 +39,32 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
     assert body["executors"][0]["adjustments"][0]["reason"] == "slow start"
     assert (body["replicas"]["desired"], body["replicas"]["actual"]) == (4, 2)
     assert len(body["recent_decisions"]) == 2
+
+
+async def test_status_shows_the_scalers_signal_health(pg):
+    store = await Store.connect(pg)
+    try:
+        await store.record_signals(
+            prometheus_health("http://prom:9090", error="HTTP 503", missing=(), replicas=2)
+        )
+    finally:
+        await store.close()
+    app = create_app(pg)
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        body = (await client.get("/api/v2/concurrency/status")).json()
+
+    signals = body["signals"]
+    assert (signals["source"], signals["healthy"], signals["reason"]) == (
+        "prometheus",
+        False,
+        "PrometheusUnavailable",
+    )
+    assert signals["message"].startswith("Holding 2 executors: Prometheus at http://prom:9090")
+    assert signals["since"]
 
 
 async def test_executors_report_themselves_while_running(pg):

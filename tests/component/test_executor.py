@@ -241,3 +241,63 @@ async def test_start_jitter_delays_the_first_claim_and_stop_cuts_it_short(store,
     await executor.llm.close()
 
     assert state == "ready"
+
+
+async def test_executor_reports_its_own_llm_and_claim_latency_and_request_counts(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.05, latency_jitter_s=0.0)
+    atoms = [atom(f"s{i}") for i in range(12)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+
+    await _run_until_finished(
+        store, plan_id, [_executor(store, fake_llm, validator, name="ex-stats", heartbeat_s=0.05)]
+    )
+
+    row = await store.pool.fetchrow(
+        "SELECT llm_p95_s, db_p95_s, llm_requests, llm_errors FROM executor_status WHERE executor = 'ex-stats'"
+    )
+    assert row["llm_requests"] >= 1
+    assert row["llm_errors"] == 0
+    assert row["llm_p95_s"] >= 0.05  # at least the fake provider's latency
+    assert 0 < row["db_p95_s"] < 5
+
+
+async def _running_by_plan(store, *plans):
+    rows = await store.pool.fetch(
+        """SELECT masterplan_id, count(*) AS n FROM atoms WHERE state = 'running' GROUP BY masterplan_id"""
+    )
+    counts = {r["masterplan_id"]: r["n"] for r in rows}
+    return tuple(counts.get(plan, 0) for plan in plans)
+
+
+async def test_a_new_plan_ramps_up_gradually_while_the_running_plan_keeps_its_share(
+    store, fake_llm, validator
+):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.15, latency_jitter_s=0.0)
+    old_atoms = [atom(f"old{i}") for i in range(300)]
+    old = await _register(store, spec(*old_atoms), old_atoms, name="old")
+    executor = _executor(store, fake_llm, validator, concurrency=8, plan_ramp_step_s=0.5)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(executor.run(stop))
+    loop = asyncio.get_running_loop()
+    timeline = []
+    try:
+        async with asyncio.timeout(30):
+            while (await _running_by_plan(store, old))[0] < 8:  # the old plan has ramped to full concurrency
+                await asyncio.sleep(0.02)
+            new_atoms = [atom(f"new{i}") for i in range(100)]
+            # Higher priority: without a ramp the new plan would take every slot that frees up at once.
+            new = await _register(store, spec(*new_atoms, priority=10), new_atoms, name="new")
+            while not timeline or timeline[-1][2] < 8:
+                timeline.append((loop.time(), *await _running_by_plan(store, old, new)))
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await worker
+        await executor.llm.close()
+
+    first = next(t for t, _, n in timeline if n > 0)
+    full = next(t for t, _, n in timeline if n == 8)
+    assert max(n for t, _, n in timeline if t < first + 0.45) <= 2  # starts with 2 atoms at once
+    assert any(n == 4 for _, _, n in timeline)  # then 4, before 8
+    assert full - first >= 1.0  # two doublings, at least one step (0.5 s) apart
+    assert max(o for t, o, _ in timeline if t < first + 0.45) >= 6  # meanwhile the old plan keeps its slots

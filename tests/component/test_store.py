@@ -124,6 +124,37 @@ async def test_concurrent_executors_never_claim_the_same_atom(pg):
     assert len(claimed) == len(set(claimed)) == 16 * 7
 
 
+async def test_claim_caps_each_plan_at_its_room_and_new_plans_at_the_new_plan_room(pg):
+    store = await _store(pg)
+    try:
+        running = await _register(store, *[atom(f"r{i}") for i in range(10)], name="running")
+        fresh = await _register(store, *[atom(f"n{i}") for i in range(10)], name="fresh")
+
+        claimed = await store.claim("ex-1", 8, 30, room={running: 5}, new_plan_room=2)
+    finally:
+        await store.close()
+
+    per_plan = {plan: sum(c.masterplan_id == plan for c in claimed) for plan in (running, fresh)}
+    assert per_plan == {running: 5, fresh: 2}
+
+
+async def test_claims_capped_per_plan_still_never_share_an_atom(pg):
+    store = await _store(pg)
+    try:
+        plans = [await _register(store, *[atom(f"a{i}") for i in range(40)], name=f"p{n}") for n in range(3)]
+
+        batches = await asyncio.gather(
+            *[store.claim(f"ex-{n}", 6, 30, room={plans[0]: 1}, new_plan_room=3) for n in range(12)]
+        )
+    finally:
+        await store.close()
+
+    claimed = [(c.masterplan_id, c.atom_id) for batch in batches for c in batch]
+    assert len(claimed) == len(set(claimed))
+    assert all(sum(c.masterplan_id == plans[0] for c in batch) <= 1 for batch in batches)
+    assert sum(len(batch) for batch in batches) == 12 * 6  # 1 + 3 + 3 per claim, capped at 6
+
+
 async def test_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(pg):
     store = await _store(pg)
     try:

@@ -131,6 +131,20 @@ class Kube:
     async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         await self._call(self._apps.patch_namespaced_deployment, name, namespace, body)
 
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        pods = await self._call(self._core.list_namespaced_pod, namespace, label_selector=label_selector)
+        return [self._plain(pod) for pod in pods.items]
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge `annotations` into the pod's; a pod deleted meanwhile is skipped."""
+        try:
+            await self._call(
+                self._core.patch_namespaced_pod, name, namespace, {"metadata": {"annotations": annotations}}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     @property
     def api_client(self) -> client.ApiClient:
         return self._api

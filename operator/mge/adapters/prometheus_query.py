@@ -18,7 +18,8 @@ class PrometheusUnavailable(RuntimeError):
 
 class PrometheusQuery:
     def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self._url = base_url.rstrip("/") + "/api/v1/query"
+        self.base_url = base_url.rstrip("/")
+        self._url = self.base_url + "/api/v1/query"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.failing = False  # whether the last query failed: callers report outages once
 
@@ -32,10 +33,12 @@ class PrometheusQuery:
             ):
                 payload = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise PrometheusUnavailable(f"Prometheus query failed: {error!r}") from error
+            # str(), not repr(): this text ends up in the ExecutorScaling condition a user reads.
+            detail = str(error) or ("timed out" if isinstance(error, TimeoutError) else "no detail")
+            raise PrometheusUnavailable(f"{type(error).__name__}: {detail}") from error
         if payload.get("status") != "success":
             error_text = f"{payload.get('errorType')}: {payload.get('error')}"
-            raise PrometheusUnavailable(f"Prometheus answered {error_text}")
+            raise PrometheusUnavailable(f"answered {error_text}")
         self.failing = False
         values = [float(series["value"][1]) for series in payload["data"]["result"]]
         values = [v for v in values if not math.isnan(v)]

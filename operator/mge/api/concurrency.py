@@ -25,4 +25,5 @@ async def concurrency_status(store: Annotated[Store, Depends(_store)]) -> Concur
         executors=executors,
         replicas=decisions[0] if decisions else None,
         recent_decisions=decisions,
+        signals=await store.scaling_signals(),
     )

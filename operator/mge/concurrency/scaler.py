@@ -20,6 +20,8 @@ class Observation:
     llm_p95_s: float | None = None
     db_p95_s: float | None = None
     error_rate: float | None = None
+    # Executors holding no atoms; None when unknown (no limit). Busy executors are never scaled away.
+    idle_executors: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,12 @@ class ScalerPolicy:
         stable = max(r for _, r in self._recommendations)
         floor = current - max(1, math.floor(current * MAX_DOWN_FRACTION)) if current > 0 else 0
         target = max(stable, floor, self.bounds.minimum)
+        if observed.idle_executors is not None and target < current - observed.idle_executors:
+            # Removing a busy executor hands its atoms back mid-generation: wasted LLM calls.
+            idle = max(observed.idle_executors, 0)
+            if idle == 0:
+                return Decision(current, f"holding: would scale down to {target}, but no executor is idle")
+            return Decision(current - idle, f"scale down: only {idle} idle executors (would go to {target})")
         if target < current:
             return Decision(target, f"scale down: demand {wanted} held for {SCALE_DOWN_WINDOW_S:.0f}s")
         reason = f"holding: {', '.join(strained)} over limit" if strained else "holding: demand met"

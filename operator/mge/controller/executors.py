@@ -4,7 +4,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+from kubernetes.client.exceptions import ApiException
 
 from mge.adapters.kube import MANAGED_BY, Kube, KubeUnavailable
 from mge.adapters.prometheus_query import (
@@ -16,7 +19,10 @@ from mge.adapters.prometheus_query import (
 )
 from mge.adapters.store.store import LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
+from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, deletion_costs, idle_executors
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
+from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
+from mge.concurrency.statistics import fleet_signals
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -120,15 +126,40 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     return {"spec": patch} if patch else {}
 
 
-async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Observation | None:
-    """The queue from Postgres and, when configured, LLM/DB p95 from Prometheus; None if either is unreadable."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observation and what got in its way: a failed Prometheus query, or series with no data."""
+
+    observation: Observation | None
+    prometheus_error: str | None = None
+    missing: tuple[str, ...] = ()
+    # Atoms held per executor (pod name), from the executors' reports.
+    load: Mapping[str, int] = field(default_factory=dict)
+
+
+async def observe(store: LazyStore, prometheus: PrometheusQuery | None, replicas: int) -> Reading:
+    """The queue and executor load from Postgres, and LLM/DB p95 and the error rate from Prometheus or,
+    when none is configured, from the executors' own reports; no observation if a source cannot be read."""
     try:
-        ready, running = await (await store.get()).runnable()
+        connected = await store.get()
+        ready, running = await connected.runnable()
+        load = await connected.executor_load()
+        local = fleet_signals(await connected.executor_statistics()) if prometheus is None else None
     except (StoreUnavailable, OSError) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
-        return None
+        return Reading(None)
+    idle = idle_executors(replicas, load)
     if prometheus is None:
-        return Observation(ready_atoms=ready, running_atoms=running)
+        assert local is not None
+        observation = Observation(
+            ready_atoms=ready,
+            running_atoms=running,
+            llm_p95_s=local.llm_p95_s,
+            db_p95_s=local.db_p95_s,
+            error_rate=local.error_rate,
+            idle_executors=idle,
+        )
+        return Reading(observation, load=load)
     was_failing = prometheus.failing
     try:
         llm_p95, db_p95 = await prometheus.value(LLM_P95), await prometheus.value(DB_P95)
@@ -136,11 +167,30 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None) -> Obser
     except PrometheusUnavailable as error:
         if not was_failing:  # once per outage, not every period
             log.warning("executor scaling holds until Prometheus answers: %s", error)
-        return None
+        return Reading(None, prometheus_error=str(error), load=load)
     if was_failing:
         log.info("executor scaling reads Prometheus again")
-    return Observation(
-        ready_atoms=ready, running_atoms=running, llm_p95_s=llm_p95, db_p95_s=db_p95, error_rate=errors
+    missing = tuple(
+        name
+        for name, value in (("LLM p95", llm_p95), ("DB p95", db_p95), ("LLM error rate", errors))
+        if value is None
+    )
+    observation = Observation(
+        ready_atoms=ready,
+        running_atoms=running,
+        llm_p95_s=llm_p95,
+        db_p95_s=db_p95,
+        error_rate=errors,
+        idle_executors=idle,
+    )
+    return Reading(observation, missing=missing, load=load)
+
+
+def signal_health(prometheus: PrometheusQuery | None, reading: Reading, replicas: int) -> SignalHealth:
+    if prometheus is None:
+        return local_health()
+    return prometheus_health(
+        prometheus.base_url, error=reading.prometheus_error, missing=reading.missing, replicas=replicas
     )
 
 
@@ -157,9 +207,14 @@ async def sync_executors_once(
     existing = await kube.read_deployment(namespace, settings.executor_name)
     current = int(existing["spec"].get("replicas") or 0) if existing else settings.executor_min_replicas
     was_blind = prometheus is not None and prometheus.failing
-    decision = policy.decide(current, await observe(store, prometheus), now)
+    reading = await observe(store, prometheus, current)
+    decision = policy.decide(current, reading.observation, now)
+    health = signal_health(prometheus, reading, current)
+    if reading.observation is not None or reading.prometheus_error is not None:
+        with contextlib.suppress(StoreUnavailable, OSError):  # the Masterplans' condition reads this
+            await (await store.get()).record_signals(health)
     if existing is not None and prometheus is not None and prometheus.failing != was_blind:
-        await _report_prometheus(kube, namespace, existing, outage=prometheus.failing, replicas=current)
+        await _report_prometheus(kube, namespace, existing, health)
     desired = executor_deployment(
         name=settings.executor_name,
         image=settings.executor_image,
@@ -178,6 +233,8 @@ async def sync_executors_once(
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
         await _deployment_event(kube, namespace, existing, reason, message)
+    if existing is not None and decision.replicas < current:
+        await _rank_for_deletion(kube, namespace, reading.load)
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info(
@@ -198,16 +255,30 @@ async def sync_executors_once(
     return decision
 
 
+async def _rank_for_deletion(kube: Kube, namespace: str, load: Mapping[str, int]) -> None:
+    """Annotate executor pods with pod-deletion-cost so the ReplicaSet removes idle ones first.
+
+    Best effort: without it the scale-down still happens and a stopping busy executor hands its atoms back.
+    """
+    selector = ",".join(f"{key}={value}" for key, value in COMPONENT_LABEL.items())
+    try:
+        pods = await kube.list_pods(namespace, selector)
+        current = {
+            pod["metadata"]["name"]: (pod["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+            for pod in pods
+        }
+        for pod, cost in cost_patches(current, deletion_costs(current, load)).items():
+            await kube.annotate_pod(namespace, pod, {DELETION_COST_ANNOTATION: cost})
+    except (KubeUnavailable, ApiException) as error:
+        log.warning("scale-down without ranking executor pods (idle first): %s", error)
+
+
 async def _report_prometheus(
-    kube: Kube, namespace: str, deployment: Mapping[str, Any], *, outage: bool, replicas: int
+    kube: Kube, namespace: str, deployment: Mapping[str, Any], health: SignalHealth
 ) -> None:
     """One Event when an outage starts and one when it ends (not one per period), on the executor Deployment."""
-    if outage:
-        reason, type_ = "PrometheusUnavailable", "Warning"
-        message = (
-            f"Holding {replicas} executors: Prometheus cannot be queried (unreachable or answering errors). "
-            "Check prometheus.url and that Prometheus is up."
-        )
+    if not health.healthy:
+        reason, type_, message = "PrometheusUnavailable", "Warning", health.message
     else:
         reason, type_ = "PrometheusAvailable", "Normal"
         message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"

@@ -157,6 +157,7 @@ async def sync_progress(
         progress = await store.progress(plan_id)
         waves = await store.wave_progress(plan_id)
         spend = await CostLedger(store.pool).spend(plan_id)
+        scaling = await store.scaling_signals()
         acceptance, wave_tests = await sync_acceptance(
             deps, store, namespace, name, body, requirements_of(spec), progress, waves, logger
         )
@@ -178,6 +179,7 @@ async def sync_progress(
             now=deps.now(),
             acceptance=acceptance,
             dependencies=dependencies,
+            scaling=scaling,
         )
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)

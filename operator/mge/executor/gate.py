@@ -10,6 +10,7 @@ from mge.adapters import metrics
 from mge.adapters.llm import Completion
 from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
+from mge.concurrency.statistics import CallStatistics
 
 _OVERLOAD_MARKERS = ("HTTP 429", "HTTP 503", "HTTP 502", "HTTP 504", "timeout")
 
@@ -31,6 +32,8 @@ class CallGate:
     def __init__(self, limiter: CallLimiter, executor_id: str, *, queue_size: int, timeout_s: float) -> None:
         self.limiter = limiter
         self.in_flight = 0
+        # The executor's own LLM latency and error rate, reported for a scaler without Prometheus.
+        self.statistics = CallStatistics()
         self.queue: BackpressureQueue[_Waiter] = BackpressureQueue(max_size=queue_size, timeout_s=timeout_s)
         self._timeout_s = timeout_s
         self._executor = executor_id
@@ -78,9 +81,12 @@ class CallGate:
                     waiter.admitted.cancel()
                     metrics.QUEUE_TIMEOUTS.labels(self._executor).inc()
                     raise SlotUnavailable(f"waited {self._timeout_s:.0f}s for an LLM slot") from None
+        admitted = time.monotonic()
         try:
             yield
         finally:
+            now = time.monotonic()
+            self.statistics.llm_latency.add(now - admitted, now)  # the call, retries included
             self.in_flight -= 1
             self._admit_waiting()
 
@@ -91,9 +97,11 @@ class CallGate:
         for retried in completion.retried_errors if completion else ():
             outcome = classify(retried)
             metrics.LLM_REQUESTS.labels(outcome.value).inc()
+            self.statistics.llm_failures.add(1.0, now)
             self.limiter.record(outcome, in_flight=self.in_flight, now=now)
         if completion is not None:
             metrics.LLM_REQUESTS.labels(Outcome.OK.value).inc()
+            self.statistics.llm_failures.add(0.0, now)
             self.limiter.record(
                 Outcome.OK,
                 in_flight=self.in_flight,
@@ -103,6 +111,7 @@ class CallGate:
             )
         elif error is not None:
             metrics.LLM_REQUESTS.labels(classify(error).value).inc()
+            self.statistics.llm_failures.add(1.0, now)
             self.limiter.record(classify(error), in_flight=self.in_flight, now=now)
         if self.limiter.limit != before:
             direction = "up" if self.limiter.limit > before else "down"

@@ -5,6 +5,8 @@ import contextlib
 import logging
 import random
 import time
+import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
+from mge.concurrency.ramp import PlanRamp
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.acceptance import GenerationConfig, TestGenerator
 from mge.executor.gate import CallGate, SlotUnavailable
@@ -63,6 +66,10 @@ class ExecutorConfig:
     slot_timeout_s: float = 300.0
     # Executors started together (a rollout, a scale-up) wait a random part of this before their first claim.
     start_jitter_s: float = 0.0
+    # Per-Masterplan ramp: a plan new to this executor gets this many atoms at once, doubling at most every
+    # plan_ramp_step_s (plus up to half of it as jitter) after one of its calls answered, up to concurrency.
+    plan_ramp_initial: int = 2
+    plan_ramp_step_s: float = 2.0
 
 
 class Executor:
@@ -84,6 +91,9 @@ class Executor:
             timeout_s=config.slot_timeout_s,
         )
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
+        self.ramp: PlanRamp[uuid.UUID] = PlanRamp(
+            maximum=config.concurrency, initial=config.plan_ramp_initial, step_s=config.plan_ramp_step_s
+        )
         self._wake = asyncio.Event()
         # Acceptance tests are generated here too, through the same gate and ledger as atoms; running them is
         # the operator's (a Job per wave) or local mode's business.
@@ -113,8 +123,7 @@ class Executor:
                 free = self.config.concurrency - len(self._in_flight)
                 claimed = []
                 if free:
-                    with metrics.DB_LATENCY.labels("claim").time():
-                        claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                    claimed = await self._claim(free)
                 self._generate_tests()
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
@@ -132,6 +141,26 @@ class Executor:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    async def _claim(self, free: int) -> list[ClaimedAtom]:
+        """Up to `free` atoms, each plan capped by its ramp (a plan new here starts with a few)."""
+        started = time.monotonic()
+        held = Counter(atom.masterplan_id for atom in self._in_flight.values())
+        with metrics.DB_LATENCY.labels("claim").time():
+            claimed = await self.store.claim(
+                self.config.executor_id,
+                free,
+                self.config.lease_s,
+                room=self.ramp.room(held, started),
+                new_plan_room=self.ramp.new_plan_allowance,
+            )
+        finished = time.monotonic()
+        self.gate.statistics.db_latency.add(finished - started, finished)
+        for atom in claimed:
+            self.ramp.claimed(
+                atom.masterplan_id, finished, random.uniform(0, self.config.plan_ramp_step_s / 2)
+            )
+        return claimed
 
     def _generate_tests(self) -> None:
         """At most one plan's tests at a time per executor; look for requested generations each poll interval."""
@@ -183,6 +212,8 @@ class Executor:
             limit=limiter.limit,
             in_flight=self.gate.in_flight,
             queue_size=self.gate.queue.size,
+            atoms_held=len(self._in_flight),
+            statistics=self.gate.statistics.summary(time.monotonic()),
             adjustments=[
                 {
                     "old": a.old,
@@ -317,6 +348,7 @@ class Executor:
         prompt_tokens = completion_tokens = cached_tokens = 0
         try:
             completion = hit or await self._call_llm(atom, request)
+            self.ramp.answered(atom.masterplan_id, time.monotonic())
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens = completion.cached_prompt_tokens
             code = extract_code(completion.content)

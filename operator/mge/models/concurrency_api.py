@@ -11,6 +11,13 @@ class ExecutorConcurrency(BaseModel):
     limit: int = Field(description="Adaptive limit on this executor's in-flight LLM calls.")
     in_flight: int
     queue_size: int = Field(description="Atoms waiting for an LLM slot in this executor.")
+    atoms_held: int = Field(0, description="Atoms this executor claimed and has not finished.")
+    llm_p95_s: float | None = Field(None, description="p95 of its LLM calls over the last 5 minutes.")
+    db_p95_s: float | None = Field(
+        None, description="p95 of its atom claims (Postgres) over the last 5 minutes."
+    )
+    llm_requests: int = Field(0, description="LLM requests (retries included) in the last 5 minutes.")
+    llm_errors: int = Field(0, description="Of those, failed ones (429, 5xx, timeouts, other errors).")
     adjustments: list[dict[str, Any]] = Field(
         description="Recent limit changes with their reasons, newest last."
     )
@@ -24,6 +31,21 @@ class ScalingDecision(BaseModel):
     decided_at: datetime
 
 
+class ScalingSignals(BaseModel):
+    """Where the operator's scaler reads LLM/DB latency and the error rate from, and whether it can."""
+
+    source: str = Field(description="prometheus, or local (the executors' own reports when none is set).")
+    healthy: bool = Field(description="False while the scaler holds the replicas because it cannot read.")
+    reason: str = Field(
+        description="Reason of the Masterplans' ExecutorScaling condition, e.g. MetricsAvailable."
+    )
+    message: str = Field(
+        description="What the scaler does with these signals and, when blind, how to fix it."
+    )
+    since: datetime = Field(description="When source, health or reason last changed.")
+    updated_at: datetime = Field(description="The scaler's latest pass.")
+
+
 class ConcurrencyStatus(BaseModel):
     global_limit: int = Field(description="Sum of the executors' limits.")
     global_in_flight: int
@@ -31,3 +53,6 @@ class ConcurrencyStatus(BaseModel):
     executors: list[ExecutorConcurrency] = Field(description="Executors that reported in the last 2 minutes.")
     replicas: ScalingDecision | None = Field(description="The operator's latest executor-replica decision.")
     recent_decisions: list[ScalingDecision]
+    signals: ScalingSignals | None = Field(
+        None, description="Health of the scaler's latency/error signals; null until the operator scaled once."
+    )

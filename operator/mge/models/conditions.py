@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     DEPENDENCIES_VERIFIED = "DependenciesVerified"
+    EXECUTOR_SCALING = "ExecutorScaling"
 
 
 class ConditionStatus(StrEnum):
@@ -65,6 +66,11 @@ class Reason(StrEnum):
     SHOULD_REQUIREMENTS_FAILED = "ShouldRequirementsFailed"
     GATE_S_FAILED = "GateSFailed"
     INVALID_REQUIREMENTS = "InvalidRequirements"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    METRICS_MISSING = "MetricsMissing"
+    PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
+    LOCAL_STATISTICS = "LocalStatistics"
+    SCALER_NOT_REPORTING = "ScalerNotReporting"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -89,6 +95,8 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.SHOULD_REQUIREMENTS_FAILED,
         Reason.GATE_S_FAILED,
         Reason.INVALID_REQUIREMENTS,
+        Reason.PROMETHEUS_UNAVAILABLE,
+        Reason.SCALER_NOT_REPORTING,
     }
 )
 

@@ -2,18 +2,21 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from mge.cost.caps import BudgetLimits, BudgetState, budget_state, projected_total
 from mge.deps.status import DependenciesDecision
+from mge.models.concurrency_api import ScalingSignals
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import DependenciesStatus, GateState, GateStatus, MasterplanStatus, PrecisionStatus
 from mge.models.progress import Progress, Spend
 from mge.plan.status import ConditionLog, KubeEvent, derive_phase, transition_events
 
 _LISTED = 10
+# The scaler records its signals every 30 s; ten missed passes mean it stopped (or was switched off).
+SCALER_STALE_AFTER = timedelta(minutes=5)
 
 
 def _names(ids: tuple[str, ...]) -> str:
@@ -85,6 +88,7 @@ def decide_execution(
     now: datetime,
     acceptance: AcceptanceState | None = None,
     dependencies: tuple[DependenciesDecision, DependenciesStatus] | None = None,
+    scaling: ScalingSignals | None = None,
 ) -> tuple[MasterplanStatus, list[KubeEvent]]:
     """Status after reading progress and spend; only meaningful once the plan is Planned=True.
 
@@ -92,6 +96,7 @@ def decide_execution(
 
     With `acceptance` (the operator runs acceptance Jobs) a plan whose atoms all succeeded is Complete only
     once Gate S passed; a failed gate is Failed with reason GateSFailed. Without it the gate is not evaluated.
+    With `scaling` (the operator sizes the executors) a plan that is still executing carries ExecutorScaling.
     """
     status = observed.model_copy(deep=True)
     conditions = ConditionLog(status.conditions, generation, now)
@@ -155,8 +160,30 @@ def decide_execution(
     if dependencies is not None:
         decision, status.dependencies = dependencies
         conditions.set(decision.type, decision.status, decision.reason, decision.message)
+    if scaling is not None and not progress.finished:
+        _apply_scaling(conditions, scaling, now)
     status.phase = derive_phase(status)
     return status, transition_events(observed.conditions, status.conditions)
+
+
+def _apply_scaling(conditions: ConditionLog, scaling: ScalingSignals, now: datetime) -> None:
+    """Whether the executors running this plan are sized from live signals; a finished plan keeps its last."""
+    if now - scaling.updated_at > SCALER_STALE_AFTER:
+        conditions.set(
+            ConditionType.EXECUTOR_SCALING,
+            ConditionStatus.UNKNOWN,
+            Reason.SCALER_NOT_REPORTING,
+            f"The operator's executor scaling last reported at {scaling.updated_at:%Y-%m-%d %H:%M:%S} UTC; "
+            "executor replicas are not being adjusted. Check the operator's log, and that executor.image "
+            "is set (MGE_EXECUTOR_IMAGE), which switches executor scaling on.",
+        )
+        return
+    conditions.set(
+        ConditionType.EXECUTOR_SCALING,
+        ConditionStatus.TRUE if scaling.healthy else ConditionStatus.FALSE,
+        Reason(scaling.reason),
+        scaling.message,
+    )
 
 
 def _problems(problems: Sequence[LineProblem]) -> str:

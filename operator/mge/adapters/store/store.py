@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -14,7 +14,9 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from mge.adapters.store.migrate import migrate
-from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision
+from mge.concurrency.signals import SignalHealth
+from mge.concurrency.statistics import CallSummary
+from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision, ScalingSignals
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
@@ -97,19 +99,33 @@ class Usage:
     cache_hits: int = 0
 
 
+# Per plan, at most its room (the executor's ramp for that plan; $5 for plans not listed in $3/$4), then the
+# best of those overall. Each plan's candidates are locked with SKIP LOCKED, so executors never share an atom.
 _CLAIM_SQL: Final = """
-WITH claimable AS (
-    SELECT a.masterplan_id, a.atom_id
-    FROM atoms a
-    JOIN masterplans m ON m.id = a.masterplan_id
-    WHERE NOT m.suspended AND NOT m.budget_exhausted
-      AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
-    ORDER BY a.priority DESC, m.priority DESC, a.updated_at, a.atom_id
+WITH plans AS (
+    SELECT m.id, m.priority, coalesce(r.room, $5) AS room
+    FROM masterplans m
+    LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, room) ON r.plan_id = m.id
+    WHERE NOT m.suspended AND NOT m.budget_exhausted AND coalesce(r.room, $5) > 0
+      AND EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = m.id AND w.state IN ('ready', 'running'))
+),
+claimable AS (
+    SELECT c.masterplan_id, c.atom_id
+    FROM plans p
+    CROSS JOIN LATERAL (
+        SELECT a.masterplan_id, a.atom_id, a.priority, a.updated_at
+        FROM atoms a
+        WHERE a.masterplan_id = p.id
+          AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
+        ORDER BY a.priority DESC, a.updated_at, a.atom_id
+        LIMIT least(p.room, $2)
+        FOR UPDATE OF a SKIP LOCKED
+    ) c
+    ORDER BY c.priority DESC, p.priority DESC, c.updated_at, c.atom_id
     LIMIT $2
-    FOR UPDATE OF a SKIP LOCKED
 )
 UPDATE atoms a
-SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3),
+SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $6),
     claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
 FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
@@ -261,9 +277,30 @@ class Store:
             if not suspended:
                 await _notify_ready(connection)
 
-    async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
-        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first."""
-        rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds))
+    async def claim(
+        self,
+        executor: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        room: Mapping[uuid.UUID, int] | None = None,
+        new_plan_room: int | None = None,
+    ) -> list[ClaimedAtom]:
+        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first.
+
+        `room` caps how many atoms of each listed plan this claim may take and `new_plan_room` those of any
+        other plan (the executor's per-plan ramp); without them only `limit` applies.
+        """
+        room = room or {}
+        rows = await self.pool.fetch(
+            _CLAIM_SQL,
+            executor,
+            limit,
+            list(room),
+            list(room.values()),
+            limit if new_plan_room is None else new_plan_room,
+            float(lease_seconds),
+        )
         return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
 
     async def heartbeat(self, executor: str, lease_seconds: float) -> int:
@@ -460,19 +497,53 @@ class Store:
         return (row["namespace"], row["name"]) if row else None
 
     async def report_executor(
-        self, executor: str, *, limit: int, in_flight: int, queue_size: int, adjustments: list[dict[str, Any]]
+        self,
+        executor: str,
+        *,
+        limit: int,
+        in_flight: int,
+        queue_size: int,
+        adjustments: list[dict[str, Any]],
+        atoms_held: int = 0,
+        statistics: CallSummary | None = None,
     ) -> None:
+        stats = statistics or CallSummary(None, None, 0, 0)
         await self.pool.execute(
-            """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, updated_at)
-               VALUES ($1, $2, $3, $4, $5, now())
+            """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
+                   llm_p95_s, db_p95_s, llm_requests, llm_errors, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
-                   adjustments = $5, updated_at = now()""",
+                   adjustments = $5, atoms_held = $6, llm_p95_s = $7, db_p95_s = $8, llm_requests = $9,
+                   llm_errors = $10, updated_at = now()""",
             executor,
             limit,
             in_flight,
             queue_size,
             json.dumps(adjustments),
+            atoms_held,
+            stats.llm_p95_s,
+            stats.db_p95_s,
+            stats.llm_requests,
+            stats.llm_errors,
         )
+
+    async def executor_statistics(self, fresh_s: float = 60.0) -> list[CallSummary]:
+        """The call statistics of executors that reported in the last `fresh_s` seconds."""
+        rows = await self.pool.fetch(
+            """SELECT llm_p95_s, db_p95_s, llm_requests, llm_errors FROM executor_status
+               WHERE updated_at > now() - make_interval(secs => $1)""",
+            fresh_s,
+        )
+        return [CallSummary(**dict(r)) for r in rows]
+
+    async def executor_load(self, fresh_s: float = 60.0) -> dict[str, int]:
+        """Atoms held per executor that reported in the last `fresh_s` seconds (a few heartbeats)."""
+        rows = await self.pool.fetch(
+            """SELECT executor, greatest(atoms_held, in_flight) AS held FROM executor_status
+               WHERE updated_at > now() - make_interval(secs => $1)""",
+            fresh_s,
+        )
+        return {r["executor"]: int(r["held"]) for r in rows}
 
     async def record_scaling(self, desired: int, actual: int, reason: str) -> None:
         """Keep the scaler's decisions (the last 100) for the concurrency status API."""
@@ -487,12 +558,35 @@ class Store:
                 "DELETE FROM scaling_decisions WHERE id <= (SELECT max(id) - 100 FROM scaling_decisions)"
             )
 
+    async def record_signals(self, health: SignalHealth) -> None:
+        """The scaler's signal health after each pass; `since` moves only when source, health or reason change."""
+        await self.pool.execute(
+            """INSERT INTO scaling_signals (source, healthy, reason, message) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (singleton) DO UPDATE SET source = $1, healthy = $2, reason = $3, message = $4,
+                   since = CASE WHEN (scaling_signals.source, scaling_signals.healthy, scaling_signals.reason)
+                                     IS DISTINCT FROM ($1, $2, $3)
+                                THEN now() ELSE scaling_signals.since END,
+                   updated_at = now()""",
+            health.source.value,
+            health.healthy,
+            health.reason.value,
+            health.message,
+        )
+
+    async def scaling_signals(self) -> ScalingSignals | None:
+        """The scaler's latest signal health; None if the operator never scaled executors."""
+        row = await self.pool.fetchrow(
+            "SELECT source, healthy, reason, message, since, updated_at FROM scaling_signals"
+        )
+        return ScalingSignals(**dict(row)) if row else None
+
     async def concurrency_snapshot(
         self, fresh_s: float = 120.0
     ) -> tuple[list[ExecutorConcurrency], list[ScalingDecision]]:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
-            """SELECT executor, llm_limit AS limit, in_flight, queue_size, adjustments, updated_at
+            """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, llm_p95_s, db_p95_s,
+                      llm_requests, llm_errors, adjustments, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )

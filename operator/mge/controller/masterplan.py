@@ -151,6 +151,10 @@ async def sync_progress(
         return
     current_trace_id.set(observed.trace_id)
     generation = int(meta.get("generation") or 0)
+    if observed.observed_generation != generation:
+        # A new spec is being reconciled: a status computed from this older snapshot would overwrite the
+        # handler's conditions (the whole list is patched), e.g. bring back Suspended=True after a resume.
+        return
     try:
         store = await deps.store.get()
         plan_id = masterplan_uuid(namespace, name)

@@ -1,11 +1,12 @@
-"""The analyzer on fixture projects with the real Node parser, checked against the real tsc (`--explainFiles`)."""
+"""The analyzer on fixture projects with the real parser processes, checked against the real tsc (`--explainFiles`)."""
 
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mge.adapters.deps_scan import analyze_folder, load_tsconfig, tsc_edges
+from mge.adapters.deps_scan import analyze_folder, load_tsconfig, project_files, tsc_edges
+from mge.adapters.source_reader import frames, read_file, scan_sources, start_second_process
 from mge.cli import app
 from mge.deps.compare import agreement
 from mge.deps.graph import EdgeKind
@@ -119,3 +120,36 @@ def test_computed_require_and_a_missing_folder_are_reported(tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["deps", "analyze", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "is not a folder" in result.output
+
+
+def _many_files(root: Path, count: int = 24) -> list[str]:
+    body = "".join(f"export function f{i}(x: number): number {{ return x * {i}; }}\n" for i in range(900))
+    for index in range(count):
+        (root / f"m{index:02}.ts").write_text(
+            f'import {{ f1 }} from "./m{(index + 1) % count:02}";\n'
+            f'export * from "./m{(index + 2) % count:02}.js";\n'
+            f"const lazy = () => import(`./m${{{index}}}.ts`);\n{body}"
+        )
+    return [file for file in project_files(root) if file.endswith(".ts")]
+
+
+def test_sources_read_by_two_processes_give_the_facts_of_one(tmp_path: Path) -> None:
+    files = _many_files(tmp_path, count=12)
+    split = scan_sources(tmp_path, files, processes=2)
+    assert split == scan_sources(tmp_path, files, processes=1)
+    assert [facts.file for facts in split] == files
+    assert {"f0", "f899"} <= split[-1].exports
+
+
+def test_second_process_reads_from_the_end_until_it_meets_the_files_taken_by_the_parent(
+    tmp_path: Path,
+) -> None:
+    files = _many_files(tmp_path, count=6)
+    process = start_second_process(tmp_path, files)
+    # The parent has taken files 0-2 before the second process looks.
+    output, _ = process.communicate(b"".join(index.to_bytes(4, "little") for index in range(3)))
+    messages = list(frames(bytearray(output)))
+    assert [message[:2] for message in messages] == [
+        ("take", 5), ("read", 5), ("take", 4), ("read", 4), ("take", 3), ("read", 3),
+    ]  # fmt: skip
+    assert messages[1][2] == read_file(tmp_path, files[5])

@@ -160,3 +160,8 @@ def test_jsx_in_javascript_files_and_escaped_specifiers() -> None:
     facts = read_source("app.js", code.encode())
     assert [s.specifier for s in facts.specifiers] == ["react", "./view"]
     assert facts.exports == {"App"}
+
+
+def test_a_malformed_escape_is_kept_as_written() -> None:
+    assert _one('import x from "./a\\u12";\n').specifier == "./a\\u12"
+    assert _one('import x from "./\\u{62}\\x63";\n').specifier == "./bc"

@@ -1,6 +1,7 @@
 """Module references and exported names of one TypeScript/JavaScript source, read from its tree-sitter syntax tree."""
 
 import re
+import string
 from collections.abc import Iterator
 
 import tree_sitter
@@ -50,21 +51,8 @@ _TYPE_PARENTS = frozenset(
 )
 
 
-class _Parsers:
-    """One parser per grammar, created on first use (a parser is cheap, but not free, to build)."""
-
-    def __init__(self) -> None:
-        self._by_language: dict[int, tree_sitter.Parser] = {}
-
-    def for_file(self, file: str) -> tree_sitter.Parser:
-        language = _TSX if file.endswith(_TSX_SUFFIXES) else _TYPESCRIPT
-        parser = self._by_language.get(id(language))
-        if parser is None:
-            parser = self._by_language[id(language)] = tree_sitter.Parser(language)
-        return parser
-
-
-_PARSERS = _Parsers()
+# Shared by every call: tree-sitter keeps the GIL for a whole parse, so threads cannot interleave in one.
+_PARSERS = {"typescript": tree_sitter.Parser(_TYPESCRIPT), "tsx": tree_sitter.Parser(_TSX)}
 
 
 def _text(node: tree_sitter.Node) -> str:
@@ -88,10 +76,13 @@ def _string_value(node: tree_sitter.Node | None) -> str | None:
     return _unescape(raw) if "\\" in raw else raw
 
 
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
+
+
 def _unescape(raw: str) -> str:
+    """A JavaScript string's escapes decoded; a malformed one is kept as written."""
     out: list[str] = []
     index = 0
-    simple = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
     while index < len(raw):
         char = raw[index]
         if char != "\\" or index + 1 == len(raw):
@@ -99,18 +90,21 @@ def _unescape(raw: str) -> str:
             index += 1
             continue
         escaped = raw[index + 1]
-        if escaped == "u" and raw[index + 2 : index + 3] == "{":
-            end = raw.find("}", index)
-            out.append(chr(int(raw[index + 3 : end], 16)))
-            index = end + 1
-        elif escaped in "ux":
-            width = 4 if escaped == "u" else 2
-            out.append(chr(int(raw[index + 2 : index + 2 + width], 16)))
-            index += 2 + width
+        if escaped in "ux":
+            braced = escaped == "u" and raw.startswith("{", index + 2)
+            start = index + 3 if braced else index + 2
+            end = raw.find("}", start) if braced else start + (4 if escaped == "u" else 2)
+            digits = raw[start:end] if end <= len(raw) else ""
+            if not digits or any(c not in string.hexdigits for c in digits) or int(digits, 16) > 0x10FFFF:
+                out.append(raw[index : index + 2])
+                index += 2
+                continue
+            out.append(chr(int(digits, 16)))
+            index = end + 1 if braced else end
         elif escaped == "\n":
             index += 2  # a line continuation
         else:
-            out.append(simple.get(escaped, escaped))
+            out.append(_SIMPLE_ESCAPES.get(escaped, escaped))
             index += 2
     return "".join(out)
 
@@ -416,5 +410,5 @@ def _statements(container: tree_sitter.Node) -> Iterator[tree_sitter.Node]:
 
 def read_source(file: str, source: bytes) -> SourceFacts:
     """The module references (with kind, line, imported names) and exported names of one source file."""
-    tree = _PARSERS.for_file(file).parse(source)
+    tree = _PARSERS["tsx" if file.endswith(_TSX_SUFFIXES) else "typescript"].parse(source)
     return _FileReader(file, source, tree.root_node).read()

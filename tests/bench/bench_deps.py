@@ -7,8 +7,9 @@ paths under node_modules); nothing is downloaded here.
 
 Every run is a cold analysis: the analyzer keeps nothing between runs (no cache to bypass). "ours" is
 `analyze_folder` in this process, as `mge run` calls it; "ours, own process" also pays for starting a
-Python interpreter and importing the analyzer, as the baselines pay for starting Node. The load average
-is printed before and after: on a shared machine the figures are only comparable within one run.
+Python interpreter and importing the analyzer, as the baselines pay for starting Node. The tools take
+turns for 5 rounds and the medians are printed; the load average is printed before and after: on a shared
+machine the figures are only comparable within one run.
 """
 
 import json
@@ -22,15 +23,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from mge.adapters.deps_scan import analyze_folder, tsc_edges
 from mge.adapters.typescript import node_modules_path
 from mge.deps.compare import agreement
 from tests.bench.common import print_table
 
-RUNS = 3
-T = TypeVar("T")
+RUNS = 5
 # A plain strict config for packages that do not ship theirs; every tool reads the same file.
 DEFAULT_TSCONFIG = {
     "compilerOptions": {
@@ -112,13 +112,17 @@ def _load() -> str:
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def _timed(run: Callable[[], T]) -> tuple[T, float]:
-    times = []
+def _interleaved(tools: dict[str, Callable[[], Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each tool's last result and median wall time; the tools take turns, so a burst of load on the shared
+    machine falls on all of them rather than on whichever happened to run then."""
+    results: dict[str, Any] = {}
+    times: dict[str, list[float]] = {name: [] for name in tools}
     for _ in range(RUNS):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return result, statistics.median(times)
+        for name, run in tools.items():
+            started = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - started)
+    return results, {name: statistics.median(values) for name, values in times.items()}
 
 
 def _score(
@@ -137,11 +141,18 @@ def main() -> None:
         for package in PACKAGES:
             root = _copy(package, Path(scratch))
             program, truth = tsc_edges(root)
-            graph, ours_s = _timed(partial(analyze_folder, root))
-            _, own_process_s = _timed(partial(ours_in_own_process, root))
-            ours = agreement(graph, truth, program)
-            cruiser, cruiser_s = _timed(partial(dependency_cruiser, root))
-            mad, madge_s = _timed(partial(madge, root))
+            results, seconds = _interleaved(
+                {
+                    "ours": partial(analyze_folder, root),
+                    "own process": partial(ours_in_own_process, root),
+                    "cruiser": partial(dependency_cruiser, root),
+                    "madge": partial(madge, root),
+                }
+            )
+            ours = agreement(results["ours"], truth, program)
+            cruiser, mad = results["cruiser"], results["madge"]
+            ours_s, own_process_s = seconds["ours"], seconds["own process"]
+            cruiser_s, madge_s = seconds["cruiser"], seconds["madge"]
             cruiser_p, cruiser_r = _score(cruiser, truth, program)
             madge_p, madge_r = _score(mad, truth, program)
             accuracy_rows.append(
@@ -162,7 +173,7 @@ def main() -> None:
          "madge P", "madge R"),
         accuracy_rows,
     )  # fmt: skip
-    print(f"\nAnalysis time, median of {RUNS} (s); ratio = baseline time / ours:")
+    print(f"\nAnalysis time, median of {RUNS} interleaved runs (s); ratio = baseline time / ours:")
     print_table(
         ("package", "ours", "ours, own process", "dep-cruiser", "madge", "cruiser/ours",
          "cruiser/ours own process", "madge/ours"),

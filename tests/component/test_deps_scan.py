@@ -183,3 +183,14 @@ def test_files_a_dying_second_process_took_are_read_by_the_first(
     assert [fact.file for fact in facts] == files
     assert by_second == 0
     assert "the second source reader process failed (exit 1)" in caplog.text
+
+
+def test_sources_are_read_in_one_process_when_a_second_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _many_files(tmp_path, count=3)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    facts, by_second = _read_with_second_process(tmp_path, files, fork=False)
+    assert [fact.file for fact in facts] == files
+    assert by_second == 0
+    assert "could not start" in caplog.text

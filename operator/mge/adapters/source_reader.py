@@ -143,6 +143,8 @@ def _fork(root: Path, files: list[str]) -> _SecondProcess:
             os.close(taken_write)
             os.close(out_read)
             read_from_the_end(root, files, taken_read, out_write)
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+            code = 130
         except BaseException:
             os.write(2, traceback.format_exc().encode())
             code = 1
@@ -176,7 +178,11 @@ def start_interpreter(root: Path, files: list[str]) -> _SecondProcess:
 
 def _read_with_second_process(root: Path, files: list[str], fork: bool) -> tuple[list[SourceFacts], int]:
     """Facts of `files` in order, and how many of them the second process read."""
-    second = _fork(root, files) if fork else start_interpreter(root, files)
+    try:
+        second = _fork(root, files) if fork else start_interpreter(root, files)
+    except OSError as error:  # no process to be had (limits, memory): one core does it all
+        log.warning("the second source reader process could not start: %s", error)
+        return [fact for fact in (read_file(root, file) for file in files) if fact is not None], 0
     os.set_blocking(second.from_it, False)
     buffer = bytearray()
     mine: dict[int, SourceFacts | None] = {}

@@ -1,11 +1,14 @@
-"""The analyzer on fixture projects with the real Node parser, checked against the real tsc (`--explainFiles`)."""
+"""The analyzer on fixture projects with the real parser processes, checked against the real tsc (`--explainFiles`)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mge.adapters.deps_scan import analyze_folder, load_tsconfig, tsc_edges
+from mge.adapters.deps_scan import analyze_folder, load_tsconfig, project_files, tsc_edges
+from mge.adapters.source_reader import _read_with_second_process, frame, frames, read_file, scan_sources
 from mge.cli import app
 from mge.deps.compare import agreement
 from mge.deps.graph import EdgeKind
@@ -165,3 +168,75 @@ def test_analyze_prints_each_edge_with_its_kind() -> None:
         "app/__init__.py:3 -> app/models/user.py  [re-export]  (via app/models/__init__.py)" in result.output
     )
     assert "app/services/audit.py:6 -> app/services/billing.py  [static]  (deferred)" in result.output
+
+
+def _many_files(root: Path, count: int = 24) -> list[str]:
+    body = "".join(f"export function f{i}(x: number): number {{ return x * {i}; }}\n" for i in range(900))
+    for index in range(count):
+        (root / f"m{index:02}.ts").write_text(
+            f'import {{ f1 }} from "./m{(index + 1) % count:02}";\n'
+            f'export * from "./m{(index + 2) % count:02}.js";\n'
+            f"const lazy = () => import(`./m${{{index}}}.ts`);\n{body}"
+        )
+    return [file for file in project_files(root) if file.endswith(".ts")]
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "new-interpreter"])
+def test_sources_read_by_two_processes_give_the_facts_of_one(tmp_path: Path, fork: bool) -> None:
+    files = _many_files(tmp_path, count=12)
+    split, _ = _read_with_second_process(tmp_path, files, fork=fork)
+    assert split == scan_sources(tmp_path, files, processes=1)
+    assert [facts.file for facts in split] == files
+    assert {"f0", "f899"} <= split[-1].exports
+
+
+def test_second_process_reads_from_the_end_until_it_meets_the_files_taken_by_the_parent(
+    tmp_path: Path,
+) -> None:
+    files = _many_files(tmp_path, count=6)
+    # The parent has taken files 0-2 before the second process looks.
+    taken = b"".join(index.to_bytes(4, "little") for index in range(3))
+    completed = subprocess.run(
+        [sys.executable, "-m", "mge.adapters.source_reader"],
+        input=frame((str(tmp_path), files)) + taken,
+        capture_output=True,
+        check=True,
+    )
+    messages = list(frames(bytearray(completed.stdout)))
+    assert [message[:2] for message in messages] == [
+        ("take", 5), ("read", 5), ("take", 4), ("read", 4), ("take", 3), ("read", 3),
+    ]  # fmt: skip
+    assert messages[1][2] == read_file(tmp_path, files[5])
+
+
+def test_files_a_dying_second_process_took_are_read_by_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real interpreter cannot be made to crash mid-run, so a stand-in takes the last file and exits 1."""
+    files = _many_files(tmp_path, count=24)  # long enough to read here for the stand-in to take one
+    crash = tmp_path / "crashing-python"
+    crash.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c '"
+        "import os, pickle, struct\n"
+        "os.read(0, 1 << 20)\n"
+        f'payload = pickle.dumps(("take", {len(files) - 1}))\n'
+        'os.write(1, struct.pack("<I", len(payload)) + payload)\n'
+        "raise SystemExit(1)'\n"
+    )
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))
+    facts, by_second = _read_with_second_process(tmp_path, files, fork=False)
+    assert [fact.file for fact in facts] == files
+    assert by_second == 0
+    assert "the second source reader process failed (exit 1)" in caplog.text
+
+
+def test_sources_are_read_in_one_process_when_a_second_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _many_files(tmp_path, count=3)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    facts, by_second = _read_with_second_process(tmp_path, files, fork=False)
+    assert [fact.file for fact in facts] == files
+    assert by_second == 0
+    assert "could not start" in caplog.text

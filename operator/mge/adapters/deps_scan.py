@@ -1,4 +1,4 @@
-"""Reads a project folder for the dependency analyzer: files, tsconfig chain, package.json maps, the Node parser, tsc."""
+"""Reads a project folder for the dependency analyzer: files, tsconfig chain, package.json maps, sources, tsc."""
 
 import json
 import os
@@ -8,16 +8,16 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mge.adapters.source_reader import scan_sources
 from mge.adapters.typescript import TypeScriptUnavailable, node_modules_path
 from mge.deps.compare import PlanCheck, check_plan
-from mge.deps.graph import DependencyGraph, EdgeKind
+from mge.deps.graph import DependencyGraph
 from mge.deps.python import analyze_python
 from mge.deps.tsconfig import TsConfig, TsConfigError, extends_of, merge_chain, parse_jsonc
-from mge.deps.typescript import Resolver, SourceFacts, Specifier, analyze_typescript, is_source
+from mge.deps.typescript import Resolver, analyze_typescript, is_source
 
 # Never part of the project's own sources.
 SKIPPED_DIRS = frozenset({"node_modules", ".git", ".venv", "venv", "__pycache__", ".mge", ".mypy_cache"})
@@ -89,45 +89,6 @@ def _node() -> str:
             "`node` is not on PATH; install Node.js 18+ to analyse TypeScript projects"
         )
     return node
-
-
-def _specifier(raw: dict[str, Any]) -> Specifier:
-    return Specifier(
-        specifier=raw.get("specifier"),
-        line=int(raw["line"]),
-        kind=EdgeKind(raw["kind"]),
-        names=None if raw.get("names") is None else tuple(raw["names"]),
-        reexports=None if raw.get("reexports") is None else tuple((a, b) for a, b in raw["reexports"]),
-        prefix=raw.get("prefix"),
-        suffix=raw.get("suffix") or "",
-        text=raw.get("text") or "",
-    )
-
-
-def scan_sources(root: Path, files: list[str]) -> list[SourceFacts]:
-    """Parse the given TypeScript/JavaScript files with the TypeScript compiler in one Node process."""
-    if not files:
-        return []
-    script = resources.files("mge.adapters") / "ts_imports.js"
-    completed = subprocess.run(
-        [_node(), str(script)],
-        input=json.dumps({"root": str(root), "files": files}),
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "NODE_PATH": str(node_modules_path())},
-    )
-    if completed.returncode != 0:
-        raise TypeScriptUnavailable(f"the import scanner failed: {completed.stderr.strip()[-2000:]}")
-    answer = json.loads(completed.stdout)
-    return [
-        SourceFacts(
-            file=item["file"],
-            specifiers=tuple(_specifier(raw) for raw in item["specifiers"]),
-            exports=frozenset(item["exports"]),
-        )
-        for item in answer["files"]
-    ]
 
 
 def analyze_folder(root: Path, tsconfig: str = "tsconfig.json", sources_under: str = "") -> DependencyGraph:

@@ -149,8 +149,8 @@ def unavailable_decision(why: str) -> DependenciesDecision:
         ConditionType.DEPENDENCIES_VERIFIED,
         ConditionStatus.UNKNOWN,
         Reason.DEPENDENCY_CHECK_UNAVAILABLE,
-        f"The generated code was not analysed: {why}. The operator image ships Node and TypeScript for this; "
-        "a custom image needs them on PATH.",
+        f"The generated code was not analysed: {why}. The operator's log has the details; the next "
+        "generation is analysed again.",
         {},
     )
 

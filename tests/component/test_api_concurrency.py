@@ -26,19 +26,22 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
         await store.record_scaling(4, 2, "scale up: 30 ready, 8 running")
     finally:
         await store.close()
-    app = create_app(pg)
-
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
-        body = (await client.get("/api/v2/concurrency/status")).json()
+    body = await _status(pg)
 
     assert (body["global_limit"], body["global_in_flight"], body["queue_depth"]) == (10, 9, 3)
     assert [e["executor"] for e in body["executors"]] == ["ex-a", "ex-b"]
     assert body["executors"][0]["adjustments"][0]["reason"] == "slow start"
     assert (body["replicas"]["desired"], body["replicas"]["actual"]) == (4, 2)
     assert len(body["recent_decisions"]) == 2
+
+
+async def _status(pg: str) -> dict:
+    app = create_app(pg)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        return (await client.get("/api/v2/concurrency/status")).json()
 
 
 async def test_status_shows_the_scalers_signal_health(pg):
@@ -49,13 +52,7 @@ async def test_status_shows_the_scalers_signal_health(pg):
         )
     finally:
         await store.close()
-    app = create_app(pg)
-
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
-        body = (await client.get("/api/v2/concurrency/status")).json()
+    body = await _status(pg)
 
     signals = body["signals"]
     assert (signals["source"], signals["healthy"], signals["reason"]) == (
@@ -69,9 +66,7 @@ async def test_status_shows_the_scalers_signal_health(pg):
 
 async def test_executors_report_themselves_while_running(pg):
 
-    async with running_executor(
-        pg, __import__("pathlib").Path(__file__).parents[2] / "examples/hello/responses.jsonl"
-    ):
+    async with running_executor(pg, Path(__file__).parents[2] / "examples/hello/responses.jsonl"):
         store = await Store.connect(pg)
         try:
             executors = await eventually(lambda: _executors(store))

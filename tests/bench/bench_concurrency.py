@@ -115,6 +115,7 @@ class Result:
     # Real HTTP only: what the executor measured (the limiter's input) and how busy the machine was.
     client_latencies: list[float] = field(default_factory=list)
     loop_lags_s: list[float] = field(default_factory=list)
+    changes: list[Adjustment] = field(default_factory=list)  # every limit change, at seconds into the run
     load: tuple[float, float] = (0.0, 0.0)
 
 
@@ -176,10 +177,11 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
 
 
 class _Observed:
-    """Passes every outcome on to the policy and keeps the latency the executor measured for it."""
+    """Passes every outcome on to the policy; keeps the latency the executor measured and each limit change."""
 
-    def __init__(self, policy: CallLimiter, latencies: list[float]) -> None:
-        self.policy, self.latencies = policy, latencies
+    def __init__(self, policy: CallLimiter, result: Result) -> None:
+        self.policy, self.result = policy, result
+        self.started = time.monotonic()
 
     @property
     def limit(self) -> int:
@@ -193,8 +195,12 @@ class _Observed:
         self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
     ) -> None:
         if outcome is Outcome.OK:
-            self.latencies.append(latency_s)
+            self.result.client_latencies.append(latency_s)
+        before = self.policy.limit
         self.policy.record(outcome, in_flight=in_flight, now=now, latency_s=latency_s, tokens=tokens)
+        if self.policy.limit != before:
+            reason = self.policy.adjustments[-1].reason if self.policy.adjustments else ""
+            self.result.changes.append(Adjustment(now - self.started, before, self.policy.limit, reason))
 
 
 async def _sample_loop_lag(lags: list[float], stop: asyncio.Event) -> None:
@@ -244,7 +250,8 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
             DEFAULT_PRICES,
             ExecutorConfig("bench", concurrency=concurrency, idle_poll_s=0.05, shutdown_grace_s=1.0),
         )
-        executor.gate.limiter = _Observed(limiter, result.client_latencies)
+        observed = _Observed(limiter, result)
+        executor.gate.limiter = observed
         stop = asyncio.Event()
         load_before = os.getloadavg()[0]
         lag_sampler = asyncio.create_task(_sample_loop_lag(result.loop_lags_s, stop))
@@ -254,7 +261,7 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         deadline = time.perf_counter() + 30.0
         while fake.stats.requests == 0 and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
-        started = time.perf_counter()
+        started, observed.started = time.perf_counter(), time.monotonic()
         while (elapsed := time.perf_counter() - started) < scenario.duration_s:
             fake.config.capacity = scenario.capacity_at(elapsed)
             result.limits.append((elapsed, min(limiter.limit, concurrency)))
@@ -306,6 +313,15 @@ def _report_machine(results: dict[str, Result]) -> None:
         )
 
 
+def _report_changes(scenario: Scenario, result: Result) -> None:
+    """Our limit's changes in the first two periods of each phase: how it found, lost and regained C."""
+    print("ours, limit changes in the first two periods of each phase:")
+    for start, capacity in scenario.phases:
+        window = [c for c in result.changes if start <= c.at < start + 2 * scenario.period_s]
+        steps = ", ".join(f"{c.at - start:.1f}s {c.old}->{c.new} ({c.reason})" for c in window)
+        print(f"  C={capacity} from {start:.0f}s: {steps or 'none'}")
+
+
 def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
     print(title)
     rows = []
@@ -347,6 +363,7 @@ def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
     )
     if any(result.client_latencies for result in results.values()):
         _report_machine(results)
+        _report_changes(scenario, results["ours (adaptive)"])
     ours, seed = figures["ours (adaptive)"], figures["seed rule (-10%/+5%)"]
 
     def ratio(a: float, b: float) -> float:

@@ -116,6 +116,9 @@ class Result:
     client_latencies: list[float] = field(default_factory=list)
     loop_lags_s: list[float] = field(default_factory=list)
     changes: list[Adjustment] = field(default_factory=list)  # every limit change, at seconds into the run
+    # Share of the 50 ms samples in which the executor had its whole limit in flight (give or take one):
+    # below ~95% it could not keep up (claims, validation, Postgres), and the run measured the machine.
+    limit_filled: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
 
 
@@ -262,10 +265,14 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         while fake.stats.requests == 0 and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         started, observed.started = time.perf_counter(), time.monotonic()
+        filled = samples = 0
         while (elapsed := time.perf_counter() - started) < scenario.duration_s:
             fake.config.capacity = scenario.capacity_at(elapsed)
             result.limits.append((elapsed, min(limiter.limit, concurrency)))
+            samples += 1
+            filled += executor.gate.in_flight >= min(limiter.limit, concurrency) - 1
             await asyncio.sleep(0.05)
+        result.limit_filled = filled / samples
         result.completed = fake.stats.completed
         result.rejected = fake.stats.rejected
         result.latencies = list(fake.stats.latencies_s)
@@ -300,10 +307,18 @@ def _report_machine(results: dict[str, Result]) -> None:
                 f"{1000 * lags[len(lags) // 2]:.1f}" if lags else "-",
                 f"{1000 * lags[int(len(lags) * 0.99)]:.1f}" if lags else "-",
                 f"{p95(result.client_latencies) / p95(result.latencies):.3f}x",
+                f"{100 * result.limit_filled:.0f}%",
             )
         )
     print_table(
-        ["policy", "load avg (1 min)", "loop lag p50 ms", "p99 ms", "executor-side p95 / server-side p95"],
+        [
+            "policy",
+            "load avg (1 min)",
+            "loop lag p50 ms",
+            "p99 ms",
+            "executor-side p95 / server-side p95",
+            "limit in flight",
+        ],
         rows,
     )
     busiest = max(max(result.load) for result in results.values())

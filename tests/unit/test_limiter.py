@@ -51,7 +51,7 @@ def _reasons(limiter: AdaptiveLimiter) -> list[str]:
 def test_slow_start_doubles_while_small_then_grows_by_half_per_measured_limit():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
 
-    Provider(capacity=1000).run(limiter, 8.0)
+    Provider(capacity=1000).run(limiter, 14.0)
 
     assert [a.new for a in limiter.adjustments][:6] == [4, 8, 12, 18, 27, 41]
     assert set(_reasons(limiter)) == {"slow start"}
@@ -181,17 +181,16 @@ def test_a_lucky_fast_first_answer_neither_ends_slow_start_nor_cuts():
     assert limiter.limit >= 8
 
 
-def test_a_rise_seen_twice_against_the_provisional_reference_ends_slow_start():
+def test_a_provider_congested_from_the_start_does_not_let_slow_start_run_away():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
     # Congested from the second step on, long before the baseline has its calls, and never a 429.
     provider = Provider(capacity=3, reject_factor=100)
 
-    provider.run(limiter, 10.0)
+    provider.run(limiter, 60.0)
 
-    assert limiter.baseline_s_per_token is None
-    assert not limiter.slow_start
+    assert max(a.new for a in limiter.adjustments) <= 8
     assert limiter.limit <= 5
-    assert "; slow start ends" in limiter.adjustments[-1].reason
+    assert not limiter.slow_start
 
 
 def test_latency_is_compared_per_output_token():

@@ -23,6 +23,10 @@ ROOM_FACTOR: Final = 1 + (HOLD_FACTOR - 1) / 2
 # the limit overshoot by the feedback delay: a step per round trip seen one round trip late).
 LEVEL_SHARE: Final = 0.5
 LEVEL_MIN_CALLS: Final = 2
+# Nor do the calls that a raised limit lets in at once: they start while the provider still carries the old
+# load and come back fast, so a limit judged on them looks uncongested (slow start stepped from 1.1x to 1.7x
+# capacity that way). Calls that started within this share of a round trip after the change are skipped.
+BURST_SHARE: Final = 0.1
 # Congestion is acted on sooner than room: this many calls clearly too slow are enough for a cut.
 CUT_AFTER_CALLS: Final = 3
 # Slow start doubles while the limit is small, then grows by half per measured limit: the step that
@@ -30,10 +34,12 @@ CUT_AFTER_CALLS: Final = 3
 # that queue up to some point refuse past it).
 SLOW_START_DOUBLING_UP_TO: Final = 8
 SLOW_START_FACTOR: Final = 1.5
-# The limit grows only while the executor keeps nearly all of it in flight (TCP's rule for an
-# application-limited sender, RFC 7661): a limit the executor cannot fill was never tested against the
-# provider, and raising it anyway lets it drift far past capacity, to be paid in 429s when work arrives.
-USED_SHARE: Final = 0.9
+# The limit grows only while the executor keeps all of it in flight, give or take this many calls (TCP's
+# rule for an application-limited sender, RFC 7661): a limit the executor cannot fill was never tested
+# against the provider. Growing it anyway (from 90% use, in an executor still claiming its first atoms)
+# took slow start from 1.1x to 1.7x capacity, and lets the limit drift far past capacity, to be paid in
+# 429s when work arrives.
+USED_SLACK_CALLS: Final = 1
 # The baseline is the lowest smoothed latency per token of this window: congestion only adds latency, so the
 # minimum is the provider's uncongested speed; the window lets it rise when the provider really got slower.
 BASELINE_WINDOW_S: Final = 120.0
@@ -123,8 +129,8 @@ class AdaptiveLimiter:
     limit grows (halfway back per step to where it was before the last cuts, when the provider clearly has
     room again); from 1.05 it is brought to 1.05 x `n / r` (just past capacity: full throughput at 1.05x
     the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9.
-    The limit only grows while the executor keeps nearly all of it in flight, so an executor short of
-    work does not accumulate a limit it never tested.
+    The limit only grows while the executor keeps all of it in flight, so an executor short of work does
+    not accumulate a limit it never tested.
     """
 
     minimum: int = 1
@@ -265,7 +271,7 @@ class AdaptiveLimiter:
         ratio = level.ratio
         if ratio is None or ratio <= HOLD_FACTOR:
             self._suspect_rise = False
-            if level.mean_in_flight >= USED_SHARE * self.limit:
+            if level.mean_in_flight >= self.limit - USED_SLACK_CALLS:
                 self._grow(now, ratio)
             else:
                 self._new_level(now)
@@ -311,8 +317,8 @@ class AdaptiveLimiter:
         if self._probe(now):
             return
         level = self._level
-        if now - latency_s < level.since:
-            return  # started under an earlier limit
+        if now - latency_s < level.since + BURST_SHARE * self._round_trip_s:
+            return  # started under an earlier limit, or in the burst that filled this one
         level.add(ratio, in_flight)
         enough = level.calls >= max(LEVEL_MIN_CALLS, math.ceil(self.limit * LEVEL_SHARE))
         clearly_slow = level.calls >= CUT_AFTER_CALLS and (level.ratio or 0.0) > SLOW_FACTOR

@@ -239,3 +239,15 @@ def test_bounds_hold():
 def test_invalid_bounds_are_rejected_naming_them():
     with pytest.raises(ValueError, match=r"minimum \(5\) <= initial \(2\)"):
         AdaptiveLimiter(minimum=5, maximum=10, initial=2)
+
+
+def test_slow_first_calls_do_not_hide_the_first_queueing():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    for i in range(3):  # the first calls also open connections: three times as slow
+        limiter.record(Outcome.OK, in_flight=2, now=3.0 + i * 0.1, latency_s=3.0, tokens=100)
+    provider = Provider(capacity=16, now=3.5)
+
+    provider.run(limiter, 30.0)
+
+    assert limiter.limit == 17
+    assert provider.rejected == 0

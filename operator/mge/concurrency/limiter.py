@@ -3,7 +3,9 @@
 Pure: the caller passes each outcome and the time; nothing here sleeps or reads a clock.
 """
 
+import bisect
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -143,6 +145,7 @@ class AdaptiveLimiter:
     _minima: deque[tuple[float, float]] = field(init=False, default_factory=deque)
     _smoothed: float | None = field(init=False, default=None)
     _steady: float | None = field(init=False, default=None)
+    _first_s_per_token: list[float] = field(init=False, default_factory=list)
     _samples: int = field(init=False, default=0)
     _round_trip_s: float = field(init=False, default=MAX_COOLDOWN_S)
     _level: _Level = field(init=False, default_factory=lambda: _Level(float("-inf")))
@@ -191,8 +194,15 @@ class AdaptiveLimiter:
         self._samples += 1
         # A plain mean until each average has seen its span: an early fast answer must not become the baseline.
         self._smoothed = self._ewma(self._smoothed, per_token, 1 / min(self._samples, max(4, self.limit)))
-        span = max(BASELINE_CALLS, self.limit)
-        self._steady = self._ewma(self._steady, per_token, 1 / min(self._samples, span))
+        if self._samples <= BASELINE_CALLS:
+            # The median, not the mean, of the first calls: the very first ones also pay for opening
+            # connections (and a starting process), and a mean would carry that into the baseline, where it
+            # hides the first queueing (slow start stepped from 1.1x to 1.7x capacity that way).
+            bisect.insort(self._first_s_per_token, per_token)
+            self._steady = statistics.median(self._first_s_per_token)
+        else:
+            span = max(BASELINE_CALLS, self.limit)
+            self._steady = self._ewma(self._steady, per_token, 1 / span)
         if self._samples < BASELINE_CALLS:
             return
         while self._minima and self._minima[-1][1] >= self._steady:

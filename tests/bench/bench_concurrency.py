@@ -180,7 +180,7 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
 
 
 class _Observed:
-    """Passes every outcome on to the policy; keeps the latency the executor measured and each limit change."""
+    """Passes every outcome on to the policy; keeps the executor-measured latency and each limit change."""
 
     def __init__(self, policy: CallLimiter, result: Result) -> None:
         self.policy, self.result = policy, result
@@ -324,7 +324,8 @@ def _report_machine(results: dict[str, Result]) -> None:
     busiest = max(max(result.load) for result in results.values())
     if busiest > cores:
         print(
-            f"WARNING: load average {busiest:.1f} on {cores} cores: this run measures the machine, not the policies"
+            f"WARNING: load average {busiest:.1f} on {cores} cores: "
+            "this run measures the machine, not the policies"
         )
 
 

@@ -26,8 +26,8 @@ ROOM_FACTOR: Final = 1 + (HOLD_FACTOR - 1) / 2
 LEVEL_SHARE: Final = 0.5
 LEVEL_MIN_CALLS: Final = 2
 # Nor do the calls that a raised limit lets in at once: they start while the provider still carries the old
-# load and come back fast, so a limit judged on them looks uncongested (slow start stepped from 1.1x to 1.7x
-# capacity that way). Calls that started within this share of a round trip after the change are skipped.
+# load and come back fast, so a limit judged on them looks uncongested (enough for slow start to step from
+# 1.1x to 1.7x capacity). Calls that started within this share of a round trip after the change are skipped.
 BURST_SHARE: Final = 0.1
 # Congestion is acted on sooner than room: this many calls clearly too slow are enough for a cut.
 CUT_AFTER_CALLS: Final = 3
@@ -39,7 +39,7 @@ SLOW_START_FACTOR: Final = 1.5
 # The limit grows only while the executor keeps all of it in flight, give or take this many calls (TCP's
 # rule for an application-limited sender, RFC 7661): a limit the executor cannot fill was never tested
 # against the provider. Growing it anyway (from 90% use, in an executor still claiming its first atoms)
-# took slow start from 1.1x to 1.7x capacity, and lets the limit drift far past capacity, to be paid in
+# can take slow start from 1.1x to 1.7x capacity, and lets the limit drift far past capacity, to be paid in
 # 429s when work arrives.
 USED_SLACK_CALLS: Final = 1
 # The baseline is the lowest smoothed latency per token of this window: congestion only adds latency, so the
@@ -192,12 +192,13 @@ class AdaptiveLimiter:
         # congestion. The baseline is the minimum of a slower average: the minimum of a noisy series lies
         # below its mean by a few of its standard deviations, and that gap would read as queueing.
         self._samples += 1
-        # A plain mean until each average has seen its span: an early fast answer must not become the baseline.
+        # A plain mean until it has seen its span (and the slower one a median, below): an early fast answer
+        # must not become the baseline.
         self._smoothed = self._ewma(self._smoothed, per_token, 1 / min(self._samples, max(4, self.limit)))
         if self._samples <= BASELINE_CALLS:
             # The median, not the mean, of the first calls: the very first ones also pay for opening
             # connections (and a starting process), and a mean would carry that into the baseline, where it
-            # hides the first queueing (slow start stepped from 1.1x to 1.7x capacity that way).
+            # can hide the first queueing (and let slow start step from 1.1x to 1.7x capacity).
             bisect.insort(self._first_s_per_token, per_token)
             self._steady = statistics.median(self._first_s_per_token)
         else:
@@ -219,9 +220,9 @@ class AdaptiveLimiter:
         return sample if average is None else average + alpha * (sample - average)
 
     def _decrease(self, new: int, now: float, reason: str, *, congestion: bool = True) -> None:
-        """Lower the limit; `congestion` for overload or a clear latency rise, not for settling at capacity."""
+        """Lower the limit; `congestion` for overload or a clear latency rise, not for holding at capacity."""
         if self.slow_start:
-            # Slow start's last step overshot: that limit was never good, so there is nothing to climb back to.
+            # Slow start's last step overshot: that limit was never good, nothing to climb back to.
             self.slow_start = False
             self._recover_to = 0
             self._cutting = True

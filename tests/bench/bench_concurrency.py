@@ -6,7 +6,9 @@ p95 is too high, else +5%) and our adaptive limiter:
 - a discrete-event simulation (deterministic, seeded, a few seconds of CPU), 600 simulated seconds;
 - a real-HTTP run: one real executor (real Postgres, real HTTP, validation) against the fake
   OpenAI-compatible server, whose latency grows past C and which answers 429 past 1.5 C. It is time-scaled:
-  one 0.2 s call stands for a 3 s LLM call (15x), so the seed's 30 s period is 2 s here.
+  one 0.5 s call stands for a 3 s LLM call (6x), so the seed's 30 s period is 5 s here. The phases start
+  with the executor's first request, and the run reports the machine's load, the event loop's lag and
+  the latency the executor measured against the server's, to tell a busy machine from a policy.
 
 The provider's latency past C is `base x in-flight / C`: throughput is flat from C up to the 429 point, so the
 best a policy can do is to keep in-flight just past C. Goodput is successful calls over C / base; p95 is the
@@ -16,15 +18,26 @@ server-side latency over the uncongested p95; convergence is the time until the 
 
 import asyncio
 import bisect
+import contextlib
 import heapq
+import math
+import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
-from mge.concurrency.limiter import AdaptiveLimiter, CallLimiter, FixedLimiter, Outcome, SeedRuleLimiter
+from mge.concurrency.limiter import (
+    AdaptiveLimiter,
+    Adjustment,
+    CallLimiter,
+    FixedLimiter,
+    Outcome,
+    SeedRuleLimiter,
+)
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
@@ -85,7 +98,11 @@ class Scenario:
 
 
 SIMULATED = Scenario(capacity=40, base_latency_s=1.0, jitter_s=0.2, phase_s=200.0, period_s=30.0)
-REAL_HTTP = Scenario(capacity=16, base_latency_s=0.2, jitter_s=0.02, phase_s=10.0, period_s=2.0)
+# Time-scaled 6x: a 0.5 s call stands for a 3 s one and the 5 s period for the seed's 30 s (10 round trips
+# either way). At 15x (0.2 s calls, 80 calls/s) one executor's Postgres and validation work no longer fit
+# on a shared 2-core machine: it could not keep its limit in flight and every policy measured the machine.
+REAL_HTTP = Scenario(capacity=16, base_latency_s=0.5, jitter_s=0.05, phase_s=25.0, period_s=5.0)
+MAX_INLINE_ATOMS = 2000  # the most one Masterplan holds inline
 
 
 @dataclass
@@ -95,6 +112,14 @@ class Result:
     failed_atoms: int = 0
     latencies: list[float] = field(default_factory=list)
     limits: list[tuple[float, int]] = field(default_factory=list)
+    # Real HTTP only: what the executor measured (the limiter's input) and how busy the machine was.
+    client_latencies: list[float] = field(default_factory=list)
+    loop_lags_s: list[float] = field(default_factory=list)
+    changes: list[Adjustment] = field(default_factory=list)  # every limit change, at seconds into the run
+    # Share of the 50 ms samples in which the executor had its whole limit in flight (give or take one):
+    # below ~95% it could not keep up (claims, validation, Postgres), and the run measured the machine.
+    limit_filled: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
 
 
 def p95(values: Sequence[float]) -> float:
@@ -154,9 +179,45 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
     return result
 
 
+class _Observed:
+    """Passes every outcome on to the policy; keeps the executor-measured latency and each limit change."""
+
+    def __init__(self, policy: CallLimiter, result: Result) -> None:
+        self.policy, self.result = policy, result
+        self.started = time.monotonic()
+
+    @property
+    def limit(self) -> int:
+        return self.policy.limit
+
+    @property
+    def adjustments(self) -> deque[Adjustment]:
+        return self.policy.adjustments
+
+    def record(
+        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+    ) -> None:
+        if outcome is Outcome.OK:
+            self.result.client_latencies.append(latency_s)
+        before = self.policy.limit
+        self.policy.record(outcome, in_flight=in_flight, now=now, latency_s=latency_s, tokens=tokens)
+        if self.policy.limit != before:
+            reason = self.policy.adjustments[-1].reason if self.policy.adjustments else ""
+            self.result.changes.append(Adjustment(now - self.started, before, self.policy.limit, reason))
+
+
+async def _sample_loop_lag(lags: list[float], stop: asyncio.Event) -> None:
+    """How late a 10 ms sleep wakes up: the delay every await in the executor and the server also suffers."""
+    while not stop.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append(time.perf_counter() - before - 0.01)
+
+
 async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Result:
     """One executor (4 C atoms at a time) against the fake LLM server while its capacity changes."""
-    atoms_count = min(2000, int(scenario.ideal_calls * 1.3))  # 2000: the most one Masterplan holds inline
+    atoms_count = int(scenario.ideal_calls * 1.3)
+    plans = math.ceil(atoms_count / MAX_INLINE_ATOMS)
     fake = FakeLLM(
         FakeLLMConfig(
             base_latency_s=scenario.base_latency_s,
@@ -171,17 +232,19 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         store = await Store.connect(dsn, max_size=80)
         validator = CodeValidator()
         llm = OpenAICompatibleLLM(fake.url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
-        atoms = layered_atoms(atoms_count, width=atoms_count)
-        plan = plan_dag((a.id, a.depends_on) for a in atoms)
-        plan_id, _ = await store.register_plan(
-            namespace="bench",
-            name="http",
-            trace_id="00000000-0000-4000-8000-0000000000ab",
-            generation=1,
-            spec=spec_of(atoms),
-            atoms=atoms,
-            plan=plan,
-        )
+        plan_ids = []
+        for number in range(plans):
+            atoms = layered_atoms(atoms_count // plans, width=atoms_count // plans)
+            plan_id, _ = await store.register_plan(
+                namespace="bench",
+                name=f"http-{number}",
+                trace_id=f"00000000-0000-4000-8000-{number:012x}",
+                generation=1,
+                spec=spec_of(atoms),
+                atoms=atoms,
+                plan=plan_dag((a.id, a.depends_on) for a in atoms),
+            )
+            plan_ids.append(plan_id)
         concurrency = 4 * scenario.capacity
         executor = Executor(
             store,
@@ -190,20 +253,35 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
             DEFAULT_PRICES,
             ExecutorConfig("bench", concurrency=concurrency, idle_poll_s=0.05, shutdown_grace_s=1.0),
         )
-        executor.gate.limiter = limiter
+        observed = _Observed(limiter, result)
+        executor.gate.limiter = observed
         stop = asyncio.Event()
-        started = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        lag_sampler = asyncio.create_task(_sample_loop_lag(result.loop_lags_s, stop))
         task = asyncio.create_task(executor.run(stop))
+        # The phases start with the first request: the executor's own start (connections, first claim)
+        # is not the policy's doing, and would otherwise count as lost goodput.
+        deadline = time.perf_counter() + 30.0
+        while fake.stats.requests == 0 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        started, observed.started = time.perf_counter(), time.monotonic()
+        filled = samples = 0
         while (elapsed := time.perf_counter() - started) < scenario.duration_s:
             fake.config.capacity = scenario.capacity_at(elapsed)
             result.limits.append((elapsed, min(limiter.limit, concurrency)))
+            samples += 1
+            filled += executor.gate.in_flight >= min(limiter.limit, concurrency) - 1
             await asyncio.sleep(0.05)
+        result.limit_filled = filled / samples
         result.completed = fake.stats.completed
         result.rejected = fake.stats.rejected
         result.latencies = list(fake.stats.latencies_s)
+        result.load = (load_before, os.getloadavg()[0])
         stop.set()
         await task
-        result.failed_atoms = (await store.progress(plan_id)).failed
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag_sampler
+        result.failed_atoms = sum([(await store.progress(plan_id)).failed for plan_id in plan_ids])
         await llm.close()
         await validator.close()
         await store.close()
@@ -213,6 +291,51 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
 
 def _periods(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}"
+
+
+def _report_machine(results: dict[str, Result]) -> None:
+    """Whether the run measured the policies or the machine: load, event-loop lag, and how far the latency
+    the executor measured (what the limiter sees) is from the server's."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for name, result in results.items():
+        lags = sorted(result.loop_lags_s)
+        rows.append(
+            (
+                name,
+                f"{result.load[0]:.2f} -> {result.load[1]:.2f}",
+                f"{1000 * lags[len(lags) // 2]:.1f}" if lags else "-",
+                f"{1000 * lags[int(len(lags) * 0.99)]:.1f}" if lags else "-",
+                f"{p95(result.client_latencies) / p95(result.latencies):.3f}x",
+                f"{100 * result.limit_filled:.0f}%",
+            )
+        )
+    print_table(
+        [
+            "policy",
+            "load avg (1 min)",
+            "loop lag p50 ms",
+            "p99 ms",
+            "executor-side p95 / server-side p95",
+            "limit in flight",
+        ],
+        rows,
+    )
+    busiest = max(max(result.load) for result in results.values())
+    if busiest > cores:
+        print(
+            f"WARNING: load average {busiest:.1f} on {cores} cores: "
+            "this run measures the machine, not the policies"
+        )
+
+
+def _report_changes(scenario: Scenario, result: Result) -> None:
+    """Our limit's changes in the first two periods of each phase: how it found, lost and regained C."""
+    print("ours, limit changes in the first two periods of each phase:")
+    for start, capacity in scenario.phases:
+        window = [c for c in result.changes if start <= c.at < start + 2 * scenario.period_s]
+        steps = ", ".join(f"{c.at - start:.1f}s {c.old}->{c.new} ({c.reason})" for c in window)
+        print(f"  C={capacity} from {start:.0f}s: {steps or 'none'}")
 
 
 def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
@@ -254,6 +377,9 @@ def report(title: str, scenario: Scenario, results: dict[str, Result]) -> None:
         ],
         rows,
     )
+    if any(result.client_latencies for result in results.values()):
+        _report_machine(results)
+        _report_changes(scenario, results["ours (adaptive)"])
     ours, seed = figures["ours (adaptive)"], figures["seed rule (-10%/+5%)"]
 
     def ratio(a: float, b: float) -> float:
@@ -300,8 +426,8 @@ async def real_http() -> None:
     report(
         f"Real HTTP: one executor ({4 * scenario.capacity} atoms at a time), fake LLM server at capacity "
         f"{scenario.capacity} -> {scenario.capacity // 2} -> {scenario.capacity}, "
-        f"{scenario.base_latency_s} s per call, {scenario.phase_s:.0f} s per phase; time-scaled 15x "
-        f"(control period {scenario.period_s:.0f} s stands for 30 s)",
+        f"{scenario.base_latency_s} s per call, {scenario.phase_s:.0f} s per phase; time-scaled "
+        f"{30 / scenario.period_s:.0f}x (control period {scenario.period_s:.0f} s stands for 30 s)",
         scenario,
         results,
     )

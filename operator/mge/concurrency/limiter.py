@@ -1,20 +1,47 @@
-"""Per-executor limit on in-flight LLM calls, adapted on every call's outcome (AIMD with slow start).
+"""Per-executor limit on in-flight LLM calls, adapted on measured latency and overload (AIMD with slow start).
 
 Pure: the caller passes each outcome and the time; nothing here sleeps or reads a clock.
 """
 
+import bisect
+import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol
 
 DECREASE_FACTOR: Final = 0.9
-# Smoothed latency per output token over the baseline. Past a provider's capacity more calls in flight add
-# only latency, not throughput, so the limit stops growing as soon as queueing shows (HOLD) and falls only
-# when it is clearly too high (SLOW). The band between keeps the limit just past capacity instead of
-# see-sawing between it and the 429 point.
+# Latency per output token over the baseline, measured for each limit on the calls that started under it.
+# Past a provider's capacity more calls in flight add only latency, not throughput, so the limit stops
+# growing as soon as queueing shows (HOLD) and is cut when it is clearly too high (SLOW).
 HOLD_FACTOR: Final = 1.05
 SLOW_FACTOR: Final = 1.2
+# Below this the provider clearly has room (not just a step): the limit may climb back fast to where it was
+# before its last cuts. Just under HOLD_FACTOR it grows one step at a time.
+ROOM_FACTOR: Final = 1 + (HOLD_FACTOR - 1) / 2
+# A limit is judged on this share of its own calls, counting only calls that started after it was set:
+# a call that started under the old limit says nothing about the new one (judging it anyway is what made
+# the limit overshoot by the feedback delay: a step per round trip seen one round trip late).
+LEVEL_SHARE: Final = 0.5
+LEVEL_MIN_CALLS: Final = 2
+# Nor do the calls that a raised limit lets in at once: they start while the provider still carries the old
+# load and come back fast, so a limit judged on them looks uncongested (enough for slow start to step from
+# 1.1x to 1.7x capacity). Calls that started within this share of a round trip after the change are skipped.
+BURST_SHARE: Final = 0.1
+# Congestion is acted on sooner than room: this many calls clearly too slow are enough for a cut.
+CUT_AFTER_CALLS: Final = 3
+# Slow start doubles while the limit is small, then grows by half per measured limit: the step that
+# crosses the provider's capacity overshoots it by at most 1.5x (doubling would reach 2x, and providers
+# that queue up to some point refuse past it).
+SLOW_START_DOUBLING_UP_TO: Final = 8
+SLOW_START_FACTOR: Final = 1.5
+# The limit grows only while the executor keeps all of it in flight, give or take this many calls (TCP's
+# rule for an application-limited sender, RFC 7661): a limit the executor cannot fill was never tested
+# against the provider. Growing it anyway (from 90% use, in an executor still claiming its first atoms)
+# can take slow start from 1.1x to 1.7x capacity, and lets the limit drift far past capacity, to be paid in
+# 429s when work arrives.
+USED_SLACK_CALLS: Final = 1
 # The baseline is the lowest smoothed latency per token of this window: congestion only adds latency, so the
 # minimum is the provider's uncongested speed; the window lets it rise when the provider really got slower.
 BASELINE_WINDOW_S: Final = 120.0
@@ -26,8 +53,8 @@ BASELINE_CALLS: Final = 32
 PROBE_AFTER_S: Final = BASELINE_WINDOW_S / 2
 PROBE_FACTOR: Final = 0.75
 PROBE_ROUND_TRIPS: Final = 2
-# Cut at most once per round trip (a call's smoothed latency, within these bounds): one overload episode
-# returns many failures at once.
+# Cut on overload at most once per round trip (a call's smoothed latency, within these bounds): one overload
+# episode returns many failures at once.
 MIN_COOLDOWN_S: Final = 0.05
 MAX_COOLDOWN_S: Final = 2.0
 
@@ -65,11 +92,47 @@ def _adjustment_log() -> deque[Adjustment]:
 
 
 @dataclass
-class AdaptiveLimiter:
-    """Slow start (x2 per limit's worth of good calls), then +1 per limit's worth; x0.9 on overload.
+class _Level:
+    """The calls that started under the current limit: their latency ratio and how busy the limit was.
 
-    The limit only grows while the executor actually uses at least half of it, so an idle executor does not
-    accumulate a limit it never tested.
+    `reference` is the latency per token they are compared with, fixed when the limit was set: a
+    provisional one (the mean so far) must not absorb the very calls it judges.
+    """
+
+    since: float
+    reference: float | None = None
+    provisional: bool = True
+    calls: int = 0
+    ratios: list[float] = field(default_factory=list)
+    in_flight: int = 0
+
+    def add(self, ratio: float | None, in_flight: int) -> None:
+        self.calls += 1
+        self.in_flight += in_flight
+        if ratio is not None:
+            self.ratios.append(ratio)
+
+    @property
+    def ratio(self) -> float | None:
+        return sum(self.ratios) / len(self.ratios) if self.ratios else None
+
+    @property
+    def mean_in_flight(self) -> float:
+        return self.in_flight / self.calls if self.calls else 0.0
+
+
+@dataclass
+class AdaptiveLimiter:
+    """Slow start, then +1 per measured limit; held where queueing begins, cut to the measured capacity.
+
+    Each limit is judged on the calls that started under it. Their latency per token over the baseline
+    (`r`) and the calls in flight (`n`) give the provider's capacity by Little's law: past capacity the
+    latency grows with the calls in flight, so `n / r` is what it serves without queueing. Below 1.05 the
+    limit grows (halfway back per step to where it was before the last cuts, when the provider clearly has
+    room again); from 1.05 it is brought to 1.05 x `n / r` (just past capacity: full throughput at 1.05x
+    the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9.
+    The limit only grows while the executor keeps all of it in flight, so an executor short of work does
+    not accumulate a limit it never tested.
     """
 
     minimum: int = 1
@@ -82,9 +145,15 @@ class AdaptiveLimiter:
     _minima: deque[tuple[float, float]] = field(init=False, default_factory=deque)
     _smoothed: float | None = field(init=False, default=None)
     _steady: float | None = field(init=False, default=None)
+    _first_s_per_token: list[float] = field(init=False, default_factory=list)
     _samples: int = field(init=False, default=0)
     _round_trip_s: float = field(init=False, default=MAX_COOLDOWN_S)
-    _good_calls: int = field(init=False, default=0)
+    _level: _Level = field(init=False, default_factory=lambda: _Level(float("-inf")))
+    # The limit before the latest run of cuts for congestion: when the provider has room again, growth
+    # climbs back to it fast. Holding at capacity after the cuts (capacity is lower now) keeps it.
+    _recover_to: int = field(init=False, default=0)
+    _cutting: bool = field(init=False, default=False)
+    _suspect_rise: bool = field(init=False, default=False)
     _last_decrease: float = field(init=False, default=float("-inf"))
     _last_uncongested: float | None = field(init=False, default=None)
     _probe_until: float | None = field(init=False, default=None)
@@ -112,17 +181,29 @@ class AdaptiveLimiter:
         if new != self.limit:
             self.adjustments.append(Adjustment(now, self.limit, new, reason))
             self.limit = new
+        self._new_level(now)
 
-    def _observe_latency(self, now: float, latency_s: float, tokens: int) -> None:
-        per_token = latency_s / tokens
+    def _new_level(self, now: float) -> None:
+        baseline = self.baseline_s_per_token
+        self._level = _Level(now, baseline or self._steady, provisional=baseline is None)
+
+    def _observe_latency(self, now: float, per_token: float) -> None:
         # The current latency is smoothed over about one limit's worth of calls, so one slow answer is not
         # congestion. The baseline is the minimum of a slower average: the minimum of a noisy series lies
         # below its mean by a few of its standard deviations, and that gap would read as queueing.
         self._samples += 1
-        # A plain mean until each average has seen its span: an early fast answer must not become the baseline.
+        # A plain mean until it has seen its span (and the slower one a median, below): an early fast answer
+        # must not become the baseline.
         self._smoothed = self._ewma(self._smoothed, per_token, 1 / min(self._samples, max(4, self.limit)))
-        span = max(BASELINE_CALLS, self.limit)
-        self._steady = self._ewma(self._steady, per_token, 1 / min(self._samples, span))
+        if self._samples <= BASELINE_CALLS:
+            # The median, not the mean, of the first calls: the very first ones also pay for opening
+            # connections (and a starting process), and a mean would carry that into the baseline, where it
+            # can hide the first queueing (and let slow start step from 1.1x to 1.7x capacity).
+            bisect.insort(self._first_s_per_token, per_token)
+            self._steady = statistics.median(self._first_s_per_token)
+        else:
+            span = max(BASELINE_CALLS, self.limit)
+            self._steady = self._ewma(self._steady, per_token, 1 / span)
         if self._samples < BASELINE_CALLS:
             return
         while self._minima and self._minima[-1][1] >= self._steady:
@@ -138,17 +219,32 @@ class AdaptiveLimiter:
     def _ewma(average: float | None, sample: float, alpha: float) -> float:
         return sample if average is None else average + alpha * (sample - average)
 
-    def _cut(self, now: float, reason: str) -> None:
-        self._last_decrease = now
-        self._good_calls = 0
-        if self._probe_until is not None:  # overload while draining: the drained limit was still too high
-            self._probe_until = None
+    def _decrease(self, new: int, now: float, reason: str, *, congestion: bool = True) -> None:
+        """Lower the limit; `congestion` for overload or a clear latency rise, not for holding at capacity."""
         if self.slow_start:
-            # Slow start overshoots by up to 2x in its last round: go back to the last good size.
+            # Slow start's last step overshot: that limit was never good, nothing to climb back to.
             self.slow_start = False
-            self._set(self.limit // 2, now, f"{reason}; slow start ends")
+            self._recover_to = 0
+            self._cutting = True
+        elif congestion and not self._cutting:
+            self._recover_to = self.limit
+            self._cutting = True
+        self._last_decrease = now
+        if self._probe_until is not None:  # too high even while draining: the drained limit stays
+            self._probe_until = None
+        self._set(new, now, reason)
+
+    def _overloaded(self, now: float) -> None:
+        if now - self._last_decrease < self._round_trip_s:
+            return
+        reason = "overloaded (429/5xx/timeout)"
+        if self.slow_start:
+            # Slow start's last step overshot: go back to the last size that was good.
+            doubled = self.limit <= SLOW_START_DOUBLING_UP_TO
+            previous = self.limit // 2 if doubled else int(self.limit / SLOW_START_FACTOR)
+            self._decrease(previous, now, f"{reason}; slow start ends")
         else:
-            self._set(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
+            self._decrease(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
 
     def _probe(self, now: float) -> bool:
         """Drain now and then to re-measure the uncongested latency; True while a probe is running."""
@@ -166,41 +262,79 @@ class AdaptiveLimiter:
             return True
         return False
 
+    def _grow(self, now: float, ratio: float | None) -> None:
+        self._cutting = False
+        if self.slow_start:
+            factor = 2 if self.limit < SLOW_START_DOUBLING_UP_TO else SLOW_START_FACTOR
+            self._set(max(self.limit + 1, math.ceil(self.limit * factor)), now, "slow start")
+        elif self.limit < self._recover_to and (ratio is None or ratio <= ROOM_FACTOR):
+            # Capacity came back (it was there before the last cuts): halve the distance per measured limit.
+            step = math.ceil((self._recover_to - self.limit) / 2)
+            self._set(self.limit + step, now, "latency flat again: back toward the limit before the cuts")
+            if self.limit >= self._recover_to:
+                self._recover_to = 0
+        else:
+            self._set(self.limit + 1, now, "additive increase")
+
+    def _judge_level(self, now: float) -> None:
+        """Decide on the limit from the calls that started under it."""
+        level = self._level
+        ratio = level.ratio
+        if ratio is None or ratio <= HOLD_FACTOR:
+            self._suspect_rise = False
+            if level.mean_in_flight >= self.limit - USED_SLACK_CALLS:
+                self._grow(now, ratio)
+            else:
+                self._new_level(now)
+            return
+        if level.provisional and (ratio <= SLOW_FACTOR or not self._suspect_rise):
+            # Measured against a provisional reference (a few small-limit calls, one of them perhaps a lucky
+            # fast answer): noise must not end slow start. Only a clear rise, twice in a row, does.
+            self._suspect_rise = ratio > SLOW_FACTOR
+            self._new_level(now)
+            return
+        self._suspect_rise = False
+        # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing.
+        at_capacity = math.ceil(level.mean_in_flight / ratio * HOLD_FACTOR)
+        ended = "; slow start ends" if self.slow_start else ""
+        if ratio > SLOW_FACTOR:
+            new = max(math.ceil(self.limit / 2), min(self.limit - 1, at_capacity))
+            self._decrease(new, now, f"latency per token rose ({ratio:.2f}x){ended}")
+        elif at_capacity < self.limit:
+            reason = f"queueing began ({ratio:.2f}x): held at capacity{ended}"
+            self._decrease(at_capacity, now, reason, congestion=False)
+        else:
+            self.slow_start = False
+            self._new_level(now)  # at capacity already: hold, and judge the limit again
+
     def record(
         self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
     ) -> None:
         """One finished call: `in_flight` counts the calls still running when it finished, itself included."""
-        if outcome is Outcome.OK and latency_s > 0:
-            if tokens > 0:
-                self._observe_latency(now, latency_s, tokens)
+        if outcome is Outcome.OVERLOADED:
+            self._overloaded(now)
+            return
+        if outcome is not Outcome.OK:
+            return
+        ratio = None
+        if latency_s > 0:
             bounded = min(MAX_COOLDOWN_S, max(MIN_COOLDOWN_S, latency_s))
             self._round_trip_s += 0.2 * (bounded - self._round_trip_s)
-        ratio = self.latency_ratio if outcome is Outcome.OK else None
-        slow = ratio is not None and ratio > SLOW_FACTOR
-        if outcome is Outcome.OVERLOADED or slow:
-            if now - self._last_decrease >= self._round_trip_s:
-                self._cut(
-                    now,
-                    "overloaded (429/5xx/timeout)"
-                    if outcome is Outcome.OVERLOADED
-                    else "latency per token rose",
-                )
+            if tokens > 0:
+                per_token = latency_s / tokens
+                self._observe_latency(now, per_token)
+                reference = self._level.reference
+                ratio = per_token / reference if reference else None
+        if self._probe(now):
             return
-        if outcome is not Outcome.OK or self._probe(now):
-            return
-        if ratio is not None and ratio > HOLD_FACTOR:
-            # Queueing has begun: at capacity. Holding here is what keeps p95 near the uncongested one.
-            # (Slow start only pauses: noise at a small limit must not end it.)
-            return
-        if in_flight < self.limit / 2:
-            return
-        self._good_calls += 1
-        if self._good_calls >= self.limit:
-            self._good_calls = 0
-            if self.slow_start:
-                self._set(self.limit * 2, now, "slow start")
-            else:
-                self._set(self.limit + 1, now, "additive increase")
+        level = self._level
+        if now - latency_s < level.since + BURST_SHARE * self._round_trip_s:
+            return  # started under an earlier limit, or in the burst that filled this one
+        level.add(ratio, in_flight)
+        enough = level.calls >= max(LEVEL_MIN_CALLS, math.ceil(self.limit * LEVEL_SHARE))
+        clearly_slow = level.calls >= CUT_AFTER_CALLS and (level.ratio or 0.0) > SLOW_FACTOR
+        if enough or clearly_slow:
+            self._judge_level(now)
 
 
 @dataclass

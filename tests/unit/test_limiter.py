@@ -1,0 +1,253 @@
+"""The adaptive limiter on a fake clock: against a modelled provider (closed loop) and call by call."""
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from mge.concurrency.limiter import PROBE_AFTER_S, PROBE_FACTOR, AdaptiveLimiter, Outcome
+
+
+@dataclass
+class Provider:
+    """`capacity` concurrent calls at 1-1.05 s; past it latency grows with the calls in flight; 429 past
+    `reject_factor` x capacity.
+
+    The limiter keeps its limit in flight and hears of every call when it finishes, on a fake clock.
+    """
+
+    capacity: int
+    reject_factor: float = 1.5
+    now: float = 0.0
+    rejected: int = 0
+    slowest_s: float = 0.0
+    _random: random.Random = field(default_factory=lambda: random.Random(1))
+
+    def run(self, limiter: AdaptiveLimiter, seconds: float) -> None:
+        in_flight: list[tuple[float, int, bool, float]] = []  # (finish, seq, rejected, latency)
+        seq, until = 0, self.now + seconds
+        while self.now < until:
+            while len(in_flight) < limiter.limit:
+                if len(in_flight) >= self.reject_factor * self.capacity:
+                    latency, rejected = 0.05, True
+                else:
+                    load = max(1.0, (len(in_flight) + 1) / self.capacity)
+                    latency, rejected = (1.0 + 0.05 * self._random.random()) * load, False
+                seq += 1
+                heapq.heappush(in_flight, (self.now + latency, seq, rejected, latency))
+            self.now, _, rejected, latency = heapq.heappop(in_flight)
+            self.rejected += rejected
+            if not rejected:
+                self.slowest_s = max(self.slowest_s, latency)
+            outcome = Outcome.OVERLOADED if rejected else Outcome.OK
+            limiter.record(outcome, in_flight=len(in_flight) + 1, now=self.now, latency_s=latency, tokens=100)
+
+
+def _reasons(limiter: AdaptiveLimiter) -> list[str]:
+    return [adjustment.reason for adjustment in limiter.adjustments]
+
+
+def test_slow_start_doubles_while_small_then_grows_by_half_per_measured_limit():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+
+    Provider(capacity=1000).run(limiter, 14.0)
+
+    assert [a.new for a in limiter.adjustments][:6] == [4, 8, 12, 18, 27, 41]
+    assert set(_reasons(limiter)) == {"slow start"}
+
+
+def test_slow_start_ends_just_past_capacity_without_a_429():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    provider = Provider(capacity=16)
+
+    provider.run(limiter, 30.0)
+
+    # 2, 4, 8, 12 are uncongested; 18 queues (1.125x) and is brought to 1.05 x 18 / 1.125 = 17.
+    assert limiter.limit == 17
+    assert not limiter.slow_start
+    assert provider.rejected == 0
+    assert provider.slowest_s < 1.2 * 1.05 * 18 / 16
+
+
+def test_a_limit_is_judged_only_on_calls_that_started_under_it():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.slow_start = False
+    Provider(capacity=1000).run(limiter, 20.0)  # forms the baseline, grows a few steps
+    raised_at, limit = limiter.adjustments[-1].at, limiter.limit
+
+    for i in range(3 * limit):  # slow, but started before the last change: no verdict on the new limit
+        now = raised_at + 0.01 * (i + 1)
+        limiter.record(Outcome.OK, in_flight=limit, now=now, latency_s=now - raised_at + 0.5, tokens=100)
+
+    assert limiter.limit == limit
+
+
+def test_after_capacity_halves_the_limit_follows_within_a_few_round_trips_and_climbs_back_fast():
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    provider = Provider(capacity=40)
+    provider.run(limiter, 60.0)
+    before = limiter.limit
+    assert 40 <= before <= 44
+
+    provider.capacity = 20
+    provider.run(limiter, 8.0)  # about 5 round trips at the congested latency
+
+    assert 20 <= limiter.limit <= 22
+    assert any(reason.startswith("latency per token rose") for reason in _reasons(limiter))
+
+    provider.capacity = 40
+    provider.run(limiter, 6.0)
+
+    assert 40 <= limiter.limit <= 44
+    assert "latency flat again: back toward the limit before the cuts" in _reasons(limiter)
+
+
+def test_past_the_limit_before_the_last_cuts_growth_is_one_per_measured_limit():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.slow_start = False
+
+    Provider(capacity=1000).run(limiter, 10.0)
+
+    assert len(limiter.adjustments) >= 3
+    assert all(a.new == a.old + 1 and a.reason == "additive increase" for a in limiter.adjustments)
+
+
+def test_queueing_while_the_limit_is_not_used_brings_it_to_the_measured_capacity():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
+    limiter.slow_start = False
+    now = 0.0
+    for _ in range(
+        40
+    ):  # uncongested at 9 in flight: the baseline forms, the limit is not used enough to grow
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.05, tokens=5)
+    assert limiter.limit == 20
+
+    for _ in range(10):  # 9 in flight now queue at 1.1x: the provider serves 9 / 1.1 without queueing
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.055, tokens=5)
+
+    assert limiter.limit == 9  # ceil(1.05 x 9 / 1.1)
+    assert limiter.adjustments[-1].reason == "queueing began (1.10x): held at capacity"
+
+
+def test_first_overload_ends_slow_start_at_the_last_good_size_and_later_ones_cut_ten_percent():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
+
+    limiter.record(Outcome.OVERLOADED, in_flight=20, now=10.0)
+    for i in range(7):  # half the new limit of calls that started under it, no latency signal: +1
+        limiter.record(Outcome.OK, in_flight=13, now=11.0 + i * 0.1)
+    limiter.record(Outcome.OVERLOADED, in_flight=14, now=20.0)
+
+    assert limiter.limit == 12  # 20 -> 13 (20 / 1.5: slow start ends), +1 additively (not x1.5) -> 14, x0.9
+    assert _reasons(limiter) == [
+        "overloaded (429/5xx/timeout); slow start ends",
+        "additive increase",
+        "overloaded (429/5xx/timeout)",
+    ]
+
+
+def test_a_burst_of_429s_counts_as_one_decrease():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=30)
+    limiter.slow_start = False
+
+    for i in range(10):
+        limiter.record(Outcome.OVERLOADED, in_flight=30, now=5.0 + i * 0.1)
+
+    assert limiter.limit == 27
+
+
+def test_the_limit_only_grows_while_it_is_used():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=8)
+
+    for i in range(100):
+        limiter.record(Outcome.OK, in_flight=2, now=i * 0.1, latency_s=0.05, tokens=100)
+
+    assert limiter.limit == 8
+
+
+def test_a_lucky_fast_first_answer_neither_ends_slow_start_nor_cuts():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    limiter.record(Outcome.OK, in_flight=2, now=0.5, latency_s=0.5, tokens=100)
+    now = 0.5
+    for _ in range(60):  # the rest take twice as long per token: 1.33x the first provisional reference
+        now += 0.5
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=0.5, tokens=50)
+
+    assert limiter.baseline_s_per_token is not None
+    assert limiter.slow_start
+    assert all(a.new > a.old for a in limiter.adjustments)
+    assert limiter.limit >= 8
+
+
+def test_a_provider_congested_from_the_start_does_not_let_slow_start_run_away():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    # Congested from the second step on, long before the baseline has its calls, and never a 429.
+    provider = Provider(capacity=3, reject_factor=100)
+
+    provider.run(limiter, 60.0)
+
+    assert max(a.new for a in limiter.adjustments) <= 8
+    assert limiter.limit <= 5
+    assert not limiter.slow_start
+
+
+def test_latency_is_compared_per_output_token():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=10)
+    limiter.slow_start = False
+    now = 0.0
+    for _ in range(40):
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=0.05, tokens=100)
+    before = limiter.limit
+
+    for _ in range(50):  # twice as long answers, twice the latency: the same speed
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=0.1, tokens=200)
+
+    assert limiter.limit > before
+    assert all(a.new > a.old for a in limiter.adjustments)
+
+
+def test_a_long_hold_drains_briefly_to_re_measure_the_baseline_then_restores():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    provider = Provider(capacity=16)
+    provider.run(limiter, 20.0)
+    held = limiter.limit
+    assert held == 17  # just past capacity: every call is slightly queued
+
+    provider.run(limiter, 2 * PROBE_AFTER_S)
+
+    drains = [a for a in limiter.adjustments if a.reason == "draining briefly to re-measure the baseline"]
+    assert drains
+    assert all(a.new == int(a.old * PROBE_FACTOR) for a in drains)
+    assert "baseline re-measured; limit restored" in _reasons(limiter)
+    assert 16 <= limiter.limit <= 18
+    assert provider.rejected == 0
+
+
+def test_bounds_hold():
+    limiter = AdaptiveLimiter(minimum=2, maximum=4, initial=2)
+    Provider(capacity=1000).run(limiter, 10.0)
+    assert limiter.limit == 4
+    for i in range(50):
+        limiter.record(Outcome.OVERLOADED, in_flight=4, now=100.0 + i * 10.0)
+    assert limiter.limit == 2
+
+
+def test_invalid_bounds_are_rejected_naming_them():
+    with pytest.raises(ValueError, match=r"minimum \(5\) <= initial \(2\)"):
+        AdaptiveLimiter(minimum=5, maximum=10, initial=2)
+
+
+def test_slow_first_calls_do_not_hide_the_first_queueing():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    for i in range(3):  # the first calls also open connections: three times as slow
+        limiter.record(Outcome.OK, in_flight=2, now=3.0 + i * 0.1, latency_s=3.0, tokens=100)
+    provider = Provider(capacity=16, now=3.5)
+
+    provider.run(limiter, 30.0)
+
+    assert limiter.limit == 17
+    assert provider.rejected == 0

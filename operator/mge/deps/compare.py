@@ -1,6 +1,6 @@
 """Declared atom dependencies against the analyzed file graph, and an analyzed graph against ground truth."""
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mge.deps.graph import DependencyGraph, Edge, EdgeKind, Unresolved
@@ -36,7 +36,8 @@ class PlanCheck:
         return not self.missing
 
 
-def _closure(start: str, edges: Mapping[str, set[str]]) -> set[str]:
+def reachable(start: str, edges: Mapping[str, Collection[str]]) -> set[str]:
+    """Everything `start` reaches through `edges` (not `start` itself unless on a cycle)."""
     seen: set[str] = set()
     todo = [start]
     while todo:
@@ -62,7 +63,7 @@ def check_plan(atoms: Iterable[tuple[str, str, Sequence[str]]], graph: Dependenc
         atoms_of.setdefault(file, set()).add(atom)
         declared.setdefault(atom, set()).update(depends_on)
         files_of.setdefault(atom, set()).add(file)
-    reach = {atom: _closure(atom, declared) for atom in declared}
+    reach = {atom: reachable(atom, declared) for atom in declared}
     file_edges: dict[str, set[str]] = {}
     for edge in graph.edges:
         file_edges.setdefault(edge.source, set()).add(edge.target)
@@ -82,7 +83,7 @@ def check_plan(atoms: Iterable[tuple[str, str, Sequence[str]]], graph: Dependenc
                     reported.add((atom, needs))
                     result.missing.append(AtomEdge(atom, needs, edge))
     for atom, needs_all in sorted(declared.items()):
-        reachable_files = set().union(*(_closure(f, file_edges) for f in files_of[atom]))
+        reachable_files = set().union(*(reachable(f, file_edges) for f in files_of[atom]))
         for needs in sorted(needs_all):
             if needs in files_of and not (files_of[needs] & (reachable_files | files_of[atom])):
                 result.extra.append(AtomEdge(atom, needs))

@@ -3,7 +3,7 @@
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mge.deps.compare import AtomEdge, PlanCheck
+from mge.deps.compare import AtomEdge, PlanCheck, reachable
 from mge.models.conditions import ConditionStatus, ConditionType, Reason
 from mge.models.masterplan import (
     MAX_DEPENDENCIES_PER_ATOM,
@@ -30,19 +30,6 @@ class DependenciesDecision:
     circular: list[AtomEdge] = field(default_factory=list)
 
 
-def _reaches(start: str, goal: str, edges: Mapping[str, Collection[str]]) -> bool:
-    seen, todo = {start}, [start]
-    while todo:
-        current = todo.pop()
-        if current == goal:
-            return True
-        for nxt in edges.get(current, ()):
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return False
-
-
 def _acyclic_additions(
     wanted: Sequence[tuple[str, str]], declared: Mapping[str, Collection[str]]
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -50,7 +37,7 @@ def _acyclic_additions(
     graph = {atom: set(needs) for atom, needs in declared.items()}
     accepted, cyclic = [], []
     for atom, needs in wanted:
-        if _reaches(needs, atom, graph):
+        if needs == atom or atom in reachable(needs, graph):
             cyclic.append((atom, needs))
         else:
             graph.setdefault(atom, set()).add(needs)
@@ -68,7 +55,8 @@ def decide_dependencies(
     additions: dict[str, list[str]] = {}
     for atom, needs in accepted:
         additions.setdefault(atom, []).append(needs)
-    circular = [edge for edge in check.missing if (edge.atom, edge.needs) in set(cyclic)]
+    cyclic_pairs = set(cyclic)
+    circular = [edge for edge in check.missing if (edge.atom, edge.needs) in cyclic_pairs]
     unresolved = (
         f" {len(check.unresolved)} imports could not be tied to a file (see status.dependencies.unresolvedImports)."
         if check.unresolved

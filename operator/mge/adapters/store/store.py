@@ -83,9 +83,8 @@ class AtomOutput:
 class GeneratedCode:
     generation: int  # the Masterplan generation the atoms were registered for
     active: bool  # atoms are ready or running: the run has not ended
-    atoms: list[
-        tuple[str, str, list[str]]
-    ]  # (atom id, file, dependsOn as registered, learned edges included)
+    # (atom id, file, dependsOn as registered, learned edges included)
+    atoms: list[tuple[str, str, list[str]]]
     outputs: list[tuple[str, str]]  # (file, content) of the succeeded atoms
 
 

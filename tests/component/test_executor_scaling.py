@@ -2,6 +2,7 @@
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -326,20 +327,25 @@ async def _resize(client, replicas: int) -> None:
     assert response.status_code == 200, response.text
 
 
-async def test_scale_down_removes_only_idle_executors_and_ranks_their_pods_first(pg):
-    held = {"mge-executor-a": 2, "mge-executor-b": 0, "mge-executor-c": 0, "mge-executor-d": 1}
+async def _scale_down_from(pg: str, replicas: int, held: dict[str, int]) -> tuple[Any, list, list]:
+    """One scaler pass over `replicas` executor pods holding `held` atoms: (decision, pods, deployments)."""
     async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
         kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
         try:
             await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)  # creates it at 0
-            await _resize(client, 4)
+            await _resize(client, replicas)
             await _executor_pods(api, client, held, pg)
             decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
         finally:
             await store.close()
             kube.close()
-        pods = {p["metadata"]["name"]: p["metadata"]["annotations"] for p in api.objects_of("pods", "ops")}
-        (deployment,) = api.objects_of("deployments", "ops")
+        return decision, api.objects_of("pods", "ops"), api.objects_of("deployments", "ops")
+
+
+async def test_scale_down_removes_only_idle_executors_and_ranks_their_pods_first(pg):
+    held = {"mge-executor-a": 2, "mge-executor-b": 0, "mge-executor-c": 0, "mge-executor-d": 1}
+    decision, pod_list, (deployment,) = await _scale_down_from(pg, 4, held)
+    pods = {p["metadata"]["name"]: p["metadata"]["annotations"] for p in pod_list}
 
     assert decision.replicas == 3  # 25% of 4; 2 executors are idle
     assert deployment["spec"]["replicas"] == 3
@@ -349,17 +355,7 @@ async def test_scale_down_removes_only_idle_executors_and_ranks_their_pods_first
 
 async def test_scale_down_holds_while_every_executor_holds_atoms(pg):
     held = {"mge-executor-a": 2, "mge-executor-b": 1}
-    async with fake_cluster() as api, httpx.AsyncClient(base_url=str(api.url)) as client:
-        kube, store = Kube(load_client_configuration(str(api.url))), LazyStore(pg)
-        try:
-            await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
-            await _resize(client, 2)
-            await _executor_pods(api, client, held, pg)
-            decision = await sync_executors_once(kube, store, "ops", SETTINGS, _policy(), now=0)
-        finally:
-            await store.close()
-            kube.close()
-        pods = api.objects_of("pods", "ops")
+    decision, pods, _ = await _scale_down_from(pg, 2, held)
 
     assert (decision.replicas, decision.reason) == (
         2,

@@ -151,7 +151,8 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
     """Keep `limiter.limit` calls in flight against the simulated provider; report every outcome back."""
     rnd = random.Random(seed)
     now, in_flight, result = 0.0, 0, Result()
-    events: list[tuple[float, int, bool, float]] = []  # (finish time, seq, overloaded, latency)
+    # (finish time, seq, overloaded, latency, calls in flight when it started)
+    events: list[tuple[float, int, bool, float, int]] = []
     seq = 0
     while now < scenario.duration_s:
         while in_flight < limiter.limit:
@@ -164,8 +165,8 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
                 latency, overloaded = base * load, False
             in_flight += 1
             seq += 1
-            heapq.heappush(events, (now + latency, seq, overloaded, latency))
-        finish, _, overloaded, latency = heapq.heappop(events)
+            heapq.heappush(events, (now + latency, seq, overloaded, latency, in_flight))
+        finish, _, overloaded, latency, started_with = heapq.heappop(events)
         now = finish
         if overloaded:
             result.rejected += 1
@@ -173,7 +174,9 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
             result.completed += 1
             result.latencies.append(latency)
         outcome = Outcome.OVERLOADED if overloaded else Outcome.OK
-        limiter.record(outcome, in_flight=in_flight, now=now, latency_s=latency, tokens=400)
+        limiter.record(
+            outcome, in_flight=in_flight, now=now, latency_s=latency, tokens=400, started_with=started_with
+        )
         in_flight -= 1
         result.limits.append((now, limiter.limit))
     return result
@@ -195,12 +198,26 @@ class _Observed:
         return self.policy.adjustments
 
     def record(
-        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+        self,
+        outcome: Outcome,
+        *,
+        in_flight: int,
+        now: float,
+        latency_s: float = 0.0,
+        tokens: int = 0,
+        started_with: int | None = None,
     ) -> None:
         if outcome is Outcome.OK:
             self.result.client_latencies.append(latency_s)
         before = self.policy.limit
-        self.policy.record(outcome, in_flight=in_flight, now=now, latency_s=latency_s, tokens=tokens)
+        self.policy.record(
+            outcome,
+            in_flight=in_flight,
+            now=now,
+            latency_s=latency_s,
+            tokens=tokens,
+            started_with=started_with,
+        )
         if self.policy.limit != before:
             reason = self.policy.adjustments[-1].reason if self.policy.adjustments else ""
             self.result.changes.append(Adjustment(now - self.started, before, self.policy.limit, reason))
@@ -251,7 +268,14 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
             llm,
             validator,
             DEFAULT_PRICES,
-            ExecutorConfig("bench", concurrency=concurrency, idle_poll_s=0.05, shutdown_grace_s=1.0),
+            ExecutorConfig(
+                "bench",
+                concurrency=concurrency,
+                idle_poll_s=0.05,
+                shutdown_grace_s=1.0,
+                # The plan ramp's step is time-scaled like the calls: 2 s against 3 s calls in production.
+                plan_ramp_step_s=ExecutorConfig.plan_ramp_step_s * scenario.period_s / 30,
+            ),
         )
         observed = _Observed(limiter, result)
         executor.gate.limiter = observed

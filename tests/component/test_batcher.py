@@ -5,11 +5,11 @@ import asyncio
 import pytest
 
 from mge.adapters import metrics
-from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
+from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM, retries_reported_to
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
 from mge.generation.prompt import SYSTEM_PROMPT
 from tests.support.batch_answers import batch_responder
-from tests.support.fake_llm import FakeLLM
+from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
 
@@ -166,3 +166,27 @@ async def test_calls_with_different_sampling_never_share_a_request():
 
     assert server.stats.requests == 2
     assert server.stats.calls_per_atom == {"a0": 1, "a1": 1}
+
+
+async def test_a_retry_of_the_batch_is_reported_to_the_item_whose_answer_carries_it():
+    server = await _server()
+    server.inject(Fault(429, retry_after=0.01))
+    llm = OpenAICompatibleLLM(server.url, "k", backoff_base_s=0.01, backoff_cap_s=0.05)
+    batcher = RequestBatcher(llm.complete, BatchConfig(max_batch=3, window_s=5.0))
+    heard: dict[str, list[str]] = {atom: [] for atom in ATOMS[:3]}
+
+    async def submit(atom: str):
+        # The third submitter fills the batch, so the batch is sent from a task started in its context.
+        with retries_reported_to(heard[atom].append):
+            return await batcher.submit(_request(atom))
+
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(submit(a) for a in ATOMS[:3])), 5)
+    finally:
+        await batcher.close()
+        await llm.close()
+        await server.stop()
+
+    assert server.stats.requests == 2  # the 429, then the batch again
+    assert [len(a.retried_errors) for a in answers] == [1, 0, 0]
+    assert [len(heard[atom]) for atom in ATOMS[:3]] == [1, 0, 0]

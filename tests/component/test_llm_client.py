@@ -1,10 +1,14 @@
-"""The OpenAI-compatible client against a real HTTP server: retries, Retry-After, usage, hard failures."""
+"""The OpenAI-compatible client against a real HTTP server: retries, Retry-After, usage, hard failures, and
+the concurrency gate hearing of retries as they happen."""
 
 import time
+from collections import deque
 
 import pytest
 
 from mge.adapters.llm import ChatRequest, LLMError, OpenAICompatibleLLM
+from mge.concurrency.limiter import Adjustment, Outcome
+from mge.executor.gate import CallGate
 from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
@@ -142,3 +146,31 @@ async def test_a_trace_id_that_is_not_a_uuid_still_gets_a_valid_traceparent(serv
     (header,) = server.stats.traceparents
     assert len(header.split("-")[1]) == 32
     assert header.split("-")[1] != "0" * 32
+
+
+class _RecordingLimiter:
+    """Keeps every outcome the gate reports, with the time; the limit never moves."""
+
+    def __init__(self) -> None:
+        self.limit = 4
+        self.adjustments: deque[Adjustment] = deque()
+        self.outcomes: list[tuple[Outcome, float]] = []
+
+    def record(self, outcome, *, in_flight, now, latency_s=0.0, tokens=0, started_with=None) -> None:
+        self.outcomes.append((outcome, now))
+
+
+async def test_the_gate_hears_of_a_429_while_the_call_is_still_retrying(server):
+    server.inject(Fault(429, retry_after=0.3))
+    client = _client(server, backoff_cap_s=1.0)
+    limiter = _RecordingLimiter()
+    gate = CallGate(limiter, "retry-test", queue_size=4, timeout_s=5.0)
+    try:
+        await gate.complete(lambda: client.complete(REQUEST), plan="p", critical_path=1, plan_priority=0)
+        ended = time.monotonic()
+    finally:
+        await client.close()
+
+    assert [outcome for outcome, _ in limiter.outcomes] == [Outcome.OVERLOADED, Outcome.OK]  # once each
+    overloaded_at = limiter.outcomes[0][1]
+    assert ended - overloaded_at >= 0.3  # heard before the Retry-After wait, not when the call ended

@@ -1,6 +1,7 @@
 """The adaptive limiter on a fake clock: against a modelled provider (closed loop) and call by call."""
 
 import heapq
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -14,7 +15,8 @@ class Provider:
     """`capacity` concurrent calls at 1-1.05 s; past it latency grows with the calls in flight; 429 past
     `reject_factor` x capacity.
 
-    The limiter keeps its limit in flight and hears of every call when it finishes, on a fake clock.
+    The limiter keeps its limit in flight and hears of every call when it finishes (with the calls in
+    flight when it started), on a fake clock.
     """
 
     capacity: int
@@ -25,7 +27,7 @@ class Provider:
     _random: random.Random = field(default_factory=lambda: random.Random(1))
 
     def run(self, limiter: AdaptiveLimiter, seconds: float) -> None:
-        in_flight: list[tuple[float, int, bool, float]] = []  # (finish, seq, rejected, latency)
+        in_flight: list[tuple[float, int, bool, float, int]] = []  # (finish, seq, rejected, latency, started)
         seq, until = 0, self.now + seconds
         while self.now < until:
             while len(in_flight) < limiter.limit:
@@ -35,26 +37,38 @@ class Provider:
                     load = max(1.0, (len(in_flight) + 1) / self.capacity)
                     latency, rejected = (1.0 + 0.05 * self._random.random()) * load, False
                 seq += 1
-                heapq.heappush(in_flight, (self.now + latency, seq, rejected, latency))
-            self.now, _, rejected, latency = heapq.heappop(in_flight)
+                heapq.heappush(in_flight, (self.now + latency, seq, rejected, latency, len(in_flight) + 1))
+            self.now, _, rejected, latency, started_with = heapq.heappop(in_flight)
             self.rejected += rejected
             if not rejected:
                 self.slowest_s = max(self.slowest_s, latency)
             outcome = Outcome.OVERLOADED if rejected else Outcome.OK
-            limiter.record(outcome, in_flight=len(in_flight) + 1, now=self.now, latency_s=latency, tokens=100)
+            limiter.record(
+                outcome,
+                in_flight=len(in_flight) + 1,
+                now=self.now,
+                latency_s=latency,
+                tokens=100,
+                started_with=started_with,
+            )
 
 
 def _reasons(limiter: AdaptiveLimiter) -> list[str]:
     return [adjustment.reason for adjustment in limiter.adjustments]
 
 
-def test_slow_start_doubles_while_small_then_grows_by_half_per_measured_limit():
+def test_slow_start_doubles_each_round_trip_while_small_then_grows_by_half():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
 
     Provider(capacity=1000).run(limiter, 14.0)
 
-    assert [a.new for a in limiter.adjustments][:6] == [4, 8, 12, 18, 27, 41]
+    steps = list(limiter.adjustments)[:6]
+    assert [a.new for a in steps] == [4, 8, 12, 18, 27, 41]
+    # One step per round trip (1-1.05 s): the calls that answer are those that started one round trip ago.
+    assert all(later.at - earlier.at < 1.1 for earlier, later in itertools.pairwise(steps))
     assert set(_reasons(limiter)) == {"slow start"}
+    assert limiter.limit == 64
+    assert not limiter.slow_start  # at the maximum: nothing left to start into
 
 
 def test_slow_start_ends_just_past_capacity_without_a_429():
@@ -63,11 +77,16 @@ def test_slow_start_ends_just_past_capacity_without_a_429():
 
     provider.run(limiter, 30.0)
 
-    # 2, 4, 8, 12 are uncongested; 18 queues (1.125x) and is brought to 1.05 x 18 / 1.125 = 17.
+    # 16 in flight answer uncongested, so the limit goes to 1.5 x 16 = 24, the most the provider accepts; the
+    # first calls that started with 17, 18 and 19 in flight queue and bring it to their capacity, 18, which
+    # the next measured limit holds at 1.05 x 18 / 1.125 = 17.
+    assert [a.new for a in limiter.adjustments][-3:] == [24, 18, 17]
     assert limiter.limit == 17
     assert not limiter.slow_start
     assert provider.rejected == 0
-    assert provider.slowest_s < 1.2 * 1.05 * 18 / 16
+    above = [(a.at, b.at) for a, b in itertools.pairwise(limiter.adjustments) if a.new > 20]
+    assert sum(until - since for since, until in above) < 0.5  # less than half a round trip past 1.25 C
+    assert provider.slowest_s < 1.5 * 1.05
 
 
 def test_a_limit_is_judged_only_on_calls_that_started_under_it():
@@ -176,9 +195,8 @@ def test_a_lucky_fast_first_answer_neither_ends_slow_start_nor_cuts():
         limiter.record(Outcome.OK, in_flight=limiter.limit, now=now, latency_s=0.5, tokens=50)
 
     assert limiter.baseline_s_per_token is not None
-    assert limiter.slow_start
     assert all(a.new > a.old for a in limiter.adjustments)
-    assert limiter.limit >= 8
+    assert limiter.limit == 64
 
 
 def test_a_provider_congested_from_the_start_does_not_let_slow_start_run_away():
@@ -251,3 +269,44 @@ def test_slow_first_calls_do_not_hide_the_first_queueing():
 
     assert limiter.limit == 17
     assert provider.rejected == 0
+
+
+def test_in_slow_start_a_429_goes_back_to_the_most_calls_answered_uncongested():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    for started_with in range(1, 11):
+        limiter.record(
+            Outcome.OK, in_flight=10, now=1.0, latency_s=1.0, tokens=100, started_with=started_with
+        )
+    assert limiter.limit == 15  # 1.5 x 10
+
+    limiter.record(Outcome.OVERLOADED, in_flight=15, now=1.5, started_with=15)
+
+    assert limiter.limit == 10
+    assert not limiter.slow_start
+
+
+def test_a_queued_answer_outdone_by_an_uncongested_one_with_more_in_flight_is_noise():
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=2)
+    now = 0.0
+    for started_with in range(1, 9):  # the reference forms; the limit doubles up to 8, then 1.5 x 8
+        now += 0.01
+        limiter.record(Outcome.OK, in_flight=8, now=now, latency_s=1.0, tokens=100, started_with=started_with)
+    assert limiter.limit == 12
+
+    for started_with in (
+        9,
+        10,
+        11,
+        12,
+    ):  # two slow ones, then faster ones with more in flight, then slow again
+        now += 0.01
+        latency = 1.2 if started_with in (9, 10) else 1.0
+        limiter.record(
+            Outcome.OK, in_flight=12, now=now, latency_s=latency, tokens=100, started_with=started_with
+        )
+    now += 0.01
+    limiter.record(Outcome.OK, in_flight=18, now=now, latency_s=1.2, tokens=100, started_with=13)
+
+    assert limiter.slow_start
+    assert limiter.limit == 18  # 1.5 x 12; the slow answers at 9 and 10 do not count against 13
+    assert all(a.new > a.old for a in limiter.adjustments)

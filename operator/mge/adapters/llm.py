@@ -1,9 +1,11 @@
 """LLM clients: any OpenAI-compatible chat endpoint over HTTP, and the offline replay of recorded answers."""
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -19,6 +21,20 @@ RETRYABLE_STATUS: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
 TRACE_HEADER: Final = "X-MGE-Trace-Id"
 ATOM_HEADER: Final = "X-MGE-Atom"
 ATTEMPT_HEADER: Final = "X-MGE-Attempt"
+# Told of each failed attempt that is about to be retried, as it happens: the caller that holds a
+# concurrency slot for the call sets it, so its limiter hears of a 429 during the backoff, not only once a
+# retried call has ended (the failures still come back in `Completion.retried_errors` as well).
+RETRY_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("mge_llm_retry_listener", default=None)
+
+
+@contextlib.contextmanager
+def retries_reported_to(listener: Callable[[str], None] | None) -> Iterator[None]:
+    """Within this block, LLM calls tell `listener` of each failed attempt they retry."""
+    token = RETRY_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        RETRY_LISTENER.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +166,9 @@ class OpenAICompatibleLLM:
                         return await self._call_once(request, tuple(seen))
                     except _Retryable as error:
                         seen.append(str(error))
+                        listener = RETRY_LISTENER.get()
+                        if listener is not None and len(seen) < self._max_attempts:
+                            listener(str(error))
                         raise
         except _Retryable as error:
             raise LLMError(

@@ -17,7 +17,7 @@ from typing import Final
 
 from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache
-from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError
+from mge.adapters.llm import LLM, RETRY_LISTENER, ChatRequest, Completion, LLMError, retries_reported_to
 from mge.adapters.tokenizer import count_tokens
 from mge.cache.batching import (
     DEFAULT_MAX_BATCH,
@@ -78,6 +78,9 @@ class BatchStats:
 class _Pending:
     request: ChatRequest
     item: BatchItem
+    # Whom the submitter's retries are reported to: the batch is sent from another task, and a retry must
+    # reach the limiter of the call whose completion carries it (the first item, or the item sent alone).
+    retry_listener: Callable[[str], None] | None = field(default_factory=RETRY_LISTENER.get)
     answer: asyncio.Future[Completion] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -152,7 +155,8 @@ class RequestBatcher:
             masterplan_id=first.masterplan_id,
         )
         try:
-            combined = await self._send(batch)
+            with retries_reported_to(items[0].retry_listener):
+                combined = await self._send(batch)
         except LLMError as error:
             log.warning("batch of %d failed, sending each alone: %s", len(items), error)
             self.stats.fallbacks += len(items)
@@ -210,7 +214,8 @@ class RequestBatcher:
         """Send one item by itself: alone in its window, or again after its batch answer lacked it."""
         metrics.BATCH_REQUESTS.labels(outcome).inc()
         try:
-            single = await self._send(pending.request)
+            with retries_reported_to(pending.retry_listener):
+                single = await self._send(pending.request)
         except BaseException as error:  # handed to the atom's own task, which decides what it means
             if not pending.answer.done():
                 pending.answer.set_exception(error)

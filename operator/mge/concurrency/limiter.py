@@ -29,11 +29,15 @@ LEVEL_MIN_CALLS: Final = 2
 # load and come back fast, so a limit judged on them looks uncongested (enough for slow start to step from
 # 1.1x to 1.7x capacity). Calls that started within this share of a round trip after the change are skipped.
 BURST_SHARE: Final = 0.1
-# Congestion is acted on sooner than room: this many calls clearly too slow are enough for a cut.
+# Congestion is acted on sooner than room: this many calls clearly too slow are enough for a cut (and, in
+# slow start, this many queued calls that started with more in flight than any uncongested one).
 CUT_AFTER_CALLS: Final = 3
-# Slow start doubles while the limit is small, then grows by half per measured limit: the step that
-# crosses the provider's capacity overshoots it by at most 1.5x (doubling would reach 2x, and providers
-# that queue up to some point refuse past it).
+# Slow start grows on every answer, TCP-style, not once per measured limit (two round trips each, since a
+# limit is judged on calls that started after it): the limit may go to twice the most calls in flight that
+# were answered uncongested while that is small, and to 1.5 times it beyond, so one round trip doubles it
+# and the step that crosses the provider's capacity overshoots it by at most 1.5x (providers that queue up
+# to some point refuse past it). "Uncongested" is strict here (at most ROOM_FACTOR): a call just past
+# capacity is only a little slower, and taking it as room is what would overshoot.
 SLOW_START_DOUBLING_UP_TO: Final = 8
 SLOW_START_FACTOR: Final = 1.5
 # The limit grows only while the executor keeps all of it in flight, give or take this many calls (TCP's
@@ -83,7 +87,14 @@ class CallLimiter(Protocol):
     def adjustments(self) -> deque[Adjustment]: ...
 
     def record(
-        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+        self,
+        outcome: Outcome,
+        *,
+        in_flight: int,
+        now: float,
+        latency_s: float = 0.0,
+        tokens: int = 0,
+        started_with: int | None = None,
     ) -> None: ...
 
 
@@ -125,7 +136,10 @@ class _Level:
 class AdaptiveLimiter:
     """Slow start, then +1 per measured limit; held where queueing begins, cut to the measured capacity.
 
-    Each limit is judged on the calls that started under it. Their latency per token over the baseline
+    Slow start grows on each answer, to twice (1.5 times past 8) the most calls in flight that were answered
+    uncongested, and ends on the first calls that queue with more in flight than that, at the capacity they
+    measure. After cuts, when the provider has room again, it slow-starts back to the limit it had before.
+    After slow start each limit is judged on the calls that started under it. Their latency per token over the baseline
     (`r`) and the calls in flight (`n`) give the provider's capacity by Little's law: past capacity the
     latency grows with the calls in flight, so `n / r` is what it serves without queueing. Below 1.05 the
     limit grows (halfway back per step to where it was before the last cuts, when the provider clearly has
@@ -149,6 +163,11 @@ class AdaptiveLimiter:
     _samples: int = field(init=False, default=0)
     _round_trip_s: float = field(init=False, default=MAX_COOLDOWN_S)
     _level: _Level = field(init=False, default_factory=lambda: _Level(float("-inf")))
+    # Slow start: where it stops (the maximum, or the limit before the last cuts when climbing back), the
+    # most calls in flight answered uncongested, and the queued calls that started with more than that.
+    _slow_start_to: int = field(init=False, default=0)
+    _verified: int = field(init=False, default=0)
+    _queued: list[tuple[int, float]] = field(init=False, default_factory=list)
     # The limit before the latest run of cuts for congestion: when the provider has room again, growth
     # climbs back to it fast. Holding at capacity after the cuts (capacity is lower now) keeps it.
     _recover_to: int = field(init=False, default=0)
@@ -165,6 +184,7 @@ class AdaptiveLimiter:
                 f"need 1 <= minimum ({self.minimum}) <= initial ({self.initial}) <= maximum ({self.maximum})"
             )
         self.limit = self.initial
+        self._slow_start_to = self.maximum
 
     @property
     def baseline_s_per_token(self) -> float | None:
@@ -239,10 +259,10 @@ class AdaptiveLimiter:
             return
         reason = "overloaded (429/5xx/timeout)"
         if self.slow_start:
-            # Slow start's last step overshot: go back to the last size that was good.
-            doubled = self.limit <= SLOW_START_DOUBLING_UP_TO
-            previous = self.limit // 2 if doubled else int(self.limit / SLOW_START_FACTOR)
-            self._decrease(previous, now, f"{reason}; slow start ends")
+            # Slow start overshot: go back to the most calls in flight that were answered uncongested (before
+            # any answer, to the limit before the last growth step).
+            previous = self._verified or math.floor(self.limit / SLOW_START_FACTOR)
+            self._decrease(min(self.limit - 1, previous), now, f"{reason}; slow start ends")
         else:
             self._decrease(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
 
@@ -264,17 +284,58 @@ class AdaptiveLimiter:
 
     def _grow(self, now: float, ratio: float | None) -> None:
         self._cutting = False
-        if self.slow_start:
-            factor = 2 if self.limit < SLOW_START_DOUBLING_UP_TO else SLOW_START_FACTOR
-            self._set(max(self.limit + 1, math.ceil(self.limit * factor)), now, "slow start")
-        elif self.limit < self._recover_to and (ratio is None or ratio <= ROOM_FACTOR):
-            # Capacity came back (it was there before the last cuts): halve the distance per measured limit.
-            step = math.ceil((self._recover_to - self.limit) / 2)
-            self._set(self.limit + step, now, "latency flat again: back toward the limit before the cuts")
-            if self.limit >= self._recover_to:
-                self._recover_to = 0
+        if self.limit < self._recover_to and (ratio is None or ratio <= ROOM_FACTOR):
+            # Capacity came back (it was there before the last cuts): slow start back up to it.
+            self.slow_start, self._slow_start_to = True, self._recover_to
+            self._verified, self._queued = math.floor(self._level.mean_in_flight), []
+            self._recover_to = 0
+            self._slow_start_step(now)
         else:
             self._set(self.limit + 1, now, "additive increase")
+
+    def _slow_start_step(self, now: float) -> None:
+        target = max(
+            min(2 * self._verified, SLOW_START_DOUBLING_UP_TO), math.ceil(SLOW_START_FACTOR * self._verified)
+        )
+        target = min(target, self._slow_start_to)
+        if target > self.limit:
+            climbing_back = self._slow_start_to < self.maximum
+            reason = (
+                "latency flat again: back toward the limit before the cuts" if climbing_back else "slow start"
+            )
+            self._set(target, now, reason)
+        if self.limit >= self._slow_start_to:
+            self.slow_start = False
+            self._new_level(now)
+
+    def _slow_start_answer(self, now: float, ratio: float, started_with: int) -> None:
+        """Slow start, call by call: an uncongested answer raises the limit, queued ones end slow start."""
+        if ratio <= ROOM_FACTOR:
+            self._verified = max(self._verified, started_with)
+            # Queued calls that started with fewer in flight than this one were noise, not capacity.
+            self._queued = [(n, r) for n, r in self._queued if n > started_with]
+            self._slow_start_step(now)
+            return
+        if ratio <= HOLD_FACTOR or started_with <= self._verified:
+            return  # neither room nor news: that many in flight answered uncongested before
+        self._queued.append((started_with, ratio))
+        if len(self._queued) < CUT_AFTER_CALLS:
+            return
+        in_flight = statistics.fmean(n for n, _ in self._queued)
+        mean_ratio = statistics.fmean(r for _, r in self._queued)
+        at_capacity = math.ceil(in_flight / mean_ratio * HOLD_FACTOR)
+        self._queued = []
+        if at_capacity >= self.limit:
+            self.slow_start = False
+            self._new_level(now)
+            return
+        cause = "latency per token rose" if mean_ratio > SLOW_FACTOR else "queueing began"
+        self._decrease(
+            max(math.ceil(self.limit / 2), at_capacity),
+            now,
+            f"{cause} ({mean_ratio:.2f}x): held at capacity; slow start ends",
+            congestion=False,
+        )
 
     def _judge_level(self, now: float) -> None:
         """Decide on the limit from the calls that started under it."""
@@ -289,28 +350,34 @@ class AdaptiveLimiter:
             return
         if level.provisional and (ratio <= SLOW_FACTOR or not self._suspect_rise):
             # Measured against a provisional reference (a few small-limit calls, one of them perhaps a lucky
-            # fast answer): noise must not end slow start. Only a clear rise, twice in a row, does.
+            # fast answer): noise must not cut the limit. Only a clear rise, twice in a row, does.
             self._suspect_rise = ratio > SLOW_FACTOR
             self._new_level(now)
             return
         self._suspect_rise = False
         # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing.
         at_capacity = math.ceil(level.mean_in_flight / ratio * HOLD_FACTOR)
-        ended = "; slow start ends" if self.slow_start else ""
         if ratio > SLOW_FACTOR:
             new = max(math.ceil(self.limit / 2), min(self.limit - 1, at_capacity))
-            self._decrease(new, now, f"latency per token rose ({ratio:.2f}x){ended}")
+            self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")
         elif at_capacity < self.limit:
-            reason = f"queueing began ({ratio:.2f}x): held at capacity{ended}"
+            reason = f"queueing began ({ratio:.2f}x): held at capacity"
             self._decrease(at_capacity, now, reason, congestion=False)
         else:
-            self.slow_start = False
             self._new_level(now)  # at capacity already: hold, and judge the limit again
 
     def record(
-        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+        self,
+        outcome: Outcome,
+        *,
+        in_flight: int,
+        now: float,
+        latency_s: float = 0.0,
+        tokens: int = 0,
+        started_with: int | None = None,
     ) -> None:
-        """One finished call: `in_flight` counts the calls still running when it finished, itself included."""
+        """One finished call: `in_flight` counts the calls still running when it finished, itself included;
+        `started_with` those running when it started (unknown: `in_flight`)."""
         if outcome is Outcome.OVERLOADED:
             self._overloaded(now)
             return
@@ -326,6 +393,13 @@ class AdaptiveLimiter:
                 reference = self._level.reference
                 ratio = per_token / reference if reference else None
         if self._probe(now):
+            return
+        if self.slow_start:
+            # Against the reference of the moment (the median of the first calls, then the baseline): slow
+            # start steps faster than a limit's fixed reference could follow. No latency signal, no brake.
+            reference = self.baseline_s_per_token or self._steady
+            current = latency_s / tokens / reference if reference and latency_s > 0 and tokens > 0 else 1.0
+            self._slow_start_answer(now, current, in_flight if started_with is None else started_with)
             return
         level = self._level
         if now - latency_s < level.since + BURST_SHARE * self._round_trip_s:
@@ -345,7 +419,14 @@ class FixedLimiter:
     adjustments: deque[Adjustment] = field(default_factory=_adjustment_log)
 
     def record(
-        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+        self,
+        outcome: Outcome,
+        *,
+        in_flight: int,
+        now: float,
+        latency_s: float = 0.0,
+        tokens: int = 0,
+        started_with: int | None = None,
     ) -> None:
         return None
 
@@ -369,7 +450,14 @@ class SeedRuleLimiter:
     _next: float | None = None
 
     def record(
-        self, outcome: Outcome, *, in_flight: int, now: float, latency_s: float = 0.0, tokens: int = 0
+        self,
+        outcome: Outcome,
+        *,
+        in_flight: int,
+        now: float,
+        latency_s: float = 0.0,
+        tokens: int = 0,
+        started_with: int | None = None,
     ) -> None:
         self._window.append(float("inf") if outcome is Outcome.OVERLOADED else latency_s)
         self._busiest = max(self._busiest, in_flight)

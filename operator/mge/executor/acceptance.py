@@ -1,6 +1,7 @@
 """Acceptance tests of a plan: generation through the LLM, runs per wave in the sandbox, Gate S and the score."""
 
 import asyncio
+import functools
 import logging
 import shutil
 import tempfile
@@ -187,13 +188,12 @@ class TestGenerator:
                 return None, "hard budget cap reached before the test could be generated", attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0
             try:
-                async with self.gate.slot(plan=str(plan_id), critical_path=1, plan_priority=0):
-                    try:
-                        completion = await self.llm.complete(request)
-                    except LLMError as failure:
-                        self.gate.record(None, str(failure))
-                        raise
-                    self.gate.record(completion)
+                completion = await self.gate.complete(
+                    functools.partial(self.llm.complete, request),
+                    plan=str(plan_id),
+                    critical_path=1,
+                    plan_priority=0,
+                )
                 prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
                 cached_tokens = completion.cached_prompt_tokens
                 test = accept_generated_test(requirement, language, completion.content)

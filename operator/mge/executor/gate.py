@@ -3,11 +3,11 @@
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mge.adapters import metrics
-from mge.adapters.llm import Completion
+from mge.adapters.llm import Completion, LLMError, retries_reported_to
 from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
 from mge.concurrency.statistics import CallStatistics
@@ -56,8 +56,38 @@ class CallGate:
     def _export_queue(self) -> None:
         metrics.QUEUE_SIZE.labels(self._executor).set(self.queue.size)
 
+    async def complete(
+        self,
+        call: Callable[[], Awaitable[Completion]],
+        *,
+        plan: str,
+        critical_path: int,
+        plan_priority: int,
+    ) -> Completion:
+        """Make one LLM call (`call`, retries included) in a slot; each retry and the outcome reach the limiter."""
+        async with self.slot(
+            plan=plan, critical_path=critical_path, plan_priority=plan_priority
+        ) as started_with:
+            retries: list[str] = []
+
+            def retrying(error: str) -> None:
+                retries.append(error)
+                before = self.limiter.limit
+                self._failed(classify(error), time.monotonic())
+                self._limit_changed(before)
+
+            try:
+                with retries_reported_to(retrying):
+                    completion = await call()
+            except LLMError as failure:
+                self.record(None, str(failure), started_with=started_with)
+                raise
+            self.record(completion, started_with=started_with, reported_retries=len(retries))
+        return completion
+
     @contextlib.asynccontextmanager
-    async def slot(self, *, plan: str, critical_path: int, plan_priority: int) -> AsyncIterator[None]:
+    async def slot(self, *, plan: str, critical_path: int, plan_priority: int) -> AsyncIterator[int]:
+        """Hold one of the limit's slots; yields the calls in flight when it was admitted, itself included."""
         if self.in_flight < self.limiter.limit and self.queue.size == 0:
             self.in_flight += 1
         else:
@@ -83,22 +113,39 @@ class CallGate:
                     raise SlotUnavailable(f"waited {self._timeout_s:.0f}s for an LLM slot") from None
         admitted = time.monotonic()
         try:
-            yield
+            yield self.in_flight
         finally:
             now = time.monotonic()
             self.statistics.llm_latency.add(now - admitted, now)  # the call, retries included
             self.in_flight -= 1
             self._admit_waiting()
 
-    def record(self, completion: Completion | None, error: str | None = None) -> None:
-        """After a call: the retries it needed, then its final outcome, all count."""
+    def _failed(self, outcome: Outcome, now: float) -> None:
+        metrics.LLM_REQUESTS.labels(outcome.value).inc()
+        self.statistics.llm_failures.add(1.0, now)
+        self.limiter.record(outcome, in_flight=self.in_flight, now=now)
+
+    def _limit_changed(self, before: int) -> None:
+        if self.limiter.limit != before:
+            direction = "up" if self.limiter.limit > before else "down"
+            metrics.CONCURRENCY_LIMIT.labels(self._executor).set(self.limiter.limit)
+            metrics.CONCURRENCY_LIMIT_CHANGES.labels(self._executor, direction).inc()
+            self._admit_waiting()
+
+    def record(
+        self,
+        completion: Completion | None,
+        error: str | None = None,
+        *,
+        started_with: int | None = None,
+        reported_retries: int = 0,
+    ) -> None:
+        """After a call: the retries it needed (but the first `reported_retries`, heard of as they happened),
+        then its final outcome, all count."""
         now = time.monotonic()
         before = self.limiter.limit
-        for retried in completion.retried_errors if completion else ():
-            outcome = classify(retried)
-            metrics.LLM_REQUESTS.labels(outcome.value).inc()
-            self.statistics.llm_failures.add(1.0, now)
-            self.limiter.record(outcome, in_flight=self.in_flight, now=now)
+        for retried in (completion.retried_errors if completion else ())[reported_retries:]:
+            self._failed(classify(retried), now)
         if completion is not None:
             metrics.LLM_REQUESTS.labels(Outcome.OK.value).inc()
             self.statistics.llm_failures.add(0.0, now)
@@ -108,13 +155,8 @@ class CallGate:
                 now=now,
                 latency_s=completion.latency_s,
                 tokens=completion.completion_tokens,
+                started_with=started_with,
             )
         elif error is not None:
-            metrics.LLM_REQUESTS.labels(classify(error).value).inc()
-            self.statistics.llm_failures.add(1.0, now)
-            self.limiter.record(classify(error), in_flight=self.in_flight, now=now)
-        if self.limiter.limit != before:
-            direction = "up" if self.limiter.limit > before else "down"
-            metrics.CONCURRENCY_LIMIT.labels(self._executor).set(self.limiter.limit)
-            metrics.CONCURRENCY_LIMIT_CHANGES.labels(self._executor, direction).inc()
-            self._admit_waiting()
+            self._failed(classify(error), now)
+        self._limit_changed(before)

@@ -280,17 +280,14 @@ class Executor:
 
     async def _call_llm(self, atom: ClaimedAtom, request: ChatRequest) -> Completion:
         """One LLM call through the concurrency gate, its latency and outcome fed back to the limiter."""
-        async with self.gate.slot(
-            plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
-        ):
-            try:
-                with metrics.LLM_LATENCY.labels(atom.model).time():
-                    completion = await self.llm.complete(request)
-            except LLMError as failure:
-                self.gate.record(None, str(failure))
-                raise
-            self.gate.record(completion)
-        return completion
+
+        async def call() -> Completion:
+            with metrics.LLM_LATENCY.labels(atom.model).time():
+                return await self.llm.complete(request)
+
+        return await self.gate.complete(
+            call, plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
+        )
 
     async def _attempt(
         self,

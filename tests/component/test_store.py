@@ -7,6 +7,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from mge.adapters import metrics
 from mge.adapters.store.migrate import migrate, migration_files
 from mge.adapters.store.store import Store, StoreUnavailable
 from mge.plan.dag import plan_dag
@@ -244,3 +245,32 @@ async def test_replanning_keeps_unchanged_work_and_redoes_changed_atoms_and_thei
 async def test_unreachable_postgres_names_the_host(tmp_path):
     with pytest.raises(StoreUnavailable, match=r"cannot reach Postgres at 127\.0\.0\.1:1"):
         await Store.connect("postgresql://u:secret@127.0.0.1:1/db", attempts=2)
+
+
+async def test_every_query_on_the_pool_is_timed_for_the_metric_and_the_listeners(pg):
+    store = await Store.connect(pg, max_size=2)
+    heard: list[float] = []
+    store.query_listeners.append(heard.append)
+    selects = metrics.DB_LATENCY.labels("select")._sum
+    select_seconds_before = selects.get()
+    inserts_before = _histogram_count("insert")
+    try:
+        for _ in range(5):  # more queries than connections: each is released and acquired again
+            await store.pool.fetchval("SELECT pg_sleep(0.02)")
+        await _register(store, atom("a"))
+        await asyncio.sleep(0)  # the loggers are called soon after each query, not within it
+    finally:
+        await store.close()
+
+    assert len([seconds for seconds in heard if seconds >= 0.02]) == 5
+    assert len(heard) > 5  # registration's queries too
+    assert selects.get() - select_seconds_before >= 0.1
+    assert _histogram_count("insert") > inserts_before
+
+
+def _histogram_count(operation: str) -> float:
+    for metric in metrics.DB_LATENCY.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels == {"operation": operation}:
+                return sample.value
+    return 0.0

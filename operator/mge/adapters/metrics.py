@@ -54,7 +54,7 @@ LLM_LATENCY = Histogram(
 )
 DB_LATENCY = Histogram(
     "mge_db_query_duration_seconds",
-    "Latency of the executor's store operations (claim, record, succeed).",
+    "Latency of every Postgres query of the operator and executors, by its first keyword (select, with, ...).",
     ("operation",),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )

@@ -118,6 +118,7 @@ class Executor:
                 await asyncio.wait_for(stop.wait(), random.uniform(0, self.config.start_jitter_s))
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         stop_listening = await self.store.listen_for_ready(self._wake.set)
+        self.store.query_listeners.append(self._query_timed)
         try:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._in_flight)
@@ -134,6 +135,7 @@ class Executor:
         finally:
             await stop_listening()
             await self._drain()
+            self.store.query_listeners.remove(self._query_timed)
             if self._generation is not None and not self._generation.done():
                 self._generation.cancel()  # the claim's lease runs out and another executor takes it over
                 with contextlib.suppress(asyncio.CancelledError):
@@ -142,20 +144,21 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
+    def _query_timed(self, seconds: float) -> None:
+        self.gate.statistics.db_latency.add(seconds, time.monotonic())
+
     async def _claim(self, free: int) -> list[ClaimedAtom]:
         """Up to `free` atoms, each plan capped by its ramp (a plan new here starts with a few)."""
-        started = time.monotonic()
+        now = time.monotonic()
         held = Counter(atom.masterplan_id for atom in self._in_flight.values())
-        with metrics.DB_LATENCY.labels("claim").time():
-            claimed = await self.store.claim(
-                self.config.executor_id,
-                free,
-                self.config.lease_s,
-                room=self.ramp.room(held, started),
-                new_plan_room=self.ramp.new_plan_allowance,
-            )
+        claimed = await self.store.claim(
+            self.config.executor_id,
+            free,
+            self.config.lease_s,
+            room=self.ramp.room(held, now),
+            new_plan_room=self.ramp.new_plan_allowance,
+        )
         finished = time.monotonic()
-        self.gate.statistics.db_latency.add(finished - started, finished)
         for atom in claimed:
             self.ramp.claimed(
                 atom.masterplan_id, finished, random.uniform(0, self.config.plan_ramp_step_s / 2)

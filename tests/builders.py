@@ -1,7 +1,8 @@
-"""Small builders for test data: atoms, specs and manifests with sensible defaults."""
+"""Small builders for test data: atoms, specs and manifests with sensible defaults; ramps ended for tests."""
 
 from typing import Any
 
+from mge.adapters.store.store import Store
 from mge.models.masterplan import Atom, MasterplanSpec
 
 
@@ -31,3 +32,9 @@ def manifest(name: str = "demo", **spec_fields: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": spec_body,
     }
+
+
+async def end_ramps(store: Store) -> None:
+    """End every plan's fleet-wide ramp, for tests that claim directly, as many executors at once: a newly
+    registered plan would otherwise give them 2 atoms at a time."""
+    await store.pool.execute("DELETE FROM plan_ramps")

@@ -273,8 +273,6 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
                 concurrency=concurrency,
                 idle_poll_s=0.05,
                 shutdown_grace_s=1.0,
-                # The plan ramp's step is time-scaled like the calls: 2 s against 3 s calls in production.
-                plan_ramp_step_s=ExecutorConfig.plan_ramp_step_s * scenario.period_s / 30,
             ),
         )
         observed = _Observed(limiter, result)

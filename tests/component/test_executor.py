@@ -275,7 +275,7 @@ async def test_a_new_plan_ramps_up_gradually_while_the_running_plan_keeps_its_sh
     fake_llm.config = FakeLLMConfig(base_latency_s=0.15, latency_jitter_s=0.0)
     old_atoms = [atom(f"old{i}") for i in range(300)]
     old = await _register(store, spec(*old_atoms), old_atoms, name="old")
-    executor = _executor(store, fake_llm, validator, concurrency=8, plan_ramp_step_s=0.5)
+    executor = _executor(store, fake_llm, validator, concurrency=8)
     stop = asyncio.Event()
     worker = asyncio.create_task(executor.run(stop))
     loop = asyncio.get_running_loop()
@@ -296,8 +296,35 @@ async def test_a_new_plan_ramps_up_gradually_while_the_running_plan_keeps_its_sh
         await executor.llm.close()
 
     first = next(t for t, _, n in timeline if n > 0)
+    grown = next(t for t, _, n in timeline if n > 2)
     full = next(t for t, _, n in timeline if n == 8)
-    assert max(n for t, _, n in timeline if t < first + 0.45) <= 2  # starts with 2 atoms at once
-    assert any(n == 4 for _, _, n in timeline)  # then 4, before 8
-    assert full - first >= 1.0  # two doublings, at least one step (0.5 s) apart
-    assert max(o for t, o, _ in timeline if t < first + 0.45) >= 6  # meanwhile the old plan keeps its slots
+    assert grown - first >= 0.12  # 2 atoms at once until one of its calls (0.15 s) answered
+    assert full - first < 2.0  # then it grows with its answers: 2 -> 4 -> 8 in a few round trips
+    assert max(o for t, o, _ in timeline if t < first + 0.12) >= 6  # meanwhile the old plan keeps its slots
+
+
+async def test_a_new_plan_starts_with_two_atoms_on_the_whole_fleet_not_on_each_executor(
+    store, fake_llm, validator
+):
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.3)
+    atoms = [atom(f"a{i}") for i in range(60)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    fleet = [_executor(store, fake_llm, validator, name=f"fleet-{n}", concurrency=8) for n in range(3)]
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(executor.run(stop)) for executor in fleet]
+    running_before_an_answer = []
+    try:
+        async with asyncio.timeout(10):
+            while fake_llm.stats.completed == 0:
+                running_before_an_answer.append((await _running_by_plan(store, plan_id))[0])
+                await asyncio.sleep(0.01)
+        progress = await _run_until_finished(store, plan_id, [], timeout=30)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        for executor in fleet:
+            await executor.llm.close()
+
+    assert max(running_before_an_answer) == 2  # 3 executors x 8 slots, but the plan's ramp says 2
+    assert fake_llm.stats.max_in_flight > 2  # and it grew once calls answered
+    assert (progress.succeeded, progress.failed) == (60, 0)

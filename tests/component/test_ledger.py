@@ -11,7 +11,7 @@ from mge.adapters.store.store import Store
 from mge.cost.caps import OverrideRejected
 from mge.models.masterplan import Budget
 from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, end_ramps, spec
 
 pytestmark = pytest.mark.component
 
@@ -28,6 +28,7 @@ async def _plan(store: Store, atoms_count: int = 60, limit: float = 1.0, name: s
         atoms=atoms,
         plan=plan,
     )
+    await end_ramps(store)
     return plan_id
 
 

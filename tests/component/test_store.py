@@ -10,8 +10,9 @@ import pytest
 from mge.adapters import metrics
 from mge.adapters.store.migrate import migrate, migration_files
 from mge.adapters.store.store import Store, StoreUnavailable
+from mge.concurrency.ramp import RampPolicy
 from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, end_ramps, spec
 
 pytestmark = pytest.mark.component
 
@@ -116,6 +117,7 @@ async def test_concurrent_executors_never_claim_the_same_atom(pg):
     store = await _store(pg)
     try:
         await _register(store, *[atom(f"a{i}") for i in range(200)])
+        await end_ramps(store)
 
         batches = await asyncio.gather(*[store.claim(f"ex-{n}", 7, 30) for n in range(16)])
     finally:
@@ -125,35 +127,79 @@ async def test_concurrent_executors_never_claim_the_same_atom(pg):
     assert len(claimed) == len(set(claimed)) == 16 * 7
 
 
-async def test_claim_caps_each_plan_at_its_room_and_new_plans_at_the_new_plan_room(pg):
+async def test_a_new_plan_ramps_fleet_wide_while_a_plan_past_its_ramp_takes_what_is_free(pg):
     store = await _store(pg)
     try:
         running = await _register(store, *[atom(f"r{i}") for i in range(10)], name="running")
+        await end_ramps(store)
         fresh = await _register(store, *[atom(f"n{i}") for i in range(10)], name="fresh")
 
-        claimed = await store.claim("ex-1", 8, 30, room={running: 5}, new_plan_room=2)
+        first = await store.claim("ex-1", 4, 30)
+        second = await store.claim("ex-2", 8, 30)  # another executor: the new plan's room is used up
     finally:
         await store.close()
 
+    claimed = first + second
     per_plan = {plan: sum(c.masterplan_id == plan for c in claimed) for plan in (running, fresh)}
-    assert per_plan == {running: 5, fresh: 2}
+    assert per_plan == {running: 10, fresh: 2}
 
 
-async def test_claims_capped_per_plan_still_never_share_an_atom(pg):
+async def test_racing_claims_never_exceed_a_ramping_plan_allowance_nor_share_an_atom(pg):
     store = await _store(pg)
     try:
         plans = [await _register(store, *[atom(f"a{i}") for i in range(40)], name=f"p{n}") for n in range(3)]
 
-        batches = await asyncio.gather(
-            *[store.claim(f"ex-{n}", 6, 30, room={plans[0]: 1}, new_plan_room=3) for n in range(12)]
-        )
+        # Twelve executors woken by the same notification claim at once, as after a `kubectl apply`.
+        batches = await asyncio.gather(*[store.claim(f"ex-{n}", 6, 30) for n in range(12)])
     finally:
         await store.close()
 
     claimed = [(c.masterplan_id, c.atom_id) for batch in batches for c in batch]
     assert len(claimed) == len(set(claimed))
-    assert all(sum(c.masterplan_id == plans[0] for c in batch) <= 1 for batch in batches)
-    assert sum(len(batch) for batch in batches) == 12 * 6  # 1 + 3 + 3 per claim, capped at 6
+    assert all(sum(plan == p for plan, _ in claimed) <= 2 for p in plans)
+
+
+async def test_a_ramp_grows_by_one_per_answer_and_ends_when_it_no_longer_limits(pg):
+    store = await _store(pg)
+    policy = RampPolicy(ends_at=4)
+    try:
+        plan = await _register(store, *[atom(f"a{i}") for i in range(20)])
+        allowances = [await store.ramp_allowance(plan)]
+        capped = await store.claim("ex", 20, 30)
+        ramping = [await store.grow_ramp(plan, policy)]
+        allowances.append(await store.ramp_allowance(plan))
+        ramping.append(await store.grow_ramp(plan, policy))  # 3 -> 4 is where it ends
+        allowances.append(await store.ramp_allowance(plan))
+        ramping.append(await store.grow_ramp(plan, policy))
+        claimed = await store.claim("ex", 20, 30)
+    finally:
+        await store.close()
+
+    assert len(capped) == 2
+    assert allowances == [2, 3, None]
+    assert ramping == [True, False, False]
+    assert len(claimed) == 18  # no ramp: only the claim's own limit applies
+
+
+async def test_new_work_and_a_resume_restart_the_ramp_but_keep_what_runs(pg):
+    store = await _store(pg)
+    try:
+        plan = await _register(store, *[atom(f"a{i}") for i in range(10)])
+        await end_ramps(store)
+        running = await store.claim("ex", 5, 30)
+        await store.set_suspended(plan, True)
+        await store.set_suspended(plan, False)
+        after_resume = await store.ramp_allowance(plan)
+        await end_ramps(store)
+        await _register(store, *[atom(f"a{i}") for i in range(10)])  # same atoms: no new work, no ramp
+        unchanged = await store.ramp_allowance(plan)
+        await _register(store, *[atom(f"a{i}") for i in range(12)])  # two new atoms
+        after_change = await store.ramp_allowance(plan)
+    finally:
+        await store.close()
+
+    assert len(running) == 5
+    assert (after_resume, unchanged, after_change) == (5, None, 5)
 
 
 async def test_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(pg):

@@ -6,7 +6,6 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
-from mge.concurrency.ramp import PlanRamp
+from mge.concurrency.ramp import RampPolicy
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.acceptance import GenerationConfig, TestGenerator
 from mge.executor.gate import CallGate, SlotUnavailable
@@ -47,6 +46,8 @@ def _outcome_label(result: tuple[str | None, str | None] | None) -> str:
 
 
 NO_SLOT_OUTCOME: Final = "no_slot"
+# How long an executor believes a plan it found not ramping is still not ramping.
+NOT_RAMPING_RECHECK_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,9 @@ class ExecutorConfig:
     slot_timeout_s: float = 300.0
     # Executors started together (a rollout, a scale-up) wait a random part of this before their first claim.
     start_jitter_s: float = 0.0
-    # Per-Masterplan ramp: a plan new to this executor gets this many atoms at once, doubling at most every
-    # plan_ramp_step_s (plus up to half of it as jitter) after one of its calls answered, up to concurrency.
-    plan_ramp_initial: int = 2
-    plan_ramp_step_s: float = 2.0
+    # Fleet-wide ramp of a Masterplan with new work: 2 of its atoms at once on all executors together, one
+    # more for each of its calls that answers, until plan_ramp_ends_at.
+    plan_ramp_ends_at: int = 64
 
 
 class Executor:
@@ -91,9 +91,9 @@ class Executor:
             timeout_s=config.slot_timeout_s,
         )
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
-        self.ramp: PlanRamp[uuid.UUID] = PlanRamp(
-            maximum=config.concurrency, initial=config.plan_ramp_initial, step_s=config.plan_ramp_step_s
-        )
+        self.ramp = RampPolicy(ends_at=config.plan_ramp_ends_at)
+        # Plans found not ramping, and until when (monotonic) to believe it: most answers need no query.
+        self._not_ramping_until: dict[uuid.UUID, float] = {}
         self._wake = asyncio.Event()
         # Acceptance tests are generated here too, through the same gate and ledger as atoms; running them is
         # the operator's (a Job per wave) or local mode's business.
@@ -148,22 +148,17 @@ class Executor:
         self.gate.statistics.db_latency.add(seconds, time.monotonic())
 
     async def _claim(self, free: int) -> list[ClaimedAtom]:
-        """Up to `free` atoms, each plan capped by its ramp (a plan new here starts with a few)."""
+        """Up to `free` atoms (a ramping plan's only up to its fleet-wide allowance)."""
+        return await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+
+    async def _answered(self, plan: uuid.UUID) -> None:
+        """One of the plan's calls answered: evidence the plan can take more, so its ramp grows."""
         now = time.monotonic()
-        held = Counter(atom.masterplan_id for atom in self._in_flight.values())
-        claimed = await self.store.claim(
-            self.config.executor_id,
-            free,
-            self.config.lease_s,
-            room=self.ramp.room(held, now),
-            new_plan_room=self.ramp.new_plan_allowance,
-        )
-        finished = time.monotonic()
-        for atom in claimed:
-            self.ramp.claimed(
-                atom.masterplan_id, finished, random.uniform(0, self.config.plan_ramp_step_s / 2)
-            )
-        return claimed
+        if now < self._not_ramping_until.get(plan, 0.0):
+            return
+        if not await self.store.grow_ramp(plan, self.ramp):
+            # A re-plan or resume can start a new ramp: look again now and then (other executors grow it too).
+            self._not_ramping_until[plan] = now + NOT_RAMPING_RECHECK_S
 
     def _generate_tests(self) -> None:
         """At most one plan's tests at a time per executor; look for requested generations each poll interval."""
@@ -348,7 +343,7 @@ class Executor:
         prompt_tokens = completion_tokens = cached_tokens = 0
         try:
             completion = hit or await self._call_llm(atom, request)
-            self.ramp.answered(atom.masterplan_id, time.monotonic())
+            await self._answered(atom.masterplan_id)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens = completion.cached_prompt_tokens
             code = extract_code(completion.content)

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from mge.adapters import metrics
 from mge.adapters.store.migrate import migrate
+from mge.concurrency.ramp import RampPolicy, restart_allowance
 from mge.concurrency.signals import SignalHealth
 from mge.concurrency.statistics import CallSummary
 from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision, ScalingSignals
@@ -40,6 +41,28 @@ def _operation(query: str) -> str:
     words = query.split(None, 1)
     first = words[0].lower() if words else ""
     return first if first in _OPERATIONS else "other"
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool reset on release: nothing to undo. The store leaves no session state behind (its locks and
+    snapshots are transaction-scoped, its one LISTEN is removed before that connection is released, and
+    asyncpg rolls back an open transaction first), so the default reset query (advisory unlock, CLOSE ALL,
+    UNLISTEN *, RESET ALL) would be a round trip on every release: about one in five of an atom's queries."""
+
+
+async def _restart_ramp(connection: Any, plan_id: uuid.UUID) -> None:
+    """The plan has new work (or was resumed): its atoms start again at a few at once, fleet-wide."""
+    running = await connection.fetchval(
+        "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
+    )
+    await connection.execute(
+        """INSERT INTO plan_ramps (masterplan_id, trace_id, allowance)
+           SELECT id, trace_id, $2 FROM masterplans WHERE id = $1
+           ON CONFLICT (masterplan_id) DO UPDATE
+               SET allowance = excluded.allowance, grown_at = now(), started_at = now()""",
+        plan_id,
+        restart_allowance(running),
+    )
 
 
 async def _notify_ready(connection: Any) -> None:
@@ -107,14 +130,30 @@ class Usage:
     cache_hits: int = 0
 
 
-# Per plan, at most its room (the executor's ramp for that plan; $5 for plans not listed in $3/$4), then the
-# best of those overall. Each plan's candidates are locked with SKIP LOCKED, so executors never share an atom.
+# The ramp rows of plans with work, locked for the claim that follows in the same transaction: a concurrent
+# claim skips those plans rather than use the same room (and the claim, a later statement, sees every atom
+# claimed before it got the lock).
+_LOCK_RAMPS_SQL: Final = """
+SELECT r.masterplan_id, r.allowance
+FROM plan_ramps r
+WHERE EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = r.masterplan_id AND w.state IN ('ready', 'running'))
+FOR UPDATE OF r SKIP LOCKED
+"""
+
+# Per plan, at most its room (a ramping plan's allowance, locked in $3/$4, minus its atoms running on any
+# executor; plans ramping under another claim's lock are left out), then the best of those overall. Each
+# plan's candidates are locked with SKIP LOCKED, so executors never share an atom.
 _CLAIM_SQL: Final = """
 WITH plans AS (
-    SELECT m.id, m.priority, coalesce(r.room, $5) AS room
+    SELECT m.id, m.priority,
+           CASE WHEN r.plan_id IS NULL THEN $2
+                ELSE r.allowance - (SELECT count(*) FROM atoms x WHERE x.masterplan_id = m.id
+                                    AND x.state = 'running' AND x.lease_expires_at >= now())::int
+           END AS room
     FROM masterplans m
-    LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, room) ON r.plan_id = m.id
-    WHERE NOT m.suspended AND NOT m.budget_exhausted AND coalesce(r.room, $5) > 0
+    LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, allowance) ON r.plan_id = m.id
+    WHERE NOT m.suspended AND NOT m.budget_exhausted
+      AND (r.plan_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM plan_ramps l WHERE l.masterplan_id = m.id))
       AND EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = m.id AND w.state IN ('ready', 'running'))
 ),
 claimable AS (
@@ -126,14 +165,14 @@ claimable AS (
         WHERE a.masterplan_id = p.id
           AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
         ORDER BY a.priority DESC, a.updated_at, a.atom_id
-        LIMIT least(p.room, $2)
+        LIMIT greatest(least(p.room, $2), 0)
         FOR UPDATE OF a SKIP LOCKED
     ) c
     ORDER BY c.priority DESC, p.priority DESC, c.updated_at, c.atom_id
     LIMIT $2
 )
 UPDATE atoms a
-SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $6),
+SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $5),
     claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
 FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
@@ -177,7 +216,7 @@ class Store:
             ):
                 with attempt:
                     pool = await asyncpg.create_pool(
-                        dsn, min_size=min_size, max_size=max_size, init=time_queries
+                        dsn, min_size=min_size, max_size=max_size, init=time_queries, reset=_keep_session
                     )
         except _CONNECT_ERRORS as error:
             raise StoreUnavailable(f"cannot reach Postgres at {dsn_host(dsn)}: {error}") from error
@@ -205,6 +244,9 @@ class Store:
         wave_of = plan.wave_of
         budget = spec.budget
         async with self.pool.acquire() as connection, connection.transaction():
+            was_suspended = await connection.fetchval(
+                "SELECT suspended FROM masterplans WHERE id = $1 FOR UPDATE", plan_id
+            )
             await connection.execute(
                 """INSERT INTO masterplans (id, namespace, name, trace_id, generation, model, priority, suspended,
                        requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage)
@@ -230,6 +272,8 @@ class Store:
             )
             sync = sync_atoms({r["atom_id"]: r["fingerprint"] for r in rows}, atoms)
             if not sync.changed and len(rows) == len(atoms):
+                if was_suspended and not spec.suspend:
+                    await _restart_ramp(connection, plan_id)
                 return plan_id, sync
             await connection.execute(
                 "DELETE FROM atoms WHERE masterplan_id = $1 AND atom_id = ANY($2::text[])",
@@ -294,42 +338,63 @@ class Store:
                 columns=["masterplan_id", "atom_id", "depends_on", "trace_id"],
             )
             await connection.execute(_REFRESH_READINESS_SQL, plan_id)
+            await _restart_ramp(connection, plan_id)
             await _notify_ready(connection)
         return plan_id, sync
 
     async def set_suspended(self, plan_id: uuid.UUID, suspended: bool) -> None:
         async with self.pool.acquire() as connection, connection.transaction():
+            was_suspended = await connection.fetchval(
+                "SELECT suspended FROM masterplans WHERE id = $1 FOR UPDATE", plan_id
+            )
             await connection.execute(
                 "UPDATE masterplans SET suspended = $2, updated_at = now() WHERE id = $1", plan_id, suspended
             )
+            if was_suspended and not suspended:
+                await _restart_ramp(connection, plan_id)
             if not suspended:
                 await _notify_ready(connection)
 
-    async def claim(
-        self,
-        executor: str,
-        limit: int,
-        lease_seconds: float,
-        *,
-        room: Mapping[uuid.UUID, int] | None = None,
-        new_plan_room: int | None = None,
-    ) -> list[ClaimedAtom]:
-        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first.
-
-        `room` caps how many atoms of each listed plan this claim may take and `new_plan_room` those of any
-        other plan (the executor's per-plan ramp); without them only `limit` applies.
-        """
-        room = room or {}
-        rows = await self.pool.fetch(
-            _CLAIM_SQL,
-            executor,
-            limit,
-            list(room),
-            list(room.values()),
-            limit if new_plan_room is None else new_plan_room,
-            float(lease_seconds),
-        )
+    async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
+        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first; a ramping
+        plan only up to its fleet-wide allowance."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            ramps = await connection.fetch(_LOCK_RAMPS_SQL)
+            rows = await connection.fetch(
+                _CLAIM_SQL,
+                executor,
+                limit,
+                [r["masterplan_id"] for r in ramps],
+                [r["allowance"] for r in ramps],
+                float(lease_seconds),
+            )
         return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
+
+    async def grow_ramp(self, plan_id: uuid.UUID, policy: RampPolicy) -> bool:
+        """One of the plan's calls answered: grow its ramp by one. False when the plan is not (or no longer)
+        ramping."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            allowance = await connection.fetchval(
+                "SELECT allowance FROM plan_ramps WHERE masterplan_id = $1 FOR UPDATE", plan_id
+            )
+            if allowance is None:
+                return False
+            grown = policy.grown(allowance)
+            if grown is None:
+                await connection.execute("DELETE FROM plan_ramps WHERE masterplan_id = $1", plan_id)
+            else:
+                await connection.execute(
+                    "UPDATE plan_ramps SET allowance = $2, grown_at = now() WHERE masterplan_id = $1",
+                    plan_id,
+                    grown,
+                )
+            await _notify_ready(connection)  # more room: executors waiting for it can claim now
+            return grown is not None
+
+    async def ramp_allowance(self, plan_id: uuid.UUID) -> int | None:
+        """How many of the plan's atoms may run at once fleet-wide; None when it is not ramping."""
+        value = await self.pool.fetchval("SELECT allowance FROM plan_ramps WHERE masterplan_id = $1", plan_id)
+        return None if value is None else int(value)
 
     async def heartbeat(self, executor: str, lease_seconds: float) -> int:
         """Extend the leases this executor holds; returns how many it still holds."""

@@ -26,4 +26,5 @@ async def concurrency_status(store: Annotated[Store, Depends(_store)]) -> Concur
         replicas=decisions[0] if decisions else None,
         recent_decisions=decisions,
         signals=await store.scaling_signals(),
+        ramps=await store.plan_ramps(),
     )

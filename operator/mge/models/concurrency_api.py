@@ -13,9 +13,7 @@ class ExecutorConcurrency(BaseModel):
     queue_size: int = Field(description="Atoms waiting for an LLM slot in this executor.")
     atoms_held: int = Field(0, description="Atoms this executor claimed and has not finished.")
     llm_p95_s: float | None = Field(None, description="p95 of its LLM calls over the last 5 minutes.")
-    db_p95_s: float | None = Field(
-        None, description="p95 of its atom claims (Postgres) over the last 5 minutes."
-    )
+    db_p95_s: float | None = Field(None, description="p95 of its Postgres queries over the last 5 minutes.")
     llm_requests: int = Field(0, description="LLM requests (retries included) in the last 5 minutes.")
     llm_errors: int = Field(0, description="Of those, failed ones (429, 5xx, timeouts, other errors).")
     adjustments: list[dict[str, Any]] = Field(
@@ -46,6 +44,14 @@ class ScalingSignals(BaseModel):
     updated_at: datetime = Field(description="The scaler's latest pass.")
 
 
+class PlanRampStatus(BaseModel):
+    namespace: str
+    name: str
+    allowance: int = Field(description="Atoms of the plan all executors together may run at once now.")
+    running: int = Field(description="Its atoms running now, on any executor.")
+    started_at: datetime = Field(description="When the ramp (re)started: new work registered, or resumed.")
+
+
 class ConcurrencyStatus(BaseModel):
     global_limit: int = Field(description="Sum of the executors' limits.")
     global_in_flight: int
@@ -55,4 +61,8 @@ class ConcurrencyStatus(BaseModel):
     recent_decisions: list[ScalingDecision]
     signals: ScalingSignals | None = Field(
         None, description="Health of the scaler's latency/error signals; null until the operator scaled once."
+    )
+    ramps: list[PlanRampStatus] = Field(
+        default_factory=list,
+        description="Masterplans with work that are still ramping up fleet-wide, oldest ramp first.",
     )

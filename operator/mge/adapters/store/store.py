@@ -18,7 +18,7 @@ from mge.adapters.store.migrate import migrate
 from mge.concurrency.ramp import RampPolicy, restart_allowance
 from mge.concurrency.signals import SignalHealth
 from mge.concurrency.statistics import CallSummary
-from mge.models.concurrency_api import ExecutorConcurrency, ScalingDecision, ScalingSignals
+from mge.models.concurrency_api import ExecutorConcurrency, PlanRampStatus, ScalingDecision, ScalingSignals
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
@@ -390,6 +390,19 @@ class Store:
                 )
             await _notify_ready(connection)  # more room: executors waiting for it can claim now
             return grown is not None
+
+    async def plan_ramps(self) -> list[PlanRampStatus]:
+        """Plans with work that are still ramping, oldest ramp first."""
+        rows = await self.pool.fetch(
+            """SELECT m.namespace, m.name, r.allowance, r.started_at,
+                      (SELECT count(*) FROM atoms a WHERE a.masterplan_id = r.masterplan_id
+                       AND a.state = 'running')::int AS running
+               FROM plan_ramps r JOIN masterplans m ON m.id = r.masterplan_id
+               WHERE EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = r.masterplan_id
+                             AND w.state IN ('ready', 'running'))
+               ORDER BY r.started_at, m.namespace, m.name"""
+        )
+        return [PlanRampStatus(**dict(row)) for row in rows]
 
     async def ramp_allowance(self, plan_id: uuid.UUID) -> int | None:
         """How many of the plan's atoms may run at once fleet-wide; None when it is not ramping."""

@@ -1,9 +1,11 @@
 """Small builders for test data: atoms, specs and manifests with sensible defaults; ramps ended for tests."""
 
+import uuid
 from typing import Any
 
 from mge.adapters.store.store import Store
 from mge.models.masterplan import Atom, MasterplanSpec
+from mge.plan.dag import plan_dag
 
 
 def atom(atom_id: str, *deps: str, tokens: int | None = None) -> Atom:
@@ -32,6 +34,20 @@ def manifest(name: str = "demo", **spec_fields: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": spec_body,
     }
+
+
+async def register(store: Store, *atoms: Atom, namespace: str = "ns", name: str = "plan") -> uuid.UUID:
+    """Plan and register `atoms` as one Masterplan, generation 1; returns its id."""
+    plan_id, _ = await store.register_plan(
+        namespace=namespace,
+        name=name,
+        trace_id="00000000-0000-4000-8000-0000000000ff",
+        generation=1,
+        spec=spec(*atoms),
+        atoms=list(atoms),
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    return plan_id
 
 
 async def end_ramps(store: Store) -> None:

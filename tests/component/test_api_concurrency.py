@@ -8,8 +8,7 @@ import pytest
 from mge.adapters.store.store import Store
 from mge.api.app import create_app
 from mge.concurrency.signals import prometheus_health
-from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, register
 from tests.support.executor import running_executor
 from tests.support.operator import eventually
 
@@ -87,16 +86,7 @@ async def _executors(store: Store):
 async def test_status_lists_the_plans_still_ramping_with_their_allowance(pg):
     store = await Store.connect(pg)
     try:
-        atoms = [atom(f"a{i}") for i in range(5)]
-        await store.register_plan(
-            namespace="team",
-            name="ramping",
-            trace_id="00000000-0000-4000-8000-0000000000aa",
-            generation=1,
-            spec=spec(*atoms),
-            atoms=atoms,
-            plan=plan_dag((a.id, a.depends_on) for a in atoms),
-        )
+        await register(store, *[atom(f"a{i}") for i in range(5)], namespace="team", name="ramping")
         claimed = await store.claim("ex", 5, 30)
     finally:
         await store.close()

@@ -16,8 +16,7 @@ from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import ScalerPolicy
 from mge.concurrency.statistics import CallSummary
 from mge.controller.executors import COMPONENT_LABEL, sync_executors_once
-from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, register
 from tests.support.operator import eventually, fake_cluster, running_operator
 
 pytestmark = pytest.mark.component
@@ -45,16 +44,7 @@ def _policy() -> ScalerPolicy:
 async def _queue(pg: str, atoms: int) -> None:
     store = await Store.connect(pg)
     try:
-        planned = [atom(f"a{i}") for i in range(atoms)]
-        await store.register_plan(
-            namespace="ns",
-            name="p",
-            trace_id="00000000-0000-4000-8000-0000000000ff",
-            generation=1,
-            spec=spec(*planned),
-            atoms=planned,
-            plan=plan_dag((a.id, a.depends_on) for a in planned),
-        )
+        await register(store, *[atom(f"a{i}") for i in range(atoms)], name="p")
     finally:
         await store.close()
 

@@ -50,6 +50,12 @@ async def register(store: Store, *atoms: Atom, namespace: str = "ns", name: str 
     return plan_id
 
 
+async def ramp_allowance(store: Store, plan_id: uuid.UUID) -> int | None:
+    """A plan's fleet-wide ramp allowance as stored; None when it is not ramping."""
+    value = await store.pool.fetchval("SELECT allowance FROM plan_ramps WHERE masterplan_id = $1", plan_id)
+    return None if value is None else int(value)
+
+
 async def end_ramps(store: Store) -> None:
     """End every plan's fleet-wide ramp, for tests that claim directly, as many executors at once: a newly
     registered plan would otherwise give them 2 atoms at a time."""

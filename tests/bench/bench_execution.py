@@ -48,13 +48,17 @@ async def _register(store: Store, atoms, name: str) -> object:
     return plan_id
 
 
+async def _finish(store: Store, plan_id) -> float:
+    started = time.perf_counter()
+    while not (await store.progress(plan_id)).finished:
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - started
+
+
 async def _drain(store: Store, plan_id, executors: list[Executor]) -> float:
     stop = asyncio.Event()
-    started = time.perf_counter()
     tasks = [asyncio.create_task(e.run(stop)) for e in executors]
-    while not (await store.progress(plan_id)).finished:
-        await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - started
+    elapsed = await _finish(store, plan_id)
     stop.set()
     await asyncio.gather(*tasks)
     return elapsed
@@ -132,13 +136,6 @@ async def naive_overhead(server: str, workers: int, atoms_count: int = 1600) -> 
         finally:
             await store.close()
     return elapsed / atoms_count * 1000
-
-
-async def _finish(store: Store, plan_id) -> float:
-    started = time.perf_counter()
-    while not (await store.progress(plan_id)).finished:
-        await asyncio.sleep(0.02)
-    return time.perf_counter() - started
 
 
 async def makespan(

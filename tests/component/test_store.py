@@ -12,7 +12,7 @@ from mge.adapters.store.migrate import migrate, migration_files
 from mge.adapters.store.store import Store, StoreUnavailable
 from mge.concurrency.ramp import RampPolicy
 from mge.plan.dag import plan_dag
-from tests.builders import atom, end_ramps, spec
+from tests.builders import atom, end_ramps, ramp_allowance, spec
 
 pytestmark = pytest.mark.component
 
@@ -164,12 +164,12 @@ async def test_a_ramp_grows_by_one_per_answer_and_ends_when_it_no_longer_limits(
     policy = RampPolicy(ends_at=4)
     try:
         plan = await _register(store, *[atom(f"a{i}") for i in range(20)])
-        allowances = [await store.ramp_allowance(plan)]
+        allowances = [await ramp_allowance(store, plan)]
         capped = await store.claim("ex", 20, 30)
         ramping = [await store.grow_ramp(plan, policy)]
-        allowances.append(await store.ramp_allowance(plan))
+        allowances.append(await ramp_allowance(store, plan))
         ramping.append(await store.grow_ramp(plan, policy))  # 3 -> 4 is where it ends
-        allowances.append(await store.ramp_allowance(plan))
+        allowances.append(await ramp_allowance(store, plan))
         ramping.append(await store.grow_ramp(plan, policy))
         claimed = await store.claim("ex", 20, 30)
     finally:
@@ -189,12 +189,12 @@ async def test_new_work_and_a_resume_restart_the_ramp_but_keep_what_runs(pg):
         running = await store.claim("ex", 5, 30)
         await store.set_suspended(plan, True)
         await store.set_suspended(plan, False)
-        after_resume = await store.ramp_allowance(plan)
+        after_resume = await ramp_allowance(store, plan)
         await end_ramps(store)
         await _register(store, *[atom(f"a{i}") for i in range(10)])  # same atoms: no new work, no ramp
-        unchanged = await store.ramp_allowance(plan)
+        unchanged = await ramp_allowance(store, plan)
         await _register(store, *[atom(f"a{i}") for i in range(12)])  # two new atoms
-        after_change = await store.ramp_allowance(plan)
+        after_change = await ramp_allowance(store, plan)
     finally:
         await store.close()
 

@@ -138,13 +138,12 @@ class AdaptiveLimiter:
 
     Slow start grows on each answer, to twice (1.5 times past 8) the most calls in flight that were answered
     uncongested, and ends on the first calls that queue with more in flight than that, at the capacity they
-    measure. After cuts, when the provider has room again, it slow-starts back to the limit it had before.
-    After slow start each limit is judged on the calls that started under it. Their latency per token over the baseline
-    (`r`) and the calls in flight (`n`) give the provider's capacity by Little's law: past capacity the
-    latency grows with the calls in flight, so `n / r` is what it serves without queueing. Below 1.05 the
-    limit grows (halfway back per step to where it was before the last cuts, when the provider clearly has
-    room again); from 1.05 it is brought to 1.05 x `n / r` (just past capacity: full throughput at 1.05x
-    the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9.
+    measure. After slow start each limit is judged on the calls that started under it. Their latency per
+    token over the baseline (`r`) and the calls in flight (`n`) give the provider's capacity by Little's law:
+    past capacity the latency grows with the calls in flight, so `n / r` is what it serves without queueing.
+    Below 1.05 the limit grows (by slow start back to where it was before the last cuts, when the provider
+    clearly has room again); from 1.05 it is brought to 1.05 x `n / r` (just past capacity: full throughput
+    at 1.05x the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9.
     The limit only grows while the executor keeps all of it in flight, so an executor short of work does
     not accumulate a limit it never tested.
     """
@@ -383,7 +382,7 @@ class AdaptiveLimiter:
             return
         if outcome is not Outcome.OK:
             return
-        ratio = None
+        ratio = per_token = None
         if latency_s > 0:
             bounded = min(MAX_COOLDOWN_S, max(MIN_COOLDOWN_S, latency_s))
             self._round_trip_s += 0.2 * (bounded - self._round_trip_s)
@@ -397,9 +396,9 @@ class AdaptiveLimiter:
         if self.slow_start:
             # Against the reference of the moment (the median of the first calls, then the baseline): slow
             # start steps faster than a limit's fixed reference could follow. No latency signal, no brake.
-            reference = self.baseline_s_per_token or self._steady
-            current = latency_s / tokens / reference if reference and latency_s > 0 and tokens > 0 else 1.0
-            self._slow_start_answer(now, current, in_flight if started_with is None else started_with)
+            current = self.baseline_s_per_token or self._steady
+            answer_ratio = per_token / current if per_token and current else 1.0
+            self._slow_start_answer(now, answer_ratio, in_flight if started_with is None else started_with)
             return
         level = self._level
         if now - latency_s < level.since + BURST_SHARE * self._round_trip_s:

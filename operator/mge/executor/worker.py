@@ -124,7 +124,7 @@ class Executor:
                 free = self.config.concurrency - len(self._in_flight)
                 claimed = []
                 if free:
-                    claimed = await self._claim(free)
+                    claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
                 self._generate_tests()
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
@@ -146,10 +146,6 @@ class Executor:
 
     def _query_timed(self, seconds: float) -> None:
         self.gate.statistics.db_latency.add(seconds, time.monotonic())
-
-    async def _claim(self, free: int) -> list[ClaimedAtom]:
-        """Up to `free` atoms (a ramping plan's only up to its fleet-wide allowance)."""
-        return await self.store.claim(self.config.executor_id, free, self.config.lease_s)
 
     async def _answered(self, plan: uuid.UUID) -> None:
         """One of the plan's calls answered: evidence the plan can take more, so its ramp grows."""

@@ -59,7 +59,7 @@ async def _restart_ramp(connection: Any, plan_id: uuid.UUID) -> None:
         """INSERT INTO plan_ramps (masterplan_id, trace_id, allowance)
            SELECT id, trace_id, $2 FROM masterplans WHERE id = $1
            ON CONFLICT (masterplan_id) DO UPDATE
-               SET allowance = excluded.allowance, grown_at = now(), started_at = now()""",
+               SET allowance = excluded.allowance, started_at = now()""",
         plan_id,
         restart_allowance(running),
     )
@@ -384,7 +384,7 @@ class Store:
                 await connection.execute("DELETE FROM plan_ramps WHERE masterplan_id = $1", plan_id)
             else:
                 await connection.execute(
-                    "UPDATE plan_ramps SET allowance = $2, grown_at = now() WHERE masterplan_id = $1",
+                    "UPDATE plan_ramps SET allowance = $2 WHERE masterplan_id = $1",
                     plan_id,
                     grown,
                 )
@@ -403,11 +403,6 @@ class Store:
                ORDER BY r.started_at, m.namespace, m.name"""
         )
         return [PlanRampStatus(**dict(row)) for row in rows]
-
-    async def ramp_allowance(self, plan_id: uuid.UUID) -> int | None:
-        """How many of the plan's atoms may run at once fleet-wide; None when it is not ramping."""
-        value = await self.pool.fetchval("SELECT allowance FROM plan_ramps WHERE masterplan_id = $1", plan_id)
-        return None if value is None else int(value)
 
     async def heartbeat(self, executor: str, lease_seconds: float) -> int:
         """Extend the leases this executor holds; returns how many it still holds."""

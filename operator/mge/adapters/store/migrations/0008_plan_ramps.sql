@@ -6,7 +6,6 @@ CREATE TABLE plan_ramps (
     masterplan_id  uuid        PRIMARY KEY REFERENCES masterplans (id) ON DELETE CASCADE,
     trace_id       uuid        NOT NULL,
     allowance      integer     NOT NULL CHECK (allowance >= 1),
-    grown_at       timestamptz NOT NULL DEFAULT now(),
     started_at     timestamptz NOT NULL DEFAULT now()
 );
 

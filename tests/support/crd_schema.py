@@ -58,11 +58,15 @@ def structural_errors(schema: Schema, value: Any, path: str = "") -> list[str]:
         if "minimum" in schema:
             low = schema["minimum"]
             if value < low or (schema.get("exclusiveMinimum") and value == low):
-                errors.append(f"{where}: {value} is below the minimum {low}")
+                errors.append(
+                    f"{where}: {value} is below the minimum {low} (exclusive: {schema.get('exclusiveMinimum', False)})"
+                )
         if "maximum" in schema:
             high = schema["maximum"]
             if value > high or (schema.get("exclusiveMaximum") and value == high):
-                errors.append(f"{where}: {value} is above the maximum {high}")
+                errors.append(
+                    f"{where}: {value} is above the maximum {high} (exclusive: {schema.get('exclusiveMaximum', False)})"
+                )
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             errors.append(f"{where}: shorter than {schema['minLength']}")

@@ -154,13 +154,15 @@ def admission_errors(schema: Schema, value: Any, path: str = "") -> list[str]:
 
 
 def default_errors(schema: Schema) -> list[str]:
-    """The CRD-creation check: each default, as written, valid against its node's schema and rules."""
+    """The CRD-creation check: each default, as written, valid against its node's schema and rules; and the
+    value a CR ends up with (nested defaults applied) valid too."""
     errors: list[str] = []
     for path, node in walk(schema):
         if "default" in node:
             default = node["default"]
             errors += structural_errors(node, default, f"{path}.default")
             errors += cel_errors(node, default, f"{path}.default")
+            errors += admission_errors(node, default, f"{path}.default(defaulted)")
     return errors
 
 

@@ -1,6 +1,7 @@
 """The `mge` command: plan (dry run), crds (generate CRDs), operator (run the controller)."""
 
 import asyncio
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -274,8 +275,21 @@ async def _read_trace(dsn: str, folder: Path, namespace: str, masterplan: str) -
             await asyncio.to_thread(postgres.stop)
 
 
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        help="json: one JSON object per line with trace_id; text: plain lines. Default MGE_LOG_FORMAT."
+    ),
+]
+
+
 @app.command()
-def operator() -> None:
+def operator(log_format: LogFormatOption = None) -> None:
     """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
@@ -284,7 +298,7 @@ def operator() -> None:
     from mge.controller.observability import export_trace_metrics_forever
     from mge.controller.runtime import run_operator
 
-    settings = _settings()
+    settings = _settings(log_format)
     try:
         namespaces = settings.namespaces()
     except ValueError as error:
@@ -333,7 +347,7 @@ def _acceptance(settings: "Settings") -> "AcceptanceJobConfig | None":
 
 
 @app.command()
-def executor() -> None:
+def executor(log_format: LogFormatOption = None) -> None:
     """Run an executor: claim ready atoms from Postgres and generate them (MGE_DATABASE_URL, OPENAI_*)."""
     import os
     import signal
@@ -345,7 +359,7 @@ def executor() -> None:
     from mge.executor.validation import CodeValidator
     from mge.executor.worker import Executor, ExecutorConfig
 
-    settings = _settings()
+    settings = _settings(log_format)
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: executors claim atoms from Postgres")
     concurrency = settings.executor_concurrency
@@ -576,7 +590,7 @@ def _kube(settings: "Settings", hint: str) -> "Kube":
         raise _fail(f"no Kubernetes credentials ({hint}): {error}") from None
 
 
-def _settings() -> "Settings":
+def _settings(log_format: LogFormat | None = None) -> "Settings":
     from pydantic import ValidationError
 
     from mge.settings import Settings
@@ -586,6 +600,8 @@ def _settings() -> "Settings":
         settings = Settings()
     except ValidationError as error:
         raise _fail(f"invalid MGE_* settings: {error}") from None
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": log_format.value})
     configure_logging(settings.log_level, settings.log_format)
     return settings
 

@@ -2,19 +2,26 @@
 
 import asyncio
 import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from mge.acceptance.gate import TestStatus
+from mge.acceptance.requirements import parse_requirements
+from mge.adapters.acceptance_job import AcceptanceJobConfig
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.manifests import load_plan_input
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
+from mge.controller.acceptance import sync_acceptance
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.acceptance import LocalAcceptance
 from mge.executor.worker import Executor, ExecutorConfig
+from mge.models.masterplan import Budget, BudgetOverride
 from mge.plan.dag import plan_dag
 from tests.support.fake_llm import FakeLLM
 
@@ -170,3 +177,70 @@ async def test_tests_of_a_wave_that_failed_are_recorded_as_errors(store, fake_ll
     assert not evaluation.gate.passed
     assert evaluation.precision.validation < 100
     assert json.dumps(evaluation.gate.failed_must) == '["MUST-1", "MUST-2", "MUST-3"]'
+
+
+async def _until(condition, timeout=60.0):
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_tests_refused_at_the_hard_cap_are_generated_once_an_override_raises_the_budget(
+    store, fake_llm, validator
+):
+    """The operator's acceptance sync (no Job reached on this path, so no Kubernetes API is needed) asks for
+    generation again after the override; real executors, ledger, LLM server and sandbox do the rest."""
+    name, plan_spec, atoms = load_plan_input(HELLO)
+    starved = plan_spec.model_copy(update={"budget": Budget(limitUSD=0.000001)})
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name=name,
+        trace_id=TRACE,
+        generation=1,
+        spec=starved,
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    acceptance = AcceptanceStore(store.pool)
+    local = LocalAcceptance(acceptance, store, Sandbox(workers=2))
+    await local.start(plan_id)
+    document = parse_requirements(plan_spec.requirements)
+    deps = SimpleNamespace(acceptance=AcceptanceJobConfig(image="mge:test"), kube=None)
+
+    async def sync():
+        progress, waves = await store.progress(plan_id), await store.wave_progress(plan_id)
+        return await sync_acceptance(
+            deps, store, "ns", name, {}, document, progress, waves, logging.getLogger("test")
+        )
+
+    executor = _executor(store, fake_llm, validator, "ex-0")
+    stop = asyncio.Event()
+    task = asyncio.create_task(executor.run(stop))
+    try:
+        await _until(lambda: _generation_done(acceptance, plan_id))
+    finally:
+        stop.set()
+        await task
+        await executor.llm.close()
+    refused = await acceptance.not_generated(plan_id)
+    assert [m.reason for m in refused] == ["hard budget cap reached before the test could be generated"] * 5
+    await sync()
+    assert await acceptance.generation_state(plan_id) == "done"  # still at the hard cap: nothing to retry
+
+    happened = await CostLedger(store.pool).apply_budget(
+        plan_id,
+        Budget(limitUSD=0.000001, override=BudgetOverride(limitUSD=5, approvedBy="alice", reason="tests")),
+    )
+    assert "resume" in happened
+    await sync()
+
+    assert await acceptance.generation_state(plan_id) == "requested"
+    waves = await _run(store, acceptance, plan_id, [_executor(store, fake_llm, validator, "ex-1")], local)
+    evaluation = await local.finish(plan_id, waves)
+    assert await acceptance.not_generated(plan_id) == []
+    assert evaluation.tests_generated == 5
+    assert evaluation.gate.passed, evaluation.gate.message
+
+
+async def _generation_done(acceptance, plan_id):
+    return await acceptance.generation_state(plan_id) == "done"

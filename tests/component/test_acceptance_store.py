@@ -9,7 +9,7 @@ from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate
 from mge.acceptance.requirements import Priority, Requirement
 from mge.acceptance.templates import GeneratedTest
 from mge.adapters.sandbox import TestRunResult
-from mge.adapters.store.acceptance import AcceptanceStore
+from mge.adapters.store.acceptance import BUDGET_REFUSED, AcceptanceStore
 from mge.adapters.store.store import Store
 from mge.models.masterplan import Language
 from mge.plan.dag import plan_dag
@@ -246,5 +246,42 @@ async def test_schema_rejects_a_generated_row_without_code(pg):
                     plan_id,
                     TRACE,
                 )
+    finally:
+        await store.close()
+
+
+async def test_budget_refused_tests_are_retried_only_when_the_plan_may_spend_and_only_once(pg):
+    store, acceptance, plan_id = await _setup(pg)
+    try:
+        await acceptance.request_generation(plan_id)
+        assert await acceptance.claim_generation("ex-1", 60) == plan_id
+        await acceptance.save_not_generated(plan_id, TRACE, MUST_1, BUDGET_REFUSED, attempts=0)
+        await acceptance.save_not_generated(plan_id, TRACE, MUST_2, "gave up after 3 attempts", attempts=3)
+        await acceptance.finish_generation(plan_id, "ex-1")
+        await store.pool.execute("UPDATE masterplans SET budget_exhausted = true WHERE id = $1", plan_id)
+
+        assert not await acceptance.retry_budget_refused(plan_id)  # still at the hard cap
+        await store.pool.execute("UPDATE masterplans SET budget_exhausted = false WHERE id = $1", plan_id)
+        await store.set_suspended(plan_id, True)
+        assert not await acceptance.retry_budget_refused(plan_id)  # suspended: spends nothing
+        await store.set_suspended(plan_id, False)
+
+        assert await acceptance.retry_budget_refused(plan_id)
+        assert await acceptance.generation_state(plan_id) == "requested"
+        assert not await acceptance.retry_budget_refused(plan_id)  # already requested
+    finally:
+        await store.close()
+
+
+async def test_tests_refused_for_other_reasons_are_not_retried_by_a_budget_change(pg):
+    store, acceptance, plan_id = await _setup(pg)
+    try:
+        await acceptance.request_generation(plan_id)
+        await acceptance.claim_generation("ex-1", 60)
+        await acceptance.save_not_generated(plan_id, TRACE, MUST_2, "gave up after 3 attempts", attempts=3)
+        await acceptance.finish_generation(plan_id, "ex-1")
+
+        assert not await acceptance.retry_budget_refused(plan_id)
+        assert await acceptance.generation_state(plan_id) == "done"
     finally:
         await store.close()

@@ -65,7 +65,7 @@ def test_projection_uses_the_observed_mean_then_the_estimate():
 
 
 def test_override_below_what_is_spent_or_reserved_is_rejected_naming_the_field():
-    with pytest.raises(OverrideRejected, match=r"spec\.budget\.override\.limitUSD \(150\.00\).*\$160\.00"):
+    with pytest.raises(OverrideRejected, match=r"spec\.budget\.override\.limitUSD \(\$150\.00\).*\$160\.00"):
         check_override(D(150), spent=D(150), reserved=D(10))
 
 

@@ -1,5 +1,6 @@
 """`mge plan` and `mge crds` as a user runs them: output, exit codes, messages."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mge.cli import app
+from mge.trace.context import JsonLogFormatter
 from tests.builders import manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,3 +125,27 @@ def test_operator_without_a_database_url_exits_2(tmp_path):
 
     assert result.returncode == 2
     assert "MGE_DATABASE_URL" in result.stderr
+
+
+def test_log_format_option_overrides_the_environment(monkeypatch):
+    """`--log-format` wins over MGE_LOG_FORMAT; the command then stops early on the missing database URL."""
+    monkeypatch.setenv("MGE_LOG_FORMAT", "json")
+    monkeypatch.setenv("MGE_WATCH_NAMESPACES", "team-a")
+    monkeypatch.delenv("MGE_DATABASE_URL", raising=False)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for command in ("operator", "executor"):
+            text = runner.invoke(app, [command, "--log-format", "text"])
+            assert text.exit_code == 2, text.output
+            assert "MGE_DATABASE_URL" in text.output
+            assert not isinstance(root.handlers[0].formatter, JsonLogFormatter)
+            default = runner.invoke(app, [command])
+            assert default.exit_code == 2, default.output
+            assert isinstance(root.handlers[0].formatter, JsonLogFormatter)
+        wrong = runner.invoke(app, ["operator", "--log-format", "yaml"])
+        assert wrong.exit_code == 2
+        assert "json" in wrong.output
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -51,6 +51,19 @@ def test_scale_up_is_fast_but_at_most_double_or_plus_four():
     assert decision.replicas == 6  # max(2 x 2, 2 + 4), though demand is 20
 
 
+def test_scale_to_zero_wakes_up_in_the_same_steps_not_at_once():
+    """minReplicas 0 with a full queue: +4 from zero, then x2 or +4 per period, up to the maximum."""
+    scaler = ScalerPolicy(ReplicaBounds(0, 10, atoms_per_executor=8))
+    queued = Observation(ready_atoms=10_000, running_atoms=0, idle_executors=0)
+
+    replicas, steps = 0, []
+    for period in range(4):
+        replicas = scaler.decide(replicas, queued, now=period * 30).replicas
+        steps.append(replicas)
+
+    assert steps == [4, 8, 10, 10]
+
+
 def test_scale_down_waits_for_the_stabilization_window_and_steps_at_most_25_percent():
     scaler = _scaler()
     busy, idle = Observation(ready_atoms=80, running_atoms=0), Observation(ready_atoms=0, running_atoms=8)

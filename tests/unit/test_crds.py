@@ -9,9 +9,34 @@ import yaml
 
 from mge.cli import _render_crd
 from mge.models.crd import all_crds, masterplan_crd, wave_crd
+from mge.models.masterplan import MasterplanSpec
+from tests.support.crd_schema import (
+    admission_errors,
+    apply_defaults,
+    default_errors,
+    unguarded_optional_fields,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FOLDERS = [REPO / "crds", REPO / "helm" / "mge-operator" / "crds"]
+EXAMPLES = sorted((REPO / "examples").glob("*/masterplan.yaml"))
+
+
+def _shipped_crds() -> list[tuple[str, dict[str, Any]]]:
+    """Every CRD a user can apply: crds/, the chart's crds/ and the plain manifest, as committed."""
+    found = [
+        (str(path.relative_to(REPO)), yaml.safe_load(path.read_text()))
+        for folder in CRD_FOLDERS
+        for path in sorted(folder.glob("*.yaml"))
+    ]
+    manifest = REPO / "manifests" / "mge-operator.yaml"
+    found += [
+        (f"{manifest.relative_to(REPO)}:{doc['metadata']['name']}", doc)
+        for doc in yaml.safe_load_all(manifest.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    assert len(found) >= 6, found
+    return found
 
 
 def _schema(crd: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +95,8 @@ def test_printer_columns_point_at_fields_the_status_schema_has():
 def test_budget_defaults_are_applied_by_the_api_server():
     budget = _schema(masterplan_crd())["properties"]["spec"]["properties"]["budget"]
 
-    assert budget["default"] == {}
+    # The full value, not `{}`: the API server checks a default's CEL rules as written, nested defaults unapplied.
+    assert budget["default"] == {"limitUSD": 200.0, "softCapPercent": 70.0, "hardCapPercent": 100.0}
     defaults = {name: field.get("default") for name, field in budget["properties"].items()}
     assert defaults == {"limitUSD": 200.0, "softCapPercent": 70.0, "hardCapPercent": 100.0, "override": None}
     assert budget["properties"]["limitUSD"]["minimum"] == 0
@@ -127,3 +153,45 @@ def test_committed_crds_match_the_models(folder):
         assert committed.exists(), f"{committed} missing: run `make crds`"
         assert committed.read_text() == _render_crd(crd), f"{committed} is stale: run `make crds`"
         assert yaml.safe_load(committed.read_text()) == crd
+
+
+@pytest.mark.parametrize(("where", "crd"), _shipped_crds(), ids=[w for w, _ in _shipped_crds()])
+def test_every_default_passes_its_schema_and_rules_as_written(where, crd):
+    """The API server refuses the whole CRD when one default fails its node's schema or CEL rules."""
+    assert default_errors(_schema(crd)) == []
+
+
+@pytest.mark.parametrize(("where", "crd"), _shipped_crds(), ids=[w for w, _ in _shipped_crds()])
+def test_rules_guard_fields_that_may_be_absent_with_has(where, crd):
+    assert unguarded_optional_fields(_schema(crd)) == []
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.parent.name)
+def test_every_example_is_admitted_by_the_schema_and_every_rule(example):
+    document = yaml.safe_load(example.read_text())
+
+    assert admission_errors(_schema(masterplan_crd()), document) == []
+    # The operator reads what the API server stored: the defaulted spec validates in the model too.
+    spec = apply_defaults(_schema(masterplan_crd()), document)["spec"]
+    MasterplanSpec.model_validate(spec)
+
+
+def test_the_admission_check_refuses_what_the_api_server_refuses():
+    """The checks above can fail: an unguarded rule on a `{}` default, and invalid specs."""
+    node = {
+        "type": "object",
+        "default": {},
+        "properties": {"a": {"type": "number", "default": 1}, "b": {"type": "number"}},
+        "x-kubernetes-validations": [{"rule": "self.a <= self.b", "message": "a must not exceed b"}],
+    }
+    assert default_errors(node) != []
+    assert unguarded_optional_fields(node) != []
+    schema = _schema(masterplan_crd())
+    document = yaml.safe_load(EXAMPLES[0].read_text())
+    too_soft = {
+        **document,
+        "spec": {**document["spec"], "budget": {"softCapPercent": 90, "hardCapPercent": 80}},
+    }
+    assert admission_errors(schema, too_soft) != []
+    free = {**document, "spec": {**document["spec"], "budget": {"limitUSD": 0}}}
+    assert admission_errors(schema, free) != []

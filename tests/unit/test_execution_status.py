@@ -1,15 +1,25 @@
 """Execution status from store progress: counts, Progressing, Complete, Failed naming atoms and dependents."""
 
 import dataclasses
+import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import pytest
+import yaml
+
+from mge.cost.caps import check_override, usd
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
-from mge.models.masterplan import MasterplanStatus, Phase
+from mge.models.crd import masterplan_crd
+from mge.models.masterplan import MasterplanSpec, MasterplanStatus, Phase
 from mge.models.progress import Progress, Spend
 from mge.plan.execution import decide_execution, decide_store_unavailable
+from tests.support.crd_schema import admission_errors, apply_defaults
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _progress(**counts) -> Progress:
@@ -180,3 +190,63 @@ def test_cost_avoided_by_the_cache_is_reported_beside_the_spend():
     assert status.cost.cache_saved_usd == 0.734
     assert status.cost.current_usd == 1.5
     assert status.to_kube()["cost"]["cacheSavedUSD"] == 0.734
+
+
+def _merge(target, patch):
+    """RFC 7386 JSON merge patch, as `kubectl patch --type merge` applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("limit", "spent", "reserved"),
+    [
+        ("0.0004", "0.0004", "0"),
+        ("0.0004", "0.00039", "0.00001"),
+        ("0.03", "0.0291", "0.0009"),
+        ("200", "199.5", "0.5"),
+        ("999999", "999998", "0"),
+    ],
+)
+def test_the_suggested_override_is_admitted_and_lets_the_run_continue(limit, spent, reserved):
+    """The patch in the hard-cap message, applied as written, passes the CRD schema, its rules and the model."""
+    status, _ = _decide(
+        _progress(succeeded=9, ready=1), spend=_spend(spent, reserved=reserved, exhausted=True, limit=limit)
+    )
+    message = _condition(status, ConditionType.SUSPENDED).message
+
+    patch = json.loads(re.search(r"-p '(\{.*\})'", message).group(1))
+    crd_schema = masterplan_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    document = yaml.safe_load((REPO / "examples" / "hello" / "masterplan.yaml").read_text())
+    document["spec"]["budget"] = {"limitUSD": float(limit)}
+    patched = _merge(document, patch)
+    assert admission_errors(crd_schema, patched) == []
+    spec = MasterplanSpec.model_validate(apply_defaults(crd_schema, patched)["spec"])
+    new_limit = Decimal(str(spec.budget.effective_limit_usd))
+    assert new_limit > Decimal(limit)
+    check_override(new_limit, Decimal(spent), Decimal(reserved))
+    assert f"Spent {usd(Decimal(spent))} of {usd(Decimal(limit))}" in message
+    assert "$0.00 of" not in message
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        ("0", "$0.00"),
+        ("0.0004", "$0.0004"),
+        ("0.000012345", "$0.000012"),
+        ("0.0291", "$0.0291"),
+        ("0.5", "$0.5000"),
+        ("199.5", "$199.50"),
+        ("1234567.891", "$1,234,567.89"),
+    ],
+)
+def test_money_keeps_the_precision_a_small_amount_needs(amount, shown):
+    assert usd(Decimal(amount)) == shown

@@ -70,10 +70,15 @@ async def sync_acceptance(
     if await _requirements_changed(accept, plan_id, document):
         # A re-applied spec with other requirements: new tests, every wave re-run, a new gate.
         await accept.request_generation(plan_id)
-        for earlier in await accept.result_waves(plan_id):
-            await accept.request_wave_run(plan_id, earlier)
-        await accept.clear_verdict(plan_id)
+        await _rerun_and_clear_verdict(accept, plan_id)
         logger.info("requirements changed: acceptance tests are generated again and every wave re-runs")
+    elif await accept.retry_budget_refused(plan_id):
+        # The budget was raised (override or resume): the tests the hard cap refused are written now, and the
+        # waves whose results were saved without them run again.
+        await _rerun_and_clear_verdict(accept, plan_id)
+        logger.info(
+            "budget raised: acceptance tests refused at the hard cap are generated and every wave re-runs"
+        )
     stored = await accept.verdict(plan_id)
     if stored is not None:
         state = AcceptanceState(True, count, document.problems, verdict=stored.gate, score=stored.precision)
@@ -124,6 +129,12 @@ async def sync_acceptance(
     metrics.export_pass_rate(namespace, name, outcomes)
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
     return AcceptanceState(True, count, document.problems, verdict=verdict, score=score), per_wave
+
+
+async def _rerun_and_clear_verdict(accept: AcceptanceStore, plan_id: uuid.UUID) -> None:
+    for earlier in await accept.result_waves(plan_id):
+        await accept.request_wave_run(plan_id, earlier)
+    await accept.clear_verdict(plan_id)
 
 
 async def _requirements_changed(

@@ -72,6 +72,37 @@ def check_override(new_limit: Decimal, spent: Decimal, reserved: Decimal) -> Non
     committed = spent + reserved
     if new_limit < committed:
         raise OverrideRejected(
-            f"spec.budget.override.limitUSD ({new_limit:.2f}) is below what is already spent or reserved "
-            f"(${committed:.2f}); choose at least that much"
+            f"spec.budget.override.limitUSD ({usd(new_limit)}) is below what is already spent or reserved "
+            f"({usd(committed)}); choose at least that much"
         )
+
+
+# spec.budget.limitUSD and override.limitUSD allow at most this much (the CRD's maximum).
+MAX_LIMIT_USD = Decimal(1_000_000)
+
+
+def usd(amount: Decimal) -> str:
+    """Dollars with cents; a sub-dollar amount with four decimals, or as many as it needs not to read as zero."""
+    if amount == 0 or abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    decimals = max(4, 1 - amount.adjusted())
+    text = f"{amount:.{decimals}f}"
+    if decimals > 4:
+        text = text.rstrip("0")
+    return f"${text}"
+
+
+def suggested_limit(limit: Decimal, projected: Decimal, committed: Decimal) -> Decimal:
+    """A budget to propose at the hard cap: room for the projected total, rounded up to two significant digits,
+    never below what is committed and never above what the CRD admits."""
+    wanted = max(limit * Decimal("1.5"), projected * Decimal("1.1"), committed * Decimal("1.1"))
+    if wanted <= 0:
+        return limit
+    step = Decimal(1).scaleb(wanted.adjusted() - 1)
+    rounded = (wanted / step).to_integral_value(rounding="ROUND_CEILING") * step
+    return min(rounded, MAX_LIMIT_USD)
+
+
+def json_number(amount: Decimal) -> str:
+    """A Decimal as a plain JSON number: 0.0006 rather than 6E-4."""
+    return format(amount.normalize(), "f")

@@ -26,7 +26,7 @@ from mge.acceptance.templates import (
 from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
-from mge.adapters.store.acceptance import AcceptanceStore, PlanContext, StoredTest
+from mge.adapters.store.acceptance import BUDGET_REFUSED, AcceptanceStore, PlanContext, StoredTest
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
@@ -185,7 +185,7 @@ class TestGenerator:
             )
             reservation = await self.ledger.reserve(pseudo, self.config.executor_id, worst_case)
             if reservation is None:
-                return None, "hard budget cap reached before the test could be generated", attempt - 1
+                return None, BUDGET_REFUSED, attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0
             try:
                 completion = await self.gate.complete(

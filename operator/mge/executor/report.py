@@ -8,14 +8,10 @@ from rich.table import Table
 
 from mge.acceptance.gate import GateVerdict
 from mge.adapters.cache import SavingsSummary
+from mge.cost.caps import usd
 from mge.deps.compare import PlanCheck
 from mge.deps.status import decide_dependencies
 from mge.executor.local_run import LocalRun, RunResult
-
-
-def usd(value: Decimal) -> str:
-    """Dollars with cents, or with four decimals for the sub-dollar amounts of small runs."""
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
 def cache_line(hits: int, calls: int, saved: SavingsSummary) -> str:

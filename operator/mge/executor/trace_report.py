@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.tree import Tree
 
-from mge.executor.report import usd
+from mge.cost.caps import usd
 from mge.trace.tree import AtomNode, AttemptRecord, TraceTree
 
 

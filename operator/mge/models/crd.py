@@ -57,10 +57,38 @@ def _strip_nulls(value: Any) -> Any:
     return value
 
 
+def _with_nested_defaults(node: dict[str, Any], value: Any) -> Any:
+    """`value` with the defaults of the fields it omits filled in, the way the API server defaults an object."""
+    if not isinstance(value, dict):
+        return value
+    filled = dict(value)
+    for name, child in node.get("properties", {}).items():
+        if name not in filled and "default" in child:
+            filled[name] = child["default"]
+        if name in filled:
+            filled[name] = _with_nested_defaults(child, filled[name])
+    return filled
+
+
+def _complete_defaults(node: Any) -> None:
+    """Write object defaults out in full: at CRD creation the API server checks a default, and evaluates its
+    node's CEL rules on it, as written (nested defaults are not applied first), so `{}` fails a rule such as
+    `self.softCapPercent <= self.hardCapPercent`."""
+    if not isinstance(node, dict):
+        return
+    for child in node.get("properties", {}).values():
+        _complete_defaults(child)
+    _complete_defaults(node.get("items"))
+    if "default" in node:
+        node["default"] = _with_nested_defaults(node, node["default"])
+
+
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema as a CRD-ready OpenAPI v3 schema."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return dict(_resolve(raw, raw.get("$defs", {})))
+    schema = dict(_resolve(raw, raw.get("$defs", {})))
+    _complete_defaults(schema)
+    return schema
 
 
 def _column(name: str, type_: str, path: str, description: str, priority: int = 0) -> dict[str, Any]:

@@ -206,7 +206,7 @@ class MasterplanSpec(KubeModel):
     budget: Budget = Field(
         default_factory=Budget,
         description="Spending limit and caps.",
-        # `default: {}` makes the API server fill in the nested defaults when budget is omitted.
+        # An omitted budget gets the nested defaults (the CRD generator writes this `{}` out in full).
         json_schema_extra={"default": {}},
     )
     suspend: bool = Field(

@@ -6,7 +6,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from mge.cost.caps import BudgetLimits, BudgetState, budget_state, projected_total
+from mge.cost.caps import (
+    BudgetLimits,
+    BudgetState,
+    budget_state,
+    json_number,
+    projected_total,
+    suggested_limit,
+    usd,
+)
 from mge.deps.status import DependenciesDecision
 from mge.models.concurrency_api import ScalingSignals
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
@@ -331,30 +339,30 @@ def _apply_spend(
             ConditionType.BUDGET_SOFT_CAP_EXCEEDED,
             ConditionStatus.TRUE,
             Reason.SOFT_CAP_EXCEEDED,
-            f"Spent ${spend.spent_usd:.2f} of ${spend.limit_usd:.2f} ({status.cost.percent_used:.1f}%), past the "
-            f"{spend.soft_cap_percent:.0f}% soft cap; projected total ${projected:.2f}.",
+            f"Spent {usd(spend.spent_usd)} of {usd(spend.limit_usd)} ({status.cost.percent_used:.1f}%), past the "
+            f"{spend.soft_cap_percent:.0f}% soft cap; projected total {usd(projected)}.",
         )
     elif soft is not None:
         conditions.set(
             ConditionType.BUDGET_SOFT_CAP_EXCEEDED,
             ConditionStatus.FALSE,
             Reason.WITHIN_BUDGET,
-            f"Spent ${spend.spent_usd:.2f} of ${spend.limit_usd:.2f}.",
+            f"Spent {usd(spend.spent_usd)} of {usd(spend.limit_usd)}.",
         )
     suspended = find_condition(status.conditions, ConditionType.SUSPENDED)
     if state == BudgetState.HARD_CAP and spend.exhausted:
-        suggested = max(spend.limit_usd * Decimal("1.5"), projected * Decimal("1.1")).quantize(Decimal(1))
+        suggested = suggested_limit(spend.limit_usd, projected, spend.spent_usd + spend.reserved_usd)
         override = (
-            f'{{"spec":{{"budget":{{"override":{{"limitUSD":{suggested},"approvedBy":"<your-username>",'
+            f'{{"spec":{{"budget":{{"override":{{"limitUSD":{json_number(suggested)},"approvedBy":"<your-username>",'
             f'"reason":"<why>"}}}}}}}}'
         )
         conditions.set(
             ConditionType.SUSPENDED,
             ConditionStatus.TRUE,
             Reason.HARD_CAP_REACHED,
-            f"Spent ${spend.spent_usd:.2f} of ${spend.limit_usd:.2f} (hard cap {spend.hard_cap_percent:.0f}%, "
-            f"${spend.reserved_usd:.2f} reserved by calls in flight); no new LLM calls start. Projected total "
-            f"${projected:.2f}. To continue, an approver (RBAC verb approve on masterplans/budget) runs: "
+            f"Spent {usd(spend.spent_usd)} of {usd(spend.limit_usd)} (hard cap {spend.hard_cap_percent:.0f}%, "
+            f"{usd(spend.reserved_usd)} reserved by calls in flight); no new LLM calls start. Projected total "
+            f"{usd(projected)}. To continue, an approver (RBAC verb approve on masterplans/budget) runs: "
             f"kubectl patch masterplan {name} --type merge -p '{override}'",
         )
     elif suspended is not None and suspended.reason == Reason.HARD_CAP_REACHED:
@@ -363,7 +371,7 @@ def _apply_spend(
             ConditionType.SUSPENDED,
             ConditionStatus.FALSE,
             Reason.OVERRIDE_APPROVED,
-            f"Budget raised to ${spend.limit_usd:.2f}{who}; the run continues.",
+            f"Budget raised to {usd(spend.limit_usd)}{who}; the run continues.",
         )
 
 

@@ -10,6 +10,9 @@ from typing import Final
 current_trace_id: ContextVar[str | None] = ContextVar("current_trace_id", default=None)
 
 _RECORD_FIELDS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+# kopf's per-object logger puts its whole OperatorSettings (~2 KB as text) and a posting flag on every record.
+_NOT_LOGGED: Final = frozenset({"settings", "k8s_skip"})
+_PLAIN: Final = (str, int, float, bool, type(None), list, tuple, dict)
 
 
 def new_trace_id() -> str:
@@ -27,9 +30,12 @@ class JsonLogFormatter(logging.Formatter):
             "message": record.getMessage(),
             "trace_id": getattr(record, "trace_id", None) or current_trace_id.get(),
         }
-        # kopf's per-object logger attaches the object reference as `k8s_ref`.
+        # Extras are kept when they are plain data: kopf's object reference (`k8s_ref`), an atom id. Objects
+        # (settings, clients) would be dumped by their repr on every line.
         for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and key not in line and not key.startswith("_"):
+            if key in _RECORD_FIELDS or key in line or key in _NOT_LOGGED or key.startswith("_"):
+                continue
+            if isinstance(value, _PLAIN):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

@@ -17,6 +17,9 @@ from mge.precision.score import IntegrationCheck, PrecisionScore, precision_scor
 
 # A result's output excerpt is capped here as well as by the runner: the API pages these rows.
 OUTPUT_LIMIT: Final = 4096
+# The reason stored for a test the ledger refused to pay for; such tests are generated again once the plan
+# has headroom (an approved override or a raised budget resumed it).
+BUDGET_REFUSED: Final = "hard budget cap reached before the test could be generated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +427,24 @@ class AcceptanceStore:
                 trace,
             )
         return int(requests)
+
+    async def retry_budget_refused(self, plan_id: uuid.UUID) -> bool:
+        """Request generation again when tests were refused at the hard cap and the plan may spend again
+        (not exhausted, not suspended); True when this call requested it. A plan still at the cap is left alone:
+        a retry would only be refused again."""
+        requested = await self.pool.fetchval(
+            """UPDATE acceptance_generation_claims g SET state = 'requested', requests = g.requests + 1,
+                   lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               FROM masterplans m
+               WHERE g.masterplan_id = $1 AND m.id = g.masterplan_id AND g.state = 'done'
+                 AND NOT m.budget_exhausted AND NOT m.suspended
+                 AND EXISTS (SELECT 1 FROM acceptance_tests t WHERE t.masterplan_id = $1
+                             AND t.status = 'not_generated' AND t.reason = $2)
+               RETURNING true""",
+            plan_id,
+            BUDGET_REFUSED,
+        )
+        return bool(requested)
 
     async def claim_generation(
         self, owner: str, lease_seconds: float, plan_id: uuid.UUID | None = None

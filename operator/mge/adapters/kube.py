@@ -80,6 +80,12 @@ class Kube:
         )
         return list(result.get("items", []))
 
+    async def list_masterplans(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "masterplans"
+        )
+        return list(result.get("items", []))
+
     async def create_wave(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self._call(
             self._custom.create_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", body

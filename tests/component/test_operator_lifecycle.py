@@ -270,3 +270,62 @@ async def test_restarting_the_operator_writes_nothing_for_plans_with_spend(clust
     changed = cluster.writes - writes
     events = [e for e in cluster.objects_of("events", NS) if int(e["metadata"]["resourceVersion"]) > writes]
     assert (changed, [e.get("reason") for e in events]) == (0, [])
+
+
+class _SpecChangeMidTick:
+    """Makes one progress tick race a spec change: the tick reads the store (an atom was claimed just before,
+    so its status changes), then the user suspends the plan and the update handler writes generation 2's
+    conditions, and only then does the tick go on to write what it computed from generation 1."""
+
+    def __init__(self) -> None:
+        self.armed = self.read = self.patched = self.done = False
+
+    def install(self, deps: ControllerDeps) -> None:
+        kube, lazy = deps.kube, deps.store
+        real_list_waves, real_get = kube.list_waves, lazy.get
+        deps.sweep_interval_s = 3600  # only the tick asks for the store once armed
+
+        async def get() -> Store:
+            store = await real_get()
+            if self.armed and not self.read:
+                self.read = True
+                await store.claim("probe", 1, 300)
+            return store
+
+        async def observed_two(namespace: str, name: str) -> bool:
+            plan = await kube._call(  # the operator's loop cannot read the fake API's objects directly
+                kube._custom.get_namespaced_custom_object,
+                "mge.devmatrix.io",
+                "v1alpha1",
+                namespace,
+                "masterplans",
+                name,
+            )
+            return bool((plan.get("status") or {}).get("observedGeneration") == 2)
+
+        async def list_waves(namespace: str, masterplan: str) -> list[dict[str, Any]]:
+            if self.read and not self.patched:  # the tick; the update handler's own call passes through
+                self.patched = True
+                await kube.patch_masterplan_spec(namespace, masterplan, {"suspend": True})
+                await eventually(lambda: observed_two(namespace, masterplan), timeout=20)
+                self.done = True
+            return await real_list_waves(namespace, masterplan)
+
+        lazy.get = get  # type: ignore[method-assign]
+        kube.list_waves = list_waves  # type: ignore[method-assign]
+
+
+async def test_a_progress_tick_never_writes_over_a_newer_generations_conditions(cluster, pg):
+    race = _SpecChangeMidTick()
+    await _apply(cluster, hello())
+
+    async with running_operator(cluster, pg, [NS], customize=race.install):
+        await eventually(lambda: _reason(cluster, "Progressing") == "False/AwaitingExecutors")
+        race.armed = True
+        await eventually(lambda: race.done, timeout=30)
+        # Written by the racing tick (before) or by the next one, which reads generation 2's status.
+        await eventually(lambda: _masterplan(cluster)["status"]["atoms"]["running"] == 1, timeout=20)
+        await eventually(lambda: _reason(cluster, "Progressing") == "False/SuspendedByUser")
+
+    assert _masterplan(cluster)["status"]["observedGeneration"] == 2
+    assert _reason(cluster, "Suspended") == "True/SuspendedByUser"

@@ -213,7 +213,17 @@ async def sync_progress(
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
         export_gate(namespace, name, acceptance)
-    await _write(deps.kube, body, patch, status, PlanningOutcome(status=desired, events=events), logger)
+    # Not through kopf's patch: the spec may have changed since this tick's snapshot, and the conditions list
+    # is written whole, so the write must not land over a newer generation's conditions.
+    changes = status_patch(dict(status), desired)
+    try:
+        written = not changes or await deps.kube.patch_masterplan_status(namespace, name, changes, generation)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    if not written:
+        logger.info("progress not written: the Masterplan changed meanwhile; the next tick catches up")
+        return
+    await _post_events(deps.kube, body, PlanningOutcome(status=desired, events=events), logger)
 
 
 async def retire_deleted(
@@ -423,6 +433,15 @@ async def _write(
     changes = status_patch(dict(observed), outcome.status)
     if changes:
         patch.setdefault("status", {}).update(changes)
+    await _post_events(kube, body, outcome, logger)
+
+
+async def _post_events(
+    kube: Kube,
+    body: kopf.Body,
+    outcome: PlanningOutcome,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log(f"{event.reason}: {event.message}")

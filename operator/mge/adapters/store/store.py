@@ -704,6 +704,15 @@ class Store:
         )
         return int(row["ready"]), int(row["running"])
 
+    async def live_run(self, namespace: str, name: str) -> uuid.UUID | None:
+        """The run of namespace/name that is not retired (a deleted Masterplan's runs are), None if none."""
+        run: uuid.UUID | None = await self.pool.fetchval(
+            "SELECT id FROM masterplans WHERE namespace = $1 AND name = $2 AND retired_at IS NULL",
+            namespace,
+            name,
+        )
+        return run
+
     async def identity(self, plan_id: uuid.UUID) -> tuple[str, str] | None:
         """(namespace, name) of a stored Masterplan, None if unknown."""
         row = await self.pool.fetchrow("SELECT namespace, name FROM masterplans WHERE id = $1", plan_id)

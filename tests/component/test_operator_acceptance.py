@@ -245,7 +245,7 @@ async def test_rerunning_a_wave_with_a_fixed_test_completes_the_plan(cluster, pg
     status = _masterplan(cluster)["status"]
     assert (status["phase"], status["gate"]["status"]) == ("Succeeded", "Passed")
     assert _reason(cluster, "GateSPassed") == "True/AllRequirementsPassed"
-    assert _reason(cluster, "Failed") == "False/AtomsRunning"
+    assert _reason(cluster, "Failed") == "False/AcceptanceTestsRunning"
     assert status["precision"]["spec"] == 100.0
 
 

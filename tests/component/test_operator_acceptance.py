@@ -23,7 +23,7 @@ from mge.acceptance.requirements import parse_requirements
 from mge.acceptance.templates import GeneratedTest
 from mge.adapters.acceptance_job import JOB_LABEL, AcceptanceJobConfig
 from mge.adapters.store.acceptance import AcceptanceStore
-from mge.adapters.store.store import Store, masterplan_uuid
+from mge.adapters.store.store import Store
 from mge.models.masterplan import Language
 from tests.support.executor import running_executor
 from tests.support.kube_api import KubeAPI
@@ -114,7 +114,7 @@ async def _generate_tests(dsn: str, chosen: dict[str, tuple[int, str]]) -> None:
     store = await Store.connect(dsn)
     try:
         accept = AcceptanceStore(store.pool)
-        plan_id = masterplan_uuid(NS, "hello")
+        plan_id = await eventually(lambda: store.live_run(NS, "hello"))
         await eventually(lambda: accept.generation_state(plan_id), timeout=20)
         await _store_tests(store, accept, plan_id, hello()["spec"]["requirements"], chosen)
     finally:
@@ -191,7 +191,7 @@ async def _rerun_wave_1_with_a_fixed_must_2(api: KubeAPI, dsn: str) -> None:
     store = await Store.connect(dsn)
     try:
         accept = AcceptanceStore(store.pool)
-        plan_id = masterplan_uuid(NS, "hello")
+        plan_id = await eventually(lambda: store.live_run(NS, "hello"))
         (stored,) = [t for t in await accept.tests(plan_id, 1) if t.requirement.id == "MUST-2"]
         fixed = GeneratedTest("MUST-2", Language.PYTHON, stored.test.path, FIXED_MUST_2)
         trace = await store.pool.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
@@ -245,7 +245,7 @@ async def test_rerunning_a_wave_with_a_fixed_test_completes_the_plan(cluster, pg
     status = _masterplan(cluster)["status"]
     assert (status["phase"], status["gate"]["status"]) == ("Succeeded", "Passed")
     assert _reason(cluster, "GateSPassed") == "True/AllRequirementsPassed"
-    assert _reason(cluster, "Failed") == "False/AtomsRunning"
+    assert _reason(cluster, "Failed") == "False/AcceptanceTestsRunning"
     assert status["precision"]["spec"] == 100.0
 
 
@@ -265,7 +265,7 @@ async def _drop_must_2_from_the_spec(api: KubeAPI, dsn: str) -> None:
     store = await Store.connect(dsn)
     try:
         accept = AcceptanceStore(store.pool)
-        plan_id = masterplan_uuid(NS, "hello")
+        plan_id = await eventually(lambda: store.live_run(NS, "hello"))
         await eventually(lambda: _requested(accept, plan_id), timeout=20)
         renumbered = {
             "MUST-1": TESTS["MUST-1"],
@@ -352,7 +352,7 @@ async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_n
     }
     store = await Store.connect(pg)
     try:
-        results = await AcceptanceStore(store.pool).results(masterplan_uuid(NS, "hello"))
+        results = await AcceptanceStore(store.pool).results(await store.live_run(NS, "hello"))
     finally:
         await store.close()
     assert sorted(r.requirement_id for r in results) == sorted(TESTS)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mge.adapters.store.store import Store, masterplan_uuid
+from mge.adapters.store.store import Store
 from tests.component.test_operator import (
     HELLO_RECORDING,
     NS,
@@ -37,7 +37,7 @@ def hello_without_validation_dependency() -> dict[str, Any]:
 async def _declared(pg: str, atom: str) -> list[str]:
     store = await Store.connect(pg)
     try:
-        code = await store.generated_code(masterplan_uuid(NS, "hello"))
+        code = await store.generated_code(await store.live_run(NS, "hello"))
     finally:
         await store.close()
     return next(depends_on for atom_id, _, depends_on in code.atoms if atom_id == atom)

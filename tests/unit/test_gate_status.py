@@ -228,3 +228,19 @@ def test_an_empty_must_section_from_the_real_parser_is_reported_at_its_line():
     assert gate[:2] == ("False", "InvalidRequirements")
     assert "line 2: the MUST section has no bullet items" in gate[2]
     assert "line 5:" in gate[2]
+
+
+def test_disabled_acceptance_shows_gate_disabled_not_pending():
+    status, _ = _decide(AcceptanceState(enabled=False, requirements=3))
+
+    assert status.gate.status == GateState.DISABLED
+    assert status.to_kube()["gate"]["status"] == "Disabled"
+
+
+def test_tests_running_again_after_a_passed_gate_do_not_claim_atoms_are_running():
+    verdict = Verdict(True, 100.0, 100.0, message="m")
+    passed, _ = _decide(AcceptanceState(enabled=True, requirements=1, verdict=verdict))
+
+    rerun, _ = _decide(AcceptanceState(enabled=True, requirements=1, waves_pending=(0,)), observed=passed)
+
+    assert _cond(rerun, ConditionType.COMPLETE)[:2] == ("False", "AcceptanceTestsRunning")

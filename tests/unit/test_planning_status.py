@@ -6,9 +6,19 @@ from decimal import Decimal
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import MasterplanStatus, Phase
+from mge.models.progress import Progress, Spend, WaveProgress
 from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.errors import AtomsSourceNotFound, InvalidSpec
-from mge.plan.status import decide_invalid_spec, decide_planning, decide_wave_status, status_patch, wave_name
+from mge.plan.execution import decide_execution
+from mge.plan.status import (
+    counted,
+    decide_invalid_spec,
+    decide_planning,
+    decide_wave_progress,
+    decide_wave_status,
+    status_patch,
+    wave_name,
+)
 from tests.builders import atom, spec
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -180,3 +190,69 @@ def test_first_wave_is_ready_and_later_waves_wait_for_dependencies():
     assert _condition(first, ConditionType.PROGRESSING).reason == Reason.READY_TO_RUN
     assert _condition(later, ConditionType.PROGRESSING).reason == Reason.WAITING_FOR_DEPENDENCIES
     assert "waves 0-1" in _condition(later, ConditionType.PROGRESSING).message
+
+
+def test_messages_count_in_english():
+    assert (counted(1, "test"), counted(0, "test"), counted(2, "atom")) == ("1 test", "0 tests", "2 atoms")
+
+
+def _tick(plan_spec, observed, *, running=0, succeeded=0, spent="0", suspended=False):
+    """What the progress timer writes for the plan of `plan_spec` (3 atoms, 2 waves)."""
+    total = len(plan_spec.atoms)
+    progress = Progress(
+        total=total,
+        pending=0,
+        ready=total - running - succeeded,
+        running=running,
+        succeeded=succeeded,
+        failed=0,
+        blocked=0,
+        cost_usd=Decimal(spent),
+        waves_total=2,
+        waves_complete=1 if succeeded else 0,
+    )
+    spend = Spend(
+        spent_usd=Decimal(spent),
+        reserved_usd=Decimal(0),
+        limit_usd=Decimal(plan_spec.budget.effective_limit_usd),
+        soft_cap_percent=Decimal(70),
+        hard_cap_percent=Decimal(100),
+        exhausted=False,
+    )
+    status, _ = decide_execution(
+        name="shop",
+        observed=observed,
+        progress=progress,
+        spend=spend,
+        suspended=suspended,
+        generation=1,
+        now=NOW,
+    )
+    return status
+
+
+def test_a_resume_after_a_restart_writes_nothing_the_progress_timer_wrote():
+    for stage in (
+        {"running": 1, "succeeded": 1, "spent": "0.000317"},
+        {"succeeded": 1, "spent": "0.000317", "suspended": True},
+        {"succeeded": 3, "spent": "0.4"},
+    ):
+        plan_spec = spec(atom("a"), atom("b", "a"), atom("c", "a"))
+        if stage.get("suspended"):
+            plan_spec = plan_spec.model_copy(update={"suspend": True})
+        ticked = _tick(plan_spec, _decide(plan_spec).status, **stage)
+
+        resumed = _decide(plan_spec, observed=ticked)
+
+        assert status_patch(ticked.to_kube(), resumed.status) == {}, stage
+        assert resumed.events == []
+
+
+def test_a_resumed_wave_keeps_the_progress_the_timer_wrote():
+    wave = WaveSpec(masterplan="shop", index=1, atom_ids=["b", "c"])
+    initial = decide_wave_status(wave, WaveStatus(), 1, NOW)
+    running = decide_wave_progress(initial, WaveProgress(1, 2, 1, 0, 1, Decimal("0.1")), NOW)
+
+    resumed = decide_wave_status(wave, running, 1, NOW)
+
+    assert status_patch(running.to_kube(), resumed) == {}

@@ -80,6 +80,12 @@ class Kube:
         )
         return list(result.get("items", []))
 
+    async def list_masterplans(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "masterplans"
+        )
+        return list(result.get("items", []))
+
     async def create_wave(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self._call(
             self._custom.create_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "waves", body
@@ -148,6 +154,34 @@ class Kube:
     @property
     def api_client(self) -> client.ApiClient:
         return self._api
+
+    async def patch_masterplan_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], generation: int
+    ) -> bool:
+        """Write these status keys only if the object is still at `generation` and its status observed it
+        (JSON patch `test` operations, atomic on the API server); False, writing nothing, when a newer spec
+        came in meanwhile or the object is gone."""
+        operations = [
+            {"op": "test", "path": "/metadata/generation", "value": generation},
+            {"op": "test", "path": "/status/observedGeneration", "value": generation},
+            *({"op": "add", "path": f"/status/{key}", "value": value} for key, value in status.items()),
+        ]
+        try:
+            await self._call(
+                self._custom.patch_namespaced_custom_object_status,
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                "masterplans",
+                name,
+                operations,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as error:
+            if error.status in (404, 409, 422):  # gone, or a failed `test`: the newer generation wins
+                return False
+            raise
+        return True
 
     async def patch_masterplan_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
         await self._call(

@@ -27,11 +27,12 @@ from mge.adapters.acceptance_job import (
 )
 from mge.adapters.sandbox import TestRunResult
 from mge.adapters.store.acceptance import AcceptanceStore
-from mge.adapters.store.store import Store, masterplan_uuid
+from mge.adapters.store.store import Store
 from mge.controller.deps import ControllerDeps
 from mge.controller.events import post_plan_event
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.execution import AcceptanceState
+from mge.plan.status import counted
 from mge.precision.score import IntegrationCheck
 
 _OUTPUT_LIMIT = 4096
@@ -46,6 +47,7 @@ def requirements_of(spec: Mapping[str, Any]) -> RequirementsDocument:
 async def sync_acceptance(
     deps: ControllerDeps,
     store: Store,
+    plan_id: uuid.UUID,
     namespace: str,
     name: str,
     owner: kopf.Body,
@@ -63,7 +65,6 @@ async def sync_acceptance(
     if deps.acceptance is None:
         return AcceptanceState(enabled=False, requirements=count, problems=document.problems), {}
     accept = AcceptanceStore(store.pool)
-    plan_id = masterplan_uuid(namespace, name)
     tests = await accept.tests(plan_id)
     wave_of = {t.requirement.id: t.wave for t in tests}
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
@@ -224,7 +225,9 @@ class _WaveRun:
         )
         await kube.release_job(self.namespace, self.name)
         await self._event(
-            "Normal", "AcceptanceJobStarted", f"Job {self.name} runs {len(tests)} tests of wave {self.wave}."
+            "Normal",
+            "AcceptanceJobStarted",
+            f"Job {self.name} runs {counted(len(tests), 'test')} of wave {self.wave}.",
         )
         return False
 

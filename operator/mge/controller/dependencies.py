@@ -2,10 +2,11 @@
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 from mge.adapters.deps_scan import check_outputs
-from mge.adapters.store.store import Store, masterplan_uuid
+from mge.adapters.store.store import Store
 from mge.deps.status import (
     DependenciesDecision,
     decide_dependencies,
@@ -22,7 +23,7 @@ CHECK_TIMEOUT_S = 300.0
 
 async def check_dependencies(
     store: Store,
-    namespace: str,
+    plan_id: uuid.UUID,
     name: str,
     observed: MasterplanStatus,
     progress: Progress,
@@ -35,7 +36,7 @@ async def check_dependencies(
         return None
     if current is not None and current.observed_generation == generation:
         return None
-    code = await store.generated_code(masterplan_uuid(namespace, name))
+    code = await store.generated_code(plan_id)
     # The spec changed but its plan is not registered yet (or is running again): check its output later.
     if code.generation != generation or code.active or not code.outputs:
         return None

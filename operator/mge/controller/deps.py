@@ -30,6 +30,8 @@ class ControllerDeps:
     # Retry delays (seconds) for what only time can fix.
     retry_missing_source_s: float = 30.0
     retry_store_s: float = 15.0
+    # How often runs whose Masterplan was deleted unseen (operator or Postgres down) are looked for.
+    sweep_interval_s: float = 60.0
 
 
 def deps_of(memo: Any) -> ControllerDeps:

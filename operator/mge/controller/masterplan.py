@@ -1,7 +1,10 @@
 """Masterplan handlers: plan on create/update/resume, keep the Wave children and status in line."""
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -11,7 +14,7 @@ from pydantic import ValidationError
 from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
 from mge.adapters.store.ledger import CostLedger
-from mge.adapters.store.store import StoreUnavailable, masterplan_uuid
+from mge.adapters.store.store import PlanRetired, StoreUnavailable, run_uuid
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.dependencies import check_dependencies
 from mge.controller.deps import ControllerDeps, deps_of
@@ -84,11 +87,13 @@ async def reconcile_masterplan(
             retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
     current_trace_id.set(outcome.status.trace_id)
-    outcome.status.masterplan_id = str(masterplan_uuid(namespace, name))
+    plan_id = run_of(meta, observed)
+    outcome.status.masterplan_id = str(plan_id)
     if outcome.plan is not None:
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
         assert not isinstance(atoms, PlanError)
-        retry = await _register(deps, namespace, name, generation, parsed, atoms, outcome) or retry
+        run = _Run(plan_id, str(meta.get("uid") or ""), namespace, name, generation)
+        retry = await _register(deps, run, parsed, atoms, outcome) or retry
     rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED]
     outcome.events = transition_events(observed.conditions, outcome.status.conditions) + rejected
     await _write(deps.kube, body, patch, status, outcome, logger)
@@ -96,11 +101,26 @@ async def reconcile_masterplan(
         raise retry
 
 
+def run_of(meta: Mapping[str, Any], observed: MasterplanStatus) -> uuid.UUID:
+    """The object's run in the store: the one its status already names (kept across operator upgrades),
+    else its metadata.uid, so a new object of the same name is a new run."""
+    if observed.masterplan_id:
+        return uuid.UUID(observed.masterplan_id)
+    return run_uuid(str(meta["uid"]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    id: uuid.UUID
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+
+
 async def _register(
     deps: ControllerDeps,
-    namespace: str,
-    name: str,
-    generation: int,
+    run: _Run,
     spec: MasterplanSpec,
     atoms: Sequence[Atom],
     outcome: PlanningOutcome,
@@ -109,23 +129,28 @@ async def _register(
     assert outcome.plan is not None
     assert outcome.status.trace_id is not None
     try:
-        store = await deps.store.get()
-        plan_id, _ = await store.register_plan(
-            namespace=namespace,
-            name=name,
-            trace_id=outcome.status.trace_id,
-            generation=generation,
-            spec=spec,
-            atoms=atoms,
-            plan=outcome.plan,
-        )
-        await CostLedger(store.pool).apply_budget(plan_id, spec.budget)
+        async with deps.store.session() as store:
+            await store.register_plan(
+                namespace=run.namespace,
+                name=run.name,
+                trace_id=outcome.status.trace_id,
+                generation=run.generation,
+                spec=spec,
+                atoms=atoms,
+                plan=outcome.plan,
+                plan_id=run.id,
+                uid=run.uid or None,
+            )
+            await CostLedger(store.pool).apply_budget(run.id, spec.budget)
     except OverrideRejected as rejected:
         outcome.events.append(
             KubeEvent("Warning", Reason.OVERRIDE_REJECTED.value, f"Override not applied: {rejected}")
         )
-    except (StoreUnavailable, OSError) as error:
-        outcome.status, _ = decide_store_unavailable(outcome.status, str(error), generation, deps.now())
+    except PlanRetired as retired:
+        # The object was deleted while this handler ran: nothing may run for it any more.
+        log.info("%s/%s not registered: %s", run.namespace, run.name, retired)
+    except StoreUnavailable as error:
+        outcome.status, _ = decide_store_unavailable(outcome.status, str(error), run.generation, deps.now())
         return kopf.TemporaryError(str(error), delay=deps.retry_store_s)
     return None
 
@@ -155,20 +180,20 @@ async def sync_progress(
         # A new spec is being reconciled: a status computed from this older snapshot would overwrite the
         # handler's conditions (the whole list is patched), e.g. bring back Suspended=True after a resume.
         return
+    plan_id = run_of(meta, observed)
     try:
-        store = await deps.store.get()
-        plan_id = masterplan_uuid(namespace, name)
-        progress = await store.progress(plan_id)
-        waves = await store.wave_progress(plan_id)
-        spend = await CostLedger(store.pool).spend(plan_id)
-        scaling = await store.scaling_signals()
-        acceptance, wave_tests = await sync_acceptance(
-            deps, store, namespace, name, body, requirements_of(spec), progress, waves, logger
-        )
-        dependencies = await check_dependencies(
-            store, namespace, name, observed, progress, generation, logger
-        )
-    except (StoreUnavailable, OSError) as error:
+        async with deps.store.session() as store:
+            progress = await store.progress(plan_id)
+            waves = await store.wave_progress(plan_id)
+            spend = await CostLedger(store.pool).spend(plan_id)
+            scaling = await store.scaling_signals()
+            acceptance, wave_tests = await sync_acceptance(
+                deps, store, plan_id, namespace, name, body, requirements_of(spec), progress, waves, logger
+            )
+            dependencies = await check_dependencies(
+                store, plan_id, name, observed, progress, generation, logger
+            )
+    except StoreUnavailable as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
     except KubeUnavailable as error:
         raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
@@ -188,7 +213,65 @@ async def sync_progress(
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
         export_gate(namespace, name, acceptance)
-    await _write(deps.kube, body, patch, status, PlanningOutcome(status=desired, events=events), logger)
+    # Not through kopf's patch: the spec may have changed since this tick's snapshot, and the conditions list
+    # is written whole, so the write must not land over a newer generation's conditions.
+    changes = status_patch(dict(status), desired)
+    try:
+        written = not changes or await deps.kube.patch_masterplan_status(namespace, name, changes, generation)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    if not written:
+        logger.info("progress not written: the Masterplan changed meanwhile; the next tick catches up")
+        return
+    await _post_events(deps.kube, body, PlanningOutcome(status=desired, events=events), logger)
+
+
+async def retire_deleted(
+    type: str,
+    body: kopf.Body,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """A Masterplan is gone: end its run at once (executors stop its atoms, its reservations are released).
+
+    Best effort, no finalizer: a deletion must never wait for Postgres. A delete missed here (operator down,
+    store down) is caught by the sweep (retire_missing_forever) or when an object of the same name registers.
+    """
+    if type != "DELETED":
+        return
+    plan_id = run_of(body.meta, MasterplanStatus.model_validate(dict(body.status)))
+    try:
+        async with deps_of(memo).store.session() as store:
+            if await store.retire(plan_id):
+                logger.info(f"Masterplan deleted: run {plan_id} retired; its cost events are kept")
+    except StoreUnavailable as error:
+        logger.warning(f"run {plan_id} not retired yet ({error}); the sweep retires it when Postgres is back")
+
+
+async def retire_missing(deps: ControllerDeps, namespaces: Sequence[str]) -> list[uuid.UUID]:
+    """Retire the runs whose Masterplan no longer exists; nothing when a namespace cannot be listed."""
+    async with deps.store.session() as store:
+        listed_at = await store.clock()  # before listing: a run registered meanwhile is never swept
+        live = [
+            (namespace, item["metadata"]["name"], item["metadata"]["uid"])
+            for namespace in namespaces
+            for item in await deps.kube.list_masterplans(namespace)
+        ]
+        return await store.retire_missing(namespaces, live, listed_at)
+
+
+async def retire_missing_forever(deps: ControllerDeps, namespaces: Sequence[str]) -> None:
+    """At start-up and then periodically; never raises (an outage only delays the sweep)."""
+    while True:
+        try:
+            retired = await retire_missing(deps, namespaces)
+        except (StoreUnavailable, KubeUnavailable, ApiException) as error:
+            log.warning("sweep of deleted Masterplans skipped: %s", error)
+        else:
+            if retired:
+                log.info("retired %d runs whose Masterplan was deleted: %s", len(retired), retired)
+        await asyncio.sleep(deps.sweep_interval_s)
 
 
 def _export_cost_metrics(
@@ -294,14 +377,25 @@ async def _apply_waves(
         existing = {w["metadata"]["name"]: w for w in await kube.list_waves(namespace, masterplan)}
         for name, spec in desired.items():
             wanted = spec.to_kube()
-            if name not in existing:
+            current = existing.get(name)
+            if current is not None and not _owned_by(current, owner):
+                # Left by a deleted Masterplan of the same name (garbage collection lags behind a quick
+                # re-create): its status describes the old run, and the collector would remove it later.
+                await kube.delete_wave(namespace, name)
+                current = None
+            if current is None:
                 await _create_wave(kube, namespace, name, masterplan, wanted, owner)
-            elif existing[name].get("spec") != wanted:
+            elif current.get("spec") != wanted:
                 await kube.patch_wave_spec(namespace, name, wanted)
         for name in existing.keys() - desired.keys():
             await kube.delete_wave(namespace, name)
     except KubeUnavailable as error:
         raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+
+
+def _owned_by(child: Mapping[str, Any], owner: kopf.Body) -> bool:
+    references = child.get("metadata", {}).get("ownerReferences") or []
+    return any(reference.get("uid") == owner.meta.uid for reference in references)
 
 
 async def _create_wave(
@@ -339,6 +433,15 @@ async def _write(
     changes = status_patch(dict(observed), outcome.status)
     if changes:
         patch.setdefault("status", {}).update(changes)
+    await _post_events(kube, body, outcome, logger)
+
+
+async def _post_events(
+    kube: Kube,
+    body: kopf.Body,
+    outcome: PlanningOutcome,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log(f"{event.reason}: {event.message}")
@@ -361,3 +464,4 @@ def register(registry: kopf.OperatorRegistry, progress_interval: float = PROGRES
         API_GROUP, API_VERSION, "masterplans", registry=registry, id="progress", interval=progress_interval
     )
     timer(sync_progress)
+    kopf.on.event(API_GROUP, API_VERSION, "masterplans", registry=registry, id="retire")(retire_deleted)

@@ -64,6 +64,7 @@ async def run_operator(
         settings = kopf.OperatorSettings()
         tune(settings)
     background = [asyncio.create_task(task) for task in background_tasks]
+    background.append(asyncio.create_task(masterplan.retire_missing_forever(deps, namespaces)))
     try:
         await kopf.operator(
             registry=build_registry(registry, progress_interval),

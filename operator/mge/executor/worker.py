@@ -117,7 +117,7 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(0, self.config.start_jitter_s))
         heartbeat = asyncio.create_task(self._heartbeat(stop))
-        stop_listening = await self.store.listen_for_ready(self._wake.set)
+        stop_listening = await self.store.listen_for_ready(self._wake.set, on_retired=self._abandon)
         self.store.query_listeners.append(self._query_timed)
         try:
             while not stop.is_set():
@@ -143,6 +143,14 @@ class Executor:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    def _abandon(self, plan: uuid.UUID) -> None:
+        """The plan's Masterplan was deleted: stop its atoms now. Cancelling settles what each call spent; the
+        run's reservations, atoms and leases are already gone with it."""
+        for task, atom in list(self._in_flight.items()):
+            if atom.masterplan_id == plan:
+                log.info("atom %s stopped: its Masterplan was deleted", atom.atom_id)
+                task.cancel()
 
     def _query_timed(self, seconds: float) -> None:
         self.gate.statistics.db_latency.add(seconds, time.monotonic())

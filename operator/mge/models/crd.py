@@ -171,7 +171,7 @@ def masterplan_crd() -> dict[str, Any]:
             _column("Progress", "string", ".status.progress", "Succeeded atoms over total."),
             _column("Cost", "number", ".status.cost.currentUSD", "Settled spend in USD."),
             _column("Budget", "number", ".status.cost.limitUSD", "Effective budget in USD."),
-            _column("Gate", "string", ".status.gate.status", "Gate S: Pending, Passed or Failed."),
+            _column("Gate", "string", ".status.gate.status", "Gate S: Pending, Passed, Failed or Disabled."),
             _column("Precision", "number", ".status.precision.score", "Precision score, 0-100."),
             _column("Model", "string", ".spec.model", "LLM model.", priority=1),
             _column("Trace", "string", ".status.traceId", "trace_id of the run.", priority=1),

@@ -277,6 +277,8 @@ class GateState(StrEnum):
     PENDING = "Pending"
     PASSED = "Passed"
     FAILED = "Failed"
+    # The operator runs no acceptance Jobs (acceptance.enabled=false): Gate S is not evaluated.
+    DISABLED = "Disabled"
 
 
 class GateStatus(KubeModel):

@@ -3,7 +3,6 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Protocol
 
 from mge.cost.caps import (
@@ -11,7 +10,6 @@ from mge.cost.caps import (
     BudgetState,
     budget_state,
     json_number,
-    projected_total,
     suggested_limit,
     usd,
 )
@@ -20,7 +18,7 @@ from mge.models.concurrency_api import ScalingSignals
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import DependenciesStatus, GateState, GateStatus, MasterplanStatus, PrecisionStatus
 from mge.models.progress import Progress, Spend
-from mge.plan.status import ConditionLog, KubeEvent, derive_phase, transition_events
+from mge.plan.status import ConditionLog, KubeEvent, derive_phase, projected_cost, transition_events
 
 _LISTED = 10
 # The scaler records its signals every 30 s; ten missed passes mean it stopped (or was switched off).
@@ -210,6 +208,7 @@ def _apply_requirements(
     if acceptance.verdict is not None:
         return
     if not acceptance.enabled:
+        status.gate = GateStatus(status=GateState.DISABLED)
         conditions.set(
             ConditionType.GATE_S_PASSED,
             ConditionStatus.UNKNOWN,
@@ -256,7 +255,11 @@ def _apply_gate(
     atoms = f"All {progress.total} atoms succeeded in {progress.waves_total} waves"
     if verdict is None:
         # A wave's tests are running (again): an earlier gate result no longer describes the plan.
-        _clear_terminal(conditions)
+        _clear_terminal(
+            conditions,
+            Reason.ACCEPTANCE_TESTS_RUNNING,
+            "All atoms succeeded; acceptance tests are running again.",
+        )
         status.gate = GateStatus(status=GateState.PENDING)
         waves = ", ".join(str(w) for w in acceptance.waves_pending)
         running = f" (waves {waves} pending)" if waves else ""
@@ -329,8 +332,7 @@ def _apply_spend(
         round(float(spend.spent_usd / spend.limit_usd * 100), 2) if spend.limit_usd else 0.0
     )
     finished = progress.succeeded + progress.failed
-    per_atom = Decimal(str(status.cost.estimated_usd)) / progress.total if progress.total else Decimal(0)
-    projected = projected_total(spend.spent_usd, finished, progress.total - finished, per_atom)
+    projected = projected_cost(spend.spent_usd, finished, progress.total, status.cost.estimated_usd)
     status.cost.projected_usd = round(float(projected), 6)
     state = budget_state(spend.spent_usd, spend.exhausted, limits)
     soft = find_condition(status.conditions, ConditionType.BUDGET_SOFT_CAP_EXCEEDED)
@@ -375,11 +377,15 @@ def _apply_spend(
         )
 
 
-def _clear_terminal(conditions: ConditionLog) -> None:
-    """A re-applied plan runs again: an earlier Complete/Failed no longer describes it."""
+def _clear_terminal(
+    conditions: ConditionLog,
+    reason: Reason = Reason.ATOMS_RUNNING,
+    message: str = "The plan is running again.",
+) -> None:
+    """A re-applied plan (or a re-run of its tests) runs again: an earlier Complete/Failed no longer describes it."""
     for type_ in (ConditionType.COMPLETE, ConditionType.FAILED):
         if (existing := find_condition(conditions.items, type_)) and existing.status == ConditionStatus.TRUE:
-            conditions.set(type_, ConditionStatus.FALSE, Reason.ATOMS_RUNNING, "The plan is running again.")
+            conditions.set(type_, ConditionStatus.FALSE, reason, message)
 
 
 def decide_store_unavailable(

@@ -4,8 +4,10 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Final, Literal, Protocol
 
+from mge.cost.caps import projected_total
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
 from mge.models.base import KubeModel
 from mge.models.conditions import (
@@ -45,6 +47,11 @@ class PlanningOutcome:
     plan: Plan | None = None
 
 
+def counted(count: int, noun: str) -> str:
+    """ "1 test", "2 tests": messages read as English whatever the count."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def wave_name(masterplan: str, index: int) -> str:
     """Stable child name; long Masterplan names are cut and suffixed with a hash so names stay unique."""
     suffix = f"-wave-{index}"
@@ -72,6 +79,14 @@ class ConditionLog:
             generation=self.generation,
             now=self.now,
         )
+
+
+def projected_cost(spent_usd: Decimal, finished: int, total: int, estimated_usd: float) -> Decimal:
+    """status.cost.projectedUSD, the same for planning and for progress: a re-plan or an operator restart
+    that changes nothing writes nothing."""
+    finished = min(finished, total)
+    per_atom = Decimal(str(estimated_usd)) / total if total else Decimal(0)
+    return projected_total(spent_usd, finished, total - finished, per_atom)
 
 
 def transition_events(before: Sequence[Condition], after: Sequence[Condition]) -> list[KubeEvent]:
@@ -134,12 +149,17 @@ def decide_planning(
     status.critical_path_length = len(plan.critical_path)
     status.estimated_tokens = estimate.total_tokens
     status.cost.estimated_usd = round(float(estimate.cost_usd), 6)
-    status.cost.projected_usd = max(status.cost.projected_usd, status.cost.estimated_usd)
+    finished = status.atoms.succeeded + status.atoms.failed
+    projected = projected_cost(
+        Decimal(str(status.cost.current_usd)), finished, len(plan.ids), status.cost.estimated_usd
+    )
+    status.cost.projected_usd = round(float(projected), 6)
     conditions.set(
         ConditionType.PLANNED,
         ConditionStatus.TRUE,
         Reason.PLANNED,
-        f"{len(plan.ids)} atoms in {len(plan.waves)} waves; critical path {len(plan.critical_path)} atoms; "
+        f"{counted(len(plan.ids), 'atom')} in {counted(len(plan.waves), 'wave')}; "
+        f"critical path {counted(len(plan.critical_path), 'atom')}; "
         f"estimated {estimate.total_tokens} tokens, ${estimate.cost_usd:.2f} of ${spec.budget.effective_limit_usd:.2f}.",
     )
     if spec.suspend:
@@ -157,12 +177,16 @@ def decide_planning(
         conditions.set(
             ConditionType.SUSPENDED, ConditionStatus.FALSE, Reason.NOT_SUSPENDED, "Running normally."
         )
-    if status.atoms.succeeded + status.atoms.failed < status.atoms.total and not _held_by_budget(status):
+    if (
+        status.atoms.succeeded + status.atoms.failed < status.atoms.total
+        and not _held_by_budget(status)
+        and not _progress_known(status, generation)
+    ):
         conditions.set(
             ConditionType.PROGRESSING,
             ConditionStatus.FALSE,
             Reason.AWAITING_EXECUTORS,
-            f"{len(plan.waves[0])} atoms are ready; waiting for an executor to claim them.",
+            f"{counted(len(plan.waves[0]), 'atom')} ready; waiting for an executor to claim them.",
         )
     status.phase = derive_phase(status)
     outcome.events = transition_events(observed.conditions, status.conditions)
@@ -208,6 +232,17 @@ def _invalid(
     )
     status.phase = derive_phase(status)
     return PlanningOutcome(status=status, events=transition_events(before, status.conditions))
+
+
+def _progress_known(status: MasterplanStatus, generation: int) -> bool:
+    """Progressing already describes this generation's run (the progress timer keeps it): a resume after an
+    operator restart leaves it alone instead of writing AwaitingExecutors over it."""
+    progressing = find_condition(status.conditions, ConditionType.PROGRESSING)
+    return (
+        progressing is not None
+        and progressing.observed_generation == generation
+        and progressing.reason != Reason.STORE_UNAVAILABLE
+    )
 
 
 def _held_by_budget(status: MasterplanStatus) -> bool:
@@ -267,7 +302,10 @@ def decide_wave_status(spec: WaveSpec, observed: WaveStatus, generation: int, no
             Reason.WAITING_FOR_DEPENDENCIES,
             f"Atoms start as their dependencies in waves 0-{spec.index - 1} succeed.",
         )
-    if status.atoms.succeeded + status.atoms.failed < status.atoms.total:
+    progressing = find_condition(status.conditions, ConditionType.PROGRESSING)
+    known = progressing is not None and progressing.observed_generation == generation
+    # `known`: the progress timer already keeps this generation's condition (an operator restart changes nothing).
+    if status.atoms.succeeded + status.atoms.failed < status.atoms.total and not known:
         set_condition(
             status.conditions,
             type_=ConditionType.PROGRESSING,

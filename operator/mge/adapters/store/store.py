@@ -1,9 +1,10 @@
 """The Postgres store: plan registration, the atom queue with leases, progress aggregates."""
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -29,10 +30,21 @@ MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
 
 # Unreachable host, server starting up, database not created yet, authentication not set up yet.
 _CONNECT_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Postgres went away under an open pool (restart, failover, network, connection slots full): an outage,
+# not a query bug, so callers see StoreUnavailable.
+_CONNECTION_LOST: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+)
 
 
 # Executors LISTEN here so newly ready atoms are claimed at once, not at the next poll.
 READY_CHANNEL: Final = "mge_atoms_ready"
+# ... and here (payload: the run's id) so they stop a deleted Masterplan's atoms at once.
+RETIRED_CHANNEL: Final = "mge_plans_retired"
 # The `operation` label of mge_db_query_duration_seconds: a query's first keyword (bounded cardinality).
 _OPERATIONS: Final = frozenset({"select", "insert", "update", "delete", "with"})
 
@@ -73,9 +85,49 @@ class StoreUnavailable(RuntimeError):
     """Postgres cannot be reached; the message names the host, never the password."""
 
 
+class PlanRetired(LookupError):
+    """The run was retired (its Masterplan was deleted): it is never registered or run again."""
+
+
 def masterplan_uuid(namespace: str, name: str) -> uuid.UUID:
-    """Stable id: the same Masterplan maps to the same rows across restarts and executors."""
+    """Local runs' stable id (`mge run` has no object uid): the same plan maps to the same rows on resume."""
     return uuid.uuid5(MASTERPLAN_NAMESPACE, f"{namespace}/{name}")
+
+
+def run_uuid(uid: str) -> uuid.UUID:
+    """A Masterplan object's run id: its metadata.uid (a UUID on real API servers; anything else is hashed)."""
+    try:
+        return uuid.UUID(uid)
+    except ValueError:
+        return uuid.uuid5(MASTERPLAN_NAMESPACE, uid)
+
+
+async def _retire(connection: Any, plan_id: uuid.UUID) -> bool:
+    """Inside the caller's transaction: end the run for good. Its reservations are released (recorded as
+    cost events), its queue rows deleted; the plan row and its cost events stay as the audit trail."""
+    retired = await connection.fetchval(
+        """UPDATE masterplans SET retired_at = now(), suspended = true, updated_at = now()
+           WHERE id = $1 AND retired_at IS NULL RETURNING true""",
+        plan_id,
+    )
+    if not retired:
+        return False
+    await connection.execute(
+        """WITH released AS (
+               DELETE FROM cost_reservations WHERE masterplan_id = $1 RETURNING atom_id, amount_usd
+           )
+           INSERT INTO cost_events (masterplan_id, trace_id, atom_id, kind, amount_usd, cumulative_cost_usd,
+                                    budget_limit_usd, detail)
+           SELECT m.id, m.trace_id, r.atom_id, 'release', r.amount_usd, m.current_cost_usd, m.budget_limit_usd,
+                  '{"why": "deleted"}'::jsonb
+           FROM released r, masterplans m WHERE m.id = $1""",
+        plan_id,
+    )
+    await connection.execute("UPDATE masterplans SET reserved_cost_usd = 0 WHERE id = $1", plan_id)
+    for table in ("atoms", "waves", "plan_ramps", "acceptance_generation_claims", "acceptance_wave_runs"):
+        await connection.execute(f"DELETE FROM {table} WHERE masterplan_id = $1", plan_id)
+    await connection.execute("SELECT pg_notify($1, $2)", RETIRED_CHANNEL, str(plan_id))
+    return True
 
 
 def dsn_host(dsn: str) -> str:
@@ -238,21 +290,39 @@ class Store:
         atoms: Sequence[Atom],
         plan: Plan,
         max_attempts: int = 3,
+        plan_id: uuid.UUID | None = None,
+        uid: str | None = None,
     ) -> tuple[uuid.UUID, PlanSync]:
-        """Upsert the plan; unchanged atoms keep their results, changed ones and their dependents start over."""
-        plan_id = masterplan_uuid(namespace, name)
+        """Upsert the run `plan_id` (default: the local run of namespace/name) of the object `uid`; unchanged
+        atoms keep their results, changed ones and their dependents start over. Another live run of the same
+        name belongs to an object that no longer exists (names are unique): it is retired. Raises
+        PlanRetired for a retired run."""
+        plan_id = plan_id or masterplan_uuid(namespace, name)
         wave_of = plan.wave_of
         budget = spec.budget
         async with self.pool.acquire() as connection, connection.transaction():
-            was_suspended = await connection.fetchval(
-                "SELECT suspended FROM masterplans WHERE id = $1 FOR UPDATE", plan_id
+            row = await connection.fetchrow(
+                "SELECT suspended, retired_at FROM masterplans WHERE id = $1 FOR UPDATE", plan_id
             )
+            if row is not None and row["retired_at"] is not None:
+                raise PlanRetired(
+                    f"run {plan_id} of {namespace}/{name} was retired when its Masterplan was deleted"
+                )
+            was_suspended = row is not None and row["suspended"]
+            for other in await connection.fetch(
+                """SELECT id FROM masterplans WHERE namespace = $1 AND name = $2 AND retired_at IS NULL
+                   AND id <> $3 FOR UPDATE""",
+                namespace,
+                name,
+                plan_id,
+            ):
+                await _retire(connection, other["id"])
             await connection.execute(
                 """INSERT INTO masterplans (id, namespace, name, trace_id, generation, model, priority, suspended,
-                       requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                       requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage, uid)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                    ON CONFLICT (id) DO UPDATE SET generation = $5, model = $6, priority = $7, suspended = $8,
-                       requirements = $9, updated_at = now()""",
+                       requirements = $9, uid = coalesce($13, masterplans.uid), updated_at = now()""",
                 plan_id,
                 namespace,
                 name,
@@ -265,6 +335,7 @@ class Store:
                 Decimal(str(budget.effective_limit_usd)),
                 Decimal(str(budget.soft_cap_percent)),
                 Decimal(str(budget.hard_cap_percent)),
+                uid,
             )
             trace = await connection.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
             rows = await connection.fetch(
@@ -354,6 +425,38 @@ class Store:
                 await _restart_ramp(connection, plan_id)
             if not suspended:
                 await _notify_ready(connection)
+
+    async def retire(self, plan_id: uuid.UUID) -> bool:
+        """The run's Masterplan was deleted: release its reservations, drop its queue rows, tell the executors
+        (RETIRED_CHANNEL). False if it was already retired or never registered."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            return await _retire(connection, plan_id)
+
+    async def retire_missing(
+        self, namespaces: Collection[str], live: Collection[tuple[str, str, str]], listed_at: datetime
+    ) -> list[uuid.UUID]:
+        """Retire the live runs in `namespaces` registered before `listed_at` (the database's clock) whose
+        object is not among `live` (namespace, name, uid), i.e. deleted while no delete was seen. A run
+        from before uids were recorded is matched by name. Local runs are never in a watched namespace."""
+        uids = {uid for _, _, uid in live}
+        names = {(namespace, name) for namespace, name, _ in live}
+        rows = await self.pool.fetch(
+            """SELECT id, namespace, name, uid FROM masterplans
+               WHERE retired_at IS NULL AND namespace = ANY($1::text[]) AND created_at < $2""",
+            list(namespaces),
+            listed_at,
+        )
+        gone = [
+            r["id"]
+            for r in rows
+            if (r["uid"] not in uids if r["uid"] is not None else (r["namespace"], r["name"]) not in names)
+        ]
+        return [plan_id for plan_id in gone if await self.retire(plan_id)]
+
+    async def clock(self) -> datetime:
+        """The database's current time (the sweep compares it with rows' timestamps)."""
+        now: datetime = await self.pool.fetchval("SELECT now()")
+        return now
 
     async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
         """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first; a ramping
@@ -514,18 +617,27 @@ class Store:
         )
         return str(result).endswith(" 1")
 
-    async def listen_for_ready(self, callback: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-        """Call `callback` whenever atoms become ready anywhere; returns a function that stops listening."""
+    async def listen_for_ready(
+        self, callback: Callable[[], None], on_retired: Callable[[uuid.UUID], None] | None = None
+    ) -> Callable[[], Awaitable[None]]:
+        """Call `callback` whenever atoms become ready anywhere, and `on_retired` with the id of each run
+        retired; returns a function that stops listening."""
         connection = await self.pool.acquire()
 
         def on_notify(*_: object) -> None:
             callback()
 
+        def on_retire(_connection: object, _pid: object, _channel: object, payload: object) -> None:
+            if on_retired is not None:
+                on_retired(uuid.UUID(str(payload)))
+
         await connection.add_listener(READY_CHANNEL, on_notify)
+        await connection.add_listener(RETIRED_CHANNEL, on_retire)
 
         async def stop() -> None:
             try:
                 await connection.remove_listener(READY_CHANNEL, on_notify)
+                await connection.remove_listener(RETIRED_CHANNEL, on_retire)
             finally:
                 await self.pool.release(connection)
 
@@ -591,6 +703,15 @@ class Store:
                WHERE NOT m.suspended AND NOT m.budget_exhausted AND a.state IN ('ready', 'running')"""
         )
         return int(row["ready"]), int(row["running"])
+
+    async def live_run(self, namespace: str, name: str) -> uuid.UUID | None:
+        """The run of namespace/name that is not retired (a deleted Masterplan's runs are), None if none."""
+        run: uuid.UUID | None = await self.pool.fetchval(
+            "SELECT id FROM masterplans WHERE namespace = $1 AND name = $2 AND retired_at IS NULL",
+            namespace,
+            name,
+        )
+        return run
 
     async def identity(self, plan_id: uuid.UUID) -> tuple[str, str] | None:
         """(namespace, name) of a stored Masterplan, None if unknown."""
@@ -834,6 +955,16 @@ class LazyStore:
             if self._store is None:
                 self._store = await Store.connect(self._dsn, max_size=self._max_size, attempts=1)
             return self._store
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Store]:
+        """The store, with Postgres going away inside the block raised as StoreUnavailable (the one place
+        asyncpg's connection errors are told apart from query errors)."""
+        store = await self.get()
+        try:
+            yield store
+        except _CONNECTION_LOST as error:
+            raise StoreUnavailable(f"lost the connection to Postgres: {error}") from error
 
     async def close(self) -> None:
         if self._store is not None:

@@ -24,7 +24,9 @@ class TraceStore:
 
     async def tree(self, namespace: str, name: str) -> TraceTree | None:
         plan: Any = await self.pool.fetchrow(
-            "SELECT id, trace_id::text FROM masterplans WHERE namespace = $1 AND name = $2", namespace, name
+            "SELECT id, trace_id::text FROM masterplans WHERE namespace = $1 AND name = $2 AND retired_at IS NULL",
+            namespace,
+            name,
         )
         if plan is None:
             return None

@@ -1,0 +1,331 @@
+"""A Masterplan's run lifecycle against the fake Kubernetes API and a real Postgres: delete, re-create, restart.
+
+The Kubernetes API server is the one mocked part (kmock): nothing real can run here. It does no
+ownerReference garbage collection, so Waves of a deleted Masterplan stay behind as they do while a real
+cluster's collector lags.
+"""
+
+import asyncio
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.store import LazyStore, Store, StoreUnavailable
+from mge.controller.deps import ControllerDeps
+from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor.worker import Executor, ExecutorConfig
+from tests.component.test_operator import (
+    GROUP_PATH,
+    HELLO_RECORDING,
+    NS,
+    _apply,
+    _masterplan,
+    _patch,
+    _reason,
+    hello,
+)
+from tests.support.executor import running_executor
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.operator import eventually, running_operator
+
+pytestmark = pytest.mark.component
+
+
+async def _delete(api: Any, name: str = "hello") -> None:
+    response = await api.client.delete(f"{GROUP_PATH}/masterplans/{name}")
+    assert response.status_code == 200, response.text
+
+
+def _run_id(api: Any, name: str = "hello") -> str | None:
+    return ((_masterplan(api, name) or {}).get("status") or {}).get("masterplanId")
+
+
+async def _retired(store: Store, plan_id: str) -> bool:
+    retired = await store.pool.fetchval(
+        "SELECT retired_at IS NOT NULL FROM masterplans WHERE id = $1", uuid.UUID(plan_id)
+    )
+    return bool(retired)
+
+
+async def test_a_deleted_masterplan_created_again_is_a_new_run_and_the_old_one_keeps_its_cost_events(
+    cluster, pg
+):
+    await _apply(cluster, hello())
+    store = await Store.connect(pg)
+    try:
+        async with running_operator(cluster, pg, [NS]):
+            await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+            async with running_executor(pg, HELLO_RECORDING) as llm:
+                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+                old = _masterplan(cluster)
+                old_id = old["status"]["masterplanId"]
+                old_events = await store.pool.fetchval(
+                    "SELECT count(*) FROM cost_events WHERE masterplan_id = $1", uuid.UUID(old_id)
+                )
+                calls_before = llm.stats.requests
+
+                await _delete(cluster)
+                await eventually(lambda: _retired(store, old_id))
+                await _apply(cluster, hello())
+                # The new object runs from the start: its own run id, trace and atoms, all paid again.
+                await eventually(lambda: _run_id(cluster) not in (None, old_id))
+                fresh = _masterplan(cluster)["status"]
+                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+
+            new = _masterplan(cluster)
+    finally:
+        kept = await store.pool.fetchval(
+            "SELECT count(*) FROM cost_events WHERE masterplan_id = $1", uuid.UUID(old_id)
+        )
+        old_atoms = await store.pool.fetchval(
+            "SELECT count(*) FROM atoms WHERE masterplan_id = $1", uuid.UUID(old_id)
+        )
+        new_id = uuid.UUID(new["status"]["masterplanId"])
+        new_uid = await store.pool.fetchval("SELECT uid FROM masterplans WHERE id = $1", new_id)
+        await store.close()
+
+    assert new["status"]["masterplanId"] == new["metadata"]["uid"] == new_uid
+    assert new["status"]["traceId"] != old["status"]["traceId"]
+    assert fresh["progress"] in ("0/6", "1/6", "2/6")  # never the old run's 6/6
+    assert fresh.get("completedAt") is None
+    assert llm.stats.requests >= calls_before + 6
+    assert (kept, old_atoms) == (old_events, 0)
+    # The re-created plan's Waves are its own, not the deleted one's left behind.
+    owners = {w["metadata"]["ownerReferences"][0]["uid"] for w in cluster.objects_of("waves", NS)}
+    assert owners == {new["metadata"]["uid"]}
+
+
+async def test_a_masterplan_deleted_while_the_operator_is_down_is_retired_at_start_up(cluster, pg):
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        await eventually(lambda: _run_id(cluster))
+        plan_id = _run_id(cluster)
+    await _delete(cluster)
+
+    store = await Store.connect(pg)
+    try:
+        assert not await _retired(store, plan_id)
+        async with running_operator(cluster, pg, [NS]):
+            await eventually(lambda: _retired(store, plan_id))
+        ready = await store.claim("probe", 10, 30)
+    finally:
+        await store.close()
+    assert ready == []
+
+
+async def test_an_executor_mid_call_on_a_deleted_plan_stops_and_its_reservation_is_released(
+    cluster, pg, validator
+):
+    server = FakeLLM(FakeLLMConfig(base_latency_s=60))  # every call hangs until the plan is deleted
+    server.load_recording(HELLO_RECORDING)
+    await server.start()
+    store = await Store.connect(pg)
+    llm = OpenAICompatibleLLM(server.url, "k")
+    executor = Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig("ex-1"))
+    stop = asyncio.Event()
+    await _apply(cluster, hello())
+    try:
+        async with running_operator(cluster, pg, [NS]):
+            await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+            plan_id = uuid.UUID(_run_id(cluster))
+            worker = asyncio.create_task(executor.run(stop))
+            await eventually(lambda: server.stats.in_flight == 2)  # both atoms of the first wave
+            reserved = await store.pool.fetchval(
+                "SELECT count(*) FROM cost_reservations WHERE masterplan_id = $1", plan_id
+            )
+
+            await _delete(cluster)
+            await eventually(lambda: executor.gate.in_flight == 0, timeout=5)
+            calls = server.stats.requests
+            await eventually(lambda: executor.gate.queue.size == 0)
+        stop.set()
+        await worker
+        plan = await store.pool.fetchrow(
+            "SELECT reserved_cost_usd, retired_at FROM masterplans WHERE id = $1", plan_id
+        )
+        left = await store.pool.fetchval(
+            "SELECT count(*) FROM cost_reservations WHERE masterplan_id = $1", plan_id
+        )
+        released = await store.pool.fetch(
+            "SELECT detail FROM cost_events WHERE masterplan_id = $1 AND kind = 'release'", plan_id
+        )
+    finally:
+        stop.set()
+        await llm.close()
+        await store.close()
+        await server.stop()
+
+    assert reserved == 2
+    assert plan["retired_at"] is not None
+    assert (plan["reserved_cost_usd"], left) == (Decimal(0), 0)
+    assert len(released) == reserved
+    assert all('"deleted"' in r["detail"] for r in released)
+    assert server.stats.requests == calls  # nothing else was asked of the LLM
+
+
+async def test_postgres_going_away_under_an_open_pool_is_store_unavailable(pg):
+    """A server restart (here: every backend terminated mid-query) is an outage, not a query error."""
+    lazy = LazyStore(pg, max_size=1)
+    admin = await asyncpg.connect(pg)
+
+    async def query_while_postgres_restarts() -> None:
+        async with lazy.session() as store:
+            slow = asyncio.create_task(store.pool.fetchval("SELECT pg_sleep(30)"))
+            await eventually(
+                lambda: admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                )
+            )
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await slow
+
+    try:
+        with pytest.raises(StoreUnavailable, match="Postgres"):
+            await query_while_postgres_restarts()
+    finally:
+        await admin.close()
+        await lazy.close()
+
+
+NOW_CALLS: list[int] = []
+
+
+def _counting_now(deps: ControllerDeps) -> None:
+    """Counts the handlers' passes: each reconcile and each progress tick asks for the time once."""
+    real = deps.now
+
+    def now() -> Any:
+        NOW_CALLS.append(1)
+        return real()
+
+    deps.now = now
+
+
+async def _spend(store: Store, finish: set[uuid.UUID]) -> None:
+    """Executor work without an LLM: pay for and succeed every plan's first wave, and all of `finish`."""
+    ledger = CostLedger(store.pool)
+    await store.pool.execute("DELETE FROM plan_ramps")
+    first = True
+    while True:
+        claimed = await store.claim("probe", 1000, 300)
+        work = [a for a in claimed if first or a.masterplan_id in finish]
+        for atom in claimed:
+            if atom not in work:
+                await store.release(atom, "probe")
+        for atom in work:
+            reservation = await ledger.reserve(atom, "probe", Decimal("0.01"))
+            assert reservation is not None
+            await ledger.settle(
+                reservation, atom, amount=Decimal("0.000317"), prompt_tokens=10, completion_tokens=5
+            )
+            await store.succeed(atom, "probe", "VALUE = 1\n")
+        first = False
+        if not work:
+            return
+
+
+async def test_restarting_the_operator_writes_nothing_for_plans_with_spend(cluster, pg):
+    names = [f"plan-{i:02d}" for i in range(15)]
+    for name in names:
+        body = hello()
+        body["metadata"]["name"] = name
+        await _apply(cluster, body)
+    store = await Store.connect(pg)
+    try:
+        async with running_operator(cluster, pg, [NS]):
+            await eventually(lambda: all(_run_id(cluster, n) for n in names), timeout=60)
+            # Three stages: running (a wave done, more to claim), suspended with spend, complete.
+            await _spend(store, {uuid.UUID(_run_id(cluster, n)) for n in names[2::3]})
+            for name in names[1::3]:
+                await _patch(cluster, name, {"spec": {"suspend": True}})
+            settled = {
+                **dict.fromkeys(names[0::3], "True/AtomsRunning"),
+                **dict.fromkeys(names[1::3], "False/SuspendedByUser"),
+                **dict.fromkeys(names[2::3], "False/AllAtomsSucceeded"),
+            }
+            await eventually(
+                lambda: all(_reason(cluster, "Progressing", n) == r for n, r in settled.items()), timeout=60
+            )
+            await eventually(
+                lambda: all(_masterplan(cluster, n)["status"]["cost"]["currentUSD"] > 0 for n in names),
+                timeout=30,
+            )
+        writes = cluster.writes
+        NOW_CALLS.clear()
+        async with running_operator(cluster, pg, [NS], customize=_counting_now):
+            # Every plan resumed and ticked at least twice (each pass asks the time once).
+            await eventually(lambda: len(NOW_CALLS) >= 3 * len(names), timeout=60)
+    finally:
+        await store.close()
+
+    changed = cluster.writes - writes
+    events = [e for e in cluster.objects_of("events", NS) if int(e["metadata"]["resourceVersion"]) > writes]
+    assert (changed, [e.get("reason") for e in events]) == (0, [])
+
+
+class _SpecChangeMidTick:
+    """Makes one progress tick race a spec change: the tick reads the store (an atom was claimed just before,
+    so its status changes), then the user suspends the plan and the update handler writes generation 2's
+    conditions, and only then does the tick go on to write what it computed from generation 1."""
+
+    def __init__(self) -> None:
+        self.armed = self.read = self.patched = self.done = False
+
+    def install(self, deps: ControllerDeps) -> None:
+        kube, lazy = deps.kube, deps.store
+        real_list_waves, real_get = kube.list_waves, lazy.get
+        deps.sweep_interval_s = 3600  # only the tick asks for the store once armed
+
+        async def get() -> Store:
+            store = await real_get()
+            if self.armed and not self.read:
+                self.read = True
+                await store.claim("probe", 1, 300)
+            return store
+
+        async def observed_two(namespace: str, name: str) -> bool:
+            plan = await kube._call(  # the operator's loop cannot read the fake API's objects directly
+                kube._custom.get_namespaced_custom_object,
+                "mge.devmatrix.io",
+                "v1alpha1",
+                namespace,
+                "masterplans",
+                name,
+            )
+            return bool((plan.get("status") or {}).get("observedGeneration") == 2)
+
+        async def list_waves(namespace: str, masterplan: str) -> list[dict[str, Any]]:
+            if self.read and not self.patched:  # the tick; the update handler's own call passes through
+                self.patched = True
+                await kube.patch_masterplan_spec(namespace, masterplan, {"suspend": True})
+                await eventually(lambda: observed_two(namespace, masterplan), timeout=20)
+                self.done = True
+            return await real_list_waves(namespace, masterplan)
+
+        lazy.get = get  # type: ignore[method-assign]
+        kube.list_waves = list_waves  # type: ignore[method-assign]
+
+
+async def test_a_progress_tick_never_writes_over_a_newer_generations_conditions(cluster, pg):
+    race = _SpecChangeMidTick()
+    await _apply(cluster, hello())
+
+    async with running_operator(cluster, pg, [NS], customize=race.install):
+        await eventually(lambda: _reason(cluster, "Progressing") == "False/AwaitingExecutors")
+        race.armed = True
+        await eventually(lambda: race.done, timeout=30)
+        # Written by the racing tick (before) or by the next one, which reads generation 2's status.
+        await eventually(lambda: _masterplan(cluster)["status"]["atoms"]["running"] == 1, timeout=20)
+        await eventually(lambda: _reason(cluster, "Progressing") == "False/SuspendedByUser")
+
+    assert _masterplan(cluster)["status"]["observedGeneration"] == 2
+    assert _reason(cluster, "Suspended") == "True/SuspendedByUser"

@@ -63,29 +63,66 @@ _REFUSALS: Final = (
     "ENOMEM",
     "heap out of memory",
 )
-# Inside fresh mount + network namespaces: private tmpfs on the world-writable directories (writes there
-# vanish with the test), the workdir moved back in place, the namespace's own loopback up, then drop to
-# the slot's uid.
+# Inside fresh mount + network namespaces: every mount read-only, whatever the host has (only the workdir and
+# private tmpfs on /tmp, /var/tmp and /dev/shm stay writable, and writes there vanish with the test); the
+# folders a test has no business reading (homes, checkouts, /run, /var/*, /opt, ...) replaced by empty
+# read-only tmpfs, with the tools it needs (our interpreter, site-packages, node_modules) put back read-only;
+# the namespace's own loopback up; then drop to the slot's uid. Paths are newline-separated lists.
 _ENTER: Final = """set -e
-WORK="$1"; SANDBOX_UID="$2"; KEEP="$3"; shift 3
+WORK="$1"; SANDBOX_UID="$2"; KEEP="$3"; HIDE="$4"; shift 4
+NL='
+'
+IFS="$NL"
 mount --make-rprivate /
-# Stage the workdir and the tools the tests need (our site-packages, node_modules) on a private tmpfs, so
-# they stay visible when they live under /tmp or /var/tmp (e.g. a checkout in /tmp) once those are replaced.
+# Stage the workdir and the tools on a private tmpfs: the folders they live in are hidden or replaced below.
 mount -t tmpfs -o size=1m tmpfs /mnt
 mkdir /mnt/work && mount --bind "$WORK" /mnt/work
 n=0; for path in $KEEP; do n=$((n+1)); mkdir "/mnt/keep$n"; mount --bind "$path" "/mnt/keep$n"; done
+# Read-only: every mount of the namespace with its own flags (nosuid, nodev, ... may be locked) plus ro.
+# A mount point that no longer resolves is covered by another mount and out of reach anyway.
+mounts=$(cut -d' ' -f5,6 /proc/self/mountinfo)
+for line in $mounts; do
+  point=$(printf '%b' "${line% *}"); options="${line##* }"
+  case "$point" in /mnt/work) continue;; esac
+  case "$options" in rw*) ;; *) continue;; esac
+  [ -e "$point" ] || continue
+  mount -o "remount,bind,ro${options#rw}" "$point"
+done
+for path in $HIDE; do mount -t tmpfs -o size=1m,mode=755 tmpfs "$path"; done
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
 mkdir -p "$WORK" && mount --move /mnt/work "$WORK"
 n=0; for path in $KEEP; do n=$((n+1)); mkdir -p "$path"; mount --move "/mnt/keep$n" "$path"; done
 umount /mnt
+mount -t tmpfs -o ro,size=4k tmpfs /mnt
+for path in $HIDE; do mount -o remount,ro "$path"; done
 # Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
 PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
 cd "$WORK"
 if [ "$SANDBOX_UID" = "-" ]; then exec "$@"; fi
 exec setpriv --reuid "$SANDBOX_UID" --regid 65534 --clear-groups --inh-caps=-all -- "$@"
 """
+# What a test may see of the host: the system itself. Every other top-level folder is hidden (homes, the
+# checkout, /opt, /srv, /run, mounted volumes, ...), and so is everything in /var but /var/tmp.
+_SYSTEM_DIRS: Final = frozenset(
+    {
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "usr",
+        "etc",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "var",
+        "mnt",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -525,21 +562,47 @@ def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> li
     if not namespaces:
         return command
     prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
-    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, " ".join(_kept_paths()), *command]
+    hidden = _hidden_paths()
+    kept = "\n".join(_kept_paths(hidden))
+    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, kept, "\n".join(hidden), *command]
 
 
 @functools.cache
-def _kept_paths() -> tuple[str, ...]:
-    """Tool folders under the directories the sandbox replaces with empty tmpfs (paths without spaces)."""
-    replaced = ("/tmp", "/var/tmp", "/dev/shm")
-    tools = {sysconfig.get_paths()["purelib"], str(_node_modules())}
-    return tuple(
-        sorted(
-            path
-            for path in tools
-            if Path(path).is_dir() and " " not in path and any(_inside(path, r) for r in replaced)
-        )
+def _hidden_paths() -> tuple[str, ...]:
+    """Folders replaced by an empty tmpfs in the sandbox: all but the system's own (see _SYSTEM_DIRS)."""
+    hidden = [f"/{name}" for name in _subfolders("/") if name not in _SYSTEM_DIRS]
+    hidden += [f"/var/{name}" for name in _subfolders("/var") if name != "tmp"]
+    checkout = next((p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()), None)
+    if checkout is not None and not any(_inside(str(checkout), h) for h in hidden):
+        hidden.append(str(checkout))  # a checkout under /usr or /etc, say
+    return tuple(sorted(path for path in hidden if "\n" not in path))
+
+
+def _subfolders(parent: str) -> list[str]:
+    with contextlib.suppress(OSError):
+        return sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+    return []
+
+
+@functools.cache
+def _kept_paths(hidden: tuple[str, ...]) -> tuple[str, ...]:
+    """What tests run with (interpreters, site-packages, node_modules) where the sandbox hides or replaces it,
+    outermost first and none inside another."""
+    replaced = (*hidden, "/tmp", "/var/tmp", "/dev/shm")
+    tools = {sys.prefix, sys.base_prefix, sysconfig.get_paths()["purelib"], str(_node_modules())}
+    node = shutil.which("node")
+    if node is not None:
+        tools.add(str(Path(node).resolve().parents[1]))
+    candidates = sorted(
+        path
+        for path in tools
+        if Path(path).is_dir() and "\n" not in path and any(_inside(path, r) for r in replaced)
     )
+    kept: list[str] = []
+    for path in candidates:
+        if not any(_inside(path, k) for k in kept):
+            kept.append(path)
+    return tuple(kept)
 
 
 def _runs(argv: list[str], env: dict[str, str] | None = None) -> bool:

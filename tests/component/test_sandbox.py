@@ -418,3 +418,49 @@ async def test_a_test_can_write_nowhere_on_the_host_and_cannot_read_the_checkout
 
     assert result.status is TestStatus.PASSED, result.output
     assert left == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '    assert 1 == 2, "PermissionError: the admin page must be allowed"\n',
+        '    raise AssertionError("MemoryError was expected, got None")\n',
+        '    import pytest\n    pytest.fail("Read-only file system should not be reported for /data")\n',
+    ],
+)
+async def test_an_assertion_about_a_refusal_is_a_failure_not_an_error(tmp_path: Path, body: str) -> None:
+    """The runner's outcome decides (an assertion failed), not the words in the message."""
+    status, output = await run_one(tmp_path, dict([python_test(1, body)]))
+
+    assert status is TestStatus.FAILED, output
+
+
+async def test_a_setup_error_is_an_error_even_without_a_refusal(tmp_path: Path) -> None:
+    body = "    pass\n"
+    tests = dict([python_test(1, body)])
+    tests["acceptance_tests/test_must_1.py"] = (
+        "import pytest\n\n@pytest.fixture\ndef db():\n    raise RuntimeError('no database')\n\n"
+        "def test_must_1(db):\n    pass\n"
+    )
+
+    status, output = await run_one(tmp_path, tests)
+
+    assert status is TestStatus.ERROR, output
+
+
+@needs_jest
+async def test_jest_verdict_comes_from_the_thrown_error_not_the_message(tmp_path: Path) -> None:
+    refused = {
+        "acceptance_tests/must_1.test.ts": 'import * as fs from "fs";\n'
+        'test("MUST-1: saves", () => { fs.writeFileSync("/etc/mge-escape", "x"); });\n'
+    }
+    asserted = {
+        "acceptance_tests/must_1.test.ts": 'test("MUST-1: reports", () => {\n'
+        '  expect("EACCES: permission denied, Read-only file system").toBe("saved");\n});\n'
+    }
+
+    refused_status, refused_output = await run_one(tmp_path / "refused", refused)
+    asserted_status, asserted_output = await run_one(tmp_path / "asserted", asserted)
+
+    assert refused_status is TestStatus.ERROR, refused_output
+    assert asserted_status is TestStatus.FAILED, asserted_output

@@ -14,7 +14,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,33 +35,14 @@ _IGNORED: Final = shutil.ignore_patterns(
     "node_modules", ".git", "__pycache__", ".mypy_cache", ".pytest_cache"
 )
 _NODE_ADDRESS_SPACE_FACTOR: Final = 4
-_JUNIT: Final = ".mge-junit.xml"
+_PYTEST_REPORT: Final = ".mge-pytest.json"
 _JEST_REPORT: Final = ".mge-jest.json"
-# An uncaught error of one of these kinds means the sandbox refused something the test tried (memory,
-# processes, network, files outside the workdir): the requirement was not checked, so the status is error.
-_REFUSALS: Final = (
-    "MemoryError",
-    "BlockingIOError",
-    "Resource temporarily unavailable",
-    "PermissionError",
-    "Permission denied",
-    "Read-only file system",
-    "Network is unreachable",
-    "Cannot assign requested address",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "File too large",
-    "EACCES",
-    "EPERM",
-    "EROFS",
-    "ENETUNREACH",
-    "EADDRNOTAVAIL",
-    "EAI_AGAIN",
-    "ENOTFOUND",
-    "EAGAIN",
-    "ENOMEM",
-    "heap out of memory",
-)
+# Node's codes for what the sandbox refuses (memory, processes, network, files outside the workdir): a test
+# that died of one did not check its requirement, so its status is error.
+_REFUSED_CODES: Final = frozenset(
+    {"EACCES", "EPERM", "EROFS", "ENETUNREACH", "EADDRNOTAVAIL", "EAI_AGAIN", "ENOTFOUND", "EAGAIN", "ENOMEM",
+     "EFBIG", "ERR_WORKER_OUT_OF_MEMORY"}
+)  # fmt: skip
 # Inside fresh mount + network namespaces: every mount read-only, whatever the host has (only the workdir and
 # private tmpfs on /tmp, /var/tmp and /dev/shm stay writable, and writes there vanish with the test); the
 # folders a test has no business reading (homes, checkouts, /run, /var/*, /opt, ...) replaced by empty
@@ -241,8 +221,8 @@ class Sandbox:
             return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
         if test.language is Language.PYTHON:
             command = [
-                self._isolation.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
-                f"--junitxml={_JUNIT}", "-o", "junit_family=xunit2", test.path,
+                self._isolation.python, "-c", _PYTEST_RUNNER, "-q", "-p", "no:cacheprovider", "--tb=short",
+                test.path,
             ]  # fmt: skip
             classify: Callable[[Path, _Completed], TestStatus] = _pytest_status
         else:
@@ -641,26 +621,41 @@ def _is_jest_test(path: str) -> bool:
     )
 
 
-def _refused(text: str) -> bool:
-    return any(marker in text for marker in _REFUSALS)
+def _refused(details: object) -> bool:
+    """Whether Jest's failureDetails (the thrown values) hold a system error the sandbox caused."""
+    if not isinstance(details, list):
+        return False
+    for detail in details:
+        for error in (detail, detail.get("cause") if isinstance(detail, dict) else None):
+            if (
+                isinstance(error, dict)
+                and "matcherResult" not in error
+                and error.get("code") in _REFUSED_CODES
+            ):
+                return True
+    return False
 
 
 def _pytest_status(work: Path, done: _Completed) -> TestStatus:
+    """From pytest's own reports (see _PYTEST_RUNNER): an assertion or an exception of the code under test
+    is a failure; a refusal of the sandbox, a setup/teardown or collection error, a skip is an error."""
     if done.returncode is None or done.returncode < 0 or done.returncode not in (0, 1):
         return TestStatus.ERROR  # 2-5: interrupted, internal or usage error, nothing collected
     try:
-        cases = ElementTree.parse(work / _JUNIT).getroot().iter("testcase")
-    except (OSError, ElementTree.ParseError):
+        reports = json.loads((work / _PYTEST_REPORT).read_text())
+        phases = [(str(r["test"]), str(r["when"]), str(r["outcome"]), bool(r["refused"])) for r in reports]
+    except (OSError, ValueError, KeyError, TypeError):
         return TestStatus.ERROR
     statuses = []
-    for case in cases:
-        if case.find("error") is not None or case.find("skipped") is not None:
-            statuses.append(TestStatus.ERROR)
-        elif (failure := case.find("failure")) is not None:
-            detail = f"{failure.get('message', '')}\n{failure.text or ''}"
-            statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
-        else:
+    for _, when, outcome, refused in phases:
+        if outcome == "passed":
             statuses.append(TestStatus.PASSED)
+        elif when == "call" and outcome == "failed" and not refused:
+            statuses.append(TestStatus.FAILED)
+        else:
+            statuses.append(TestStatus.ERROR)
+    if not any(when == "call" for _, when, _, _ in phases):
+        return TestStatus.ERROR  # nothing ran: every test skipped or deselected, or collection failed
     return _worst(statuses, done.returncode)
 
 
@@ -679,8 +674,8 @@ def _jest_status(work: Path, done: _Completed) -> TestStatus:
             if assertion.get("status") == "passed":
                 statuses.append(TestStatus.PASSED)
             elif assertion.get("status") == "failed":
-                detail = "\n".join(assertion.get("failureMessages") or [])
-                statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
+                refused = _refused(assertion.get("failureDetails"))
+                statuses.append(TestStatus.ERROR if refused else TestStatus.FAILED)
             else:
                 statuses.append(TestStatus.ERROR)  # pending, skipped, todo: the requirement was not checked
     return _worst(statuses, done.returncode or 0)
@@ -708,6 +703,57 @@ def _joined(errors: list[str], ok: str) -> str:
 
 
 # Runs inside the sandbox: compiles every Python file, then imports every module that is not a test.
+_PYTEST_RUNNER: Final = (
+    r"""
+import errno, json, socket, sys
+import pytest
+
+# Raised when the sandbox refuses memory, processes, network or files outside the workdir.
+REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENETUNREACH, errno.EADDRNOTAVAIL,
+                  errno.EAGAIN, errno.ENOMEM, errno.EFBIG}
+
+
+def refused(error):
+    # An assertion (or pytest.fail) is the test's verdict, whatever it was handling and whatever it says.
+    if isinstance(error, (AssertionError, pytest.fail.Exception)):
+        return False
+    seen = set()
+    while error is not None and id(error) not in seen:  # a library's error raised from the refusal counts
+        seen.add(id(error))
+        if isinstance(error, (MemoryError, socket.gaierror)):
+            return True
+        if isinstance(error, OSError) and error.errno in REFUSED_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class Outcomes:
+    def __init__(self):
+        self.reports = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = (yield).get_result()
+        error = call.excinfo.value if call.excinfo is not None else None
+        self.reports.append({"test": report.nodeid, "when": report.when, "outcome": report.outcome,
+                             "refused": error is not None and refused(error)})
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.reports.append({"test": report.nodeid, "when": "collect", "outcome": "failed", "refused": False})
+
+    def pytest_sessionfinish(self):
+        with open("""
+    + repr(_PYTEST_REPORT)
+    + r""", "w") as file:
+            json.dump(self.reports, file)
+
+
+sys.exit(pytest.main(sys.argv[1:], plugins=[Outcomes()]))
+"""
+)
+
 _PYTHON_CHECKS: Final = r"""
 import importlib, json, os, sys, traceback
 skip = {"node_modules", ".git", "__pycache__", ".venv"}

@@ -43,45 +43,81 @@ _REFUSED_CODES: Final = frozenset(
     {"EACCES", "EPERM", "EROFS", "ENETUNREACH", "EADDRNOTAVAIL", "EAI_AGAIN", "ENOTFOUND", "EAGAIN", "ENOMEM",
      "EFBIG", "ERR_WORKER_OUT_OF_MEMORY"}
 )  # fmt: skip
-# Inside fresh mount + network namespaces: every mount read-only, whatever the host has (only the workdir and
-# private tmpfs on /tmp, /var/tmp and /dev/shm stay writable, and writes there vanish with the test); the
-# folders a test has no business reading (homes, checkouts, /run, /var/*, /opt, ...) replaced by empty
-# read-only tmpfs, with the tools it needs (our interpreter, site-packages, node_modules) put back read-only;
-# the namespace's own loopback up; then drop to the slot's uid. Paths are newline-separated lists.
-_ENTER: Final = """set -e
-WORK="$1"; SANDBOX_UID="$2"; KEEP="$3"; HIDE="$4"; shift 4
-NL='
-'
-IFS="$NL"
-mount --make-rprivate /
+# Inside fresh mount + network namespaces, run by our interpreter before the test (system calls, not one
+# `mount` process per mount: this costs milliseconds per test): every mount read-only, whatever the host has
+# (only the workdir and private tmpfs on /tmp, /var/tmp and /dev/shm stay writable, and writes there vanish
+# with the test); the folders a test has no business reading (homes, checkouts, /run, /var/*, /opt, ...)
+# replaced by empty read-only tmpfs, with the tools it needs (our interpreter, site-packages, node_modules)
+# put back read-only; the namespace's own loopback up; then drop to the slot's uid.
+_ENTER: Final = r"""
+import ctypes, fcntl, os, re, socket, struct, sys
+
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, MOVE, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 8192, 16384, 1 << 18
+# A remount must repeat a mount's flags: the kernel refuses to drop locked ones (nosuid, nodev, atime, ...).
+KEPT = {"nosuid": NOSUID, "nodev": NODEV, "noexec": NOEXEC, "noatime": 1024, "nodiratime": 2048,
+        "relatime": 1 << 21, "strictatime": 1 << 24}
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount(source, target, fstype, flags, data=None):
+    encoded = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    if libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3]) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"sandbox set-up: mount on {target}: {os.strerror(error)}")
+
+
+work, uid, keep, hide = sys.argv[1:5]
+command = sys.argv[5:]
+keep = keep.split("\n") if keep else []
+hide = hide.split("\n") if hide else []
+mount(None, "/", None, REC | PRIVATE)
 # Stage the workdir and the tools on a private tmpfs: the folders they live in are hidden or replaced below.
-mount -t tmpfs -o size=1m tmpfs /mnt
-mkdir /mnt/work && mount --bind "$WORK" /mnt/work
-n=0; for path in $KEEP; do n=$((n+1)); mkdir "/mnt/keep$n"; mount --bind "$path" "/mnt/keep$n"; done
-# Read-only: every mount of the namespace with its own flags (nosuid, nodev, ... may be locked) plus ro.
-# A mount point that no longer resolves is covered by another mount and out of reach anyway.
-mounts=$(cut -d' ' -f5,6 /proc/self/mountinfo)
-for line in $mounts; do
-  point=$(printf '%b' "${line% *}"); options="${line##* }"
-  case "$point" in /mnt/work) continue;; esac
-  case "$options" in rw*) ;; *) continue;; esac
-  [ -e "$point" ] || continue
-  mount -o "remount,bind,ro${options#rw}" "$point"
-done
-for path in $HIDE; do mount -t tmpfs -o size=1m,mode=755 tmpfs "$path"; done
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
-mkdir -p "$WORK" && mount --move /mnt/work "$WORK"
-n=0; for path in $KEEP; do n=$((n+1)); mkdir -p "$path"; mount --move "/mnt/keep$n" "$path"; done
-umount /mnt
-mount -t tmpfs -o ro,size=4k tmpfs /mnt
-for path in $HIDE; do mount -o remount,ro "$path"; done
+mount("tmpfs", "/mnt", "tmpfs", 0, "size=1m")
+staged = [(work, "/mnt/work")] + [(path, f"/mnt/keep{n}") for n, path in enumerate(keep)]
+for path, stage in staged:
+    os.mkdir(stage)
+    mount(path, stage, None, BIND)
+with open("/proc/self/mountinfo") as table:
+    mounts = [line.split(" ") for line in table.read().splitlines()]
+for fields in mounts:
+    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+    options = fields[5].split(",")
+    if point == "/mnt/work" or "rw" not in options or not os.path.exists(point):
+        continue  # not there any more: covered by another mount, out of reach anyway
+    flags = REMOUNT | BIND | RDONLY | sum(KEPT.get(option, 0) for option in options)
+    try:
+        mount(None, point, None, flags)
+    except OSError:
+        if os.path.ismount(point):
+            raise
+for path in hide:
+    holds_tools = any(k == path or k.startswith(path + "/") for k in keep)
+    mount("tmpfs", path, "tmpfs", (0 if holds_tools else RDONLY) | NOSUID | NODEV, "size=1m,mode=755")
+for path in ("/tmp", "/var/tmp", "/dev/shm"):
+    try:
+        mount("tmpfs", path, "tmpfs", NOSUID | NODEV, "size=16m,mode=1777")
+    except OSError:
+        if path != "/dev/shm":
+            raise
+for path, stage in staged:
+    os.makedirs(path, exist_ok=True)
+    mount(stage, path, None, MOVE)
+if libc.umount2(b"/mnt", 0) != 0:
+    raise OSError(ctypes.get_errno(), "sandbox set-up: umount /mnt")
+mount("tmpfs", "/mnt", "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
+for path in hide:
+    if any(k == path or k.startswith(path + "/") for k in keep):
+        mount(None, path, None, REMOUNT | RDONLY | NOSUID | NODEV, "size=1m,mode=755")
 # Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
-PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
-cd "$WORK"
-if [ "$SANDBOX_UID" = "-" ]; then exec "$@"; fi
-exec setpriv --reuid "$SANDBOX_UID" --regid 65534 --clear-groups --inh-caps=-all -- "$@"
+try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        fcntl.ioctl(probe, 0x8914, struct.pack("16sH", b"lo", 0x1 | 0x8 | 0x40))  # SIOCSIFFLAGS: up, loopback, running
+except OSError:
+    pass
+os.chdir(work)
+if uid == "-":
+    os.execvp(command[0], command)
+os.execvp("setpriv", ["setpriv", "--reuid", uid, "--regid", "65534", "--clear-groups", "--inh-caps=-all", "--", *command])
 """
 # What a test may see of the host: the system itself. Every other top-level folder is hidden (homes, the
 # checkout, /opt, /srv, /run, mounted volumes, ...), and so is everything in /var but /var/tmp.
@@ -544,7 +580,8 @@ def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> li
     prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
     hidden = _hidden_paths()
     kept = "\n".join(_kept_paths(hidden))
-    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, kept, "\n".join(hidden), *command]
+    enter = [sys.executable, "-I", "-S", "-c", _ENTER]
+    return [*prefix, "--", *enter, work, uid, kept, "\n".join(hidden), *command]
 
 
 @functools.cache

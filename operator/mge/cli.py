@@ -513,10 +513,16 @@ async def _invalidate(url: str, masterplan: str | None, model: str | None) -> di
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface (the chart sets it).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     kubernetes: Annotated[
-        bool, typer.Option(help="Use the Kubernetes API for overrides (TokenReview, SubjectAccessReview).")
+        bool,
+        typer.Option(
+            help="Authenticate and authorize callers with the Kubernetes API (TokenReview, "
+            "SubjectAccessReview); without it every route but /healthz and /metrics answers 503."
+        ),
     ] = True,
 ) -> None:
     """Serve the /api/v2 REST API (OpenAPI docs at /docs) on MGE_DATABASE_URL."""
@@ -527,7 +533,7 @@ def api(
     settings = _settings()
     if not settings.database_url:
         raise _fail("MGE_DATABASE_URL is not set: the API reads costs from Postgres")
-    kube = _kube(settings, "use --no-kubernetes for a read-only API") if kubernetes else None
+    kube = _kube(settings, "the API authenticates every caller with it") if kubernetes else None
     uvicorn.run(
         create_app(settings.database_url, kube, settings.redis_url), host=host, port=port, log_config=None
     )

@@ -265,7 +265,7 @@ def test_api_runs_restricted_with_its_own_account_and_the_database_secret():
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
 
-    assert container["args"] == ["api", "--port", "8000"]
+    assert container["args"] == ["api", "--host", "0.0.0.0", "--port", "8000"]  # the CLI default is 127.0.0.1
     assert pod["serviceAccountName"] == "mge-operator-api"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert env["MGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mge-db"

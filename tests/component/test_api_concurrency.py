@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from mge.adapters.store.store import Store
-from mge.api.app import create_app
 from mge.concurrency.signals import prometheus_health
 from tests.builders import atom, register
+from tests.support.api import api_client
 from tests.support.executor import running_executor
 from tests.support.operator import eventually
 
@@ -37,11 +36,7 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
 
 
 async def _status(pg: str) -> dict:
-    app = create_app(pg)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    async with api_client(pg, [(None, "masterplans", "list")]) as client:
         return (await client.get("/api/v2/concurrency/status")).json()
 
 

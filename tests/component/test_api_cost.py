@@ -20,13 +20,14 @@ from tests.support.operator import fake_cluster
 pytestmark = pytest.mark.component
 
 NS = "team-a"
+READER = {"Authorization": "Bearer bob-token"}
 
 
 @pytest.fixture
 async def api(pg):
     async with fake_cluster() as cluster:
         cluster.tokens = {"alice-token": ("alice", ["devs"]), "bob-token": ("bob", ["devs"])}
-        cluster.grants = {("alice", NS, "masterplans/budget", "approve")}
+        cluster.grants = {("alice", NS, "masterplans/budget", "approve"), ("bob", NS, "masterplans", "get")}
         kube = Kube(load_client_configuration(str(cluster.url)))
         app = create_app(pg, kube)
         async with app.router.lifespan_context(app):
@@ -66,7 +67,7 @@ async def _spent_plan(pg: str, spent: str, limit: float = 10.0) -> str:
 async def test_cost_status_reports_spend_caps_and_projection(api, pg):
     plan_id = await _spent_plan(pg, "8")
 
-    response = await api.get(f"/api/v2/cost/{plan_id}")
+    response = await api.get(f"/api/v2/cost/{plan_id}", headers=READER)
 
     assert response.status_code == 200
     body = response.json()
@@ -82,7 +83,7 @@ async def test_cost_status_reports_spend_caps_and_projection(api, pg):
     ("path", "code"), [("00000000-0000-4000-8000-000000000000", 404), ("not-a-uuid", 422)]
 )
 async def test_unknown_or_malformed_ids_are_client_errors(api, path, code):
-    response = await api.get(f"/api/v2/cost/{path}")
+    response = await api.get(f"/api/v2/cost/{path}", headers=READER)
 
     assert response.status_code == code
     assert "masterplan" in response.json()["detail"].lower()
@@ -91,8 +92,10 @@ async def test_unknown_or_malformed_ids_are_client_errors(api, path, code):
 async def test_events_are_paginated_oldest_first(api, pg):
     plan_id = await _spent_plan(pg, "2")
 
-    first = (await api.get(f"/api/v2/cost/{plan_id}/events", params={"limit": 3})).json()
-    rest = (await api.get(f"/api/v2/cost/{plan_id}/events", params={"after": first["next_after"]})).json()
+    first = (await api.get(f"/api/v2/cost/{plan_id}/events", params={"limit": 3}, headers=READER)).json()
+    rest = (
+        await api.get(f"/api/v2/cost/{plan_id}/events", params={"after": first["next_after"]}, headers=READER)
+    ).json()
 
     kinds = [e["kind"] for e in first["events"] + rest["events"]]
     assert kinds == ["reserve", "settle", "reserve", "settle"]

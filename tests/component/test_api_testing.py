@@ -2,7 +2,6 @@
 
 import uuid
 
-import httpx
 import pytest
 
 from mge.acceptance.gate import GateVerdict, TestStatus
@@ -11,11 +10,11 @@ from mge.acceptance.templates import GeneratedTest
 from mge.adapters.sandbox import TestRunResult
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
-from mge.api.app import create_app
 from mge.models.masterplan import Language
 from mge.plan.dag import plan_dag
 from mge.precision.score import IntegrationCheck, PrecisionScore
 from tests.builders import atom, spec
+from tests.support.api import api_client
 
 pytestmark = pytest.mark.component
 
@@ -26,11 +25,13 @@ SHOULD_1 = Requirement("SHOULD-1", Priority.SHOULD, "in Spanish", 5)
 
 @pytest.fixture
 async def api(pg):
-    app = create_app(pg)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
+    grants = [
+        (NS, "masterplans", "get"),
+        (NS, "masterplans/acceptance", "generate"),
+        (NS, "masterplans/acceptance", "run"),
+    ]
+    async with api_client(pg, grants) as client:
+        yield client
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """Sandbox with real pytest and real Jest on a small project: verdicts, containment, integration checks."""
 
 import os
+import subprocess
+import sysconfig
 import uuid
 from pathlib import Path
 
 import pytest
 
+import mge
 from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate
 from mge.acceptance.requirements import Priority, Requirement
 from mge.adapters.sandbox import OUTPUT_LIMIT_BYTES, Sandbox, SandboxLimits, TestRun, _live_processes_of
@@ -130,7 +133,7 @@ async def test_hanging_test_times_out_and_is_killed(tmp_path: Path) -> None:
 async def test_fork_bomb_is_contained_and_leaves_no_process(tmp_path: Path) -> None:
     body = "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
     tests = dict([python_test(1, body)])
-    sandbox = Sandbox(SandboxLimits(timeout_s=3, processes=32), workers=1)
+    sandbox = Sandbox(SandboxLimits(timeout_s=6, processes=32), workers=1)
 
     [result] = await sandbox.run_tests(project(tmp_path / "bomb", tests), runs(tests))
 
@@ -348,3 +351,116 @@ async def test_jest_test_using_fetch_response_runs_under_the_memory_limit(tmp_pa
     status, output = await run_one(tmp_path, tests)
 
     assert status is TestStatus.PASSED, output
+
+
+def _world_writable_dirs() -> list[str]:
+    """The host's world-writable folders (/proc, /sys and dependency trees aside, to keep this fast)."""
+    prune = ["-path", "/proc", "-o", "-path", "/sys", "-o", "-name", "node_modules", "-o", "-name", ".git"]
+    prune += ["-o", "-name", ".venv", "-o", "-name", "site-packages"]
+    found = subprocess.run(
+        ["find", "/", "(", *prune, ")", "-prune", "-o", "-type", "d", "-perm", "-0002", "-print"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    ).stdout.split()
+    return sorted({*found, *(d for d in ("/dev/mqueue", "/run/lock") if os.path.isdir(d))})
+
+
+def _canaries(folders: list[str], name: str) -> list[Path]:
+    """A file the host has in each folder; a sandboxed test must not see it."""
+    files = [Path(folder, name) for folder in folders]
+    for file in files:
+        file.write_text("host")
+    return files
+
+
+def _left_behind(folders: list[str], name: str) -> list[str]:
+    return [folder for folder in folders if Path(folder, name).exists()]
+
+
+REPO = Path(__file__).resolve().parents[2]
+# Private to each test: an empty tmpfs whose writes vanish with it.
+SCRATCH = {"/tmp", "/var/tmp", "/dev/shm"}
+
+
+async def test_a_test_can_write_nowhere_on_the_host_and_cannot_read_the_checkout(tmp_path: Path) -> None:
+    sandbox = Sandbox(SandboxLimits(timeout_s=30), workers=1)
+    if not sandbox.network_isolated:
+        pytest.skip("no mount namespace on this machine: the sandbox reports network_isolated=False")
+    marker = f"mge-escape-{uuid.uuid4().hex}"
+    targets = [*_world_writable_dirs(), sysconfig.get_paths()["purelib"], str(Path.home())]
+    canaries = _canaries([*(d for d in targets if d in SCRATCH), str(Path.home())], f"{marker}-host")
+    checkout = REPO
+    secrets = [str(checkout / "pyproject.toml"), str(checkout / "README.md"), mge.__file__]
+    body = f"""    import os
+    written, seen = [], []
+    for folder in {targets!r}:
+        try:
+            with open(os.path.join(folder, {marker!r}), "x") as file:
+                file.write("sandbox")
+            written.append(folder)
+        except OSError:
+            pass
+    for path in {[str(c) for c in canaries] + secrets!r}:
+        if os.path.exists(path):
+            seen.append(path)
+    assert sorted(written) == {sorted(SCRATCH & set(targets))!r}
+    assert seen == []
+"""
+    tests = dict([python_test(1, body)])
+    try:
+        [result] = await sandbox.run_tests(project(tmp_path, tests), runs(tests))
+        left = _left_behind(targets, marker)
+    finally:
+        for canary in canaries:
+            canary.unlink()
+
+    assert result.status is TestStatus.PASSED, result.output
+    assert left == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '    assert 1 == 2, "PermissionError: the admin page must be allowed"\n',
+        '    raise AssertionError("MemoryError was expected, got None")\n',
+        '    import pytest\n    pytest.fail("Read-only file system should not be reported for /data")\n',
+    ],
+)
+async def test_an_assertion_about_a_refusal_is_a_failure_not_an_error(tmp_path: Path, body: str) -> None:
+    """The runner's outcome decides (an assertion failed), not the words in the message."""
+    status, output = await run_one(tmp_path, dict([python_test(1, body)]))
+
+    assert status is TestStatus.FAILED, output
+
+
+async def test_a_setup_error_is_an_error_even_without_a_refusal(tmp_path: Path) -> None:
+    body = "    pass\n"
+    tests = dict([python_test(1, body)])
+    tests["acceptance_tests/test_must_1.py"] = (
+        "import pytest\n\n@pytest.fixture\ndef db():\n    raise RuntimeError('no database')\n\n"
+        "def test_must_1(db):\n    pass\n"
+    )
+
+    status, output = await run_one(tmp_path, tests)
+
+    assert status is TestStatus.ERROR, output
+
+
+@needs_jest
+async def test_jest_verdict_comes_from_the_thrown_error_not_the_message(tmp_path: Path) -> None:
+    refused = {
+        "acceptance_tests/must_1.test.ts": 'import * as fs from "fs";\n'
+        'test("MUST-1: saves", () => { fs.writeFileSync("/etc/mge-escape", "x"); });\n'
+    }
+    asserted = {
+        "acceptance_tests/must_1.test.ts": 'test("MUST-1: reports", () => {\n'
+        '  expect("EACCES: permission denied, Read-only file system").toBe("saved");\n});\n'
+    }
+
+    refused_status, refused_output = await run_one(tmp_path / "refused", refused)
+    asserted_status, asserted_output = await run_one(tmp_path / "asserted", asserted)
+
+    assert refused_status is TestStatus.ERROR, refused_output
+    assert asserted_status is TestStatus.FAILED, asserted_output

@@ -14,7 +14,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,56 +35,110 @@ _IGNORED: Final = shutil.ignore_patterns(
     "node_modules", ".git", "__pycache__", ".mypy_cache", ".pytest_cache"
 )
 _NODE_ADDRESS_SPACE_FACTOR: Final = 4
-_JUNIT: Final = ".mge-junit.xml"
+_PYTEST_REPORT: Final = ".mge-pytest.json"
 _JEST_REPORT: Final = ".mge-jest.json"
-# An uncaught error of one of these kinds means the sandbox refused something the test tried (memory,
-# processes, network, files outside the workdir): the requirement was not checked, so the status is error.
-_REFUSALS: Final = (
-    "MemoryError",
-    "BlockingIOError",
-    "Resource temporarily unavailable",
-    "PermissionError",
-    "Permission denied",
-    "Read-only file system",
-    "Network is unreachable",
-    "Cannot assign requested address",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "File too large",
-    "EACCES",
-    "EPERM",
-    "EROFS",
-    "ENETUNREACH",
-    "EADDRNOTAVAIL",
-    "EAI_AGAIN",
-    "ENOTFOUND",
-    "EAGAIN",
-    "ENOMEM",
-    "heap out of memory",
-)
-# Inside fresh mount + network namespaces: private tmpfs on the world-writable directories (writes there
-# vanish with the test), the workdir moved back in place, the namespace's own loopback up, then drop to
-# the slot's uid.
-_ENTER: Final = """set -e
-WORK="$1"; SANDBOX_UID="$2"; KEEP="$3"; shift 3
-mount --make-rprivate /
-# Stage the workdir and the tools the tests need (our site-packages, node_modules) on a private tmpfs, so
-# they stay visible when they live under /tmp or /var/tmp (e.g. a checkout in /tmp) once those are replaced.
-mount -t tmpfs -o size=1m tmpfs /mnt
-mkdir /mnt/work && mount --bind "$WORK" /mnt/work
-n=0; for path in $KEEP; do n=$((n+1)); mkdir "/mnt/keep$n"; mount --bind "$path" "/mnt/keep$n"; done
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /var/tmp
-mount -t tmpfs -o size=16m,mode=1777 tmpfs /dev/shm 2>/dev/null || true
-mkdir -p "$WORK" && mount --move /mnt/work "$WORK"
-n=0; for path in $KEEP; do n=$((n+1)); mkdir -p "$path"; mount --move "/mnt/keep$n" "$path"; done
-umount /mnt
+# Node's codes for what the sandbox refuses (memory, processes, network, files outside the workdir): a test
+# that died of one did not check its requirement, so its status is error.
+_REFUSED_CODES: Final = frozenset(
+    {"EACCES", "EPERM", "EROFS", "ENETUNREACH", "EADDRNOTAVAIL", "EAI_AGAIN", "ENOTFOUND", "EAGAIN", "ENOMEM",
+     "EFBIG", "ERR_WORKER_OUT_OF_MEMORY"}
+)  # fmt: skip
+# Inside fresh mount + network namespaces, run by our interpreter before the test (system calls, not one
+# `mount` process per mount: this costs milliseconds per test): every mount read-only, whatever the host has
+# (only the workdir and private tmpfs on /tmp, /var/tmp and /dev/shm stay writable, and writes there vanish
+# with the test); the folders a test has no business reading (homes, checkouts, /run, /var/*, /opt, ...)
+# replaced by empty read-only tmpfs, with the tools it needs (our interpreter, site-packages, node_modules)
+# put back read-only; the namespace's own loopback up; then drop to the slot's uid.
+_ENTER: Final = r"""
+import ctypes, fcntl, os, re, socket, struct, sys
+
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, MOVE, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 8192, 16384, 1 << 18
+# A remount must repeat a mount's flags: the kernel refuses to drop locked ones (nosuid, nodev, atime, ...).
+KEPT = {"nosuid": NOSUID, "nodev": NODEV, "noexec": NOEXEC, "noatime": 1024, "nodiratime": 2048,
+        "relatime": 1 << 21, "strictatime": 1 << 24}
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount(source, target, fstype, flags, data=None):
+    encoded = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    if libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3]) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"sandbox set-up: mount on {target}: {os.strerror(error)}")
+
+
+work, uid, keep, hide = sys.argv[1:5]
+command = sys.argv[5:]
+keep = keep.split("\n") if keep else []
+hide = hide.split("\n") if hide else []
+mount(None, "/", None, REC | PRIVATE)
+# Stage the workdir and the tools on a private tmpfs: the folders they live in are hidden or replaced below.
+mount("tmpfs", "/mnt", "tmpfs", 0, "size=1m")
+staged = [(work, "/mnt/work")] + [(path, f"/mnt/keep{n}") for n, path in enumerate(keep)]
+for path, stage in staged:
+    os.mkdir(stage)
+    mount(path, stage, None, BIND)
+with open("/proc/self/mountinfo") as table:
+    mounts = [line.split(" ") for line in table.read().splitlines()]
+for fields in mounts:
+    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+    options = fields[5].split(",")
+    if point == "/mnt/work" or "rw" not in options or not os.path.exists(point):
+        continue  # not there any more: covered by another mount, out of reach anyway
+    flags = REMOUNT | BIND | RDONLY | sum(KEPT.get(option, 0) for option in options)
+    try:
+        mount(None, point, None, flags)
+    except OSError:
+        if os.path.ismount(point):
+            raise
+for path in hide:
+    holds_tools = any(k == path or k.startswith(path + "/") for k in keep)
+    mount("tmpfs", path, "tmpfs", (0 if holds_tools else RDONLY) | NOSUID | NODEV, "size=1m,mode=755")
+for path in ("/tmp", "/var/tmp", "/dev/shm"):
+    try:
+        mount("tmpfs", path, "tmpfs", NOSUID | NODEV, "size=16m,mode=1777")
+    except OSError:
+        if path != "/dev/shm":
+            raise
+for path, stage in staged:
+    os.makedirs(path, exist_ok=True)
+    mount(stage, path, None, MOVE)
+if libc.umount2(b"/mnt", 0) != 0:
+    raise OSError(ctypes.get_errno(), "sandbox set-up: umount /mnt")
+mount("tmpfs", "/mnt", "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
+for path in hide:
+    if any(k == path or k.startswith(path + "/") for k in keep):
+        mount(None, path, None, REMOUNT | RDONLY | NOSUID | NODEV, "size=1m,mode=755")
 # Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
-PATH="$PATH:/usr/sbin:/sbin" ip link set lo up 2>/dev/null || true
-cd "$WORK"
-if [ "$SANDBOX_UID" = "-" ]; then exec "$@"; fi
-exec setpriv --reuid "$SANDBOX_UID" --regid 65534 --clear-groups --inh-caps=-all -- "$@"
+try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        fcntl.ioctl(probe, 0x8914, struct.pack("16sH", b"lo", 0x1 | 0x8 | 0x40))  # SIOCSIFFLAGS: up, loopback, running
+except OSError:
+    pass
+os.chdir(work)
+if uid == "-":
+    os.execvp(command[0], command)
+os.execvp("setpriv", ["setpriv", "--reuid", uid, "--regid", "65534", "--clear-groups", "--inh-caps=-all", "--", *command])
 """
+# What a test may see of the host: the system itself. Every other top-level folder is hidden (homes, the
+# checkout, /opt, /srv, /run, mounted volumes, ...), and so is everything in /var but /var/tmp.
+_SYSTEM_DIRS: Final = frozenset(
+    {
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "usr",
+        "etc",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "var",
+        "mnt",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -204,8 +257,8 @@ class Sandbox:
             return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
         if test.language is Language.PYTHON:
             command = [
-                self._isolation.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
-                f"--junitxml={_JUNIT}", "-o", "junit_family=xunit2", test.path,
+                self._isolation.python, "-c", _PYTEST_RUNNER, "-q", "-p", "no:cacheprovider", "--tb=short",
+                test.path,
             ]  # fmt: skip
             classify: Callable[[Path, _Completed], TestStatus] = _pytest_status
         else:
@@ -525,21 +578,48 @@ def _namespaced(namespaces: bool, command: list[str], work: str, uid: str) -> li
     if not namespaces:
         return command
     prefix = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "-rn", "--mount"]
-    return [*prefix, "--", "sh", "-c", _ENTER, "sh", work, uid, " ".join(_kept_paths()), *command]
+    hidden = _hidden_paths()
+    kept = "\n".join(_kept_paths(hidden))
+    enter = [sys.executable, "-I", "-S", "-c", _ENTER]
+    return [*prefix, "--", *enter, work, uid, kept, "\n".join(hidden), *command]
 
 
 @functools.cache
-def _kept_paths() -> tuple[str, ...]:
-    """Tool folders under the directories the sandbox replaces with empty tmpfs (paths without spaces)."""
-    replaced = ("/tmp", "/var/tmp", "/dev/shm")
-    tools = {sysconfig.get_paths()["purelib"], str(_node_modules())}
-    return tuple(
-        sorted(
-            path
-            for path in tools
-            if Path(path).is_dir() and " " not in path and any(_inside(path, r) for r in replaced)
-        )
+def _hidden_paths() -> tuple[str, ...]:
+    """Folders replaced by an empty tmpfs in the sandbox: all but the system's own (see _SYSTEM_DIRS)."""
+    hidden = [f"/{name}" for name in _subfolders("/") if name not in _SYSTEM_DIRS]
+    hidden += [f"/var/{name}" for name in _subfolders("/var") if name != "tmp"]
+    checkout = next((p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()), None)
+    if checkout is not None and not any(_inside(str(checkout), h) for h in hidden):
+        hidden.append(str(checkout))  # a checkout under /usr or /etc, say
+    return tuple(sorted(path for path in hidden if "\n" not in path))
+
+
+def _subfolders(parent: str) -> list[str]:
+    with contextlib.suppress(OSError):
+        return sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+    return []
+
+
+@functools.cache
+def _kept_paths(hidden: tuple[str, ...]) -> tuple[str, ...]:
+    """What tests run with (interpreters, site-packages, node_modules) where the sandbox hides or replaces it,
+    outermost first and none inside another."""
+    replaced = (*hidden, "/tmp", "/var/tmp", "/dev/shm")
+    tools = {sys.prefix, sys.base_prefix, sysconfig.get_paths()["purelib"], str(_node_modules())}
+    node = shutil.which("node")
+    if node is not None:
+        tools.add(str(Path(node).resolve().parents[1]))
+    candidates = sorted(
+        path
+        for path in tools
+        if Path(path).is_dir() and "\n" not in path and any(_inside(path, r) for r in replaced)
     )
+    kept: list[str] = []
+    for path in candidates:
+        if not any(_inside(path, k) for k in kept):
+            kept.append(path)
+    return tuple(kept)
 
 
 def _runs(argv: list[str], env: dict[str, str] | None = None) -> bool:
@@ -578,26 +658,41 @@ def _is_jest_test(path: str) -> bool:
     )
 
 
-def _refused(text: str) -> bool:
-    return any(marker in text for marker in _REFUSALS)
+def _refused(details: object) -> bool:
+    """Whether Jest's failureDetails (the thrown values) hold a system error the sandbox caused."""
+    if not isinstance(details, list):
+        return False
+    for detail in details:
+        for error in (detail, detail.get("cause") if isinstance(detail, dict) else None):
+            if (
+                isinstance(error, dict)
+                and "matcherResult" not in error
+                and error.get("code") in _REFUSED_CODES
+            ):
+                return True
+    return False
 
 
 def _pytest_status(work: Path, done: _Completed) -> TestStatus:
+    """From pytest's own reports (see _PYTEST_RUNNER): an assertion or an exception of the code under test
+    is a failure; a refusal of the sandbox, a setup/teardown or collection error, a skip is an error."""
     if done.returncode is None or done.returncode < 0 or done.returncode not in (0, 1):
         return TestStatus.ERROR  # 2-5: interrupted, internal or usage error, nothing collected
     try:
-        cases = ElementTree.parse(work / _JUNIT).getroot().iter("testcase")
-    except (OSError, ElementTree.ParseError):
+        reports = json.loads((work / _PYTEST_REPORT).read_text())
+        phases = [(str(r["test"]), str(r["when"]), str(r["outcome"]), bool(r["refused"])) for r in reports]
+    except (OSError, ValueError, KeyError, TypeError):
         return TestStatus.ERROR
     statuses = []
-    for case in cases:
-        if case.find("error") is not None or case.find("skipped") is not None:
-            statuses.append(TestStatus.ERROR)
-        elif (failure := case.find("failure")) is not None:
-            detail = f"{failure.get('message', '')}\n{failure.text or ''}"
-            statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
-        else:
+    for _, when, outcome, refused in phases:
+        if outcome == "passed":
             statuses.append(TestStatus.PASSED)
+        elif when == "call" and outcome == "failed" and not refused:
+            statuses.append(TestStatus.FAILED)
+        else:
+            statuses.append(TestStatus.ERROR)
+    if not any(when == "call" for _, when, _, _ in phases):
+        return TestStatus.ERROR  # nothing ran: every test skipped or deselected, or collection failed
     return _worst(statuses, done.returncode)
 
 
@@ -616,8 +711,8 @@ def _jest_status(work: Path, done: _Completed) -> TestStatus:
             if assertion.get("status") == "passed":
                 statuses.append(TestStatus.PASSED)
             elif assertion.get("status") == "failed":
-                detail = "\n".join(assertion.get("failureMessages") or [])
-                statuses.append(TestStatus.ERROR if _refused(detail) else TestStatus.FAILED)
+                refused = _refused(assertion.get("failureDetails"))
+                statuses.append(TestStatus.ERROR if refused else TestStatus.FAILED)
             else:
                 statuses.append(TestStatus.ERROR)  # pending, skipped, todo: the requirement was not checked
     return _worst(statuses, done.returncode or 0)
@@ -645,6 +740,57 @@ def _joined(errors: list[str], ok: str) -> str:
 
 
 # Runs inside the sandbox: compiles every Python file, then imports every module that is not a test.
+_PYTEST_RUNNER: Final = (
+    r"""
+import errno, json, socket, sys
+import pytest
+
+# Raised when the sandbox refuses memory, processes, network or files outside the workdir.
+REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENETUNREACH, errno.EADDRNOTAVAIL,
+                  errno.EAGAIN, errno.ENOMEM, errno.EFBIG}
+
+
+def refused(error):
+    # An assertion (or pytest.fail) is the test's verdict, whatever it was handling and whatever it says.
+    if isinstance(error, (AssertionError, pytest.fail.Exception)):
+        return False
+    seen = set()
+    while error is not None and id(error) not in seen:  # a library's error raised from the refusal counts
+        seen.add(id(error))
+        if isinstance(error, (MemoryError, socket.gaierror)):
+            return True
+        if isinstance(error, OSError) and error.errno in REFUSED_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class Outcomes:
+    def __init__(self):
+        self.reports = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = (yield).get_result()
+        error = call.excinfo.value if call.excinfo is not None else None
+        self.reports.append({"test": report.nodeid, "when": report.when, "outcome": report.outcome,
+                             "refused": error is not None and refused(error)})
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.reports.append({"test": report.nodeid, "when": "collect", "outcome": "failed", "refused": False})
+
+    def pytest_sessionfinish(self):
+        with open("""
+    + repr(_PYTEST_REPORT)
+    + r""", "w") as file:
+            json.dump(self.reports, file)
+
+
+sys.exit(pytest.main(sys.argv[1:], plugins=[Outcomes()]))
+"""
+)
+
 _PYTHON_CHECKS: Final = r"""
 import importlib, json, os, sys, traceback
 skip = {"node_modules", ".git", "__pycache__", ".venv"}

@@ -1,16 +1,16 @@
 """POST /admin/cache/invalidate: drop prompt/RAG cache entries by Masterplan, model or all (an admin route, not /api/v2)."""
 
 import logging
-import uuid
 from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from mge.adapters.cache import CacheUnavailable, LLMPromptCache, invalidate_all
-from mge.adapters.kube_auth import Caller, KubeAuth
+from mge.adapters.kube_auth import Caller
 from mge.adapters.store.store import Store
-from mge.api.cost import _caller, _store
+from mge.api.auth import INVALIDATE_CACHE, caller, identity, require
+from mge.api.auth import store as store_of
 from mge.models.cache_api import CacheInvalidateRequest, CacheInvalidateResponse
 
 router = APIRouter(prefix="/admin/cache", tags=["admin"])
@@ -26,26 +26,17 @@ def _redis(request: Request) -> aioredis.Redis:
 
 @router.post("/invalidate", response_model=CacheInvalidateResponse)
 async def invalidate(
-    body: CacheInvalidateRequest,
     request: Request,
-    store: Annotated[Store, Depends(_store)],
-    caller: Annotated[Caller, Depends(_caller)],
-    client: Annotated[aioredis.Redis, Depends(_redis)],
+    who: Annotated[Caller, Depends(caller)],
+    body: CacheInvalidateRequest,
+    store: Annotated[Store, Depends(store_of)],
 ) -> CacheInvalidateResponse:
     """Needs verb `delete` on `masterplans/cache`: in the plan's namespace for one plan, cluster-wide otherwise."""
-    auth: KubeAuth = request.app.state.auth
     namespace: str | None = None
     if body.masterplan_id is not None:
-        found = await store.identity(uuid.UUID(body.masterplan_id))
-        if found is None:
-            raise HTTPException(404, f"no Masterplan with id {body.masterplan_id}")
-        namespace = found[0]
-    if not await auth.may_invalidate_cache(caller, namespace):
-        where = f"in {namespace}" if namespace else "cluster-wide (a ClusterRole)"
-        raise HTTPException(
-            403,
-            f"{caller.username} may not invalidate caches: needs verb delete on masterplans/cache {where}",
-        )
+        namespace = (await identity(store, body.masterplan_id)).namespace
+    await require(request, who, INVALIDATE_CACHE, namespace)
+    client = _redis(request)
     cache = LLMPromptCache(client)
     try:
         if body.masterplan_id is not None:
@@ -61,7 +52,7 @@ async def invalidate(
             scope, llm, rag = "all", removed["llm"], removed["rag"]
     except CacheUnavailable as error:
         raise HTTPException(503, str(error)) from None
-    log.info("cache invalidated by %s: %s (%d prompt, %d RAG entries)", caller.username, scope, llm, rag)
+    log.info("cache invalidated by %s: %s (%d prompt, %d RAG entries)", who.username, scope, llm, rag)
     return CacheInvalidateResponse(
-        scope=scope, removed_llm_entries=llm, removed_rag_entries=rag, requested_by=caller.username
+        scope=scope, removed_llm_entries=llm, removed_rag_entries=rag, requested_by=who.username
     )

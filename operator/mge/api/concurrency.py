@@ -2,21 +2,22 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
+from mge.adapters.kube_auth import Caller
 from mge.adapters.store.store import Store
+from mge.api.auth import LIST, cluster_access
+from mge.api.auth import store as store_of
 from mge.models.concurrency_api import ConcurrencyStatus
 
 router = APIRouter(prefix="/api/v2/concurrency", tags=["concurrency"])
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
 @router.get("/status", response_model=ConcurrencyStatus)
-async def concurrency_status(store: Annotated[Store, Depends(_store)]) -> ConcurrencyStatus:
+async def concurrency_status(
+    _: Annotated[Caller, Depends(cluster_access(LIST))], store: Annotated[Store, Depends(store_of)]
+) -> ConcurrencyStatus:
+    """Fleet-wide (every plan's ramp, every executor): needs verb list on masterplans in every namespace."""
     executors, decisions = await store.concurrency_snapshot()
     return ConcurrencyStatus(
         global_limit=sum(e.limit for e in executors),

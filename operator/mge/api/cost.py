@@ -1,15 +1,17 @@
 """/api/v2/cost: a Masterplan's budget status, its audit trail, and audited overrides by approvers."""
 
-import uuid
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from kubernetes.client.exceptions import ApiException
 
 from mge.adapters.kube import Kube, KubeUnavailable
-from mge.adapters.kube_auth import Caller, KubeAuth
+from mge.adapters.kube_auth import Caller
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
+from mge.api import auth
+from mge.api.auth import APPROVE_BUDGET, READ, Plan, plan_access
 from mge.cost.caps import BudgetLimits, BudgetState, OverrideRejected, budget_state, check_override
 from mge.models.cost_api import (
     BudgetStatus,
@@ -21,6 +23,8 @@ from mge.models.cost_api import (
 
 router = APIRouter(prefix="/api/v2/cost", tags=["cost"])
 
+MAX_ID: Final = 2**63 - 1  # ids are Postgres bigints
+
 _STATUS = {
     BudgetState.WITHIN: BudgetStatus.OK,
     BudgetState.SOFT_CAP: BudgetStatus.SOFT_CAP_EXCEEDED,
@@ -28,28 +32,12 @@ _STATUS = {
 }
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-async def _identity(store: Store, masterplan_id: str) -> tuple[uuid.UUID, str, str]:
-    try:
-        plan_id = uuid.UUID(masterplan_id)
-    except ValueError:
-        raise HTTPException(
-            422, f"masterplan_id must be a UUID (status.masterplanId), got {masterplan_id!r}"
-        ) from None
-    found = await store.identity(plan_id)
-    if found is None:
-        raise HTTPException(404, f"no Masterplan with id {masterplan_id}")
-    return plan_id, *found
-
-
 @router.get("/{masterplan_id}", response_model=CostStatusResponse)
-async def cost_status(masterplan_id: str, store: Annotated[Store, Depends(_store)]) -> CostStatusResponse:
-    """Spend, reservations, caps and the projection of one Masterplan."""
-    plan_id, namespace, name = await _identity(store, masterplan_id)
+async def cost_status(
+    plan: Annotated[Plan, Depends(plan_access(READ))], store: Annotated[Store, Depends(auth.store)]
+) -> CostStatusResponse:
+    """Spend, reservations, caps and the projection of one Masterplan (verb get on masterplans)."""
+    plan_id, namespace, name = plan.id, plan.namespace, plan.name
     spend = await CostLedger(store.pool).spend(plan_id)
     progress = await store.progress(plan_id)
     limits = BudgetLimits(spend.limit_usd, spend.soft_cap_percent, spend.hard_cap_percent)
@@ -78,15 +66,16 @@ async def cost_status(masterplan_id: str, store: Annotated[Store, Depends(_store
 
 @router.get("/{masterplan_id}/events", response_model=CostEventsResponse)
 async def cost_events(
-    masterplan_id: str,
-    store: Annotated[Store, Depends(_store)],
+    plan: Annotated[Plan, Depends(plan_access(READ))],
+    store: Annotated[Store, Depends(auth.store)],
     after: Annotated[
-        int, Query(ge=0, description="Return events after this id (the previous page's next_after).")
+        int,
+        Query(ge=0, le=MAX_ID, description="Return events after this id (the previous page's next_after)."),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CostEventsResponse:
     """The audit trail: reserve, settle, release, soft_cap, hard_cap, override, resume; oldest first."""
-    plan_id, _, _ = await _identity(store, masterplan_id)
+    plan_id = plan.id
     events = await CostLedger(store.pool).events(plan_id, after_id=after, limit=limit)
     return CostEventsResponse(
         masterplan_id=str(plan_id),
@@ -95,34 +84,17 @@ async def cost_events(
     )
 
 
-async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    auth: KubeAuth | None = request.app.state.auth
-    if auth is None:
-        raise HTTPException(503, "overrides need the Kubernetes API (run `mge api` in the cluster)")
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise HTTPException(401, "send a Kubernetes bearer token: Authorization: Bearer <token>")
-    caller = await auth.authenticate(authorization.split(" ", 1)[1].strip())
-    if caller is None:
-        raise HTTPException(401, "the bearer token was not accepted by the Kubernetes API (TokenReview)")
-    return caller
-
-
 @router.post("/{masterplan_id}/override", response_model=OverrideResponse)
 async def approve_override(
-    masterplan_id: str,
     body: OverrideRequest,
     request: Request,
-    store: Annotated[Store, Depends(_store)],
-    caller: Annotated[Caller, Depends(_caller)],
+    plan: Annotated[Plan, Depends(plan_access(APPROVE_BUDGET))],
+    store: Annotated[Store, Depends(auth.store)],
+    caller: Annotated[Caller, Depends(auth.caller)],
 ) -> OverrideResponse:
-    """Raise (or lower) the budget as the caller; same rules as `kubectl patch` through the admission policy."""
-    plan_id, namespace, name = await _identity(store, masterplan_id)
-    auth: KubeAuth = request.app.state.auth
-    if not await auth.can_approve_budget(caller, namespace, name):
-        raise HTTPException(
-            403,
-            f"{caller.username} may not approve budgets: needs verb approve on masterplans/budget in {namespace}",
-        )
+    """Raise (or lower) the budget as the caller (verb approve on masterplans/budget); same rules as
+    `kubectl patch` through the admission policy."""
+    plan_id, namespace, name = plan.id, plan.namespace, plan.name
     spend = await CostLedger(store.pool).spend(plan_id)
     try:
         check_override(body.limit_usd, spend.spent_usd, spend.reserved_usd)
@@ -134,6 +106,13 @@ async def approve_override(
         await kube.patch_masterplan_spec(namespace, name, {"budget": {"override": override}})
     except KubeUnavailable as error:
         raise HTTPException(503, str(error)) from None
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        raise HTTPException(
+            409,
+            f"Masterplan {namespace}/{name} no longer exists in the cluster; there is nothing to override",
+        ) from None
     return OverrideResponse(
         masterplan_id=str(plan_id),
         new_budget_usd=body.limit_usd,

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
-from mge.api.cost import _identity, _store
+from mge.api.auth import READ, Plan, plan_access
+from mge.api.auth import store as store_of
 from mge.models.testing_api import IntegrationCheckView, PrecisionResponse
 
 router = APIRouter(prefix="/api/v2/precision", tags=["precision"])
@@ -15,9 +16,11 @@ WEIGHTS: Final = {"spec": 50.0, "integration": 30.0, "validation": 20.0}
 
 
 @router.get("/{masterplan_id}", response_model=PrecisionResponse)
-async def precision(masterplan_id: str, store: Annotated[Store, Depends(_store)]) -> PrecisionResponse:
+async def precision(
+    plan: Annotated[Plan, Depends(plan_access(READ))], store: Annotated[Store, Depends(store_of)]
+) -> PrecisionResponse:
     """50% spec conformance + 30% integration checks + 20% validation; computed with Gate S."""
-    plan_id, _, _ = await _identity(store, masterplan_id)
+    plan_id = plan.id
     stored = await AcceptanceStore(store.pool).verdict(plan_id)
     if stored is None:
         raise HTTPException(

@@ -4,12 +4,15 @@ import re
 import uuid
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from mge.adapters.acceptance_job import job_name
+from mge.adapters.kube_auth import Caller
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
-from mge.api.cost import _identity, _store
+from mge.api.auth import GENERATE_TESTS, READ, RUN_TESTS, Plan, caller, identity, plan_access, require
+from mge.api.auth import store as store_of
+from mge.api.cost import MAX_ID
 from mge.models.testing_api import (
     GateOutcome,
     GateResponse,
@@ -25,9 +28,12 @@ WAVE_ID: Final = re.compile(r"^(?P<plan>[0-9a-fA-F-]{36}):(?P<wave>[0-9]{1,6})$"
 
 
 @router.post("/generate/{masterplan_id}", status_code=202, response_model=GenerationRequested)
-async def generate(masterplan_id: str, store: Annotated[Store, Depends(_store)]) -> GenerationRequested:
-    """(Re)generate the plan's acceptance tests from its requirements; an executor picks the request up."""
-    plan_id, _, _ = await _identity(store, masterplan_id)
+async def generate(
+    plan: Annotated[Plan, Depends(plan_access(GENERATE_TESTS))], store: Annotated[Store, Depends(store_of)]
+) -> GenerationRequested:
+    """(Re)generate the plan's acceptance tests from its requirements; an executor picks the request up.
+    Paid LLM work: needs verb generate on masterplans/acceptance."""
+    plan_id = plan.id
     accept = AcceptanceStore(store.pool)
     if await accept.generation_state(plan_id) == "running":
         raise HTTPException(
@@ -42,14 +48,22 @@ async def generate(masterplan_id: str, store: Annotated[Store, Depends(_store)])
 
 
 @router.post("/run/{wave_id}", status_code=202, response_model=WaveRunRequested)
-async def run_wave(wave_id: str, store: Annotated[Store, Depends(_store)]) -> WaveRunRequested:
-    """Run one wave's tests again (wave_id = <masterplanId>:<wave index>); Gate S is decided anew after it."""
+async def run_wave(
+    http: Request,
+    who: Annotated[Caller, Depends(caller)],
+    wave_id: Annotated[str, Path(max_length=100)],
+    store: Annotated[Store, Depends(store_of)],
+) -> WaveRunRequested:
+    """Run one wave's tests again (wave_id = <masterplanId>:<wave index>); Gate S is decided anew after it.
+    Needs verb run on masterplans/acceptance."""
     match = WAVE_ID.match(wave_id)
     if match is None:
         raise HTTPException(
             422, f"wave_id must be <masterplanId>:<wave index>, e.g. {uuid.UUID(int=0)}:2, got {wave_id!r}"
         )
-    plan_id, _, name = await _identity(store, match["plan"])
+    plan = await identity(store, match["plan"])
+    await require(http, who, RUN_TESTS, plan.namespace, plan.name)
+    plan_id, name = plan.id, plan.name
     wave = int(match["wave"])
     waves = {w.index: w for w in await store.wave_progress(plan_id)}
     if wave not in waves:
@@ -80,9 +94,11 @@ async def run_wave(wave_id: str, store: Annotated[Store, Depends(_store)]) -> Wa
 
 
 @router.get("/gate/{masterplan_id}", response_model=GateResponse)
-async def gate(masterplan_id: str, store: Annotated[Store, Depends(_store)]) -> GateResponse:
+async def gate(
+    plan: Annotated[Plan, Depends(plan_access(READ))], store: Annotated[Store, Depends(store_of)]
+) -> GateResponse:
     """Gate S: 100% of MUST and at most floor(5% x n) SHOULD failures; pending until every wave reported."""
-    plan_id, _, _ = await _identity(store, masterplan_id)
+    plan_id = plan.id
     accept = AcceptanceStore(store.pool)
     not_generated = [n.requirement.id for n in await accept.not_generated(plan_id)]
     stored = await accept.verdict(plan_id)
@@ -116,15 +132,15 @@ async def gate(masterplan_id: str, store: Annotated[Store, Depends(_store)]) -> 
 
 @router.get("/results/{masterplan_id}", response_model=TestResultsResponse)
 async def results(
-    masterplan_id: str,
-    store: Annotated[Store, Depends(_store)],
+    plan: Annotated[Plan, Depends(plan_access(READ))],
+    store: Annotated[Store, Depends(store_of)],
     after: Annotated[
-        int, Query(ge=0, description="Return results after this id (the previous next_after).")
+        int, Query(ge=0, le=MAX_ID, description="Return results after this id (the previous next_after).")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TestResultsResponse:
     """Every test run of the plan (re-runs included), oldest first."""
-    plan_id, _, _ = await _identity(store, masterplan_id)
+    plan_id = plan.id
     rows = await AcceptanceStore(store.pool).results(plan_id, limit=limit, after=after)
     views = [
         TestResultView(

@@ -1,6 +1,7 @@
 """The `mge` command: plan (dry run), crds (generate CRDs), operator (run the controller)."""
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -294,8 +295,17 @@ def operator() -> None:
     kube = _kube(settings, "in-cluster service account or kubeconfig")
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(
-        kube=kube, store=store, prices=_load_prices(settings.prices_file), acceptance=_acceptance(settings)
+        kube=kube,
+        store=store,
+        prices=_load_prices(settings.prices_file),
+        acceptance=_acceptance(settings),
+        llm_replay=settings.llm_replay,
     )
+    if settings.llm_replay:
+        logging.getLogger("mge.operator").warning(
+            "DEMO MODE: executors replay the recorded answers of the examples in %s; no LLM is called",
+            settings.llm_replay,
+        )
     serve_metrics(settings.metrics_port)
     _export_spans(settings)
     background = [export_trace_metrics_forever(store, settings.trace_metrics_seconds)]
@@ -339,7 +349,7 @@ def executor() -> None:
     import signal
     import socket
 
-    from mge.adapters.llm import OpenAICompatibleLLM
+    from mge.adapters.llm import ExamplesReplayLLM, OpenAICompatibleLLM
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import Store, StoreUnavailable
     from mge.executor.validation import CodeValidator
@@ -360,15 +370,24 @@ def executor() -> None:
         except StoreUnavailable as error:
             raise _fail(str(error)) from None
         prices = _load_prices(settings.prices_file)
-        llm = _with_cache(
-            OpenAICompatibleLLM(
-                os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                os.environ.get("OPENAI_API_KEY", ""),
-            ),
-            settings,
-            prices,
-            store,
-        )
+        llm: LLM
+        if settings.llm_replay:
+            try:
+                llm = ExamplesReplayLLM(Path(settings.llm_replay))
+            except (OSError, ValueError) as error:
+                raise _fail(f"MGE_LLM_REPLAY: {error}") from None
+            # Recorded answers cost nothing to serve again: no prompt cache in front of them.
+            logging.getLogger("mge.executor").warning("DEMO MODE: %s", llm.label)
+        else:
+            llm = _with_cache(
+                OpenAICompatibleLLM(
+                    os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                    os.environ.get("OPENAI_API_KEY", ""),
+                ),
+                settings,
+                prices,
+                store,
+            )
         validator = CodeValidator()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -9,7 +9,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mge.controller.executors import configured_executor_deployment
 from mge.models.crd import all_crds
+from mge.settings import Settings
 from tests.support.helm import MANIFEST_VALUES, lint_chart, notes, render_chart, render_manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -340,20 +342,30 @@ def _operator_env(values):
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
-def test_demo_mode_tells_the_operator_where_the_recorded_examples_are():
+def _executor_env(values, monkeypatch):
+    """The env of the executor Deployment the operator builds from the chart's settings for it."""
+    for name, value in _operator_env(values).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    container = configured_executor_deployment(Settings(), 1)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_demo_mode_reaches_the_executors_through_the_operator(monkeypatch):
     demo = {**QUICK_START, "demo": {"enabled": True}}
 
     env = _operator_env(demo)
 
-    # The operator passes it on to the executor Deployment it manages and labels every Masterplan.
     assert env["MGE_LLM_REPLAY"] == "/opt/mge/examples"
+    assert _executor_env(demo, monkeypatch)["MGE_LLM_REPLAY"] == "/opt/mge/examples"
     assert "DEMO MODE" in notes(demo)
     assert "llm.existingSecret is not set" not in notes(demo)
     assert lint_chart(demo) == []
 
 
-def test_without_demo_mode_nothing_changes():
+def test_without_demo_mode_nothing_changes(monkeypatch):
     assert "MGE_LLM_REPLAY" not in _operator_env(QUICK_START)
+    assert "MGE_LLM_REPLAY" not in _executor_env(QUICK_START, monkeypatch)
     assert "MGE_LLM_REPLAY" not in _operator_env({**QUICK_START, "demo": {"enabled": False}})
     # WITH_SECRETS: the quick start generates a new Postgres password on every render.
     assert render_chart({**WITH_SECRETS, "demo": {"enabled": False}}) == render_chart(WITH_SECRETS)

@@ -112,6 +112,22 @@ def executor_deployment(
     }
 
 
+def configured_executor_deployment(settings: Any, replicas: int) -> dict[str, Any]:
+    """The executor Deployment as the operator's MGE_* settings describe it."""
+    return executor_deployment(
+        name=settings.executor_name,
+        image=settings.executor_image,
+        replicas=replicas,
+        concurrency=settings.executor_concurrency,
+        env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
+        service_account=settings.executor_service_account,
+        prices_config_map=settings.executor_prices_config_map,
+        otel_endpoint=settings.otel_endpoint,
+        env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
+        llm_replay=settings.llm_replay,
+    )
+
+
 def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The merge patch that brings `existing` to `desired` (replicas and pod template), or {} if none is needed."""
     patch: dict[str, Any] = {}
@@ -227,18 +243,7 @@ async def sync_executors_once(
             await (await store.get()).record_signals(health)
     if existing is not None and prometheus is not None and prometheus.failing != was_blind:
         await _report_prometheus(kube, namespace, existing, health)
-    desired = executor_deployment(
-        name=settings.executor_name,
-        image=settings.executor_image,
-        replicas=decision.replicas,
-        concurrency=settings.executor_concurrency,
-        env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
-        service_account=settings.executor_service_account,
-        prices_config_map=settings.executor_prices_config_map,
-        otel_endpoint=settings.otel_endpoint,
-        env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
-        llm_replay=settings.llm_replay,
-    )
+    desired = configured_executor_deployment(settings, decision.replicas)
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, OSError):
             await (await store.get()).record_scaling(decision.replicas, current, decision.reason)

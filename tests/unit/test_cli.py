@@ -64,6 +64,17 @@ def test_plan_reads_atoms_from_a_config_map_in_the_same_file(tmp_path):
     assert "1 atoms" in result.output
 
 
+def test_a_scaffold_folder_beside_the_manifest_is_refused_naming_the_spec_field(tmp_path):
+    _write(tmp_path, manifest())
+    (tmp_path / "scaffold").mkdir()
+    (tmp_path / "scaffold" / "tsconfig.json").write_text("{}")
+
+    result = runner.invoke(app, ["plan", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "spec.scaffold.files" in " ".join(result.output.split())
+
+
 def test_plan_with_a_bad_field_names_it(tmp_path):
     result = runner.invoke(app, ["plan", str(_write(tmp_path, manifest(priority=-1)))])
 

@@ -360,6 +360,13 @@ def executor() -> None:
         raise _fail("MGE_DATABASE_URL is not set: executors claim atoms from Postgres")
     concurrency = settings.executor_concurrency
     executor_id = settings.executor_id or socket.gethostname()
+    replay = None
+    if settings.llm_replay:
+        try:
+            replay = ExamplesReplayLLM(Path(settings.llm_replay))
+        except (OSError, ValueError) as error:  # ManifestError is a ValueError
+            raise _fail(f"MGE_LLM_REPLAY: {error}") from None
+        logging.getLogger("mge.executor").warning("DEMO MODE: %s", replay.label)
 
     serve_metrics(settings.metrics_port)
     _export_spans(settings)
@@ -371,13 +378,9 @@ def executor() -> None:
             raise _fail(str(error)) from None
         prices = _load_prices(settings.prices_file)
         llm: LLM
-        if settings.llm_replay:
-            try:
-                llm = ExamplesReplayLLM(Path(settings.llm_replay))
-            except (OSError, ValueError) as error:
-                raise _fail(f"MGE_LLM_REPLAY: {error}") from None
+        if replay is not None:
             # Recorded answers cost nothing to serve again: no prompt cache in front of them.
-            logging.getLogger("mge.executor").warning("DEMO MODE: %s", llm.label)
+            llm = replay
         else:
             llm = _with_cache(
                 OpenAICompatibleLLM(

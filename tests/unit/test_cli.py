@@ -134,3 +134,20 @@ def test_operator_without_a_database_url_exits_2(tmp_path):
 
     assert result.returncode == 2
     assert "MGE_DATABASE_URL" in result.stderr
+
+
+def test_executor_in_demo_mode_without_the_examples_exits_2_naming_the_setting(tmp_path):
+    env = {
+        "PATH": "",
+        "PYTHONPATH": str(REPO / "operator"),
+        "MGE_DATABASE_URL": "postgresql://mge@127.0.0.1:1/mge",
+        "MGE_LLM_REPLAY": str(tmp_path / "nowhere"),
+        "MGE_LOG_FORMAT": "text",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "executor"], capture_output=True, text=True, env=env, check=False
+    )
+
+    assert result.returncode == 2
+    assert f"MGE_LLM_REPLAY: {tmp_path / 'nowhere'}: no example folders" in " ".join(result.stderr.split())

@@ -15,13 +15,15 @@ import pytest
 from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate
 from mge.acceptance.requirements import parse_requirements
 from mge.acceptance.templates import ProjectFile, accept_generated_test, test_language
-from mge.adapters.acceptance_job import BundledTest, build_bundle, parse_log
+from mge.adapters.acceptance_job import AcceptanceJobConfig, BundledTest, build_bundle, job, parse_log
 from mge.adapters.manifests import load_plan_input
 from mge.generation.extract import extract_code
 
 pytestmark = pytest.mark.component
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# A per-test timeout with room for a shared CI machine; the rest as the chart's defaults.
+CONFIG = AcceptanceJobConfig(image="mge:test", test_timeout_s=60)
 
 
 def _recorded(example: Path) -> dict[str, str]:
@@ -54,20 +56,13 @@ def test_the_examples_bundle_passes_gate_s_in_the_job(example, tmp_path):
     bundle = tmp_path / "bundle.tar.gz"
     bundle.write_bytes(build_bundle(files, tests, integration=True, scaffold=spec.scaffold_files()))
 
+    # The last wave's Job (it also runs the integration checks), its paths pointed at this machine's.
+    pod = job(f"{example}-accept-w9-r1", "ns", example, 9, CONFIG, integration=True)["spec"]["template"]
+    args = list(pod["spec"]["containers"][0]["args"])
+    args[args.index("--input") + 1] = str(bundle)
+    args[args.index("--workdir") + 1] = str(tmp_path / "work")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mge.cli",
-            "acceptance-job",
-            "--input",
-            str(bundle),
-            "--workdir",
-            str(tmp_path / "work"),
-            "--timeout",
-            "60",
-            "--integration",
-        ],
+        [sys.executable, "-m", "mge.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -23,6 +23,8 @@ RUN groupadd --gid 10001 mge && useradd --uid 10001 --gid mge --no-create-home -
 COPY --from=build /opt/mge /opt/mge
 COPY --from=typescript /opt/mge/node /opt/mge/node
 COPY --from=typescript /usr/local/bin/node /usr/local/bin/node
+# Demo mode (Helm demo.enabled, MGE_LLM_REPLAY): executors replay these recorded answers instead of an LLM.
+COPY examples /opt/mge/examples
 ENV PATH=/opt/mge/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -1,6 +1,7 @@
 """The `mge` command: plan (dry run), crds (generate CRDs), operator (run the controller)."""
 
 import asyncio
+import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -308,8 +309,17 @@ def operator(log_format: LogFormatOption = None) -> None:
     kube = _kube(settings, "in-cluster service account or kubeconfig")
     store = LazyStore(settings.database_url)
     deps = ControllerDeps(
-        kube=kube, store=store, prices=_load_prices(settings.prices_file), acceptance=_acceptance(settings)
+        kube=kube,
+        store=store,
+        prices=_load_prices(settings.prices_file),
+        acceptance=_acceptance(settings),
+        llm_replay=settings.llm_replay,
     )
+    if settings.llm_replay:
+        logging.getLogger("mge.operator").warning(
+            "DEMO MODE: executors replay the recorded answers of the examples in %s; no LLM is called",
+            settings.llm_replay,
+        )
     serve_metrics(settings.metrics_port)
     _export_spans(settings)
     background = [export_trace_metrics_forever(store, settings.trace_metrics_seconds)]
@@ -353,7 +363,7 @@ def executor(log_format: LogFormatOption = None) -> None:
     import signal
     import socket
 
-    from mge.adapters.llm import OpenAICompatibleLLM
+    from mge.adapters.llm import ExamplesReplayLLM, OpenAICompatibleLLM
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import Store, StoreUnavailable
     from mge.executor.validation import CodeValidator
@@ -364,6 +374,13 @@ def executor(log_format: LogFormatOption = None) -> None:
         raise _fail("MGE_DATABASE_URL is not set: executors claim atoms from Postgres")
     concurrency = settings.executor_concurrency
     executor_id = settings.executor_id or socket.gethostname()
+    replay = None
+    if settings.llm_replay:
+        try:
+            replay = ExamplesReplayLLM(Path(settings.llm_replay))
+        except (OSError, ValueError) as error:  # ManifestError is a ValueError
+            raise _fail(f"MGE_LLM_REPLAY: {error}") from None
+        logging.getLogger("mge.executor").warning("DEMO MODE: %s", replay.label)
 
     serve_metrics(settings.metrics_port)
     _export_spans(settings)
@@ -374,15 +391,20 @@ def executor(log_format: LogFormatOption = None) -> None:
         except StoreUnavailable as error:
             raise _fail(str(error)) from None
         prices = _load_prices(settings.prices_file)
-        llm = _with_cache(
-            OpenAICompatibleLLM(
-                os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                os.environ.get("OPENAI_API_KEY", ""),
-            ),
-            settings,
-            prices,
-            store,
-        )
+        llm: LLM
+        if replay is not None:
+            # Recorded answers cost nothing to serve again: no prompt cache in front of them.
+            llm = replay
+        else:
+            llm = _with_cache(
+                OpenAICompatibleLLM(
+                    os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                    os.environ.get("OPENAI_API_KEY", ""),
+                ),
+                settings,
+                prices,
+                store,
+            )
         validator = CodeValidator()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     executor_min_replicas: int = Field(0, ge=0, le=500)
     executor_max_replicas: int = Field(10, ge=1, le=500)
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    llm_replay: str = Field(
+        "",
+        description="Demo mode: a folder of examples (masterplan.yaml + responses.jsonl) whose recorded answers "
+        "executors replay instead of calling an LLM; the operator passes it to executors and labels every "
+        "Masterplan. Empty = executors call OPENAI_BASE_URL.",
+    )
     prometheus_url: str = Field("", description="Prometheus base URL for LLM/DB latency; empty = queue only.")
     executor_sync_seconds: float = Field(
         30.0, gt=0, description="How often executor replicas are reconciled."

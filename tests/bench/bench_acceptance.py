@@ -10,7 +10,6 @@ test in its own copy of the project in the sandbox; tests/s side by side with th
 
 import asyncio
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -104,9 +103,9 @@ def example_project(example: str, root: Path) -> list[TestRun] | None:
     requirements = parse_requirements(spec["requirements"]).requirements
     if not requirements or any(f"acceptance/{r.id}" not in recorded for r in requirements):
         return None
-    scaffold = EXAMPLES / example / "scaffold"
-    if scaffold.is_dir():
-        shutil.copytree(scaffold, root, dirs_exist_ok=True)
+    for file in (spec.get("scaffold") or {}).get("files", []):
+        (root / file["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / file["path"]).write_text(file["content"])
     for atom in spec["atoms"]:
         (root / atom["file"]).parent.mkdir(parents=True, exist_ok=True)
         (root / atom["file"]).write_text(extract_code(recorded[atom["id"]]))

@@ -1,5 +1,6 @@
 """The Helm chart rendered and linted offline: valid objects, least privilege, restricted pods, no drift."""
 
+import fnmatch
 from pathlib import Path
 
 import celpy
@@ -8,7 +9,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mge.controller.executors import configured_executor_deployment
 from mge.models.crd import all_crds
+from mge.settings import Settings
 from tests.support.helm import MANIFEST_VALUES, lint_chart, notes, render_chart, render_manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -330,3 +333,73 @@ def test_a_redis_secret_replaces_the_quick_start_url_for_executors_and_the_api()
 def test_bad_cache_values_are_rejected_naming_the_field(values, field):
     with pytest.raises(helm.HelmError, match=field):
         render_chart({**WITH_SECRETS, **values})
+
+
+def _operator_env(values):
+    container = _one(render_chart(values), "Deployment", "mge-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def _executor_env(values, monkeypatch):
+    """The env of the executor Deployment the operator builds from the chart's settings for it."""
+    for name, value in _operator_env(values).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    container = configured_executor_deployment(Settings(), 1)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_demo_mode_reaches_the_executors_through_the_operator(monkeypatch):
+    demo = {**QUICK_START, "demo": {"enabled": True}}
+
+    env = _operator_env(demo)
+
+    assert env["MGE_LLM_REPLAY"] == "/opt/mge/examples"
+    assert _executor_env(demo, monkeypatch)["MGE_LLM_REPLAY"] == "/opt/mge/examples"
+    assert "DEMO MODE" in notes(demo)
+    assert "llm.existingSecret is not set" not in notes(demo)
+    assert lint_chart(demo) == []
+
+
+def test_without_demo_mode_nothing_changes(monkeypatch):
+    assert "MGE_LLM_REPLAY" not in _operator_env(QUICK_START)
+    assert "MGE_LLM_REPLAY" not in _executor_env(QUICK_START, monkeypatch)
+    assert "MGE_LLM_REPLAY" not in _operator_env({**QUICK_START, "demo": {"enabled": False}})
+    # WITH_SECRETS: the quick start generates a new Postgres password on every render.
+    assert render_chart({**WITH_SECRETS, "demo": {"enabled": False}}) == render_chart(WITH_SECRETS)
+    assert "DEMO MODE" not in notes(QUICK_START)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"demo": {"enabled": "yes"}}, "enabled"),
+        ({"demo": {"recordings": "relative/path"}}, "recordings"),
+        ({"demo": {"replay": True}}, "replay"),
+    ],
+)
+def test_bad_demo_values_are_rejected_naming_the_field(values, field):
+    with pytest.raises(helm.HelmError, match=field):
+        render_chart({**QUICK_START, **values})
+
+
+def test_demo_mode_with_an_llm_secret_is_refused_saying_which_to_unset():
+    with pytest.raises(helm.HelmError, match=r"unset llm\.existingSecret or demo\.enabled"):
+        render_chart({**WITH_SECRETS, "demo": {"enabled": True}})
+
+
+def test_the_image_ships_the_recordings_demo_mode_replays():
+    recordings = yaml.safe_load((REPO / "helm" / "mge-operator" / "values.yaml").read_text())["demo"][
+        "recordings"
+    ]
+    ignored = (REPO / ".dockerignore").read_text().split()
+
+    def in_build_context(path: str) -> bool:
+        return not any(fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in ignored)
+
+    assert f"COPY examples {recordings}" in (REPO / "Dockerfile").read_text()
+    for example in sorted(p.parent.name for p in (REPO / "examples").glob("*/responses.jsonl")):
+        assert in_build_context(f"examples/{example}/masterplan.yaml")
+        assert in_build_context(f"examples/{example}/responses.jsonl")

@@ -34,6 +34,7 @@ SETTINGS = SimpleNamespace(
     executor_prices_config_map="",
     otel_endpoint="",
     executor_env_config_maps="mge-cache",
+    llm_replay="",
 )
 
 

@@ -22,8 +22,12 @@ from prometheus_client import REGISTRY
 from mge.acceptance.requirements import parse_requirements
 from mge.acceptance.templates import GeneratedTest
 from mge.adapters.acceptance_job import JOB_LABEL, AcceptanceJobConfig
+from mge.adapters.llm import ExamplesReplayLLM
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
+from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor.validation import CodeValidator
+from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Language
 from tests.support.executor import running_executor
 from tests.support.kube_api import KubeAPI
@@ -365,3 +369,69 @@ async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_n
         REGISTRY.get_sample_value("v2_precision_score_components", {**labels, "component": "integration"})
         == 100
     )
+
+
+@pytest.mark.parametrize(("example", "atoms"), [("hello", 6), ("ts-utils", 16)])
+async def test_demo_mode_runs_an_example_unchanged_to_gate_s_labelled_as_a_replay(
+    cluster, pg, example, atoms
+):
+    """What `helm install --set demo.enabled=true` does: the operator labels the plan, executors replay the
+    packaged examples (test generation included), the Jobs run the bundles the operator builds."""
+    body = yaml.safe_load((REPO / "examples" / example / "masterplan.yaml").read_text())
+    body["metadata"]["namespace"] = NS
+    response = await cluster.client.post(f"{GROUP_PATH}/masterplans", json=body)
+    assert response.status_code == 201, response.text
+    examples = str(REPO / "examples")
+
+    def demo(deps: Any) -> None:
+        deps.acceptance = CONFIG
+        deps.llm_replay = examples
+
+    def condition(type_: str) -> dict[str, Any] | None:
+        plan = next(o for o in cluster.objects_of("masterplans", NS) if o["metadata"]["name"] == example)
+        return next(
+            (c for c in (plan.get("status") or {}).get("conditions") or [] if c["type"] == type_), None
+        )
+
+    def reason(type_: str) -> str | None:
+        found = condition(type_)
+        return f"{found['status']}/{found['reason']}" if found else None
+
+    ran: list[str] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        async with running_operator(cluster, pg, [NS], customize=demo):
+            kubelet = asyncio.create_task(_kubelet(cluster, Path(workdir), ran, frozenset()))
+            store = await Store.connect(pg)
+            validator = CodeValidator()
+            stop = asyncio.Event()
+            worker = asyncio.create_task(
+                Executor(
+                    store,
+                    ExamplesReplayLLM(REPO / "examples"),
+                    validator,
+                    DEFAULT_PRICES,
+                    ExecutorConfig("demo-1"),
+                ).run(stop)
+            )
+            try:
+                ended = ("True/AllRequirementsPassed", "True/GateSFailed", "True/AtomsFailed")
+                await eventually(lambda: {reason("Complete"), reason("Failed")} & set(ended), timeout=300)
+            finally:
+                stop.set()
+                await worker
+                await validator.close()
+                await store.close()
+                kubelet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet
+
+    plan = next(o for o in cluster.objects_of("masterplans", NS) if o["metadata"]["name"] == example)
+    assert reason("Complete") == "True/AllRequirementsPassed", plan["status"]["conditions"]
+    assert plan["status"]["progress"] == f"{atoms}/{atoms}"
+    assert (plan["status"]["phase"], plan["status"]["gate"]["status"]) == ("Succeeded", "Passed")
+    assert reason("GateSPassed") == "True/AllRequirementsPassed"
+    replay = condition("LLMReplay")
+    assert replay is not None
+    assert (replay["status"], replay["reason"]) == ("True", "RecordedAnswers")
+    assert examples in replay["message"]
+    assert ran

@@ -108,6 +108,16 @@ def test_config_map_carries_the_project_and_tests_as_binary_tar_gz():
     }
 
 
+def test_the_plans_scaffold_is_in_the_bundle_and_a_generated_file_replaces_its_namesake():
+    scaffold = [("tsconfig.json", '{"compilerOptions": {"strict": true}}'), ("src/index.ts", "// scaffold\n")]
+    bundle = build_bundle([("src/index.ts", "export {};\n")], [TEST], integration=False, scaffold=scaffold)
+
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as archive:
+        files = {m.name: archive.extractfile(m).read().decode() for m in archive.getmembers()}
+    assert files["tsconfig.json"] == '{"compilerOptions": {"strict": true}}'
+    assert files["src/index.ts"] == "export {};\n"
+
+
 def test_same_input_gives_the_same_bundle_bytes():
     files = [("b.py", "x = 1\n"), ("a.py", "y = 2\n")]
 

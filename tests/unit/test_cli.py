@@ -66,6 +66,17 @@ def test_plan_reads_atoms_from_a_config_map_in_the_same_file(tmp_path):
     assert "1 atoms" in result.output
 
 
+def test_a_scaffold_folder_beside_the_manifest_is_refused_naming_the_spec_field(tmp_path):
+    _write(tmp_path, manifest())
+    (tmp_path / "scaffold").mkdir()
+    (tmp_path / "scaffold" / "tsconfig.json").write_text("{}")
+
+    result = runner.invoke(app, ["plan", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "spec.scaffold.files" in " ".join(result.output.split())
+
+
 def test_plan_with_a_bad_field_names_it(tmp_path):
     result = runner.invoke(app, ["plan", str(_write(tmp_path, manifest(priority=-1)))])
 
@@ -149,3 +160,20 @@ def test_log_format_option_overrides_the_environment(monkeypatch):
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_executor_in_demo_mode_without_the_examples_exits_2_naming_the_setting(tmp_path):
+    env = {
+        "PATH": "",
+        "PYTHONPATH": str(REPO / "operator"),
+        "MGE_DATABASE_URL": "postgresql://mge@127.0.0.1:1/mge",
+        "MGE_LLM_REPLAY": str(tmp_path / "nowhere"),
+        "MGE_LOG_FORMAT": "text",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "executor"], capture_output=True, text=True, env=env, check=False
+    )
+
+    assert result.returncode == 2
+    assert f"MGE_LLM_REPLAY: {tmp_path / 'nowhere'}: no example folders" in " ".join(result.stderr.split())

@@ -1,5 +1,6 @@
 """CRDs generated from the models: structural, self-describing, CEL rules that mean what they say, no drift."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,35 @@ def _verdict(rule: dict[str, str], obj: dict[str, Any]) -> bool:
         (".spec.atoms[]", {"id": "a", "file": "a.py", "dependsOn": ["a"]}, False),
         (".spec.atoms[]", {"id": "a", "file": "/etc/x.py"}, False),
         (".spec.atoms[]", {"id": "a", "file": "src/../../x.py"}, False),
+        (".spec.scaffold.files[]", {"path": "client/tsconfig.json", "content": "{}"}, True),
+        (".spec.scaffold.files[]", {"path": "../x.json", "content": ""}, False),
+        (".spec.scaffold.files[]", {"path": "client/../../x.json", "content": ""}, False),
     ],
 )
 def test_cel_rules_admit_and_reject_like_the_models(path, obj, admitted):
     assert all(_verdict(rule, obj) for rule in _rules_at(path)) is admitted
+
+
+@pytest.mark.parametrize(
+    ("path", "admitted"),
+    [
+        ("tsconfig.json", True),
+        ("client/package.json", True),
+        ("/etc/passwd", False),
+        ("a\x00b", False),
+        ("a\nb", False),
+        ("a\x7fb", False),
+        ("", False),
+    ],
+)
+def test_scaffold_paths_are_relative_without_control_characters(path, admitted):
+    files = _schema(masterplan_crd())["properties"]["spec"]["properties"]["scaffold"]["properties"]["files"]
+    pattern = files["items"]["properties"]["path"]["pattern"]
+
+    # No lookaround in the pattern: Python's re and the API server's RE2 read it alike.
+    assert (re.search(pattern, path) is not None) is admitted
+    assert files["x-kubernetes-list-type"] == "map"
+    assert files["x-kubernetes-list-map-keys"] == ["path"]
 
 
 def test_every_cel_rule_carries_a_message_a_user_can_act_on():

@@ -250,3 +250,36 @@ def test_the_suggested_override_is_admitted_and_lets_the_run_continue(limit, spe
 )
 def test_money_keeps_the_precision_a_small_amount_needs(amount, shown):
     assert usd(Decimal(amount)) == shown
+
+
+def test_demo_mode_labels_the_plan_as_a_replay_once():
+    progress = _progress(succeeded=10, waves_complete=3)
+    first, events = decide_execution(
+        name="shop",
+        observed=MasterplanStatus(),
+        progress=progress,
+        spend=_spend(),
+        suspended=False,
+        generation=1,
+        now=NOW,
+        replay="/opt/mge/examples",
+    )
+    again, repeated = decide_execution(
+        name="shop",
+        observed=first,
+        progress=progress,
+        spend=_spend(),
+        suspended=False,
+        generation=1,
+        now=NOW,
+        replay="/opt/mge/examples",
+    )
+    plain, _ = _decide(progress)
+
+    replay = _condition(first, ConditionType.LLM_REPLAY)
+    assert (replay.status, replay.reason) == (ConditionStatus.TRUE, Reason.RECORDED_ANSWERS)
+    assert "no LLM is called" in replay.message
+    assert "RecordedAnswers" in [e.reason for e in events]
+    assert repeated == []
+    assert again == first
+    assert _condition(plain, ConditionType.LLM_REPLAY) is None

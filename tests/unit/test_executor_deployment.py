@@ -48,6 +48,18 @@ def test_cache_settings_reach_executors_before_secrets_so_a_secret_redis_url_win
     assert deployment_drift(_deployment(), _deployment(env_config_maps=["mge-cache"]))["spec"]["template"]
 
 
+def test_demo_mode_gives_executors_the_replay_folder_and_switching_it_patches_them():
+    demo = _deployment(llm_replay="/opt/mge/examples")
+    env = {e["name"]: e.get("value") for e in demo["spec"]["template"]["spec"]["containers"][0]["env"]}
+    plain = {e["name"] for e in _deployment()["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env["MGE_LLM_REPLAY"] == "/opt/mge/examples"
+    assert "MGE_LLM_REPLAY" not in plain
+    assert deployment_drift(_deployment(), demo)["spec"]["template"] == demo["spec"]["template"]
+    assert deployment_drift(demo, _deployment())["spec"]["template"]
+    assert deployment_drift(copy.deepcopy(demo), demo) == {}
+
+
 def test_no_patch_when_only_server_defaults_differ():
     existing = copy.deepcopy(_deployment())
     existing["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["fieldRef"]["apiVersion"] = (

@@ -58,6 +58,16 @@ def test_atom_files_must_stay_inside_the_project(path):
         parse_masterplan(doc)
 
 
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.json", "client/../../x", "a\x00b", "a\nb"])
+def test_scaffold_files_must_stay_inside_the_project(path):
+    doc = manifest(atoms=[], scaffold={"files": [{"path": path, "content": "{}"}]})
+
+    with pytest.raises(
+        ManifestError, match=r"spec\.scaffold\.files\.0\.path: .*relative to the project root"
+    ):
+        parse_masterplan(doc)
+
+
 def test_wrong_kind_is_rejected_with_the_expected_kind():
     with pytest.raises(ManifestError, match="kind: Masterplan"):
         parse_masterplan({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})

@@ -66,9 +66,16 @@ def job_name(masterplan: str, wave: int, run: int) -> str:
 
 
 def build_bundle(
-    files: Iterable[tuple[str, str]], tests: Sequence[BundledTest], *, integration: bool
+    files: Iterable[tuple[str, str]],
+    tests: Sequence[BundledTest],
+    *,
+    integration: bool,
+    scaffold: Iterable[tuple[str, str]] = (),
 ) -> bytes:
-    """tar.gz of the generated project, the wave's tests and a manifest saying what to run."""
+    """tar.gz of the plan's scaffold, the generated project, the wave's tests and a manifest saying what to run.
+
+    Later entries win a path: generated files replace scaffold files, as in `mge run`.
+    """
     buffer = io.BytesIO()
     manifest = {
         "tests": [
@@ -76,7 +83,7 @@ def build_bundle(
         ],
         "integration": integration,
     }
-    entries = [*files, *((t.path, t.code) for t in tests), (MANIFEST_NAME, json.dumps(manifest))]
+    entries = [*scaffold, *files, *((t.path, t.code) for t in tests), (MANIFEST_NAME, json.dumps(manifest))]
     # mtime 0 and sorted entries: the same input gives the same bytes, so re-reconciles change nothing.
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
         for path, text in sorted(dict(entries).items()):

@@ -14,6 +14,8 @@ from typing import Final, Protocol
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from mge.acceptance.requirements import parse_requirements
+from mge.adapters.manifests import load_plan_input
 from mge.adapters.tokenizer import count_tokens
 from mge.adapters.tracing import TRACEPARENT_HEADER, span, traceparent
 
@@ -267,6 +269,60 @@ class ReplayLLM:
         content = recorded[attempt]
         prompt = sum(count_tokens(m.get("content", "")) for m in request.messages)
         return Completion(content=content, prompt_tokens=prompt, completion_tokens=count_tokens(content))
+
+    async def close(self) -> None:
+        return None
+
+
+class ExamplesReplayLLM:
+    """Demo mode in a cluster: the recorded answers of every example in a folder, for any plan built from one.
+
+    A request is matched to the example whose atom (by id and description) or requirement (by id and text)
+    it asks for, so examples that share atom ids still get their own answers; anything else is an LLMError
+    that says demo mode only replays the examples.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.label = (
+            f"REPLAY of the recorded responses of the examples in {folder} (demo mode, no LLM is called)"
+        )
+        # atom id -> (text the prompt carries, the example's replay)
+        self._by_atom: dict[str, list[tuple[str, ReplayLLM]]] = {}
+        examples = sorted(
+            p.parent for p in folder.glob("*/responses.jsonl") if (p.parent / "masterplan.yaml").is_file()
+        )
+        if not examples:
+            raise ValueError(f"{folder}: no example folders with masterplan.yaml and responses.jsonl")
+        for example in examples:
+            replay = ReplayLLM(example / "responses.jsonl")
+            _, spec, atoms = load_plan_input(example)
+            for atom in atoms:
+                self._by_atom.setdefault(atom.id, []).append((f"Task: {atom.description}", replay))
+            for requirement in parse_requirements(spec.requirements).requirements:
+                key = f"acceptance/{requirement.id}"
+                self._by_atom.setdefault(key, []).append((requirement.text, replay))
+        self.examples = tuple(e.name for e in examples)
+
+    def cache_identity(self, request: ChatRequest) -> dict[str, object]:
+        replay = self._replay_for(request)
+        return replay.cache_identity(request) if replay else {"unmatched": request.atom_id}
+
+    def _replay_for(self, request: ChatRequest) -> ReplayLLM | None:
+        prompt = "\n".join(m.get("content", "") for m in request.messages)
+        for marker, replay in self._by_atom.get(request.atom_id, []):
+            if marker in prompt:
+                return replay
+        return None
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        replay = self._replay_for(request)
+        if replay is None:
+            raise LLMError(
+                f"demo mode replays the recorded answers of the examples ({', '.join(self.examples)}) only, "
+                f"and atom {request.atom_id!r} is not one of theirs: apply an example unchanged, or install "
+                "without demo.enabled and give the executors an LLM endpoint (llm.existingSecret)"
+            )
+        return await replay.complete(request)
 
     async def close(self) -> None:
         return None

@@ -30,6 +30,12 @@ def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
     if len(masterplans) != 1:
         raise ManifestError(f"{file}: expected exactly one Masterplan document, found {len(masterplans)}")
     name, spec = parse_masterplan(masterplans[0])
+    if (file.parent / "scaffold").is_dir():
+        # The cluster never sees a folder: files the project needs travel in the Masterplan itself.
+        raise ManifestError(
+            f"{file.parent / 'scaffold'}: a scaffold folder is not read; move its files into the Masterplan's "
+            "spec.scaffold.files ({path, content}) so `mge run` and the cluster build the same project"
+        )
     if spec.atoms is not None:
         return name, spec, list(spec.atoms)
     assert spec.atoms_from is not None

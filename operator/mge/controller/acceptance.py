@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from mge.acceptance.gate import RequirementOutcome, TestStatus
 from mge.acceptance.requirements import RequirementsDocument, parse_requirements
@@ -30,6 +31,7 @@ from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
 from mge.controller.deps import ControllerDeps
 from mge.controller.events import post_plan_event
+from mge.models.masterplan import Scaffold
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.execution import AcceptanceState
 from mge.plan.status import counted
@@ -211,8 +213,15 @@ class _WaveRun:
             BundledTest(t.requirement.id, str(t.test.language), t.test.path, t.test.code) for t in tests
         ]
         try:
-            bundle = build_bundle(files, bundled, integration=self.integration)
-        except BundleTooLarge as error:
+            # The plan's own files besides its atoms' output: the Job builds the same project as `mge run`.
+            scaffold = Scaffold.model_validate((self.owner.get("spec") or {}).get("scaffold") or {})
+            bundle = build_bundle(
+                files,
+                bundled,
+                integration=self.integration,
+                scaffold=[(f.path, f.content) for f in scaffold.files],
+            )
+        except (BundleTooLarge, ValidationError) as error:
             await self._save(tests, JobReport([], [], False, []), str(error))
             return True
         owners = owned_by_job(created)

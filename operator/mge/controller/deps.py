@@ -27,6 +27,8 @@ class ControllerDeps:
     count_tokens: Callable[[str], int] = count_tokens
     # How acceptance Jobs run; None = the operator runs none and Gate S is not evaluated.
     acceptance: AcceptanceJobConfig | None = None
+    # Demo mode (MGE_LLM_REPLAY): executors replay the examples' recorded answers; every plan says so.
+    llm_replay: str = ""
     # Retry delays (seconds) for what only time can fix.
     retry_missing_source_s: float = 30.0
     retry_store_s: float = 15.0

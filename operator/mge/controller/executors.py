@@ -40,8 +40,12 @@ def executor_deployment(
     prices_config_map: str = "",
     otel_endpoint: str = "",
     env_config_maps: list[str] | None = None,
+    llm_replay: str = "",
 ) -> dict[str, Any]:
-    """The Deployment executors run in: restricted pod security, no API token, graceful shutdown."""
+    """The Deployment executors run in: restricted pod security, no API token, graceful shutdown.
+
+    `llm_replay` (demo mode): executors replay the recorded answers of the examples in that folder.
+    """
     labels = {**COMPONENT_LABEL, **MANAGED_BY}
     container: dict[str, Any] = {
         "name": "executor",
@@ -61,6 +65,8 @@ def executor_deployment(
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if llm_replay:
+        container["env"].append({"name": "MGE_LLM_REPLAY", "value": llm_replay})
     if otel_endpoint:
         container["env"].append({"name": "MGE_OTEL_ENDPOINT", "value": otel_endpoint})
         container["env"].append({"name": "OTEL_SERVICE_NAME", "value": "mge-executor"})
@@ -106,6 +112,22 @@ def executor_deployment(
     }
 
 
+def configured_executor_deployment(settings: Any, replicas: int) -> dict[str, Any]:
+    """The executor Deployment as the operator's MGE_* settings describe it."""
+    return executor_deployment(
+        name=settings.executor_name,
+        image=settings.executor_image,
+        replicas=replicas,
+        concurrency=settings.executor_concurrency,
+        env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
+        service_account=settings.executor_service_account,
+        prices_config_map=settings.executor_prices_config_map,
+        otel_endpoint=settings.otel_endpoint,
+        env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
+        llm_replay=settings.llm_replay,
+    )
+
+
 def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The merge patch that brings `existing` to `desired` (replicas and pod template), or {} if none is needed."""
     patch: dict[str, Any] = {}
@@ -120,10 +142,16 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     if (
         container.get("image") != wanted["image"]
         or container.get("envFrom") != wanted.get("envFrom")
+        or _plain_env(container) != _plain_env(wanted)
         or volumes != wanted_volumes
     ):
         patch["template"] = desired_spec["template"]
     return {"spec": patch} if patch else {}
+
+
+def _plain_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """Env entries with a literal value (e.g. demo mode switched on or off); valueFrom ones get API defaults."""
+    return {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,17 +243,7 @@ async def sync_executors_once(
             await (await store.get()).record_signals(health)
     if existing is not None and prometheus is not None and prometheus.failing != was_blind:
         await _report_prometheus(kube, namespace, existing, health)
-    desired = executor_deployment(
-        name=settings.executor_name,
-        image=settings.executor_image,
-        replicas=decision.replicas,
-        concurrency=settings.executor_concurrency,
-        env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
-        service_account=settings.executor_service_account,
-        prices_config_map=settings.executor_prices_config_map,
-        otel_endpoint=settings.otel_endpoint,
-        env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
-    )
+    desired = configured_executor_deployment(settings, decision.replicas)
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, OSError):
             await (await store.get()).record_scaling(decision.replicas, current, decision.reason)

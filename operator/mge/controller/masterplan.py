@@ -209,6 +209,7 @@ async def sync_progress(
             acceptance=acceptance,
             dependencies=dependencies,
             scaling=scaling,
+            replay=deps.llm_replay,
         )
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)

@@ -3,7 +3,6 @@
 import asyncio
 import functools
 import logging
-import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -256,7 +255,7 @@ class LocalAcceptance:
         acceptance: AcceptanceStore,
         store: Store,
         sandbox: Sandbox,
-        scaffold: Path | None = None,
+        scaffold: Sequence[tuple[str, str]] = (),
         owner: str = "local",
     ) -> None:
         self.acceptance, self.store, self.sandbox = acceptance, store, sandbox
@@ -339,13 +338,14 @@ async def evaluate_plan(
 
 
 def write_project(
-    root: Path, files: Mapping[str, str], tests: Sequence[GeneratedTest], scaffold: Path | None = None
+    root: Path,
+    files: Mapping[str, str],
+    tests: Sequence[GeneratedTest],
+    scaffold: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """Scaffold, generated files and acceptance tests in one folder, as the sandbox expects them."""
-    if scaffold is not None and scaffold.is_dir():
-        shutil.copytree(scaffold, root)
+    """Scaffold (spec.scaffold), generated files and acceptance tests in one folder, as the sandbox expects."""
     root.mkdir(parents=True, exist_ok=True)
-    for path, text in [*files.items(), *((t.path, t.code) for t in tests)]:
+    for path, text in [*scaffold, *files.items(), *((t.path, t.code) for t in tests)]:
         target = (root / path).resolve()
         if not target.is_relative_to(root.resolve()):
             raise ValueError(f"file path {path!r} leaves the project folder")

@@ -20,7 +20,6 @@ from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
 from mge.adapters.llm_cache import CachingLLM
-from mge.adapters.manifests import masterplan_file
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
@@ -28,7 +27,7 @@ from mge.adapters.store.store import Store
 from mge.adapters.store.trace import TraceStore, export_trace_metrics
 from mge.cost.pricing import ModelPrice
 from mge.deps.compare import PlanCheck
-from mge.executor.acceptance import Evaluation, LocalAcceptance
+from mge.executor.acceptance import Evaluation, LocalAcceptance, write_project
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
@@ -124,9 +123,7 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
         if run.resume:
             await store.release_abandoned(plan_id)
-        acceptance = LocalAcceptance(
-            AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
-        )
+        acceptance = LocalAcceptance(AcceptanceStore(store.pool), store, Sandbox(), run.spec.scaffold_files())
         await acceptance.start(plan_id)
         executors = [
             Executor(
@@ -235,16 +232,10 @@ async def _export_metrics(
 
 
 def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]
-    """Scaffold files (if the example has any) plus every generated file, into a clean output folder."""
+    """The plan's scaffold (spec.scaffold) plus every generated file, into a clean output folder."""
     if run.out.exists():
         shutil.rmtree(run.out)
-    scaffold = masterplan_file(run.example).parent / "scaffold"
-    if scaffold.is_dir():
-        shutil.copytree(scaffold, run.out)
-    for output in outputs:
-        target = run.out / output.file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(output.output)
+    write_project(run.out, {o.file: o.output for o in outputs}, [], run.spec.scaffold_files())
     return len(outputs)
 
 

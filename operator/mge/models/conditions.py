@@ -18,6 +18,7 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     DEPENDENCIES_VERIFIED = "DependenciesVerified"
     EXECUTOR_SCALING = "ExecutorScaling"
+    LLM_REPLAY = "LLMReplay"
 
 
 class ConditionStatus(StrEnum):
@@ -71,6 +72,7 @@ class Reason(StrEnum):
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
     LOCAL_STATISTICS = "LocalStatistics"
     SCALER_NOT_REPORTING = "ScalerNotReporting"
+    RECORDED_ANSWERS = "RecordedAnswers"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.

@@ -1,10 +1,11 @@
 """Masterplan custom resource: spec (user intent) and status (the run's summary)."""
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Final, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mge.models.base import KubeModel
 from mge.models.conditions import Condition
@@ -100,6 +101,59 @@ class ConfigMapKeyRef(KubeModel):
 class AtomsSource(KubeModel):
     config_map_key_ref: ConfigMapKeyRef = Field(
         description="ConfigMap key holding the atom list (large plans)."
+    )
+
+
+# A project file's path: relative, no control characters (the '..' rule is CEL and a validator, since the
+# API server's regular expressions have no lookahead).
+PROJECT_PATH_PATTERN: Final = r"^[^/\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+MAX_SCAFFOLD_FILES: Final = 200
+MAX_SCAFFOLD_FILE_BYTES: Final = 256_000
+
+
+class ScaffoldFile(KubeModel):
+    """A file the project needs besides its atoms' output (tsconfig.json, package.json, ...)."""
+
+    path: str = Field(
+        description="Path relative to the project root (no leading '/', no '..', no control characters).",
+        min_length=1,
+        max_length=512,
+        # In the CRD only: the validator below says what is wrong in words.
+        json_schema_extra={"pattern": PROJECT_PATH_PATTERN},
+    )
+    content: str = Field(description="The file's text, written as is.", max_length=MAX_SCAFFOLD_FILE_BYTES)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.path.contains('..')",
+                    "message": "path must stay inside the project: remove '..'",
+                    "fieldPath": ".path",
+                }
+            ]
+        }
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_stays_in_project(cls, path: str) -> str:
+        if not re.match(PROJECT_PATH_PATTERN, path) or ".." in path:
+            raise ValueError(
+                f"must be a path relative to the project root, without a leading '/', '..' or control "
+                f"characters; got {path!r}"
+            )
+        return path
+
+
+class Scaffold(KubeModel):
+    """Files written into the project before the generated ones, in `mge run` and in acceptance Jobs alike."""
+
+    files: list[ScaffoldFile] = Field(
+        default_factory=list,
+        description="Files by path; a generated file with the same path replaces the scaffold's.",
+        max_length=MAX_SCAFFOLD_FILES,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
     )
 
 
@@ -212,6 +266,11 @@ class MasterplanSpec(KubeModel):
     suspend: bool = Field(
         False, description="Pause the run (no new atoms start); set back to false to resume."
     )
+    scaffold: Scaffold | None = Field(
+        None,
+        description="Files the project needs besides its atoms' output (e.g. tsconfig.json, package.json): "
+        "in the output of `mge run` and in every acceptance Job.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -229,6 +288,10 @@ class MasterplanSpec(KubeModel):
         if (self.atoms is None) == (self.atoms_from is None):
             raise ValueError("set exactly one of spec.atoms (inline list) or spec.atomsFrom.configMapKeyRef")
         return self
+
+    def scaffold_files(self) -> list[tuple[str, str]]:
+        """(path, content) of the scaffold, in spec order."""
+        return [(f.path, f.content) for f in self.scaffold.files] if self.scaffold else []
 
 
 class Phase(StrEnum):

@@ -95,6 +95,7 @@ def decide_execution(
     acceptance: AcceptanceState | None = None,
     dependencies: tuple[DependenciesDecision, DependenciesStatus] | None = None,
     scaling: ScalingSignals | None = None,
+    replay: str = "",
 ) -> tuple[MasterplanStatus, list[KubeEvent]]:
     """Status after reading progress and spend; only meaningful once the plan is Planned=True.
 
@@ -103,6 +104,8 @@ def decide_execution(
     With `acceptance` (the operator runs acceptance Jobs) a plan whose atoms all succeeded is Complete only
     once Gate S passed; a failed gate is Failed with reason GateSFailed. Without it the gate is not evaluated.
     With `scaling` (the operator sizes the executors) a plan that is still executing carries ExecutorScaling.
+    With `replay` (demo mode: the folder of recorded examples) the plan carries LLMReplay=True, so nobody
+    takes its code, cost or gate for the work of a real model.
     """
     status = observed.model_copy(deep=True)
     conditions = ConditionLog(status.conditions, generation, now)
@@ -168,6 +171,14 @@ def decide_execution(
         conditions.set(decision.type, decision.status, decision.reason, decision.message)
     if scaling is not None and not progress.finished:
         _apply_scaling(conditions, scaling, now)
+    if replay:
+        conditions.set(
+            ConditionType.LLM_REPLAY,
+            ConditionStatus.TRUE,
+            Reason.RECORDED_ANSWERS,
+            f"Demo mode: executors replay the recorded answers of the examples in {replay}; no LLM is called. "
+            "Code, costs (counted from the recorded tokens) and Gate S are those of the recording.",
+        )
     status.phase = derive_phase(status)
     return status, transition_events(observed.conditions, status.conditions)
 

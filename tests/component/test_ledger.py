@@ -4,9 +4,10 @@ import asyncio
 import random
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
-from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import Store
 from mge.cost.caps import OverrideRejected
 from mge.models.masterplan import Budget
@@ -49,7 +50,7 @@ async def test_fifty_racing_executors_never_spend_past_the_hard_cap(store, seed)
     async def executor(atoms):
         for claimed_atom in atoms:
             worst = Decimal(rnd.randint(1, 40)) / 1000  # $0.001 - $0.040 per call
-            reservation = await ledger.reserve(claimed_atom, "ex", worst)
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, wait_s=None)
             if reservation is None:
                 return
             await asyncio.sleep(0)  # let the others interleave between reserve and settle
@@ -135,15 +136,11 @@ async def test_reservation_of_a_dead_executor_expires_and_is_given_back(store):
     ledger = CostLedger(store.pool)
     first, second = await store.claim("ex", 2, 30)
     assert await ledger.reserve(first, "dead", Decimal("0.9"), ttl_s=0.05) is not None
-    assert (
-        await ledger.reserve(second, "ex", Decimal("0.5")) is None
-    )  # only 0.1 left while the dead one holds 0.9
-    await ledger.apply_budget(plan_id, Budget.model_validate({"limitUSD": 1}))  # no change, no resume
+    with pytest.raises(BudgetBusy):  # only 0.1 left while the dead one holds 0.9
+        await ledger.reserve(second, "ex", Decimal("0.5"))
     await asyncio.sleep(0.1)  # the behaviour under test is expiry itself
 
     # Expired money is released inside the next reservation's transaction.
-    async with store.pool.acquire() as connection:
-        await connection.execute("UPDATE masterplans SET budget_exhausted = false WHERE id = $1", plan_id)
     granted = await ledger.reserve(second, "ex", Decimal("0.5"))
 
     assert granted is not None
@@ -168,3 +165,130 @@ async def test_soft_cap_event_is_recorded_once_when_spend_crosses_it(store):
     assert kinds.count("soft_cap") == 1
     assert kinds.count("settle") == 3
     assert kinds[-1] == "hard_cap"
+
+
+async def _kinds(ledger, plan_id):
+    return [e.kind for e in await ledger.events(plan_id)]
+
+
+async def test_a_call_refused_only_for_calls_in_flight_waits_and_does_not_exhaust_the_plan(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.6"))
+
+    with pytest.raises(BudgetBusy):
+        await ledger.reserve(second, "ex", Decimal("0.6"))
+    refused = await ledger.spend(plan_id)
+    await ledger.settle(held, first, amount=Decimal("0.01"), prompt_tokens=1, completion_tokens=1)
+    granted = await ledger.reserve(second, "ex", Decimal("0.6"))
+
+    assert not refused.exhausted
+    assert granted is not None
+    assert "hard_cap" not in await _kinds(ledger, plan_id)
+    assert len(await store.claim("ex", 5, 30)) == 5  # the plan's other atoms are still handed out
+
+
+async def test_a_waiting_reservation_is_granted_when_the_call_in_flight_settles(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.6"))
+
+    waiting = asyncio.create_task(ledger.reserve(second, "ex", Decimal("0.6"), wait_s=30))
+    await asyncio.sleep(0.2)  # it has been refused at least once meanwhile
+    assert not waiting.done()
+    await ledger.settle(held, first, amount=Decimal("0.01"), prompt_tokens=1, completion_tokens=1)
+    granted = await asyncio.wait_for(waiting, 10)
+
+    assert granted is not None
+    assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.6")
+
+
+async def test_a_call_that_cannot_fit_even_with_nothing_in_flight_is_the_hard_cap(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.3"))
+    await ledger.settle(held, first, amount=Decimal("0.5"), prompt_tokens=1, completion_tokens=1)
+
+    assert (
+        await ledger.reserve(second, "ex", Decimal("0.6"), wait_s=30) is None
+    )  # no waiting: spend only grows
+    assert (await ledger.spend(plan_id)).exhausted
+
+
+async def test_heartbeat_keeps_a_reservation_alive_past_its_ttl(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "slow", Decimal("0.9"), ttl_s=0.3)
+
+    deadline = asyncio.get_running_loop().time() + 1.0  # more than three TTLs, extended every 0.1 s
+    while asyncio.get_running_loop().time() < deadline:
+        assert await ledger.extend_reservations("slow", 0.3) == 1
+        await asyncio.sleep(0.1)
+    with pytest.raises(BudgetBusy):
+        await ledger.reserve(second, "ex", Decimal("0.5"))
+    await ledger.settle(held, first, amount=Decimal("0.9"), prompt_tokens=1, completion_tokens=1)
+
+    spend = await ledger.spend(plan_id)
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.9"), 0)
+    assert "release" not in await _kinds(ledger, plan_id)
+
+
+class _PausingAfterCommit(asyncpg.Connection):
+    """A real connection that, once a COMMIT succeeded, waits until the test has cancelled its caller: the
+    window between a reservation's commit and its return, which no timing can hit reliably."""
+
+    committed: asyncio.Event
+    go_on: asyncio.Event
+    armed: bool
+
+    async def execute(self, query, *args, **kwargs):
+        result = await super().execute(query, *args, **kwargs)
+        if query.strip().upper().startswith("COMMIT") and type(self).armed:
+            type(self).armed = False
+            type(self).committed.set()
+            await type(self).go_on.wait()
+        return result
+
+
+async def test_cancelled_between_commit_and_return_the_reservation_is_given_back(store, pg):
+    plan_id = await _plan(store, limit=1)
+    (claimed,) = await store.claim("ex", 1, 30)
+    _PausingAfterCommit.committed, _PausingAfterCommit.go_on = asyncio.Event(), asyncio.Event()
+    _PausingAfterCommit.armed = True
+    pool = await asyncpg.create_pool(pg, min_size=1, max_size=2, connection_class=_PausingAfterCommit)
+    try:
+        ledger = CostLedger(pool)
+        reserving = asyncio.create_task(ledger.reserve(claimed, "ex", Decimal("0.6")))
+        await asyncio.wait_for(_PausingAfterCommit.committed.wait(), 10)
+        reserving.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the caller while the commit has not returned
+        _PausingAfterCommit.go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
+        async with asyncio.timeout(10):
+            while (await ledger.spend(plan_id)).reserved_usd:
+                await asyncio.sleep(0.02)
+    finally:
+        _PausingAfterCommit.armed = False
+        _PausingAfterCommit.go_on.set()
+        pool.terminate()
+
+    assert await store.pool.fetchval("SELECT count(*) FROM cost_reservations") == 0
+    assert "release" in await _kinds(CostLedger(store.pool), plan_id)
+
+
+async def test_resume_gives_back_what_the_dead_run_had_reserved(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("dead", 2, 30)
+    await ledger.reserve(first, "dead", Decimal("0.6"))
+
+    released = await ledger.release_abandoned(plan_id)
+    granted = await ledger.reserve(second, "ex", Decimal("0.6"))
+
+    assert released == Decimal("0.6")
+    assert granted is not None

@@ -93,6 +93,24 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return None
 
 
+# A server's Retry-After is honoured up to this many times the backoff cap.
+RETRY_AFTER_CAP_FACTOR: Final = 4
+
+
+def longest_call_s(timeout_s: float, max_attempts: int, backoff_cap_s: float) -> float:
+    """The longest one call may take, retries included: every try times out and every pause is the longest."""
+    return max_attempts * timeout_s + (max_attempts - 1) * backoff_cap_s * RETRY_AFTER_CAP_FACTOR
+
+
+# Assumed of a client that does not say (`longest_call_s` attribute): the HTTP client's defaults.
+DEFAULT_LONGEST_CALL_S: Final = longest_call_s(120.0, 6, 30.0)
+
+
+def call_span_s(llm: object) -> float:
+    """How long a call through `llm` may take at most, retries included."""
+    return float(getattr(llm, "longest_call_s", DEFAULT_LONGEST_CALL_S))
+
+
 class _BackoffHonouringRetryAfter:
     """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
 
@@ -103,7 +121,7 @@ class _BackoffHonouringRetryAfter:
         backoff = min(self.cap, self.base * 2 ** (state.attempt_number - 1)) * self.jitter()
         error = state.outcome.exception() if state.outcome else None
         floor = error.retry_after if isinstance(error, _Retryable) and error.retry_after is not None else 0.0
-        return float(max(backoff, min(floor, self.cap * 4)))
+        return float(max(backoff, min(floor, self.cap * RETRY_AFTER_CAP_FACTOR)))
 
 
 class Jitter(Protocol):
@@ -132,6 +150,7 @@ class OpenAICompatibleLLM:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10.0)
         self._session: aiohttp.ClientSession | None = None
         self._max_attempts = max_attempts
+        self.longest_call_s = longest_call_s(timeout_s, max_attempts, backoff_cap_s)
         # Equal jitter: half the backoff is fixed, half random, so retries spread without collapsing to 0.
         self._wait = _BackoffHonouringRetryAfter(
             backoff_base_s, backoff_cap_s, jitter or (lambda: 0.5 + random.random() / 2)

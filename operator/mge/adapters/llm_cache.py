@@ -17,7 +17,15 @@ from typing import Final
 
 from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache
-from mge.adapters.llm import LLM, RETRY_LISTENER, ChatRequest, Completion, LLMError, retries_reported_to
+from mge.adapters.llm import (
+    LLM,
+    RETRY_LISTENER,
+    ChatRequest,
+    Completion,
+    LLMError,
+    call_span_s,
+    retries_reported_to,
+)
 from mge.adapters.tokenizer import count_tokens
 from mge.cache.batching import (
     DEFAULT_MAX_BATCH,
@@ -259,6 +267,9 @@ class CachingLLM:
         self.inner, self.cache, self.prices, self.savings = inner, cache, prices, savings
         self.cache_sampled = cache_sampled
         self.batcher = RequestBatcher(inner.complete, batching) if batching is not None else None
+        # A batched call waits for its window, then the batch, then possibly goes again alone.
+        single = call_span_s(inner)
+        self.longest_call_s = single if batching is None else batching.window_s + 2 * single
         metrics.initialise_cache_series()
         extras = [
             x for x, on in (("prompt cache", cache is not None), ("batching", batching is not None)) if on

@@ -27,7 +27,7 @@ from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import AcceptanceStore, PlanContext, StoredTest
-from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.ledger import DEFAULT_RESERVATION_TTL_S, CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
@@ -58,6 +58,7 @@ class GenerationConfig:
     temperature: float = 0.0
     # Generation of a whole plan runs under one claim: long enough for every requirement's attempts.
     lease_s: float = 900.0
+    reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
 
 
 class TestGenerator:
@@ -183,7 +184,10 @@ class TestGenerator:
             worst_case = worst_case_call_cost(
                 [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
             )
-            reservation = await self.ledger.reserve(pseudo, self.config.executor_id, worst_case)
+            # Calls in flight holding the rest of the budget settle eventually: wait for them, not the hard cap.
+            reservation = await self.ledger.reserve(
+                pseudo, self.config.executor_id, worst_case, self.config.reservation_ttl_s, wait_s=None
+            )
             if reservation is None:
                 return None, "hard budget cap reached before the test could be generated", attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final, Protocol
@@ -60,6 +61,9 @@ class Completion:
     retried_errors: tuple[str, ...] = field(default_factory=tuple)
     # Served by our prompt cache: no LLM was called, nothing is spent (tokens are then 0).
     from_cache: bool = False
+    # What this answer costs when it is not its tokens at list price: an item's share of a batched call,
+    # never more than the item's own worst case (what it reserved).
+    cost_usd: Decimal | None = None
 
 
 class LLMError(RuntimeError):

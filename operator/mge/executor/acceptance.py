@@ -25,6 +25,7 @@ from mge.acceptance.templates import (
 )
 from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.llm_cache import CancelledAfterSpending
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import AcceptanceStore, PlanContext, StoredTest
 from mge.adapters.store.ledger import DEFAULT_RESERVATION_TTL_S, CostLedger
@@ -191,6 +192,7 @@ class TestGenerator:
             if reservation is None:
                 return None, "hard budget cap reached before the test could be generated", attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0
+            share: Decimal | None = None  # a batched call's part of the batch's cost
             try:
                 completion = await self.gate.complete(
                     functools.partial(self.llm.complete, request),
@@ -199,7 +201,7 @@ class TestGenerator:
                     plan_priority=0,
                 )
                 prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
-                cached_tokens = completion.cached_prompt_tokens
+                cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd
                 test = accept_generated_test(requirement, language, completion.content)
                 await self._check_syntax(test)
                 return test, None, attempt
@@ -209,12 +211,20 @@ class TestGenerator:
                 problem, feedback = str(failure), None
             except SlotUnavailable as waited:
                 problem, feedback = str(waited), None
+            except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
+                spent = cancelled.spent
+                prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
+                cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
+                raise
             finally:
-                cost = (
-                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
-                    if prompt_tokens
-                    else Decimal(0)
-                )
+                if share is not None:
+                    cost = share
+                else:
+                    cost = (
+                        price.cost(prompt_tokens, completion_tokens, cached_tokens)
+                        if prompt_tokens
+                        else Decimal(0)
+                    )
                 await asyncio.shield(
                     self.ledger.settle(
                         reservation,

@@ -14,7 +14,7 @@ from typing import Final
 
 from mge.adapters import metrics, tracing
 from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError, call_span_s
-from mge.adapters.llm_cache import cached_answer, remember_answer
+from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
@@ -362,11 +362,12 @@ class Executor:
         code: str | None = None
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
+        share: Decimal | None = None  # a batched call's part of the batch's cost, within this reservation
         try:
             completion = hit or await self._call_llm(atom, request)
             await self._answered(atom.masterplan_id)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
-            cached_tokens = completion.cached_prompt_tokens
+            cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd
             code = extract_code(completion.content)
             await self.validator.validate(atom.language, atom.file, code)
             await remember_answer(self.llm, request, completion)
@@ -377,10 +378,20 @@ class Executor:
             code, error, outcome = None, str(invalid), "invalid"
         except SlotUnavailable as waited:
             code, error, outcome = None, str(waited), NO_SLOT_OUTCOME
+        except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
+            spent = cancelled.spent
+            prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
+            cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
+            raise
         finally:
-            cost = (
-                price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
-            )
+            if share is not None:
+                cost = share
+            else:
+                cost = (
+                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
+                    if prompt_tokens
+                    else Decimal(0)
+                )
             # Money spent is settled even if the attempt is then dropped or the task is cancelled.
             if reservation is not None:
                 await asyncio.shield(

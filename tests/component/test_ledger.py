@@ -1,18 +1,26 @@
 """The cost ledger on real Postgres: no overshoot under 50 racing executors, expiry, caps, overrides."""
 
 import asyncio
+import json
 import random
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
+from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
+from mge.adapters.llm_cache import BatchConfig, RequestBatcher
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import Store
+from mge.adapters.tokenizer import count_tokens
 from mge.cost.caps import OverrideRejected
+from mge.cost.pricing import DEFAULT_PRICES, worst_case_call_cost
+from mge.generation.prompt import SYSTEM_PROMPT
 from mge.models.masterplan import Budget
 from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, spec
+from tests.support.batch_answers import batch_responder
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 
 pytestmark = pytest.mark.component
 
@@ -292,3 +300,121 @@ async def test_resume_gives_back_what_the_dead_run_had_reserved(store):
 
     assert released == Decimal("0.6")
     assert granted is not None
+
+
+async def _assert_never_past_the_cap(store, ledger, plan_id, limit):
+    spend = await ledger.spend(plan_id)
+    settles = await store.pool.fetch(
+        "SELECT amount_usd, detail FROM cost_events WHERE masterplan_id = $1 AND kind = 'settle'", plan_id
+    )
+    assert sum(r["amount_usd"] for r in settles) == spend.spent_usd
+    over = [r for r in settles if r["amount_usd"] > Decimal(json.loads(r["detail"])["reserved"])]
+    assert not over, over[:3]
+    assert spend.spent_usd <= limit
+    assert spend.reserved_usd == 0
+    assert spend.exhausted  # the budget was the limit, not the work
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_fifty_racing_executors_with_calls_longer_than_the_ttl_never_spend_past_the_hard_cap(
+    store, seed
+):
+    """Each call outlives the reservation TTL it started with; the executors' heartbeat keeps extending it."""
+    plan_id = await _plan(store, atoms_count=400, limit=1.0)
+    ledger = CostLedger(store.pool)
+    claimed = await store.claim("claimer", 400, 300)
+    rnd = random.Random(seed)
+    ttl = 1.0
+    finished = asyncio.Event()
+
+    async def heartbeat():
+        while not finished.is_set():
+            await ledger.extend_reservations("ex", ttl)
+            await asyncio.sleep(ttl / 10)
+
+    async def executor(atoms):
+        for claimed_atom in atoms:
+            worst = Decimal(rnd.randint(1, 40)) / 1000
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, ttl_s=ttl, wait_s=None)
+            if reservation is None:
+                return
+            await asyncio.sleep(ttl * rnd.uniform(1.5, 3))  # the call: longer than the TTL
+            actual = worst * Decimal(rnd.randint(30, 100)) / 100
+            await ledger.settle(
+                reservation, claimed_atom, amount=actual, prompt_tokens=1, completion_tokens=1
+            )
+
+    beating = asyncio.create_task(heartbeat())
+    await asyncio.gather(*(executor(claimed[n::50]) for n in range(50)))
+    finished.set()
+    await beating
+
+    await _assert_never_past_the_cap(store, ledger, plan_id, Decimal("1.0"))
+    assert "release" not in await _kinds(ledger, plan_id)  # nothing expired under a running call
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_fifty_racing_executors_with_batching_never_spend_past_the_hard_cap(store, seed):
+    """Calls go through the real batcher to the fake LLM server; answers of random length, some longer than
+    one item's max_tokens, some missing from the batch answer (sent again alone)."""
+    rnd = random.Random(seed)
+    atoms = [f"a{i}" for i in range(400)]
+    recordings = {
+        a: {1: "```python\n" + "\n".join(f"V{i} = {i}" for i in range(rnd.randint(1, 120))) + "\n```"}
+        for a in atoms
+    }
+    server = FakeLLM(
+        FakeLLMConfig(base_latency_s=0.02),
+        responder=batch_responder(recordings, drop={a for a in atoms if rnd.random() < 0.1}),
+    )
+    server.recordings = {}
+    await server.start()
+    limit = Decimal("0.005")
+    plan_id = await _plan(store, atoms_count=400, limit=float(limit))
+    ledger = CostLedger(store.pool)
+    claimed = await store.claim("claimer", 400, 300)
+    llm = OpenAICompatibleLLM(server.url, "k")
+    batcher = RequestBatcher(llm.complete, BatchConfig(max_batch=5, window_s=0.02))
+    price = DEFAULT_PRICES["gpt-4o-mini"]
+
+    async def executor(atoms):
+        for claimed_atom in atoms:
+            request = ChatRequest(
+                model="gpt-4o-mini",
+                messages=[
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"Write `{claimed_atom.atom_id}.py`."},
+                ],
+                max_tokens=64,
+                atom_id=claimed_atom.atom_id,
+                trace_id=str(claimed_atom.trace_id),
+            )
+            worst = worst_case_call_cost(
+                [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
+            )
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, wait_s=None)
+            if reservation is None:
+                return
+            answer = await batcher.submit(request)
+            actual = answer.cost_usd
+            if actual is None:
+                actual = price.cost(
+                    answer.prompt_tokens, answer.completion_tokens, answer.cached_prompt_tokens
+                )
+            await ledger.settle(
+                reservation,
+                claimed_atom,
+                amount=actual,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+            )
+
+    try:
+        await asyncio.gather(*(executor(claimed[n::50]) for n in range(50)))
+    finally:
+        await batcher.close()
+        await llm.close()
+        await server.stop()
+
+    assert batcher.stats.batches > 0
+    await _assert_never_past_the_cap(store, ledger, plan_id, limit)

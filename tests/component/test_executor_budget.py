@@ -7,11 +7,13 @@ from decimal import Decimal
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.llm_cache import BatchConfig, CachingLLM
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, spec
+from tests.support.batch_answers import batch_responder
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 
 pytestmark = pytest.mark.component
@@ -68,9 +70,10 @@ async def test_an_atom_refused_for_a_call_in_flight_waits_and_runs_once_it_settl
     stop = asyncio.Event()
     running = asyncio.create_task(executor.run(stop))
     try:
-        async with asyncio.timeout(10):  # a1 tried, was refused and handed back, at least once
+        async with asyncio.timeout(10):  # a1 was claimed, refused and handed back at least once
             while not await store.pool.fetchval(
-                "SELECT claims > 1 OR state = 'ready' FROM atoms WHERE masterplan_id = $1 AND atom_id = 'a1'",
+                """SELECT started_at IS NOT NULL AND updated_at > started_at FROM atoms
+                   WHERE masterplan_id = $1 AND atom_id = 'a1'""",
                 plan_id,
             ):
                 await asyncio.sleep(0.02)
@@ -115,3 +118,49 @@ async def test_a_call_slower_than_the_reservation_ttl_keeps_its_reservation(stor
     kinds = [e.kind for e in await ledger.events(plan_id)]
     assert "release" not in kinds
     assert (await ledger.spend(plan_id)).reserved_usd == 0
+
+
+async def test_atoms_cancelled_mid_batch_settle_what_their_batch_spent(store, fake_llm, validator):
+    fake_llm.config = FakeLLMConfig(base_latency_s=3.0)
+    fake_llm.responder = batch_responder(
+        {"a0": {1: "```python\nA = 0\n```"}, "a1": {1: "```python\nB = 1\n```"}}
+    )
+    atoms = [atom("a0"), atom("a1")]
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name="batched",
+        trace_id="00000000-0000-4000-8000-0000000000de",
+        generation=1,
+        spec=spec(*atoms),
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    await end_ramps(store)
+    llm = CachingLLM(
+        OpenAICompatibleLLM(fake_llm.url, "k"),
+        cache=None,
+        prices=DEFAULT_PRICES,
+        batching=BatchConfig(max_batch=2, window_s=1.0),
+    )
+    executor = Executor(
+        store, llm, validator, DEFAULT_PRICES, ExecutorConfig("ex", shutdown_grace_s=0.2, idle_poll_s=0.1)
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while fake_llm.stats.in_flight == 0:  # the batch of both atoms is out
+                await asyncio.sleep(0.02)
+        stop.set()  # the grace period ends long before the batch answers: both atom tasks are cancelled
+        await asyncio.wait_for(running, 15)
+    finally:
+        stop.set()
+        await llm.close()
+
+    ledger = CostLedger(store.pool)
+    spend = await ledger.spend(plan_id)
+    settled = [e for e in await ledger.events(plan_id) if e.kind == "settle"]
+    assert fake_llm.stats.requests == 1
+    assert sorted(e.atom_id for e in settled) == ["a0", "a1"]
+    assert all(e.amount_usd > 0 for e in settled)  # the batch was paid: each atom settles its share
+    assert spend.reserved_usd == 0

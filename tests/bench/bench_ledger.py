@@ -52,7 +52,7 @@ async def ours(dsn: str, seed: int) -> tuple[Decimal, float, int]:
         nonlocal reservations
         for atom in atoms:
             worst = Decimal(rnd.randint(5, 50)) / 1000
-            reservation = await ledger.reserve(atom, "ex", worst)
+            reservation = await ledger.reserve(atom, "ex", worst, wait_s=None)  # wait for calls in flight
             if reservation is None:
                 return
             reservations += 1

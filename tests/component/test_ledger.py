@@ -1,17 +1,26 @@
 """The cost ledger on real Postgres: no overshoot under 50 racing executors, expiry, caps, overrides."""
 
 import asyncio
+import json
 import random
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
-from mge.adapters.store.ledger import CostLedger
+from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
+from mge.adapters.llm_cache import BatchConfig, RequestBatcher
+from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import Store
+from mge.adapters.tokenizer import count_tokens
 from mge.cost.caps import OverrideRejected
+from mge.cost.pricing import DEFAULT_PRICES, worst_case_call_cost
+from mge.generation.prompt import SYSTEM_PROMPT
 from mge.models.masterplan import Budget
 from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, spec
+from tests.support.batch_answers import batch_responder
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 
 pytestmark = pytest.mark.component
 
@@ -49,7 +58,7 @@ async def test_fifty_racing_executors_never_spend_past_the_hard_cap(store, seed)
     async def executor(atoms):
         for claimed_atom in atoms:
             worst = Decimal(rnd.randint(1, 40)) / 1000  # $0.001 - $0.040 per call
-            reservation = await ledger.reserve(claimed_atom, "ex", worst)
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, wait_s=None)
             if reservation is None:
                 return
             await asyncio.sleep(0)  # let the others interleave between reserve and settle
@@ -135,15 +144,11 @@ async def test_reservation_of_a_dead_executor_expires_and_is_given_back(store):
     ledger = CostLedger(store.pool)
     first, second = await store.claim("ex", 2, 30)
     assert await ledger.reserve(first, "dead", Decimal("0.9"), ttl_s=0.05) is not None
-    assert (
-        await ledger.reserve(second, "ex", Decimal("0.5")) is None
-    )  # only 0.1 left while the dead one holds 0.9
-    await ledger.apply_budget(plan_id, Budget.model_validate({"limitUSD": 1}))  # no change, no resume
+    with pytest.raises(BudgetBusy):  # only 0.1 left while the dead one holds 0.9
+        await ledger.reserve(second, "ex", Decimal("0.5"))
     await asyncio.sleep(0.1)  # the behaviour under test is expiry itself
 
     # Expired money is released inside the next reservation's transaction.
-    async with store.pool.acquire() as connection:
-        await connection.execute("UPDATE masterplans SET budget_exhausted = false WHERE id = $1", plan_id)
     granted = await ledger.reserve(second, "ex", Decimal("0.5"))
 
     assert granted is not None
@@ -168,3 +173,248 @@ async def test_soft_cap_event_is_recorded_once_when_spend_crosses_it(store):
     assert kinds.count("soft_cap") == 1
     assert kinds.count("settle") == 3
     assert kinds[-1] == "hard_cap"
+
+
+async def _kinds(ledger, plan_id):
+    return [e.kind for e in await ledger.events(plan_id)]
+
+
+async def test_a_call_refused_only_for_calls_in_flight_waits_and_does_not_exhaust_the_plan(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.6"))
+
+    with pytest.raises(BudgetBusy):
+        await ledger.reserve(second, "ex", Decimal("0.6"))
+    refused = await ledger.spend(plan_id)
+    await ledger.settle(held, first, amount=Decimal("0.01"), prompt_tokens=1, completion_tokens=1)
+    granted = await ledger.reserve(second, "ex", Decimal("0.6"))
+
+    assert not refused.exhausted
+    assert granted is not None
+    assert "hard_cap" not in await _kinds(ledger, plan_id)
+    assert len(await store.claim("ex", 5, 30)) == 5  # the plan's other atoms are still handed out
+
+
+async def test_a_waiting_reservation_is_granted_when_the_call_in_flight_settles(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.6"))
+
+    waiting = asyncio.create_task(ledger.reserve(second, "ex", Decimal("0.6"), wait_s=30))
+    await asyncio.sleep(0.2)  # it has been refused at least once meanwhile
+    assert not waiting.done()
+    await ledger.settle(held, first, amount=Decimal("0.01"), prompt_tokens=1, completion_tokens=1)
+    granted = await asyncio.wait_for(waiting, 10)
+
+    assert granted is not None
+    assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.6")
+
+
+async def test_a_call_that_cannot_fit_even_with_nothing_in_flight_is_the_hard_cap(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "ex", Decimal("0.3"))
+    await ledger.settle(held, first, amount=Decimal("0.5"), prompt_tokens=1, completion_tokens=1)
+
+    assert (
+        await ledger.reserve(second, "ex", Decimal("0.6"), wait_s=30) is None
+    )  # no waiting: spend only grows
+    assert (await ledger.spend(plan_id)).exhausted
+
+
+async def test_heartbeat_keeps_a_reservation_alive_past_its_ttl(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("ex", 2, 30)
+    held = await ledger.reserve(first, "slow", Decimal("0.9"), ttl_s=0.3)
+
+    deadline = asyncio.get_running_loop().time() + 1.0  # more than three TTLs, extended every 0.1 s
+    while asyncio.get_running_loop().time() < deadline:
+        assert await ledger.extend_reservations("slow", 0.3) == 1
+        await asyncio.sleep(0.1)
+    with pytest.raises(BudgetBusy):
+        await ledger.reserve(second, "ex", Decimal("0.5"))
+    await ledger.settle(held, first, amount=Decimal("0.9"), prompt_tokens=1, completion_tokens=1)
+
+    spend = await ledger.spend(plan_id)
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.9"), 0)
+    assert "release" not in await _kinds(ledger, plan_id)
+
+
+class _PausingAfterCommit(asyncpg.Connection):
+    """A real connection that, once a COMMIT succeeded, waits until the test has cancelled its caller: the
+    window between a reservation's commit and its return, which no timing can hit reliably."""
+
+    committed: asyncio.Event
+    go_on: asyncio.Event
+    armed: bool
+
+    async def execute(self, query, *args, **kwargs):
+        result = await super().execute(query, *args, **kwargs)
+        if query.strip().upper().startswith("COMMIT") and type(self).armed:
+            type(self).armed = False
+            type(self).committed.set()
+            await type(self).go_on.wait()
+        return result
+
+
+async def test_cancelled_between_commit_and_return_the_reservation_is_given_back(store, pg):
+    plan_id = await _plan(store, limit=1)
+    (claimed,) = await store.claim("ex", 1, 30)
+    _PausingAfterCommit.committed, _PausingAfterCommit.go_on = asyncio.Event(), asyncio.Event()
+    _PausingAfterCommit.armed = True
+    pool = await asyncpg.create_pool(pg, min_size=1, max_size=2, connection_class=_PausingAfterCommit)
+    try:
+        ledger = CostLedger(pool)
+        reserving = asyncio.create_task(ledger.reserve(claimed, "ex", Decimal("0.6")))
+        await asyncio.wait_for(_PausingAfterCommit.committed.wait(), 10)
+        reserving.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the caller while the commit has not returned
+        _PausingAfterCommit.go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
+        async with asyncio.timeout(10):
+            while (await ledger.spend(plan_id)).reserved_usd:
+                await asyncio.sleep(0.02)
+    finally:
+        _PausingAfterCommit.armed = False
+        _PausingAfterCommit.go_on.set()
+        pool.terminate()
+
+    assert await store.pool.fetchval("SELECT count(*) FROM cost_reservations") == 0
+    assert "release" in await _kinds(CostLedger(store.pool), plan_id)
+
+
+async def test_resume_gives_back_what_the_dead_run_had_reserved(store):
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    first, second = await store.claim("dead", 2, 30)
+    await ledger.reserve(first, "dead", Decimal("0.6"))
+
+    released = await ledger.release_abandoned(plan_id)
+    granted = await ledger.reserve(second, "ex", Decimal("0.6"))
+
+    assert released == Decimal("0.6")
+    assert granted is not None
+
+
+async def _assert_never_past_the_cap(store, ledger, plan_id, limit):
+    spend = await ledger.spend(plan_id)
+    settles = await store.pool.fetch(
+        "SELECT amount_usd, detail FROM cost_events WHERE masterplan_id = $1 AND kind = 'settle'", plan_id
+    )
+    assert sum(r["amount_usd"] for r in settles) == spend.spent_usd
+    over = [r for r in settles if r["amount_usd"] > Decimal(json.loads(r["detail"])["reserved"])]
+    assert not over, over[:3]
+    assert spend.spent_usd <= limit
+    assert spend.reserved_usd == 0
+    assert spend.exhausted  # the budget was the limit, not the work
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_fifty_racing_executors_with_calls_longer_than_the_ttl_never_spend_past_the_hard_cap(
+    store, seed
+):
+    """Each call outlives the reservation TTL it started with; the executors' heartbeat keeps extending it."""
+    plan_id = await _plan(store, atoms_count=400, limit=1.0)
+    ledger = CostLedger(store.pool)
+    claimed = await store.claim("claimer", 400, 300)
+    rnd = random.Random(seed)
+    ttl = 1.0
+    finished = asyncio.Event()
+
+    async def heartbeat():
+        while not finished.is_set():
+            await ledger.extend_reservations("ex", ttl)
+            await asyncio.sleep(ttl / 10)
+
+    async def executor(atoms):
+        for claimed_atom in atoms:
+            worst = Decimal(rnd.randint(1, 40)) / 1000
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, ttl_s=ttl, wait_s=None)
+            if reservation is None:
+                return
+            await asyncio.sleep(ttl * rnd.uniform(1.5, 3))  # the call: longer than the TTL
+            actual = worst * Decimal(rnd.randint(30, 100)) / 100
+            await ledger.settle(
+                reservation, claimed_atom, amount=actual, prompt_tokens=1, completion_tokens=1
+            )
+
+    beating = asyncio.create_task(heartbeat())
+    await asyncio.gather(*(executor(claimed[n::50]) for n in range(50)))
+    finished.set()
+    await beating
+
+    await _assert_never_past_the_cap(store, ledger, plan_id, Decimal("1.0"))
+    assert "release" not in await _kinds(ledger, plan_id)  # nothing expired under a running call
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_fifty_racing_executors_with_batching_never_spend_past_the_hard_cap(store, seed):
+    """Calls go through the real batcher to the fake LLM server; answers of random length, some longer than
+    one item's max_tokens, some missing from the batch answer (sent again alone)."""
+    rnd = random.Random(seed)
+    atoms = [f"a{i}" for i in range(400)]
+    recordings = {
+        a: {1: "```python\n" + "\n".join(f"V{i} = {i}" for i in range(rnd.randint(1, 120))) + "\n```"}
+        for a in atoms
+    }
+    server = FakeLLM(
+        FakeLLMConfig(base_latency_s=0.02),
+        responder=batch_responder(recordings, drop={a for a in atoms if rnd.random() < 0.1}),
+    )
+    server.recordings = {}
+    await server.start()
+    limit = Decimal("0.005")
+    plan_id = await _plan(store, atoms_count=400, limit=float(limit))
+    ledger = CostLedger(store.pool)
+    claimed = await store.claim("claimer", 400, 300)
+    llm = OpenAICompatibleLLM(server.url, "k")
+    batcher = RequestBatcher(llm.complete, BatchConfig(max_batch=5, window_s=0.02))
+    price = DEFAULT_PRICES["gpt-4o-mini"]
+
+    async def executor(atoms):
+        for claimed_atom in atoms:
+            request = ChatRequest(
+                model="gpt-4o-mini",
+                messages=[
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"Write `{claimed_atom.atom_id}.py`."},
+                ],
+                max_tokens=64,
+                atom_id=claimed_atom.atom_id,
+                trace_id=str(claimed_atom.trace_id),
+            )
+            worst = worst_case_call_cost(
+                [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
+            )
+            reservation = await ledger.reserve(claimed_atom, "ex", worst, wait_s=None)
+            if reservation is None:
+                return
+            answer = await batcher.submit(request)
+            actual = answer.cost_usd
+            if actual is None:
+                actual = price.cost(
+                    answer.prompt_tokens, answer.completion_tokens, answer.cached_prompt_tokens
+                )
+            await ledger.settle(
+                reservation,
+                claimed_atom,
+                amount=actual,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+            )
+
+    try:
+        await asyncio.gather(*(executor(claimed[n::50]) for n in range(50)))
+    finally:
+        await batcher.close()
+        await llm.close()
+        await server.stop()
+
+    assert batcher.stats.batches > 0
+    await _assert_never_past_the_cap(store, ledger, plan_id, limit)

@@ -52,6 +52,20 @@ class FakeLLMStats:
     traceparents: list[str] = field(default_factory=list)
 
 
+def _truncated(content: str, max_tokens: int | None) -> str:
+    """Like a provider, the answer stops at `max_tokens` (a batch answer cut short is no longer JSON)."""
+    if not max_tokens or count_tokens(content) <= max_tokens:
+        return content
+    low, high = 0, len(content)
+    while low < high:  # the longest prefix within max_tokens
+        middle = (low + high + 1) // 2
+        if count_tokens(content[:middle]) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return content[:low]
+
+
 class FakeLLM:
     def __init__(self, config: FakeLLMConfig | None = None, responder: Responder | None = None) -> None:
         self.config = config or FakeLLMConfig()
@@ -126,7 +140,7 @@ class FakeLLM:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            content = self._answer(body, atom, attempt)
+            content = _truncated(self._answer(body, atom, attempt), body.get("max_tokens"))
             completion_tokens = count_tokens(content)
             latency = config.base_latency_s + self._random.random() * config.latency_jitter_s
             latency += completion_tokens * config.per_token_s

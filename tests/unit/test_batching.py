@@ -1,6 +1,7 @@
 """Request batching: who may share a request, the combined prompt, splitting the answer, and the payoff."""
 
 import json
+from decimal import Decimal as D  # noqa: N817 - short amounts keep the cases readable
 
 import pytest
 
@@ -12,6 +13,7 @@ from mge.cache.batching import (
     batch_messages,
     batch_payoff,
     batchable,
+    capped_shares,
     should_flush,
     split_batch_answer,
 )
@@ -130,3 +132,21 @@ def test_a_batch_whose_answer_lacked_items_counts_their_second_request_against_i
     assert payoff.requests_saved == 0
     assert payoff.prompt_tokens_saved == -400
     assert not payoff.paid_off
+
+
+def test_capped_shares_add_up_and_no_share_passes_its_cap():
+    total, weights, caps = D("1"), [D(1), D(1), D(2)], [D("0.1"), D("1"), D("1")]
+
+    shares = capped_shares(total, weights, caps)
+
+    assert sum(shares) == total
+    assert all(s <= c for s, c in zip(shares, caps, strict=True))
+    assert shares[0] == D("0.1")  # capped; its excess went to the others by weight
+    assert shares[2] == 2 * shares[1]
+
+
+def test_capped_shares_above_every_cap_keep_the_whole_total():
+    """Only when a provider counts more than the padded estimate: nothing spent is left unsettled."""
+    shares = capped_shares(D("3"), [D(1), D(1)], [D("1"), D("1")])
+
+    assert sum(shares) == D("3")

@@ -36,6 +36,20 @@ def test_reservation_is_granted_only_within_the_hard_cap(spent, reserved, amount
     assert reservation_decision(D(spent), D(reserved), D(amount), LIMITS).granted is granted
 
 
+@pytest.mark.parametrize(
+    ("spent", "reserved", "amount", "wait"),
+    [
+        ("0", "120", "120", True),  # the first call may settle low: this one waits for it
+        ("150", "49", "1.01", True),
+        ("150", "0", "50.01", False),  # would not fit with nothing outstanding: the hard cap
+        ("150", "30", "50.01", False),  # outstanding calls can only add to spend: still the hard cap
+        ("0", "0", "1", False),  # granted
+    ],
+)
+def test_refusal_for_calls_in_flight_is_a_wait_not_the_hard_cap(spent, reserved, amount, wait):
+    assert reservation_decision(D(spent), D(reserved), D(amount), LIMITS).wait is wait
+
+
 def test_refusal_reports_the_headroom_left():
     assert reservation_decision(D(190), D(5), D(10), LIMITS).headroom_usd == D(5)
 

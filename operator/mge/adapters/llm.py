@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final, Protocol
@@ -62,6 +63,9 @@ class Completion:
     retried_errors: tuple[str, ...] = field(default_factory=tuple)
     # Served by our prompt cache: no LLM was called, nothing is spent (tokens are then 0).
     from_cache: bool = False
+    # What this answer costs when it is not its tokens at list price: an item's share of a batched call,
+    # never more than the item's own worst case (what it reserved).
+    cost_usd: Decimal | None = None
 
 
 class LLMError(RuntimeError):
@@ -95,6 +99,24 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return None
 
 
+# A server's Retry-After is honoured up to this many times the backoff cap.
+RETRY_AFTER_CAP_FACTOR: Final = 4
+
+
+def longest_call_s(timeout_s: float, max_attempts: int, backoff_cap_s: float) -> float:
+    """The longest one call may take, retries included: every try times out and every pause is the longest."""
+    return max_attempts * timeout_s + (max_attempts - 1) * backoff_cap_s * RETRY_AFTER_CAP_FACTOR
+
+
+# Assumed of a client that does not say (`longest_call_s` attribute): the HTTP client's defaults.
+DEFAULT_LONGEST_CALL_S: Final = longest_call_s(120.0, 6, 30.0)
+
+
+def call_span_s(llm: object) -> float:
+    """How long a call through `llm` may take at most, retries included."""
+    return float(getattr(llm, "longest_call_s", DEFAULT_LONGEST_CALL_S))
+
+
 class _BackoffHonouringRetryAfter:
     """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
 
@@ -105,7 +127,7 @@ class _BackoffHonouringRetryAfter:
         backoff = min(self.cap, self.base * 2 ** (state.attempt_number - 1)) * self.jitter()
         error = state.outcome.exception() if state.outcome else None
         floor = error.retry_after if isinstance(error, _Retryable) and error.retry_after is not None else 0.0
-        return float(max(backoff, min(floor, self.cap * 4)))
+        return float(max(backoff, min(floor, self.cap * RETRY_AFTER_CAP_FACTOR)))
 
 
 class Jitter(Protocol):
@@ -134,6 +156,7 @@ class OpenAICompatibleLLM:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10.0)
         self._session: aiohttp.ClientSession | None = None
         self._max_attempts = max_attempts
+        self.longest_call_s = longest_call_s(timeout_s, max_attempts, backoff_cap_s)
         # Equal jitter: half the backoff is fixed, half random, so retries spread without collapsing to 0.
         self._wait = _BackoffHonouringRetryAfter(
             backoff_base_s, backoff_cap_s, jitter or (lambda: 0.5 + random.random() / 2)

@@ -8,6 +8,7 @@ served again.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,7 +18,15 @@ from typing import Final
 
 from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache
-from mge.adapters.llm import LLM, RETRY_LISTENER, ChatRequest, Completion, LLMError, retries_reported_to
+from mge.adapters.llm import (
+    LLM,
+    RETRY_LISTENER,
+    ChatRequest,
+    Completion,
+    LLMError,
+    call_span_s,
+    retries_reported_to,
+)
 from mge.adapters.tokenizer import count_tokens
 from mge.cache.batching import (
     DEFAULT_MAX_BATCH,
@@ -30,15 +39,32 @@ from mge.cache.batching import (
     batch_messages,
     batch_payoff,
     batchable,
+    capped_shares,
     split_batch_answer,
 )
 from mge.cache.keys import PromptKeyInput, prompt_cacheability, prompt_key
-from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for
+from mge.cost.pricing import DEFAULT_PRICES, ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.generation.prompt import PROMPT_VERSION
 
 log = logging.getLogger("mge.cache")
 
 BATCH_ATOM_PREFIX: Final = "batch:"
+
+
+class CancelledAfterSpending(asyncio.CancelledError):
+    """A batched call cancelled after its batch was sent: the batch is paid regardless, and `spent` (this
+    item's share, within its own worst case) is what its caller settles before the cancellation goes on."""
+
+    def __init__(self, spent: Completion) -> None:
+        super().__init__()
+        self.spent = spent
+
+
+def _worst_case(request: ChatRequest, price: ModelPrice) -> Decimal:
+    """What the caller reserved for this request: the same worst case the executor computes."""
+    return worst_case_call_cost(
+        [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
+    )
 
 
 def request_key(llm: LLM, request: ChatRequest) -> str:
@@ -84,15 +110,22 @@ class _Pending:
     answer: asyncio.Future[Completion] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Its caller was cancelled after the batch went out: it only waits for its share, nothing is sent again.
+    abandoned: bool = False
 
 
 class RequestBatcher:
     """Groups up to `max_batch` small independent calls, or what arrives within `window_s`, into one request."""
 
-    def __init__(self, send: Callable[[ChatRequest], Awaitable[Completion]], config: BatchConfig) -> None:
+    def __init__(
+        self,
+        send: Callable[[ChatRequest], Awaitable[Completion]],
+        config: BatchConfig,
+        prices: Mapping[str, ModelPrice] = DEFAULT_PRICES,
+    ) -> None:
         if config.max_batch < 1 or config.window_s < 0:
             raise ValueError(f"batch size must be >= 1 and window >= 0, got {config}")
-        self._send, self.config = send, config
+        self._send, self.config, self.prices = send, config, prices
         self._open: dict[str, list[_Pending]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._flushing: set[asyncio.Task[None]] = set()
@@ -107,6 +140,7 @@ class RequestBatcher:
         if (
             self.config.max_batch == 1
             or not shape_ok
+            or request.model not in self.prices  # no price, no way to keep each share within its reservation
             or not batchable(prompt_tokens, request.attempt, self.config.max_prompt_tokens)
         ):
             return await self._send(request)
@@ -126,7 +160,30 @@ class RequestBatcher:
             self._timers[group] = asyncio.get_running_loop().call_later(
                 self.config.window_s, self._start_flush, group
             )
-        return await pending.answer
+        try:
+            return await asyncio.shield(pending.answer)
+        except asyncio.CancelledError:
+            if self._withdraw(group, pending):
+                raise  # still in its window: nothing was sent for it
+            # The batch is out and will be paid: wait for this item's share so its caller settles it.
+            pending.abandoned = True
+            try:
+                spent = await pending.answer
+            except Exception:
+                raise asyncio.CancelledError from None
+            raise CancelledAfterSpending(spent) from None
+
+    def _withdraw(self, group: str, pending: _Pending) -> bool:
+        waiting = self._open.get(group, [])
+        if pending not in waiting:
+            return False
+        waiting.remove(pending)
+        if not waiting:
+            del self._open[group]
+            timer = self._timers.pop(group, None)
+            if timer is not None:
+                timer.cancel()
+        return True
 
     def _start_flush(self, group: str) -> None:
         timer = self._timers.pop(group, None)
@@ -140,10 +197,8 @@ class RequestBatcher:
 
     async def _flush(self, items: list[_Pending]) -> None:
         metrics.BATCH_SIZE.observe(len(items))
-        if len(items) == 1 or len({p.item.item_id for p in items}) != len(items):
-            await asyncio.gather(*(self._alone(p, "alone") for p in items))
-            return
         first = items[0].request
+        price = self.prices[first.model]
         batch = ChatRequest(
             model=first.model,
             messages=batch_messages([p.item for p in items]),
@@ -154,6 +209,21 @@ class RequestBatcher:
             attempt=1,
             masterplan_id=first.masterplan_id,
         )
+        reserved = [_worst_case(p.request, price) for p in items]
+        # The batch's own worst case must be covered by what its items reserved together: when the shared
+        # instructions cost more prompt than the one system prompt saves, the batch allows fewer tokens.
+        excess = _worst_case(batch, price) - sum(reserved, Decimal(0))
+        if excess > 0:
+            per_token = price.output / 1_000_000
+            cut = int(-(-excess // per_token)) if per_token > 0 else batch.max_tokens
+            batch = dataclasses.replace(batch, max_tokens=batch.max_tokens - cut)
+        if (
+            len(items) == 1
+            or len({p.item.item_id for p in items}) != len(items)
+            or batch.max_tokens < max(p.request.max_tokens for p in items)
+        ):
+            await asyncio.gather(*(self._alone(p, "alone") for p in items))
+            return
         try:
             with retries_reported_to(items[0].retry_listener):
                 combined = await self._send(batch)
@@ -173,6 +243,12 @@ class RequestBatcher:
             combined.completion_tokens, [count_tokens(answers.get(p.item.item_id, "")) for p in items]
         )
         cached_shares = apportion(combined.cached_prompt_tokens, [p.item.prompt_tokens for p in items])
+        costs = self._cost_shares(
+            price.cost(combined.prompt_tokens, combined.completion_tokens, combined.cached_prompt_tokens),
+            [price.cost(prompt_shares[i], completion_shares[i], cached_shares[i]) for i in range(len(items))],
+            reserved,
+            [p.item.item_id in answers for p in items],
+        )
         missing = [p for p in items if p.item.item_id not in answers]
         resends = []
         for index, pending in enumerate(items):
@@ -183,12 +259,15 @@ class RequestBatcher:
                 cached_prompt_tokens=cached_shares[index],
                 latency_s=combined.latency_s,
                 retried_errors=combined.retried_errors if index == 0 else (),
+                cost_usd=costs[index],
             )
             if pending.item.item_id in answers:
                 metrics.BATCH_REQUESTS.labels("batched").inc()
                 _resolve(pending, share)
             else:
-                resends.append(self._alone(pending, "fallback", already_spent=share))
+                resends.append(
+                    self._alone(pending, "fallback", already_spent=share, reserved=reserved[index])
+                )
         await asyncio.gather(*resends)
         payoff = batch_payoff(
             [p.item.prompt_tokens for p in items],
@@ -210,17 +289,65 @@ class RequestBatcher:
             "paid off" if payoff.paid_off else "did not pay off",
         )
 
-    async def _alone(self, pending: _Pending, outcome: str, already_spent: Completion | None = None) -> None:
-        """Send one item by itself: alone in its window, or again after its batch answer lacked it."""
+    @staticmethod
+    def _cost_shares(
+        total: Decimal, weights: list[Decimal], reserved: list[Decimal], answered: list[bool]
+    ) -> list[Decimal]:
+        """The batch's cost over its items, none above what it reserved. Answered items take it first: an item
+        the answer lacks is sent again alone, and what it carries here comes off that call's allowance."""
+        shares = [Decimal(0)] * len(weights)
+        groups = [[i for i, a in enumerate(answered) if a], [i for i, a in enumerate(answered) if not a]]
+        left = total
+        for n, group in enumerate(groups):
+            if not group:
+                continue
+            room = sum((reserved[i] for i in group), Decimal(0))
+            part = left if n == len(groups) - 1 or not groups[1] else min(left, room)
+            for i, share in zip(
+                group,
+                capped_shares(part, [weights[i] for i in group], [reserved[i] for i in group]),
+                strict=True,
+            ):
+                shares[i] = share
+            left -= part
+        return shares
+
+    async def _alone(
+        self,
+        pending: _Pending,
+        outcome: str,
+        already_spent: Completion | None = None,
+        reserved: Decimal | None = None,
+    ) -> None:
+        """Send one item by itself: alone in its window, or again after its batch answer lacked it (then with
+        what is left of its reservation after its share of the batch)."""
+        request = pending.request
+        spent_before = already_spent.cost_usd if already_spent is not None else None
+        if already_spent is not None and spent_before and reserved is not None:
+            price = self.prices[request.model]
+            per_completion_token = price.output / 1_000_000
+            allowed = (
+                request.max_tokens - int(-(-spent_before // per_completion_token))
+                if per_completion_token > 0
+                else request.max_tokens
+            )
+            if allowed < 1:  # nothing left to answer with: the attempt fails without a second call
+                _resolve(pending, already_spent)
+                return
+            request = dataclasses.replace(request, max_tokens=allowed)
+        if pending.abandoned:
+            _resolve(pending, already_spent or Completion(content="", prompt_tokens=0, completion_tokens=0))
+            return
         metrics.BATCH_REQUESTS.labels(outcome).inc()
         try:
             with retries_reported_to(pending.retry_listener):
-                single = await self._send(pending.request)
+                single = await self._send(request)
         except BaseException as error:  # handed to the atom's own task, which decides what it means
             if not pending.answer.done():
                 pending.answer.set_exception(error)
             return
         if already_spent is not None:
+            price = self.prices[request.model]
             single = Completion(
                 content=single.content,
                 prompt_tokens=single.prompt_tokens + already_spent.prompt_tokens,
@@ -228,6 +355,8 @@ class RequestBatcher:
                 cached_prompt_tokens=single.cached_prompt_tokens + already_spent.cached_prompt_tokens,
                 latency_s=already_spent.latency_s + single.latency_s,
                 retried_errors=already_spent.retried_errors + single.retried_errors,
+                cost_usd=(already_spent.cost_usd or Decimal(0))
+                + price.cost(single.prompt_tokens, single.completion_tokens, single.cached_prompt_tokens),
             )
         _resolve(pending, single)
 
@@ -258,7 +387,10 @@ class CachingLLM:
     ) -> None:
         self.inner, self.cache, self.prices, self.savings = inner, cache, prices, savings
         self.cache_sampled = cache_sampled
-        self.batcher = RequestBatcher(inner.complete, batching) if batching is not None else None
+        self.batcher = RequestBatcher(inner.complete, batching, prices) if batching is not None else None
+        # A batched call waits for its window, then the batch, then possibly goes again alone.
+        single = call_span_s(inner)
+        self.longest_call_s = single if batching is None else batching.window_s + 2 * single
         metrics.initialise_cache_series()
         extras = [
             x for x, on in (("prompt cache", cache is not None), ("batching", batching is not None)) if on

@@ -5,6 +5,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
 from typing import Final
 
 from mge.cache.keys import canonical_json
@@ -107,6 +108,42 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - shares[i], reverse=True)
     for i in by_remainder[: total - sum(shares)]:
         shares[i] += 1
+    return shares
+
+
+_MONEY_QUANTUM: Final = Decimal("1e-12")
+
+
+def capped_shares(total: Decimal, weights: Sequence[Decimal], caps: Sequence[Decimal]) -> list[Decimal]:
+    """Split `total` in proportion to `weights`, no share above its cap; what a capped share cannot take goes
+    to those with room. The shares add up to `total` exactly. Only if `total` is above the caps' sum (a
+    provider counting more tokens than the padded estimate) do shares pass their caps, by the same weights.
+    """
+    if len(weights) != len(caps):
+        raise ValueError("one weight and one cap per share")
+    shares = [Decimal(0)] * len(caps)
+    left = total
+    open_ = [i for i, cap in enumerate(caps) if cap > 0]
+    while left > _MONEY_QUANTUM and open_:
+        weight_sum = sum((weights[i] for i in open_), Decimal(0))
+        for i in open_:
+            part = left * weights[i] / weight_sum if weight_sum > 0 else left / len(open_)
+            shares[i] += min(part.quantize(_MONEY_QUANTUM, ROUND_DOWN), caps[i] - shares[i])
+        left = total - sum(shares, Decimal(0))
+        still_open = [i for i in open_ if shares[i] < caps[i]]
+        if still_open == open_:  # nothing was capped: only rounding dust is left
+            break
+        open_ = still_open
+    for i in open_:  # the dust, to whoever has room
+        take = min(left, caps[i] - shares[i])
+        shares[i] += take
+        left -= take
+    if left > 0 and shares:  # above every cap: the excess by weight, never lost
+        weight_sum = sum(weights, Decimal(0))
+        for i in range(len(shares)):
+            part = left * weights[i] / weight_sum if weight_sum > 0 else left / len(shares)
+            shares[i] += part.quantize(_MONEY_QUANTUM, ROUND_DOWN)
+        shares[0] += total - sum(shares, Decimal(0))
     return shares
 
 

@@ -26,14 +26,23 @@ class BudgetLimits:
 class ReservationDecision:
     granted: bool
     headroom_usd: Decimal  # what was left before this request
+    # Refused only because calls in flight hold the rest: once they settle it may fit, so the caller waits.
+    # Not the hard cap, which is when the call would not fit even with nothing outstanding.
+    wait: bool = False
 
 
 def reservation_decision(
     spent: Decimal, reserved: Decimal, amount: Decimal, limits: BudgetLimits
 ) -> ReservationDecision:
-    """Grant only if spent + already reserved + this worst case stays within the hard cap."""
+    """Grant only if spent + already reserved + this worst case stays within the hard cap; refused, wait
+    when settled spend alone leaves room for it (settling only ever returns money, never takes more)."""
     headroom = limits.hard_cap_usd - spent - reserved
-    return ReservationDecision(granted=amount <= headroom, headroom_usd=max(headroom, Decimal(0)))
+    granted = amount <= headroom
+    return ReservationDecision(
+        granted=granted,
+        headroom_usd=max(headroom, Decimal(0)),
+        wait=not granted and spent + amount <= limits.hard_cap_usd,
+    )
 
 
 def crossed_soft_cap(before: Decimal, after: Decimal, limits: BudgetLimits) -> bool:

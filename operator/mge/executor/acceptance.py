@@ -24,9 +24,10 @@ from mge.acceptance.templates import (
 )
 from mge.adapters import metrics
 from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.llm_cache import CancelledAfterSpending
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import BUDGET_REFUSED, AcceptanceStore, PlanContext, StoredTest
-from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.ledger import DEFAULT_RESERVATION_TTL_S, CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
@@ -57,6 +58,7 @@ class GenerationConfig:
     temperature: float = 0.0
     # Generation of a whole plan runs under one claim: long enough for every requirement's attempts.
     lease_s: float = 900.0
+    reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
 
 
 class TestGenerator:
@@ -182,10 +184,14 @@ class TestGenerator:
             worst_case = worst_case_call_cost(
                 [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
             )
-            reservation = await self.ledger.reserve(pseudo, self.config.executor_id, worst_case)
+            # Calls in flight holding the rest of the budget settle eventually: wait for them, not the hard cap.
+            reservation = await self.ledger.reserve(
+                pseudo, self.config.executor_id, worst_case, self.config.reservation_ttl_s, wait_s=None
+            )
             if reservation is None:
                 return None, BUDGET_REFUSED, attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0
+            share: Decimal | None = None  # a batched call's part of the batch's cost
             try:
                 completion = await self.gate.complete(
                     functools.partial(self.llm.complete, request),
@@ -194,7 +200,7 @@ class TestGenerator:
                     plan_priority=0,
                 )
                 prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
-                cached_tokens = completion.cached_prompt_tokens
+                cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd
                 test = accept_generated_test(requirement, language, completion.content)
                 await self._check_syntax(test)
                 return test, None, attempt
@@ -204,12 +210,20 @@ class TestGenerator:
                 problem, feedback = str(failure), None
             except SlotUnavailable as waited:
                 problem, feedback = str(waited), None
+            except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
+                spent = cancelled.spent
+                prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
+                cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
+                raise
             finally:
-                cost = (
-                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
-                    if prompt_tokens
-                    else Decimal(0)
-                )
+                if share is not None:
+                    cost = share
+                else:
+                    cost = (
+                        price.cost(prompt_tokens, completion_tokens, cached_tokens)
+                        if prompt_tokens
+                        else Decimal(0)
+                    )
                 await asyncio.shield(
                     self.ledger.settle(
                         reservation,

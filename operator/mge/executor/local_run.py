@@ -120,9 +120,12 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             atoms=run.atoms,
             plan=plan,
         )
-        await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
+        ledger = CostLedger(store.pool)
+        await ledger.apply_budget(plan_id, run.spec.budget)
         if run.resume:
+            # The interrupted process is gone: its leases and its reservations (money it never spent) go back.
             await store.release_abandoned(plan_id)
+            await ledger.release_abandoned(plan_id)
         acceptance = LocalAcceptance(AcceptanceStore(store.pool), store, Sandbox(), run.spec.scaffold_files())
         await acceptance.start(plan_id)
         executors = [
@@ -138,7 +141,6 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
         limit = Decimal(str(run.spec.budget.effective_limit_usd))
         with Live(console=console, refresh_per_second=8, transient=False) as live:
-            ledger = CostLedger(store.pool)
             held_by_budget = False
             while not stop.is_set():
                 progress = await store.progress(plan_id)

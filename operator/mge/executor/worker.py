@@ -13,10 +13,10 @@ from decimal import Decimal
 from typing import Final
 
 from mge.adapters import metrics, tracing
-from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError
-from mge.adapters.llm_cache import cached_answer, remember_answer
+from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError, call_span_s
+from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
-from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
@@ -35,12 +35,13 @@ log = logging.getLogger("mge.executor")
 # Sentinel outcomes of attempts that never reached the LLM: the atom goes back to the queue untouched.
 OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
 NO_SLOT: Final = (None, "no LLM slot")
+BUDGET_BUSY: Final = (None, "calls in flight hold the rest of the budget")
 
 
 def _outcome_label(result: tuple[str | None, str | None] | None) -> str:
     if result is None:
         return "lease_lost"
-    if result in (OUT_OF_BUDGET, NO_SLOT):
+    if result in (OUT_OF_BUDGET, NO_SLOT, BUDGET_BUSY):
         return str(result[1])
     return "valid" if result[1] is None else "invalid"
 
@@ -70,6 +71,12 @@ class ExecutorConfig:
     # Fleet-wide ramp of a Masterplan with new work: 2 of its atoms at once on all executors together, one
     # more for each of its calls that answers, until plan_ramp_ends_at.
     plan_ramp_ends_at: int = 64
+    # How long an atom waits for calls in flight to settle when they hold the rest of the budget, before it is
+    # handed back untouched (None: as long as an LLM slot, `slot_timeout_s`).
+    budget_wait_s: float | None = None
+    # A reservation outlives its call: by default the longest a call can take (slot wait, every HTTP try and
+    # backoff) plus two heartbeats; every heartbeat extends what this executor holds by as much again.
+    reservation_ttl_s: float | None = None
 
 
 class Executor:
@@ -83,6 +90,9 @@ class Executor:
     ) -> None:
         self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
         self.ledger = CostLedger(store.pool)
+        self.reservation_ttl_s = config.reservation_ttl_s or (
+            config.slot_timeout_s + call_span_s(llm) + 2 * config.heartbeat_s
+        )
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
         self.gate = CallGate(
             AdaptiveLimiter(minimum=1, maximum=config.concurrency, initial=min(2, config.concurrency)),
@@ -104,7 +114,10 @@ class Executor:
             self.gate,
             prices,
             GenerationConfig(
-                config.executor_id, max_tokens=config.max_tokens, temperature=config.temperature
+                config.executor_id,
+                max_tokens=config.max_tokens,
+                temperature=config.temperature,
+                reservation_ttl_s=self.reservation_ttl_s,
             ),
             validator,
         )
@@ -201,6 +214,7 @@ class Executor:
             try:
                 await self._report()
                 await asyncio.sleep(self.config.heartbeat_s)
+                await self.ledger.extend_reservations(self.config.executor_id, self.reservation_ttl_s)
                 if self._in_flight:
                     await self.store.heartbeat(self.config.executor_id, self.config.lease_s)
             except (OSError, ConnectionError) as error:
@@ -265,8 +279,9 @@ class Executor:
             outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
             if outcome is None:  # lease lost: another executor owns the atom now
                 return
-            if outcome is OUT_OF_BUDGET or outcome is NO_SLOT:
-                # Hard cap (an approved override resumes it) or no LLM slot here: hand the atom back untouched.
+            if outcome is OUT_OF_BUDGET or outcome is NO_SLOT or outcome is BUDGET_BUSY:
+                # Hard cap (an approved override resumes it), no LLM slot here, or the budget still held by
+                # calls in flight: hand the atom back untouched, no attempt counted.
                 await self.store.release(atom, executor)
                 log.warning("atom %s handed back: %s", atom.atom_id, outcome[1])
                 return
@@ -339,17 +354,28 @@ class Executor:
         hit = await cached_answer(self.llm, request)
         reservation = None
         if hit is None:
-            reservation = await self.ledger.reserve(atom, self.config.executor_id, worst_case)
+            wait_s = self.config.budget_wait_s
+            try:
+                reservation = await self.ledger.reserve(
+                    atom,
+                    self.config.executor_id,
+                    worst_case,
+                    self.reservation_ttl_s,
+                    wait_s=self.config.slot_timeout_s if wait_s is None else wait_s,
+                )
+            except BudgetBusy:
+                return BUDGET_BUSY
             if reservation is None:
                 return OUT_OF_BUDGET
         code: str | None = None
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
+        share: Decimal | None = None  # a batched call's part of the batch's cost, within this reservation
         try:
             completion = hit or await self._call_llm(atom, request)
             await self._answered(atom.masterplan_id)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
-            cached_tokens = completion.cached_prompt_tokens
+            cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd
             code = extract_code(completion.content)
             await self.validator.validate(atom.language, atom.file, code)
             await remember_answer(self.llm, request, completion)
@@ -360,10 +386,20 @@ class Executor:
             code, error, outcome = None, str(invalid), "invalid"
         except SlotUnavailable as waited:
             code, error, outcome = None, str(waited), NO_SLOT_OUTCOME
+        except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
+            spent = cancelled.spent
+            prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
+            cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
+            raise
         finally:
-            cost = (
-                price.cost(prompt_tokens, completion_tokens, cached_tokens) if prompt_tokens else Decimal(0)
-            )
+            if share is not None:
+                cost = share
+            else:
+                cost = (
+                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
+                    if prompt_tokens
+                    else Decimal(0)
+                )
             # Money spent is settled even if the attempt is then dropped or the task is cancelled.
             if reservation is not None:
                 await asyncio.shield(

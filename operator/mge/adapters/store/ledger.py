@@ -4,11 +4,14 @@ Every step is one transaction holding the Masterplan row lock, so any number of 
 one budget can never reserve past the hard cap.
 """
 
+import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from enum import Enum
+from typing import Any, Final, Literal
 
 import asyncpg
 
@@ -18,7 +21,19 @@ from mge.models.cost_api import CostEventView
 from mge.models.masterplan import Budget
 from mge.models.progress import Spend
 
+# Only a fallback: executors pass a TTL above the longest call their settings allow, and extend what they
+# hold on every heartbeat, so a reservation never expires under a running call.
 DEFAULT_RESERVATION_TTL_S: Final = 600.0
+# Waiting for calls in flight to settle: first and longest pause between tries.
+_WAIT_FIRST_S: Final = 0.05
+_WAIT_MAX_S: Final = 2.0
+
+
+class BudgetBusy(Exception):
+    """Refused only because calls in flight hold the rest of the budget, for longer than the caller would wait.
+
+    Not the hard cap: the plan is not marked exhausted, and the call may fit once those calls settle.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +99,20 @@ def _limits(row: Any) -> BudgetLimits:
     return BudgetLimits(row["budget_limit_usd"], row["soft_cap_percentage"], row["hard_cap_percentage"])
 
 
+class _Busy(Enum):
+    """A try refused only for calls in flight (see BudgetBusy)."""
+
+    BUSY = "busy"
+
+
+_Try = Reservation | Literal[_Busy.BUSY] | None
+
+
 class CostLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Give-backs of reservations granted to a caller that was cancelled meanwhile (kept referenced).
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     async def _event(self, connection: Any, plan_id: uuid.UUID, row: Any, kind: str, **fields: Any) -> None:
         await connection.execute(
@@ -106,14 +132,14 @@ class CostLedger:
             json.dumps(fields.get("detail", {})),
         )
 
-    async def _release_expired(self, connection: Any, plan_id: uuid.UUID, row: Any) -> Decimal:
-        """Reservations of executors that died: give the money back (inside the caller's transaction)."""
-        expired = await connection.fetch(
-            "DELETE FROM cost_reservations WHERE masterplan_id = $1 AND expires_at < now() RETURNING atom_id, amount_usd",
-            plan_id,
-        )
-        total = sum((r["amount_usd"] for r in expired), Decimal(0))
-        for r in expired:
+    async def _give_back(
+        self, connection: Any, plan_id: uuid.UUID, row: Any, delete: str, *args: Any, why: str
+    ) -> Decimal:
+        """Delete reservations (`delete` returns atom_id, amount_usd) and return their money, inside the caller's
+        transaction holding the plan lock; one "release" event each."""
+        released = await connection.fetch(delete, *args)
+        total = sum((r["amount_usd"] for r in released), Decimal(0))
+        for r in released:
             await self._event(
                 connection,
                 plan_id,
@@ -121,7 +147,7 @@ class CostLedger:
                 "release",
                 atom_id=r["atom_id"],
                 amount=r["amount_usd"],
-                detail={"why": "expired"},
+                detail={"why": why},
             )
         if total:
             await connection.execute(
@@ -131,15 +157,75 @@ class CostLedger:
             )
         return total
 
+    async def _release_expired(self, connection: Any, plan_id: uuid.UUID, row: Any) -> Decimal:
+        """Reservations of executors that died: give the money back (inside the caller's transaction)."""
+        return await self._give_back(
+            connection,
+            plan_id,
+            row,
+            "DELETE FROM cost_reservations WHERE masterplan_id = $1 AND expires_at < now() RETURNING atom_id, amount_usd",
+            plan_id,
+            why="expired",
+        )
+
     async def reserve(
-        self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float = DEFAULT_RESERVATION_TTL_S
+        self,
+        atom: ClaimedAtom,
+        executor: str,
+        amount: Decimal,
+        ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+        *,
+        wait_s: float | None = 0.0,
     ) -> Reservation | None:
-        """Reserve the call's worst case, or refuse (and mark the plan exhausted) if it would cross the hard cap."""
+        """Reserve the call's worst case; None (and the plan marked exhausted) if it would cross the hard cap
+        even with nothing outstanding.
+
+        Refused only because other calls' reservations fill the budget, it tries again as they settle, for up
+        to `wait_s` seconds (None: until granted or the hard cap), then raises BudgetBusy.
+        """
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        pause = _WAIT_FIRST_S
+        while True:
+            granted = await self._reserve_once(atom, executor, amount, ttl_s)
+            if granted is not _Busy.BUSY:
+                return granted
+            left = float("inf") if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise BudgetBusy(
+                    f"calls in flight hold the rest of the budget; ${amount} did not fit within {wait_s:.0f}s"
+                )
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, _WAIT_MAX_S)
+
+    async def _reserve_once(self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float) -> _Try:
+        """One try. A cancellation that lands after the grant committed gives the grant back before it passes
+        on, so no reservation is left to its TTL with nobody to settle it."""
+        attempt = asyncio.ensure_future(self._decide(atom, executor, amount, ttl_s))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            give_back = asyncio.ensure_future(self._give_back_if_granted(attempt, atom))
+            self._giving_back.add(give_back)
+            give_back.add_done_callback(self._giving_back.discard)
+            await asyncio.shield(give_back)
+            raise
+
+    async def _give_back_if_granted(self, attempt: "asyncio.Future[_Try]", atom: ClaimedAtom) -> None:
+        try:
+            granted = await attempt
+        except Exception:  # the try itself failed: nothing was granted
+            return
+        if isinstance(granted, Reservation):
+            await self.release(granted, atom, why="cancelled")
+
+    async def _decide(self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float) -> _Try:
         plan_id = atom.masterplan_id
         async with self.pool.acquire() as connection, connection.transaction():
             row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
             reserved = row["reserved_cost_usd"] - await self._release_expired(connection, plan_id, row)
             decision = reservation_decision(row["current_cost_usd"], reserved, amount, _limits(row))
+            if decision.wait:
+                return _Busy.BUSY
             if not decision.granted:
                 if not row["budget_exhausted"]:
                     await connection.execute(
@@ -172,6 +258,42 @@ class CostLedger:
                 row["budget_limit_usd"],
             )
         return Reservation(reservation_id, plan_id, amount)
+
+    async def release(self, reservation: Reservation, atom: ClaimedAtom, *, why: str) -> None:
+        """Give a reservation back unspent (its call was never made), with a "release" event."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row: Any = await connection.fetchrow(_LOCK_PLAN, reservation.masterplan_id)
+            await self._give_back(
+                connection,
+                reservation.masterplan_id,
+                row,
+                "DELETE FROM cost_reservations WHERE id = $1 RETURNING atom_id, amount_usd",
+                reservation.id,
+                why=why,
+            )
+
+    async def release_abandoned(self, plan_id: uuid.UUID) -> Decimal:
+        """Local resume: every reservation of the plan belongs to the process that died; give it all back."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
+            return await self._give_back(
+                connection,
+                plan_id,
+                row,
+                "DELETE FROM cost_reservations WHERE masterplan_id = $1 RETURNING atom_id, amount_usd",
+                plan_id,
+                why="abandoned",
+            )
+
+    async def extend_reservations(self, executor: str, ttl_s: float) -> int:
+        """Heartbeat: the reservations this executor holds live another `ttl_s` (its calls are still running)."""
+        result = await self.pool.execute(
+            """UPDATE cost_reservations SET expires_at = greatest(expires_at, now() + make_interval(secs => $2))
+               WHERE executor = $1""",
+            executor,
+            float(ttl_s),
+        )
+        return int(str(result).split()[-1])
 
     async def settle(
         self,

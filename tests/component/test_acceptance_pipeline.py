@@ -210,7 +210,7 @@ async def test_tests_refused_at_the_hard_cap_are_generated_once_an_override_rais
     async def sync():
         progress, waves = await store.progress(plan_id), await store.wave_progress(plan_id)
         return await sync_acceptance(
-            deps, store, "ns", name, {}, document, progress, waves, logging.getLogger("test")
+            deps, store, plan_id, "ns", name, {}, document, progress, waves, logging.getLogger("test")
         )
 
     executor = _executor(store, fake_llm, validator, "ex-0")

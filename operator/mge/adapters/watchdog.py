@@ -19,13 +19,17 @@ _STOP_GRACE_S = 10.0
 
 
 def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+    """The start time (clock ticks since boot) of a running process; None once it is gone or a zombie.
+
+    With the pid, it names one process for good: a pid reused later has another start time.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count fields after its closing ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def stop_process(pid: int, started: str | None, grace_s: float = _STOP_GRACE_S) -> None:
@@ -52,7 +56,13 @@ class Watchdog:
     def _stdin(cls) -> IO[str]:
         if cls._process is None or cls._owner != os.getpid() or cls._process.poll() is not None:
             cls._process = subprocess.Popen(
-                [sys.executable, "-m", "mge.adapters.watchdog"],
+                [
+                    sys.executable,
+                    "-m",
+                    "mge.adapters.watchdog",
+                    str(os.getpid()),
+                    str(start_time(os.getpid())),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -83,6 +93,7 @@ class Watchdog:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent, parent_started = int(sys.argv[1]), sys.argv[2]
     watched: dict[int, str | None] = {}
     for line in sys.stdin:
         head, _, started = line.strip().partition(" ")
@@ -90,6 +101,10 @@ def main() -> None:
             watched[int(head[1:])] = started or None
         elif head.startswith("-") and head[1:].isdigit():
             watched.pop(int(head[1:]), None)
+    # End of file normally means the parent is gone; should its end of the pipe close while it lives on,
+    # keep watching the parent itself (the start-time check makes stopping an already stopped server a no-op).
+    while start_time(parent) == parent_started:
+        time.sleep(0.2)
     for pid, started in watched.items():
         stop_process(pid, started)
 

@@ -1,5 +1,6 @@
 """Hostile or careless plan input is refused at validation, with the field and the fix, before anything runs."""
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mge.cli import app
+from mge.executor.local_run import local_executor_ids
 from mge.models.crd import masterplan_crd
 from mge.models.manifest import (
     MAX_MASTERPLAN_BYTES,
@@ -230,3 +232,14 @@ def test_a_plan_file_over_the_file_limit_is_refused_without_parsing(tmp_path):
 
     assert result.exit_code == 2
     assert "larger than 16,777,216 bytes" in " ".join(result.output.split())
+
+
+# Executor ids -----------------------------------------------------------------------------------------------
+
+
+def test_local_executor_ids_differ_between_runs_and_name_the_process():
+    first, second = local_executor_ids(2), local_executor_ids(2)
+
+    assert len(set(first)) == 2
+    assert not set(first) & set(second)  # two runs at once never share a lease owner
+    assert all(f"-{os.getpid()}-" in executor_id for executor_id in first)

@@ -140,19 +140,15 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
             AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
         )
         await acceptance.start(plan_id)
-        # Unique per process: two runs (or a run and its resume) never share lease owners.
-        prefix = f"local-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         executors = [
             Executor(
                 store,
                 llm,
                 validator,
                 run.prices,
-                ExecutorConfig(
-                    executor_id=f"{prefix}-{n}", concurrency=run.concurrency, shutdown_grace_s=5.0
-                ),
+                ExecutorConfig(executor_id=executor_id, concurrency=run.concurrency, shutdown_grace_s=5.0),
             )
-            for n in range(run.executors)
+            for executor_id in local_executor_ids(run.executors)
         ]
         workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
         limit = Decimal(str(run.spec.budget.effective_limit_usd))
@@ -225,6 +221,12 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
             await client.aclose()
         if redis is not None:
             await asyncio.to_thread(redis.stop)
+
+
+def local_executor_ids(count: int) -> list[str]:
+    """Unique per process: two runs (or a run and its resume) never share lease owners."""
+    prefix = f"local-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return [f"{prefix}-{n}" for n in range(count)]
 
 
 async def _export_metrics(

@@ -158,11 +158,11 @@ def test_a_misspelt_atom_field_is_an_error_suggesting_the_known_one(tmp_path):
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
-        ({**manifest(), "sepc": {}}, ".sepc: unknown field; did you mean 'spec'?"),
+        ({**manifest(), "sepc": {}}, "sepc: unknown field; did you mean 'spec'?"),
         (manifest(budget={"limitUsd": 5}), "spec.budget.limitUsd: unknown field; did you mean 'limitUSD'?"),
         (manifest(modle="gpt-4o"), "spec.modle: unknown field; did you mean 'model'?"),
         (manifest(atoms=[_atom("a", "a.py", depends_on=[])]), "did you mean 'dependsOn'?"),
-        ({**manifest(), "metadata": {"name": "x", "lables": {}}}, ".metadata.lables: unknown field"),
+        ({**manifest(), "metadata": {"name": "x", "lables": {}}}, "metadata.lables: unknown field"),
     ],
 )
 def test_unknown_fields_anywhere_are_errors_as_under_strict_field_validation(document, expected):

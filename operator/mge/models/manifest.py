@@ -85,14 +85,15 @@ def unknown_fields(value: Any, schema: Mapping[str, Any], path: str) -> list[str
         properties = node_schema.get("properties")
         if isinstance(node, dict) and properties is not None:
             for key in node:
+                field = f"{node_path}.{key}" if node_path else str(key)
                 if key in properties:
-                    stack.append((node[key], properties[key], f"{node_path}.{key}"))
+                    stack.append((node[key], properties[key], field))
                     continue
                 close = difflib.get_close_matches(str(key), list(properties), n=1)
                 hint = (
                     f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(properties)}"
                 )
-                found.append(f"{node_path}.{key}: unknown field{hint}")
+                found.append(f"{field}: unknown field{hint}")
         elif isinstance(node, list) and "items" in node_schema:
             stack.extend((item, node_schema["items"], f"{node_path}.{i}") for i, item in enumerate(node))
     return sorted(found)

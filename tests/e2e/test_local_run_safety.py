@@ -163,7 +163,7 @@ def _servers(folder: Path) -> dict[int, str | None]:
     return {pid: start_time(pid) for pid in pids}
 
 
-async def _survivors(processes: dict[int, str | None], seconds: float = 30) -> dict[int, str]:
+async def _survivors(processes: dict[int, str | None], seconds: float = 60) -> dict[int, str]:
     """Those of `processes` still running after `seconds`, with their command lines."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

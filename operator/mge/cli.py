@@ -11,16 +11,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mge.adapters.local_dirs import FolderRefused, check_out_dir, check_separate
 from mge.adapters.manifests import load_plan_input, masterplan_file
 from mge.adapters.tokenizer import count_tokens
 from mge.cli_deps import deps_app
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice, UnknownModelPrice, parse_price_table, price_for
 from mge.models.crd import all_crds
-from mge.models.manifest import ManifestError
+from mge.models.manifest import ManifestError, check_name
 from mge.models.masterplan import MasterplanSpec
 from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import PlanEstimate, estimate_plan
+from mge.plan.files import check_files
 
 if TYPE_CHECKING:
     from mge.adapters.acceptance_job import AcceptanceJobConfig
@@ -88,6 +90,7 @@ def plan(
     try:
         name, spec, atoms = load_plan_input(path)
         dag = plan_dag((atom.id, atom.depends_on) for atom in atoms)
+        check_files((atom.id, atom.file) for atom in atoms)
         price = price_for(spec.model, price_table)
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
@@ -175,6 +178,7 @@ def run(
         if model:
             spec = spec.model_copy(update={"model": model})
         plan_dag((atom.id, atom.depends_on) for atom in atoms)
+        check_files((atom.id, atom.file) for atom in atoms)
         price_for(spec.model, price_table)
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
@@ -193,18 +197,25 @@ def run(
         raise _fail(f"--llm must be 'replay' or 'openai', not {llm!r}")
     console.print(f"[bold]LLM:[/] {client.label}")
     state_dir = state_dir or Path(".mge") / name
+    out = out or Path("out") / name
+    cache_dir = (cache_dir or state_dir.parent / LOCAL_CACHE_DIR.name) if cache else None
+    try:
+        check_out_dir(out)
+        check_separate(out, state_dir, cache_dir)
+    except FolderRefused as error:
+        raise _fail(str(error)) from None
     options = LocalRun(
         example=path,
         name=name,
         spec=spec,
         atoms=atoms,
-        out=out or Path("out") / name,
+        out=out,
         state_dir=state_dir,
         resume=resume,
         executors=executors,
         concurrency=concurrency,
         prices=price_table,
-        cache_dir=(cache_dir or state_dir.parent / LOCAL_CACHE_DIR.name) if cache else None,
+        cache_dir=cache_dir,
     )
     result = asyncio.run(_run_and_close(options, client))
     print_report(console, options, result, client.label)
@@ -222,7 +233,7 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
 
     try:
         return await run_local(options, client, console)
-    except OverrideRejected as error:
+    except (OverrideRejected, FolderRefused) as error:
         raise _fail(str(error)) from None
     finally:
         await client.close()
@@ -245,6 +256,10 @@ def trace(
     from mge.executor.trace_report import print_trace, trace_json
 
     dsn = os.environ.get("MGE_DATABASE_URL", "")
+    try:
+        check_name(masterplan)
+    except ManifestError as error:
+        raise _fail(str(error)) from None
     folder = state_dir or Path(".mge") / masterplan
     if not dsn and not (folder / "postgres").exists():
         raise _fail(f"no local run state in {folder}/ and MGE_DATABASE_URL is not set: run `mge run` first")

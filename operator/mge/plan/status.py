@@ -25,6 +25,7 @@ from mge.models.wave import WavePhase, WaveSpec, WaveStatus, WaveTests
 from mge.plan.dag import Plan, plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.estimate import estimate_plan
+from mge.plan.files import check_files
 
 MAX_NAME_LENGTH: Final = 253
 EventType = Literal["Normal", "Warning"]
@@ -130,6 +131,7 @@ def decide_planning(
         if isinstance(atoms, PlanError):
             raise atoms
         plan = plan_dag((atom.id, atom.depends_on) for atom in atoms)
+        check_files((atom.id, atom.file) for atom in atoms)
         price = price_for(spec.model, prices)
     except (PlanError, UnknownModelPrice) as error:
         reason = error.reason if isinstance(error, PlanError) else Reason.UNKNOWN_MODEL_PRICE

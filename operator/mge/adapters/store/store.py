@@ -47,6 +47,17 @@ TRANSIENT_ERRORS: Final = (
 )
 
 
+# Whatever a store call can raise when Postgres is down, restarting or refusing: callers that can wait for
+# the next round (the scaler, status reports) catch these rather than end.
+STORE_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 async def retry_transient(write: Callable[[], Awaitable[T]], *, attempts: int = 8) -> T:
     """Run `write` (one transaction) again while Postgres is briefly unreachable, backing off up to ~30 s in
     all. Rolled back on failure, so a retry never applies it twice (unless the commit's answer itself was

@@ -3,12 +3,18 @@ database connections. Whatever happens, every atom ends, and none is paid for tw
 
 import asyncio
 import contextlib
+import functools
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.manifests import load_plan_input
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor import worker
+from mge.executor.acceptance import GenerationConfig
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
@@ -19,6 +25,7 @@ from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 pytestmark = pytest.mark.component
 
 TRACE = "00000000-0000-4000-8000-0000000000fa"
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
 
 
 @pytest.fixture
@@ -201,3 +208,38 @@ async def test_executors_recover_from_killed_connections_and_pay_for_no_atom_twi
     )
     assert (counts["attempts"], counts["settles"], counts["open_reservations"]) == (40, 40, 0)
     assert counts["spent"] == counts["attempt_costs"]
+
+
+async def test_a_test_generation_longer_than_its_lease_is_kept_by_the_heartbeat_and_paid_once(
+    store, fake_llm, validator, monkeypatch
+):
+    """The generation claim's lease is shortened to 0.5 s (as a long generation outlives a longer one); its
+    calls take 1.5 s. Without renewal the second executor takes the generation over and pays again."""
+    monkeypatch.setattr(worker, "GenerationConfig", functools.partial(GenerationConfig, lease_s=0.5))
+    name, plan_spec, atoms = load_plan_input(HELLO)
+    fake_llm.load_recording(HELLO / "responses.jsonl")
+    fake_llm.config = FakeLLMConfig(atom_latency_s={f"acceptance/MUST-{n}": 1.5 for n in (1, 2, 3)})
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name=name,
+        trace_id=TRACE,
+        generation=1,
+        spec=plan_spec,
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    acceptance = AcceptanceStore(store.pool)
+    await acceptance.ensure_generation(plan_id)
+    fleet = [
+        _executor(store, fake_llm, validator, f"ex-{n}", lease_s=0.5, heartbeat_s=0.05, idle_poll_s=0.05)
+        for n in range(2)
+    ]
+    async with _running(*fleet):
+        await _until_finished(store, plan_id, timeout=30)
+        async with asyncio.timeout(30):
+            while await acceptance.generation_state(plan_id) != "done":
+                await asyncio.sleep(0.05)
+
+    calls = {a: n for a, n in fake_llm.stats.calls_per_atom.items() if a.startswith("acceptance/")}
+    assert calls
+    assert set(calls.values()) == {1}

@@ -122,7 +122,10 @@ class Executor:
             self.gate,
             prices,
             GenerationConfig(
-                config.executor_id, max_tokens=config.max_tokens, temperature=config.temperature
+                config.executor_id,
+                max_tokens=config.max_tokens,
+                temperature=config.temperature,
+                lease_s=config.lease_s,  # renewed by the heartbeat like the atoms' leases
             ),
             validator,
         )
@@ -226,6 +229,7 @@ class Executor:
             try:
                 if self._in_flight:
                     await self._renew()
+                await self._renew_generation()
                 failures = 0
             except Exception as error:
                 failures += 1
@@ -253,6 +257,19 @@ class Executor:
             if atom is not None and not task.done():
                 log.warning("lost the lease on atom %s; stopping its work", atom.atom_id)
                 task.cancel()
+
+    async def _renew_generation(self) -> None:
+        """Extend the test-generation claim in hand; a lost one (taken over, or requested anew with other
+        requirements) is stopped: its remaining calls would be paid for nothing."""
+        plan = self.tests.holding
+        if plan is None:
+            return
+        kept = await self.tests.acceptance.renew_generation(
+            plan, self.config.executor_id, self.config.lease_s
+        )
+        if not kept and self.tests.holding == plan and self._generation is not None:
+            log.warning("lost the test-generation claim of plan %s; stopping it", plan)
+            self._generation.cancel()
 
     async def _report(self) -> None:
         """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status."""

@@ -243,3 +243,28 @@ async def test_a_test_generation_longer_than_its_lease_is_kept_by_the_heartbeat_
     calls = {a: n for a, n in fake_llm.stats.calls_per_atom.items() if a.startswith("acceptance/")}
     assert calls
     assert set(calls.values()) == {1}
+
+
+async def test_a_replan_of_a_running_atom_lands_the_new_code_not_the_old_calls(store, fake_llm, validator):
+    """The atom's description changes while its call runs; the same executor claims it again. The old call
+    answers first: its code (for the old description) must not become the atom's output."""
+
+    def responder(body, atom_id, attempt):
+        changed = "changed" in body["messages"][-1]["content"]
+        return "```python\nNEW = 1\n```" if changed else "```python\nOLD = 1\n```"
+
+    fake_llm.responder = responder
+    fake_llm.config = FakeLLMConfig(base_latency_s=1.0)
+    plan_id = await _register(store, [atom("a")])
+    executor = _executor(store, fake_llm, validator, "ex", heartbeat_s=0.05, idle_poll_s=0.05)
+    async with _running(executor):
+        async with asyncio.timeout(5):
+            while fake_llm.stats.in_flight == 0:
+                await asyncio.sleep(0.01)
+        changed = atom("a").model_copy(update={"description": "Implement a, changed."})
+        await _register(store, [changed])
+        progress = await _until_finished(store, plan_id, timeout=15)
+
+    assert progress.succeeded == 1
+    assert [o.output for o in await store.outputs(plan_id)] == ["NEW = 1\n"]
+    assert fake_llm.stats.calls_per_atom["a"] == 2

@@ -128,19 +128,23 @@ async def test_a_claim_no_task_works_on_is_taken_over_though_its_executor_is_ali
 ):
     """ "ex" holds "orphan" but no task of it works on it (a task that died): its heartbeat, busy renewing
     "slow", must not keep the orphan's lease alive."""
-    fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 8.0})
+    fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 12.0})
     plan_id = await _register(store, [atom("orphan"), atom("slow")])
-    (orphan,) = await store.claim("ex", 1, lease_seconds=1.5)
+    (orphan,) = await store.claim("ex", 1, lease_seconds=3.0)
     assert orphan.atom_id == "orphan"
 
-    busy = _executor(store, fake_llm, validator, "ex", heartbeat_s=0.05, lease_s=1.5, idle_poll_s=0.05)
+    busy = _executor(store, fake_llm, validator, "ex", heartbeat_s=0.05, lease_s=3.0, idle_poll_s=0.05)
     other = _executor(store, fake_llm, validator, "other", idle_poll_s=0.05)
-    async with _running(busy, other):
-        async with asyncio.timeout(6):  # well before "slow" answers
-            while await _state(store, plan_id, "orphan") != "succeeded":
-                await asyncio.sleep(0.05)
-        slow_state = await _state(store, plan_id, "slow")
-        await _until_finished(store, plan_id, timeout=15)
+    async with _running(busy):
+        async with asyncio.timeout(5):  # "ex" works on "slow", so its heartbeat runs
+            while fake_llm.stats.calls_per_atom["slow"] == 0:
+                await asyncio.sleep(0.02)
+        async with _running(other):
+            async with asyncio.timeout(8):  # well before "slow" answers
+                while await _state(store, plan_id, "orphan") != "succeeded":
+                    await asyncio.sleep(0.05)
+            slow_state = await _state(store, plan_id, "slow")
+            await _until_finished(store, plan_id, timeout=20)
 
     assert slow_state == "running"
     assert fake_llm.stats.calls_per_atom == {"orphan": 1, "slow": 1}

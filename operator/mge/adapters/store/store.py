@@ -64,7 +64,7 @@ async def retry_transient(write: Callable[[], Awaitable[T]], *, attempts: int = 
     lost, which only the write's own checks can tell)."""
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(initial=0.1, max=8),
+        wait=wait_exponential_jitter(multiplier=0.1, max=8),
         retry=retry_if_exception_type(TRANSIENT_ERRORS),
         reraise=True,
     ):

@@ -153,9 +153,9 @@ async def test_a_claim_no_task_works_on_is_taken_over_though_its_executor_is_ali
 async def test_killed_database_connections_do_not_end_the_heartbeat(store, fake_llm, validator, pg):
     """Postgres restarts while "ex" waits on a long call: its heartbeat must go on renewing the lease, or
     "other" takes the atom over when the lease runs out and pays for it a second time."""
-    fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 3.0})
+    fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 4.0})
     plan_id = await _register(store, [atom("slow")])
-    busy = _executor(store, fake_llm, validator, "ex", heartbeat_s=0.1, lease_s=1.0, idle_poll_s=0.05)
+    busy = _executor(store, fake_llm, validator, "ex", heartbeat_s=0.1, lease_s=2.0, idle_poll_s=0.05)
     other = _executor(store, fake_llm, validator, "other", idle_poll_s=0.05)
     admin = await asyncpg.connect(pg)
     database = await admin.fetchval("SELECT current_database()")

@@ -62,13 +62,17 @@ async def _running(*executors):
             await executor.llm.close()
 
 
-async def _progress(store, plan_id):
+async def _read(read):
     """The test's own reads live through the killed connections too: a failed read is simply read again."""
     while True:
         try:
-            return await store.progress(plan_id)
+            return await read()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
             await asyncio.sleep(0.05)
+
+
+async def _progress(store, plan_id):
+    return await _read(lambda: store.progress(plan_id))
 
 
 async def _until_finished(store, plan_id, timeout):
@@ -202,13 +206,15 @@ async def test_executors_recover_from_killed_connections_and_pay_for_no_atom_twi
     assert all(kills)
     assert (progress.succeeded, progress.failed) == (40, 0)
     assert set(fake_llm.stats.calls_per_atom.values()) == {1}
-    counts = await store.pool.fetchrow(
-        """SELECT (SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1) AS attempts,
+    counts = await _read(
+        lambda: store.pool.fetchrow(
+            """SELECT (SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1) AS attempts,
                   (SELECT count(*) FROM cost_events WHERE masterplan_id = $1 AND kind = 'settle') AS settles,
                   (SELECT count(*) FROM cost_reservations WHERE masterplan_id = $1) AS open_reservations,
                   (SELECT current_cost_usd FROM masterplans WHERE id = $1) AS spent,
                   (SELECT sum(cost_usd) FROM atom_attempts WHERE masterplan_id = $1) AS attempt_costs""",
-        plan_id,
+            plan_id,
+        )
     )
     assert (counts["attempts"], counts["settles"], counts["open_reservations"]) == (40, 40, 0)
     assert counts["spent"] == counts["attempt_costs"]
@@ -272,3 +278,34 @@ async def test_a_replan_of_a_running_atom_lands_the_new_code_not_the_old_calls(s
     assert progress.succeeded == 1
     assert [o.output for o in await store.outputs(plan_id)] == ["NEW = 1\n"]
     assert fake_llm.stats.calls_per_atom["a"] == 2
+
+
+async def test_after_a_postgres_restart_newly_ready_atoms_still_wake_the_executor(
+    store, fake_llm, validator, pg
+):
+    """Executors LISTEN for ready atoms and poll only as a safety net (here every 60 s). The LISTEN connection
+    dies with the others; the executor must listen again, not fall back to the poll for good."""
+    executor = _executor(store, fake_llm, validator, "ex", idle_poll_s=60.0)
+    admin = await asyncpg.connect(pg)
+    database = await admin.fetchval("SELECT current_database()")
+    try:
+        async with _running(executor):
+            async with asyncio.timeout(10):  # the executor has started listening
+                while not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+                    database,
+                ):
+                    await asyncio.sleep(0.05)
+            await _kill_connections(admin, database)
+            async with asyncio.timeout(10):  # and listens again on a new connection
+                while not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+                    database,
+                ):
+                    await asyncio.sleep(0.05)
+            plan_id = await _register(store, [atom("a")])
+            progress = await _until_finished(store, plan_id, timeout=10)
+    finally:
+        await admin.close()
+
+    assert progress.succeeded == 1

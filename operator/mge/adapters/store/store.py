@@ -1,6 +1,7 @@
 """The Postgres store: plan registration, the atom queue with leases, progress aggregates."""
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -571,21 +572,16 @@ class Store:
         return str(result).endswith(" 1")
 
     async def listen_for_ready(self, callback: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-        """Call `callback` whenever atoms become ready anywhere; returns a function that stops listening."""
-        connection = await self.pool.acquire()
-
-        def on_notify(*_: object) -> None:
-            callback()
-
-        await connection.add_listener(READY_CHANNEL, on_notify)
-
-        async def stop() -> None:
-            try:
-                await connection.remove_listener(READY_CHANNEL, on_notify)
-            finally:
-                await self.pool.release(connection)
-
-        return stop
+        """Call `callback` whenever atoms become ready anywhere; returns a function that stops listening.
+        If Postgres drops the connection (a restart), it listens again on a new one and calls `callback`
+        once then (atoms may have become ready while nobody listened). If it cannot listen now, it keeps
+        trying in the background (the caller's poll covers the meantime)."""
+        listener = _ReadyListener(self.pool, callback)
+        try:
+            await listener.listen()
+        except STORE_ERRORS:
+            listener.listen_later()
+        return listener.stop
 
     async def release(self, atom: ClaimedAtom, executor: str, *, count_claim: bool = False) -> bool:
         """Hand an unfinished atom back (graceful shutdown, suspension, no LLM slot): ready again. The claim is
@@ -880,6 +876,65 @@ FROM counts, wave_counts, (
     WHERE a.masterplan_id = $1 AND a.state = 'pending'
 ) AS blocked_ids
 """
+
+
+class _ReadyListener:
+    """LISTEN on one pooled connection, and again on a new one whenever Postgres ends it."""
+
+    def __init__(self, pool: asyncpg.Pool, callback: Callable[[], None]) -> None:
+        self._pool, self._callback = pool, callback
+        self._connection: Any = None
+        self._again: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def _notified(self, *_: object) -> None:
+        self._callback()
+
+    def listen_later(self, *_: object) -> None:
+        """The connection ended (or none could be had): listen again, in the background."""
+        if not self._stopped and (self._again is None or self._again.done()):
+            self._again = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def listen(self) -> None:
+        connection = await self._pool.acquire()
+        try:
+            await connection.add_listener(READY_CHANNEL, self._notified)
+            connection.add_termination_listener(self.listen_later)
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        self._connection = connection
+
+    async def _listen_again(self) -> None:
+        ended, self._connection = self._connection, None
+        if ended is not None:
+            with contextlib.suppress(*STORE_ERRORS):
+                await self._pool.release(ended)
+        delay = 0.1
+        while not self._stopped:
+            try:
+                await self.listen()
+            except STORE_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._callback()
+            return
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._again is not None:
+            self._again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._again
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.remove_termination_listener(self.listen_later)
+            await connection.remove_listener(READY_CHANNEL, self._notified)
+        finally:
+            await self._pool.release(connection)
 
 
 class LazyStore:

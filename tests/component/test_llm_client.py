@@ -79,6 +79,18 @@ async def test_garbage_body_is_retried(server):
     assert "malformed response" in completion.retried_errors[0]
 
 
+async def test_a_malformed_usage_block_is_an_llm_error_naming_it_and_is_not_paid_for_again(server):
+    server.inject(Fault("bad_usage"))
+    client = _client(server)
+    try:
+        with pytest.raises(LLMError, match=r"malformed `usage` block.*many"):
+            await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+    assert server.stats.requests == 1
+
+
 async def test_timeouts_are_retried(server):
     server.config.hang_s = 1.0
     server.inject(Fault("timeout"))

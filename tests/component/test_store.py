@@ -226,16 +226,64 @@ async def test_heartbeat_keeps_the_lease(pg):
     store = await _store(pg)
     try:
         await _register(store, atom("a"))
-        await store.claim("ex-1", 1, lease_seconds=0.2)
-        held = await store.heartbeat("ex-1", lease_seconds=30)
+        (claimed,) = await store.claim("ex-1", 1, lease_seconds=0.2)
+        held = await store.heartbeat("ex-1", 30, [claimed.lease_token])
         await asyncio.sleep(0.3)
 
         stolen = await store.claim("ex-2", 1, 30)
     finally:
         await store.close()
 
-    assert held == 1
+    assert held == {claimed.lease_token}
     assert stolen == []
+
+
+async def test_heartbeat_renews_only_the_claims_in_hand(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("held"), atom("orphan"))
+        claims = {c.atom_id: c for c in await store.claim("ex-1", 2, lease_seconds=0.2)}
+        # The task working on "orphan" crashed: the executor no longer holds it, though its name is on the row.
+        held = await store.heartbeat("ex-1", 30, [claims["held"].lease_token])
+        await asyncio.sleep(0.3)  # let the orphan's short lease run out: the behaviour under test is expiry
+
+        taken_over = await store.claim("ex-2", 2, 30)
+    finally:
+        await store.close()
+
+    assert held == {claims["held"].lease_token}
+    assert [c.atom_id for c in taken_over] == ["orphan"]
+
+
+async def test_a_stale_claim_of_the_same_executor_cannot_write_after_a_replan(pg):
+    """A re-plan changes a running atom; the same executor claims it again. The first call answers first: its
+    code (for the old description) must not land, and the new claim must still finish."""
+    store = await _store(pg)
+    try:
+        plan_id = await _register(store, atom("a"))
+        (old,) = await store.claim("ex-1", 1, 30)
+        changed = atom("a").model_copy(update={"description": "A changed description."})
+        await _register(store, changed)
+        (new,) = await store.claim("ex-1", 1, 30)
+
+        old_writes = (
+            await _finish(store, old, output="code for the old description"),
+            await store.fail(old, "ex-1", "stale"),
+            await store.release(old, "ex-1"),
+        )
+        new_write = await _finish(store, new, output="code for the new description")
+        outputs = [o.output for o in await store.outputs(plan_id)]
+        attempts = await store.pool.fetchval(
+            "SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id
+        )
+    finally:
+        await store.close()
+
+    assert new.description == "A changed description."
+    assert old_writes == (False, False, False)
+    assert new_write is True
+    assert outputs == ["code for the new description"]
+    assert attempts == 1
 
 
 async def test_failed_atom_blocks_its_dependents_and_the_plan_finishes(pg):

@@ -22,7 +22,8 @@ Responder = Callable[[dict[str, Any], str, int], str]
 
 @dataclass
 class Fault:
-    """One injected failure: an HTTP status, 'timeout' (hang past the client timeout) or 'garbage' (200, no JSON)."""
+    """One injected failure: an HTTP status, 'timeout' (hang past the client timeout), 'garbage' (200, no JSON)
+    or 'bad_usage' (200, a real answer whose `usage` block is not numbers)."""
 
     kind: int | str
     retry_after: float | None = None
@@ -37,6 +38,8 @@ class FakeLLMConfig:
     capacity: int | None = None
     reject_factor: float = 1.5
     hang_s: float = 30.0
+    # Latency of particular atoms' calls instead of `base_latency_s`.
+    atom_latency_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,8 +123,10 @@ class FakeLLM:
         atom = request.headers.get("X-MGE-Atom", "")
         attempt = int(request.headers.get("X-MGE-Attempt", "1"))
         stats.calls_per_atom[atom] += 1
+        bad_usage = False
         if self.faults:
             fault = self.faults.popleft()
+            bad_usage = fault.kind == "bad_usage"
             if fault.kind == "timeout":
                 await asyncio.sleep(config.hang_s)
             if fault.kind == "garbage":
@@ -142,7 +147,8 @@ class FakeLLM:
         try:
             content = _truncated(self._answer(body, atom, attempt), body.get("max_tokens"))
             completion_tokens = count_tokens(content)
-            latency = config.base_latency_s + self._random.random() * config.latency_jitter_s
+            latency = config.atom_latency_s.get(atom, config.base_latency_s)
+            latency += self._random.random() * config.latency_jitter_s
             latency += completion_tokens * config.per_token_s
             if config.capacity and stats.in_flight > config.capacity:
                 latency *= stats.in_flight / config.capacity
@@ -166,7 +172,7 @@ class FakeLLM:
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
+                    "prompt_tokens": "many" if bad_usage else prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },

@@ -247,12 +247,26 @@ class OpenAICompatibleLLM:
             usage = payload.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise _Retryable(f"malformed response: {error!r}: {text[:200]}", None) from error
-        details = usage.get("prompt_tokens_details") or {}
+        # The call was answered (and is paid for): a usage block we cannot read is the provider's error, not
+        # a reason to pay for the same call again.
+        try:
+            details = usage.get("prompt_tokens_details") or {}
+            tokens = (
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                int(details.get("cached_tokens") or 0),
+            )
+            if min(tokens) < 0:
+                raise ValueError("negative token count")
+        except (ValueError, TypeError, AttributeError) as error:
+            raise LLMError(
+                f"LLM endpoint answered with a malformed `usage` block ({error}): {json.dumps(usage)[:200]}"
+            ) from error
         return Completion(
             content=content,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            cached_prompt_tokens=tokens[2],
             latency_s=latency,
             retried_errors=retried,
         )

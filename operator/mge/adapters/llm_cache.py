@@ -191,9 +191,24 @@ class RequestBatcher:
             timer.cancel()
         items = self._open.pop(group, [])
         if items:
-            task = asyncio.get_running_loop().create_task(self._flush(items))
+            task = asyncio.get_running_loop().create_task(self._flush_answering_all(items))
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
+
+    async def _flush_answering_all(self, items: list[_Pending]) -> None:
+        """Whatever happens to the batch (an error that is not the provider's, a bug, cancellation), each item
+        ends with an answer or an error: an item left waiting would hold its LLM slot and lease forever."""
+        try:
+            await self._flush(items)
+        except Exception as error:
+            log.error("batch of %d failed", len(items), exc_info=error)
+            for pending in items:
+                if not pending.answer.done():
+                    pending.answer.set_exception(error)
+        finally:
+            for pending in items:
+                if not pending.answer.done():
+                    pending.answer.set_exception(LLMError("the batch ended without an answer for this call"))
 
     async def _flush(self, items: list[_Pending]) -> None:
         metrics.BATCH_SIZE.observe(len(items))

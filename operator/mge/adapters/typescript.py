@@ -5,12 +5,17 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Final
 
 # `make setup` and the image install typescript here, next to the Python environment.
 DEFAULT_NODE_MODULES: Final = Path(sys.prefix) / "node" / "node_modules"
+
+
+# Far above any syntax check of a generated file (milliseconds): only a stuck checker takes this long.
+CHECK_TIMEOUT_S: Final = 60.0
 
 
 class TypeScriptUnavailable(RuntimeError):
@@ -28,12 +33,23 @@ def node_modules_path() -> Path:
     return path
 
 
+@dataclass
+class _Checker:
+    """One Node process, the checks it still owes an answer (by request id), and the task reading answers."""
+
+    process: asyncio.subprocess.Process
+    pending: dict[int, asyncio.Future[list[str]]] = field(default_factory=dict)
+    reader: asyncio.Task[None] | None = None
+    alive: bool = True
+
+
 class TypeScriptChecker:
-    """Starts on first use; requests are serialised (the checker answers in order)."""
+    """Starts on first use; answers are matched to their requests by id, so a check that is cancelled (or
+    times out) leaves nothing behind that a later check could take for its own."""
 
     def __init__(self) -> None:
-        self._process: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
+        self._checker: _Checker | None = None
+        self._lock = asyncio.Lock()  # one start at a time, and whole request lines
         self._next_id = 0
 
     async def _start(self) -> asyncio.subprocess.Process:
@@ -52,27 +68,79 @@ class TypeScriptChecker:
             limit=16 * 1024 * 1024,
         )
 
+    async def _running(self) -> _Checker:
+        if self._checker is None or not self._checker.alive or self._checker.process.returncode is not None:
+            checker = _Checker(await self._start())
+            checker.reader = asyncio.create_task(self._read(checker))
+            self._checker = checker
+        return self._checker
+
+    async def _read(self, checker: _Checker) -> None:
+        """Hand each answer to the check waiting for its id; when the process ends, fail every check left."""
+        assert checker.process.stdout is not None
+        why = "the TypeScript checker process exited; see its stderr"
+        try:
+            while line := await checker.process.stdout.readline():
+                answer = json.loads(line)
+                waiting = checker.pending.pop(answer.get("id"), None)
+                if waiting is None or waiting.done():
+                    continue  # its check was cancelled: the answer is dropped, no other check is shifted
+                if "failure" in answer:
+                    waiting.set_exception(
+                        TypeScriptUnavailable(f"the TypeScript checker failed: {answer['failure']}")
+                    )
+                else:
+                    waiting.set_result([str(error) for error in answer["errors"]])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            why = f"the TypeScript checker answered something unreadable: {error!r}"
+            if checker.process.returncode is None:
+                checker.process.kill()
+        finally:
+            checker.alive = False
+            for waiting in checker.pending.values():
+                if not waiting.done():
+                    waiting.set_exception(TypeScriptUnavailable(why))
+            checker.pending.clear()
+
     async def check(self, file: str, code: str) -> list[str]:
         """Syntax errors as `file:line:col: TSnnnn: message`; empty when the code parses."""
+        answer: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         async with self._lock:
-            if self._process is None or self._process.returncode is not None:
-                self._process = await self._start()
-            assert self._process.stdin is not None
-            assert self._process.stdout is not None
+            checker = await self._running()
+            assert checker.process.stdin is not None
             self._next_id += 1
-            request = {"id": self._next_id, "file": file, "code": code}
-            self._process.stdin.write((json.dumps(request) + "\n").encode())
-            await self._process.stdin.drain()
-            line = await self._process.stdout.readline()
-            if not line:
-                self._process = None
-                raise TypeScriptUnavailable("the TypeScript checker process exited; see its stderr")
-            answer = json.loads(line)
-            return [str(error) for error in answer["errors"]]
+            request_id = self._next_id
+            checker.pending[request_id] = answer
+            try:
+                request = {"id": request_id, "file": file, "code": code}
+                checker.process.stdin.write((json.dumps(request) + "\n").encode())
+                await checker.process.stdin.drain()
+            except BaseException as error:
+                checker.pending.pop(request_id, None)
+                if isinstance(error, BrokenPipeError | ConnectionResetError):
+                    raise TypeScriptUnavailable(
+                        "the TypeScript checker process exited; see its stderr"
+                    ) from error
+                raise
+        try:
+            return await asyncio.wait_for(answer, CHECK_TIMEOUT_S)
+        except TimeoutError:
+            # A checker stuck on one file would hold every later check: start afresh with the next one.
+            if checker.process.returncode is None:
+                checker.process.kill()
+            raise TypeScriptUnavailable(
+                f"the TypeScript checker gave no answer for {file} within {CHECK_TIMEOUT_S:.0f}s"
+            ) from None
+        finally:
+            checker.pending.pop(request_id, None)
 
     async def close(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            assert self._process.stdin is not None
-            self._process.stdin.close()
-            await self._process.wait()
-        self._process = None
+        checker, self._checker = self._checker, None
+        if checker is None:
+            return
+        if checker.process.returncode is None:
+            assert checker.process.stdin is not None
+            checker.process.stdin.close()
+            await checker.process.wait()
+        if checker.reader is not None:
+            await checker.reader

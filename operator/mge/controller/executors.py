@@ -17,7 +17,7 @@ from mge.adapters.prometheus_query import (
     PrometheusQuery,
     PrometheusUnavailable,
 )
-from mge.adapters.store.store import LazyStore, StoreUnavailable
+from mge.adapters.store.store import STORE_ERRORS, LazyStore, StoreUnavailable
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, deletion_costs, idle_executors
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
@@ -173,7 +173,7 @@ async def observe(store: LazyStore, prometheus: PrometheusQuery | None, replicas
         ready, running = await connected.runnable()
         load = await connected.executor_load()
         local = fleet_signals(await connected.executor_statistics()) if prometheus is None else None
-    except (StoreUnavailable, OSError) as error:
+    except (StoreUnavailable, *STORE_ERRORS) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
         return Reading(None)
     idle = idle_executors(replicas, load)
@@ -239,13 +239,13 @@ async def sync_executors_once(
     decision = policy.decide(current, reading.observation, now)
     health = signal_health(prometheus, reading, current)
     if reading.observation is not None or reading.prometheus_error is not None:
-        with contextlib.suppress(StoreUnavailable, OSError):  # the Masterplans' condition reads this
+        with contextlib.suppress(StoreUnavailable, *STORE_ERRORS):  # the Masterplans' condition reads this
             await (await store.get()).record_signals(health)
     if existing is not None and prometheus is not None and prometheus.failing != was_blind:
         await _report_prometheus(kube, namespace, existing, health)
     desired = configured_executor_deployment(settings, decision.replicas)
     if decision.replicas != current or existing is None:
-        with contextlib.suppress(StoreUnavailable, OSError):
+        with contextlib.suppress(StoreUnavailable, *STORE_ERRORS):
             await (await store.get()).record_scaling(decision.replicas, current, decision.reason)
     if existing is not None and decision.replicas != current:
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
@@ -334,4 +334,6 @@ async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, s
             await sync_executors_once(kube, store, namespace, settings, policy, loop.time(), prometheus)
         except KubeUnavailable as error:
             log.warning("executor scaling skipped this round: %s", error)
+        except Exception:  # anything else (a store error mid-pass, a bug): this round is lost, not the scaler
+            log.exception("executor scaling failed this round")
         await asyncio.sleep(settings.executor_sync_seconds)

@@ -79,17 +79,22 @@ class TestGenerator:
         self.acceptance, self.llm, self.ledger, self.gate = acceptance, llm, ledger, gate
         self.prices, self.config = prices, config
         self._validator = validator
+        # The plan whose generation claim this generator holds now: the executor's heartbeat renews it.
+        self.holding: uuid.UUID | None = None
 
     async def generate_claimed(self) -> bool:
         """Generate the tests of one plan whose generation is requested; False when there was none."""
         plan_id = await self.acceptance.claim_generation(self.config.executor_id, self.config.lease_s)
         if plan_id is None:
             return False
+        self.holding = plan_id
         try:
             await self.generate(plan_id)
         except BaseException:
             await asyncio.shield(self.acceptance.release_generation(plan_id, self.config.executor_id))
             raise
+        finally:
+            self.holding = None
         if not await self.acceptance.finish_generation(plan_id, self.config.executor_id):
             log.warning("lost the generation claim of plan %s; another executor regenerates it", plan_id)
         return True

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Final
 
 from mge.adapters import metrics, tracing
@@ -17,7 +18,7 @@ from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError, call_span_s
 from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
-from mge.adapters.store.store import ClaimedAtom, Store
+from mge.adapters.store.store import ClaimedAtom, Store, retry_transient
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.concurrency.ramp import RampPolicy
@@ -38,12 +39,29 @@ NO_SLOT: Final = (None, "no LLM slot")
 BUDGET_BUSY: Final = (None, "calls in flight hold the rest of the budget")
 
 
-def _outcome_label(result: tuple[str | None, str | None] | None) -> str:
+@dataclass(frozen=True)
+class Crashed:
+    """The attempt raised something that says nothing about the code (checker gone, store error): recorded,
+    and the atom handed back for another try, or failed with this error when it was its last attempt."""
+
+    error: str
+
+
+Outcome = tuple[str | None, str | None] | Crashed | None
+
+
+def _outcome_label(result: Outcome) -> str:
     if result is None:
         return "lease_lost"
+    if isinstance(result, Crashed):
+        return "error"
     if result in (OUT_OF_BUDGET, NO_SLOT, BUDGET_BUSY):
         return str(result[1])
     return "valid" if result[1] is None else "invalid"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 NO_SLOT_OUTCOME: Final = "no_slot"
@@ -118,6 +136,7 @@ class Executor:
                 max_tokens=config.max_tokens,
                 temperature=config.temperature,
                 reservation_ttl_s=self.reservation_ttl_s,
+                lease_s=config.lease_s,  # renewed by the heartbeat like the atoms' leases
             ),
             validator,
         )
@@ -137,7 +156,10 @@ class Executor:
                 free = self.config.concurrency - len(self._in_flight)
                 claimed = []
                 if free:
-                    claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                    try:
+                        claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                    except Exception as error:  # a store outage pauses claiming; it never ends the executor
+                        log.warning("claiming atoms failed; trying again: %s", _describe(error))
                 self._generate_tests()
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
@@ -146,7 +168,10 @@ class Executor:
                 if not claimed or len(self._in_flight) >= self.config.concurrency:
                     await self._idle(stop)
         finally:
-            await stop_listening()
+            try:
+                await stop_listening()
+            except Exception as error:  # its connection died with the store: nothing is left to stop
+                log.warning("stopping the ready-atom listener failed: %s", _describe(error))
             await self._drain()
             self.store.query_listeners.remove(self._query_timed)
             if self._generation is not None and not self._generation.done():
@@ -173,7 +198,12 @@ class Executor:
         now = time.monotonic()
         if now < self._not_ramping_until.get(plan, 0.0):
             return
-        if not await self.store.grow_ramp(plan, self.ramp):
+        try:
+            grown = await self.store.grow_ramp(plan, self.ramp)
+        except Exception as error:  # the ramp grows with the next answer; the answer in hand stands
+            log.warning("plan ramp not grown: %s", _describe(error))
+            return
+        if not grown:
             # A re-plan or resume can start a new ramp: look again now and then (other executors grow it too).
             self._not_ramping_until[plan] = now + NOT_RAMPING_RECHECK_S
 
@@ -210,15 +240,56 @@ class Executor:
             waiter.cancel()
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Renew the leases of the claims in hand and publish this executor's status, every `heartbeat_s`.
+        Survives any error: a store outage is retried sooner (backing off up to `heartbeat_s`), since the
+        leases run out `lease_s` after the last renewal that got through."""
+        failures = 0
         while True:
             try:
-                await self._report()
-                await asyncio.sleep(self.config.heartbeat_s)
-                await self.ledger.extend_reservations(self.config.executor_id, self.reservation_ttl_s)
                 if self._in_flight:
-                    await self.store.heartbeat(self.config.executor_id, self.config.lease_s)
-            except (OSError, ConnectionError) as error:
-                log.warning("lease heartbeat failed; leases expire in %.0fs: %s", self.config.lease_s, error)
+                    await self._renew()
+                await self._renew_generation()
+                await self.ledger.extend_reservations(self.config.executor_id, self.reservation_ttl_s)
+                failures = 0
+            except Exception as error:
+                failures += 1
+                log.warning(
+                    "lease heartbeat failed (%d in a row); leases expire %.0fs after the last renewal: %s",
+                    failures,
+                    self.config.lease_s,
+                    _describe(error),
+                )
+            try:
+                await self._report()
+            except Exception as error:
+                log.warning("executor status not published: %s", _describe(error))
+            delay = self.config.heartbeat_s if not failures else 0.2 * 2 ** (failures - 1)
+            await asyncio.sleep(min(delay, self.config.heartbeat_s))
+
+    async def _renew(self) -> None:
+        """Extend the claims in hand; a claim found lost (its lease ran out while the store was unreachable and
+        another executor took the atom) is given up at once: its writes would be refused, its calls wasted."""
+        held = {atom.lease_token: task for task, atom in self._in_flight.items() if atom.lease_token}
+        kept = await self.store.heartbeat(self.config.executor_id, self.config.lease_s, list(held))
+        for token in held.keys() - kept:
+            task = held[token]
+            atom = self._in_flight.get(task)
+            if atom is not None and not task.done():
+                log.warning("lost the lease on atom %s; stopping its work", atom.atom_id)
+                task.cancel()
+
+    async def _renew_generation(self) -> None:
+        """Extend the test-generation claim in hand; a lost one (taken over, or requested anew with other
+        requirements) is stopped: its remaining calls would be paid for nothing."""
+        plan = self.tests.holding
+        if plan is None:
+            return
+        kept = await self.tests.acceptance.renew_generation(
+            plan, self.config.executor_id, self.config.lease_s
+        )
+        if not kept and self.tests.holding == plan and self._generation is not None:
+            log.warning("lost the test-generation claim of plan %s; stopping it", plan)
+            self._generation.cancel()
 
     async def _report(self) -> None:
         """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status."""
@@ -251,22 +322,43 @@ class Executor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if atom is not None:
+            if atom is None:
+                continue
+            try:
                 await self.store.release(atom, self.config.executor_id)
                 log.info("released atom %s for another executor", atom.atom_id)
+            except Exception as error:  # its lease runs out instead, and another executor takes it over
+                log.warning("atom %s not released: %s", atom.atom_id, _describe(error))
 
     async def _execute(self, atom: ClaimedAtom) -> None:
+        """Run the claimed atom to an end: succeeded, failed, or handed back. Whatever goes wrong, the claim is
+        not left running: an error hands the atom back (counting the claim), and if even that cannot be
+        written the heartbeat stops renewing it, so its lease runs out and another executor takes it."""
         current_trace_id.set(str(atom.trace_id))
+        try:
+            await self._run_attempts(atom)
+        except Exception as error:
+            log.error("atom %s: attempt crashed; handing it back", atom.atom_id, exc_info=error)
+            await retry_transient(
+                partial(self.store.release, atom, self.config.executor_id, count_claim=True)
+            )
+
+    async def _run_attempts(self, atom: ClaimedAtom) -> None:
         executor = self.config.executor_id
         if atom.claims > self.config.max_claims:
-            await self.store.fail(
-                atom, executor, f"claimed {atom.claims} times: executors kept dying while running this atom"
+            await retry_transient(
+                partial(
+                    self.store.fail,
+                    atom,
+                    executor,
+                    f"claimed {atom.claims} times: executors kept dying while running this atom",
+                )
             )
             return
         try:
             price = price_for(atom.model, self.prices)
         except UnknownModelPrice as error:
-            await self.store.fail(atom, executor, str(error))
+            await retry_transient(partial(self.store.fail, atom, executor, str(error)))
             return
         dependencies = [
             DependencyCode(d.file, d.output)
@@ -279,20 +371,33 @@ class Executor:
             outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
             if outcome is None:  # lease lost: another executor owns the atom now
                 return
+            if isinstance(outcome, Crashed):
+                if attempt < atom.max_attempts:
+                    # Maybe this executor's trouble (its checker died): any executor may try the next attempt.
+                    await retry_transient(partial(self.store.release, atom, executor, count_claim=True))
+                    log.warning("atom %s handed back after a crash: %s", atom.atom_id, outcome.error)
+                    return
+                last_error = outcome.error
+                break
             if outcome is OUT_OF_BUDGET or outcome is NO_SLOT or outcome is BUDGET_BUSY:
                 # Hard cap (an approved override resumes it), no LLM slot here, or the budget still held by
                 # calls in flight: hand the atom back untouched, no attempt counted.
-                await self.store.release(atom, executor)
+                await retry_transient(partial(self.store.release, atom, executor))
                 log.warning("atom %s handed back: %s", atom.atom_id, outcome[1])
                 return
             code, problem = outcome
             if code is not None:
-                await self.store.succeed(atom, executor, code)
+                await retry_transient(partial(self.store.succeed, atom, executor, code))
                 return
             last_error = problem or "unknown error"
             feedback = problem
-        await self.store.fail(
-            atom, executor, f"gave up after {atom.max_attempts} attempts; last error: {last_error}"
+        await retry_transient(
+            partial(
+                self.store.fail,
+                atom,
+                executor,
+                f"gave up after {atom.max_attempts} attempts; last error: {last_error}",
+            )
         )
 
     async def _call_llm(self, atom: ClaimedAtom, request: ChatRequest) -> Completion:
@@ -314,9 +419,9 @@ class Executor:
         feedback: str | None,
         attempt: int,
         price: ModelPrice,
-    ) -> tuple[str | None, str | None] | None:
+    ) -> Outcome:
         """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost,
-        OUT_OF_BUDGET if the worst case of the call does not fit under the hard cap."""
+        OUT_OF_BUDGET if the worst case of the call does not fit under the hard cap, Crashed if it raised."""
         with tracing.span(
             "atom.attempt", str(atom.trace_id), {"mge.atom": atom.atom_id, "mge.attempt": attempt}
         ) as attempt_span:
@@ -335,7 +440,7 @@ class Executor:
         attempt: int,
         price: ModelPrice,
         span_id: str,
-    ) -> tuple[str | None, str | None] | None:
+    ) -> Outcome:
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
@@ -391,6 +496,9 @@ class Executor:
             prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
             cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
             raise
+        except Exception as crash:  # recorded with the money it cost; the caller hands the atom back
+            log.error("atom %s attempt %d crashed", atom.atom_id, attempt, exc_info=crash)
+            code, error, outcome = None, _describe(crash), "error"
         finally:
             if share is not None:
                 cost = share
@@ -403,33 +511,42 @@ class Executor:
             # Money spent is settled even if the attempt is then dropped or the task is cancelled.
             if reservation is not None:
                 await asyncio.shield(
-                    self.ledger.settle(
-                        reservation,
-                        atom,
-                        amount=cost,
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        cached_tokens=cached_tokens,
+                    retry_transient(
+                        partial(
+                            self.ledger.settle,
+                            reservation,
+                            atom,
+                            amount=cost,
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            cached_tokens=cached_tokens,
+                        )
                     )
                 )
         if outcome == NO_SLOT_OUTCOME:
             return NO_SLOT
-        still_ours = await self.store.record_attempt(
-            atom,
-            executor=self.config.executor_id,
-            span_id=span_id,
-            outcome=outcome,
-            error=error,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached=hit is not None,
-            cost_usd=cost,
-            latency_ms=int((time.perf_counter() - started) * 1000),
-            started_at=started_at,
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        still_ours = await retry_transient(
+            partial(
+                self.store.record_attempt,
+                atom,
+                executor=self.config.executor_id,
+                span_id=span_id,
+                outcome=outcome,
+                error=error,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached=hit is not None,
+                cost_usd=cost,
+                latency_ms=latency_ms,
+                started_at=started_at,
+            )
         )
         if not still_ours:
             log.warning("lost the lease on atom %s; dropping attempt %d", atom.atom_id, attempt)
             return None
+        if outcome == "error":
+            return Crashed(error or "unknown error")
         if error:
             log.info(
                 "atom %s attempt %d/%d rejected: %s", atom.atom_id, attempt, atom.max_attempts, error[:300]

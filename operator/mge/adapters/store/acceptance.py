@@ -478,6 +478,17 @@ class AcceptanceStore:
         )
         return status.endswith(" 1")
 
+    async def renew_generation(self, plan_id: uuid.UUID, owner: str, lease_seconds: float) -> bool:
+        """Extend a generation claim in progress; False when it was lost (taken over, or requested anew)."""
+        status = await self.pool.execute(
+            """UPDATE acceptance_generation_claims SET lease_expires_at = now() + make_interval(secs => $3)
+               WHERE masterplan_id = $1 AND state = 'running' AND lease_owner = $2""",
+            plan_id,
+            owner,
+            float(lease_seconds),
+        )
+        return status.endswith(" 1")
+
     async def release_generation(self, plan_id: uuid.UUID, owner: str) -> None:
         """Hand an unfinished generation back (shutdown, crash) so another executor takes it at once."""
         await self.pool.execute(

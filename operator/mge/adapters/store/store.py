@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -25,6 +25,8 @@ from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
 from mge.plan.sync import PlanSync, atom_fingerprint, sync_atoms
 
+T = TypeVar("T")
+
 MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
 
 
@@ -39,6 +41,46 @@ _CONNECTION_LOST: Final = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
 )
+
+
+# Postgres went away for a moment (a restart, a failover, connections killed): the same statement may work on
+# a fresh connection. Anything else (a constraint, a bug) is not retried.
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    # A killed connection's first use: "cannot switch to state ...; another operation is in progress".
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+# Whatever a store call can raise when Postgres is down, restarting or refusing: callers that can wait for
+# the next round (the scaler, status reports) catch these rather than end.
+STORE_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+async def retry_transient(write: Callable[[], Awaitable[T]], *, attempts: int = 8) -> T:
+    """Run `write` (one transaction) again while Postgres is briefly unreachable, backing off up to ~30 s in
+    all. Rolled back on failure, so a retry never applies it twice (unless the commit's answer itself was
+    lost, which only the write's own checks can tell)."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=0.1, max=8),
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        reraise=True,
+    ):
+        with attempt:
+            return await write()
+    raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
 # Executors LISTEN here so newly ready atoms are claimed at once, not at the next poll.
@@ -154,6 +196,9 @@ class ClaimedAtom:
     claims: int
     priority: int = 1
     plan_priority: int = 0
+    # This claim's own token, named by every write made under it (None: a pseudo-atom that holds no claim,
+    # such as an acceptance test's calls in the ledger, which then can write nothing to the atoms table).
+    lease_token: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +270,12 @@ claimable AS (
 )
 UPDATE atoms a
 SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $5),
-    claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
+    lease_token = gen_random_uuid(), claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
 FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
 RETURNING a.masterplan_id, a.atom_id, a.trace_id, a.file, a.language, a.description, a.depends_on,
           a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims,
-          a.priority, m.priority AS plan_priority
+          a.priority, m.priority AS plan_priority, a.lease_token
 """
 
 
@@ -372,8 +417,8 @@ class Store:
                        estimated_tokens = excluded.estimated_tokens, fingerprint = excluded.fingerprint,
                        priority = excluded.priority, max_attempts = excluded.max_attempts,
                        state = 'pending', attempts = 0, claims = 0, last_error = NULL, output = NULL,
-                       lease_owner = NULL, lease_expires_at = NULL, started_at = NULL, finished_at = NULL,
-                       updated_at = now()""",
+                       lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL, started_at = NULL,
+                       finished_at = NULL, updated_at = now()""",
                 [
                     (
                         plan_id,
@@ -507,15 +552,20 @@ class Store:
         )
         return [PlanRampStatus(**dict(row)) for row in rows]
 
-    async def heartbeat(self, executor: str, lease_seconds: float) -> int:
-        """Extend the leases this executor holds; returns how many it still holds."""
-        result = await self.pool.execute(
+    async def heartbeat(
+        self, executor: str, lease_seconds: float, tokens: Sequence[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Extend the leases of the claims in hand (`tokens`); returns the tokens still held. A claim this
+        executor no longer works on (its task crashed) is not renewed: its lease runs out and it is taken over."""
+        rows = await self.pool.fetch(
             """UPDATE atoms SET lease_expires_at = now() + make_interval(secs => $2)
-               WHERE state = 'running' AND lease_owner = $1""",
+               WHERE state = 'running' AND lease_owner = $1 AND lease_token = ANY($3::uuid[])
+               RETURNING lease_token""",
             executor,
             float(lease_seconds),
+            list(tokens),
         )
-        return int(result.split()[-1])
+        return {row["lease_token"] for row in rows}
 
     async def record_attempt(
         self,
@@ -532,13 +582,14 @@ class Store:
         latency_ms: int,
         started_at: datetime,
     ) -> bool:
-        """Count one LLM generation against the atom; False if this executor lost the lease meanwhile."""
+        """Count one LLM generation against the atom; False if this claim was lost meanwhile."""
         async with self.pool.acquire() as connection, connection.transaction():
             attempt = await connection.fetchval(
                 """UPDATE atoms SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $3,
                        completion_tokens = completion_tokens + $4, cost_usd = cost_usd + $5, last_error = $6,
                        updated_at = now()
                    WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $7
+                     AND lease_token = $8
                    RETURNING attempts""",
                 atom.masterplan_id,
                 atom.atom_id,
@@ -547,6 +598,7 @@ class Store:
                 cost_usd,
                 error,
                 executor,
+                atom.lease_token,
             )
             if attempt is None:
                 return False
@@ -576,13 +628,15 @@ class Store:
         async with self.pool.acquire() as connection, connection.transaction():
             done = await connection.fetchval(
                 """UPDATE atoms SET state = 'succeeded', output = $3, last_error = NULL, lease_owner = NULL,
-                       lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                       lease_expires_at = NULL, lease_token = NULL, finished_at = now(), updated_at = now()
                    WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
+                     AND lease_token = $5
                    RETURNING 1""",
                 atom.masterplan_id,
                 atom.atom_id,
                 output,
                 executor,
+                atom.lease_token,
             )
             if done is None:
                 return False
@@ -608,12 +662,14 @@ class Store:
         """Give up on the atom; its dependents stay pending (blocked) and are reported as such."""
         result = await self.pool.execute(
             """UPDATE atoms SET state = 'failed', last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
-                   finished_at = now(), updated_at = now()
-               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4""",
+                   lease_token = NULL, finished_at = now(), updated_at = now()
+               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
+                 AND lease_token = $5""",
             atom.masterplan_id,
             atom.atom_id,
             error,
             executor,
+            atom.lease_token,
         )
         return str(result).endswith(" 1")
 
@@ -621,38 +677,31 @@ class Store:
         self, callback: Callable[[], None], on_retired: Callable[[uuid.UUID], None] | None = None
     ) -> Callable[[], Awaitable[None]]:
         """Call `callback` whenever atoms become ready anywhere, and `on_retired` with the id of each run
-        retired; returns a function that stops listening."""
-        connection = await self.pool.acquire()
+        retired; returns a function that stops listening.
+        If Postgres drops the connection (a restart), it listens again on a new one and calls `callback`
+        once then (atoms may have become ready while nobody listened). If it cannot listen now, it keeps
+        trying in the background (the caller's poll covers the meantime)."""
+        listener = _ReadyListener(self.pool, callback, on_retired)
+        try:
+            await listener.listen()
+        except STORE_ERRORS:
+            listener.listen_later()
+        return listener.stop
 
-        def on_notify(*_: object) -> None:
-            callback()
-
-        def on_retire(_connection: object, _pid: object, _channel: object, payload: object) -> None:
-            if on_retired is not None:
-                on_retired(uuid.UUID(str(payload)))
-
-        await connection.add_listener(READY_CHANNEL, on_notify)
-        await connection.add_listener(RETIRED_CHANNEL, on_retire)
-
-        async def stop() -> None:
-            try:
-                await connection.remove_listener(READY_CHANNEL, on_notify)
-                await connection.remove_listener(RETIRED_CHANNEL, on_retire)
-            finally:
-                await self.pool.release(connection)
-
-        return stop
-
-    async def release(self, atom: ClaimedAtom, executor: str) -> bool:
-        """Hand an unfinished atom back (graceful shutdown, suspension): ready again, claim not counted."""
+    async def release(self, atom: ClaimedAtom, executor: str, *, count_claim: bool = False) -> bool:
+        """Hand an unfinished atom back (graceful shutdown, suspension, no LLM slot): ready again. The claim is
+        not counted unless `count_claim` (the attempt crashed: a poison atom must not be retried forever)."""
         async with self.pool.acquire() as connection, connection.transaction():
             result = await connection.execute(
-                """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL,
-                       claims = greatest(claims - 1, 0), updated_at = now()
-                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $3""",
+                """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                       claims = CASE WHEN $5 THEN claims ELSE greatest(claims - 1, 0) END, updated_at = now()
+                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $3
+                     AND lease_token = $4""",
                 atom.masterplan_id,
                 atom.atom_id,
                 executor,
+                atom.lease_token,
+                count_claim,
             )
             released = str(result).endswith(" 1")
             if released:
@@ -826,7 +875,8 @@ class Store:
     async def release_abandoned(self, plan_id: uuid.UUID) -> int:
         """Local resume: atoms left running by a process that is gone are ready again at once."""
         result = await self.pool.execute(
-            """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+            """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                   updated_at = now()
                WHERE masterplan_id = $1 AND state = 'running'""",
             plan_id,
         )
@@ -940,6 +990,76 @@ FROM counts, wave_counts, (
     WHERE a.masterplan_id = $1 AND a.state = 'pending'
 ) AS blocked_ids
 """
+
+
+class _ReadyListener:
+    """LISTEN on one pooled connection, and again on a new one whenever Postgres ends it."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        callback: Callable[[], None],
+        on_retired: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self._pool, self._callback, self._on_retired = pool, callback, on_retired
+        self._connection: Any = None
+        self._again: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def _notified(self, *_: object) -> None:
+        self._callback()
+
+    def _retired(self, _connection: object, _pid: object, _channel: object, payload: object) -> None:
+        if self._on_retired is not None:
+            self._on_retired(uuid.UUID(str(payload)))
+
+    def listen_later(self, *_: object) -> None:
+        """The connection ended (or none could be had): listen again, in the background."""
+        if not self._stopped and (self._again is None or self._again.done()):
+            self._again = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def listen(self) -> None:
+        connection = await self._pool.acquire()
+        try:
+            await connection.add_listener(READY_CHANNEL, self._notified)
+            await connection.add_listener(RETIRED_CHANNEL, self._retired)
+            connection.add_termination_listener(self.listen_later)
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        self._connection = connection
+
+    async def _listen_again(self) -> None:
+        ended, self._connection = self._connection, None
+        if ended is not None:
+            with contextlib.suppress(*STORE_ERRORS):
+                await self._pool.release(ended)
+        delay = 0.1
+        while not self._stopped:
+            try:
+                await self.listen()
+            except STORE_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._callback()
+            return
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._again is not None:
+            self._again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._again
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.remove_termination_listener(self.listen_later)
+            await connection.remove_listener(READY_CHANNEL, self._notified)
+            await connection.remove_listener(RETIRED_CHANNEL, self._retired)
+        finally:
+            await self._pool.release(connection)
 
 
 class LazyStore:

@@ -143,6 +143,72 @@ async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp
     assert calls_before_resume < 7 + 5  # 6 atoms (one repaired) + 5 acceptance tests
 
 
+async def _state_query(state: Path, sql: str) -> object:
+    """One value from the embedded Postgres of a running `mge run` (None while it is not up yet)."""
+    import asyncpg
+
+    pid_file = state / "postgres" / "postmaster.pid"
+    # pid, data dir, start time, port, socket dir, host, shared memory, status ("ready" once it accepts)
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    port, socket_dir = lines[3].strip(), lines[4].strip()
+    try:
+        connection = await asyncpg.connect(
+            host=socket_dir or "127.0.0.1", port=int(port), user="postgres", timeout=5
+        )
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        return await connection.fetchval(sql)
+    except asyncpg.UndefinedTableError:
+        return None
+    finally:
+        await connection.close()
+
+
+async def test_ctrl_c_while_acceptance_tests_run_resumes_to_a_passing_gate_without_paying_twice(
+    tmp_path, state
+):
+    fake = FakeLLM(FakeLLMConfig(atom_latency_s={"tests": 60.0}))  # the last wave waits; wave 2's tests run
+    fake.load_recording(HELLO / "responses.jsonl")
+    await fake.start()
+    args = ["run", str(HELLO), "--llm", "openai", "--state-dir", str(state), "--out", str(tmp_path / "out")]
+    env = _env(OPENAI_BASE_URL=fake.url, OPENAI_API_KEY="k")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mge.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(90):
+            done = "SELECT count(*) FROM acceptance_wave_runs WHERE wave = 2 AND state = 'done'"
+            while await _state_query(state, done) != 1:
+                await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.communicate(), 60)
+        fake.config.atom_latency_s.clear()
+
+        resumed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mge.cli",
+            *args,
+            "--resume",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        resumed_out, resumed_err = await asyncio.wait_for(resumed.communicate(), 90)
+    finally:
+        await fake.stop()
+
+    assert process.returncode == 130
+    report = " ".join(resumed_out.decode().split())
+    assert resumed.returncode == 0, resumed_out.decode() + resumed_err.decode()
+    assert "Gate S │ passed: MUST 100%, SHOULD 100%" in report
+    acceptance_calls = {a: n for a, n in fake.stats.calls_per_atom.items() if a.startswith("acceptance/")}
+    assert set(acceptance_calls.values()) == {1}, acceptance_calls  # each test was paid for once
+
+
 def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
     compiler = Path(sys.prefix) / "node" / "node_modules" / "typescript" / "bin" / "tsc"
     return subprocess.run(

@@ -115,28 +115,39 @@ class TestGenerator:
             if stored.requirement in document.requirements
             and stored.test.language is test_language(stored.requirement, project)
         }
+
+        async def generate_one(requirement: Requirement) -> tuple[GeneratedTest | None, str | None, int]:
+            test, reason, tried = await self._one(plan_id, context, requirement, project, price)
+            if test is not None:
+                # Saved as soon as it is generated: a run stopped before the others answer keeps it.
+                wave = wave_for_test(test, wave_of_file, last_wave)
+                await self.acceptance.save_tests(
+                    plan_id, context.trace_id, [(test, requirement, wave)], attempts={requirement.id: tried}
+                )
+                metrics.ACCEPTANCE_TESTS_GENERATED.labels(test.language.value).inc()
+            return test, reason, tried
+
         outcomes = await asyncio.gather(
             *(
-                self._reuse(kept[requirement.id])
-                if requirement.id in kept
-                else self._one(plan_id, context, requirement, project, price)
+                self._reuse(kept[requirement.id]) if requirement.id in kept else generate_one(requirement)
                 for requirement in document.requirements
             )
         )
-        generated: list[tuple[GeneratedTest, Requirement, int]] = []
-        attempts: dict[str, int] = {}
         for requirement, (test, reason, tried) in zip(document.requirements, outcomes, strict=True):
-            attempts[requirement.id] = tried
             if test is None:
                 await self.acceptance.save_not_generated(
                     plan_id, context.trace_id, requirement, reason or "no answer", attempts=tried
                 )
-            else:
-                generated.append((test, requirement, wave_for_test(test, wave_of_file, last_wave)))
-        await self.acceptance.save_tests(plan_id, context.trace_id, generated, attempts=attempts)
-        for test, requirement, _ in generated:
-            if requirement.id not in kept:  # reused tests were counted when they were generated
-                metrics.ACCEPTANCE_TESTS_GENERATED.labels(test.language.value).inc()
+        # Reused tests move with their files' waves (a re-plan); the same code keeps its results.
+        await self.acceptance.save_tests(
+            plan_id,
+            context.trace_id,
+            [
+                (stored.test, stored.requirement, wave_for_test(stored.test, wave_of_file, last_wave))
+                for stored in kept.values()
+            ],
+            attempts={stored.requirement.id: stored.attempts for stored in kept.values()},
+        )
         await self.acceptance.delete_tests_except(plan_id, [r.id for r in document.requirements])
 
     async def _reuse(self, stored: StoredTest) -> tuple[GeneratedTest | None, str | None, int]:
@@ -273,6 +284,7 @@ class LocalAcceptance:
         """Run the tests of every wave that completed since the last step (needs generation done)."""
         if not await self.generated(plan_id):
             return []
+        await self.acceptance.rerun_waves_with_newer_tests(plan_id)
         done = await self.acceptance.result_waves(plan_id)
         complete = [w.index for w in waves if w.succeeded == w.total and w.index not in done]
         results: list[TestRunResult] = []

@@ -122,11 +122,12 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
             plan=plan,
         )
         await CostLedger(store.pool).apply_budget(plan_id, run.spec.budget)
-        if run.resume:
-            await store.release_abandoned(plan_id)
         acceptance = LocalAcceptance(
             AcceptanceStore(store.pool), store, Sandbox(), masterplan_file(run.example).parent / "scaffold"
         )
+        if run.resume:
+            await store.release_abandoned(plan_id)
+            await acceptance.acceptance.release_claims(plan_id)
         await acceptance.start(plan_id)
         executors = [
             Executor(

@@ -261,3 +261,25 @@ async def test_a_test_generated_on_resume_for_a_wave_that_already_ran_runs_it_ag
 
     assert evaluation.gate.passed, evaluation.gate.message
     assert [o.status for o in await acceptance.outcomes(plan_id)] == [TestStatus.PASSED] * 5
+
+
+async def test_every_test_is_generated_when_calls_wait_for_a_slot_behind_a_slow_llm(
+    store, fake_llm, validator
+):
+    """One slot and a queue of one against a 0.3 s LLM: the five requirements take turns, none gives up."""
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    fake_llm.config.base_latency_s = 0.3
+    llm = OpenAICompatibleLLM(fake_llm.url, "k")
+    executor = Executor(
+        store, llm, validator, DEFAULT_PRICES, ExecutorConfig(executor_id="ex-0", concurrency=1)
+    )
+    try:
+        await executor.tests.generate(plan_id)
+    finally:
+        await llm.close()
+
+    assert await acceptance.not_generated(plan_id) == []
+    assert len(await acceptance.tests(plan_id)) == 5
+    assert fake_llm.stats.max_in_flight == 1
+    assert sum(n for atom, n in fake_llm.stats.calls_per_atom.items() if atom.startswith("acceptance/")) == 5

@@ -5,6 +5,7 @@ import functools
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class GenerationConfig:
     temperature: float = 0.0
     # Generation of a whole plan runs under one claim: long enough for every requirement's attempts.
     lease_s: float = 900.0
+    # How long one test waits in all for LLM slots (each wait is bounded by the gate's own deadline).
+    slot_wait_s: float = 600.0
 
 
 class TestGenerator:
@@ -181,7 +184,11 @@ class TestGenerator:
         )
         feedback: str | None = None
         problem = "no attempt made"
-        for attempt in range(1, self.config.max_attempts + 1):
+        attempt = 0
+        # Waiting for an LLM slot is not an attempt: only answers (and LLM errors) use one up.
+        slot_deadline = time.monotonic() + self.config.slot_wait_s
+        while attempt < self.config.max_attempts:
+            attempt += 1
             request = ChatRequest(
                 model=context.model,
                 messages=test_generation_messages(requirement, language, project, feedback),
@@ -215,7 +222,10 @@ class TestGenerator:
             except LLMError as failure:
                 problem, feedback = str(failure), None
             except SlotUnavailable as waited:
-                problem, feedback = str(waited), None
+                if time.monotonic() >= slot_deadline:
+                    return None, f"no LLM slot within {self.config.slot_wait_s:.0f}s: {waited}", attempt - 1
+                attempt -= 1
+                continue
             finally:
                 cost = (
                     price.cost(prompt_tokens, completion_tokens, cached_tokens)

@@ -183,10 +183,17 @@ def run(
             raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
         client = ReplayLLM(recording)
     elif llm == "openai":
-        client = OpenAICompatibleLLM(
-            os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-            os.environ.get("OPENAI_API_KEY", ""),
-        )
+        base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
+        if not base_url and not key:
+            raise _fail(
+                "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
+                "server, with OPENAI_API_KEY if it asks for one); neither is set"
+            )
+        client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key)
+        # A wrong URL or key is found now, not after every atom has used up its retries.
+        problem = asyncio.run(client.probe())
+        if problem is not None:
+            raise _fail(f"{problem}; check OPENAI_BASE_URL and OPENAI_API_KEY")
     else:
         raise _fail(f"--llm must be 'replay' or 'openai', not {llm!r}")
     console.print(f"[bold]LLM:[/] {client.label}")

@@ -4,9 +4,11 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,48 @@ def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_p
     assert "of $0.0005 budget" in " ".join(held.stdout.split())
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "6 succeeded" in resumed.stdout
+
+
+def _without_llm_settings() -> dict[str, str]:
+    return {k: v for k, v in _env().items() if not k.startswith("OPENAI_")}
+
+
+def test_openai_without_a_key_or_an_endpoint_is_refused_at_once_naming_both(state):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "run", str(HELLO), "--llm", "openai", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=_without_llm_settings(),
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "OPENAI_API_KEY" in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not state.exists()
+
+
+def test_openai_with_an_unreachable_endpoint_is_refused_at_once_naming_it(state):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "run", str(HELLO), "--llm", "openai", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env={
+            **_without_llm_settings(),
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "OPENAI_API_KEY": "k",
+        },
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot reach the LLM endpoint: GET http://127.0.0.1:{port}/v1/models" in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not state.exists()

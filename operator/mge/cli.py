@@ -90,6 +90,25 @@ def plan(
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
     _print_plan(name, spec, dag, estimate_plan(atoms, count_tokens, price))
+    _print_requirements(spec.requirements)
+
+
+def _print_requirements(markdown: str) -> None:
+    """What Gate S will test, and every line of spec.requirements the parser cannot use (with the fix)."""
+    from mge.acceptance.requirements import Priority, no_requirements_message, parse_requirements
+
+    document = parse_requirements(markdown)
+    if not document.requirements:
+        console.print(
+            f"[bold red]Gate S will fail:[/] {no_requirements_message(document.problems)}", highlight=False
+        )
+        return
+    count = {p: sum(r.priority is p for r in document.requirements) for p in Priority}
+    console.print(
+        f"Requirements: {count[Priority.MUST]} MUST, {count[Priority.SHOULD]} SHOULD (one acceptance test each)"
+    )
+    for problem in document.problems:
+        console.print(f"[yellow]warning[/] spec.requirements {problem.message}", highlight=False)
 
 
 def _render_crd(crd: dict[str, Any]) -> str:

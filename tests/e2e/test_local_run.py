@@ -317,3 +317,21 @@ def test_openai_with_an_unreachable_endpoint_is_refused_at_once_naming_it(state)
     assert "OPENAI_BASE_URL" in result.stderr
     assert time.monotonic() - started < 30
     assert not state.exists()
+
+
+def test_requirements_without_must_or_should_fail_gate_s_locally_as_in_the_cluster(tmp_path, state):
+    text = (HELLO / "masterplan.yaml").read_text()
+    start, end = text.index("  requirements: |"), text.index("  atoms:")
+    plan = tmp_path / "masterplan.yaml"
+    plan.write_text(
+        text[:start] + "  requirements: |\n    ## Requirements\n    - greets\n    - in Spanish\n" + text[end:]
+    )
+    (tmp_path / "responses.jsonl").write_text((HELLO / "responses.jsonl").read_text())
+
+    result = _mge("run", str(plan), "--out", str(tmp_path / "out"), "--state-dir", str(state))
+
+    report = " ".join(result.stdout.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "6 succeeded, 0 failed" in report
+    assert "Gate S │ FAILED: no requirement could be read" in report
+    assert "Gate S failed: no MUST or SHOULD requirement could be read (line 1: no '### MUST' or" in report

@@ -228,3 +228,16 @@ def test_an_empty_must_section_from_the_real_parser_is_reported_at_its_line():
     assert gate[:2] == ("False", "InvalidRequirements")
     assert "line 2: the MUST section has no bullet items" in gate[2]
     assert "line 5:" in gate[2]
+
+
+def test_a_gate_decided_on_no_requirement_is_invalid_requirements_not_a_should_failure():
+    document = parse_requirements("## Requirements\n- the API lists todos\n")
+    verdict = Verdict(False, None, None, message="Gate S failed: no MUST or SHOULD requirement could be read")
+    state = AcceptanceState(enabled=True, requirements=0, problems=document.problems, verdict=verdict)
+
+    status, _ = _decide(state)
+
+    gate = _cond(status, ConditionType.GATE_S_PASSED)
+    assert gate[:2] == ("False", "InvalidRequirements")
+    assert "line 1: no '### MUST' or '### SHOULD' section" in gate[2]
+    assert status.phase == Phase.FAILED

@@ -267,6 +267,7 @@ class Evaluation:
     tests_generated: int = 0
     tests_not_generated: int = 0
     generation_calls: int = 0  # LLM calls spent on tests, repairs included
+    requirement_problems: tuple[str, ...] = ()  # lines of spec.requirements the parser ignored, and why
 
 
 class LocalAcceptance:
@@ -347,8 +348,10 @@ async def evaluate_plan(
 ) -> Evaluation:
     """Gate S and the precision score from what the store holds; saved as the plan's verdict."""
     context = await acceptance.plan_context(plan_id)
-    requirements = parse_requirements(context.requirements_markdown).requirements
-    gate, score, _ = await acceptance.decide_verdict(plan_id, requirements, integration)
+    document = parse_requirements(context.requirements_markdown)
+    gate, score, _ = await acceptance.decide_verdict(
+        plan_id, document.requirements, integration, document.problems
+    )
     generated, missing = await acceptance.tests(plan_id), await acceptance.not_generated(plan_id)
     return Evaluation(
         gate,
@@ -357,6 +360,7 @@ async def evaluate_plan(
         tests_generated=len(generated),
         tests_not_generated=len(missing),
         generation_calls=sum(t.attempts for t in generated) + sum(m.attempts for m in missing),
+        requirement_problems=tuple(p.message for p in document.problems),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any, Final
 import asyncpg
 
 from mge.acceptance.gate import GateVerdict, RequirementOutcome, TestStatus, evaluate_gate
-from mge.acceptance.requirements import Priority, Requirement
+from mge.acceptance.requirements import Priority, Requirement, RequirementProblem
 from mge.acceptance.templates import GeneratedTest, ProjectFile
 from mge.models.masterplan import Language
 from mge.precision.score import IntegrationCheck, PrecisionScore, precision_score
@@ -323,13 +323,17 @@ class AcceptanceStore:
     # --- verdict ---------------------------------------------------------------------------------------------
 
     async def decide_verdict(
-        self, plan_id: uuid.UUID, requirements: Sequence[Requirement], integration: Sequence[IntegrationCheck]
+        self,
+        plan_id: uuid.UUID,
+        requirements: Sequence[Requirement],
+        integration: Sequence[IntegrationCheck],
+        problems: Sequence[RequirementProblem] = (),
     ) -> tuple[GateVerdict, PrecisionScore, list[RequirementOutcome]]:
         """Gate S and the precision score from the stored outcomes, saved as the plan's verdict (local runs and
         the operator decide it the same way)."""
         outcomes = await self.outcomes(plan_id)
         total, validated = await self.validation_counts(plan_id)
-        gate = evaluate_gate(requirements, outcomes)
+        gate = evaluate_gate(requirements, outcomes, problems)
         score = precision_score(requirements, outcomes, integration, total, validated)
         await self.save_verdict(plan_id, gate, score, integration)
         return gate, score, outcomes

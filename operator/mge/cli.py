@@ -95,6 +95,25 @@ def plan(
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
     _print_plan(name, spec, dag, estimate_plan(atoms, count_tokens, price))
+    _print_requirements(spec.requirements)
+
+
+def _print_requirements(markdown: str) -> None:
+    """What Gate S will test, and every line of spec.requirements the parser cannot use (with the fix)."""
+    from mge.acceptance.requirements import Priority, no_requirements_message, parse_requirements
+
+    document = parse_requirements(markdown)
+    if not document.requirements:
+        console.print(
+            f"[bold red]Gate S will fail:[/] {no_requirements_message(document.problems)}", highlight=False
+        )
+        return
+    count = {p: sum(r.priority is p for r in document.requirements) for p in Priority}
+    console.print(
+        f"Requirements: {count[Priority.MUST]} MUST, {count[Priority.SHOULD]} SHOULD (one acceptance test each)"
+    )
+    for problem in document.problems:
+        console.print(f"[yellow]warning[/] spec.requirements {problem.message}", highlight=False)
 
 
 def _render_crd(crd: dict[str, Any]) -> str:
@@ -189,10 +208,17 @@ def run(
             raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
         client = ReplayLLM(recording)
     elif llm == "openai":
-        client = OpenAICompatibleLLM(
-            os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-            os.environ.get("OPENAI_API_KEY", ""),
-        )
+        base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
+        if not base_url and not key:
+            raise _fail(
+                "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
+                "server, with OPENAI_API_KEY if it asks for one); neither is set"
+            )
+        client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key)
+        # A wrong URL or key is found now, not after every atom has used up its retries.
+        problem = asyncio.run(client.probe())
+        if problem is not None:
+            raise _fail(f"{problem}; check OPENAI_BASE_URL and OPENAI_API_KEY")
     else:
         raise _fail(f"--llm must be 'replay' or 'openai', not {llm!r}")
     console.print(f"[bold]LLM:[/] {client.label}")

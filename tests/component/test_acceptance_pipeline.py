@@ -179,8 +179,8 @@ async def test_tests_of_a_wave_that_failed_are_recorded_as_errors(store, fake_ll
     assert json.dumps(evaluation.gate.failed_must) == '["MUST-1", "MUST-2", "MUST-3"]'
 
 
-async def _until(condition, timeout=60.0):
-    async with asyncio.timeout(timeout):
+async def _until(condition, seconds: float = 60.0):
+    async with asyncio.timeout(seconds):
         while not await condition():
             await asyncio.sleep(0.05)
 
@@ -244,3 +244,110 @@ async def test_tests_refused_at_the_hard_cap_are_generated_once_an_override_rais
 
 async def _generation_done(acceptance, plan_id):
     return await acceptance.generation_state(plan_id) == "done"
+
+
+async def test_tests_answered_before_an_interruption_are_kept_and_not_paid_again(store, fake_llm, validator):
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    await acceptance.request_generation(plan_id)
+    fake_llm.config.atom_latency_s["acceptance/MUST-3"] = 60.0  # still in flight when the run is stopped
+    executor = _executor(store, fake_llm, validator, "ex-0")
+    generation = asyncio.create_task(executor.tests.generate(plan_id))
+    try:
+
+        async def four_saved() -> bool:
+            return len(await acceptance.tests(plan_id)) == 4
+
+        await _until(four_saved)
+        generation.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await generation
+        fake_llm.config.atom_latency_s.clear()
+
+        await executor.tests.generate(plan_id)
+    finally:
+        generation.cancel()
+        await asyncio.gather(generation, return_exceptions=True)
+        await executor.llm.close()
+
+    calls = {atom: n for atom, n in fake_llm.stats.calls_per_atom.items() if atom.startswith("acceptance/")}
+    assert calls == {
+        "acceptance/MUST-1": 1,
+        "acceptance/MUST-2": 1,
+        "acceptance/MUST-3": 2,
+        "acceptance/SHOULD-1": 1,
+        "acceptance/SHOULD-2": 1,
+    }
+    assert len(await acceptance.tests(plan_id)) == 5
+
+
+async def test_a_resumed_run_keeps_the_results_of_waves_run_before_it(store, fake_llm, validator):
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    local = LocalAcceptance(acceptance, store, Sandbox(workers=2))
+    await local.start(plan_id)
+    await _run(store, acceptance, plan_id, [_executor(store, fake_llm, validator, "ex-0")], local)
+    assert len(await acceptance.outcomes(plan_id)) == 5
+
+    # `mge run --resume` asks for generation again: every test is reused, the waves' results still count.
+    await local.start(plan_id)
+    waves = await _run(store, acceptance, plan_id, [_executor(store, fake_llm, validator, "ex-1")], local)
+    evaluation = await local.finish(plan_id, waves)
+
+    assert [o.status for o in await acceptance.outcomes(plan_id)] == [TestStatus.PASSED] * 5
+    assert evaluation.gate.passed, evaluation.gate.message
+    assert sum(n for atom, n in fake_llm.stats.calls_per_atom.items() if atom.startswith("acceptance/")) == 5
+
+
+async def test_a_wave_run_left_running_by_a_killed_run_is_released_at_resume(store, fake_llm, validator):
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    # A run killed while the sandbox ran wave 0 leaves its claim running for the lease's 10 minutes.
+    assert await acceptance.claim_wave_run(plan_id, 0, "local", 600)
+
+    assert await acceptance.release_claims(plan_id) == 1
+
+    assert await acceptance.claim_wave_run(plan_id, 0, "local", 600)
+
+
+async def test_a_test_generated_on_resume_for_a_wave_that_already_ran_runs_it_again(
+    store, fake_llm, validator
+):
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    recorded = fake_llm.recordings["acceptance/SHOULD-2"]
+    fake_llm.recordings["acceptance/SHOULD-2"] = {1: "I cannot write this test."}
+    local = LocalAcceptance(acceptance, store, Sandbox(workers=2))
+    await local.start(plan_id)
+    await _run(store, acceptance, plan_id, [_executor(store, fake_llm, validator, "ex-0")], local)
+    assert 2 in await acceptance.result_waves(plan_id)  # wave 2 ran without SHOULD-2
+
+    fake_llm.recordings["acceptance/SHOULD-2"] = recorded
+    await local.start(plan_id)
+    waves = await _run(store, acceptance, plan_id, [_executor(store, fake_llm, validator, "ex-1")], local)
+    evaluation = await local.finish(plan_id, waves)
+
+    assert evaluation.gate.passed, evaluation.gate.message
+    assert [o.status for o in await acceptance.outcomes(plan_id)] == [TestStatus.PASSED] * 5
+
+
+async def test_every_test_is_generated_when_calls_wait_for_a_slot_behind_a_slow_llm(
+    store, fake_llm, validator
+):
+    """One slot and a queue of one against a 0.3 s LLM: the five requirements take turns, none gives up."""
+    plan_id = await _register(store)
+    acceptance = AcceptanceStore(store.pool)
+    fake_llm.config.base_latency_s = 0.3
+    llm = OpenAICompatibleLLM(fake_llm.url, "k")
+    executor = Executor(
+        store, llm, validator, DEFAULT_PRICES, ExecutorConfig(executor_id="ex-0", concurrency=1)
+    )
+    try:
+        await executor.tests.generate(plan_id)
+    finally:
+        await llm.close()
+
+    assert await acceptance.not_generated(plan_id) == []
+    assert len(await acceptance.tests(plan_id)) == 5
+    assert fake_llm.stats.max_in_flight == 1
+    assert sum(n for atom, n in fake_llm.stats.calls_per_atom.items() if atom.startswith("acceptance/")) == 5

@@ -1,6 +1,7 @@
 """The OpenAI-compatible client against a real HTTP server: retries, Retry-After, usage, hard failures, and
 the concurrency gate hearing of retries as they happen."""
 
+import asyncio
 import time
 from collections import deque
 
@@ -8,7 +9,7 @@ import pytest
 
 from mge.adapters.llm import ChatRequest, LLMError, OpenAICompatibleLLM
 from mge.concurrency.limiter import Adjustment, Outcome
-from mge.executor.gate import CallGate
+from mge.executor.gate import CallGate, SlotUnavailable
 from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
@@ -186,3 +187,32 @@ async def test_the_gate_hears_of_a_429_while_the_call_is_still_retrying(server):
     assert [outcome for outcome, _ in limiter.outcomes] == [Outcome.OVERLOADED, Outcome.OK]  # once each
     overloaded_at = limiter.outcomes[0][1]
     assert ended - overloaded_at >= 0.3  # heard before the Retry-After wait, not when the call ended
+
+
+async def test_calls_beyond_a_full_queue_wait_for_a_slot_and_give_up_only_at_the_deadline(server):
+    server.config.base_latency_s = 0.2
+    client = _client(server)
+    limiter = _RecordingLimiter()
+    limiter.limit = 1
+    gate = CallGate(limiter, "full-queue", queue_size=1, timeout_s=5.0)
+    impatient = CallGate(limiter, "impatient", queue_size=1, timeout_s=0.3)
+
+    async def call(through: CallGate):
+        return await through.complete(
+            lambda: client.complete(REQUEST), plan="p", critical_path=1, plan_priority=0
+        )
+
+    try:
+        answers = await asyncio.gather(*(call(gate) for _ in range(4)))
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(call(impatient) for _ in range(4)), return_exceptions=True)
+        waited = time.monotonic() - started
+    finally:
+        await client.close()
+
+    assert len(answers) == 4  # one in flight, one queued, two waiting for room in the queue
+    assert server.stats.max_in_flight == 1
+    refused = [o for o in outcomes if isinstance(o, SlotUnavailable)]
+    assert refused
+    assert all("backpressure queue full" in str(o) or "waited" in str(o) for o in refused)
+    assert waited >= 0.3  # the ones refused waited for their deadline first

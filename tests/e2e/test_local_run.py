@@ -4,9 +4,11 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,72 @@ async def test_ctrl_c_stops_cleanly_and_resume_finishes_without_redoing_work(tmp
     assert calls_before_resume < 7 + 5  # 6 atoms (one repaired) + 5 acceptance tests
 
 
+async def _state_query(state: Path, sql: str) -> object:
+    """One value from the embedded Postgres of a running `mge run` (None while it is not up yet)."""
+    import asyncpg
+
+    pid_file = state / "postgres" / "postmaster.pid"
+    # pid, data dir, start time, port, socket dir, host, shared memory, status ("ready" once it accepts)
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    port, socket_dir = lines[3].strip(), lines[4].strip()
+    try:
+        connection = await asyncpg.connect(
+            host=socket_dir or "127.0.0.1", port=int(port), user="postgres", timeout=5
+        )
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        return await connection.fetchval(sql)
+    except asyncpg.UndefinedTableError:
+        return None
+    finally:
+        await connection.close()
+
+
+async def test_ctrl_c_while_acceptance_tests_run_resumes_to_a_passing_gate_without_paying_twice(
+    tmp_path, state
+):
+    fake = FakeLLM(FakeLLMConfig(atom_latency_s={"tests": 60.0}))  # the last wave waits; wave 2's tests run
+    fake.load_recording(HELLO / "responses.jsonl")
+    await fake.start()
+    args = ["run", str(HELLO), "--llm", "openai", "--state-dir", str(state), "--out", str(tmp_path / "out")]
+    env = _env(OPENAI_BASE_URL=fake.url, OPENAI_API_KEY="k")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mge.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(90):
+            done = "SELECT count(*) FROM acceptance_wave_runs WHERE wave = 2 AND state = 'done'"
+            while await _state_query(state, done) != 1:
+                await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.communicate(), 60)
+        fake.config.atom_latency_s.clear()
+
+        resumed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mge.cli",
+            *args,
+            "--resume",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        resumed_out, resumed_err = await asyncio.wait_for(resumed.communicate(), 90)
+    finally:
+        await fake.stop()
+
+    assert process.returncode == 130
+    report = " ".join(resumed_out.decode().split())
+    assert resumed.returncode == 0, resumed_out.decode() + resumed_err.decode()
+    assert "Gate S │ passed: MUST 100%, SHOULD 100%" in report
+    acceptance_calls = {a: n for a, n in fake.stats.calls_per_atom.items() if a.startswith("acceptance/")}
+    assert set(acceptance_calls.values()) == {1}, acceptance_calls  # each test was paid for once
+
+
 def _tsc(project: Path) -> subprocess.CompletedProcess[str]:
     compiler = Path(sys.prefix) / "node" / "node_modules" / "typescript" / "bin" / "tsc"
     return subprocess.run(
@@ -204,3 +272,66 @@ def test_hard_cap_stops_the_run_with_exit_3_and_a_raised_budget_resumes_it(tmp_p
     assert "of $0.0005 budget" in " ".join(held.stdout.split())
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "6 succeeded" in resumed.stdout
+
+
+def _without_llm_settings() -> dict[str, str]:
+    return {k: v for k, v in _env().items() if not k.startswith("OPENAI_")}
+
+
+def test_openai_without_a_key_or_an_endpoint_is_refused_at_once_naming_both(state):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "run", str(HELLO), "--llm", "openai", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=_without_llm_settings(),
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "OPENAI_API_KEY" in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not state.exists()
+
+
+def test_openai_with_an_unreachable_endpoint_is_refused_at_once_naming_it(state):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mge.cli", "run", str(HELLO), "--llm", "openai", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env={
+            **_without_llm_settings(),
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "OPENAI_API_KEY": "k",
+        },
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot reach the LLM endpoint: GET http://127.0.0.1:{port}/v1/models" in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not state.exists()
+
+
+def test_requirements_without_must_or_should_fail_gate_s_locally_as_in_the_cluster(tmp_path, state):
+    text = (HELLO / "masterplan.yaml").read_text()
+    start, end = text.index("  requirements: |"), text.index("  atoms:")
+    plan = tmp_path / "masterplan.yaml"
+    plan.write_text(
+        text[:start] + "  requirements: |\n    ## Requirements\n    - greets\n    - in Spanish\n" + text[end:]
+    )
+    (tmp_path / "responses.jsonl").write_text((HELLO / "responses.jsonl").read_text())
+
+    result = _mge("run", str(plan), "--out", str(tmp_path / "out"), "--state-dir", str(state))
+
+    report = " ".join(result.stdout.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "6 succeeded, 0 failed" in report
+    assert "Gate S │ FAILED: no requirement could be read" in report
+    assert "Gate S failed: no MUST or SHOULD requirement could be read (line 1: no '### MUST' or" in report

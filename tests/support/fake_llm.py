@@ -38,7 +38,7 @@ class FakeLLMConfig:
     capacity: int | None = None
     reject_factor: float = 1.5
     hang_s: float = 30.0
-    # Latency of particular atoms' calls instead of `base_latency_s`.
+    # Extra latency for the calls of one atom ("acceptance/MUST-3"): holds one call while the others answer.
     atom_latency_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -95,6 +95,7 @@ class FakeLLM:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -114,6 +115,9 @@ class FakeLLM:
         if self.responder is not None:
             return self.responder(body, atom, attempt)
         return "```python\nVALUE = 1\n```"
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         stats, config = self.stats, self.config
@@ -147,8 +151,8 @@ class FakeLLM:
         try:
             content = _truncated(self._answer(body, atom, attempt), body.get("max_tokens"))
             completion_tokens = count_tokens(content)
-            latency = config.atom_latency_s.get(atom, config.base_latency_s)
-            latency += self._random.random() * config.latency_jitter_s
+            latency = config.base_latency_s + self._random.random() * config.latency_jitter_s
+            latency += config.atom_latency_s.get(atom, 0.0)
             latency += completion_tokens * config.per_token_s
             if config.capacity and stats.in_flight > config.capacity:
                 latency *= stats.in_flight / config.capacity

@@ -177,3 +177,18 @@ def test_executor_in_demo_mode_without_the_examples_exits_2_naming_the_setting(t
 
     assert result.returncode == 2
     assert f"MGE_LLM_REPLAY: {tmp_path / 'nowhere'}: no example folders" in " ".join(result.stderr.split())
+
+
+def test_plan_shows_requirements_that_cannot_be_read_and_that_gate_s_will_fail(tmp_path):
+    unreadable = manifest(requirements="## Requirements\n- the API lists todos\n- it deletes them\n")
+    readable = manifest(requirements="## Requirements\n### MUST\n- the API lists todos\n\nstray text\n")
+
+    bad = runner.invoke(app, ["plan", str(_write(tmp_path, unreadable))], env={"COLUMNS": "200"})
+    partly = runner.invoke(app, ["plan", str(_write(tmp_path, readable))], env={"COLUMNS": "200"})
+
+    assert bad.exit_code == 0, bad.output
+    assert "Gate S will fail: no MUST or SHOULD requirement could be read" in bad.output
+    assert "line 1: no '### MUST' or '### SHOULD' section" in bad.output
+    assert partly.exit_code == 0, partly.output
+    assert "Requirements: 1 MUST, 0 SHOULD" in partly.output
+    assert "line 5: text in the MUST section is not a bullet item" in partly.output

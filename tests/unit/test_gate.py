@@ -3,7 +3,7 @@
 import pytest
 
 from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate, should_failures_allowed
-from mge.acceptance.requirements import Priority, Requirement
+from mge.acceptance.requirements import Priority, Requirement, parse_requirements
 
 
 def requirements(must: int, should: int) -> list[Requirement]:
@@ -94,10 +94,19 @@ def test_outcomes_of_unknown_requirements_are_ignored() -> None:
     assert evaluate_gate(reqs, [*outcomes(reqs, set()), stale]).passed
 
 
-def test_no_requirements_passes_with_no_rates() -> None:
-    verdict = evaluate_gate([], [])
+def test_no_requirements_fails_naming_the_parsers_problem() -> None:
+    document = parse_requirements("## Requirements\n- the API lists todos\n- it deletes them\n")
 
-    assert verdict.passed
+    verdict = evaluate_gate(document.requirements, [], document.problems)
+
+    assert not verdict.passed
     assert verdict.must_pass_rate is None
     assert verdict.should_pass_rate is None
-    assert "no MUST or SHOULD requirements" in verdict.message
+    assert verdict.message.startswith("Gate S failed: no MUST or SHOULD requirement could be read")
+    assert "line 1: no '### MUST' or '### SHOULD' section under '## Requirements'" in verdict.message
+
+
+def test_an_empty_requirements_text_fails_the_gate_too() -> None:
+    document = parse_requirements("")
+
+    assert not evaluate_gate(document.requirements, [], document.problems).passed

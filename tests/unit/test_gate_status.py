@@ -244,3 +244,16 @@ def test_tests_running_again_after_a_passed_gate_do_not_claim_atoms_are_running(
     rerun, _ = _decide(AcceptanceState(enabled=True, requirements=1, waves_pending=(0,)), observed=passed)
 
     assert _cond(rerun, ConditionType.COMPLETE)[:2] == ("False", "AcceptanceTestsRunning")
+
+
+def test_a_gate_decided_on_no_requirement_is_invalid_requirements_not_a_should_failure():
+    document = parse_requirements("## Requirements\n- the API lists todos\n")
+    verdict = Verdict(False, None, None, message="Gate S failed: no MUST or SHOULD requirement could be read")
+    state = AcceptanceState(enabled=True, requirements=0, problems=document.problems, verdict=verdict)
+
+    status, _ = _decide(state)
+
+    gate = _cond(status, ConditionType.GATE_S_PASSED)
+    assert gate[:2] == ("False", "InvalidRequirements")
+    assert "line 1: no '### MUST' or '### SHOULD' section" in gate[2]
+    assert status.phase == Phase.FAILED

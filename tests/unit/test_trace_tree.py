@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from mge.trace.tree import AtomRecord, AttemptRecord, build_tree
+from mge.trace.tree import AtomRecord, AttemptRecord, SettledCost, build_tree, cost_by_wave
 
 
 def _attempt(atom_id, attempt, cost, outcome="succeeded", cached=False):
@@ -30,7 +30,9 @@ def test_costs_and_tokens_sum_up_the_tree_and_pending_atoms_still_show():
         _attempt("a", 1, "0.005"),
     ]
 
-    tree = build_tree("plan", "trace-1", atoms, attempts)
+    settled = {"b": SettledCost(Decimal("0.03"), 300, 2), "a": SettledCost(Decimal("0.005"), 150, 1)}
+
+    tree = build_tree("plan", "trace-1", atoms, attempts, settled)
 
     assert [w.index for w in tree.waves] == [0, 1, 2]
     assert tree.cost_usd == Decimal("0.035")
@@ -46,4 +48,27 @@ def test_costs_and_tokens_sum_up_the_tree_and_pending_atoms_still_show():
 
 def test_an_attempt_of_an_unknown_atom_is_reported_not_dropped():
     with pytest.raises(ValueError, match="unknown atom 'ghost'"):
-        build_tree("plan", "t", [AtomRecord(0, "a", "running")], [_attempt("ghost", 1, "0")])
+        build_tree("plan", "t", [AtomRecord(0, "a", "running")], [_attempt("ghost", 1, "0")], {})
+
+
+def test_calls_outside_the_atoms_count_in_the_root_like_in_the_ledger():
+    """Acceptance tests are paid through the ledger but have no atom: the root is the plan's whole spend."""
+    atoms = [AtomRecord(0, "a", "succeeded")]
+    settled = {
+        "a": SettledCost(Decimal("0.0001"), 150, 1),
+        "acceptance/MUST-1": SettledCost(Decimal("0.0004"), 600, 2),
+        "acceptance/SHOULD-1": SettledCost(Decimal("0.0006"), 700, 1),
+    }
+
+    tree = build_tree("plan", "t", atoms, [_attempt("a", 1, "0.0001")], settled)
+
+    assert tree.cost_usd == Decimal("0.0011")
+    assert tree.tokens == 1450
+    assert [(n.atom_id, n.cost_usd, n.state) for n in tree.other_calls] == [
+        ("acceptance/MUST-1", Decimal("0.0004"), "2 calls"),
+        ("acceptance/SHOULD-1", Decimal("0.0006"), "1 call"),
+    ]
+    assert tree.waves[0].cost_usd == Decimal("0.0001")
+    waves, other = cost_by_wave(settled, {"a": 0})
+    assert sum(waves.values(), other) == tree.cost_usd
+    assert (waves, other) == ({0: Decimal("0.0001")}, Decimal("0.0010"))

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from mge.acceptance.requirements import Priority, Requirement
+from mge.acceptance.requirements import Priority, Requirement, RequirementProblem, no_requirements_message
 
 # Percent of SHOULD requirements that may fail; as an integer so 19/20 is exactly 95%.
 SHOULD_FAILURE_PERCENT: Final = 5
@@ -44,8 +44,13 @@ def should_failures_allowed(should_total: int) -> int:
     return should_total * SHOULD_FAILURE_PERCENT // 100
 
 
-def evaluate_gate(requirements: Sequence[Requirement], outcomes: Sequence[RequirementOutcome]) -> GateVerdict:
-    """A requirement without an outcome counts as not generated, which fails it."""
+def evaluate_gate(
+    requirements: Sequence[Requirement],
+    outcomes: Sequence[RequirementOutcome],
+    problems: Sequence[RequirementProblem] = (),
+) -> GateVerdict:
+    """A requirement without an outcome counts as not generated, which fails it. No requirement at all fails
+    the gate too, naming the parser's `problems`: nothing was shown to work (local runs and the cluster alike)."""
     status_of = {outcome.requirement_id: outcome.status for outcome in outcomes}
     failed: dict[Priority, list[str]] = {Priority.MUST: [], Priority.SHOULD: []}
     totals = dict.fromkeys(Priority, 0)
@@ -57,7 +62,7 @@ def evaluate_gate(requirements: Sequence[Requirement], outcomes: Sequence[Requir
             failed[requirement.priority].append(requirement.id)
             details.append(f"{requirement.id} ({status})")
     allowed = should_failures_allowed(totals[Priority.SHOULD])
-    passed = not failed[Priority.MUST] and len(failed[Priority.SHOULD]) <= allowed
+    passed = bool(requirements) and not failed[Priority.MUST] and len(failed[Priority.SHOULD]) <= allowed
     must_rate = _rate(totals[Priority.MUST], len(failed[Priority.MUST]))
     should_rate = _rate(totals[Priority.SHOULD], len(failed[Priority.SHOULD]))
     summary = (
@@ -66,7 +71,7 @@ def evaluate_gate(requirements: Sequence[Requirement], outcomes: Sequence[Requir
         f"({allowed} SHOULD failure{'s' if allowed != 1 else ''} allowed)"
     )
     if not requirements:
-        message = "Gate S passed: the Masterplan has no MUST or SHOULD requirements to test"
+        message = f"Gate S failed: {no_requirements_message(problems)}"
     elif passed:
         message = f"Gate S passed: {summary}" + (f"; not passing: {', '.join(details)}" if details else "")
     else:

@@ -1,6 +1,7 @@
 """Reads a Masterplan's requirements markdown into MUST/SHOULD requirements with stable ids and line numbers."""
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -186,6 +187,16 @@ def parse_requirements(markdown: str) -> RequirementsDocument:
             )
         )
     return RequirementsDocument(_numbered(items, problems), tuple(sorted(problems, key=lambda p: p.line)))
+
+
+def no_requirements_message(problems: Sequence[RequirementProblem]) -> str:
+    """Why a plan without one readable MUST or SHOULD requirement fails Gate S, in every mode."""
+    shown = "; ".join(p.message for p in problems[:5]) + ("; …" if len(problems) > 5 else "")
+    return (
+        "no MUST or SHOULD requirement could be read"
+        + (f" ({shown})" if shown else "")
+        + "; write one bullet per requirement under '## Requirements' / '### MUST' / '### SHOULD'"
+    )
 
 
 def _numbered(items: list[_Item], problems: list[RequirementProblem]) -> tuple[Requirement, ...]:

@@ -177,6 +177,26 @@ class OpenAICompatibleLLM:
         """What besides the request decides the answer: which endpoint serves the model."""
         return {"endpoint": self._url}
 
+    async def probe(self, timeout_s: float = 5.0) -> str | None:
+        """One cheap GET {base_url}/models before a run: None when the endpoint answers and takes the key,
+        else what is wrong. Any other answer (404 from a server without the route, 5xx) counts as reachable."""
+        url = self._url.removesuffix("/chat/completions") + "/models"
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with (
+                aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session,
+                session.get(url) as response,
+            ):
+                status = response.status
+        except TimeoutError:
+            return f"the LLM endpoint did not answer GET {url} within {timeout_s:.0f}s"
+        except aiohttp.ClientError as error:
+            return f"cannot reach the LLM endpoint: GET {url}: {error}"
+        if status in (401, 403):
+            key = "a valid key in OPENAI_API_KEY" if self._headers else "OPENAI_API_KEY (it is not set)"
+            return f"the LLM endpoint refused the request (HTTP {status} on GET {url}): set {key}"
+        return None
+
     async def complete(self, request: ChatRequest) -> Completion:
         seen: list[str] = []
         try:

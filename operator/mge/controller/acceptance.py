@@ -128,7 +128,9 @@ async def sync_acceptance(
         return state, per_wave
 
     integration = await _integration_checks(deps, namespace, job_name(name, last, runs.get(last, FIRST_RUN)))
-    verdict, score, outcomes = await accept.decide_verdict(plan_id, document.requirements, integration)
+    verdict, score, outcomes = await accept.decide_verdict(
+        plan_id, document.requirements, integration, document.problems
+    )
     metrics.export_pass_rate(namespace, name, outcomes)
     per_wave = await _outcomes_by_wave(accept, plan_id, wave_of)
     return AcceptanceState(True, count, document.problems, verdict=verdict, score=score), per_wave

@@ -4,6 +4,7 @@ import asyncio
 import functools
 import logging
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class GenerationConfig:
     # Generation of a whole plan runs under one claim: long enough for every requirement's attempts.
     lease_s: float = 900.0
     reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
+    # How long one test waits in all for LLM slots (each wait is bounded by the gate's own deadline).
+    slot_wait_s: float = 600.0
 
 
 class TestGenerator:
@@ -121,28 +124,39 @@ class TestGenerator:
             if stored.requirement in document.requirements
             and stored.test.language is test_language(stored.requirement, project)
         }
+
+        async def generate_one(requirement: Requirement) -> tuple[GeneratedTest | None, str | None, int]:
+            test, reason, tried = await self._one(plan_id, context, requirement, project, price)
+            if test is not None:
+                # Saved as soon as it is generated: a run stopped before the others answer keeps it.
+                wave = wave_for_test(test, wave_of_file, last_wave)
+                await self.acceptance.save_tests(
+                    plan_id, context.trace_id, [(test, requirement, wave)], attempts={requirement.id: tried}
+                )
+                metrics.ACCEPTANCE_TESTS_GENERATED.labels(test.language.value).inc()
+            return test, reason, tried
+
         outcomes = await asyncio.gather(
             *(
-                self._reuse(kept[requirement.id])
-                if requirement.id in kept
-                else self._one(plan_id, context, requirement, project, price)
+                self._reuse(kept[requirement.id]) if requirement.id in kept else generate_one(requirement)
                 for requirement in document.requirements
             )
         )
-        generated: list[tuple[GeneratedTest, Requirement, int]] = []
-        attempts: dict[str, int] = {}
         for requirement, (test, reason, tried) in zip(document.requirements, outcomes, strict=True):
-            attempts[requirement.id] = tried
             if test is None:
                 await self.acceptance.save_not_generated(
                     plan_id, context.trace_id, requirement, reason or "no answer", attempts=tried
                 )
-            else:
-                generated.append((test, requirement, wave_for_test(test, wave_of_file, last_wave)))
-        await self.acceptance.save_tests(plan_id, context.trace_id, generated, attempts=attempts)
-        for test, requirement, _ in generated:
-            if requirement.id not in kept:  # reused tests were counted when they were generated
-                metrics.ACCEPTANCE_TESTS_GENERATED.labels(test.language.value).inc()
+        # Reused tests move with their files' waves (a re-plan); the same code keeps its results.
+        await self.acceptance.save_tests(
+            plan_id,
+            context.trace_id,
+            [
+                (stored.test, stored.requirement, wave_for_test(stored.test, wave_of_file, last_wave))
+                for stored in kept.values()
+            ],
+            attempts={stored.requirement.id: stored.attempts for stored in kept.values()},
+        )
         await self.acceptance.delete_tests_except(plan_id, [r.id for r in document.requirements])
 
     async def _reuse(self, stored: StoredTest) -> tuple[GeneratedTest | None, str | None, int]:
@@ -176,7 +190,11 @@ class TestGenerator:
         )
         feedback: str | None = None
         problem = "no attempt made"
-        for attempt in range(1, self.config.max_attempts + 1):
+        attempt = 0
+        # Waiting for an LLM slot is not an attempt: only answers (and LLM errors) use one up.
+        slot_deadline = time.monotonic() + self.config.slot_wait_s
+        while attempt < self.config.max_attempts:
+            attempt += 1
             request = ChatRequest(
                 model=context.model,
                 messages=test_generation_messages(requirement, language, project, feedback),
@@ -214,7 +232,10 @@ class TestGenerator:
             except LLMError as failure:
                 problem, feedback = str(failure), None
             except SlotUnavailable as waited:
-                problem, feedback = str(waited), None
+                if time.monotonic() >= slot_deadline:
+                    return None, f"no LLM slot within {self.config.slot_wait_s:.0f}s: {waited}", attempt - 1
+                attempt -= 1
+                continue
             except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
                 spent = cancelled.spent
                 prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
@@ -264,6 +285,7 @@ class Evaluation:
     tests_generated: int = 0
     tests_not_generated: int = 0
     generation_calls: int = 0  # LLM calls spent on tests, repairs included
+    requirement_problems: tuple[str, ...] = ()  # lines of spec.requirements the parser ignored, and why
 
 
 class LocalAcceptance:
@@ -291,6 +313,7 @@ class LocalAcceptance:
         """Run the tests of every wave that completed since the last step (needs generation done)."""
         if not await self.generated(plan_id):
             return []
+        await self.acceptance.rerun_waves_with_newer_tests(plan_id)
         done = await self.acceptance.result_waves(plan_id)
         complete = [w.index for w in waves if w.succeeded == w.total and w.index not in done]
         results: list[TestRunResult] = []
@@ -343,8 +366,10 @@ async def evaluate_plan(
 ) -> Evaluation:
     """Gate S and the precision score from what the store holds; saved as the plan's verdict."""
     context = await acceptance.plan_context(plan_id)
-    requirements = parse_requirements(context.requirements_markdown).requirements
-    gate, score, _ = await acceptance.decide_verdict(plan_id, requirements, integration)
+    document = parse_requirements(context.requirements_markdown)
+    gate, score, _ = await acceptance.decide_verdict(
+        plan_id, document.requirements, integration, document.problems
+    )
     generated, missing = await acceptance.tests(plan_id), await acceptance.not_generated(plan_id)
     return Evaluation(
         gate,
@@ -353,6 +378,7 @@ async def evaluate_plan(
         tests_generated=len(generated),
         tests_not_generated=len(missing),
         generation_calls=sum(t.attempts for t in generated) + sum(m.attempts for m in missing),
+        requirement_problems=tuple(p.message for p in document.problems),
     )
 
 

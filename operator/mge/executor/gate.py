@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from mge.adapters import metrics
 from mge.adapters.llm import Completion, LLMError, retries_reported_to
@@ -12,6 +14,9 @@ from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
 from mge.concurrency.statistics import CallStatistics
 
+# A full queue is a wait, not a failure: try again after a pause that doubles up to the cap.
+QUEUE_FULL_BACKOFF_S: Final = 0.05
+QUEUE_FULL_BACKOFF_CAP_S: Final = 2.0
 _OVERLOAD_MARKERS = ("HTTP 429", "HTTP 503", "HTTP 502", "HTTP 504", "timeout")
 
 
@@ -20,7 +25,7 @@ def classify(error: str) -> Outcome:
 
 
 class SlotUnavailable(RuntimeError):
-    """The queue was full or the wait timed out: hand the atom back for another executor."""
+    """No slot within the gate's deadline (queue full or not admitted): hand the atom back for another executor."""
 
 
 @dataclass
@@ -91,19 +96,10 @@ class CallGate:
         if self.in_flight < self.limiter.limit and self.queue.size == 0:
             self.in_flight += 1
         else:
-            waiter = _Waiter()
-            if not self.queue.push(
-                waiter,
-                plan=plan,
-                critical_path=critical_path,
-                plan_priority=plan_priority,
-                now=time.monotonic(),
-            ):
-                metrics.QUEUE_DROPS.labels(self._executor).inc()
-                raise SlotUnavailable(f"backpressure queue full ({self.queue.max_size} waiting)")
-            self._export_queue()
+            deadline = time.monotonic() + self._timeout_s
+            waiter = await self._enqueue(plan, critical_path, plan_priority, deadline)
             try:
-                await asyncio.wait_for(asyncio.shield(waiter.admitted), self._timeout_s)
+                await asyncio.wait_for(asyncio.shield(waiter.admitted), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 if waiter.admitted.done():  # admitted at the last moment: use the slot
                     pass
@@ -119,6 +115,25 @@ class CallGate:
             self.statistics.llm_latency.add(now - admitted, now)  # the call, retries included
             self.in_flight -= 1
             self._admit_waiting()
+
+    async def _enqueue(self, plan: str, critical_path: int, plan_priority: int, deadline: float) -> _Waiter:
+        """A place in the queue; a full queue is waited out (backoff with jitter) until the deadline."""
+        waiter = _Waiter()
+        backoff = QUEUE_FULL_BACKOFF_S
+        while not self.queue.push(
+            waiter, plan=plan, critical_path=critical_path, plan_priority=plan_priority, now=time.monotonic()
+        ):
+            if backoff == QUEUE_FULL_BACKOFF_S:  # counted once per call that found the queue full
+                metrics.QUEUE_DROPS.labels(self._executor).inc()
+            pause = backoff * random.uniform(0.5, 1.0)
+            if time.monotonic() + pause > deadline:
+                raise SlotUnavailable(
+                    f"backpressure queue full ({self.queue.max_size} waiting) for {self._timeout_s:.0f}s"
+                )
+            await asyncio.sleep(pause)
+            backoff = min(backoff * 2, QUEUE_FULL_BACKOFF_CAP_S)
+        self._export_queue()
+        return waiter
 
     def _failed(self, outcome: Outcome, now: float) -> None:
         metrics.LLM_REQUESTS.labels(outcome.value).inc()

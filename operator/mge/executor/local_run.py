@@ -37,6 +37,7 @@ from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, Spend, WaveProgress
 from mge.plan.dag import plan_dag
 from mge.trace.context import new_trace_id
+from mge.trace.tree import cost_by_wave
 
 LOCAL_NAMESPACE = "local"
 
@@ -133,11 +134,13 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         )
         ledger = CostLedger(store.pool)
         await ledger.apply_budget(plan_id, run.spec.budget)
+        acceptance = LocalAcceptance(AcceptanceStore(store.pool), store, Sandbox(), run.spec.scaffold_files())
         if run.resume:
-            # The interrupted process is gone: its leases and its reservations (money it never spent) go back.
+            # The interrupted process is gone: its leases, its reservations (money it never spent) and its
+            # acceptance claims (wave runs, test generation) go back.
             await store.release_abandoned(plan_id)
             await ledger.release_abandoned(plan_id)
-        acceptance = LocalAcceptance(AcceptanceStore(store.pool), store, Sandbox(), run.spec.scaffold_files())
+            await acceptance.acceptance.release_claims(plan_id)
         await acceptance.start(plan_id)
         executors = [
             Executor(
@@ -151,12 +154,15 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         ]
         workers = [asyncio.create_task(executor.run(stop)) for executor in executors]
         limit = Decimal(str(run.spec.budget.effective_limit_usd))
+        wave_of = {atom_id: index for index, wave in enumerate(plan.waves) for atom_id in wave}
+        traces = TraceStore(store.pool)
         with Live(console=console, refresh_per_second=8, transient=False) as live:
             held_by_budget = False
             while not stop.is_set():
                 progress = await store.progress(plan_id)
                 waves = await store.wave_progress(plan_id)
-                live.update(_view(run.name, progress, waves, limit, llm.label))
+                costs = cost_by_wave(await traces.settled(plan_id), wave_of)
+                live.update(_view(run.name, progress, waves, limit, llm.label, costs))
                 await acceptance.step(plan_id, waves)
                 if progress.finished and await acceptance.generated(plan_id):
                     break
@@ -170,7 +176,8 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
             await asyncio.gather(*workers)
             progress = await store.progress(plan_id)
             waves = await store.wave_progress(plan_id)
-            live.update(_view(run.name, progress, waves, limit, llm.label))
+            costs = cost_by_wave(await traces.settled(plan_id), wave_of)
+            live.update(_view(run.name, progress, waves, limit, llm.label, costs))
         evaluation = (
             await acceptance.finish(plan_id, waves)
             if not (interrupted or held_by_budget) and await acceptance.generated(plan_id)
@@ -257,7 +264,16 @@ def _write_project(run: LocalRun, outputs: list) -> int:  # type: ignore[type-ar
     return len(outputs)
 
 
-def _view(name: str, progress: Progress, waves: list[WaveProgress], limit: Decimal, llm_label: str) -> Group:
+def _view(
+    name: str,
+    progress: Progress,
+    waves: list[WaveProgress],
+    limit: Decimal,
+    llm_label: str,
+    costs: tuple[dict[int, Decimal], Decimal],
+) -> Group:
+    """Costs are the ledger's settled amounts (per wave, then the acceptance tests): they add up to the spend."""
+    wave_costs, tests_cost = costs
     table = Table(title=f"Masterplan {name}", caption=f"LLM: {llm_label}", caption_justify="left")
     for column in ("Wave", "Atoms", "Succeeded", "Running", "Failed", "Cost (USD)"):
         table.add_column(column, justify="right")
@@ -268,14 +284,16 @@ def _view(name: str, progress: Progress, waves: list[WaveProgress], limit: Decim
             str(wave.succeeded),
             str(wave.running),
             str(wave.failed),
-            f"{wave.cost_usd:.4f}",
+            f"{wave_costs.get(wave.index, Decimal(0)):.4f}",
         )
-    share = progress.cost_usd / limit * 100 if limit else Decimal(0)
+    table.add_row("tests", "", "", "", "", f"{tests_cost:.4f}")
+    spent = sum(wave_costs.values(), tests_cost)
+    share = spent / limit * 100 if limit else Decimal(0)
     summary = Table.grid(padding=(0, 2))
     summary.add_row(
         f"atoms {progress.succeeded}/{progress.total} succeeded",
         f"{progress.running} running",
         f"{progress.failed} failed, {progress.blocked} blocked",
-        f"cost ${progress.cost_usd:.4f} of ${limit:.2f} ({share:.2f}%)",
+        f"cost ${spent:.4f} of ${limit:.2f} ({share:.2f}%)",
     )
     return Group(table, summary)

@@ -32,7 +32,7 @@ def gate_summary(gate: GateVerdict) -> str:
         if rate is not None
     ]
     failing = [*gate.failed_must, *gate.failed_should]
-    text = ", ".join(rates) or "no requirements"
+    text = ", ".join(rates) or "no requirement could be read"
     return text + (f" (failing: {', '.join(failing)})" if failing else "")
 
 
@@ -89,8 +89,12 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
         )
     console.print(table)
     print_dependency_warnings(console, result.dependencies)
-    if result.acceptance is not None and not result.acceptance.gate.passed:
-        console.print(f"[red]{result.acceptance.gate.message}[/]")
+    if result.acceptance is not None:
+        if result.acceptance.gate.passed:
+            for problem in result.acceptance.requirement_problems:
+                console.print(f"[yellow]warning[/] spec.requirements {problem}", highlight=False)
+        else:  # the gate's message already names the parser's problems when nothing could be read
+            console.print(f"[red]{result.acceptance.gate.message}[/]", highlight=False)
     if result.acceptance is not None:
         for check in result.acceptance.integration:
             if not check.passed:

@@ -53,4 +53,10 @@ def print_trace(console: Console, tree: TraceTree) -> None:
             leaf = branch.add(_atom_label(atom))
             for record in atom.attempts:
                 leaf.add(_attempt_label(record))
+    if tree.other_calls:
+        cost = sum((node.cost_usd for node in tree.other_calls), Decimal(0))
+        tokens = sum(node.tokens for node in tree.other_calls)
+        branch = root.add(f"acceptance tests and other calls  {usd(cost)}  {tokens} tok")
+        for node in tree.other_calls:
+            branch.add(f"[bold]{node.atom_id}[/] {node.state}  {usd(node.cost_usd)}  {node.tokens} tok")
     console.print(root)

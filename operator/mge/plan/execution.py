@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
 from mge.cost.caps import (
     BudgetLimits,
@@ -203,6 +203,9 @@ def _apply_scaling(conditions: ConditionLog, scaling: ScalingSignals, now: datet
     )
 
 
+_WRITE_REQUIREMENTS: Final = "Write bullets under '## Requirements' / '### MUST' / '### SHOULD' and re-apply."
+
+
 def _problems(problems: Sequence[LineProblem]) -> str:
     shown = "; ".join(
         p.message if p.message.startswith("line ") else f"line {p.line}: {p.message}"
@@ -232,8 +235,7 @@ def _apply_requirements(
             ConditionType.GATE_S_PASSED,
             ConditionStatus.FALSE,
             Reason.INVALID_REQUIREMENTS,
-            f"No requirement could be read: {_problems(acceptance.problems)}. Write bullets under "
-            "'## Requirements' / '### MUST' / '### SHOULD' and re-apply.",
+            f"No requirement could be read: {_problems(acceptance.problems)}. {_WRITE_REQUIREMENTS}",
         )
     elif acceptance.job_failure is not None:
         conditions.set(
@@ -311,12 +313,11 @@ def _apply_gate(
         return
     failing = _names(verdict.failed_must + verdict.failed_should)
     reason = Reason.MUST_REQUIREMENT_FAILED if verdict.failed_must else Reason.SHOULD_REQUIREMENTS_FAILED
-    conditions.set(
-        ConditionType.GATE_S_PASSED,
-        ConditionStatus.FALSE,
-        reason,
-        f"Failing requirements: {failing}. {verdict.message}{problems}",
-    )
+    message = f"Failing requirements: {failing}. {verdict.message}{problems}"
+    if acceptance.requirements == 0:  # the gate's rule: nothing readable to test fails it, as in mge run
+        failing, reason = "no readable requirement", Reason.INVALID_REQUIREMENTS
+        message = f"No requirement could be read: {_problems(acceptance.problems)}. {_WRITE_REQUIREMENTS}"
+    conditions.set(ConditionType.GATE_S_PASSED, ConditionStatus.FALSE, reason, message)
     conditions.set(
         ConditionType.FAILED,
         ConditionStatus.TRUE,

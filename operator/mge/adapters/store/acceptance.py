@@ -10,7 +10,7 @@ from typing import Any, Final
 import asyncpg
 
 from mge.acceptance.gate import GateVerdict, RequirementOutcome, TestStatus, evaluate_gate
-from mge.acceptance.requirements import Priority, Requirement
+from mge.acceptance.requirements import Priority, Requirement, RequirementProblem
 from mge.acceptance.templates import GeneratedTest, ProjectFile
 from mge.models.masterplan import Language
 from mge.precision.score import IntegrationCheck, PrecisionScore, precision_score
@@ -119,7 +119,10 @@ class AcceptanceStore:
         *,
         attempts: dict[str, int] | None = None,
     ) -> None:
-        """Upsert one test per requirement (a regenerated test replaces the old one; results stay as history)."""
+        """Upsert one test per requirement (a regenerated test replaces the old one; results stay as history).
+
+        Results count from the test's `created_at`: saving the same code again (a resumed run reusing it)
+        keeps its results, new code starts afresh."""
         tried = attempts or {}
         await self.pool.executemany(
             """INSERT INTO acceptance_tests (masterplan_id, requirement_id, trace_id, requirement_priority,
@@ -130,7 +133,10 @@ class AcceptanceStore:
                    requirement_text = excluded.requirement_text, requirement_line = excluded.requirement_line,
                    status = 'generated', wave = excluded.wave, language = excluded.language,
                    path = excluded.path, code = excluded.code, reason = NULL, attempts = excluded.attempts,
-                   created_at = now()""",
+                   created_at = CASE
+                       WHEN acceptance_tests.status = 'generated' AND acceptance_tests.code = excluded.code
+                            AND acceptance_tests.path = excluded.path
+                       THEN acceptance_tests.created_at ELSE now() END""",
             [
                 (
                     plan_id,
@@ -320,13 +326,17 @@ class AcceptanceStore:
     # --- verdict ---------------------------------------------------------------------------------------------
 
     async def decide_verdict(
-        self, plan_id: uuid.UUID, requirements: Sequence[Requirement], integration: Sequence[IntegrationCheck]
+        self,
+        plan_id: uuid.UUID,
+        requirements: Sequence[Requirement],
+        integration: Sequence[IntegrationCheck],
+        problems: Sequence[RequirementProblem] = (),
     ) -> tuple[GateVerdict, PrecisionScore, list[RequirementOutcome]]:
         """Gate S and the precision score from the stored outcomes, saved as the plan's verdict (local runs and
         the operator decide it the same way)."""
         outcomes = await self.outcomes(plan_id)
         total, validated = await self.validation_counts(plan_id)
-        gate = evaluate_gate(requirements, outcomes)
+        gate = evaluate_gate(requirements, outcomes, problems)
         score = precision_score(requirements, outcomes, integration, total, validated)
         await self.save_verdict(plan_id, gate, score, integration)
         return gate, score, outcomes
@@ -499,6 +509,16 @@ class AcceptanceStore:
             owner,
         )
 
+    async def release_claims(self, plan_id: uuid.UUID) -> int:
+        """Local resume: wave runs left running by a process that is gone can be taken again at once."""
+        status = await self.pool.execute(
+            """UPDATE acceptance_wave_runs SET state = 'requested', lease_owner = NULL, lease_expires_at = NULL,
+                   updated_at = now()
+               WHERE masterplan_id = $1 AND state = 'running'""",
+            plan_id,
+        )
+        return int(status.split()[-1])
+
     async def generation_state(self, plan_id: uuid.UUID) -> str | None:
         """'requested', 'running', 'done', or None when generation was never requested."""
         state = await self.pool.fetchval(
@@ -544,6 +564,20 @@ class AcceptanceStore:
                 lease_seconds,
             )
         return bool(status.endswith(" 1"))
+
+    async def rerun_waves_with_newer_tests(self, plan_id: uuid.UUID) -> list[int]:
+        """Local resume: a wave that ran before one of its tests was (re)generated runs again."""
+        rows = await self.pool.fetch(
+            """UPDATE acceptance_wave_runs w SET state = 'requested', requests = w.requests + 1,
+                   lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               WHERE w.masterplan_id = $1 AND w.state = 'done' AND EXISTS (
+                   SELECT 1 FROM acceptance_tests t
+                   WHERE t.masterplan_id = $1 AND t.wave = w.wave AND t.status = 'generated'
+                     AND t.created_at > w.updated_at)
+               RETURNING w.wave""",
+            plan_id,
+        )
+        return sorted(row["wave"] for row in rows)
 
     async def result_waves(self, plan_id: uuid.UUID) -> set[int]:
         """Waves whose latest requested run has saved its results."""

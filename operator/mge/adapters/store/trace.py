@@ -8,7 +8,7 @@ import asyncpg
 from mge.adapters.metrics import CORRELATION_STRENGTH, TRACE_COVERAGE
 from mge.trace.correlations import FinishedAtom, FinishedCall, correlations
 from mge.trace.coverage import TableCoverage, coverage_percentage
-from mge.trace.tree import AtomRecord, AttemptRecord, TraceTree, build_tree
+from mge.trace.tree import AtomRecord, AttemptRecord, SettledCost, TraceTree, build_tree
 
 # Correlations describe recent behaviour: the newest finished atoms and calls, across plans.
 CORRELATION_WINDOW: Final = 2000
@@ -44,7 +44,18 @@ class TraceStore:
             plan["trace_id"],
             (AtomRecord(r["wave_index"], r["atom_id"], r["state"]) for r in atoms),
             (AttemptRecord(**dict(r)) for r in attempts),
+            await self.settled(plan["id"]),
         )
+
+    async def settled(self, plan_id: Any) -> dict[str, SettledCost]:
+        """The plan's settle events summed by atom id (acceptance tests as "acceptance/<id>")."""
+        rows = await self.pool.fetch(
+            """SELECT coalesce(atom_id, '') AS atom_id, sum(amount_usd) AS cost_usd, sum(prompt_tokens + completion_tokens) AS tokens,
+                      count(*) AS calls
+               FROM cost_events WHERE masterplan_id = $1 AND kind = 'settle' GROUP BY 1""",
+            plan_id,
+        )
+        return {r["atom_id"]: SettledCost(r["cost_usd"], int(r["tokens"]), int(r["calls"])) for r in rows}
 
     async def coverage(self) -> list[TableCoverage]:
         """Every table with a trace_id column, found in the catalog so new tables are covered unasked."""

@@ -132,7 +132,9 @@ class CallGate:
                 )
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, QUEUE_FULL_BACKOFF_CAP_S)
-        self._export_queue()
+        # Slots may have freed while it backed off, with nobody queued to take them: without this, a waiter
+        # queued after the last call ended would wait out its whole deadline with no call in flight.
+        self._admit_waiting()
         return waiter
 
     def _failed(self, outcome: Outcome, now: float) -> None:

@@ -356,7 +356,8 @@ async def test_every_query_on_the_pool_is_timed_for_the_metric_and_the_listeners
     finally:
         await store.close()
 
-    assert len([seconds for seconds in heard if seconds >= 0.02]) == 5
+    # Each of the 5 sleeps is heard; on a loaded machine another query may also take 20 ms.
+    assert len([seconds for seconds in heard if seconds >= 0.02]) >= 5
     assert len(heard) > 5  # registration's queries too
     assert selects.get() - select_seconds_before >= 0.1
     assert _histogram_count("insert") > inserts_before

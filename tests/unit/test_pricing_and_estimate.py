@@ -54,3 +54,11 @@ def test_estimate_adds_overhead_own_text_and_dependency_context():
 def test_offline_tokenizer_counts_tokens_without_network():
     assert count_tokens("hello world") == 2
     assert count_tokens("<|endoftext|>") > 1  # special tokens in user text are plain text, not an error
+
+
+def test_a_call_costs_its_batch_share_when_batched_its_tokens_otherwise_and_nothing_unanswered():
+    price = ModelPrice(input=Decimal("1"), cached_input=Decimal("0.5"), output=Decimal("2"))
+
+    assert price.spent(1000, 500, 0, batch_share=Decimal("0.0001")) == Decimal("0.0001")
+    assert price.spent(1000, 500, 200, batch_share=None) == price.cost(1000, 500, 200) > 0
+    assert price.spent(0, 0, 0, batch_share=None) == 0

@@ -24,6 +24,21 @@ class ModelPrice(BaseModel):
             self.input * uncached + self.cached_input * cached_prompt_tokens + self.output * completion_tokens
         ) * _PER_TOKEN
 
+    def spent(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int,
+        batch_share: Decimal | None,
+    ) -> Decimal:
+        """What one call cost: its share of the batch when it was batched, else its tokens (nothing if it
+        never answered)."""
+        if batch_share is not None:
+            return batch_share
+        return (
+            self.cost(prompt_tokens, completion_tokens, cached_prompt_tokens) if prompt_tokens else Decimal(0)
+        )
+
 
 # Our tokenizer is not every provider's: pad the prompt count so the reservation stays an upper bound.
 PROMPT_MARGIN: Final = Decimal("1.10")

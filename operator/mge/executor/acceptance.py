@@ -242,14 +242,7 @@ class TestGenerator:
                 cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
                 raise
             finally:
-                if share is not None:
-                    cost = share
-                else:
-                    cost = (
-                        price.cost(prompt_tokens, completion_tokens, cached_tokens)
-                        if prompt_tokens
-                        else Decimal(0)
-                    )
+                cost = price.spent(prompt_tokens, completion_tokens, cached_tokens, share)
                 await asyncio.shield(
                     self.ledger.settle(
                         reservation,

@@ -500,14 +500,7 @@ class Executor:
             log.error("atom %s attempt %d crashed", atom.atom_id, attempt, exc_info=crash)
             code, error, outcome = None, _describe(crash), "error"
         finally:
-            if share is not None:
-                cost = share
-            else:
-                cost = (
-                    price.cost(prompt_tokens, completion_tokens, cached_tokens)
-                    if prompt_tokens
-                    else Decimal(0)
-                )
+            cost = price.spent(prompt_tokens, completion_tokens, cached_tokens, share)
             # Money spent is settled even if the attempt is then dropped or the task is cancelled.
             if reservation is not None:
                 await asyncio.shield(

@@ -339,7 +339,9 @@ class Sandbox:
                      "module": {"type": "commonjs"}},
                 ]
             },
-            "cacheDirectory": "/tmp/jest-cache",
+            # No cacheDirectory: Jest's default (/tmp/jest_<uid>) is per uid. Each sandbox slot runs as its own
+            # uid, and where /tmp is shared (no namespaces, as in an acceptance Job) one shared folder belongs to
+            # the first uid and every other slot's run failed with EACCES.
             "watchman": False,
         }  # fmt: skip
         command = [

@@ -10,8 +10,8 @@ from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import DEFAULT_PRICES, worst_case_call_cost
-from mge.generation.prompt import SYSTEM_PROMPT
 from tests.support.batch_answers import batch_responder
+from tests.support.batch_answers import batchable_request as _request
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 
 pytestmark = pytest.mark.component
@@ -21,19 +21,6 @@ PRICE = DEFAULT_PRICES["gpt-4o-mini"]
 LONG = "```python\n" + "\n".join(f"VALUE_{i} = {i} * {i}" for i in range(35)) + "\n```"
 SHORT = "```python\nNAME = 1\n```"
 RECORDINGS = {"a0": {1: LONG}, "a1": {1: SHORT}}
-
-
-def _request(atom: str) -> ChatRequest:
-    return ChatRequest(
-        model="gpt-4o-mini",
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"Write `{atom}.py`."},
-        ],
-        max_tokens=256,
-        trace_id="00000000-0000-4000-8000-0000000000b2",
-        atom_id=atom,
-    )
 
 
 def _reserved(request: ChatRequest) -> Decimal:

@@ -5,31 +5,16 @@ import asyncio
 import pytest
 
 from mge.adapters import metrics
-from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM, retries_reported_to
+from mge.adapters.llm import OpenAICompatibleLLM, retries_reported_to
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
-from mge.generation.prompt import SYSTEM_PROMPT
 from tests.support.batch_answers import batch_responder
+from tests.support.batch_answers import batchable_request as _request
 from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
 
 ATOMS = [f"a{i}" for i in range(7)]
 RECORDINGS = {atom: {1: f"```python\nNAME_{i} = {i}\n```"} for i, atom in enumerate(ATOMS)}
-
-
-def _request(atom: str, attempt: int = 1, temperature: float = 0.0) -> ChatRequest:
-    return ChatRequest(
-        model="gpt-4o-mini",
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"Write `{atom}.py`."},
-        ],
-        max_tokens=256,
-        temperature=temperature,
-        trace_id="00000000-0000-4000-8000-0000000000b1",
-        atom_id=atom,
-        attempt=attempt,
-    )
 
 
 async def _server(**responder_options) -> FakeLLM:

@@ -7,27 +7,14 @@ import pytest
 
 from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
-from mge.generation.prompt import SYSTEM_PROMPT
 from tests.support.batch_answers import batch_responder
+from tests.support.batch_answers import batchable_request as _request
 from tests.support.fake_llm import FakeLLM, Fault
 
 pytestmark = pytest.mark.component
 
 ATOMS = ["a0", "a1", "a2"]
 RECORDINGS = {atom: {1: f"```python\nNAME_{i} = {i}\n```"} for i, atom in enumerate(ATOMS)}
-
-
-def _request(atom: str) -> ChatRequest:
-    return ChatRequest(
-        model="gpt-4o-mini",
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"Write `{atom}.py`."},
-        ],
-        max_tokens=256,
-        trace_id="00000000-0000-4000-8000-0000000000b2",
-        atom_id=atom,
-    )
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from mge.adapters.llm import ChatRequest
 from mge.adapters.llm_cache import BATCH_ATOM_PREFIX
+from mge.generation.prompt import SYSTEM_PROMPT
 
 
 def batch_responder(
@@ -27,3 +29,19 @@ def batch_responder(
         return json.dumps({"answers": answers})
 
     return respond
+
+
+def batchable_request(atom: str, attempt: int = 1, temperature: float = 0.0) -> ChatRequest:
+    """A small temperature-0 atom request of the kind the batcher groups."""
+    return ChatRequest(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"Write `{atom}.py`."},
+        ],
+        max_tokens=256,
+        temperature=temperature,
+        trace_id="00000000-0000-4000-8000-0000000000b1",
+        atom_id=atom,
+        attempt=attempt,
+    )

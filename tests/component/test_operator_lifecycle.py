@@ -106,7 +106,10 @@ async def test_a_masterplan_deleted_while_the_operator_is_down_is_retired_at_sta
         await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
         await eventually(lambda: _run_id(cluster))
         plan_id = _run_id(cluster)
+        assert not _masterplan(cluster)["metadata"].get("finalizers")
     await _delete(cluster)
+    # No finalizer: the object is gone at once, although no operator is running to release it.
+    assert _masterplan(cluster) is None
 
     store = await Store.connect(pg)
     try:
@@ -329,3 +332,15 @@ async def test_a_progress_tick_never_writes_over_a_newer_generations_conditions(
 
     assert _masterplan(cluster)["status"]["observedGeneration"] == 2
     assert _reason(cluster, "Suspended") == "True/SuspendedByUser"
+
+
+async def test_the_finalizer_an_earlier_release_put_on_a_masterplan_is_removed(cluster, pg):
+    """Releases before the progress loop ran a kopf timer per Masterplan, which adds kopf's finalizer."""
+    plan = hello()
+    plan["metadata"]["finalizers"] = ["mge.devmatrix.io/finalizer"]
+    await _apply(cluster, plan)
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        await eventually(lambda: not _masterplan(cluster)["metadata"].get("finalizers"))
+    await _delete(cluster)
+    assert _masterplan(cluster) is None

@@ -5,7 +5,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -44,6 +44,8 @@ from mge.plan.status import (
 from mge.trace.context import current_trace_id
 
 PROGRESS_INTERVAL_SECONDS = 10.0
+# Plans synced at once: bounds the Postgres connections and API calls one tick makes with hundreds of plans.
+PROGRESS_CONCURRENCY = 8
 RETRY_API_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
@@ -156,20 +158,13 @@ async def _register(
 
 
 async def sync_progress(
-    name: str,
-    namespace: str | None,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
+    deps: ControllerDeps, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
-    """Timer: aggregate atom progress and cost from Postgres into the Masterplan's and its Waves' status."""
-    assert namespace is not None
-    deps = deps_of(memo)
+    """Aggregate atom progress and cost from Postgres into the Masterplan's and its Waves' status."""
+    meta, spec, status = body.meta, body.spec, body.status
+    name, namespace = meta.name, meta.namespace
+    assert name is not None, "a listed Masterplan has a name"
+    assert namespace is not None, "Masterplans are namespaced"
     observed = MasterplanStatus.model_validate(dict(status))
     planned = find_condition(observed.conditions, ConditionType.PLANNED)
     if planned is None or planned.status != ConditionStatus.TRUE:
@@ -195,8 +190,6 @@ async def sync_progress(
             )
     except StoreUnavailable as error:
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
-    except KubeUnavailable as error:
-        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
     else:
         desired, events = decide_execution(
             name=name,
@@ -217,10 +210,7 @@ async def sync_progress(
     # Not through kopf's patch: the spec may have changed since this tick's snapshot, and the conditions list
     # is written whole, so the write must not land over a newer generation's conditions.
     changes = status_patch(dict(status), desired)
-    try:
-        written = not changes or await deps.kube.patch_masterplan_status(namespace, name, changes, generation)
-    except KubeUnavailable as error:
-        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    written = not changes or await deps.kube.patch_masterplan_status(namespace, name, changes, generation)
     if not written:
         logger.info("progress not written: the Masterplan changed meanwhile; the next tick catches up")
         return
@@ -273,6 +263,40 @@ async def retire_missing_forever(deps: ControllerDeps, namespaces: Sequence[str]
             if retired:
                 log.info("retired %d runs whose Masterplan was deleted: %s", len(retired), retired)
         await asyncio.sleep(deps.sweep_interval_s)
+
+
+async def sync_progress_forever(deps: ControllerDeps, namespaces: Sequence[str], interval: float) -> None:
+    """Every `interval`, sync the status of each Masterplan in `namespaces`; never raises.
+
+    One operator-level loop rather than a kopf timer per object: kopf puts a finalizer on every object
+    that has a timer, so a deletion would wait for the operator (forever while it is down) and for the
+    tick in flight. A failure for one plan (API or store down) is logged and retried on the next tick.
+    """
+    slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
+    while True:
+        for namespace in namespaces:
+            try:
+                items = await deps.kube.list_masterplans(namespace)
+            except (KubeUnavailable, ApiException) as error:
+                log.warning("progress of Masterplans in %s not synced: %s", namespace, error)
+                continue
+            await asyncio.gather(
+                *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, item)), slots) for item in items)
+            )
+        await asyncio.sleep(interval)
+
+
+async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore) -> None:
+    ref = {"namespace": body.meta.namespace, "name": body.meta.name, "uid": body.meta.uid}
+    logger = logging.LoggerAdapter(log, {"k8s_ref": ref})
+    async with slots:
+        try:
+            await sync_progress(deps, body, logger)
+        except (KubeUnavailable, ApiException) as error:
+            logger.warning("progress not synced (retried next tick): %s", error)
+        except Exception:
+            # One plan's unexpected failure must not stop the status of every other plan.
+            logger.exception("progress not synced (retried next tick)")
 
 
 def _export_cost_metrics(
@@ -456,13 +480,10 @@ async def _post_events(
         )
 
 
-def register(registry: kopf.OperatorRegistry, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Handlers only, no timer or daemon: those would make kopf put a finalizer on every Masterplan."""
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(
             reconcile_masterplan
         )
-    timer = kopf.timer(
-        API_GROUP, API_VERSION, "masterplans", registry=registry, id="progress", interval=progress_interval
-    )
-    timer(sync_progress)
     kopf.on.event(API_GROUP, API_VERSION, "masterplans", registry=registry, id="retire")(retire_deleted)

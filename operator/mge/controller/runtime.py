@@ -33,16 +33,13 @@ def tune(settings: kopf.OperatorSettings) -> None:
     settings.scanning.disabled = True
 
 
-def build_registry(
-    registry: kopf.OperatorRegistry | None = None,
-    progress_interval: float = masterplan.PROGRESS_INTERVAL_SECONDS,
-) -> kopf.OperatorRegistry:
+def build_registry(registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
     """Our handlers on `registry`; by default one that logs in like kubectl (in-cluster or kubeconfig)."""
     if registry is None:
         registry = kopf.OperatorRegistry()
         # Same credentials as the kubernetes client: in-cluster service account, else kubeconfig.
         kopf.on.login(registry=registry)(kopf.login_via_client)
-    masterplan.register(registry, progress_interval)
+    masterplan.register(registry)
     wave.register(registry)
     return registry
 
@@ -65,9 +62,12 @@ async def run_operator(
         tune(settings)
     background = [asyncio.create_task(task) for task in background_tasks]
     background.append(asyncio.create_task(masterplan.retire_missing_forever(deps, namespaces)))
+    background.append(
+        asyncio.create_task(masterplan.sync_progress_forever(deps, namespaces, progress_interval))
+    )
     try:
         await kopf.operator(
-            registry=build_registry(registry, progress_interval),
+            registry=build_registry(registry),
             settings=settings,
             namespaces=namespaces,
             standalone=True,

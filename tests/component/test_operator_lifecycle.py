@@ -344,3 +344,14 @@ async def test_the_finalizer_an_earlier_release_put_on_a_masterplan_is_removed(c
         await eventually(lambda: not _masterplan(cluster)["metadata"].get("finalizers"))
     await _delete(cluster)
     assert _masterplan(cluster) is None
+
+
+async def test_status_sync_works_from_the_watch_and_does_not_list_masterplans_on_every_tick(cluster, pg):
+    """Hundreds of plans with inline atoms: a LIST of full objects every 10 s would load the API server."""
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS], progress_interval=0.1):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        await eventually(lambda: (_masterplan(cluster)["status"].get("atoms") or {}).get("total") == 6)
+        lists_before = cluster.lists["masterplans"]
+        await asyncio.sleep(1.0)  # a window of about 10 progress ticks, then count what they listed
+        assert cluster.lists["masterplans"] - lists_before <= 1  # at most the 60 s sweep's own list

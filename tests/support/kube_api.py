@@ -8,6 +8,7 @@ validation, admission, ownerReference garbage collection, PUT semantics.
 """
 
 import asyncio
+import collections
 import copy
 import datetime
 import itertools
@@ -101,6 +102,7 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._versions = itertools.count(1)
         self._watchers: list[tuple[Any, str | None, asyncio.Queue[dict[str, Any]]]] = []
         self.writes = 0
+        self.lists: collections.Counter[str] = collections.Counter()  # LIST calls per plural
         # Authentication and authorization, as a real API server would answer TokenReview/SubjectAccessReview.
         self.tokens: dict[str, tuple[str, list[str]]] = {}
         self.grants: set[tuple[str, str, str, str]] = set()  # (user, namespace, resource/subresource, verb)
@@ -148,6 +150,7 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
     def _serve(self, request: rendering.Request) -> aiohttp.web.Response:
         action, resource = request.action, request.resource
         if action == enums.action.LIST:
+            self.lists[resource.plural] += 1
             selector = request.params.get("labelSelector", "")
             items = [
                 obj

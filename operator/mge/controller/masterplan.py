@@ -217,23 +217,27 @@ async def sync_progress(
     await _post_events(deps.kube, body, PlanningOutcome(status=desired, events=events), logger)
 
 
-async def retire_deleted(
-    type: str,
+async def track_masterplan(
+    type: str | None,
     body: kopf.Body,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """A Masterplan is gone: end its run at once (executors stop its atoms, its reservations are released).
+    """Every watch event: keep the progress loop's view of live Masterplans; on DELETED also end the run at
+    once (executors stop its atoms, its reservations are released).
 
     Best effort, no finalizer: a deletion must never wait for Postgres. A delete missed here (operator down,
     store down) is caught by the sweep (retire_missing_forever) or when an object of the same name registers.
     """
+    deps = deps_of(memo)
     if type != "DELETED":
+        deps.live_plans.seen(body, asyncio.get_running_loop().time())
         return
+    deps.live_plans.gone(str(body.meta.uid))
     plan_id = run_of(body.meta, MasterplanStatus.model_validate(dict(body.status)))
     try:
-        async with deps_of(memo).store.session() as store:
+        async with deps.store.session() as store:
             if await store.retire(plan_id):
                 logger.info(f"Masterplan deleted: run {plan_id} retired; its cost events are kept")
     except StoreUnavailable as error:
@@ -244,11 +248,13 @@ async def retire_missing(deps: ControllerDeps, namespaces: Sequence[str]) -> lis
     """Retire the runs whose Masterplan no longer exists; nothing when a namespace cannot be listed."""
     async with deps.store.session() as store:
         listed_at = await store.clock()  # before listing: a run registered meanwhile is never swept
+        seen_before = asyncio.get_running_loop().time()
         live = [
             (namespace, item["metadata"]["name"], item["metadata"]["uid"])
             for namespace in namespaces
             for item in await deps.kube.list_masterplans(namespace)
         ]
+        deps.live_plans.prune({uid for _, _, uid in live}, seen_before)
         return await store.retire_missing(namespaces, live, listed_at)
 
 
@@ -265,8 +271,8 @@ async def retire_missing_forever(deps: ControllerDeps, namespaces: Sequence[str]
         await asyncio.sleep(deps.sweep_interval_s)
 
 
-async def sync_progress_forever(deps: ControllerDeps, namespaces: Sequence[str], interval: float) -> None:
-    """Every `interval`, sync the status of each Masterplan in `namespaces`; never raises.
+async def sync_progress_forever(deps: ControllerDeps, interval: float) -> None:
+    """Every `interval`, sync the status of each live Masterplan (as the watch showed it); never raises.
 
     One operator-level loop rather than a kopf timer per object: kopf puts a finalizer on every object
     that has a timer, so a deletion would wait for the operator (forever while it is down) and for the
@@ -274,15 +280,10 @@ async def sync_progress_forever(deps: ControllerDeps, namespaces: Sequence[str],
     """
     slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
     while True:
-        for namespace in namespaces:
-            try:
-                items = await deps.kube.list_masterplans(namespace)
-            except (KubeUnavailable, ApiException) as error:
-                log.warning("progress of Masterplans in %s not synced: %s", namespace, error)
-                continue
-            await asyncio.gather(
-                *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, item)), slots) for item in items)
-            )
+        bodies = deps.live_plans.current()
+        await asyncio.gather(
+            *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in bodies)
+        )
         await asyncio.sleep(interval)
 
 
@@ -486,4 +487,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
         decorator(API_GROUP, API_VERSION, "masterplans", registry=registry, id="reconcile")(
             reconcile_masterplan
         )
-    kopf.on.event(API_GROUP, API_VERSION, "masterplans", registry=registry, id="retire")(retire_deleted)
+    kopf.on.event(API_GROUP, API_VERSION, "masterplans", registry=registry, id="track")(track_masterplan)

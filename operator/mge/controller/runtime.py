@@ -62,9 +62,7 @@ async def run_operator(
         tune(settings)
     background = [asyncio.create_task(task) for task in background_tasks]
     background.append(asyncio.create_task(masterplan.retire_missing_forever(deps, namespaces)))
-    background.append(
-        asyncio.create_task(masterplan.sync_progress_forever(deps, namespaces, progress_interval))
-    )
+    background.append(asyncio.create_task(masterplan.sync_progress_forever(deps, progress_interval)))
     try:
         await kopf.operator(
             registry=build_registry(registry),

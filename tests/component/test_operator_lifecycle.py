@@ -355,3 +355,21 @@ async def test_status_sync_works_from_the_watch_and_does_not_list_masterplans_on
         lists_before = cluster.lists["masterplans"]
         await asyncio.sleep(1.0)  # a window of about 10 progress ticks, then count what they listed
         assert cluster.lists["masterplans"] - lists_before <= 1  # at most the 60 s sweep's own list
+
+
+async def test_a_finished_plan_costs_no_api_writes_on_later_ticks(cluster, pg):
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS], progress_interval=0.1):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        async with running_executor(pg, HELLO_RECORDING):
+            await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+
+        async def settled() -> bool:
+            before = cluster.writes
+            await asyncio.sleep(0.3)
+            return cluster.writes == before
+
+        await eventually(settled)  # the completion's own writes (status, Waves, Events) are done
+        writes_before = cluster.writes
+        await asyncio.sleep(1.0)  # a window of about 10 progress ticks
+        assert cluster.writes == writes_before

@@ -6,6 +6,7 @@ cluster's collector lags.
 """
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -373,3 +374,44 @@ async def test_a_finished_plan_costs_no_api_writes_on_later_ticks(cluster, pg):
         writes_before = cluster.writes
         await asyncio.sleep(1.0)  # a window of about 10 progress ticks
         assert cluster.writes == writes_before
+
+
+async def test_a_plan_whose_atoms_outgrow_the_annotation_limit_is_planned_and_updated(cluster, pg):
+    """kopf keeps the last handled spec in an annotation; a full copy of 600 inline atoms (~360 KB) would be
+    refused by the API server (annotations total at most 256 KiB) and the plan never planned."""
+    plan = hello()
+    plan["metadata"]["name"] = "large"
+    text = "Return the constant asked for, documented, typed and tested. " * 9
+    plan["spec"]["atoms"] = [
+        {"id": f"a{i}", "file": f"pkg/m{i}.py", "language": "python", "description": f"{i}: {text}"}
+        for i in range(600)
+    ]
+    await _apply(cluster, plan)
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned", "large") == "True/Planned", timeout=30)
+        assert _masterplan(cluster, "large")["status"]["atoms"]["total"] == 600
+        # An edit of the atoms is still seen as a change of the spec and planned again.
+        await _patch(cluster, "large", {"spec": {"atoms": plan["spec"]["atoms"][:300]}})
+        await eventually(lambda: _masterplan(cluster, "large")["status"]["atoms"]["total"] == 300, timeout=30)
+
+
+async def test_after_an_upgrade_from_a_full_copy_of_the_spec_a_plan_is_reconciled_once_without_changes(
+    cluster, pg
+):
+    key = "mge.devmatrix.io/last-handled-configuration"
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        await eventually(lambda: (_masterplan(cluster)["status"].get("atoms") or {}).get("total") == 6)
+    stored = next(o for (r, _, n), o in cluster.store.items() if r.plural == "masterplans" and n == "hello")
+    assert "sha256" in stored["metadata"]["annotations"][key]
+    # What an earlier release left: kopf's usual full copy of the spec.
+    stored["metadata"]["annotations"][key] = json.dumps({"spec": stored["spec"]})
+    status_before = _masterplan(cluster)["status"]
+    events_before = len(cluster.objects_of("events", NS))
+
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: "sha256" in _masterplan(cluster)["metadata"]["annotations"][key])
+
+    assert _masterplan(cluster)["status"] == status_before
+    assert len(cluster.objects_of("events", NS)) == events_before

@@ -3,8 +3,8 @@
 No real API server can run here. kmock serves API discovery and parses requests; this subclass adds
 what kopf and our adapters rely on: an object store with resourceVersion, uid, creationTimestamp and
 generation (bumped on spec changes only), 201/404/409 codes, JSON merge-patch (null deletes), the status
-subresource, labelSelector filtering, finalizer-aware deletion and watch streams. Not emulated: schema
-validation, admission, ownerReference garbage collection, PUT semantics.
+subresource, labelSelector filtering, finalizer-aware deletion, watch streams and the 256 KiB limit on
+annotations. Not emulated: schema validation, admission, ownerReference garbage collection, PUT semantics.
 """
 
 import asyncio
@@ -22,6 +22,8 @@ import kmock
 from kmock._internal import enums, rendering  # the subclass hooks live in kmock's internals
 
 Key = tuple[Any, str | None, str]
+# The API server's limit on the total size of an object's annotations (keys and values).
+MAX_ANNOTATIONS_BYTES = 256 * 1024
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -240,6 +242,14 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         return max((int(o["metadata"]["resourceVersion"]) for o in self.store.values()), default=0)
 
     def _commit(self, key: Key, obj: dict[str, Any], event: str, code: int) -> aiohttp.web.Response:
+        annotations = obj["metadata"].get("annotations") or {}
+        size = sum(len(k.encode()) + len(str(v).encode()) for k, v in annotations.items())
+        if event != "DELETED" and size > MAX_ANNOTATIONS_BYTES:
+            return _status(
+                422,
+                "Invalid",
+                f"metadata.annotations: Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
+            )
         self.writes += 1
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
         if event == "DELETED":

@@ -1,9 +1,11 @@
 """Runs the kopf operator: registers handlers, tunes kopf, serves the liveness probe."""
 
 import asyncio
+import hashlib
+import json
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 import kopf
@@ -13,11 +15,30 @@ from mge.controller.deps import ControllerDeps
 from mge.models.base import API_GROUP
 
 
+class SpecDigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation with the spec as a digest instead of a full copy.
+
+    A full copy of a spec with hundreds of inline atoms exceeds the API server's 256 KiB limit on an
+    object's annotations, which refuses every write kopf makes to it (the plan would never be planned).
+    Our handlers reconcile from the whole spec and never read kopf's field diff, so a digest is enough
+    to tell that the spec changed.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        if "spec" in essence:
+            canonical = json.dumps(essence["spec"], sort_keys=True, separators=(",", ":"))
+            essence["spec"] = {"sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+        return essence
+
+
 def tune(settings: kopf.OperatorSettings) -> None:
     """Explicit kopf settings: our own annotation prefix, bounded watches, quick retries, events on."""
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = SpecDigestDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
     )
     # Restart watches regularly so a silently dropped connection cannot stall reconciliation for long.

@@ -140,7 +140,7 @@ async def test_rerunning_a_finished_wave_names_its_job_and_clears_the_verdict(ap
 
     assert response.status_code == 202, response.text
     body = response.json()
-    assert (body["wave"], body["request"], body["job"]) == (0, 1, "shop-accept-w0-r1")
+    assert (body["wave"], body["request"], body["job"]) == (0, 1, f"shop-accept-w0-r1-{plan_id.hex[:5]}")
     assert await accept.verdict(plan_id) is None
     assert 0 not in await accept.result_waves(plan_id)
 

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import tarfile
+import uuid
 
 import kubernetes_validate
 import pytest
@@ -137,11 +138,14 @@ def test_a_project_too_large_for_a_config_map_is_refused_with_the_size():
 
 @pytest.mark.parametrize("masterplan", ["shop", "a" * 80, "x" * 56])
 def test_job_names_are_short_enough_for_pod_labels_and_unique(masterplan):
-    name = job_name(masterplan, 12, 3)
+    run = uuid.UUID("7f3a9c00-0000-4000-8000-000000000000")
+    name = job_name(masterplan, 12, 3, run)
 
     assert len(name) <= MAX_JOB_NAME
-    assert name.endswith("-accept-w12-r3")
-    assert name != job_name(masterplan + "b", 12, 3)
+    assert name.endswith("-accept-w12-r3-7f3a9")
+    assert name != job_name(masterplan + "b", 12, 3, run)
+    # A Masterplan deleted and created again under the same name: its Jobs never share a name.
+    assert name != job_name(masterplan, 12, 3, uuid.uuid4())
 
 
 def test_log_lines_round_trip_and_noise_is_ignored():

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import tarfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -24,6 +25,8 @@ WORK_DIR: Final = "/work"
 MAX_BUNDLE_BYTES: Final = 750_000
 # Pod names derive from Job names and carry the Job name as a label value: 63 characters at most.
 MAX_JOB_NAME: Final = 63
+# Characters of the run id in a Job's name: 20 bits, so two runs of one name practically never share one.
+RUN_KEY_CHARS: Final = 5
 RUNNER_UID: Final = 10001
 
 
@@ -55,9 +58,13 @@ class BundledTest:
     code: str
 
 
-def job_name(masterplan: str, wave: int, run: int) -> str:
-    """`<masterplan>-accept-w<wave>-r<run>`, cut and hash-suffixed when the Masterplan name is long."""
-    suffix = f"-accept-w{wave}-r{run}"
+def job_name(masterplan: str, wave: int, run: int, run_id: uuid.UUID) -> str:
+    """`<masterplan>-accept-w<wave>-r<run>-<run id>`, cut and hash-suffixed when the Masterplan name is long.
+
+    The run id part keeps a re-created Masterplan of the same name from finding the deleted one's Job (and
+    its ConfigMap and pod log) while garbage collection has not removed them yet, and reading its verdicts.
+    """
+    suffix = f"-accept-w{wave}-r{run}-{run_id.hex[:RUN_KEY_CHARS]}"
     if len(masterplan) + len(suffix) <= MAX_JOB_NAME:
         return masterplan + suffix
     digest = hashlib.sha256(masterplan.encode()).hexdigest()[:8]

@@ -88,7 +88,7 @@ async def run_wave(
         masterplan_id=str(plan_id),
         wave=wave,
         request=request,
-        job=job_name(name, wave, request),
+        job=job_name(name, wave, request, plan_id),
         detail="queued: the operator runs the wave's tests in a new Job and then re-evaluates Gate S",
     )
 

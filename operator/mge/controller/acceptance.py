@@ -127,7 +127,9 @@ async def sync_acceptance(
         )
         return state, per_wave
 
-    integration = await _integration_checks(deps, namespace, job_name(name, last, runs.get(last, FIRST_RUN)))
+    integration = await _integration_checks(
+        deps, namespace, job_name(name, last, runs.get(last, FIRST_RUN), plan_id)
+    )
     verdict, score, outcomes = await accept.decide_verdict(
         plan_id, document.requirements, integration, document.problems
     )
@@ -182,7 +184,7 @@ class _WaveRun:
         self.deps, self.accept, self.store, self.namespace = deps, accept, store, namespace
         self.masterplan, self.owner, self.plan_id, self.wave = masterplan, owner, plan_id, wave
         self.integration = wave == last
-        self.name = job_name(masterplan, wave, runs.get(wave, FIRST_RUN))
+        self.name = job_name(masterplan, wave, runs.get(wave, FIRST_RUN), plan_id)
         self.logger = logger
 
     async def step(self, tests: Sequence[Any]) -> bool:

@@ -21,6 +21,7 @@ from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, spec
 from tests.support.batch_answers import batch_responder
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.operator import eventually
 
 pytestmark = pytest.mark.component
 
@@ -154,6 +155,26 @@ async def test_reservation_of_a_dead_executor_expires_and_is_given_back(store):
     assert granted is not None
     kinds = [e.kind for e in await ledger.events(plan_id)]
     assert kinds.count("release") == 1
+    assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.5")
+
+
+async def test_the_reservation_of_an_executor_whose_atom_was_taken_over_is_given_back_before_its_ttl(store):
+    """A killed executor pod: its lease runs out, another executor claims the atom and reserves for it. The
+    dead one's reservation (TTL ~27 min in production) must not hold the budget until then."""
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    (atom,) = await store.claim("dead", 1, 0.05)
+    assert await ledger.reserve(atom, "dead", Decimal("0.9"), ttl_s=3600) is not None
+
+    async def taken_over():
+        return [a for a in await store.claim("alive", 10, 30) if a.atom_id == atom.atom_id]
+
+    (again,) = await eventually(taken_over)
+    granted = await ledger.reserve(again, "alive", Decimal("0.5"))
+
+    assert granted is not None
+    events = await ledger.events(plan_id)
+    assert [(e.kind, e.atom_id) for e in events if e.kind == "release"] == [("release", atom.atom_id)]
     assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.5")
 
 

@@ -61,8 +61,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 # reserved total and the "reserve" event. One round trip under the lock instead of three.
 _RESERVE: Final = """
 WITH reservation AS (
-    INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at)
-    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+    INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at,
+                                   lease_token)
+    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $13)
     RETURNING id
 ), plan AS (
     UPDATE masterplans SET reserved_cost_usd = $7 WHERE id = $1
@@ -92,6 +93,17 @@ SELECT $2::uuid, $5::uuid, $6::text, $7::int, $8::text, 'settle', $9::numeric, $
        $4::numeric, $13::numeric, $14::jsonb
 UNION ALL
 SELECT $2, $5, $6, NULL, NULL, 'soft_cap', 0, 0, 0, 0, $4, $13, '{}'::jsonb WHERE $15::boolean
+"""
+
+
+_RELEASE_DEAD_SQL: Final = """
+    DELETE FROM cost_reservations r
+    WHERE r.masterplan_id = $1
+      AND (r.expires_at < now()
+           OR EXISTS (SELECT 1 FROM atoms a
+                      WHERE a.masterplan_id = r.masterplan_id AND a.atom_id = r.atom_id
+                        AND a.lease_token <> r.lease_token))
+    RETURNING r.atom_id, r.amount_usd
 """
 
 
@@ -158,15 +170,12 @@ class CostLedger:
         return total
 
     async def _release_expired(self, connection: Any, plan_id: uuid.UUID, row: Any) -> Decimal:
-        """Reservations of executors that died: give the money back (inside the caller's transaction)."""
-        return await self._give_back(
-            connection,
-            plan_id,
-            row,
-            "DELETE FROM cost_reservations WHERE masterplan_id = $1 AND expires_at < now() RETURNING atom_id, amount_usd",
-            plan_id,
-            why="expired",
-        )
+        """Reservations of executors that died: give the money back (inside the caller's transaction).
+
+        Dead means the TTL ran out, or the atom is now held under a newer claim: the lease (renewed by the
+        same heartbeat, but far shorter than the TTL) ran out and the atom was claimed again, so the new
+        claim reserves for it and the old reservation would only hold the budget until its TTL."""
+        return await self._give_back(connection, plan_id, row, _RELEASE_DEAD_SQL, plan_id, why="expired")
 
     async def reserve(
         self,
@@ -256,6 +265,7 @@ class CostLedger:
                 atom.model,
                 row["current_cost_usd"],
                 row["budget_limit_usd"],
+                atom.lease_token,
             )
         return Reservation(reservation_id, plan_id, amount)
 

@@ -415,3 +415,27 @@ async def test_after_an_upgrade_from_a_full_copy_of_the_spec_a_plan_is_reconcile
 
     assert _masterplan(cluster)["status"] == status_before
     assert len(cluster.objects_of("events", NS)) == events_before
+
+
+async def test_a_rejected_override_is_reported_once_not_again_at_each_operator_restart(cluster, pg):
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        plan_id = uuid.UUID(_run_id(cluster))
+        store = await Store.connect(pg)
+        try:  # what the plan has spent so far
+            await store.pool.execute("UPDATE masterplans SET current_cost_usd = 0.5 WHERE id = $1", plan_id)
+        finally:
+            await store.close()
+        override = {"limitUSD": 0.1, "approvedBy": "alice", "reason": "too low"}
+        await _patch(cluster, "hello", {"spec": {"budget": {"override": override}}})
+        await eventually(lambda: _rejections(cluster) == 1)
+
+    async with running_operator(cluster, pg, [NS]):
+        await eventually(lambda: _masterplan(cluster)["status"].get("masterplanId"))
+        await asyncio.sleep(1.0)  # a window for a re-post on resume, then count
+    assert _rejections(cluster) == 1
+
+
+def _rejections(cluster: Any) -> int:
+    return sum(1 for e in cluster.objects_of("events", NS) if e.get("reason") == "OverrideRejected")

@@ -61,6 +61,7 @@ async def reconcile_masterplan(
     patch: kopf.Patch,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    reason: str = "",
     **_: Any,
 ) -> None:
     """Level-based: the same spec always yields the same Waves and status, so running twice changes nothing."""
@@ -96,7 +97,9 @@ async def reconcile_masterplan(
         assert not isinstance(atoms, PlanError)
         run = _Run(plan_id, str(meta.get("uid") or ""), namespace, name, generation)
         retry = await _register(deps, run, parsed, atoms, outcome) or retry
-    rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED]
+    # Reported when the override is applied, not again each time the operator restarts (the spec is the same).
+    resumed = reason == kopf.Reason.RESUME
+    rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED and not resumed]
     outcome.events = transition_events(observed.conditions, outcome.status.conditions) + rejected
     await _write(deps.kube, body, patch, status, outcome, logger)
     if retry is not None:

@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from mge.adapters.llm import ChatRequest, LLMError, OpenAICompatibleLLM
+from mge.adapters.llm import ChatRequest, EndpointUnavailable, LLMError, OpenAICompatibleLLM
 from mge.concurrency.limiter import Adjustment, Outcome
 from mge.executor.gate import CallGate, SlotUnavailable
 from tests.support.fake_llm import FakeLLM, Fault
@@ -108,19 +108,42 @@ async def test_client_errors_fail_at_once_with_the_body(server):
     server.inject(Fault(400))
     client = _client(server)
     try:
-        with pytest.raises(LLMError, match="HTTP 400"):
+        with pytest.raises(LLMError, match="HTTP 400") as raised:
             await client.complete(REQUEST)
     finally:
         await client.close()
 
     assert server.stats.requests == 1
+    assert not isinstance(raised.value, EndpointUnavailable)  # the request's own fault: its atom's attempt
+
+
+async def test_a_refused_key_is_the_endpoint_not_the_atom(server):
+    server.inject(Fault(401))
+    client = _client(server)
+    try:
+        with pytest.raises(EndpointUnavailable, match="refused our API key: HTTP 401"):
+            await client.complete(REQUEST)
+    finally:
+        await client.close()
+
+
+async def test_an_endpoint_that_refuses_connections_is_unavailable():
+    fake = FakeLLM()
+    await fake.start()
+    await fake.stop()  # nothing listens on its port any more
+    client = _client(fake, max_attempts=2)
+    try:
+        with pytest.raises(EndpointUnavailable, match="connection error"):
+            await client.complete(REQUEST)
+    finally:
+        await client.close()
 
 
 async def test_persistent_failure_gives_up_after_the_attempt_budget(server):
     server.inject(*[Fault(503)] * 10)
     client = _client(server, max_attempts=3)
     try:
-        with pytest.raises(LLMError, match="after 3 attempts"):
+        with pytest.raises(EndpointUnavailable, match="after 3 attempts"):
             await client.complete(REQUEST)
     finally:
         await client.close()

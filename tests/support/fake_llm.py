@@ -75,6 +75,8 @@ class FakeLLM:
         self.recordings: dict[str, dict[int, str]] = {}
         self.responder = responder
         self.faults: deque[Fault] = deque()
+        # An outage: while set, every chat request gets this HTTP status (503: the provider is down).
+        self.down_with: int | None = None
         self.stats = FakeLLMStats()
         self._runner: web.AppRunner | None = None
         self._random = random.Random(7)
@@ -127,6 +129,9 @@ class FakeLLM:
         atom = request.headers.get("X-MGE-Atom", "")
         attempt = int(request.headers.get("X-MGE-Attempt", "1"))
         stats.calls_per_atom[atom] += 1
+        if self.down_with is not None:
+            stats.rejected += 1
+            return web.json_response({"error": {"message": "service unavailable"}}, status=self.down_with)
         bad_usage = False
         if self.faults:
             fault = self.faults.popleft()

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mge.cost.caps import check_override, usd
+from mge.models.concurrency_api import EndpointOutage
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.crd import masterplan_crd
 from mge.models.masterplan import MasterplanSpec, MasterplanStatus, Phase
@@ -283,3 +284,59 @@ def test_demo_mode_labels_the_plan_as_a_replay_once():
     assert repeated == []
     assert again == first
     assert _condition(plain, ConditionType.LLM_REPLAY) is None
+
+
+def _decide_with_outages(observed, outages, progress=None):
+    return decide_execution(
+        name="shop",
+        observed=observed,
+        progress=progress or _progress(running=2, succeeded=3),
+        spend=_spend(),
+        suspended=False,
+        generation=1,
+        now=NOW,
+        outages=outages,
+    )
+
+
+def test_an_endpoint_outage_is_a_warning_condition_naming_it_and_recovery_clears_it_once():
+    down = EndpointOutage(
+        endpoint="OpenAI-compatible endpoint https://llm.example/v1",
+        last_error="LLM endpoint still failing after 6 attempts: HTTP 503: overloaded",
+        down_since=NOW - timedelta(minutes=2),
+        executors=2,
+    )
+    healthy, _quiet = _decide_with_outages(MasterplanStatus(), [])
+    during, events = _decide_with_outages(healthy, [down])
+    still, repeated = _decide_with_outages(during, [down])
+    after, recovered = _decide_with_outages(still, [])
+    later, nothing = _decide_with_outages(after, [])
+
+    assert _condition(healthy, ConditionType.LLM_AVAILABLE) is None  # no news is the normal case
+    condition = _condition(during, ConditionType.LLM_AVAILABLE)
+    assert (condition.status, condition.reason) == (ConditionStatus.FALSE, Reason.ENDPOINT_DOWN)
+    assert "https://llm.example/v1" in condition.message
+    assert "HTTP 503: overloaded" in condition.message
+    assert "No atom fails for it" in condition.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "EndpointDown")]
+    assert repeated == []
+    assert still == during
+    back = _condition(after, ConditionType.LLM_AVAILABLE)
+    assert (back.status, back.reason) == (ConditionStatus.TRUE, Reason.ENDPOINT_AVAILABLE)
+    assert [e.reason for e in recovered] == ["EndpointAvailable"]
+    assert nothing == []
+    assert later == after
+
+
+def test_a_finished_plan_is_not_told_of_an_outage():
+    down = EndpointOutage(endpoint="e", last_error="HTTP 503", down_since=NOW, executors=1)
+    status, _ = _decide_with_outages(MasterplanStatus(), [down], _progress(succeeded=10, waves_complete=3))
+    assert _condition(status, ConditionType.LLM_AVAILABLE) is None
+
+
+def test_an_outage_condition_left_when_the_plan_finished_is_cleared():
+    down = EndpointOutage(endpoint="e", last_error="HTTP 503", down_since=NOW, executors=1)
+    during, _ = _decide_with_outages(MasterplanStatus(), [down])
+    finished, _ = _decide_with_outages(during, [down], _progress(succeeded=10, waves_complete=3))
+    condition = _condition(finished, ConditionType.LLM_AVAILABLE)
+    assert (condition.status, condition.reason) == (ConditionStatus.TRUE, Reason.ENDPOINT_AVAILABLE)

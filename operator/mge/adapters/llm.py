@@ -69,7 +69,13 @@ class Completion:
 
 
 class LLMError(RuntimeError):
-    """The endpoint kept failing (or refused the request outright); the atom's attempt fails with this message."""
+    """The endpoint refused this request, or answered it unusably; the atom's attempt fails with this message."""
+
+
+class EndpointUnavailable(LLMError):
+    """The endpoint itself is failing (5xx, timeouts, refused connections after every retry, or it refuses our
+    key): nothing about the request is wrong, so the atom is handed back untouched and the endpoint's circuit
+    counts the failure."""
 
 
 class LLM(Protocol):
@@ -216,7 +222,7 @@ class OpenAICompatibleLLM:
                             listener(str(error))
                         raise
         except _Retryable as error:
-            raise LLMError(
+            raise EndpointUnavailable(
                 f"LLM endpoint still failing after {self._max_attempts} attempts: {error}"
             ) from error
         raise AssertionError("unreachable: tenacity either returns or reraises")
@@ -259,6 +265,8 @@ class OpenAICompatibleLLM:
         latency = time.perf_counter() - started
         if status in RETRYABLE_STATUS:
             raise _Retryable(f"HTTP {status}: {text[:200]}", _retry_after(response_headers))
+        if status in (401, 403):
+            raise EndpointUnavailable(f"LLM endpoint refused our API key: HTTP {status}: {text[:300]}")
         if status >= 400:
             raise LLMError(f"LLM endpoint refused the request: HTTP {status}: {text[:500]}")
         try:

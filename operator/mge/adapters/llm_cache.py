@@ -23,6 +23,7 @@ from mge.adapters.llm import (
     RETRY_LISTENER,
     ChatRequest,
     Completion,
+    EndpointUnavailable,
     LLMError,
     call_span_s,
     retries_reported_to,
@@ -242,6 +243,11 @@ class RequestBatcher:
         try:
             with retries_reported_to(items[0].retry_listener):
                 combined = await self._send(batch)
+        except EndpointUnavailable as error:  # sent alone, each would only fail the same way
+            for pending in items:
+                if not pending.answer.done():
+                    pending.answer.set_exception(error)
+            return
         except LLMError as error:
             log.warning("batch of %d failed, sending each alone: %s", len(items), error)
             self.stats.fallbacks += len(items)

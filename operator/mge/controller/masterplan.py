@@ -185,6 +185,7 @@ async def sync_progress(
             waves = await store.wave_progress(plan_id)
             spend = await CostLedger(store.pool).spend(plan_id)
             scaling = await store.scaling_signals()
+            outages = await store.endpoint_outages()
             acceptance, wave_tests = await sync_acceptance(
                 deps, store, plan_id, namespace, name, body, requirements_of(spec), progress, waves, logger
             )
@@ -206,6 +207,7 @@ async def sync_progress(
             dependencies=dependencies,
             scaling=scaling,
             replay=deps.llm_replay,
+            outages=outages,
         )
         await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)

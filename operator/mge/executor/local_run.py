@@ -28,6 +28,7 @@ from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.adapters.store.trace import TraceStore, export_trace_metrics
+from mge.concurrency.circuit import CircuitState
 from mge.cost.pricing import ModelPrice
 from mge.deps.compare import PlanCheck
 from mge.executor.acceptance import Evaluation, LocalAcceptance, write_project
@@ -162,7 +163,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
                 progress = await store.progress(plan_id)
                 waves = await store.wave_progress(plan_id)
                 costs = cost_by_wave(await traces.settled(plan_id), wave_of)
-                live.update(_view(run.name, progress, waves, limit, llm.label, costs))
+                live.update(_view(run.name, progress, waves, limit, llm.label, costs, _outage(executors)))
                 await acceptance.step(plan_id, waves)
                 if progress.finished and await acceptance.generated(plan_id):
                     break
@@ -271,6 +272,7 @@ def _view(
     limit: Decimal,
     llm_label: str,
     costs: tuple[dict[int, Decimal], Decimal],
+    outage: str | None = None,
 ) -> Group:
     """Costs are the ledger's settled amounts (per wave, then the acceptance tests): they add up to the spend."""
     wave_costs, tests_cost = costs
@@ -296,4 +298,13 @@ def _view(
         f"{progress.failed} failed, {progress.blocked} blocked",
         f"cost ${spent:.4f} of ${limit:.2f} ({share:.2f}%)",
     )
-    return Group(table, summary)
+    if outage is None:
+        return Group(table, summary)
+    return Group(table, summary, f"[bold red]LLM endpoint down[/]: {outage}; atoms wait, none fails for it")
+
+
+def _outage(executors: list[Executor]) -> str | None:
+    """What the first executor that stopped calling its endpoint says of it; None while every one calls."""
+    now = time.monotonic()
+    down = [e.circuit for e in executors if e.circuit.state is not CircuitState.CLOSED]
+    return down[0].describe(now) if down else None

@@ -14,12 +14,13 @@ from functools import partial
 from typing import Final
 
 from mge.adapters import metrics, tracing
-from mge.adapters.llm import LLM, ChatRequest, Completion, LLMError, call_span_s
+from mge.adapters.llm import LLM, ChatRequest, Completion, EndpointUnavailable, LLMError, call_span_s
 from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
 from mge.adapters.store.store import ClaimedAtom, Store, retry_transient
 from mge.adapters.tokenizer import count_tokens
+from mge.concurrency.circuit import EndpointCircuit
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.concurrency.ramp import RampPolicy
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
@@ -37,6 +38,8 @@ log = logging.getLogger("mge.executor")
 OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
 NO_SLOT: Final = (None, "no LLM slot")
 BUDGET_BUSY: Final = (None, "calls in flight hold the rest of the budget")
+ENDPOINT_DOWN: Final = (None, "the LLM endpoint is down")
+HANDED_BACK: Final = (OUT_OF_BUDGET, NO_SLOT, BUDGET_BUSY, ENDPOINT_DOWN)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def _outcome_label(result: Outcome) -> str:
         return "lease_lost"
     if isinstance(result, Crashed):
         return "error"
-    if result in (OUT_OF_BUDGET, NO_SLOT, BUDGET_BUSY):
+    if result in HANDED_BACK:
         return str(result[1])
     return "valid" if result[1] is None else "invalid"
 
@@ -65,6 +68,7 @@ def _describe(error: BaseException) -> str:
 
 
 NO_SLOT_OUTCOME: Final = "no_slot"
+ENDPOINT_DOWN_OUTCOME: Final = "endpoint_down"
 # How long an executor believes a plan it found not ramping is still not ramping.
 NOT_RAMPING_RECHECK_S: Final = 5.0
 
@@ -142,6 +146,9 @@ class Executor:
         )
         self._generation: asyncio.Task[bool] | None = None
         self._generation_checked = -float("inf")
+        self.circuit = EndpointCircuit(getattr(llm, "label", "LLM endpoint"))
+        self._trial: asyncio.Task[None] | None = None  # the atom whose call probes an endpoint that is down
+        self._reports: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
@@ -154,6 +161,9 @@ class Executor:
         try:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._in_flight)
+                allowed = self.circuit.calls_allowed(time.monotonic())  # 0 while the endpoint is down
+                probing = allowed == 1
+                free = free if allowed is None else min(free, allowed)
                 claimed = []
                 if free:
                     try:
@@ -161,10 +171,14 @@ class Executor:
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
                 self._generate_tests()
+                if probing and not claimed:
+                    self.circuit.cancel_trial()  # nothing to try it with yet: the next pass tries again
                 for atom in claimed:
                     task = asyncio.create_task(self._execute(atom))
                     self._in_flight[task] = atom
                     task.add_done_callback(self._done)
+                    if probing:
+                        self._trial = task
                 if not claimed or len(self._in_flight) >= self.config.concurrency:
                     await self._idle(stop)
         finally:
@@ -189,6 +203,31 @@ class Executor:
             if atom.masterplan_id == plan:
                 log.info("atom %s stopped: its Masterplan was deleted", atom.atom_id)
                 task.cancel()
+
+    def _endpoint_failed(self, error: str) -> None:
+        if self.circuit.failed(error, time.monotonic()):
+            log.error(
+                "LLM endpoint down: %s; no new atoms are claimed until a trial call answers",
+                self.circuit.describe(time.monotonic()),
+            )
+            self._publish()
+
+    def _endpoint_answered(self) -> None:
+        if self.circuit.succeeded():
+            log.warning("LLM endpoint %s answers again; claiming atoms", self.circuit.endpoint)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Report now rather than at the next heartbeat: the plans' LLMAvailable condition follows at once."""
+        task = asyncio.create_task(self._report_quietly())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_quietly(self) -> None:
+        try:
+            await self._report()
+        except Exception as error:  # the heartbeat reports it again
+            log.warning("executor status not reported: %s", _describe(error))
 
     def _query_timed(self, seconds: float) -> None:
         self.gate.statistics.db_latency.add(seconds, time.monotonic())
@@ -227,6 +266,9 @@ class Executor:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        if task is self._trial:
+            self._trial = None
+            self.circuit.cancel_trial()  # the trial atom made no call (a cache hit, budget): try another
         if not task.cancelled() and task.exception() is not None:
             log.error("atom task crashed", exc_info=task.exception())
         self._wake.set()
@@ -310,6 +352,7 @@ class Executor:
                 }
                 for a in list(limiter.adjustments)[-10:]
             ],
+            endpoint=self.circuit.report(time.monotonic()),
         )
 
     async def _drain(self) -> None:
@@ -379,9 +422,9 @@ class Executor:
                     return
                 last_error = outcome.error
                 break
-            if outcome is OUT_OF_BUDGET or outcome is NO_SLOT or outcome is BUDGET_BUSY:
-                # Hard cap (an approved override resumes it), no LLM slot here, or the budget still held by
-                # calls in flight: hand the atom back untouched, no attempt counted.
+            if outcome in HANDED_BACK:
+                # Hard cap (an approved override resumes it), no LLM slot here, the budget still held by
+                # calls in flight, or the endpoint down: hand the atom back untouched, no attempt counted.
                 await retry_transient(partial(self.store.release, atom, executor))
                 log.warning("atom %s handed back: %s", atom.atom_id, outcome[1])
                 return
@@ -478,6 +521,8 @@ class Executor:
         share: Decimal | None = None  # a batched call's part of the batch's cost, within this reservation
         try:
             completion = hit or await self._call_llm(atom, request)
+            if hit is None:
+                self._endpoint_answered()
             await self._answered(atom.masterplan_id)
             prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
             cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd
@@ -485,6 +530,9 @@ class Executor:
             await self.validator.validate(atom.language, atom.file, code)
             await remember_answer(self.llm, request, completion)
             outcome = "succeeded"
+        except EndpointUnavailable as down:  # nothing wrong with this atom: the endpoint's circuit counts it
+            code, error, outcome = None, str(down), ENDPOINT_DOWN_OUTCOME
+            self._endpoint_failed(str(down))
         except LLMError as llm_failure:
             code, error, outcome = None, str(llm_failure), "llm_error"
         except (NoCodeInAnswer, InvalidCode) as invalid:
@@ -518,6 +566,8 @@ class Executor:
                 )
         if outcome == NO_SLOT_OUTCOME:
             return NO_SLOT
+        if outcome == ENDPOINT_DOWN_OUTCOME:
+            return ENDPOINT_DOWN
         latency_ms = int((time.perf_counter() - started) * 1000)
         still_ours = await retry_transient(
             partial(

@@ -19,7 +19,24 @@ class ExecutorConcurrency(BaseModel):
     adjustments: list[dict[str, Any]] = Field(
         description="Recent limit changes with their reasons, newest last."
     )
+    llm_endpoint: str | None = Field(None, description="The LLM endpoint this executor calls.")
+    llm_circuit: str = Field(
+        "closed",
+        description="Its circuit breaker: closed (calls flow), open (the endpoint is down: no new atoms are "
+        "claimed until the next trial call), probing (one trial call is out).",
+    )
+    llm_last_error: str | None = Field(None, description="The endpoint's last failure, while not closed.")
+    llm_down_since: datetime | None = Field(None, description="When the circuit opened, while not closed.")
     updated_at: datetime
+
+
+class EndpointOutage(BaseModel):
+    """An LLM endpoint that executors have stopped sending work to."""
+
+    endpoint: str
+    last_error: str
+    down_since: datetime
+    executors: int = Field(description="Executors that see it down.")
 
 
 class ScalingDecision(BaseModel):

@@ -19,6 +19,7 @@ class ConditionType(StrEnum):
     DEPENDENCIES_VERIFIED = "DependenciesVerified"
     EXECUTOR_SCALING = "ExecutorScaling"
     LLM_REPLAY = "LLMReplay"
+    LLM_AVAILABLE = "LLMAvailable"
 
 
 class ConditionStatus(StrEnum):
@@ -73,6 +74,8 @@ class Reason(StrEnum):
     LOCAL_STATISTICS = "LocalStatistics"
     SCALER_NOT_REPORTING = "ScalerNotReporting"
     RECORDED_ANSWERS = "RecordedAnswers"
+    ENDPOINT_DOWN = "EndpointDown"
+    ENDPOINT_AVAILABLE = "EndpointAvailable"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -98,6 +101,7 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.GATE_S_FAILED,
         Reason.INVALID_REQUIREMENTS,
         Reason.PROMETHEUS_UNAVAILABLE,
+        Reason.ENDPOINT_DOWN,
         Reason.SCALER_NOT_REPORTING,
     }
 )

@@ -14,7 +14,7 @@ from mge.cost.caps import (
     usd,
 )
 from mge.deps.status import DependenciesDecision
-from mge.models.concurrency_api import ScalingSignals
+from mge.models.concurrency_api import EndpointOutage, ScalingSignals
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.masterplan import DependenciesStatus, GateState, GateStatus, MasterplanStatus, PrecisionStatus
 from mge.models.progress import Progress, Spend
@@ -96,6 +96,7 @@ def decide_execution(
     dependencies: tuple[DependenciesDecision, DependenciesStatus] | None = None,
     scaling: ScalingSignals | None = None,
     replay: str = "",
+    outages: Sequence[EndpointOutage] = (),
 ) -> tuple[MasterplanStatus, list[KubeEvent]]:
     """Status after reading progress and spend; only meaningful once the plan is Planned=True.
 
@@ -106,6 +107,7 @@ def decide_execution(
     With `scaling` (the operator sizes the executors) a plan that is still executing carries ExecutorScaling.
     With `replay` (demo mode: the folder of recorded examples) the plan carries LLMReplay=True, so nobody
     takes its code, cost or gate for the work of a real model.
+    `outages`: LLM endpoints executors stopped calling; a plan still running says so (LLMAvailable=False).
     """
     status = observed.model_copy(deep=True)
     conditions = ConditionLog(status.conditions, generation, now)
@@ -171,6 +173,8 @@ def decide_execution(
         conditions.set(decision.type, decision.status, decision.reason, decision.message)
     if scaling is not None and not progress.finished:
         _apply_scaling(conditions, scaling, now)
+    # A finished plan is not told of an outage, but one it ended during is cleared.
+    _apply_llm_availability(conditions, () if progress.finished else outages)
     if replay:
         conditions.set(
             ConditionType.LLM_REPLAY,
@@ -181,6 +185,34 @@ def decide_execution(
         )
     status.phase = derive_phase(status)
     return status, transition_events(observed.conditions, status.conditions)
+
+
+def _apply_llm_availability(conditions: ConditionLog, outages: Sequence[EndpointOutage]) -> None:
+    """LLMAvailable=False while executors hold back for an endpoint that is down; True again once it answers.
+    Never set on a plan that has not seen an outage: no news is the normal case."""
+    if outages:
+        message = "; ".join(
+            f"LLM endpoint {o.endpoint} is failing since {o.down_since:%Y-%m-%d %H:%M:%S} UTC "
+            f"(seen by {o.executors} executor(s)); last error: {o.last_error}"
+            for o in outages
+        )
+        conditions.set(
+            ConditionType.LLM_AVAILABLE,
+            ConditionStatus.FALSE,
+            Reason.ENDPOINT_DOWN,
+            f"{message}. No atom fails for it: executors hand their atoms back, claim no new ones and send a "
+            "trial call with backoff (2 s doubling up to 60 s), resuming by themselves once it answers. "
+            "Check the provider's status and the executors' OPENAI_BASE_URL / OPENAI_API_KEY.",
+        )
+        return
+    current = find_condition(conditions.items, ConditionType.LLM_AVAILABLE)
+    if current is not None and current.status != ConditionStatus.TRUE:
+        conditions.set(
+            ConditionType.LLM_AVAILABLE,
+            ConditionStatus.TRUE,
+            Reason.ENDPOINT_AVAILABLE,
+            "No executor reports the LLM endpoint down any more (it answers again, or this run has ended).",
+        )
 
 
 def _apply_scaling(conditions: ConditionLog, scaling: ScalingSignals, now: datetime) -> None:

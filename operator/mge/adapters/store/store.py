@@ -16,10 +16,17 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from mge.adapters import metrics
 from mge.adapters.store.migrate import migrate
+from mge.concurrency.circuit import EndpointReport
 from mge.concurrency.ramp import RampPolicy, restart_allowance
 from mge.concurrency.signals import SignalHealth
 from mge.concurrency.statistics import CallSummary
-from mge.models.concurrency_api import ExecutorConcurrency, PlanRampStatus, ScalingDecision, ScalingSignals
+from mge.models.concurrency_api import (
+    EndpointOutage,
+    ExecutorConcurrency,
+    PlanRampStatus,
+    ScalingDecision,
+    ScalingSignals,
+)
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, WaveProgress
 from mge.plan.dag import Plan
@@ -777,15 +784,20 @@ class Store:
         adjustments: list[dict[str, Any]],
         atoms_held: int = 0,
         statistics: CallSummary | None = None,
+        endpoint: EndpointReport | None = None,
     ) -> None:
         stats = statistics or CallSummary(None, None, 0, 0)
+        health = endpoint or EndpointReport(None, "closed", None, None)
         await self.pool.execute(
             """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
-                   llm_p95_s, db_p95_s, llm_requests, llm_errors, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+                   llm_p95_s, db_p95_s, llm_requests, llm_errors, llm_endpoint, llm_circuit, llm_last_error,
+                   llm_down_since, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                       now() - make_interval(secs => $14), now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
                    adjustments = $5, atoms_held = $6, llm_p95_s = $7, db_p95_s = $8, llm_requests = $9,
-                   llm_errors = $10, updated_at = now()""",
+                   llm_errors = $10, llm_endpoint = $11, llm_circuit = $12, llm_last_error = $13,
+                   llm_down_since = now() - make_interval(secs => $14), updated_at = now()""",
             executor,
             limit,
             in_flight,
@@ -796,7 +808,25 @@ class Store:
             stats.db_p95_s,
             stats.llm_requests,
             stats.llm_errors,
+            health.endpoint,
+            health.circuit,
+            health.last_error,
+            health.down_for_s,
         )
+
+    async def endpoint_outages(self, fresh_s: float = 120.0) -> list[EndpointOutage]:
+        """LLM endpoints that executors seen in the last `fresh_s` seconds have stopped sending work to."""
+        rows = await self.pool.fetch(
+            """SELECT llm_endpoint AS endpoint, (array_agg(llm_last_error ORDER BY updated_at DESC))[1]
+                          AS last_error,
+                      min(llm_down_since) AS down_since, count(*) AS executors
+               FROM executor_status
+               WHERE llm_circuit <> 'closed' AND llm_endpoint IS NOT NULL AND llm_down_since IS NOT NULL
+                 AND updated_at > now() - make_interval(secs => $1)
+               GROUP BY llm_endpoint ORDER BY llm_endpoint""",
+            fresh_s,
+        )
+        return [EndpointOutage(**{**dict(r), "last_error": r["last_error"] or "unknown error"}) for r in rows]
 
     async def executor_statistics(self, fresh_s: float = 60.0) -> list[CallSummary]:
         """The call statistics of executors that reported in the last `fresh_s` seconds."""
@@ -857,7 +887,8 @@ class Store:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
             """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, llm_p95_s, db_p95_s,
-                      llm_requests, llm_errors, adjustments, updated_at
+                      llm_requests, llm_errors, adjustments, llm_endpoint, llm_circuit, llm_last_error,
+                      llm_down_since, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )

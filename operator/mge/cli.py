@@ -4,7 +4,7 @@ import asyncio
 import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 import yaml
@@ -32,10 +32,34 @@ if TYPE_CHECKING:
     from mge.settings import Settings
     from mge.trace.tree import TraceTree
 
+HELP_OPTIONS: Final = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="MGE: execute AI code-generation Masterplans."
+    no_args_is_help=True,
+    add_completion=False,
+    help="MGE: execute AI code-generation Masterplans.",
+    context_settings=HELP_OPTIONS,
 )
 app.add_typer(deps_app, name="deps")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"mge {version('mge-operator')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """MGE: execute AI code-generation Masterplans."""
+
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -499,7 +523,9 @@ def _with_cache(inner: "LLM", settings: "Settings", prices: dict[str, ModelPrice
     )
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="The prompt and RAG caches (Redis).")
+cache_app = typer.Typer(
+    no_args_is_help=True, help="The prompt and RAG caches (Redis).", context_settings=HELP_OPTIONS
+)
 app.add_typer(cache_app, name="cache")
 
 
@@ -543,6 +569,11 @@ def _masterplan_id(value: str) -> str:
     except ValueError:
         pass
     namespace, slash, name = value.partition("/")
+    if not slash and value:
+        raise _fail(
+            f"--masterplan {value!r} names no namespace: a local run's is 'local/{value}'; a cluster "
+            "Masterplan's id is its status.masterplanId (kubectl get mp NAME -o jsonpath='{.status.masterplanId}')"
+        )
     if not slash or not namespace or not name:
         raise _fail(f"--masterplan must be a UUID or namespace/name, got {value!r}")
     return str(masterplan_uuid(namespace, name))

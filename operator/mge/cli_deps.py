@@ -18,7 +18,11 @@ from mge.deps.graph import DependencyGraph
 from mge.deps.tsconfig import TsConfigError
 from mge.deps.typescript import is_source
 
-deps_app = typer.Typer(no_args_is_help=True, help="File-level dependency graph of a generated project.")
+deps_app = typer.Typer(
+    no_args_is_help=True,
+    help="File-level dependency graph of a generated project.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 USAGE_ERROR = 2

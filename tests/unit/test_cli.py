@@ -192,3 +192,39 @@ def test_plan_shows_requirements_that_cannot_be_read_and_that_gate_s_will_fail(t
     assert partly.exit_code == 0, partly.output
     assert "Requirements: 1 MUST, 0 SHOULD" in partly.output
     assert "line 5: text in the MUST section is not a bullet item" in partly.output
+
+
+def test_version_and_short_help_work_on_every_command():
+    from importlib.metadata import version
+
+    shown = runner.invoke(app, ["--version"])
+    assert (shown.exit_code, shown.stdout.strip()) == (0, f"mge {version('mge-operator')}")
+    for command in (["plan", "-h"], ["run", "-h"], ["deps", "analyze", "-h"], ["cache", "invalidate", "-h"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
+        assert "Usage:" in result.output
+
+
+def test_a_bad_plan_is_reported_in_words_not_pydantic_text(tmp_path):
+    bad = manifest(budget={"limitUSD": "$5"})
+    bad["kind"] = "MasterPlan"
+    path = _write(tmp_path, bad)
+
+    wrong_kind = runner.invoke(app, ["plan", str(path)])
+    bad["kind"] = "Masterplan"
+    wrong_number = runner.invoke(app, ["plan", str(_write(tmp_path, bad))])
+
+    assert wrong_kind.exit_code == wrong_number.exit_code == 2
+    assert "case-sensitive: write 'kind: Masterplan'" in " ".join(wrong_kind.output.split())
+    assert "spec.budget.limitUSD: got '$5': write a plain number, e.g. 5" in " ".join(
+        wrong_number.output.split()
+    )
+
+
+def test_cache_invalidate_of_a_bare_name_suggests_the_local_run_and_the_cluster_id():
+    result = runner.invoke(app, ["cache", "invalidate", "--masterplan", "hello"])
+
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "'local/hello'" in said
+    assert "status.masterplanId" in said

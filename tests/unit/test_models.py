@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from mge.models.manifest import ManifestError, parse_atom_list, parse_masterplan
+from mge.models.manifest import ManifestError, masterplan_count_problem, parse_atom_list, parse_masterplan
 from mge.models.masterplan import Budget, MasterplanSpec
 from tests.builders import manifest
 
@@ -39,7 +39,7 @@ def test_spec_needs_exactly_one_atom_source():
 def test_manifest_error_names_the_field_path():
     doc = manifest(budget={"limitUSD": -5})
 
-    with pytest.raises(ManifestError, match=r"spec\.budget\.limitUSD: Input should be greater than 0"):
+    with pytest.raises(ManifestError, match=r"spec\.budget\.limitUSD: must be greater than 0, got -5"):
         parse_masterplan(doc)
 
 
@@ -102,3 +102,52 @@ def test_spec_round_trips_through_camel_case():
 def test_bad_budgets_are_rejected_naming_the_field(budget, field):
     with pytest.raises(ManifestError, match=rf"spec\.budget\.(override\.)?{field}"):
         parse_masterplan(manifest(budget=budget))
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ({"budget": {"limitUSD": "$5"}}, "spec.budget.limitUSD: got '$5': write a plain number, e.g. 5"),
+        ({"budget": 5}, "spec.budget: got 5 (a number): write its fields under it as a mapping (key: value)"),
+        ({"budget": {"limitUSD": -5}}, "spec.budget.limitUSD: must be greater than 0, got -5"),
+        (
+            {"atoms": [{"id": "api client", "file": "a.py", "language": "python", "description": "x"}]},
+            "spec.atoms.0.id: got 'api client': use 1-128 letters, digits, '_', '.' or '-' (no spaces)",
+        ),
+        (
+            {"atoms": [{"id": "a", "file": "a.rb", "language": "ruby", "description": "x"}]},
+            "spec.atoms.0.language: got 'ruby': use one of 'python', 'typescript' or 'javascript'",
+        ),
+        (
+            {"atoms": [{"id": "a", "file": "/a.py", "language": "python", "description": "x"}]},
+            "spec.atoms.0: atom 'a': file must be a relative path inside the project",
+        ),
+        (
+            {"atoms": [{"id": "a", "file": "a.py", "language": "python"}]},
+            "spec.atoms.0.description: required",
+        ),
+    ],
+)
+def test_each_message_names_the_field_what_was_given_and_the_fix(override, says):
+    with pytest.raises(ManifestError) as raised:
+        parse_masterplan(manifest(**override))
+
+    message = str(raised.value)
+    assert says in message
+    for internal in ("Input should", "String should", "Value error", "instance of", "Budget'", "^["):
+        assert internal not in message
+
+
+@pytest.mark.parametrize(
+    ("kinds", "says"),
+    [
+        (
+            ["MasterPlan"],
+            "kind 'MasterPlan' is not a kind; kinds are case-sensitive: write 'kind: Masterplan'",
+        ),
+        (["ConfigMap"], "holds no Masterplan document (found 'ConfigMap'); add one with 'kind: Masterplan'"),
+        (["Masterplan", "Masterplan"], "holds 2 Masterplan documents; put each in its own file"),
+    ],
+)
+def test_a_file_without_exactly_one_masterplan_says_what_it_found(kinds, says):
+    assert masterplan_count_problem([{"kind": kind} for kind in kinds]) == says

@@ -11,6 +11,7 @@ from mge.models.manifest import (
     expanded_size,
     find_config_map_value,
     load_documents,
+    masterplan_count_problem,
     masterplan_too_large,
     parse_atom_list,
     parse_masterplan,
@@ -34,7 +35,7 @@ def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
         raise ManifestError(f"{file}: {error}") from None
     masterplans = [d for d in documents if d.get("kind") == "Masterplan"]
     if len(masterplans) != 1:
-        raise ManifestError(f"{file}: expected exactly one Masterplan document, found {len(masterplans)}")
+        raise ManifestError(f"{file}: {masterplan_count_problem(documents)}")
     if expanded_size(masterplans[0], MAX_MASTERPLAN_BYTES) > MAX_MASTERPLAN_BYTES:
         raise ManifestError(masterplan_too_large(str(file)))
     name, spec = parse_masterplan(masterplans[0])

@@ -11,7 +11,15 @@ from pydantic import TypeAdapter, ValidationError
 
 from mge.models.base import API_GROUP
 from mge.models.crd import structural_schema
-from mge.models.masterplan import MAX_INLINE_ATOMS, Atom, MasterplanSpec
+from mge.models.masterplan import (
+    ATOM_ID_PATTERN,
+    MAX_INLINE_ATOMS,
+    PATH_PATTERN,
+    PROJECT_PATH_PATTERN,
+    TEXT_PATTERN,
+    Atom,
+    MasterplanSpec,
+)
 
 _ATOM_LIST = TypeAdapter(list[Atom])
 
@@ -50,12 +58,88 @@ class ManifestError(ValueError):
 
 
 def describe_validation_error(error: ValidationError, prefix: str) -> str:
-    """One line per problem: `spec.budget.limitUSD: Input should be greater than 0`."""
+    """One line per problem, each naming the field, what was given and what to write instead:
+    `spec.budget.limitUSD: got '$5': write a plain number, e.g. 5`."""
     lines = []
     for problem in error.errors():
         path = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
-        lines.append(f"{path}: {problem['msg']}")
+        lines.append(f"{path}: {_problem_text(problem)}")
     return "; ".join(lines)
+
+
+# What a pattern means, for the patterns users meet (the raw regex says nothing to most of them).
+_PATTERN_MEANINGS: Final = {
+    ATOM_ID_PATTERN: "use 1-128 letters, digits, '_', '.' or '-' (no spaces), starting and ending with a "
+    "letter or digit, e.g. 'api-client'",
+    TEXT_PATTERN: "remove the control characters (only tabs and line breaks are allowed)",
+    PATH_PATTERN: "remove the control characters from the path",
+    PROJECT_PATH_PATTERN: "write a relative path inside the project, with no control characters",
+}
+
+
+def _given(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _problem_text(problem: Any) -> str:
+    """pydantic's message rewritten for a user: no class names, no regexes, no "Value error," prefix."""
+    kind, given, ctx = problem["type"], problem.get("input"), problem.get("ctx") or {}
+    message = str(problem["msg"])
+    if kind == "missing":
+        return "required: add it"
+    if kind in ("float_parsing", "decimal_parsing", "int_parsing", "float_type", "int_type", "decimal_type"):
+        digits = "".join(c for c in str(given) if c.isdigit() or c == ".") if isinstance(given, str) else ""
+        example = digits.strip(".") or "5"
+        return f"got {_given(given)}: write a plain number, e.g. {example}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"got {_given(given)} ({_kind_of(given)}): write its fields under it as a mapping (key: value)"
+    if kind == "list_type":
+        return f"got {_given(given)} ({_kind_of(given)}): write a list (one '- item' per line)"
+    if kind == "string_type":
+        return f"got {_given(given)} ({_kind_of(given)}): write a string (quote it in YAML)"
+    if kind == "string_pattern_mismatch":
+        meaning = _PATTERN_MEANINGS.get(str(ctx.get("pattern")), f"match the pattern {ctx.get('pattern')}")
+        return f"got {_given(given)}: {meaning}"
+    if kind in ("enum", "literal_error"):
+        return f"got {_given(given)}: use one of {ctx.get('expected', '')}"
+    if kind == "extra_forbidden":
+        return "unknown field: remove it"
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        return f"must be {message.removeprefix('Input should be ')}, got {_given(given)}"
+    if message.startswith("String should have "):
+        return f"must have {message.removeprefix('String should have ')}, got {len(str(given))} characters"
+    if message.startswith("List should have "):
+        count = len(given) if isinstance(given, list) else "?"
+        return f"must have {message.removeprefix('List should have ')}, got {count}"
+    return message
+
+
+def masterplan_count_problem(documents: Iterable[Mapping[str, Any]]) -> str:
+    """Why a file does not hold exactly one Masterplan, naming the kinds it does hold."""
+    kinds = [str(d.get("kind")) for d in documents]
+    found = sum(1 for kind in kinds if kind == "Masterplan")
+    if found > 1:
+        return f"holds {found} Masterplan documents; put each in its own file"
+    near = [kind for kind in kinds if kind.lower() == "masterplan"]
+    if near:
+        return f"kind {near[0]!r} is not a kind; kinds are case-sensitive: write 'kind: Masterplan'"
+    listed = ", ".join(repr(kind) for kind in kinds) if kinds else "no documents"
+    return f"holds no Masterplan document (found {listed}); add one with 'kind: Masterplan'"
 
 
 def check_name(name: object) -> str:

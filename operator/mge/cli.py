@@ -418,6 +418,7 @@ def _acceptance(settings: "Settings") -> "AcceptanceJobConfig | None":
         ttl_after_finished_s=settings.acceptance_ttl_seconds,
         test_timeout_s=settings.acceptance_test_timeout_seconds,
         workers=settings.acceptance_workers,
+        placement=settings.created_pod_placement,
     )
 
 
@@ -692,6 +693,7 @@ def _kube(settings: "Settings", hint: str) -> "Kube":
 
 def _settings(log_format: LogFormat | None = None) -> "Settings":
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from mge.settings import Settings
     from mge.trace.context import configure_logging
@@ -699,7 +701,18 @@ def _settings(log_format: LogFormat | None = None) -> "Settings":
     try:
         settings = Settings()
     except ValidationError as error:
-        raise _fail(f"invalid MGE_* settings: {error}") from None
+        from mge.models.manifest import problem_text
+
+        problems = "; ".join(
+            f"MGE_{str(p['loc'][0]).upper()}{''.join(f'.{part}' for part in p['loc'][1:])}: {problem_text(p)}"
+            if p["loc"]
+            else problem_text(p)
+            for p in error.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from None
+    except SettingsError as error:  # a JSON-valued variable that is not JSON
+        field = str(error).split('"')[1] if '"' in str(error) else "?"
+        raise _fail(f"invalid settings: MGE_{field.upper()} must be JSON (see docs/operations.md)") from None
     if log_format is not None:
         settings = settings.model_copy(update={"log_format": log_format.value})
     configure_logging(settings.log_level, settings.log_format)

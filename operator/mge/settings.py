@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MGE_", extra="ignore")
@@ -44,6 +46,15 @@ class Settings(BaseSettings):
     executor_min_replicas: int = Field(0, ge=0, le=500)
     executor_max_replicas: int = Field(10, ge=1, le=500)
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    executor_resources: ContainerResources = Field(
+        default_factory=lambda: EXECUTOR_RESOURCES.model_copy(),
+        description='Executor container resources as JSON, e.g. {"requests": {"cpu": "100m"}, "limits": {}}.',
+    )
+    created_pod_placement: PodPlacement = Field(
+        default_factory=PodPlacement,
+        description="JSON with imagePullSecrets, nodeSelector, tolerations, affinity and priorityClassName "
+        "for every pod the operator creates (executors, acceptance Jobs).",
+    )
     llm_replay: str = Field(
         "",
         description="Demo mode: a folder of examples (masterplan.yaml + responses.jsonl) whose recorded answers "

@@ -403,3 +403,82 @@ def test_the_image_ships_the_recordings_demo_mode_replays():
     for example in sorted(p.parent.name for p in (REPO / "examples").glob("*/responses.jsonl")):
         assert in_build_context(f"examples/{example}/masterplan.yaml")
         assert in_build_context(f"examples/{example}/responses.jsonl")
+
+
+PLACEMENT = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "nodeSelector": {"pool": "ai"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ai", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    },
+}
+
+
+def test_pull_secrets_scheduling_and_resources_reach_every_pod_the_operator_creates(monkeypatch):
+    """Values -> the operator's env (rendered) -> its settings -> the executor Deployment and acceptance Job it
+    builds; the API Deployment (rendered) gets the same placement."""
+    from mge.adapters.acceptance_job import job
+    from mge.cli import _acceptance
+
+    values = {
+        **WITH_SECRETS,
+        **PLACEMENT,
+        "executor": {
+            "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+            "priorityClassName": "batch-low",
+        },
+    }
+    for name, value in _operator_env(values).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    executor_pod = configured_executor_deployment(settings, 1)["spec"]["template"]["spec"]
+    config = _acceptance(settings)
+    assert config is not None
+    job_pod = job("shop-accept-w0-r1-abcde", "team-a", "shop", 0, config, integration=False)["spec"][
+        "template"
+    ]["spec"]
+    api_pod = _one(render_chart(values), "Deployment", "-api")["spec"]["template"]["spec"]
+
+    for pod in (executor_pod, job_pod):
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["nodeSelector"] == {"pool": "ai"}
+        assert pod["tolerations"] == PLACEMENT["tolerations"]
+        assert pod["affinity"] == PLACEMENT["affinity"]
+        assert pod["priorityClassName"] == "batch-low"
+    for pod in (api_pod,):
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert (pod["nodeSelector"], pod["tolerations"], pod["affinity"]) == (
+            {"pool": "ai"},
+            PLACEMENT["tolerations"],
+            PLACEMENT["affinity"],
+        )
+    assert executor_pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "2", "memory": "2Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+    for pod in (executor_pod, job_pod):
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod},
+            KUBE_VERSION,
+            strict=True,
+        )
+
+
+def test_without_placement_values_the_created_pods_carry_no_empty_fields(monkeypatch):
+    for name, value in _operator_env(WITH_SECRETS).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    pod = configured_executor_deployment(Settings(), 1)["spec"]["template"]["spec"]
+    assert not {"imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(pod)
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }

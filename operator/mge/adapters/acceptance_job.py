@@ -7,13 +7,14 @@ import json
 import tarfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL
 from mge.models.base import API_GROUP
+from mge.models.pods import PodPlacement
 
 JOB_LABEL: Final = f"{API_GROUP}/acceptance-job"
 WAVE_LABEL: Final = f"{API_GROUP}/wave"
@@ -48,6 +49,8 @@ class AcceptanceJobConfig:
     ttl_after_finished_s: int = 3600
     test_timeout_s: int = 30
     workers: int = 4
+    # imagePullSecrets, nodeSelector, tolerations, affinity, priorityClassName: as for the operator's pod.
+    placement: PodPlacement = field(default_factory=PodPlacement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,7 @@ def job(
         "--workers",
         str(config.workers),
     ]
-    return {
+    body: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -235,6 +238,8 @@ def job(
             },
         },
     }
+    body["spec"]["template"]["spec"].update(config.placement.pod_fields())
+    return body
 
 
 class ResultLine(BaseModel):

@@ -23,6 +23,7 @@ from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, d
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 from mge.concurrency.statistics import fleet_signals
+from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -41,6 +42,8 @@ def executor_deployment(
     otel_endpoint: str = "",
     env_config_maps: list[str] | None = None,
     llm_replay: str = "",
+    resources: ContainerResources = EXECUTOR_RESOURCES,
+    placement: PodPlacement | None = None,
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown.
 
@@ -56,7 +59,7 @@ def executor_deployment(
             {"name": "MGE_EXECUTOR_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
         "ports": [{"name": "metrics", "containerPort": 9100}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": resources.container_field(),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -93,6 +96,8 @@ def executor_deployment(
     }
     if service_account:
         pod["serviceAccountName"] = service_account
+    if placement is not None:
+        pod.update(placement.pod_fields())
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -125,6 +130,8 @@ def configured_executor_deployment(settings: Any, replicas: int) -> dict[str, An
         otel_endpoint=settings.otel_endpoint,
         env_config_maps=[c.strip() for c in settings.executor_env_config_maps.split(",") if c.strip()],
         llm_replay=settings.llm_replay,
+        resources=settings.executor_resources,
+        placement=settings.created_pod_placement,
     )
 
 

@@ -63,7 +63,7 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
     lines = []
     for problem in error.errors():
         path = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
-        lines.append(f"{path}: {_problem_text(problem)}")
+        lines.append(f"{path}: {problem_text(problem)}")
     return "; ".join(lines)
 
 
@@ -94,7 +94,7 @@ def _kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-def _problem_text(problem: Any) -> str:
+def problem_text(problem: Any) -> str:
     """pydantic's message rewritten for a user: no class names, no regexes, no "Value error," prefix."""
     kind, given, ctx = problem["type"], problem.get("input"), problem.get("ctx") or {}
     message = str(problem["msg"])

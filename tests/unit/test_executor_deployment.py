@@ -4,6 +4,7 @@ import copy
 
 from mge.concurrency.replicas import ReplicaBounds, demanded_replicas
 from mge.controller.executors import deployment_drift, executor_deployment
+from mge.models.pods import ContainerResources, PodPlacement
 
 
 def _deployment(**overrides):
@@ -82,3 +83,20 @@ def test_demand_is_one_executor_per_concurrency_worth_of_runnable_atoms_within_b
     assert demanded_replicas(1, 0, bounds) == 1
     assert demanded_replicas(20, 5, bounds) == 4
     assert demanded_replicas(500, 0, bounds) == 10
+
+
+def test_new_placement_or_resources_roll_the_executors_and_a_removed_field_is_cleared():
+    placed = _deployment(
+        placement=PodPlacement(node_selector={"pool": "ai"}, image_pull_secrets=[{"name": "regcred"}]),
+        resources=ContainerResources(requests={"cpu": "2"}),
+    )
+
+    added = deployment_drift(_deployment(), placed)["spec"]["template"]
+    unchanged = deployment_drift(placed, placed)
+    removed = deployment_drift(placed, _deployment())["spec"]["template"]["spec"]
+
+    assert added["spec"]["nodeSelector"] == {"pool": "ai"}
+    assert added["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2"}}
+    assert unchanged == {}
+    assert (removed["nodeSelector"], removed["imagePullSecrets"]) == (None, None)
+    assert "tolerations" not in removed

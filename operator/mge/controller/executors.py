@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
 
 log = logging.getLogger("mge.controller.executors")
 
+# Pod-spec fields set from the chart's placement values (MGE_CREATED_POD_PLACEMENT).
+PLACEMENT_FIELDS: Final = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
 COMPONENT_LABEL: Final = {"app.kubernetes.io/name": "mge-executor", "app.kubernetes.io/component": "executor"}
 
 
@@ -146,13 +149,22 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
     # Compare only what we set that the API server does not default (it fills in env fieldRef apiVersions etc.).
     volumes = [v["name"] for v in existing_spec.get("template", {}).get("spec", {}).get("volumes") or []]
     wanted_volumes = [v["name"] for v in desired_spec["template"]["spec"]["volumes"]]
+    existing_pod = existing_spec.get("template", {}).get("spec", {})
+    wanted_pod = desired_spec["template"]["spec"]
     if (
         container.get("image") != wanted["image"]
         or container.get("envFrom") != wanted.get("envFrom")
         or _plain_env(container) != _plain_env(wanted)
         or volumes != wanted_volumes
+        or container.get("resources") != wanted.get("resources")
+        or any(existing_pod.get(key) != wanted_pod.get(key) for key in PLACEMENT_FIELDS)
     ):
-        patch["template"] = desired_spec["template"]
+        template = copy.deepcopy(desired_spec["template"])
+        # A merge patch keeps what it does not mention: a placement field no longer wanted is removed by null.
+        for key in PLACEMENT_FIELDS:
+            if key in existing_pod and key not in wanted_pod:
+                template["spec"][key] = None
+        patch["template"] = template
     return {"spec": patch} if patch else {}
 
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     executor_min_replicas: int = Field(0, ge=0, le=500)
     executor_max_replicas: int = Field(10, ge=1, le=500)
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    executor_config_checksum: str = Field(
+        "",
+        description="Digest of the ConfigMaps executors read at start (chart: prices, cache); a new value "
+        "rolls the executor Deployment.",
+    )
     executor_resources: ContainerResources = Field(
         default_factory=lambda: EXECUTOR_RESOURCES.model_copy(),
         description='Executor container resources as JSON, e.g. {"requests": {"cpu": "100m"}, "limits": {}}.',

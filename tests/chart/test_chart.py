@@ -482,3 +482,32 @@ def test_without_placement_values_the_created_pods_carry_no_empty_fields(monkeyp
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"memory": "1Gi"},
     }
+
+
+def test_a_change_of_prices_or_cache_settings_rolls_the_operator_the_api_and_the_executors(monkeypatch):
+    """Pods read prices and cache settings once at start: `helm upgrade --set prices...` must restart them."""
+    from mge.controller.executors import deployment_drift
+
+    before = {**WITH_SECRETS, "prices": {"my-model": {"input": 1, "cachedInput": 0.5, "output": 2}}}
+    after = {**WITH_SECRETS, "prices": {"my-model": {"input": 1, "cachedInput": 0.5, "output": 3}}}
+    cache_changed = {**before, "cache": {"llmTTLSeconds": 7200}}
+
+    def checksums(values):
+        docs = render_chart(values)
+        return tuple(
+            _one(docs, "Deployment", suffix)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for suffix in ("mge-operator", "-api")
+        )
+
+    def executors(values):
+        for name, value in _operator_env(values).items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+        return configured_executor_deployment(Settings(), 1)
+
+    assert checksums(before) == checksums(before)  # stable: no roll when nothing changed
+    assert checksums(after)[0] != checksums(before)[0]
+    assert checksums(after)[1] != checksums(before)[1]
+    assert checksums(cache_changed) != checksums(before)
+    assert deployment_drift(executors(before), executors(before)) == {}
+    assert "template" in deployment_drift(executors(before), executors(after))["spec"]

@@ -76,3 +76,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "redis://%s-redis.%s.svc:6379/0" (include "mge.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* A digest of the ConfigMaps pods read at start (prices, cache and batching settings): a change of them
+       changes the pod templates, so `helm upgrade` rolls the operator, the API and (through the operator)
+       the executors instead of leaving them on the old values until someone restarts them. */ -}}
+{{- define "mge.configChecksum" -}}
+{{- print (include (print $.Template.BasePath "/prices.yaml") .) (include (print $.Template.BasePath "/cache.yaml") .) | sha256sum -}}
+{{- end -}}

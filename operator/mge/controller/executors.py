@@ -28,6 +28,8 @@ from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
 
 log = logging.getLogger("mge.controller.executors")
 
+# On the executor pod template: the digest of the ConfigMaps executors read at start (prices, cache settings).
+CONFIG_CHECKSUM_ANNOTATION: Final = "mge.devmatrix.io/config-checksum"
 # Pod-spec fields set from the chart's placement values (MGE_CREATED_POD_PLACEMENT).
 PLACEMENT_FIELDS: Final = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
 COMPONENT_LABEL: Final = {"app.kubernetes.io/name": "mge-executor", "app.kubernetes.io/component": "executor"}
@@ -47,6 +49,7 @@ def executor_deployment(
     llm_replay: str = "",
     resources: ContainerResources = EXECUTOR_RESOURCES,
     placement: PodPlacement | None = None,
+    config_checksum: str = "",
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown.
 
@@ -112,7 +115,11 @@ def executor_deployment(
                 "metadata": {
                     "labels": labels,
                     # Scraped by annotation-based Prometheus setups; ServiceMonitors select the labels.
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9100"},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": "9100",
+                        **({CONFIG_CHECKSUM_ANNOTATION: config_checksum} if config_checksum else {}),
+                    },
                 },
                 "spec": pod,
             },
@@ -135,6 +142,7 @@ def configured_executor_deployment(settings: Any, replicas: int) -> dict[str, An
         llm_replay=settings.llm_replay,
         resources=settings.executor_resources,
         placement=settings.created_pod_placement,
+        config_checksum=settings.executor_config_checksum,
     )
 
 
@@ -158,6 +166,7 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
         or volumes != wanted_volumes
         or container.get("resources") != wanted.get("resources")
         or any(existing_pod.get(key) != wanted_pod.get(key) for key in PLACEMENT_FIELDS)
+        or _checksum(existing_spec) != _checksum(desired_spec)
     ):
         template = copy.deepcopy(desired_spec["template"])
         # A merge patch keeps what it does not mention: a placement field no longer wanted is removed by null.
@@ -166,6 +175,12 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
                 template["spec"][key] = None
         patch["template"] = template
     return {"spec": patch} if patch else {}
+
+
+def _checksum(spec: Mapping[str, Any]) -> str | None:
+    annotations = spec.get("template", {}).get("metadata", {}).get("annotations") or {}
+    value = annotations.get(CONFIG_CHECKSUM_ANNOTATION)
+    return str(value) if value is not None else None
 
 
 def _plain_env(container: Mapping[str, Any]) -> dict[str, str]:

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
@@ -37,6 +38,8 @@ async def test_a_provider_outage_fails_no_atom_holds_claims_back_and_the_run_res
         async with running_operator(cluster, pg, [NS], progress_interval=0.2):
             await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
             plan_id = uuid.UUID(_masterplan(cluster)["status"]["masterplanId"])
+            accept = AcceptanceStore(store.pool)
+            await accept.ensure_generation(plan_id)  # what the operator asks for when it runs acceptance Jobs
             worker = asyncio.create_task(executor.run(stop))
 
             await eventually(lambda: _reason(cluster, "LLMAvailable") == "False/EndpointDown", timeout=20)
@@ -55,6 +58,8 @@ async def test_a_provider_outage_fails_no_atom_holds_claims_back_and_the_run_res
             server.down_with = None  # the provider is back
             await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=60)
             await eventually(lambda: _reason(cluster, "LLMAvailable") == "True/EndpointAvailable")
+            await eventually(lambda: _generation_done(accept, plan_id), timeout=60)
+            not_generated = await accept.not_generated(plan_id)
             stop.set()
             await worker
             spent_on_failures = await store.pool.fetchval(
@@ -73,6 +78,11 @@ async def test_a_provider_outage_fails_no_atom_holds_claims_back_and_the_run_res
     assert (failed, attempts) == (0, 0)  # no attempt was charged to an atom for the endpoint's failure
     assert held_back <= 4  # at most one trial call (2 HTTP tries) besides stragglers
     assert spent_on_failures == 0
+    assert not_generated == []  # acceptance-test generation waited for the endpoint too
     assert _masterplan(cluster)["status"]["atoms"]["failed"] == 0
     events = {e["reason"] for e in cluster.objects_of("events", NS)}
     assert {"EndpointDown", "EndpointAvailable"} <= events
+
+
+async def _generation_done(accept: AcceptanceStore, plan_id: uuid.UUID) -> bool:
+    return await accept.generation_state(plan_id) == "done"

@@ -24,7 +24,7 @@ from mge.acceptance.templates import (
     wave_for_test,
 )
 from mge.adapters import metrics
-from mge.adapters.llm import LLM, ChatRequest, LLMError
+from mge.adapters.llm import LLM, ChatRequest, EndpointUnavailable, LLMError
 from mge.adapters.llm_cache import CancelledAfterSpending
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import BUDGET_REFUSED, AcceptanceStore, PlanContext, StoredTest
@@ -62,6 +62,10 @@ class GenerationConfig:
     reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
     # How long one test waits in all for LLM slots (each wait is bounded by the gate's own deadline).
     slot_wait_s: float = 600.0
+    # How long one test waits in all for an LLM endpoint that is down (an outage is not the test's failure).
+    endpoint_wait_s: float = 1800.0
+    endpoint_retry_first_s: float = 2.0
+    endpoint_retry_max_s: float = 60.0
 
 
 class TestGenerator:
@@ -193,6 +197,8 @@ class TestGenerator:
         attempt = 0
         # Waiting for an LLM slot is not an attempt: only answers (and LLM errors) use one up.
         slot_deadline = time.monotonic() + self.config.slot_wait_s
+        endpoint_deadline = time.monotonic() + self.config.endpoint_wait_s
+        endpoint_pause = self.config.endpoint_retry_first_s
         while attempt < self.config.max_attempts:
             attempt += 1
             request = ChatRequest(
@@ -215,6 +221,7 @@ class TestGenerator:
                 return None, BUDGET_REFUSED, attempt - 1
             prompt_tokens = completion_tokens = cached_tokens = 0
             share: Decimal | None = None  # a batched call's part of the batch's cost
+            endpoint_down = False
             try:
                 completion = await self.gate.complete(
                     functools.partial(self.llm.complete, request),
@@ -229,6 +236,14 @@ class TestGenerator:
                 return test, None, attempt
             except InvalidAcceptanceTest as invalid:
                 problem = feedback = str(invalid)
+            except EndpointUnavailable as down:
+                if time.monotonic() >= endpoint_deadline:
+                    return (
+                        None,
+                        f"LLM endpoint down for {self.config.endpoint_wait_s:.0f}s: {down}",
+                        attempt - 1,
+                    )
+                problem, feedback, endpoint_down = str(down), None, True
             except LLMError as failure:
                 problem, feedback = str(failure), None
             except SlotUnavailable as waited:
@@ -253,6 +268,14 @@ class TestGenerator:
                         cached_tokens=cached_tokens,
                     )
                 )
+            if endpoint_down:  # not the test's attempt: the same request goes again once the endpoint answers
+                log.warning(
+                    "acceptance test %s waits for the LLM endpoint: %s", requirement.id, problem[:300]
+                )
+                attempt -= 1
+                await asyncio.sleep(endpoint_pause)  # its reservation settled above: nothing held meanwhile
+                endpoint_pause = min(self.config.endpoint_retry_max_s, endpoint_pause * 2)
+                continue
             log.info("acceptance test %s attempt %d rejected: %s", requirement.id, attempt, problem[:300])
         return (
             None,

@@ -1,7 +1,6 @@
 """The operator's executor Deployment on the fake Kubernetes API, sized from a real Postgres queue."""
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import ScalerPolicy
 from mge.concurrency.statistics import CallSummary
 from mge.controller.executors import COMPONENT_LABEL, sync_executors_once
+from mge.settings import Settings
 from tests.builders import atom, register
 from tests.support.operator import eventually, fake_cluster, running_operator
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.component
 
 REPO = Path(__file__).resolve().parents[2]
 
-SETTINGS = SimpleNamespace(
+SETTINGS = Settings(
     executor_name="mge-executor",
     executor_image="registry/mge:1",
     executor_min_replicas=0,

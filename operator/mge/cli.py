@@ -225,6 +225,15 @@ def run(
         price_for(spec.model, price_table)
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
+    from mge.acceptance.requirements import parse_requirements
+    from mge.adapters.toolchain import missing_tools
+
+    missing = missing_tools(
+        {str(atom.language) for atom in atoms},
+        acceptance_tests=bool(parse_requirements(spec.requirements).requirements),
+    )
+    if missing:
+        raise _fail("this plan cannot run here; missing: " + "; ".join(missing))
     client: LLM
     if llm == "replay":
         recording = masterplan_file(path).parent / "responses.jsonl"

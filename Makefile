@@ -46,6 +46,9 @@ check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD dri
 crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mge crds --out crds --out helm/mge-operator/crds
 
+docs: $(INSTALLED) ## Regenerate the settings table in docs/operations.md from the settings model
+	$(BIN)/python -m tests.support.settings_doc
+
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
@@ -75,4 +78,4 @@ endif
 clean: ## Remove the virtualenv, caches, local run state and outputs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .mge out
 
-.PHONY: help setup demo plan test check crds manifests bench image clean
+.PHONY: help setup demo plan test check crds docs manifests bench image clean

@@ -365,7 +365,11 @@ LogFormatOption = Annotated[
 
 @app.command()
 def operator(log_format: LogFormatOption = None) -> None:
-    """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
+    """Run the Kubernetes operator.
+
+    Configured by MGE_* environment variables (MGE_WATCH_NAMESPACES, MGE_DATABASE_URL, MGE_EXECUTOR_IMAGE,
+    ...): every one, with its default, is in the settings table of docs/operations.md.
+    """
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
@@ -433,7 +437,11 @@ def _acceptance(settings: "Settings") -> "AcceptanceJobConfig | None":
 
 @app.command()
 def executor(log_format: LogFormatOption = None) -> None:
-    """Run an executor: claim ready atoms from Postgres and generate them (MGE_DATABASE_URL, OPENAI_*)."""
+    """Run an executor: claim ready atoms from Postgres and generate them.
+
+    Needs MGE_DATABASE_URL and OPENAI_BASE_URL / OPENAI_API_KEY (or MGE_LLM_REPLAY); MGE_REDIS_URL and the
+    MGE_CACHE_* / MGE_BATCH_* variables tune the caches: see the settings table in docs/operations.md.
+    """
     import os
     import signal
     import socket

@@ -511,3 +511,14 @@ def test_a_change_of_prices_or_cache_settings_rolls_the_operator_the_api_and_the
     assert checksums(cache_changed) != checksums(before)
     assert deployment_drift(executors(before), executors(before)) == {}
     assert "template" in deployment_drift(executors(before), executors(after))["spec"]
+
+
+def test_an_existing_database_secret_and_the_quick_start_postgres_together_are_refused():
+    with pytest.raises(helm.HelmError, match=r"database\.existingSecret and postgres\.deploy are both set"):
+        render_chart({**WITH_SECRETS, "postgres": {"deploy": True}})
+
+
+def test_no_redis_is_deployed_or_configured_when_the_cache_is_off():
+    docs = render_chart({**WITH_SECRETS, "redis": {"deploy": True}, "cache": {"enabled": False}})
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+    assert "MGE_REDIS_URL" not in _one(docs, "ConfigMap", "-cache")["data"]

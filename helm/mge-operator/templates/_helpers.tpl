@@ -49,6 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Secret holding MGE_DATABASE_URL. */}}
 {{- define "mge.databaseSecret" -}}
+{{- if and .Values.database.existingSecret .Values.postgres.deploy -}}
+{{- fail "database.existingSecret and postgres.deploy are both set: the operator would use the Secret and the quick-start Postgres would run unused; keep one" -}}
+{{- end -}}
 {{- if .Values.database.existingSecret -}}
 {{- .Values.database.existingSecret -}}
 {{- else if .Values.postgres.deploy -}}
@@ -72,7 +75,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Redis URL of the quick-start Redis; with cache.existingSecret the Secret's MGE_REDIS_URL is used instead. */}}
 {{- define "mge.redisUrl" -}}
-{{- if and .Values.redis.deploy (not .Values.cache.existingSecret) -}}
+{{- if and .Values.redis.deploy .Values.cache.enabled (not .Values.cache.existingSecret) -}}
 {{- printf "redis://%s-redis.%s.svc:6379/0" (include "mge.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}

@@ -46,6 +46,9 @@ check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD dri
 crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mge crds --out crds --out helm/mge-operator/crds
 
+docs: $(INSTALLED) ## Regenerate the settings table in docs/operations.md from the settings model
+	$(BIN)/python -m tests.support.settings_doc
+
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
@@ -60,10 +63,19 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_deps_python
 	$(BIN)/python -m tests.bench.bench_acceptance
 
-image: ## Build the container image (needs a Docker engine)
-	docker build -t mge-operator:dev .
+# The image is tagged with the chart's appVersion, which is the tag the chart deploys by default.
+APP_VERSION := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' helm/mge-operator/Chart.yaml)
+IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/,)mge-operator:$(APP_VERSION)
+
+image: ## Build the image as mge-operator:<appVersion>; REGISTRY=r pushes r/mge-operator:<appVersion> (PLATFORMS=linux/amd64,linux/arm64 builds both with buildx)
+ifdef PLATFORMS
+	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) $(if $(REGISTRY),--push,) .
+else
+	docker build -t $(IMAGE) .
+	$(if $(REGISTRY),docker push $(IMAGE),)
+endif
 
 clean: ## Remove the virtualenv, caches, local run state and outputs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .mge out
 
-.PHONY: help setup demo plan test check crds manifests bench image clean
+.PHONY: help setup demo plan test check crds docs manifests bench image clean

@@ -225,6 +225,15 @@ def run(
         price_for(spec.model, price_table)
     except (ManifestError, PlanError, UnknownModelPrice) as error:
         raise _fail(str(error)) from None
+    from mge.acceptance.requirements import parse_requirements
+    from mge.adapters.toolchain import missing_tools
+
+    missing = missing_tools(
+        {str(atom.language) for atom in atoms},
+        acceptance_tests=bool(parse_requirements(spec.requirements).requirements),
+    )
+    if missing:
+        raise _fail("this plan cannot run here; missing: " + "; ".join(missing))
     client: LLM
     if llm == "replay":
         recording = masterplan_file(path).parent / "responses.jsonl"
@@ -356,7 +365,11 @@ LogFormatOption = Annotated[
 
 @app.command()
 def operator(log_format: LogFormatOption = None) -> None:
-    """Run the Kubernetes operator (reads MGE_* settings from the environment)."""
+    """Run the Kubernetes operator.
+
+    Configured by MGE_* environment variables (MGE_WATCH_NAMESPACES, MGE_DATABASE_URL, MGE_EXECUTOR_IMAGE,
+    ...): every one, with its default, is in the settings table of docs/operations.md.
+    """
     from mge.adapters.metrics import serve_metrics
     from mge.adapters.store.store import LazyStore
     from mge.controller.deps import ControllerDeps
@@ -424,7 +437,11 @@ def _acceptance(settings: "Settings") -> "AcceptanceJobConfig | None":
 
 @app.command()
 def executor(log_format: LogFormatOption = None) -> None:
-    """Run an executor: claim ready atoms from Postgres and generate them (MGE_DATABASE_URL, OPENAI_*)."""
+    """Run an executor: claim ready atoms from Postgres and generate them.
+
+    Needs MGE_DATABASE_URL and OPENAI_BASE_URL / OPENAI_API_KEY (or MGE_LLM_REPLAY); MGE_REDIS_URL and the
+    MGE_CACHE_* / MGE_BATCH_* variables tune the caches: see the settings table in docs/operations.md.
+    """
     import os
     import signal
     import socket

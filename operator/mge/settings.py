@@ -1,9 +1,10 @@
 """Operator settings: one typed object read from MGE_* environment variables, validated at start-up."""
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
@@ -16,10 +17,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated namespaces to reconcile; empty = the operator's own namespace."
     )
     operator_namespace: str = Field("", description="The operator pod's namespace (downward API).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    health_port: int = Field(8080, ge=1, le=65535)
-    metrics_port: int = Field(9100, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json (one object per line) or text; `--log-format` overrides it."
+    )
+    health_port: int = Field(8080, ge=1, le=65535, description="Operator liveness endpoint (/healthz).")
+    metrics_port: int = Field(9100, ge=1, le=65535, description="Prometheus /metrics (operator, executors).")
     kube_host: str | None = Field(
         None, description="API server URL; unset = in-cluster config or kubeconfig."
     )
@@ -43,8 +46,8 @@ class Settings(BaseSettings):
         "", description="ConfigMap with prices.yaml, mounted into executors as MGE_PRICES_FILE."
     )
     executor_id: str = Field("", description="This executor's name (pod name); empty = the host name.")
-    executor_min_replicas: int = Field(0, ge=0, le=500)
-    executor_max_replicas: int = Field(10, ge=1, le=500)
+    executor_min_replicas: int = Field(0, ge=0, le=500, description="Fewest executor pods.")
+    executor_max_replicas: int = Field(10, ge=1, le=500, description="Most executor pods.")
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
     executor_config_checksum: str = Field(
         "",
@@ -111,10 +114,10 @@ class Settings(BaseSettings):
 
     # Acceptance-test Jobs (one per wave); empty image = the operator does not run them (Gate S not evaluated).
     acceptance_image: str = Field("", description="Image of acceptance Jobs (`mge acceptance-job`).")
-    acceptance_cpu_request: str = "250m"
-    acceptance_cpu_limit: str = "1"
-    acceptance_memory_request: str = "256Mi"
-    acceptance_memory_limit: str = "1Gi"
+    acceptance_cpu_request: str = Field("250m", description="Acceptance Job pod CPU request.")
+    acceptance_cpu_limit: str = Field("1", description="Acceptance Job pod CPU limit.")
+    acceptance_memory_request: str = Field("256Mi", description="Acceptance Job pod memory request.")
+    acceptance_memory_limit: str = Field("1Gi", description="Acceptance Job pod memory limit.")
     acceptance_workdir_size: str = Field("256Mi", description="emptyDir size (and ephemeral-storage limit).")
     acceptance_deadline_seconds: int = Field(900, ge=30, le=86400, description="Job activeDeadlineSeconds.")
     acceptance_ttl_seconds: int = Field(3600, ge=0, le=604800, description="Job ttlSecondsAfterFinished.")
@@ -137,3 +140,18 @@ class Settings(BaseSettings):
         if self.operator_namespace:
             return [self.operator_namespace]
         raise ValueError("set MGE_WATCH_NAMESPACES (comma-separated) or MGE_OPERATOR_NAMESPACE")
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (docs/operations.md holds it; a test keeps the two in step)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(by_alias=True, exclude_defaults=True) or {}
+            shown = f"`{json.dumps(default)}`"
+        else:
+            shown = f"`{default}`" if default not in ("", None) else "empty"
+        meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `MGE_{name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"

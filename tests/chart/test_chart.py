@@ -511,3 +511,37 @@ def test_a_change_of_prices_or_cache_settings_rolls_the_operator_the_api_and_the
     assert checksums(cache_changed) != checksums(before)
     assert deployment_drift(executors(before), executors(before)) == {}
     assert "template" in deployment_drift(executors(before), executors(after))["spec"]
+
+
+def test_an_existing_database_secret_and_the_quick_start_postgres_together_are_refused():
+    with pytest.raises(helm.HelmError, match=r"database\.existingSecret and postgres\.deploy are both set"):
+        render_chart({**WITH_SECRETS, "postgres": {"deploy": True}})
+
+
+def test_no_redis_is_deployed_or_configured_when_the_cache_is_off():
+    docs = render_chart({**WITH_SECRETS, "redis": {"deploy": True}, "cache": {"enabled": False}})
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+    assert "MGE_REDIS_URL" not in _one(docs, "ConfigMap", "-cache")["data"]
+
+
+def test_names_registry_digest_and_extra_env_follow_the_usual_chart_conventions():
+    digest = "sha256:" + "a" * 64
+    docs = render_chart(
+        {
+            **WITH_SECRETS,
+            "fullnameOverride": "mge",
+            "global": {"imageRegistry": "mirror.example"},
+            "image": {"repository": "acme/mge-operator", "digest": digest},
+            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        }
+    )
+    operator = _one(docs, "Deployment", "mge")
+    api = _one(docs, "Deployment", "mge-api")
+
+    assert operator["metadata"]["name"] == "mge"
+    for deployment in (operator, api):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == f"mirror.example/acme/mge-operator@{digest}"
+        assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+    with pytest.raises(helm.HelmError, match="digest"):
+        render_chart({**WITH_SECRETS, "image": {"repository": "r", "digest": "latest"}})

@@ -1,14 +1,19 @@
 {{- define "mge.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "mge.fullname" -}}
-{{- if hasPrefix .Release.Name .Chart.Name -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
-{{- else if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if hasPrefix .Release.Name $name -}}
+{{- $name | trunc 63 | trimSuffix "-" -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -34,8 +39,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* registry/repository:tag, or @digest when one is given (pinned: a moved tag cannot change what runs). */}}
 {{- define "mge.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $registry := ((.Values.global).imageRegistry) | default "" -}}
+{{- $repository := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (ne $registry "") -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Namespaces the operator reconciles: the given list, or the release namespace. */}}
@@ -49,6 +61,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Secret holding MGE_DATABASE_URL. */}}
 {{- define "mge.databaseSecret" -}}
+{{- if and .Values.database.existingSecret .Values.postgres.deploy -}}
+{{- fail "database.existingSecret and postgres.deploy are both set: the operator would use the Secret and the quick-start Postgres would run unused; keep one" -}}
+{{- end -}}
 {{- if .Values.database.existingSecret -}}
 {{- .Values.database.existingSecret -}}
 {{- else if .Values.postgres.deploy -}}
@@ -72,7 +87,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Redis URL of the quick-start Redis; with cache.existingSecret the Secret's MGE_REDIS_URL is used instead. */}}
 {{- define "mge.redisUrl" -}}
-{{- if and .Values.redis.deploy (not .Values.cache.existingSecret) -}}
+{{- if and .Values.redis.deploy .Values.cache.enabled (not .Values.cache.existingSecret) -}}
 {{- printf "redis://%s-redis.%s.svc:6379/0" (include "mge.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}

@@ -25,6 +25,7 @@ from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 from mge.concurrency.statistics import fleet_signals
 from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
+from mge.settings import Settings
 
 log = logging.getLogger("mge.controller.executors")
 
@@ -127,7 +128,7 @@ def executor_deployment(
     }
 
 
-def configured_executor_deployment(settings: Any, replicas: int) -> dict[str, Any]:
+def configured_executor_deployment(settings: Settings, replicas: int) -> dict[str, Any]:
     """The executor Deployment as the operator's MGE_* settings describe it."""
     return executor_deployment(
         name=settings.executor_name,
@@ -260,7 +261,7 @@ async def sync_executors_once(
     kube: Kube,
     store: LazyStore,
     namespace: str,
-    settings: Any,
+    settings: Settings,
     policy: ScalerPolicy,
     now: float,
     prometheus: PrometheusQuery | None = None,
@@ -355,7 +356,7 @@ async def _deployment_event(
         )
 
 
-async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, settings: Any) -> None:
+async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, settings: Settings) -> None:
     policy = ScalerPolicy(
         ReplicaBounds(
             settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency

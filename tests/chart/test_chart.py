@@ -545,3 +545,25 @@ def test_names_registry_digest_and_extra_env_follow_the_usual_chart_conventions(
         assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
     with pytest.raises(helm.HelmError, match="digest"):
         render_chart({**WITH_SECRETS, "image": {"repository": "r", "digest": "latest"}})
+
+
+def test_the_api_can_have_a_disruption_budget_that_still_lets_nodes_drain():
+    values = {
+        **WITH_SECRETS,
+        "api": {"replicas": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": 2}},
+    }
+    (pdb,) = _of(render_chart(values), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+    kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
+    with pytest.raises(helm.HelmError, match="minAvailable"):
+        render_chart({**WITH_SECRETS, "api": {"replicas": 1, "podDisruptionBudget": {"enabled": True}}})
+
+
+def test_quick_start_servers_have_liveness_probes_and_a_fixed_password_for_gitops():
+    docs = render_chart({**QUICK_START, "postgres": {"deploy": True, "password": "s3cret"}})
+    for suffix in ("-postgres", "-redis"):
+        (container,) = _one(docs, "StatefulSet", suffix)["spec"]["template"]["spec"]["containers"]
+        assert container["livenessProbe"]["tcpSocket"]
+    secret = _one(docs, "Secret", "-database")
+    assert "s3cret" in str(secret.get("stringData") or secret.get("data"))

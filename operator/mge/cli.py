@@ -200,7 +200,11 @@ def run(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port while the run lasts."),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the run lasts.",
+        ),
     ] = None,
 ) -> None:
     """Run a Masterplan end to end without a cluster: embedded Postgres, local executors, live progress."""
@@ -209,7 +213,7 @@ def run(
     if metrics_port is not None:
         from mge.adapters.metrics import serve_metrics
 
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, "127.0.0.1")  # a workstation: not on every interface
 
     from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
     from mge.executor.local_run import LocalRun

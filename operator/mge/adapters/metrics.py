@@ -28,9 +28,11 @@ SPENT = Gauge("mge_masterplan_spent_usd", "Settled LLM spend of the Masterplan."
 SOFT_CAP = Gauge("mge_masterplan_soft_cap_usd", "Soft cap of the Masterplan in USD.", PLAN_LABELS)
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on `port` (a daemon thread of prometheus_client)."""
-    start_http_server(port)
+def serve_metrics(
+    port: int, address: str = "0.0.0.0"
+) -> None:  # in a pod, Prometheus scrapes every interface
+    """Expose /metrics on `address`:`port` (a daemon thread of prometheus_client)."""
+    start_http_server(port, addr=address)
 
 
 CONCURRENCY_LIMIT = Gauge("v2_concurrency_limit", "Adaptive limit on in-flight LLM calls.", ("executor",))

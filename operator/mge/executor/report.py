@@ -37,6 +37,8 @@ def gate_summary(gate: GateVerdict) -> str:
 
 
 def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: str) -> None:
+    # A blank line first: without a terminal the live view's last line has no newline of its own.
+    console.print()
     progress = result.progress
     limit = Decimal(str(run.spec.budget.effective_limit_usd))
     table = Table(title=f"Report: Masterplan {run.name}", show_header=False, title_justify="left")

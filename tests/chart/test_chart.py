@@ -567,3 +567,13 @@ def test_quick_start_servers_have_liveness_probes_and_a_fixed_password_for_gitop
         assert container["livenessProbe"]["tcpSocket"]
     secret = _one(docs, "Secret", "-database")
     assert "s3cret" in str(secret.get("stringData") or secret.get("data"))
+
+
+def test_openshift_can_drop_the_fixed_uid_and_the_pods_stay_restricted():
+    docs = render_chart({**WITH_SECRETS, "podSecurityContext": {"runAsUser": None, "runAsGroup": None}})
+    for suffix in ("mge-operator", "-api"):
+        pod = _one(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+        assert "runAsUser" not in pod["securityContext"]
+        assert "runAsGroup" not in pod["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True

@@ -240,3 +240,21 @@ def test_sources_are_read_in_one_process_when_a_second_cannot_start(
     assert [fact.file for fact in facts] == files
     assert by_second == 0
     assert "could not start" in caplog.text
+
+
+def test_analyze_of_a_folder_without_sources_fails_like_validate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "notes.md").write_text("# nothing to analyze\n")
+    for command in ("analyze", "validate"):
+        result = CliRunner().invoke(app, ["deps", command, str(tmp_path)])
+        assert result.exit_code == 2, (command, result.output)
+        assert "has no TypeScript/JavaScript or Python sources" in " ".join(result.output.split())
+
+
+def test_validate_says_so_and_fails_when_nothing_could_be_judged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.ts").write_text("export const a = 1;\n")
+    (tmp_path / "b.ts").write_text("export const b = 2;\n")
+
+    result = CliRunner().invoke(app, ["deps", "validate", str(tmp_path)])
+
+    assert result.exit_code == 1, result.output
+    assert "nothing judged: neither tsc nor we found an import" in " ".join(result.output.split())

@@ -65,10 +65,17 @@ def _copy(package: str, into: Path) -> Path:
 
 
 def _node(*args: str, cwd: Path) -> str:
-    completed = subprocess.run(["node", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    if completed.returncode not in (0, 1) or not completed.stdout.strip():
+    """stdout goes to a file, not a pipe: Node writes to a pipe asynchronously, and a CLI that calls
+    process.exit() after printing (madge) loses everything past the pipe's 64 KiB."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        completed = subprocess.run(
+            ["node", *args], cwd=cwd, stdout=out, stderr=subprocess.PIPE, text=True, check=False
+        )
+        out.seek(0)
+        stdout = out.read()
+    if completed.returncode not in (0, 1) or not stdout.strip():
         raise RuntimeError(f"{args[0]} failed: {completed.stderr[-1000:]}")
-    return completed.stdout
+    return stdout
 
 
 def dependency_cruiser(root: Path) -> set[tuple[str, str]]:

@@ -14,7 +14,7 @@ from mge.adapters.deps_scan import analyze_folder, tsc_edges
 from mge.adapters.py_import_trace import TraceFailed, trace_python_imports
 from mge.adapters.typescript import TypeScriptUnavailable
 from mge.deps.compare import Agreement, agreement, seen_at_import
-from mge.deps.graph import DependencyGraph
+from mge.deps.graph import DependencyGraph, grouped_unresolved
 from mge.deps.tsconfig import TsConfigError
 from mge.deps.typescript import is_source
 
@@ -91,7 +91,7 @@ def analyze(
             highlight=False,
             markup=False,  # "[static]" is the kind, not a style
         )
-    for unresolved in graph.unresolved:
+    for unresolved in grouped_unresolved(graph.unresolved):
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
     console.print(
         f"{len(graph.files)} files, {len(graph.edges)} edges, {len(graph.unresolved)} unresolved",
@@ -154,7 +154,7 @@ def validate(
             f"ours {ours_s:.2f}s, import trace {trace_s:.2f}s; {len(trace.loaded)} modules imported",
         )
         missed = missed or bool(result.false_negative) or not _judged(result, "the import trace")
-    for unresolved in graph.unresolved:
+    for unresolved in grouped_unresolved(graph.unresolved):
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
     if missed:
         raise typer.Exit(1)

@@ -1,5 +1,6 @@
 """The dependency graph's vocabulary: edges between project files, external modules, unresolved imports."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -44,6 +45,18 @@ class Unresolved:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.specifier} ({self.reason})"
+
+
+def grouped_unresolved(unresolved: Sequence[Unresolved]) -> list[str]:
+    """One line per source line and reason: a line that probes several paths (`../x`, `../../x`, ...) is
+    one problem, not one per path."""
+    groups: dict[tuple[str, int, str], list[str]] = {}
+    for item in unresolved:
+        groups.setdefault((item.file, item.line, item.reason), []).append(item.specifier)
+    return [
+        f"{file}:{line}: {', '.join(specifiers)} ({reason})"
+        for (file, line, reason), specifiers in groups.items()
+    ]
 
 
 @dataclass

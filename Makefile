@@ -46,8 +46,9 @@ check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD dri
 crds: $(INSTALLED) ## Regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mge crds --out crds --out helm/mge-operator/crds
 
-docs: $(INSTALLED) ## Regenerate the settings table in docs/operations.md from the settings model
+docs: $(INSTALLED) ## Regenerate the settings table (docs/operations.md) and the chart's values table (helm/mge-operator/README.md)
 	$(BIN)/python -m tests.support.settings_doc
+	$(BIN)/python -m tests.support.chart_doc
 
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml

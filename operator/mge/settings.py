@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     )
     created_pod_placement: PodPlacement = Field(
         default_factory=PodPlacement,
-        description="JSON with imagePullSecrets, nodeSelector, tolerations, affinity and priorityClassName "
-        "for every pod the operator creates (executors, acceptance Jobs).",
+        description="JSON with imagePullSecrets, nodeSelector, tolerations, affinity, priorityClassName, "
+        "securityContext (pod) and topologySpreadConstraints (executors only) for every pod the operator "
+        "creates (executors, acceptance Jobs).",
     )
     llm_replay: str = Field(
         "",

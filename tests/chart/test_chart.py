@@ -424,9 +424,6 @@ PLACEMENT = {
 def test_pull_secrets_scheduling_and_resources_reach_every_pod_the_operator_creates(monkeypatch):
     """Values -> the operator's env (rendered) -> its settings -> the executor Deployment and acceptance Job it
     builds; the API Deployment (rendered) gets the same placement."""
-    from mge.adapters.acceptance_job import job
-    from mge.cli import _acceptance
-
     values = {
         **WITH_SECRETS,
         **PLACEMENT,
@@ -435,16 +432,7 @@ def test_pull_secrets_scheduling_and_resources_reach_every_pod_the_operator_crea
             "priorityClassName": "batch-low",
         },
     }
-    for name, value in _operator_env(values).items():
-        if value is not None:
-            monkeypatch.setenv(name, value)
-    settings = Settings()
-    executor_pod = configured_executor_deployment(settings, 1)["spec"]["template"]["spec"]
-    config = _acceptance(settings)
-    assert config is not None
-    job_pod = job("shop-accept-w0-r1-abcde", "team-a", "shop", 0, config, integration=False)["spec"][
-        "template"
-    ]["spec"]
+    executor_pod, job_pod = _created_pods(monkeypatch, values)
     api_pod = _one(render_chart(values), "Deployment", "-api")["spec"]["template"]["spec"]
 
     for pod in (executor_pod, job_pod):
@@ -569,11 +557,141 @@ def test_quick_start_servers_have_liveness_probes_and_a_fixed_password_for_gitop
     assert "s3cret" in str(secret.get("stringData") or secret.get("data"))
 
 
-def test_openshift_can_drop_the_fixed_uid_and_the_pods_stay_restricted():
-    docs = render_chart({**WITH_SECRETS, "podSecurityContext": {"runAsUser": None, "runAsGroup": None}})
-    for suffix in ("mge-operator", "-api"):
-        pod = _one(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+def _created_pods(monkeypatch, values):
+    """The executor pod and an acceptance Job pod the operator builds from the settings the chart renders."""
+    from mge.adapters.acceptance_job import job
+    from mge.cli import _acceptance
+
+    for name, value in _operator_env(values).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    executor_pod = configured_executor_deployment(settings, 1)["spec"]["template"]["spec"]
+    config = _acceptance(settings)
+    assert config is not None
+    job_pod = job("shop-accept-w0-r1-abcde", "team-a", "shop", 0, config, integration=False)["spec"][
+        "template"
+    ]["spec"]
+    return executor_pod, job_pod
+
+
+def test_openshift_can_drop_the_fixed_uid_and_the_pods_stay_restricted(monkeypatch):
+    values = {**WITH_SECRETS, "podSecurityContext": {"runAsUser": None, "runAsGroup": None}}
+    docs = render_chart(values)
+    chart_pods = [
+        _one(docs, "Deployment", suffix)["spec"]["template"]["spec"] for suffix in ("mge-operator", "-api")
+    ]
+    for pod in [*chart_pods, *_created_pods(monkeypatch, values)]:
         assert "runAsUser" not in pod["securityContext"]
         assert "runAsGroup" not in pod["securityContext"]
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_created_pods_run_as_the_images_uid_by_default_and_stay_non_root_whatever_the_values(monkeypatch):
+    for pod in _created_pods(monkeypatch, WITH_SECRETS):
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    loose = {**WITH_SECRETS, "podSecurityContext": {"runAsNonRoot": False, "fsGroup": 2000}}
+    for pod in _created_pods(monkeypatch, loose):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["fsGroup"] == 2000
+
+
+SPREAD = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}]
+
+
+def test_extra_volumes_priority_and_topology_spread_reach_the_pods_they_name(monkeypatch):
+    ca = {"name": "ca", "configMap": {"name": "corp-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}
+    values = {
+        **WITH_SECRETS,
+        "extraVolumes": [ca],
+        "extraVolumeMounts": [mount],
+        "priorityClassName": "platform-critical",
+        "podLabels": {"team": "ai"},
+        "api": {"replicas": 3, "topologySpreadConstraints": SPREAD},
+        "executor": {"topologySpreadConstraints": SPREAD},
+    }
+    docs = render_chart(values)
+    for suffix in ("mge-operator", "-api"):
+        template = _one(docs, "Deployment", suffix)["spec"]["template"]
+        pod = template["spec"]
+        assert ca in pod["volumes"]
+        assert mount in pod["containers"][0]["volumeMounts"]
+        assert pod["priorityClassName"] == "platform-critical"
+        assert template["metadata"]["labels"]["team"] == "ai"
+        kubernetes_validate.validate(_one(docs, "Deployment", suffix), KUBE_VERSION, strict=True)
+    assert _one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["topologySpreadConstraints"] == SPREAD
+    assert (
+        "topologySpreadConstraints"
+        not in _one(docs, "Deployment", "mge-operator")["spec"]["template"]["spec"]
+    )
+    executor_pod, job_pod = _created_pods(monkeypatch, values)
+    assert executor_pod["topologySpreadConstraints"] == SPREAD
+    assert "topologySpreadConstraints" not in job_pod
+    # The operator's own priority class is not forced on the pods it creates (executor.priorityClassName is).
+    assert "priorityClassName" not in executor_pod
+
+
+def test_a_new_pod_security_context_or_spread_rolls_the_executors(monkeypatch):
+    from mge.controller.executors import deployment_drift
+
+    (before, _), (after, _) = (
+        _created_pods(monkeypatch, WITH_SECRETS),
+        _created_pods(
+            monkeypatch,
+            {
+                **WITH_SECRETS,
+                "podSecurityContext": {"runAsUser": None},
+                "executor": {"topologySpreadConstraints": SPREAD},
+            },
+        ),
+    )
+    existing = {"spec": {"replicas": 1, "template": {"spec": before}}}
+    desired = {"spec": {"replicas": 1, "template": {"spec": after}}}
+    patch = deployment_drift(existing, desired)["spec"]["template"]["spec"]
+    assert "runAsUser" not in patch["securityContext"]
+    assert patch["topologySpreadConstraints"] == SPREAD
+    # And back: a removed spread is patched away with null (a merge patch keeps what it does not mention).
+    assert (
+        deployment_drift(desired, existing)["spec"]["template"]["spec"]["topologySpreadConstraints"] is None
+    )
+
+
+def test_network_policies_admit_only_the_metrics_and_api_ports_from_the_given_peers():
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    docs = render_chart({**WITH_SECRETS, "networkPolicy": {"enabled": True, "metricsFrom": monitoring}})
+    policies = {d["metadata"]["name"]: d for d in _of(docs, "NetworkPolicy")}
+    assert set(policies) == {"mge-operator", "mge-operator-executor", "mge-operator-api"}
+    for policy in policies.values():
+        kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    operator = _one(docs, "Deployment", "mge-operator")["spec"]["template"]["metadata"]["labels"]
+    assert policies["mge-operator"]["spec"]["podSelector"]["matchLabels"].items() <= operator.items()
+    executor = configured_executor_deployment(Settings(), 1)["spec"]["template"]["metadata"]["labels"]
+    assert policies["mge-operator-executor"]["spec"]["podSelector"]["matchLabels"].items() <= executor.items()
+    assert policies["mge-operator"]["spec"]["ingress"] == [
+        {"ports": [{"port": "metrics"}], "from": monitoring}
+    ]
+    assert policies["mge-operator-api"]["spec"]["ingress"] == [{"ports": [{"port": "http"}]}]
+    assert _of(render_chart(WITH_SECRETS), "NetworkPolicy") == []
+
+
+def test_every_value_in_the_schema_is_described_and_the_chart_readme_shows_them_all():
+    import json
+
+    from tests.support.chart_doc import README, leaves, rendered
+
+    schema = json.loads((REPO / "helm" / "mge-operator" / "values.schema.json").read_text())
+    undescribed = [key for key, node in leaves(schema) if not node.get("description")]
+    assert undescribed == []
+    text = README.read_text()
+    assert rendered(text) == text, "helm/mge-operator/README.md is stale: run `make docs`"
+    for key, _ in leaves(schema):
+        assert f"| `{key}` |" in text

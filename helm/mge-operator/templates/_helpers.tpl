@@ -98,3 +98,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "mge.configChecksum" -}}
 {{- print (include (print $.Template.BasePath "/prices.yaml") .) (include (print $.Template.BasePath "/cache.yaml") .) | sha256sum -}}
 {{- end -}}
+
+{{/* Scheduling fields shared by the operator and API pods (the operator passes the same to the pods it creates). */}}
+{{- define "mge.podScheduling" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

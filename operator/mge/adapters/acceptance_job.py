@@ -28,7 +28,6 @@ MAX_BUNDLE_BYTES: Final = 750_000
 MAX_JOB_NAME: Final = 63
 # Characters of the run id in a Job's name: 20 bits, so two runs of one name practically never share one.
 RUN_KEY_CHARS: Final = 5
-RUNNER_UID: Final = 10001
 
 
 class BundleTooLarge(ValueError):
@@ -195,13 +194,6 @@ def job(
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUNNER_UID,
-                        "runAsGroup": RUNNER_UID,
-                        "fsGroup": RUNNER_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
                     "containers": [
                         {
                             "name": "tests",
@@ -238,7 +230,7 @@ def job(
             },
         },
     }
-    body["spec"]["template"]["spec"].update(config.placement.pod_fields())
+    body["spec"]["template"]["spec"].update(config.placement.pod_fields(spread=False))
     return body
 
 

@@ -32,7 +32,15 @@ log = logging.getLogger("mge.controller.executors")
 # On the executor pod template: the digest of the ConfigMaps executors read at start (prices, cache settings).
 CONFIG_CHECKSUM_ANNOTATION: Final = "mge.devmatrix.io/config-checksum"
 # Pod-spec fields set from the chart's placement values (MGE_CREATED_POD_PLACEMENT).
-PLACEMENT_FIELDS: Final = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
+PLACEMENT_FIELDS: Final = (
+    "imagePullSecrets",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "topologySpreadConstraints",
+    "securityContext",
+)
 COMPONENT_LABEL: Final = {"app.kubernetes.io/name": "mge-executor", "app.kubernetes.io/component": "executor"}
 
 
@@ -93,18 +101,12 @@ def executor_deployment(
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
         "terminationGracePeriodSeconds": 60,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
         "containers": [container],
         "volumes": volumes,
     }
     if service_account:
         pod["serviceAccountName"] = service_account
-    if placement is not None:
-        pod.update(placement.pod_fields())
+    pod.update((placement or PodPlacement()).pod_fields())
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

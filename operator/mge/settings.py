@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
+from mge.models.pods import EXECUTOR_RESOURCES, ContainerExtras, ContainerResources, PodPlacement
 
 
 class Settings(BaseSettings):
@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     executor_resources: ContainerResources = Field(
         default_factory=lambda: EXECUTOR_RESOURCES.model_copy(),
         description='Executor container resources as JSON, e.g. {"requests": {"cpu": "100m"}, "limits": {}}.',
+    )
+    executor_extras: ContainerExtras = Field(
+        default_factory=ContainerExtras,
+        description="JSON with env, volumes and volumeMounts added to the executor pods (chart: extraEnv, "
+        "extraVolumes, extraVolumeMounts).",
     )
     created_pod_placement: PodPlacement = Field(
         default_factory=PodPlacement,

@@ -512,17 +512,16 @@ def test_no_redis_is_deployed_or_configured_when_the_cache_is_off():
     assert "MGE_REDIS_URL" not in _one(docs, "ConfigMap", "-cache")["data"]
 
 
-def test_names_registry_digest_and_extra_env_follow_the_usual_chart_conventions():
+def test_names_registry_digest_and_extra_env_follow_the_usual_chart_conventions(monkeypatch):
     digest = "sha256:" + "a" * 64
-    docs = render_chart(
-        {
-            **WITH_SECRETS,
-            "fullnameOverride": "mge",
-            "global": {"imageRegistry": "mirror.example"},
-            "image": {"repository": "acme/mge-operator", "digest": digest},
-            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
-        }
-    )
+    values = {
+        **WITH_SECRETS,
+        "fullnameOverride": "mge",
+        "global": {"imageRegistry": "mirror.example"},
+        "image": {"repository": "acme/mge-operator", "digest": digest},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    }
+    docs = render_chart(values)
     operator = _one(docs, "Deployment", "mge")
     api = _one(docs, "Deployment", "mge-api")
 
@@ -531,6 +530,9 @@ def test_names_registry_digest_and_extra_env_follow_the_usual_chart_conventions(
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"] == f"mirror.example/acme/mge-operator@{digest}"
         assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+    executor_pod, job_pod = _created_pods(monkeypatch, {**values, "fullnameOverride": ""})
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in executor_pod["containers"][0]["env"]
+    assert "HTTPS_PROXY" not in str(job_pod)
     with pytest.raises(helm.HelmError, match="digest"):
         render_chart({**WITH_SECRETS, "image": {"repository": "r", "digest": "latest"}})
 
@@ -634,6 +636,10 @@ def test_extra_volumes_priority_and_topology_spread_reach_the_pods_they_name(mon
     )
     executor_pod, job_pod = _created_pods(monkeypatch, values)
     assert executor_pod["topologySpreadConstraints"] == SPREAD
+    # Executors call the LLM: a CA bundle (or a proxy) the operator gets, they get too. Sandboxed Jobs do not.
+    assert ca in executor_pod["volumes"]
+    assert mount in executor_pod["containers"][0]["volumeMounts"]
+    assert ca not in job_pod["volumes"]
     assert "topologySpreadConstraints" not in job_pod
     # The operator's own priority class is not forced on the pods it creates (executor.priorityClassName is).
     assert "priorityClassName" not in executor_pod

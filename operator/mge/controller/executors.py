@@ -24,7 +24,7 @@ from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, d
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 from mge.concurrency.statistics import fleet_signals
-from mge.models.pods import EXECUTOR_RESOURCES, ContainerResources, PodPlacement
+from mge.models.pods import EXECUTOR_RESOURCES, ContainerExtras, ContainerResources, PodPlacement
 from mge.settings import Settings
 
 log = logging.getLogger("mge.controller.executors")
@@ -59,6 +59,7 @@ def executor_deployment(
     resources: ContainerResources = EXECUTOR_RESOURCES,
     placement: PodPlacement | None = None,
     config_checksum: str = "",
+    extras: ContainerExtras | None = None,
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown.
 
@@ -98,6 +99,10 @@ def executor_deployment(
         container["env"].append({"name": "MGE_PRICES_FILE", "value": "/etc/mge/prices/prices.yaml"})
         container["volumeMounts"].append({"name": "prices", "mountPath": "/etc/mge/prices", "readOnly": True})
         volumes.append({"name": "prices", "configMap": {"name": prices_config_map}})
+    if extras is not None:
+        container["env"] = [*extras.env, *container["env"]]
+        container["volumeMounts"] += extras.volume_mounts
+        volumes += extras.volumes
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
         "terminationGracePeriodSeconds": 60,
@@ -146,6 +151,7 @@ def configured_executor_deployment(settings: Settings, replicas: int) -> dict[st
         resources=settings.executor_resources,
         placement=settings.created_pod_placement,
         config_checksum=settings.executor_config_checksum,
+        extras=settings.executor_extras,
     )
 
 
@@ -186,9 +192,10 @@ def _checksum(spec: Mapping[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-def _plain_env(container: Mapping[str, Any]) -> dict[str, str]:
-    """Env entries with a literal value (e.g. demo mode switched on or off); valueFrom ones get API defaults."""
-    return {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+def _plain_env(container: Mapping[str, Any]) -> dict[str, str | None]:
+    """Env names with their literal values (e.g. demo mode switched on or off); valueFrom entries count by name
+    only, because the API server fills in defaults (fieldRef apiVersion) that would look like a change."""
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,4 +65,13 @@ class ContainerResources(_PodFields):
         return self.model_dump(exclude_defaults=True)
 
 
+class ContainerExtras(_PodFields):
+    """The chart's `extraEnv`, `extraVolumes` and `extraVolumeMounts`, which executors need as much as the
+    operator (an HTTPS_PROXY or a CA bundle for a private LLM endpoint): executors are what call the LLM."""
+
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+
+
 EXECUTOR_RESOURCES = ContainerResources(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"})

@@ -20,7 +20,10 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
     store = await Store.connect(pg)
     try:
         adjustment = {"old": 2, "new": 4, "reason": "slow start", "secondsAgo": 3.0}
-        await store.report_executor("ex-a", limit=4, in_flight=3, queue_size=1, adjustments=[adjustment])
+        rate_limits = {"remaining_requests": 12, "limit_requests": 60, "retry_after_s": 1.5}
+        await store.report_executor(
+            "ex-a", limit=4, in_flight=3, queue_size=1, adjustments=[adjustment], rate_limits=rate_limits
+        )
         await store.report_executor("ex-b", limit=6, in_flight=6, queue_size=2, adjustments=[])
         await store.record_scaling(2, 0, "scale up: 40 ready, 0 running")
         await store.record_scaling(4, 2, "scale up: 30 ready, 8 running")
@@ -31,6 +34,15 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
     assert (body["global_limit"], body["global_in_flight"], body["queue_depth"]) == (10, 9, 3)
     assert [e["executor"] for e in body["executors"]] == ["ex-a", "ex-b"]
     assert body["executors"][0]["adjustments"][0]["reason"] == "slow start"
+    # What the provider's rate-limit headers said; null for an executor whose provider sends none.
+    assert body["executors"][0]["llm_rate_limits"] == {
+        "remaining_requests": 12,
+        "limit_requests": 60,
+        "remaining_tokens": None,
+        "limit_tokens": None,
+        "retry_after_s": 1.5,
+    }
+    assert body["executors"][1]["llm_rate_limits"] is None
     assert (body["replicas"]["desired"], body["replicas"]["actual"]) == (4, 2)
     assert len(body["recent_decisions"]) == 2
 

@@ -7,6 +7,7 @@ which cannot run here.
 import asyncio
 import json
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ class FakeLLMConfig:
     hang_s: float = 30.0
     # Extra latency for the calls of one atom ("acceptance/MUST-3"): holds one call while the others answer.
     atom_latency_s: dict[str, float] = field(default_factory=dict)
+    # Rate limits as OpenAI applies them: buckets refilled continuously over `minute_s` (scaled down in tests),
+    # a request takes 1 request and max_tokens + prompt characters / 4 tokens; past either, 429 with
+    # Retry-After. Every answer carries x-ratelimit-{limit,remaining,reset}-{requests,tokens}.
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    minute_s: float = 60.0
 
 
 @dataclass
@@ -49,6 +56,11 @@ class FakeLLMStats:
     rejected: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    # Of `rejected`: refused for the requests- or tokens-per-minute budget.
+    rate_limited: int = 0
+    # time.monotonic() of each chat request's arrival, and of each answered with 429.
+    arrivals: list[float] = field(default_factory=list)
+    refusals_429: list[float] = field(default_factory=list)
     calls_per_atom: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     trace_ids: set[str] = field(default_factory=set)
@@ -69,6 +81,35 @@ def _truncated(content: str, max_tokens: int | None) -> str:
     return content[:low]
 
 
+class _Bucket:
+    """A budget refilled continuously to `size` over `period_s`."""
+
+    def __init__(self, size: int, period_s: float) -> None:
+        self.size, self.rate = size, size / period_s
+        self.level, self.at = float(size), time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.size, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    def shortfall_s(self, cost: float) -> float:
+        """0 if `cost` fits now, else seconds until it will."""
+        self._refill()
+        return 0.0 if self.level >= cost else (cost - self.level) / self.rate
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+
+    def headers(self, kind: str) -> dict[str, str]:
+        self._refill()
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.size),
+            f"x-ratelimit-remaining-{kind}": str(int(self.level)),
+            f"x-ratelimit-reset-{kind}": f"{int((self.size - self.level) / self.rate * 1000)}ms",
+        }
+
+
 class FakeLLM:
     def __init__(self, config: FakeLLMConfig | None = None, responder: Responder | None = None) -> None:
         self.config = config or FakeLLMConfig()
@@ -81,6 +122,32 @@ class FakeLLM:
         self._runner: web.AppRunner | None = None
         self._random = random.Random(7)
         self.url = ""
+        self._buckets: dict[str, _Bucket] = {}
+        if self.config.requests_per_minute:
+            self._buckets["requests"] = _Bucket(self.config.requests_per_minute, self.config.minute_s)
+        if self.config.tokens_per_minute:
+            self._buckets["tokens"] = _Bucket(self.config.tokens_per_minute, self.config.minute_s)
+
+    def _rate_limit_headers(self) -> dict[str, str]:
+        return {name: value for kind, b in self._buckets.items() for name, value in b.headers(kind).items()}
+
+    def _over_rate_limit(self, body: dict[str, Any]) -> web.StreamResponse | None:
+        """A 429 with Retry-After when the request does not fit the buckets; else it takes its share of them."""
+        prompt = sum(len(m.get("content", "")) for m in body.get("messages", []))
+        costs = {"requests": 1.0, "tokens": float(int(body.get("max_tokens") or 0) + prompt // 4)}
+        wait = max((b.shortfall_s(costs[kind]) for kind, b in self._buckets.items()), default=0.0)
+        if wait > 0:
+            self.stats.rejected += 1
+            self.stats.rate_limited += 1
+            self.stats.refusals_429.append(time.monotonic())
+            return web.json_response(
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                status=429,
+                headers={**self._rate_limit_headers(), "Retry-After": f"{wait:.3f}"},
+            )
+        for kind, bucket in self._buckets.items():
+            bucket.take(costs[kind])
+        return None
 
     def load_recording(self, path: Path) -> None:
         for line in path.read_text().splitlines():
@@ -124,6 +191,7 @@ class FakeLLM:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         stats, config = self.stats, self.config
         stats.requests += 1
+        stats.arrivals.append(time.monotonic())
         stats.trace_ids.add(request.headers.get("X-MGE-Trace-Id", ""))
         stats.traceparents.append(request.headers.get("traceparent", ""))
         atom = request.headers.get("X-MGE-Atom", "")
@@ -141,6 +209,8 @@ class FakeLLM:
             if fault.kind == "garbage":
                 return web.Response(text="<html>upstream error</html>", content_type="text/html")
             if isinstance(fault.kind, int):
+                if fault.kind == 429:
+                    stats.refusals_429.append(time.monotonic())
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 return web.json_response(
                     {"error": {"message": "injected"}}, status=fault.kind, headers=headers
@@ -151,6 +221,8 @@ class FakeLLM:
                 {"error": {"message": "rate limited"}}, status=429, headers={"Retry-After": "0.1"}
             )
         body = await request.json()
+        if self._buckets and (refused := self._over_rate_limit(body)) is not None:
+            return refused
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
@@ -185,5 +257,6 @@ class FakeLLM:
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
-            }
+            },
+            headers=self._rate_limit_headers(),
         )

@@ -4,7 +4,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,16 +28,32 @@ ATTEMPT_HEADER: Final = "X-MGE-Attempt"
 # concurrency slot for the call sets it, so its limiter hears of a 429 during the backoff, not only once a
 # retried call has ended (the failures still come back in `Completion.retried_errors` as well).
 RETRY_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("mge_llm_retry_listener", default=None)
+# Told of the headers of every HTTP answer (success or not): the provider's rate-limit headers and Retry-After.
+HEADERS_LISTENER: ContextVar[Callable[[Mapping[str, str]], None] | None] = ContextVar(
+    "mge_llm_headers_listener", default=None
+)
+# Awaited right before each HTTP request (first try or retry) is sent: the caller waits there for room the
+# provider's rate-limit headers promise, and counts the request as taken from that room.
+BEFORE_SEND: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "mge_llm_before_send", default=None
+)
 
 
 @contextlib.contextmanager
-def retries_reported_to(listener: Callable[[str], None] | None) -> Iterator[None]:
-    """Within this block, LLM calls tell `listener` of each failed attempt they retry."""
-    token = RETRY_LISTENER.set(listener)
+def retries_reported_to(
+    listener: Callable[[str], None] | None,
+    headers: Callable[[Mapping[str, str]], None] | None = None,
+    before_send: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[None]:
+    """Within this block, LLM calls tell `listener` of each failed attempt they retry and `headers` of the
+    headers of each answer, and await `before_send` before each request."""
+    tokens = (RETRY_LISTENER.set(listener), HEADERS_LISTENER.set(headers), BEFORE_SEND.set(before_send))
     try:
         yield
     finally:
-        RETRY_LISTENER.reset(token)
+        BEFORE_SEND.reset(tokens[2])
+        HEADERS_LISTENER.reset(tokens[1])
+        RETRY_LISTENER.reset(tokens[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +66,12 @@ class ChatRequest:
     atom_id: str = ""
     attempt: int = 1
     masterplan_id: str = ""
+
+    @property
+    def rate_limit_tokens(self) -> int:
+        """What the call counts against a tokens-per-minute budget: the prompt, estimated the way providers
+        do (about 4 characters a token), plus the most it may answer."""
+        return self.max_tokens + sum(len(m.get("content", "")) for m in self.messages) // 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +235,9 @@ class OpenAICompatibleLLM:
                 reraise=True,
             ):
                 with attempt:
+                    hold = BEFORE_SEND.get()
+                    if hold is not None:
+                        await hold()
                     try:
                         return await self._call_once(request, tuple(seen))
                     except _Retryable as error:
@@ -263,6 +288,9 @@ class OpenAICompatibleLLM:
         except aiohttp.ClientError as error:
             raise _Retryable(f"connection error: {error!r}", None) from error
         latency = time.perf_counter() - started
+        heard = HEADERS_LISTENER.get()
+        if heard is not None:
+            heard(response_headers)
         if status in RETRYABLE_STATUS:
             raise _Retryable(f"HTTP {status}: {text[:200]}", _retry_after(response_headers))
         if status in (401, 403):

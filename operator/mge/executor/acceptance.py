@@ -228,6 +228,7 @@ class TestGenerator:
                     plan=str(plan_id),
                     critical_path=1,
                     plan_priority=0,
+                    tokens=request.rate_limit_tokens,
                 )
                 prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
                 cached_tokens, share = completion.cached_prompt_tokens, completion.cost_usd

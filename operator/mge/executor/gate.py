@@ -2,9 +2,10 @@
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -12,6 +13,7 @@ from mge.adapters import metrics
 from mge.adapters.llm import Completion, LLMError, retries_reported_to
 from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
+from mge.concurrency.rate_limits import ProviderBudget, parse_rate_limit_headers
 from mge.concurrency.statistics import CallStatistics
 
 # A full queue is a wait, not a failure: try again after a pause that doubles up to the cap.
@@ -40,6 +42,8 @@ class CallGate:
         # The executor's own LLM latency and error rate, reported for a scaler without Prometheus.
         self.statistics = CallStatistics()
         self.queue: BackpressureQueue[_Waiter] = BackpressureQueue(max_size=queue_size, timeout_s=timeout_s)
+        # What the provider's rate-limit headers and Retry-After allow: calls it said it would refuse wait.
+        self.provider = ProviderBudget()
         self._timeout_s = timeout_s
         self._executor = executor_id
         metrics.CONCURRENCY_LIMIT.labels(executor_id).set(limiter.limit)
@@ -68,8 +72,16 @@ class CallGate:
         plan: str,
         critical_path: int,
         plan_priority: int,
+        tokens: int = 0,
     ) -> Completion:
-        """Make one LLM call (`call`, retries included) in a slot; each retry and the outcome reach the limiter."""
+        """Make one LLM call (`call`, retries included) in a slot; each retry and the outcome reach the limiter.
+
+        `tokens` (prompt + most output) is what the call takes of the provider's tokens-per-minute budget: it
+        starts only once the provider's last rate-limit headers leave room for it (and after any Retry-After).
+        """
+        # Most of a wait for the provider happens here, before the call takes a slot; the room is taken (and
+        # looked at again) right before each request is sent, once readings of the calls ahead have come in.
+        await self._provider_room(tokens, take=False)
         async with self.slot(
             plan=plan, critical_path=critical_path, plan_priority=plan_priority
         ) as started_with:
@@ -82,13 +94,29 @@ class CallGate:
                 self._limit_changed(before)
 
             try:
-                with retries_reported_to(retrying):
+                with retries_reported_to(
+                    retrying, self._heard, functools.partial(self._provider_room, tokens, take=True)
+                ):
                     completion = await call()
             except LLMError as failure:
                 self.record(None, str(failure), started_with=started_with)
                 raise
             self.record(completion, started_with=started_with, reported_retries=len(retries))
         return completion
+
+    async def _provider_room(self, tokens: int, *, take: bool) -> None:
+        """Wait (not a failure, no deadline: the provider says when) until the provider has room for the call;
+        with `take`, the call is counted against that room."""
+        # A deadline, not an event: the room comes back with time (and a new reading may move it), so look again.
+        while (wait := self.provider.wait_s(tokens, time.monotonic())) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
+        if take:
+            self.provider.started(tokens)
+
+    def _heard(self, headers: Mapping[str, str]) -> None:
+        reading = parse_rate_limit_headers(headers)
+        if reading is not None:
+            self.provider.observe(reading, time.monotonic())
 
     @contextlib.asynccontextmanager
     async def slot(self, *, plan: str, critical_path: int, plan_priority: int) -> AsyncIterator[int]:

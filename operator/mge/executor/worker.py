@@ -353,6 +353,7 @@ class Executor:
                 for a in list(limiter.adjustments)[-10:]
             ],
             endpoint=self.circuit.report(time.monotonic()),
+            rate_limits=self.gate.provider.snapshot(time.monotonic()),
         )
 
     async def _drain(self) -> None:
@@ -451,7 +452,11 @@ class Executor:
                 return await self.llm.complete(request)
 
         return await self.gate.complete(
-            call, plan=str(atom.masterplan_id), critical_path=atom.priority, plan_priority=atom.plan_priority
+            call,
+            plan=str(atom.masterplan_id),
+            critical_path=atom.priority,
+            plan_priority=atom.plan_priority,
+            tokens=request.rate_limit_tokens,
         )
 
     async def _attempt(

@@ -6,6 +6,20 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class ProviderRateLimits(BaseModel):
+    """The provider's rate-limit headers as an executor last read them, refilled to the time of its report."""
+
+    remaining_requests: int | None = Field(
+        None, description="Requests left (x-ratelimit-remaining-requests)."
+    )
+    limit_requests: int | None = Field(None, description="Requests per window (x-ratelimit-limit-requests).")
+    remaining_tokens: int | None = Field(None, description="Tokens left (x-ratelimit-remaining-tokens).")
+    limit_tokens: int | None = Field(None, description="Tokens per window (x-ratelimit-limit-tokens).")
+    retry_after_s: float | None = Field(
+        None, description="While set, no call starts: the provider's last 429 asked for this pause."
+    )
+
+
 class ExecutorConcurrency(BaseModel):
     executor: str
     limit: int = Field(description="Adaptive limit on this executor's in-flight LLM calls.")
@@ -27,6 +41,9 @@ class ExecutorConcurrency(BaseModel):
     )
     llm_last_error: str | None = Field(None, description="The endpoint's last failure, while not closed.")
     llm_down_since: datetime | None = Field(None, description="When the circuit opened, while not closed.")
+    llm_rate_limits: ProviderRateLimits | None = Field(
+        None, description="The provider's rate-limit headers; null when it sends none."
+    )
     updated_at: datetime
 
 

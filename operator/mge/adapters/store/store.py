@@ -785,19 +785,21 @@ class Store:
         atoms_held: int = 0,
         statistics: CallSummary | None = None,
         endpoint: EndpointReport | None = None,
+        rate_limits: dict[str, Any] | None = None,
     ) -> None:
         stats = statistics or CallSummary(None, None, 0, 0)
         health = endpoint or EndpointReport(None, "closed", None, None)
         await self.pool.execute(
             """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
                    llm_p95_s, db_p95_s, llm_requests, llm_errors, llm_endpoint, llm_circuit, llm_last_error,
-                   llm_down_since, updated_at)
+                   llm_down_since, llm_rate_limits, updated_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                       now() - make_interval(secs => $14), now())
+                       now() - make_interval(secs => $14), $15, now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
                    adjustments = $5, atoms_held = $6, llm_p95_s = $7, db_p95_s = $8, llm_requests = $9,
                    llm_errors = $10, llm_endpoint = $11, llm_circuit = $12, llm_last_error = $13,
-                   llm_down_since = now() - make_interval(secs => $14), updated_at = now()""",
+                   llm_down_since = now() - make_interval(secs => $14), llm_rate_limits = $15,
+                   updated_at = now()""",
             executor,
             limit,
             in_flight,
@@ -812,6 +814,7 @@ class Store:
             health.circuit,
             health.last_error,
             health.down_for_s,
+            json.dumps(rate_limits) if rate_limits else None,
         )
 
     async def endpoint_outages(self, fresh_s: float = 120.0) -> list[EndpointOutage]:
@@ -888,7 +891,7 @@ class Store:
         executors = await self.pool.fetch(
             """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, llm_p95_s, db_p95_s,
                       llm_requests, llm_errors, adjustments, llm_endpoint, llm_circuit, llm_last_error,
-                      llm_down_since, updated_at
+                      llm_down_since, llm_rate_limits, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )
@@ -897,7 +900,13 @@ class Store:
         )
         return (
             [
-                ExecutorConcurrency(**{**dict(r), "adjustments": json.loads(r["adjustments"])})
+                ExecutorConcurrency(
+                    **{
+                        **dict(r),
+                        "adjustments": json.loads(r["adjustments"]),
+                        "llm_rate_limits": json.loads(r["llm_rate_limits"]) if r["llm_rate_limits"] else None,
+                    }
+                )
                 for r in executors
             ],
             [ScalingDecision(**dict(r)) for r in decisions],

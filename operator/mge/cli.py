@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mge.adapters.local_dirs import FolderRefused, check_out_dir, check_separate
+from mge.adapters.local_dirs import FolderRefused, check_out_dir, check_separate, record_problem
 from mge.adapters.manifests import load_plan_input, masterplan_file
 from mge.adapters.tokenizer import count_tokens
 from mge.cli_deps import deps_app
@@ -206,6 +206,12 @@ def run(
             help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the run lasts.",
         ),
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="With --llm openai: keep every answer in responses.jsonl beside the plan, for --llm replay."
+        ),
+    ] = False,
 ) -> None:
     """Run a Masterplan end to end without a cluster: embedded Postgres, local executors, live progress."""
     import os
@@ -238,9 +244,13 @@ def run(
     )
     if missing:
         raise _fail("this plan cannot run here; missing: " + "; ".join(missing))
+    recording = masterplan_file(path).parent / "responses.jsonl"
+    if record:
+        problem = record_problem(recording, llm=llm, resume=resume)
+        if problem is not None:
+            raise _fail(problem)
     client: LLM
     if llm == "replay":
-        recording = masterplan_file(path).parent / "responses.jsonl"
         if not recording.exists():
             raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
         client = ReplayLLM(recording)
@@ -279,8 +289,11 @@ def run(
         concurrency=concurrency,
         prices=price_table,
         cache_dir=cache_dir,
+        record=recording if record else None,
     )
     result = asyncio.run(_run_and_close(options, client))
+    if record:
+        console.print(f"Recorded the answers in {recording}: `mge run {path} --llm replay` serves them.")
     print_report(console, options, result, client.label)
     if result.interrupted:
         raise typer.Exit(130)

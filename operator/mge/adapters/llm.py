@@ -367,6 +367,34 @@ class ReplayLLM:
         return None
 
 
+class RecordingLLM:
+    """Keeps every answer `llm` gives (prompt-cache hits included) as a line of a responses.jsonl that
+    ReplayLLM serves later, so a run paid for once can be replayed, shared and debugged for free.
+
+    One line per answer, written and flushed as it arrives: an interrupted run keeps what it paid for, and a
+    resumed one appends (a later line for the same atom and attempt wins in the replay).
+    """
+
+    def __init__(self, llm: LLM, recording: Path) -> None:
+        self.label = llm.label
+        self.longest_call_s = call_span_s(llm)
+        self._llm = llm
+        self._file = recording.open("a", encoding="utf-8")
+        self.recorded = 0
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        completion = await self._llm.complete(request)
+        line = {"atom": request.atom_id, "attempt": request.attempt, "content": completion.content}
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._file.flush()
+        self.recorded += 1
+        return completion
+
+    async def close(self) -> None:
+        """Closes the recording; the wrapped client is closed by whoever made it."""
+        self._file.close()
+
+
 class ExamplesReplayLLM:
     """Demo mode in a cluster: the recorded answers of every example in a folder, for any plan built from one.
 

@@ -48,6 +48,18 @@ def check_separate(out: Path, state_dir: Path, cache_dir: Path | None) -> None:
             raise FolderRefused(f"--out {out} is inside --state-dir {state_dir}: use separate folders")
 
 
+def record_problem(recording: Path, *, llm: str, resume: bool) -> str | None:
+    """Why `mge run --record` must not start (None if it may): a recording is paid for and never overwritten."""
+    if llm != "openai":
+        return f"--record keeps the answers of a real endpoint: use it with --llm openai, not --llm {llm}"
+    if recording.exists() and not resume:
+        return (
+            f"{recording} exists and --record never overwrites a recording: move it away first (or add "
+            "--resume to continue the run that made it; its answers are appended)"
+        )
+    return None
+
+
 def reset_out_dir(folder: Path) -> None:
     """Empty (or create) the output folder and mark it as mge's; refuses a folder mge does not own."""
     check_out_dir(folder)

@@ -20,7 +20,7 @@ from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache, SavingsSummary, connect_redis
 from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
-from mge.adapters.llm import LLM
+from mge.adapters.llm import LLM, RecordingLLM
 from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.local_dirs import claim_state_dir, empty_state_dir, reset_out_dir
 from mge.adapters.sandbox import Sandbox
@@ -57,6 +57,8 @@ class LocalRun:
     prices: Mapping[str, ModelPrice]
     # Embedded Redis for the prompt cache, kept between runs (None = no cache).
     cache_dir: Path | None = None
+    # Every answer (prompt-cache hits included) is appended to this responses.jsonl for --llm replay.
+    record: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         llm = CachingLLM(
             llm, cache=LLMPromptCache(client), prices=run.prices, savings=CacheSavings(store.pool)
         )
+    recording = RecordingLLM(llm, run.record) if run.record is not None else None
+    llm = recording or llm
     validator = CodeValidator()
     started = time.monotonic()
     stop = asyncio.Event()
@@ -221,6 +225,8 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await validator.close()
+        if recording is not None:
+            await recording.close()
         await store.close()
         await asyncio.to_thread(postgres.stop)
         if client is not None:

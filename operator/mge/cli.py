@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mge.adapters.acceptance_job import AcceptanceJobConfig
     from mge.adapters.kube import Kube
     from mge.adapters.llm import LLM
+    from mge.executor.draft import DraftResult
     from mge.executor.local_run import LocalRun, RunResult
     from mge.settings import Settings
     from mge.trace.tree import TraceTree
@@ -214,14 +215,12 @@ def run(
     ] = False,
 ) -> None:
     """Run a Masterplan end to end without a cluster: embedded Postgres, local executors, live progress."""
-    import os
 
     if metrics_port is not None:
         from mge.adapters.metrics import serve_metrics
 
         serve_metrics(metrics_port, "127.0.0.1")  # a workstation: not on every interface
 
-    from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
     from mge.executor.local_run import LocalRun
     from mge.executor.report import print_report
 
@@ -249,25 +248,7 @@ def run(
         problem = record_problem(recording, llm=llm, resume=resume)
         if problem is not None:
             raise _fail(problem)
-    client: LLM
-    if llm == "replay":
-        if not recording.exists():
-            raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
-        client = ReplayLLM(recording)
-    elif llm == "openai":
-        base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
-        if not base_url and not key:
-            raise _fail(
-                "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
-                "server, with OPENAI_API_KEY if it asks for one); neither is set"
-            )
-        client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key)
-        # A wrong URL or key is found now, not after every atom has used up its retries.
-        problem = asyncio.run(client.probe())
-        if problem is not None:
-            raise _fail(f"{problem}; check OPENAI_BASE_URL and OPENAI_API_KEY")
-    else:
-        raise _fail(f"--llm must be 'replay' or 'openai', not {llm!r}")
+    client = _open_llm(llm, recording)
     console.print(f"[bold]LLM:[/] {client.label}")
     state_dir = state_dir or Path(".mge") / name
     out = out or Path("out") / name
@@ -303,6 +284,35 @@ def run(
         raise typer.Exit(1)
 
 
+def _open_llm(kind: str, recording: Path) -> "LLM":
+    """The client `--llm` names: the recording's answers, or OPENAI_BASE_URL checked with one cheap request."""
+    import os
+
+    from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
+
+    if kind == "replay":
+        if not recording.exists():
+            raise _fail(f"--llm replay needs {recording}; use --llm openai to call a real endpoint")
+        try:
+            return ReplayLLM(recording)
+        except ValueError as error:
+            raise _fail(str(error)) from None
+    if kind != "openai":
+        raise _fail(f"--llm must be 'replay' or 'openai', not {kind!r}")
+    base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
+    if not base_url and not key:
+        raise _fail(
+            "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
+            "server, with OPENAI_API_KEY if it asks for one); neither is set"
+        )
+    client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key)
+    # A wrong URL or key is found now, not after every atom has used up its retries.
+    problem = asyncio.run(client.probe())
+    if problem is not None:
+        raise _fail(f"{problem}; check OPENAI_BASE_URL and OPENAI_API_KEY")
+    return client
+
+
 async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
     from mge.cost.caps import OverrideRejected
     from mge.executor.local_run import run_local
@@ -313,6 +323,178 @@ async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
         raise _fail(str(error)) from None
     finally:
         await client.close()
+
+
+# Existing project files offered to `mge draft` (the prompt carries them whole).
+_EXISTING_SUFFIXES = (".py", ".ts", ".tsx", ".js", ".mjs", ".md", ".json", ".toml")
+_EXISTING_MAX_BYTES = 200_000
+
+
+@app.command()
+def draft(
+    requirements: Annotated[
+        Path, typer.Argument(help="Markdown with ## Requirements / ### MUST / ### SHOULD sections.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the Masterplan YAML (must not exist).")],
+    name: Annotated[
+        str | None, typer.Option(help="Masterplan name (default: the requirements' folder name).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model that drafts the plan and that the plan will use.")] = (
+        "gpt-4o-mini"
+    ),
+    llm: Annotated[
+        str,
+        typer.Option(
+            help="'replay' serves the answers recorded in responses.jsonl beside the requirements; "
+            "'openai' calls OPENAI_BASE_URL."
+        ),
+    ] = "replay",
+    record: Annotated[
+        bool,
+        typer.Option(help="With --llm openai: keep the answers in responses.jsonl beside the requirements."),
+    ] = False,
+    budget: Annotated[float, typer.Option(min=0, help="USD the draft's own LLM calls may spend.")] = 1.0,
+    plan_budget: Annotated[
+        float, typer.Option(min=0.01, help="spec.budget.limitUSD of the drafted Masterplan.")
+    ] = 5.0,
+    max_repairs: Annotated[
+        int, typer.Option(min=0, max=10, help="Proposals sent back with their problems before giving up.")
+    ] = 3,
+    layout: Annotated[
+        str, typer.Option(help='Layout hint, e.g. "python package shop/, tests in tests/".')
+    ] = "",
+    existing: Annotated[
+        Path | None, typer.Option(help="Folder of a project to extend: its source files go into the prompt.")
+    ] = None,
+    prices: Annotated[Path | None, typer.Option(help="YAML price table overriding the built-in one.")] = None,
+) -> None:
+    """Draft a Masterplan from requirements: the LLM proposes atoms, the planner checks them (cycles, unknown
+    or self dependencies, shared files, sizes, every MUST covered) and the problems go back until it is valid."""
+    from decimal import Decimal
+
+    from mge.acceptance.requirements import no_requirements_message, parse_requirements
+    from mge.adapters.llm import LLMError, RecordingLLM
+    from mge.executor.draft import DraftBudgetTooSmall, draft_plan, manifest_text
+    from mge.plan.draft import masterplan_manifest
+
+    price_table = _load_prices(prices)
+    try:
+        text = requirements.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise _fail(f"{requirements}: {error}") from None
+    document = parse_requirements(text)
+    if not document.requirements:
+        raise _fail(f"{requirements}: {no_requirements_message(document.problems)}")
+    for warning in document.problems:
+        console.print(f"[yellow]warning[/] {requirements} {warning.message}", highlight=False)
+    plan_name = name or requirements.resolve().parent.name
+    try:
+        check_name(plan_name)
+        price = price_for(model, price_table)
+    except (ManifestError, UnknownModelPrice) as error:
+        raise _fail(
+            f"{error} (set --name)" if isinstance(error, ManifestError) and not name else str(error)
+        ) from None
+    if out.exists():
+        raise _fail(f"--out {out} exists; mge draft never overwrites a file: pick another path")
+    recording = requirements.parent / "responses.jsonl"
+    if record and (refused := record_problem(recording, llm=llm, resume=False)) is not None:
+        raise _fail(refused)
+    files = _existing_files(existing) if existing is not None else None
+    client = _open_llm(llm, recording)
+    console.print(f"[bold]LLM:[/] {client.label}")
+
+    def reviewed(attempt: int, problems: tuple[str, ...]) -> None:
+        if problems:
+            console.print(
+                f"proposal {attempt}: {len(problems)} problem(s), sent back for a repair", highlight=False
+            )
+            for problem in problems:
+                console.print(f"  - {problem}", highlight=False, markup=False)
+        else:
+            console.print(f"proposal {attempt}: valid")
+
+    async def drafted() -> "DraftResult":
+        caller = RecordingLLM(client, recording) if record else client
+        try:
+            return await draft_plan(
+                caller,
+                document.requirements,
+                model=model,
+                price=price,
+                budget_usd=Decimal(str(budget)),
+                plan_budget_usd=Decimal(str(plan_budget)),
+                max_repairs=max_repairs,
+                layout_hint=layout,
+                existing_files=files,
+                on_review=reviewed,
+            )
+        finally:
+            await caller.close()
+            await client.close()
+
+    try:
+        result = asyncio.run(drafted())
+    except DraftBudgetTooSmall as error:
+        raise _fail(str(error)) from None
+    except LLMError as error:
+        errors.print(f"[bold red]error:[/] the LLM failed: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    spent = f"{result.calls} LLM call(s), ${result.spent_usd:.4f} of the ${budget:.2f} draft budget"
+    if result.proposal is None:
+        errors.print(f"[bold red]no valid plan[/] after {spent}; the last problems:", highlight=False)
+        for last in result.problems:
+            errors.print(f"  - {last}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    manifest = masterplan_manifest(
+        plan_name,
+        model=model,
+        budget_usd=Decimal(str(plan_budget)),
+        requirements=text,
+        proposal=result.proposal,
+    )
+    coverage = result.proposal.coverage(document.requirements)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(manifest_text(manifest, coverage, result.trace_id), encoding="utf-8")
+    console.print(f"Wrote {out} ({spent}).")
+    name_, spec, atoms = load_plan_input(out)
+    _print_plan(
+        name_, spec, plan_dag((a.id, a.depends_on) for a in atoms), estimate_plan(atoms, count_tokens, price)
+    )
+    table = Table(title="Requirement coverage")
+    table.add_column("Requirement")
+    table.add_column("Atoms")
+    for requirement in document.requirements:
+        table.add_row(f"{requirement.id}: {requirement.text}", ", ".join(coverage[requirement.id]) or "none")
+    console.print(table)
+    if record:
+        console.print(f"Recorded the answers in {recording}.")
+
+
+def _existing_files(folder: Path) -> dict[str, str]:
+    """Source files of a project to extend, relative paths to text; refused when too large for a prompt."""
+    if not folder.is_dir():
+        raise _fail(f"--existing {folder}: not a folder")
+    files: dict[str, str] = {}
+    total = 0
+    for path in sorted(folder.rglob("*")):
+        if (
+            path.is_file()
+            and path.suffix in _EXISTING_SUFFIXES
+            and not any(p.startswith(".") for p in path.parts)
+        ):
+            try:
+                content = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            total += len(content)
+            if total > _EXISTING_MAX_BYTES:
+                raise _fail(
+                    f"--existing {folder}: more than {_EXISTING_MAX_BYTES:,} bytes of source; point it at the "
+                    "part of the project the new code touches"
+                )
+            files[str(path.relative_to(folder))] = content
+    return files
 
 
 @app.command()

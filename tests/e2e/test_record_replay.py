@@ -1,14 +1,12 @@
 """`mge run --llm openai --record` keeps every answer; `--llm replay` then runs the same plan for free."""
 
-import asyncio
-import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_mge
 from tests.support.fake_llm import FakeLLM
 
 pytestmark = pytest.mark.e2e
@@ -26,19 +24,7 @@ def folder():
     shutil.rmtree(path, ignore_errors=True)
 
 
-async def _mge(*args: str, **env: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mge.cli",
-        *args,
-        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO / "operator"), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 180)
-    assert process.returncode is not None
-    return process.returncode, " ".join(output.decode().split())
+_mge = run_mge
 
 
 def _files(out: Path) -> dict[str, str]:

@@ -375,7 +375,7 @@ def draft(
     from mge.acceptance.requirements import no_requirements_message, parse_requirements
     from mge.adapters.llm import LLMError, RecordingLLM
     from mge.executor.draft import DraftBudgetTooSmall, draft_plan, manifest_text
-    from mge.plan.draft import masterplan_manifest
+    from mge.plan.draft import masterplan_manifests
 
     price_table = _load_prices(prices)
     try:
@@ -446,7 +446,7 @@ def draft(
         for last in result.problems:
             errors.print(f"  - {last}", highlight=False, markup=False)
         raise typer.Exit(1)
-    manifest = masterplan_manifest(
+    manifests = masterplan_manifests(
         plan_name,
         model=model,
         budget_usd=Decimal(str(plan_budget)),
@@ -455,7 +455,7 @@ def draft(
     )
     coverage = result.proposal.coverage(document.requirements)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(manifest_text(manifest, coverage, result.trace_id), encoding="utf-8")
+    out.write_text(manifest_text(manifests, coverage, result.trace_id), encoding="utf-8")
     console.print(f"Wrote {out} ({spent}).")
     name_, spec, atoms = load_plan_input(out)
     _print_plan(

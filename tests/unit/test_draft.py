@@ -1,4 +1,4 @@
-"""Checking a drafted plan (pure): what the planner, the API server and requirement coverage refuse."""
+"""Checking a drafted plan: what the planner, the API server and requirement coverage refuse; large plans."""
 
 from decimal import Decimal
 
@@ -6,8 +6,10 @@ import pytest
 import yaml
 
 from mge.acceptance.requirements import parse_requirements
+from mge.adapters.manifests import load_plan_input
+from mge.executor.draft import manifest_text
 from mge.models.crd import masterplan_crd
-from mge.plan.draft import masterplan_manifest, repair_message, review_proposal
+from mge.plan.draft import masterplan_manifests, repair_message, review_proposal
 from tests.support.crd_schema import admission_errors
 
 REQUIREMENTS = """## Requirements
@@ -57,12 +59,32 @@ def test_a_valid_plan_is_accepted_with_its_coverage():
 def test_the_manifest_is_admitted_by_the_crd_schema_and_its_rules():
     proposal = _review(_answer(*VALID)).proposal
     assert proposal is not None
-    manifest = masterplan_manifest(
+    (manifest,) = masterplan_manifests(
         "calc", model="gpt-4o-mini", budget_usd=Decimal(5), requirements=REQUIREMENTS, proposal=proposal
     )
     schema = masterplan_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert admission_errors(schema, manifest) == []
     assert "covers" not in str(manifest)  # coverage is ours, not a field the API server would keep
+
+
+def test_a_plan_too_large_to_inline_goes_to_a_configmap_that_mge_run_reads(tmp_path):
+    atoms = [
+        _atom(f"a{n}", f"pkg/m{n}.py", covers=["MUST-1", "MUST-2"] if n == 0 else []) for n in range(2500)
+    ]
+    proposal = _review(_answer(*atoms)).proposal
+    assert proposal is not None
+    manifests = masterplan_manifests(
+        "big", model="gpt-4o-mini", budget_usd=Decimal(50), requirements=REQUIREMENTS, proposal=proposal
+    )
+    masterplan, config_map = manifests
+    assert masterplan["spec"]["atomsFrom"] == {"configMapKeyRef": {"name": "big-atoms", "key": "atoms.json"}}
+    assert config_map["kind"] == "ConfigMap"
+    schema = masterplan_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert admission_errors(schema, masterplan) == []
+    path = tmp_path / "big.yaml"
+    path.write_text(manifest_text(manifests, proposal.coverage(PARSED), "t"))
+    name, _, loaded = load_plan_input(path)
+    assert (name, len(loaded), loaded[-1].id) == ("big", 2500, "a2499")
 
 
 @pytest.mark.parametrize(

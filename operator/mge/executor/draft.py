@@ -106,7 +106,9 @@ def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _ManifestDumper.add_representer(str, _string)
 
 
-def manifest_text(manifest: Mapping[str, Any], coverage: Mapping[str, Sequence[str]], trace_id: str) -> str:
+def manifest_text(
+    manifests: Sequence[Mapping[str, Any]], coverage: Mapping[str, Sequence[str]], trace_id: str
+) -> str:
     """The YAML file, headed by which atoms cover which requirement (comments: the API server drops them)."""
     header = [
         f"# Drafted by `mge draft` (trace {trace_id}). Review it, then `mge plan` / `kubectl apply`.",
@@ -116,5 +118,7 @@ def manifest_text(manifest: Mapping[str, Any], coverage: Mapping[str, Sequence[s
     header += [
         f"#   {requirement}: {', '.join(atoms) or 'no atom'}" for requirement, atoms in coverage.items()
     ]
-    body = yaml.dump(dict(manifest), Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, width=110)
+    body = yaml.dump_all(
+        [dict(m) for m in manifests], Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, width=110
+    )
     return "\n".join(header) + "\n" + body

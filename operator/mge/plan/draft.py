@@ -1,5 +1,6 @@
 """Drafting a Masterplan from requirements: the prompts, and every check a proposed plan must pass (pure)."""
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -12,7 +13,7 @@ from mge.acceptance.requirements import Priority, Requirement
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.models.base import API_GROUP
 from mge.models.manifest import describe_validation_error
-from mge.models.masterplan import Atom, MasterplanSpec
+from mge.models.masterplan import MAX_INLINE_ATOMS, Atom, MasterplanSpec
 from mge.plan.dag import plan_dag
 from mge.plan.errors import PlanError
 from mge.plan.files import check_files
@@ -21,6 +22,11 @@ from mge.plan.files import check_files
 DRAFT_CALL_ID: Final = "draft"
 DRAFT_MAX_TOKENS: Final = 8000
 _MAX_PROBLEMS: Final = 20
+# Past these the atoms go to a ConfigMap: a Masterplan object stays well under etcd's 1.5 MiB, and a
+# ConfigMap holds at most 1 MiB.
+INLINE_ATOMS_BYTES: Final = 512 * 1024
+MAX_CONFIG_MAP_BYTES: Final = 1_000_000
+ATOMS_KEY: Final = "atoms.json"
 
 _SYSTEM = """You plan code generation. Split a project into small atoms: one atom = one source file that an \
 LLM can write in one answer from its description and the code of the atoms it depends on.
@@ -138,13 +144,25 @@ def _plan_problems(atoms: Sequence[Atom], *, model: str, budget_usd: Decimal) ->
             check()
         except PlanError as error:
             problems.append(str(error))
-    try:  # the limits the API server enforces: number of atoms, total size
-        MasterplanSpec.model_validate(
-            {"model": model, "budget": {"limitUSD": budget_usd}, "atoms": [_atom_fields(a) for a in atoms]}
-        )
+    fields = [_atom_fields(a) for a in atoms]
+    if not _fits_inline(fields):
+        size = len(json.dumps(fields))
+        if size > MAX_CONFIG_MAP_BYTES:
+            problems.append(
+                f"the plan's atoms take {size:,} bytes, more than one ConfigMap holds ({MAX_CONFIG_MAP_BYTES:,}): "
+                "shorten the descriptions or merge small atoms"
+            )
+        return problems
+    try:  # what the API server enforces on the spec beyond each atom
+        MasterplanSpec.model_validate({"model": model, "budget": {"limitUSD": budget_usd}, "atoms": fields})
     except ValidationError as error:
         problems.append(describe_validation_error(error, "spec"))
     return problems
+
+
+def _fits_inline(fields: Sequence[Mapping[str, Any]]) -> bool:
+    """Small plans keep their atoms in the Masterplan; large ones in a ConfigMap (spec.atomsFrom)."""
+    return len(fields) <= MAX_INLINE_ATOMS and len(json.dumps(fields)) <= INLINE_ATOMS_BYTES
 
 
 def _coverage_problems(covers: Mapping[str, Sequence[str]], requirements: Sequence[Requirement]) -> list[str]:
@@ -173,18 +191,30 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def masterplan_manifest(
+def masterplan_manifests(
     name: str, *, model: str, budget_usd: Decimal, requirements: str, proposal: Proposal
-) -> dict[str, Any]:
-    """The Masterplan object `kubectl apply` and `mge run` take, unchanged."""
-    return {
-        "apiVersion": f"{API_GROUP}/v1alpha1",
-        "kind": "Masterplan",
-        "metadata": {"name": name},
-        "spec": {
-            "model": model,
-            "budget": {"limitUSD": float(budget_usd)},
-            "requirements": requirements,
-            "atoms": [_atom_fields(atom) for atom in proposal.atoms],
-        },
+) -> list[dict[str, Any]]:
+    """The objects `kubectl apply` and `mge run` take, unchanged: the Masterplan, and for a large plan the
+    ConfigMap its `atomsFrom` names."""
+    fields = [_atom_fields(atom) for atom in proposal.atoms]
+    spec: dict[str, Any] = {
+        "model": model,
+        "budget": {"limitUSD": float(budget_usd)},
+        "requirements": requirements,
     }
+    masterplan = {"apiVersion": f"{API_GROUP}/v1alpha1", "kind": "Masterplan", "metadata": {"name": name}}
+    if _fits_inline(fields):
+        return [{**masterplan, "spec": {**spec, "atoms": fields}}]
+    config_map = f"{name}-atoms"[:253]
+    return [
+        {
+            **masterplan,
+            "spec": {**spec, "atomsFrom": {"configMapKeyRef": {"name": config_map, "key": ATOMS_KEY}}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": config_map},
+            "data": {ATOMS_KEY: json.dumps(fields, ensure_ascii=False, indent=1)},
+        },
+    ]

@@ -365,7 +365,12 @@ async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_n
         results = await AcceptanceStore(store.pool).results(await store.live_run(NS, "hello"))
     finally:
         await store.close()
-    assert sorted(r.requirement_id for r in results) == sorted(TESTS)
+    # The failed MUST-2 ran again with the last wave, on the finished project, and failed again.
+    assert sorted(r.requirement_id for r in results) == sorted([*TESTS, "MUST-2"])
+    assert [(r.wave, r.status.value) for r in results if r.requirement_id == "MUST-2"] == [
+        (1, "failed"),
+        (3, "failed"),
+    ]
     reasons = {e.get("reason") for e in cluster.objects_of("events", NS)}
     assert {"AcceptanceJobStarted", "AcceptanceTestsReported", "GateSFailed"} <= reasons
     labels = {"namespace": NS, "masterplan": "hello"}

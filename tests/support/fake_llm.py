@@ -47,6 +47,9 @@ class FakeLLMConfig:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     minute_s: float = 60.0
+    # This share of requests fails at random (seeded) with one of `fault_statuses`, as providers do now and then.
+    fault_rate: float = 0.0
+    fault_statuses: tuple[int, ...] = (429, 500, 502, 503)
 
 
 @dataclass
@@ -215,6 +218,13 @@ class FakeLLM:
                 return web.json_response(
                     {"error": {"message": "injected"}}, status=fault.kind, headers=headers
                 )
+        if config.fault_rate and self._random.random() < config.fault_rate:
+            status = self._random.choice(config.fault_statuses)
+            stats.rejected += 1
+            if status == 429:
+                stats.refusals_429.append(time.monotonic())
+            headers = {"Retry-After": "0.2"} if status == 429 else {}
+            return web.json_response({"error": {"message": "sporadic"}}, status=status, headers=headers)
         if config.capacity and stats.in_flight >= config.capacity * config.reject_factor:
             stats.rejected += 1
             return web.json_response(

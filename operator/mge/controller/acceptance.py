@@ -106,12 +106,19 @@ async def sync_acceptance(
         # The last wave's Job always runs: it also runs the project's integration checks.
         if wave.index in reported or not (by_wave.get(wave.index) or wave.index == last):
             continue
+        if wave.index == last and any(w < last and w not in reported for w in by_wave):
+            # The last Job also re-runs the earlier waves' failures on the finished project: it waits for them.
+            pending.append(wave.index)
+            continue
         if wave.succeeded == wave.total:
             run = _WaveRun(
                 deps, accept, store, namespace, name, owner, plan_id, wave.index, runs, last, logger
             )
+            wave_tests = by_wave.get(wave.index, [])
+            if wave.index == last:
+                wave_tests = [*wave_tests, *await accept.tests_to_rejudge(plan_id, last)]
             try:
-                if await run.step(by_wave.get(wave.index, [])):
+                if await run.step(wave_tests):
                     continue
             except ApiException as error:
                 # 403 (RBAC), 422 (quota, admission): say so on the gate condition instead of crash-looping.

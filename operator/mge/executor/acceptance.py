@@ -332,18 +332,29 @@ class LocalAcceptance:
             return []
         await self.acceptance.rerun_waves_with_newer_tests(plan_id)
         done = await self.acceptance.result_waves(plan_id)
+        last = max((w.index for w in waves), default=0)
         complete = [w.index for w in waves if w.succeeded == w.total and w.index not in done]
         results: list[TestRunResult] = []
         if complete:
             files = {o.file: o.output for o in await self.store.outputs(plan_id)}
             for wave in complete:
-                results.extend(await self._run_wave(plan_id, wave, files))
+                if wave == last and not await self._earlier_waves_reported(plan_id, last):
+                    continue  # it re-runs their failures: it waits for them
+                results.extend(await self._run_wave(plan_id, wave, files, last))
         return results
 
-    async def _run_wave(self, plan_id: uuid.UUID, wave: int, files: Mapping[str, str]) -> list[TestRunResult]:
+    async def _earlier_waves_reported(self, plan_id: uuid.UUID, last: int) -> bool:
+        with_tests = {t.wave for t in await self.acceptance.tests(plan_id) if t.wave < last}
+        return with_tests <= set(await self.acceptance.result_waves(plan_id))
+
+    async def _run_wave(
+        self, plan_id: uuid.UUID, wave: int, files: Mapping[str, str], last: int
+    ) -> list[TestRunResult]:
         if not await self.acceptance.claim_wave_run(plan_id, wave, self.owner, WAVE_RUN_LEASE_S):
             return []
         tests = await self.acceptance.tests(plan_id, wave)
+        if wave == last:
+            tests += await self.acceptance.tests_to_rejudge(plan_id, last)
         results: list[TestRunResult] = []
         if tests:
             with tempfile.TemporaryDirectory(prefix="mge-acceptance-") as work:
@@ -360,8 +371,20 @@ class LocalAcceptance:
     async def finish(self, plan_id: uuid.UUID, waves: Sequence[WaveProgress]) -> Evaluation:
         """Tests of waves that never completed are recorded as errors, then the gate and score are saved."""
         await self.step(plan_id, waves)
+        await self._not_run(plan_id, [w.index for w in waves if w.succeeded != w.total])
+        await self.step(plan_id, waves)  # a complete last wave waits for the earlier waves' results
+        await self._not_run(plan_id, [w.index for w in waves])
+        files = {o.file: o.output for o in await self.store.outputs(plan_id)}
+        with tempfile.TemporaryDirectory(prefix="mge-integration-") as work:
+            root = Path(work) / "project"
+            write_project(root, files, [t.test for t in await self.acceptance.tests(plan_id)], self.scaffold)
+            checks = await self.sandbox.integration_checks(root)
+        return await evaluate_plan(self.acceptance, plan_id, checks)
+
+    async def _not_run(self, plan_id: uuid.UUID, waves: Sequence[int]) -> None:
+        """Record the tests of these waves, where no run reported, as errors that say why."""
         done = await self.acceptance.result_waves(plan_id)
-        for wave in (w.index for w in waves if w.index not in done):
+        for wave in (w for w in waves if w not in done):
             tests = await self.acceptance.tests(plan_id, wave)
             if await self.acceptance.claim_wave_run(plan_id, wave, self.owner, WAVE_RUN_LEASE_S):
                 reason = f"not run: the atoms of wave {wave} did not all succeed"
@@ -370,12 +393,6 @@ class LocalAcceptance:
                     wave,
                     [TestRunResult(t.test.requirement_id, TestStatus.ERROR, 0.0, reason) for t in tests],
                 )
-        files = {o.file: o.output for o in await self.store.outputs(plan_id)}
-        with tempfile.TemporaryDirectory(prefix="mge-integration-") as work:
-            root = Path(work) / "project"
-            write_project(root, files, [t.test for t in await self.acceptance.tests(plan_id)], self.scaffold)
-            checks = await self.sandbox.integration_checks(root)
-        return await evaluate_plan(self.acceptance, plan_id, checks)
 
 
 async def evaluate_plan(

@@ -291,6 +291,25 @@ class AcceptanceStore:
             for row in rows
         ]
 
+    async def tests_to_rejudge(self, plan_id: uuid.UUID, last_wave: int) -> list[StoredTest]:
+        """Earlier waves' tests that ran and failed (latest result): the last wave runs them again on the
+        finished project. A test may need files its imports do not show (a subprocess, a fixture file) that a
+        later wave writes; Gate S judges the project as delivered, not as it was halfway. Tests that timed out,
+        or never ran (their Job was killed), are not re-run: they would only eat the last Job's deadline."""
+        rows = await self.pool.fetch(
+            """SELECT DISTINCT ON (requirement_id) requirement_id, status, duration_s
+               FROM acceptance_test_results WHERE masterplan_id = $1 AND wave < $2
+               ORDER BY requirement_id, id DESC""",
+            plan_id,
+            last_wave,
+        )
+        failed = {
+            r["requirement_id"]
+            for r in rows
+            if r["status"] in (TestStatus.FAILED.value, TestStatus.ERROR.value) and r["duration_s"] > 0
+        }
+        return [t for t in await self.tests(plan_id) if t.wave < last_wave and t.requirement.id in failed]
+
     async def results(self, plan_id: uuid.UUID, limit: int = 100, after: int = 0) -> list[StoredResult]:
         """Results in the order they were recorded; page with `after` = the last id seen."""
         rows = await self.pool.fetch(

@@ -14,7 +14,7 @@ from mge.adapters.deps_scan import analyze_folder, tsc_edges
 from mge.adapters.py_import_trace import TraceFailed, trace_python_imports
 from mge.adapters.typescript import TypeScriptUnavailable
 from mge.deps.compare import Agreement, agreement, seen_at_import
-from mge.deps.graph import DependencyGraph, grouped_unresolved
+from mge.deps.graph import DependencyGraph, grouped_unresolved, import_cycles
 from mge.deps.tsconfig import TsConfigError
 from mge.deps.typescript import is_source
 
@@ -70,6 +70,7 @@ def graph_json(graph: DependencyGraph) -> dict[str, object]:
             {"file": u.file, "line": u.line, "specifier": u.specifier, "reason": u.reason}
             for u in graph.unresolved
         ],
+        "cycles": import_cycles(graph.edges),
     }
 
 
@@ -93,8 +94,12 @@ def analyze(
         )
     for unresolved in grouped_unresolved(graph.unresolved):
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
+    cycles = import_cycles(graph.edges)
+    for cycle in cycles:
+        console.print(f"[yellow]cycle[/] {' -> '.join(cycle)}", highlight=False)
     console.print(
-        f"{len(graph.files)} files, {len(graph.edges)} edges, {len(graph.unresolved)} unresolved",
+        f"{len(graph.files)} files, {len(graph.edges)} edges, {len(graph.unresolved)} unresolved, "
+        f"{len(cycles)} import cycles",
         highlight=False,
     )
 

@@ -71,6 +71,7 @@ def graph_json(graph: DependencyGraph) -> dict[str, object]:
             for u in graph.unresolved
         ],
         "cycles": import_cycles(graph.edges),
+        "invalid": graph.invalid,
     }
 
 
@@ -94,12 +95,14 @@ def analyze(
         )
     for unresolved in grouped_unresolved(graph.unresolved):
         console.print(f"[yellow]unresolved[/] {unresolved}", highlight=False)
+    for problem in graph.invalid:
+        console.print(f"[red]invalid[/] {problem}", highlight=False)
     cycles = import_cycles(graph.edges)
     for cycle in cycles:
         console.print(f"[yellow]cycle[/] {' -> '.join(cycle)}", highlight=False)
     console.print(
         f"{len(graph.files)} files, {len(graph.edges)} edges, {len(graph.unresolved)} unresolved, "
-        f"{len(cycles)} import cycles",
+        f"{len(cycles)} import cycles" + (f", {len(graph.invalid)} invalid" if graph.invalid else ""),
         highlight=False,
     )
 

@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mge.adapters.source_reader import scan_sources
 from mge.adapters.typescript import TypeScriptUnavailable, node_modules_path
 from mge.deps.compare import PlanCheck, check_plan
-from mge.deps.graph import DependencyGraph
+from mge.deps.graph import DependencyGraph, EdgeKind
 from mge.deps.python import analyze_python
 from mge.deps.tsconfig import TsConfig, TsConfigError, extends_of, merge_chain, parse_jsonc
-from mge.deps.typescript import Resolver, analyze_typescript, is_source
+from mge.deps.typescript import Resolver, SourceFacts, Specifier, analyze_typescript, is_source
 
 # Never part of the project's own sources.
 SKIPPED_DIRS = frozenset({"node_modules", ".git", ".venv", "venv", "__pycache__", ".mge", ".mypy_cache"})
@@ -104,8 +105,72 @@ def analyze_folder(root: Path, tsconfig: str = "tsconfig.json", sources_under: s
     sources = [file for file in parsed if is_source(file)]
     if sources:
         resolver = Resolver(files, load_tsconfig(root, tsconfig), _packages(root, files))
-        graph = graph.merge(analyze_typescript(scan_sources(root, sources), resolver))
+        facts, invalid = read_partial_again(root, scan_sources(root, sources))
+        graph = graph.merge(analyze_typescript(facts, resolver))
+        graph.invalid = sorted({*graph.invalid, *invalid})
     return graph
+
+
+# The compiler reads a few hundred files a second once started; a batch larger than this is not one project.
+_COMPILER_TIMEOUT_S = 300
+
+
+def read_partial_again(root: Path, facts: list[SourceFacts]) -> tuple[list[SourceFacts], list[str]]:
+    """Files tree-sitter could not read whole, read again with the TypeScript compiler's parser (which reads
+    all valid TypeScript); with the compiler's syntax errors of the files that are really invalid."""
+    partial = [f.file for f in facts if f.partial]
+    if not partial:
+        return facts, []
+    try:
+        node, modules = _node(), node_modules_path()
+    except TypeScriptUnavailable as error:
+        return facts, [f"{file}: tree-sitter could not read it whole and {error}" for file in partial]
+    with tempfile.TemporaryDirectory(prefix="mge-ts-facts-") as work:
+        requests, answers = Path(work) / "requests.json", Path(work) / "answers.json"
+        requests.write_text(
+            json.dumps([{"file": f, "code": (root / f).read_text(errors="replace")} for f in partial])
+        )
+        script = resources.files("mge.adapters") / "ts_facts.js"
+        done = subprocess.run(
+            [node, str(script), str(requests), str(answers)],
+            env={**os.environ, "NODE_PATH": str(modules)},
+            capture_output=True,
+            text=True,
+            timeout=_COMPILER_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            failure = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return facts, [
+                f"{file}: tree-sitter could not read it whole and the compiler failed: {failure}"
+                for file in partial
+            ]
+        read = {answer["file"]: answer for answer in json.loads(answers.read_text())}
+    invalid = [error for answer in read.values() for error in answer["errors"]]
+    return [_compiler_facts(read[f.file]) if f.file in read else f for f in facts], invalid
+
+
+def _compiler_facts(answer: dict[str, Any]) -> SourceFacts:
+    def pairs(value: list[list[str]] | None) -> tuple[tuple[str, str], ...] | None:
+        return None if value is None else tuple((a, b) for a, b in value)
+
+    return SourceFacts(
+        file=answer["file"],
+        specifiers=tuple(
+            Specifier(
+                specifier=s["specifier"],
+                line=s["line"],
+                kind=EdgeKind(s["kind"]),
+                names=tuple(s["names"]) if s.get("names") is not None else None,
+                reexports=pairs(s.get("reexports")),
+                prefix=s.get("prefix"),
+                suffix=s.get("suffix", ""),
+                text=s.get("text", ""),
+            )
+            for s in answer["specifiers"]
+        ),
+        exports=frozenset(answer["exports"]),
+    )
 
 
 _IMPORTED = re.compile(r"^\s+(?:Imported|Referenced) via .+? from file '(?P<source>[^']+)'")

@@ -67,6 +67,8 @@ class DependencyGraph:
     # Imports of packages outside the project (node_modules, site-packages): file -> module names.
     external: dict[str, set[str]] = field(default_factory=dict)
     unresolved: list[Unresolved] = field(default_factory=list)
+    # Sources that are not valid code ("file:line:col: message"), and what could not be read exactly.
+    invalid: list[str] = field(default_factory=list)
 
     def merge(self, other: "DependencyGraph") -> "DependencyGraph":
         external = {name: set(mods) for name, mods in self.external.items()}
@@ -77,6 +79,7 @@ class DependencyGraph:
             edges=sorted({*self.edges, *other.edges}),
             external=external,
             unresolved=sorted({*self.unresolved, *other.unresolved}),
+            invalid=sorted({*self.invalid, *other.invalid}),
         )
 
     def direct_pairs(self) -> set[tuple[str, str]]:

@@ -3,6 +3,7 @@
 import re
 import string
 from collections.abc import Iterator
+from dataclasses import replace
 
 import tree_sitter
 import tree_sitter_typescript
@@ -411,4 +412,5 @@ def _statements(container: tree_sitter.Node) -> Iterator[tree_sitter.Node]:
 def read_source(file: str, source: bytes) -> SourceFacts:
     """The module references (with kind, line, imported names) and exported names of one source file."""
     tree = _PARSERS["tsx" if file.endswith(_TSX_SUFFIXES) else "typescript"].parse(source)
-    return _FileReader(file, source, tree.root_node).read()
+    facts = _FileReader(file, source, tree.root_node).read()
+    return replace(facts, partial=True) if tree.root_node.has_error else facts

@@ -40,6 +40,8 @@ class SourceFacts:
     file: str
     specifiers: tuple[Specifier, ...] = ()
     exports: frozenset[str] = field(default_factory=frozenset)  # names the file itself declares
+    # tree-sitter met a syntax error: what follows it may be lost, so the file is read again by the compiler.
+    partial: bool = False
 
 
 def is_source(path: str) -> bool:

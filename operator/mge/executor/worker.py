@@ -34,12 +34,27 @@ from mge.trace.context import current_trace_id
 
 log = logging.getLogger("mge.executor")
 
-# Sentinel outcomes of attempts that never reached the LLM: the atom goes back to the queue untouched.
-OUT_OF_BUDGET: Final = (None, "hard budget cap reached")
-NO_SLOT: Final = (None, "no LLM slot")
-BUDGET_BUSY: Final = (None, "calls in flight hold the rest of the budget")
-ENDPOINT_DOWN: Final = (None, "the LLM endpoint is down")
-HANDED_BACK: Final = (OUT_OF_BUDGET, NO_SLOT, BUDGET_BUSY, ENDPOINT_DOWN)
+
+@dataclass(frozen=True)
+class Generated:
+    """Valid code: the atom succeeds."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Invalid code, or the endpoint refused this request: the attempt counts, the problem is fed back."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """Nothing about the atom went wrong (no budget, slot or endpoint): it goes back to the queue untouched,
+    no attempt counted."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -50,17 +65,32 @@ class Crashed:
     error: str
 
 
-Outcome = tuple[str | None, str | None] | Crashed | None
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another executor owns the atom now: this attempt is dropped."""
 
 
-def _outcome_label(result: Outcome) -> str:
-    if result is None:
-        return "lease_lost"
-    if isinstance(result, Crashed):
-        return "error"
-    if result in HANDED_BACK:
-        return str(result[1])
-    return "valid" if result[1] is None else "invalid"
+AttemptOutcome = Generated | Rejected | HandedBack | Crashed | LeaseLost
+
+OUT_OF_BUDGET: Final = HandedBack("hard budget cap reached")
+NO_SLOT: Final = HandedBack("no LLM slot")
+BUDGET_BUSY: Final = HandedBack("calls in flight hold the rest of the budget")
+ENDPOINT_DOWN: Final = HandedBack("the LLM endpoint is down")
+
+
+def _outcome_label(result: AttemptOutcome) -> str:
+    """The attempt span's `mge.outcome`."""
+    match result:
+        case Generated():
+            return "valid"
+        case Rejected():
+            return "invalid"
+        case HandedBack(reason):
+            return reason
+        case Crashed():
+            return "error"
+        case LeaseLost():
+            return "lease_lost"
 
 
 def _describe(error: BaseException) -> str:
@@ -412,29 +442,28 @@ class Executor:
         feedback: str | None = None
         last_error = "no attempt made"
         for attempt in range(atom.attempts + 1, atom.max_attempts + 1):
-            outcome = await self._attempt(atom, task, dependencies, feedback, attempt, price)
-            if outcome is None:  # lease lost: another executor owns the atom now
-                return
-            if isinstance(outcome, Crashed):
-                if attempt < atom.max_attempts:
+            match await self._attempt(atom, task, dependencies, feedback, attempt, price):
+                case LeaseLost():
+                    return
+                case Crashed(crash) if attempt < atom.max_attempts:
                     # Maybe this executor's trouble (its checker died): any executor may try the next attempt.
                     await retry_transient(partial(self.store.release, atom, executor, count_claim=True))
-                    log.warning("atom %s handed back after a crash: %s", atom.atom_id, outcome.error)
+                    log.warning("atom %s handed back after a crash: %s", atom.atom_id, crash)
                     return
-                last_error = outcome.error
-                break
-            if outcome in HANDED_BACK:
-                # Hard cap (an approved override resumes it), no LLM slot here, the budget still held by
-                # calls in flight, or the endpoint down: hand the atom back untouched, no attempt counted.
-                await retry_transient(partial(self.store.release, atom, executor))
-                log.warning("atom %s handed back: %s", atom.atom_id, outcome[1])
-                return
-            code, problem = outcome
-            if code is not None:
-                await retry_transient(partial(self.store.succeed, atom, executor, code))
-                return
-            last_error = problem or "unknown error"
-            feedback = problem
+                case Crashed(crash):
+                    last_error = crash
+                    break
+                case HandedBack(reason):
+                    # Hard cap (an approved override resumes it), no LLM slot here, the budget still held by
+                    # calls in flight, or the endpoint down: hand the atom back untouched, no attempt counted.
+                    await retry_transient(partial(self.store.release, atom, executor))
+                    log.warning("atom %s handed back: %s", atom.atom_id, reason)
+                    return
+                case Generated(code):
+                    await retry_transient(partial(self.store.succeed, atom, executor, code))
+                    return
+                case Rejected(problem):
+                    last_error = feedback = problem
         await retry_transient(
             partial(
                 self.store.fail,
@@ -467,9 +496,8 @@ class Executor:
         feedback: str | None,
         attempt: int,
         price: ModelPrice,
-    ) -> Outcome:
-        """One generation: (code, None) if valid, (None, error) if not, None if the lease was lost,
-        OUT_OF_BUDGET if the worst case of the call does not fit under the hard cap, Crashed if it raised."""
+    ) -> AttemptOutcome:
+        """One generation, traced as one span with its outcome."""
         with tracing.span(
             "atom.attempt", str(atom.trace_id), {"mge.atom": atom.atom_id, "mge.attempt": attempt}
         ) as attempt_span:
@@ -488,7 +516,7 @@ class Executor:
         attempt: int,
         price: ModelPrice,
         span_id: str,
-    ) -> Outcome:
+    ) -> AttemptOutcome:
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
@@ -592,11 +620,13 @@ class Executor:
         )
         if not still_ours:
             log.warning("lost the lease on atom %s; dropping attempt %d", atom.atom_id, attempt)
-            return None
+            return LeaseLost()
         if outcome == "error":
             return Crashed(error or "unknown error")
-        if error:
+        if code is None:
+            problem = error or "unknown error"
             log.info(
-                "atom %s attempt %d/%d rejected: %s", atom.atom_id, attempt, atom.max_attempts, error[:300]
+                "atom %s attempt %d/%d rejected: %s", atom.atom_id, attempt, atom.max_attempts, problem[:300]
             )
-        return code, error
+            return Rejected(problem)
+        return Generated(code)

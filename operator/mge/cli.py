@@ -647,7 +647,8 @@ def executor(log_format: LogFormatOption = None) -> None:
 
     from mge.adapters.llm import ExamplesReplayLLM, OpenAICompatibleLLM
     from mge.adapters.metrics import serve_metrics
-    from mge.adapters.store.store import Store, StoreUnavailable
+    from mge.adapters.store.errors import StoreUnavailable
+    from mge.adapters.store.store import Store
     from mge.executor.validation import CodeValidator
     from mge.executor.worker import Executor, ExecutorConfig
 
@@ -779,7 +780,7 @@ def cache_invalidate(
 def _masterplan_id(value: str) -> str:
     import uuid
 
-    from mge.adapters.store.store import masterplan_uuid
+    from mge.adapters.store.plans import masterplan_uuid
 
     try:
         return str(uuid.UUID(value))

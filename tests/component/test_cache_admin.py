@@ -15,7 +15,8 @@ import pytest
 
 from mge.adapters.cache import LLMPromptCache, connect_redis
 from mge.adapters.kube import Kube, load_client_configuration
-from mge.adapters.store.store import Store, masterplan_uuid
+from mge.adapters.store.plans import masterplan_uuid
+from mge.adapters.store.store import Store
 from mge.api.app import create_app
 from mge.cache.keys import PromptKeyInput, prompt_key
 from mge.plan.dag import plan_dag

@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
-from mge.adapters.store.store import LazyStore, Store, StoreUnavailable
+from mge.adapters.store.store import LazyStore, Store
 from mge.controller.deps import ControllerDeps
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig

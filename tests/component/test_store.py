@@ -8,8 +8,9 @@ import asyncpg
 import pytest
 
 from mge.adapters import metrics
+from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.migrate import migrate, migration_files
-from mge.adapters.store.store import Store, StoreUnavailable
+from mge.adapters.store.store import Store
 from mge.concurrency.ramp import RampPolicy
 from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, ramp_allowance, spec

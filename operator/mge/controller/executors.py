@@ -18,7 +18,8 @@ from mge.adapters.prometheus_query import (
     PrometheusQuery,
     PrometheusUnavailable,
 )
-from mge.adapters.store.store import STORE_ERRORS, LazyStore, StoreUnavailable
+from mge.adapters.store.errors import STORE_ERRORS, StoreUnavailable
+from mge.adapters.store.store import LazyStore
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scale_down import DELETION_COST_ANNOTATION, cost_patches, deletion_costs, idle_executors
 from mge.concurrency.scaler import Decision, Observation, ScalerPolicy

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
-from mge.adapters.store.store import PlanRetired, StoreUnavailable, run_uuid
+from mge.adapters.store.plans import PlanRetired, run_uuid
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.dependencies import check_dependencies
 from mge.controller.deps import ControllerDeps, deps_of

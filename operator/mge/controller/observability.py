@@ -5,7 +5,8 @@ import logging
 
 import asyncpg
 
-from mge.adapters.store.store import LazyStore, StoreUnavailable
+from mge.adapters.store.errors import StoreUnavailable
+from mge.adapters.store.store import LazyStore
 from mge.adapters.store.trace import TraceStore, export_trace_metrics
 
 log = logging.getLogger(__name__)

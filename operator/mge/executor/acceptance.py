@@ -29,7 +29,8 @@ from mge.adapters.llm_cache import CancelledAfterSpending
 from mge.adapters.sandbox import Sandbox, TestRun, TestRunResult
 from mge.adapters.store.acceptance import BUDGET_REFUSED, AcceptanceStore, PlanContext, StoredTest
 from mge.adapters.store.ledger import DEFAULT_RESERVATION_TTL_S, CostLedger
-from mge.adapters.store.store import ClaimedAtom, Store
+from mge.adapters.store.queue import ClaimedAtom
+from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.gate import CallGate, SlotUnavailable

@@ -17,8 +17,10 @@ from mge.adapters import metrics, tracing
 from mge.adapters.llm import LLM, ChatRequest, Completion, EndpointUnavailable, LLMError, call_span_s
 from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
+from mge.adapters.store.errors import retry_transient
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
-from mge.adapters.store.store import ClaimedAtom, Store, retry_transient
+from mge.adapters.store.queue import ClaimedAtom
+from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.circuit import EndpointCircuit
 from mge.concurrency.limiter import AdaptiveLimiter

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from mge.adapters.store.store import READY_CHANNEL, ClaimedAtom
+from mge.adapters.store.queue import READY_CHANNEL, ClaimedAtom
 from mge.cost.caps import BudgetLimits, check_override, crossed_soft_cap, reservation_decision
 from mge.models.cost_api import CostEventView
 from mge.models.masterplan import Budget

@@ -59,6 +59,7 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_execution
 	$(BIN)/python -m tests.bench.bench_ledger
 	$(BIN)/python -m tests.bench.bench_concurrency
+	$(BIN)/python -m tests.bench.bench_fleet
 	$(BIN)/python -m tests.bench.bench_cache
 	$(BIN)/python -m tests.bench.bench_deps
 	$(BIN)/python -m tests.bench.bench_deps_python

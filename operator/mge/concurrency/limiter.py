@@ -151,6 +151,9 @@ class AdaptiveLimiter:
     minimum: int = 1
     maximum: int = 64
     initial: int = 2
+    # Executors calling the same endpoint (this one included), as the fleet reports it. The provider's
+    # latency answers to all of them: each grows by 1/fleet per measured limit so the fleet grows by one.
+    fleet: int = 1
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
     adjustments: deque[Adjustment] = field(init=False, default_factory=_adjustment_log)
@@ -176,6 +179,8 @@ class AdaptiveLimiter:
     _last_uncongested: float | None = field(init=False, default=None)
     _probe_until: float | None = field(init=False, default=None)
     _probe_restore: int = field(init=False, default=0)
+    _growth_credit: float = field(init=False, default=0.0)
+    _probe_slot: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.initial <= self.maximum:
@@ -219,7 +224,14 @@ class AdaptiveLimiter:
             # connections (and a starting process), and a mean would carry that into the baseline, where it
             # can hide the first queueing (and let slow start step from 1.1x to 1.7x capacity).
             bisect.insort(self._first_s_per_token, per_token)
-            self._steady = statistics.median(self._first_s_per_token)
+            # In a fleet the provider is busy with the other executors' calls too: most of these first calls
+            # already queue, so a low quantile (the 50/N-th percentile), not the median, is the uncongested one.
+            first = self._first_s_per_token
+            self._steady = (
+                statistics.median(first)
+                if self.fleet <= 1
+                else first[int((len(first) - 1) * 0.5 / self.fleet)]
+            )
         else:
             span = max(BASELINE_CALLS, self.limit)
             self._steady = self._ewma(self._steady, per_token, 1 / span)
@@ -274,7 +286,13 @@ class AdaptiveLimiter:
             self._last_uncongested = now
             self._set(self._probe_restore, now, "baseline re-measured; limit restored")
             return False
-        if self._last_uncongested is not None and now - self._last_uncongested > PROBE_AFTER_S:
+        due = self._last_uncongested is not None and now - self._last_uncongested > PROBE_AFTER_S
+        if due and self.fleet > 1:
+            # One executor draining alone leaves the provider as busy as the others keep it: the fleet drains
+            # together, at the same multiples of the wall clock, so each measures an uncongested provider.
+            slot = int(now // PROBE_AFTER_S)
+            due, self._probe_slot = slot != self._probe_slot, slot
+        if due:
             self._probe_restore = self.limit
             self._probe_until = now + PROBE_ROUND_TRIPS * self._round_trip_s
             self._set(int(self.limit * PROBE_FACTOR), now, "draining briefly to re-measure the baseline")
@@ -290,7 +308,12 @@ class AdaptiveLimiter:
             self._recover_to = 0
             self._slow_start_step(now)
         else:
-            self._set(self.limit + 1, now, "additive increase")
+            self._growth_credit += 1 / max(1, self.fleet)
+            if self._growth_credit >= 1 - 1e-9:
+                self._growth_credit = 0.0
+                self._set(self.limit + 1, now, "additive increase")
+            else:
+                self._new_level(now)
 
     def _slow_start_step(self, now: float) -> None:
         target = max(
@@ -322,7 +345,7 @@ class AdaptiveLimiter:
             return
         in_flight = statistics.fmean(n for n, _ in self._queued)
         mean_ratio = statistics.fmean(r for _, r in self._queued)
-        at_capacity = math.ceil(in_flight / mean_ratio * HOLD_FACTOR)
+        at_capacity = self._share(in_flight / mean_ratio * HOLD_FACTOR)
         self._queued = []
         if at_capacity >= self.limit:
             self.slow_start = False
@@ -335,6 +358,11 @@ class AdaptiveLimiter:
             f"{cause} ({mean_ratio:.2f}x): held at capacity; slow start ends",
             congestion=False,
         )
+
+    def _share(self, calls: float) -> int:
+        """The measured capacity as a limit. Alone, rounded up (a limit just short of capacity loses
+        throughput); in a fleet, rounded to the nearest, or N executors rounding up hold N calls too many."""
+        return math.ceil(calls) if self.fleet <= 1 else max(1, round(calls))
 
     def _judge_level(self, now: float) -> None:
         """Decide on the limit from the calls that started under it."""
@@ -355,7 +383,7 @@ class AdaptiveLimiter:
             return
         self._suspect_rise = False
         # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing.
-        at_capacity = math.ceil(level.mean_in_flight / ratio * HOLD_FACTOR)
+        at_capacity = self._share(level.mean_in_flight / ratio * HOLD_FACTOR)
         if ratio > SLOW_FACTOR:
             new = max(math.ceil(self.limit / 2), min(self.limit - 1, at_capacity))
             self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")

@@ -96,6 +96,16 @@ class FleetStatus:
         )
         return {r["executor"]: int(r["held"]) for r in rows}
 
+    async def fleet_size(self, endpoint: str, fresh_s: float = 60.0) -> int:
+        """Executors that reported calling `endpoint` in the last `fresh_s` seconds."""
+        count = await self.pool.fetchval(
+            """SELECT count(*) FROM executor_status
+               WHERE llm_endpoint = $1 AND updated_at > now() - make_interval(secs => $2)""",
+            endpoint,
+            fresh_s,
+        )
+        return int(count or 0)
+
     async def record_scaling(self, desired: int, actual: int, reason: str) -> None:
         """Keep the scaler's decisions (the last 100) for the concurrency status API."""
         async with self.pool.acquire() as connection, connection.transaction():

@@ -1,0 +1,193 @@
+"""Concurrency policies when 1, 2 or 8 executors share one provider, on three capacity models.
+
+A time-stepped simulation (10 ms steps, seeded, deterministic): each executor keeps its own limiter's limit
+of calls in flight; the provider sees them all. Capacity C goes C -> C/2 -> C. The models:
+
+- queueing: latency = base x max(1, in-flight / C); 429 past 1.5 C (the model `bench_concurrency` uses);
+- processor sharing: each call needs `base` seconds of service and progresses at min(1, C / in-flight)
+  per step, with the step's share jittered +-20% (scheduling noise); 429 past 1.5 C;
+- rate limited: flat latency, but a requests budget of C / base per second (a bucket of C): past it
+  429 at once.
+
+Policies, per executor: ours (adaptive), the seed's rule (-10% / +5% per 30 s period on p95 > 2 s, bounds
+10..200) and a fixed limit of C / executors (the best fixed split, knowing C). Goodput is completed calls
+over C / base per second; p95 is over the uncongested p95.
+"""
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mge.concurrency.limiter import AdaptiveLimiter, CallLimiter, FixedLimiter, Outcome, SeedRuleLimiter
+from tests.bench.common import print_table
+
+# C = 16: in the halved phase 8 executors get one call each; C = 48: a share of 3 or more.
+CAPACITIES = (16, 48)
+BASE_S = 1.0
+JITTER_S = 0.1
+PHASE_S = 120.0
+STEP_S = 0.01
+REFUSED_S = 0.05
+SEED_PERIOD_S = 30.0
+EXECUTORS = (1, 2, 8)
+
+
+@dataclass
+class _Call:
+    executor: int
+    started: float
+    started_with: int
+    work: float  # seconds of service still needed (processor sharing), or the finish time
+    refused: bool = False
+
+
+@dataclass
+class Result:
+    completed: int = 0
+    refused: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+def capacity_at(t: float, capacity: int) -> int:
+    return capacity if t < PHASE_S or t >= 2 * PHASE_S else capacity // 2
+
+
+class Provider:
+    """One capacity model: `admit` decides on a new call, `advance` moves time and returns finished calls."""
+
+    def __init__(self, model: str, capacity: int, rnd: random.Random) -> None:
+        self.model, self.capacity, self.rnd = model, capacity, rnd
+        self.calls: list[_Call] = []
+        self.bucket = float(capacity)
+
+    def admit(self, call: _Call, now: float) -> None:
+        capacity = capacity_at(now, self.capacity)
+        live = sum(not c.refused for c in self.calls)
+        if self.model == "rate limited":
+            if self.bucket < 1:
+                call.refused, call.work = True, now + REFUSED_S
+            else:
+                self.bucket -= 1
+                call.work = now + BASE_S + self.rnd.random() * JITTER_S
+        elif live >= 1.5 * capacity:
+            call.refused, call.work = True, now + REFUSED_S
+        elif self.model == "queueing":
+            load = max(1.0, (live + 1) / capacity)
+            call.work = now + (BASE_S + self.rnd.random() * JITTER_S) * load
+        else:  # processor sharing: seconds of service still needed
+            call.work = BASE_S + self.rnd.random() * JITTER_S
+        self.calls.append(call)
+
+    def advance(self, now: float) -> list[_Call]:
+        capacity = capacity_at(now, self.capacity)
+        self.bucket = min(float(capacity), self.bucket + capacity / BASE_S * STEP_S)
+        served = [c for c in self.calls if not c.refused]
+        if self.model == "processor sharing" and served:
+            share = min(1.0, capacity / len(served)) * STEP_S
+            for call in served:
+                call.work -= share * (0.8 + 0.4 * self.rnd.random())
+            done = [c for c in self.calls if (c.refused and c.work <= now) or (not c.refused and c.work <= 0)]
+        else:
+            done = [c for c in self.calls if c.work <= now]
+        if done:
+            finished = {id(c) for c in done}
+            self.calls = [c for c in self.calls if id(c) not in finished]
+        return done
+
+
+def simulate(
+    model: str, capacity: int, executors: int, make: Callable[[], CallLimiter], seed: int = 1
+) -> Result:
+    rnd = random.Random(seed)
+    provider = Provider(model, capacity, rnd)
+    limiters = [make() for _ in range(executors)]
+    in_flight = [0] * executors
+    result = Result()
+    now = 0.0
+    while now < 3 * PHASE_S:
+        for number, limiter in enumerate(limiters):
+            while in_flight[number] < limiter.limit:
+                in_flight[number] += 1
+                provider.admit(_Call(number, now, in_flight[number], 0.0), now)
+        now += STEP_S
+        for call in provider.advance(now):
+            limiter = limiters[call.executor]
+            latency = now - call.started
+            if call.refused:
+                result.refused += 1
+                limiter.record(Outcome.OVERLOADED, in_flight=in_flight[call.executor], now=now)
+            else:
+                result.completed += 1
+                result.latencies.append(latency)
+                limiter.record(
+                    Outcome.OK,
+                    in_flight=in_flight[call.executor],
+                    now=now,
+                    latency_s=latency,
+                    tokens=400,
+                    started_with=call.started_with,
+                )
+            in_flight[call.executor] -= 1
+    return result
+
+
+def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimiter]]:
+    return {
+        "ours (adaptive)": lambda: AdaptiveLimiter(
+            minimum=1, maximum=4 * capacity, initial=2, fleet=executors
+        ),
+        "seed rule": lambda: SeedRuleLimiter(
+            minimum=10, maximum=200, limit=10, period_s=SEED_PERIOD_S, p95_threshold_s=2.0 * BASE_S / 1.5
+        ),
+        f"fixed C/{executors}": lambda: FixedLimiter(max(1, capacity // executors)),
+    }
+
+
+def main() -> None:
+    uncongested_p95 = BASE_S + 0.95 * JITTER_S
+    print(
+        "Fleet simulation: 1, 2 and 8 executors on one provider whose capacity C halves and comes back, "
+        f"{BASE_S:.0f} s per call, {PHASE_S:.0f} s per phase, three capacity models"
+    )
+    rows = []
+    misses = []
+    for capacity in CAPACITIES:
+        for model in ("queueing", "processor sharing", "rate limited"):
+            # The provider serves C calls per call time; the rate-limited one C per `base` seconds.
+            per_s = [capacity_at(start, capacity) for start in (0.0, PHASE_S, 2 * PHASE_S)]
+            call_s = BASE_S if model == "rate limited" else BASE_S + JITTER_S / 2
+            ideal = sum(per_s) * PHASE_S / call_s
+            for executors in EXECUTORS:
+                figures = {}
+                for name, make in policies(capacity, executors).items():
+                    result = simulate(model, capacity, executors, make)
+                    latencies = sorted(result.latencies)
+                    p95 = latencies[int(len(latencies) * 0.95)] / uncongested_p95
+                    goodput = 100 * result.completed / ideal
+                    figures[name] = (goodput, p95, result.refused)
+                    row = (
+                        capacity,
+                        model,
+                        executors,
+                        name,
+                        f"{goodput:.1f}%",
+                        f"{p95:.2f}x",
+                        f"{result.refused:,}",
+                    )
+                    rows.append(row)
+                ours = figures["ours (adaptive)"]
+                if ours[0] < 95 or ours[1] > 1.2:
+                    misses.append(
+                        f"C={capacity}, {model}, {executors} executors: {ours[0]:.1f}% / {ours[1]:.2f}x"
+                    )
+    print_table(
+        ["C", "capacity model", "executors", "policy", "goodput % of C", "p95 / uncongested", "429s"], rows
+    )
+    print("ours: goals (goodput >= 95%, p95 <= 1.2x) " + ("met on every row" if not misses else "MISSED on:"))
+    for miss in misses:
+        print(f"  {miss}")
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -310,3 +310,24 @@ def test_a_queued_answer_outdone_by_an_uncongested_one_with_more_in_flight_is_no
     assert limiter.slow_start
     assert limiter.limit == 18  # 1.5 x 12; the slow answers at 9 and 10 do not count against 13
     assert all(a.new > a.old for a in limiter.adjustments)
+
+
+def test_a_fleet_probes_in_the_same_wall_clock_minute_whatever_each_pods_monotonic_clock():
+    """Two pods whose monotonic clocks differ by 1,000 s drain together: their wall clocks agree."""
+    starts = []
+    for monotonic_at_wall_zero in (0.0, 1000.0):
+        limiter = AdaptiveLimiter(
+            minimum=1, maximum=64, initial=8, fleet=2, wall_offset_s=-monotonic_at_wall_zero
+        )
+        limiter.slow_start = False
+        limiter._last_uncongested = monotonic_at_wall_zero
+        drained = None
+        for step in range(1, 400):
+            now = monotonic_at_wall_zero + step * 0.5
+            limiter._probe(now)
+            if drained is None and limiter._probe_until is not None:
+                drained = now - monotonic_at_wall_zero
+        starts.append(drained)
+    assert (
+        starts[0] == starts[1] == 120.0
+    )  # the first wall-clock minute boundary after the baseline went stale

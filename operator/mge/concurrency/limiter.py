@@ -154,6 +154,9 @@ class AdaptiveLimiter:
     # Executors calling the same endpoint (this one included), as the fleet reports it. The provider's
     # latency answers to all of them: each grows by 1/fleet per measured limit so the fleet grows by one.
     fleet: int = 1
+    # Wall clock minus the `now` the caller passes (a monotonic clock): fleet probes line up on wall-clock
+    # minutes, which every pod shares, where their monotonic clocks do not.
+    wall_offset_s: float = 0.0
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
     adjustments: deque[Adjustment] = field(init=False, default_factory=_adjustment_log)
@@ -287,11 +290,12 @@ class AdaptiveLimiter:
             self._set(self._probe_restore, now, "baseline re-measured; limit restored")
             return False
         due = self._last_uncongested is not None and now - self._last_uncongested > PROBE_AFTER_S
-        if due and self.fleet > 1:
+        if self.fleet > 1:
             # One executor draining alone leaves the provider as busy as the others keep it: the fleet drains
-            # together, at the same multiples of the wall clock, so each measures an uncongested provider.
-            slot = int(now // PROBE_AFTER_S)
-            due, self._probe_slot = slot != self._probe_slot, slot
+            # together, at the first answer past a wall-clock minute, so each measures a quieter provider.
+            slot = int((now + self.wall_offset_s) // PROBE_AFTER_S)
+            due = due and slot != self._probe_slot
+            self._probe_slot = slot
         if due:
             self._probe_restore = self.limit
             self._probe_until = now + PROBE_ROUND_TRIPS * self._round_trip_s

@@ -149,7 +149,12 @@ class Executor:
         )
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
         self.gate = CallGate(
-            AdaptiveLimiter(minimum=1, maximum=config.concurrency, initial=min(2, config.concurrency)),
+            AdaptiveLimiter(
+                minimum=1,
+                maximum=config.concurrency,
+                initial=min(2, config.concurrency),
+                wall_offset_s=time.time() - time.monotonic(),
+            ),
             config.executor_id,
             queue_size=config.concurrency,
             timeout_s=config.slot_timeout_s,

@@ -6,9 +6,6 @@ The later atom is made slow on purpose (the fake provider holds its call) so the
 """
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -54,15 +51,6 @@ ANSWERS = {
         '    assert done.stdout == "3\\n", done.stderr\n```'
     ),
 }
-
-
-@pytest.fixture
-def folder():
-    """Not under tmp_path: embedded Postgres runs as its own user when the tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix="mge-rejudge-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_a_test_failed_before_the_file_it_needs_existed_is_judged_on_the_finished_project(folder):

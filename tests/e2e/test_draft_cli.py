@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,15 +47,6 @@ CYCLIC = _answer(
     _atom("cli", "calc/__main__.py", ("add",), ("MUST-2",)),
 )
 UNCOVERED = _answer(_atom("add", "calc/add.py", covers=("MUST-1",)))
-
-
-@pytest.fixture
-def folder():
-    """Not under tmp_path: embedded Postgres runs as its own user when the tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix="mge-draft-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _project(folder: Path, *answers: str) -> Path:

@@ -3,7 +3,6 @@
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,11 @@ def installed() -> Path:
 
 
 @pytest.fixture
-def elsewhere():
-    """A folder outside the checkout holding copies of two examples (not under tmp_path: embedded Postgres
-    runs as its own user when the tests run as root and needs to reach its data folder)."""
-    folder = Path(tempfile.mkdtemp(prefix="mge-wheel-"))
-    folder.chmod(0o755)
+def elsewhere(folder):
+    """A folder outside the checkout holding copies of two examples."""
     for name in ("hello", "ts-utils"):
         shutil.copytree(REPO / "examples" / name, folder / name)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,6 @@ example's recorded answers.
 """
 
 import asyncio
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,15 +39,6 @@ async def _outage(provider: FakeLLM, *, after_s: float, lasting_s: float) -> Non
     provider.down_with = 503
     await asyncio.sleep(lasting_s)
     provider.down_with = None
-
-
-@pytest.fixture
-def folder():
-    """Not under tmp_path: embedded Postgres runs as its own user when the tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix="mge-realistic-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

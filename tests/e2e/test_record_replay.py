@@ -1,7 +1,6 @@
 """`mge run --llm openai --record` keeps every answer; `--llm replay` then runs the same plan for free."""
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
-
-
-@pytest.fixture
-def folder():
-    """Not under tmp_path: embedded Postgres runs as its own user when the tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix="mge-record-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 _mge = run_mge

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     created_pod_placement: PodPlacement = Field(
         default_factory=PodPlacement,
         description="JSON with imagePullSecrets, nodeSelector, tolerations, affinity, priorityClassName, "
-        "securityContext (pod) and topologySpreadConstraints (executors only) for every pod the operator "
-        "creates (executors, acceptance Jobs).",
+        "securityContext (pod), podLabels, podAnnotations and topologySpreadConstraints (executors only) for "
+        "every pod the operator creates (executors, acceptance Jobs).",
     )
     llm_replay: str = Field(
         "",

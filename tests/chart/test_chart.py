@@ -1,5 +1,6 @@
 """The Helm chart rendered and linted offline: valid objects, least privilege, restricted pods, no drift."""
 
+import copy
 import fnmatch
 from pathlib import Path
 
@@ -701,3 +702,44 @@ def test_every_value_in_the_schema_is_described_and_the_chart_readme_shows_them_
     assert rendered(text) == text, "helm/mge-operator/README.md is stale: run `make docs`"
     for key, _ in leaves(schema):
         assert f"| `{key}` |" in text
+
+
+def test_pod_labels_and_annotations_reach_the_created_pods_without_moving_their_selector(monkeypatch):
+    from mge.adapters.acceptance_job import job
+    from mge.cli import _acceptance
+    from mge.controller.executors import deployment_drift
+
+    values = {
+        **WITH_SECRETS,
+        "podLabels": {"cost-center": "ai", "app.kubernetes.io/name": "spoofed"},
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+    }
+    for name, value in _operator_env(values).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    deployment = configured_executor_deployment(settings, 1)
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["labels"]["cost-center"] == "ai"
+    assert (
+        template["labels"]["app.kubernetes.io/name"] == "mge-executor"
+    )  # ours win: the selector still matches
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= template["labels"].items()
+    assert template["annotations"]["sidecar.istio.io/inject"] == "false"
+    config = _acceptance(settings)
+    assert config is not None
+    job_template = job("shop-accept-w0-r1-abcde", "team-a", "shop", 0, config, integration=False)["spec"][
+        "template"
+    ]
+    assert job_template["metadata"]["labels"]["cost-center"] == "ai"
+    assert job_template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+
+    # A Deployment made before the labels were set is patched; one restarted by kubectl is left alone.
+    older = copy.deepcopy(deployment)
+    del older["spec"]["template"]["metadata"]["labels"]["cost-center"]
+    assert (
+        deployment_drift(older, deployment)["spec"]["template"]["metadata"]["labels"]["cost-center"] == "ai"
+    )
+    restarted = copy.deepcopy(deployment)
+    restarted["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] = "now"
+    assert deployment_drift(restarted, deployment) == {}

@@ -189,7 +189,14 @@ def job(
             "activeDeadlineSeconds": config.active_deadline_s,
             "ttlSecondsAfterFinished": config.ttl_after_finished_s,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {
+                    "labels": {**config.placement.pod_labels, **labels},
+                    **(
+                        {"annotations": config.placement.pod_annotations}
+                        if config.placement.pod_annotations
+                        else {}
+                    ),
+                },
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,

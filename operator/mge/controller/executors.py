@@ -112,7 +112,8 @@ def executor_deployment(
     }
     if service_account:
         pod["serviceAccountName"] = service_account
-    pod.update((placement or PodPlacement()).pod_fields())
+    placement = placement or PodPlacement()
+    pod.update(placement.pod_fields())
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -122,9 +123,10 @@ def executor_deployment(
             "selector": {"matchLabels": COMPONENT_LABEL},
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": {**placement.pod_labels, **labels},
                     # Scraped by annotation-based Prometheus setups; ServiceMonitors select the labels.
                     "annotations": {
+                        **placement.pod_annotations,
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": "9100",
                         **({CONFIG_CHECKSUM_ANNOTATION: config_checksum} if config_checksum else {}),
@@ -177,6 +179,7 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
         or container.get("resources") != wanted.get("resources")
         or any(existing_pod.get(key) != wanted_pod.get(key) for key in PLACEMENT_FIELDS)
         or _checksum(existing_spec) != _checksum(desired_spec)
+        or not _has_metadata(existing_spec, desired_spec)
     ):
         template = copy.deepcopy(desired_spec["template"])
         # A merge patch keeps what it does not mention: a placement field no longer wanted is removed by null.
@@ -185,6 +188,18 @@ def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) ->
                 template["spec"][key] = None
         patch["template"] = template
     return {"spec": patch} if patch else {}
+
+
+def _has_metadata(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the pod template carries every label and annotation we want. Others are left alone:
+    `kubectl rollout restart` adds one, and patching it away would restart the pods again."""
+    have = existing.get("template", {}).get("metadata", {})
+    want = desired["template"]["metadata"]
+    return all(
+        (have.get(kind) or {}).get(key) == value
+        for kind in ("labels", "annotations")
+        for key, value in want[kind].items()
+    )
 
 
 def _checksum(spec: Mapping[str, Any]) -> str | None:

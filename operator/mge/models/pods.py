@@ -39,6 +39,9 @@ class PodPlacement(_PodFields):
     priority_class_name: str = ""
     topology_spread_constraints: list[dict[str, Any]] = Field(default_factory=list)
     security_context: dict[str, Any] = Field(default_factory=lambda: dict(RESTRICTED_POD_SECURITY))
+    # Pod metadata (cost-allocation labels, a mesh's annotations); the operator's own labels win.
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
 
     def pod_fields(self, *, spread: bool = True) -> dict[str, Any]:
         """The fields to add to a pod spec; none of the empty ones (they would only add noise to a diff).
@@ -46,7 +49,11 @@ class PodPlacement(_PodFields):
         The pod stays non-root with the RuntimeDefault seccomp profile whatever the values say: these pods
         run generated code.
         """
-        fields = self.model_dump(by_alias=True, exclude_defaults=True, exclude={"security_context"})
+        fields = self.model_dump(
+            by_alias=True,
+            exclude_defaults=True,
+            exclude={"security_context", "pod_labels", "pod_annotations"},
+        )
         if not spread:
             fields.pop("topologySpreadConstraints", None)
         fields["securityContext"] = {

@@ -128,3 +128,19 @@ def _requests(*, limit: int | None, remaining: int, reset: str) -> dict[str, str
     if limit is not None:
         headers["x-ratelimit-limit-requests"] = str(limit)
     return headers
+
+
+def test_retry_after_is_read_as_seconds_a_duration_or_an_http_date():
+    from email.utils import format_datetime, parsedate_to_datetime
+
+    from mge.concurrency.rate_limits import retry_after_s
+
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    now = parsedate_to_datetime(date).timestamp() - 30
+    assert retry_after_s("2", now) == 2.0
+    assert retry_after_s("1m30s", now) == 90.0
+    assert retry_after_s(date, now) == pytest.approx(30.0)
+    assert retry_after_s(format_datetime(parsedate_to_datetime(date)), now + 60) == 0.0  # already past
+    assert retry_after_s(date, None) is None
+    assert retry_after_s("soon", now) is None
+    assert parse_rate_limit_headers({"Retry-After": date}, now).retry_after_s == pytest.approx(30.0)  # type: ignore[union-attr]

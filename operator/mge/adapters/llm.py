@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -19,6 +18,7 @@ from mge.acceptance.requirements import parse_requirements
 from mge.adapters.manifests import load_plan_input
 from mge.adapters.tokenizer import count_tokens
 from mge.adapters.tracing import TRACEPARENT_HEADER, span, traceparent
+from mge.concurrency.rate_limits import retry_after_s
 
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
 TRACE_HEADER: Final = "X-MGE-Trace-Id"
@@ -112,19 +112,6 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 # A server's Retry-After is honoured up to this many times the backoff cap.
@@ -292,7 +279,10 @@ class OpenAICompatibleLLM:
         if heard is not None:
             heard(response_headers)
         if status in RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {status}: {text[:200]}", _retry_after(response_headers))
+            raise _Retryable(
+                f"HTTP {status}: {text[:200]}",
+                retry_after_s(response_headers.get("Retry-After"), time.time()),
+            )
         if status in (401, 403):
             raise EndpointUnavailable(f"LLM endpoint refused our API key: HTTP {status}: {text[:300]}")
         if status >= 400:
@@ -380,14 +370,12 @@ class RecordingLLM:
         self.longest_call_s = call_span_s(llm)
         self._llm = llm
         self._file = recording.open("a", encoding="utf-8")
-        self.recorded = 0
 
     async def complete(self, request: ChatRequest) -> Completion:
         completion = await self._llm.complete(request)
         line = {"atom": request.atom_id, "attempt": request.attempt, "content": completion.content}
         self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._file.flush()
-        self.recorded += 1
         return completion
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ Pure: the caller passes the headers and the time.
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Final
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -30,6 +31,20 @@ def parse_duration(text: str) -> float | None:
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
     return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+def retry_after_s(value: str | None, now_epoch: float | None) -> float | None:
+    """Seconds a Retry-After asks for: seconds, an OpenAI-style duration, or an HTTP date (read against
+    `now_epoch`, the wall clock; None reads no dates)."""
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None or now_epoch is None:
+        return seconds
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now_epoch)
+    except (TypeError, ValueError):
+        return None
 
 
 def _integer(headers: Mapping[str, str], name: str) -> int | None:
@@ -93,7 +108,9 @@ class RateLimitHeaders:
     retry_after_s: float | None
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
+def parse_rate_limit_headers(
+    headers: Mapping[str, str], now_epoch: float | None = None
+) -> RateLimitHeaders | None:
     """The rate-limit headers of one answer (names case-insensitive), None when it has none."""
     lower = {name.lower(): value for name, value in headers.items()}
 
@@ -104,9 +121,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | N
             return None
         return Budget(_integer(lower, f"x-ratelimit-limit-{kind}"), remaining, reset)
 
-    retry_after = lower.get("retry-after")
     parsed = RateLimitHeaders(
-        budget("requests"), budget("tokens"), parse_duration(retry_after) if retry_after else None
+        budget("requests"), budget("tokens"), retry_after_s(lower.get("retry-after"), now_epoch)
     )
     if parsed.requests is None and parsed.tokens is None and parsed.retry_after_s is None:
         return None

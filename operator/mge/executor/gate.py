@@ -114,7 +114,7 @@ class CallGate:
             self.provider.started(tokens)
 
     def _heard(self, headers: Mapping[str, str]) -> None:
-        reading = parse_rate_limit_headers(headers)
+        reading = parse_rate_limit_headers(headers, time.time())
         if reading is not None:
             self.provider.observe(reading, time.monotonic())
 

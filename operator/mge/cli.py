@@ -415,10 +415,10 @@ def draft(
             console.print(f"proposal {attempt}: valid")
 
     async def drafted() -> "DraftResult":
-        caller = RecordingLLM(client, recording) if record else client
+        recorder = RecordingLLM(client, recording) if record else None
         try:
             return await draft_plan(
-                caller,
+                recorder or client,
                 document.requirements,
                 model=model,
                 price=price,
@@ -430,7 +430,8 @@ def draft(
                 on_review=reviewed,
             )
         finally:
-            await caller.close()
+            if recorder is not None:
+                await recorder.close()
             await client.close()
 
     try:

@@ -111,7 +111,7 @@ def analyze_folder(root: Path, tsconfig: str = "tsconfig.json", sources_under: s
     return graph
 
 
-# The compiler reads a few hundred files a second once started; a batch larger than this is not one project.
+# The compiler reads a few hundred files a second once started: even effect's 187 such files take seconds.
 _COMPILER_TIMEOUT_S = 300
 
 
@@ -131,16 +131,19 @@ def read_partial_again(root: Path, facts: list[SourceFacts]) -> tuple[list[Sourc
             json.dumps([{"file": f, "code": (root / f).read_text(errors="replace")} for f in partial])
         )
         script = resources.files("mge.adapters") / "ts_facts.js"
-        done = subprocess.run(
-            [node, str(script), str(requests), str(answers)],
-            env={**os.environ, "NODE_PATH": str(modules)},
-            capture_output=True,
-            text=True,
-            timeout=_COMPILER_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            failure = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        try:
+            done = subprocess.run(
+                [node, str(script), str(requests), str(answers)],
+                env={**os.environ, "NODE_PATH": str(modules)},
+                capture_output=True,
+                text=True,
+                timeout=_COMPILER_TIMEOUT_S,
+                check=False,
+            )
+            failure = (done.stderr.strip().splitlines() or ["no output"])[-1] if done.returncode else ""
+        except subprocess.TimeoutExpired:
+            failure = f"no answer within {_COMPILER_TIMEOUT_S} s"
+        if failure:
             return facts, [
                 f"{file}: tree-sitter could not read it whole and the compiler failed: {failure}"
                 for file in partial

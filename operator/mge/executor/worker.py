@@ -392,7 +392,6 @@ class Executor:
             endpoint=self.circuit.report(time.monotonic()),
             rate_limits=self.gate.provider.snapshot(time.monotonic()),
         )
-        limiter = self.gate.limiter
         if isinstance(limiter, AdaptiveLimiter):
             # The provider answers to every executor on the endpoint: the limiter grows and rounds by it.
             limiter.fleet = max(1, await self.store.fleet_size(self.circuit.endpoint))

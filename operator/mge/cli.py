@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mge.adapters.llm import LLM
     from mge.executor.draft import DraftResult
     from mge.executor.local_run import LocalRun, RunResult
+    from mge.models.masterplan import LLMEndpoint
     from mge.settings import Settings
     from mge.trace.tree import TraceTree
 
@@ -248,7 +249,7 @@ def run(
         problem = record_problem(recording, llm=llm, resume=resume)
         if problem is not None:
             raise _fail(problem)
-    client = _open_llm(llm, recording)
+    client = _open_llm(llm, recording, spec.llm)
     console.print(f"[bold]LLM:[/] {client.label}")
     state_dir = state_dir or Path(".mge") / name
     out = out or Path("out") / name
@@ -284,8 +285,10 @@ def run(
         raise typer.Exit(1)
 
 
-def _open_llm(kind: str, recording: Path) -> "LLM":
-    """The client `--llm` names: the recording's answers, or OPENAI_BASE_URL checked with one cheap request."""
+def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None) -> "LLM":
+    """The client `--llm` names: the recording's answers, or OPENAI_BASE_URL checked with one cheap request.
+    A plan's spec.llm gives the URL (over OPENAI_BASE_URL) and headers; locally the key is OPENAI_API_KEY,
+    since there is no cluster to read spec.llm.secretRef from."""
     import os
 
     from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
@@ -300,16 +303,20 @@ def _open_llm(kind: str, recording: Path) -> "LLM":
     if kind != "openai":
         raise _fail(f"--llm must be 'replay' or 'openai', not {kind!r}")
     base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
+    if endpoint is not None and endpoint.base_url:
+        base_url = endpoint.base_url
     if not base_url and not key:
         raise _fail(
             "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
             "server, with OPENAI_API_KEY if it asks for one); neither is set"
         )
-    client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key)
+    headers = endpoint.headers if endpoint is not None else {}
+    client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key, headers=headers)
     # A wrong URL or key is found now, not after every atom has used up its retries.
     problem = asyncio.run(client.probe())
     if problem is not None:
-        raise _fail(f"{problem}; check OPENAI_BASE_URL and OPENAI_API_KEY")
+        where = "spec.llm.baseURL" if endpoint is not None and endpoint.base_url else "OPENAI_BASE_URL"
+        raise _fail(f"{problem}; check {where} and OPENAI_API_KEY")
     return client
 
 
@@ -684,6 +691,7 @@ def executor(log_format: LogFormatOption = None) -> None:
                 OpenAICompatibleLLM(
                     os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
                     os.environ.get("OPENAI_API_KEY", ""),
+                    headers=settings.llm_headers,
                 ),
                 settings,
                 prices,
@@ -699,7 +707,7 @@ def executor(log_format: LogFormatOption = None) -> None:
             llm,
             validator,
             prices,
-            ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0),
+            ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0, llm_pool=settings.llm_pool or None),
         )
         try:
             await worker.run(stop)

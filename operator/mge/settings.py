@@ -75,6 +75,21 @@ class Settings(BaseSettings):
         "executors replay instead of calling an LLM; the operator passes it to executors and labels every "
         "Masterplan. Empty = executors call OPENAI_BASE_URL.",
     )
+    llm_pool: str = Field(
+        "",
+        description="Executors only, set by the operator: the LLM pool served (plans whose spec.llm names one "
+        "endpoint). Empty = plans without spec.llm, on OPENAI_BASE_URL.",
+    )
+    llm_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Executors only: JSON object of extra HTTP headers sent with every LLM call (spec.llm.headers "
+        "of the pool's plans).",
+    )
+    llm_secrets_name: str = Field(
+        "",
+        description="Operator only: the operator-owned Secret (in its namespace) holding the keys of the LLM "
+        "pools, copied from the Secrets that Masterplans' spec.llm.secretRef name. Empty = <executor name>-llm.",
+    )
     prometheus_url: str = Field("", description="Prometheus base URL for LLM/DB latency; empty = queue only.")
     executor_sync_seconds: float = Field(
         30.0, gt=0, description="How often executor replicas are reconciled."

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mge.controller.executors import configured_executor_deployment
+from mge.controller.executors import configured_executor_deployment, llm_credentials_secret
 from mge.models.crd import all_crds
 from mge.settings import Settings
 from tests.support.helm import MANIFEST_VALUES, lint_chart, notes, render_chart, render_manifests
@@ -83,20 +83,24 @@ def test_operator_can_do_what_its_handlers_do_and_no_more():
     } <= grants
     assert ("configmaps", "get") in grants
     assert ("masterplans", "delete") not in grants
-    assert ("secrets", "get") not in grants
+    # spec.llm.secretRef only: get, never list or watch (tests/chart/test_chart.py::test_llm_pool_rbac...).
+    assert ("secrets", "get") in grants
+    assert not any(resource == "secrets" and verb != "get" for resource, verb in grants)
     # get: spec.atomsFrom; create: acceptance Job inputs (tests/chart/test_chart_acceptance.py).
     assert not any(resource == "configmaps" and verb not in {"get", "create"} for resource, verb in grants)
 
 
-def test_executor_deployment_access_is_limited_to_its_name():
+def test_the_llm_pools_secret_is_the_only_secret_the_operator_reads_or_writes_in_its_namespace():
     role = _one(render_chart(WITH_SECRETS), "Role", "-executors")
-    named = [
-        rule
-        for rule in role["rules"]
-        if rule["resources"] == ["deployments"] and ("get" in rule["verbs"] or "patch" in rule["verbs"])
+    secrets = [rule for rule in role["rules"] if rule["resources"] == ["secrets"]]
+    assert {verb for rule in secrets for verb in rule["verbs"] if "resourceNames" not in rule} == {"create"}
+    named = [rule for rule in secrets if "resourceNames" in rule]
+    assert [(rule["resourceNames"], sorted(rule["verbs"])) for rule in named] == [
+        (["mge-operator-executor-llm"], ["get", "patch"])
     ]
-
-    assert [rule["resourceNames"] for rule in named] == [["mge-operator-executor"]]
+    assert (
+        llm_credentials_secret(Settings(executor_name="mge-operator-executor")) == "mge-operator-executor-llm"
+    )
 
 
 def test_executor_role_may_rank_pods_for_scale_down_and_nothing_more():
@@ -681,8 +685,14 @@ def test_network_policies_admit_only_the_metrics_and_api_ports_from_the_given_pe
         assert policy["spec"]["policyTypes"] == ["Ingress"]
     operator = _one(docs, "Deployment", "mge-operator")["spec"]["template"]["metadata"]["labels"]
     assert policies["mge-operator"]["spec"]["podSelector"]["matchLabels"].items() <= operator.items()
-    executor = configured_executor_deployment(Settings(), 1)["spec"]["template"]["metadata"]["labels"]
-    assert policies["mge-operator-executor"]["spec"]["podSelector"]["matchLabels"].items() <= executor.items()
+    for pool in ("", "0123456789ab"):  # the default executors and an LLM pool's
+        executor = configured_executor_deployment(Settings(), 1, pool)["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        assert (
+            policies["mge-operator-executor"]["spec"]["podSelector"]["matchLabels"].items()
+            <= executor.items()
+        )
     assert policies["mge-operator"]["spec"]["ingress"] == [
         {"ports": [{"port": "metrics"}], "from": monitoring}
     ]

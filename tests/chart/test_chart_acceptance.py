@@ -46,7 +46,9 @@ def test_operator_may_create_jobs_their_inputs_and_policies_and_read_pod_logs_bu
     assert not {
         g for g in grants if g[1] in {"jobs", "configmaps", "networkpolicies", "pods"} and g[2] == "delete"
     }
-    assert not {g for g in grants if g[1] in {"pods/exec", "secrets", "serviceaccounts"}}
+    assert not {g for g in grants if g[1] in {"pods/exec", "serviceaccounts"}}
+    # Secrets only for spec.llm.secretRef (read, nothing else): tests/chart/test_chart.py.
+    assert {g for g in grants if g[1] == "secrets"} == {("", "secrets", "get")}
 
 
 def test_acceptance_disabled_drops_the_job_permissions_and_settings():

@@ -100,6 +100,11 @@ def structural_errors(schema: Schema, value: Any, path: str = "") -> list[str]:
         for name, child in properties.items():
             if name in value:
                 errors += structural_errors(child, value[name], f"{path}.{name}")
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            errors.append(f"{where}: more than {schema['maxProperties']} properties")
+        if isinstance(schema.get("additionalProperties"), dict):  # a map: every value against one schema
+            for name, item in value.items():
+                errors += structural_errors(schema["additionalProperties"], item, f"{path}.{name}")
     return errors
 
 

@@ -59,8 +59,13 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 def test_schema_is_structural(crd):
     for path, node in _walk(_schema(crd)):
         assert "type" in node or path == ".metadata", f"{path} has no type"
-        for banned in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "title", "const", "additionalProperties"):
+        for banned in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "title", "const"):
             assert banned not in node, f"{path} uses {banned}"
+        if "additionalProperties" in node:  # a map: a value schema, never a boolean, never with properties
+            assert isinstance(node["additionalProperties"], dict), (
+                f"{path}: additionalProperties is no schema"
+            )
+            assert "properties" not in node, f"{path}: additionalProperties beside properties"
         for key in ("exclusiveMinimum", "exclusiveMaximum"):
             assert isinstance(node.get(key, True), bool), f"{path}.{key} must be a boolean in a CRD"
         if "default" in node:
@@ -138,6 +143,11 @@ def _verdict(rule: dict[str, str], obj: dict[str, Any]) -> bool:
         (".spec.scaffold.files[]", {"path": "client/tsconfig.json", "content": "{}"}, True),
         (".spec.scaffold.files[]", {"path": "../x.json", "content": ""}, False),
         (".spec.scaffold.files[]", {"path": "client/../../x.json", "content": ""}, False),
+        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"OpenAI-Project": "p1"}}, True),
+        (".spec.llm", {"secretRef": {"name": "team-a"}}, True),
+        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"authorization": "Bearer k"}}, False),
+        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"HOST": "evil"}}, False),
+        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"X Bad": "v"}}, False),
     ],
 )
 def test_cel_rules_admit_and_reject_like_the_models(path, obj, admitted):

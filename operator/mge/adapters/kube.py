@@ -1,6 +1,7 @@
 """Kubernetes API access for the controller: ConfigMaps, Wave children (via the official client, off-loop)."""
 
 import asyncio
+import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -136,6 +137,53 @@ class Kube:
 
     async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         await self._call(self._apps.patch_namespaced_deployment, name, namespace, body)
+
+    async def list_deployments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        found = await self._call(
+            self._apps.list_namespaced_deployment, namespace, label_selector=label_selector
+        )
+        return [self._plain(deployment) for deployment in found.items]
+
+    async def delete_deployment(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(self._apps.delete_namespaced_deployment, name, namespace)
+        except ApiException as error:
+            if error.status != 404:  # already gone is what we wanted
+                raise
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, decoded; None if it does not exist. A 403 (no `get` on Secrets there) is raised
+        as the ApiException it is: the caller says what to grant."""
+        try:
+            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        data = secret.data or {}
+        return {key: base64.b64decode(value).decode("utf-8", "replace") for key, value in data.items()}
+
+    async def write_secret(
+        self, namespace: str, name: str, data: Mapping[str, str], labels: Mapping[str, str]
+    ) -> None:
+        """Create the Secret with `data`, or replace the data of the one there (keys not in `data` are
+        removed: a merge patch on `data` would keep them)."""
+        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "labels": dict(labels)},
+            "data": encoded,
+        }
+        try:
+            await self._call(self._core.create_namespaced_secret, namespace, body)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        patch = [{"op": "replace", "path": "/data", "value": encoded}]
+        await self._call(self._core.patch_namespaced_secret, name, namespace, patch)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         pods = await self._call(self._core.list_namespaced_pod, namespace, label_selector=label_selector)

@@ -162,12 +162,14 @@ class OpenAICompatibleLLM:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         jitter: Jitter | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         import random
 
         self.label = f"OpenAI-compatible endpoint {base_url}"
         self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Extra headers (a plan's spec.llm.headers) never replace the key's.
+        self._headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10.0)
         self._session: aiohttp.ClientSession | None = None
         self._max_attempts = max_attempts
@@ -208,7 +210,8 @@ class OpenAICompatibleLLM:
         except aiohttp.ClientError as error:
             return f"cannot reach the LLM endpoint: GET {url}: {error}"
         if status in (401, 403):
-            key = "a valid key in OPENAI_API_KEY" if self._headers else "OPENAI_API_KEY (it is not set)"
+            has_key = "Authorization" in self._headers
+            key = "a valid key in OPENAI_API_KEY" if has_key else "OPENAI_API_KEY (it is not set)"
             return f"the LLM endpoint refused the request (HTTP {status} on GET {url}): set {key}"
         return None
 

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import copy
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from mge.concurrency.scaler import Decision, Observation, ScalerPolicy
 from mge.concurrency.signals import SignalHealth, local_health, prometheus_health
 from mge.concurrency.statistics import fleet_signals
 from mge.models.pods import EXECUTOR_RESOURCES, ContainerExtras, ContainerResources, PodPlacement
+from mge.plan.llm_endpoint import POOL_ENVIRONMENT
 from mge.settings import Settings
 
 log = logging.getLogger("mge.controller.executors")
@@ -43,6 +45,16 @@ PLACEMENT_FIELDS: Final = (
     "securityContext",
 )
 COMPONENT_LABEL: Final = {"app.kubernetes.io/name": "mge-executor", "app.kubernetes.io/component": "executor"}
+# Executors of one LLM pool (plans with the same spec.llm): another component, so no selector overlaps.
+LLM_POOL_LABEL: Final = "mge.devmatrix.io/llm-pool"
+
+
+def pool_selector(llm_pool: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mge-executor",
+        "app.kubernetes.io/component": "executor-llm-pool",
+        LLM_POOL_LABEL: llm_pool,
+    }
 
 
 def executor_deployment(
@@ -61,12 +73,17 @@ def executor_deployment(
     placement: PodPlacement | None = None,
     config_checksum: str = "",
     extras: ContainerExtras | None = None,
+    llm_pool: str = "",
+    credentials_secret: str = "",
 ) -> dict[str, Any]:
     """The Deployment executors run in: restricted pod security, no API token, graceful shutdown.
 
     `llm_replay` (demo mode): executors replay the recorded answers of the examples in that folder.
+    `llm_pool`: executors of that pool only, their endpoint and key from its entries in `credentials_secret`
+    (one pod never sees another pool's key).
     """
-    labels = {**COMPONENT_LABEL, **MANAGED_BY}
+    selector = pool_selector(llm_pool) if llm_pool else COMPONENT_LABEL
+    labels = {**selector, **MANAGED_BY}
     container: dict[str, Any] = {
         "name": "executor",
         "image": image,
@@ -87,6 +104,15 @@ def executor_deployment(
     }
     if llm_replay:
         container["env"].append({"name": "MGE_LLM_REPLAY", "value": llm_replay})
+    if llm_pool:
+        # env wins over envFrom: the chart's default key is replaced by the pool's.
+        container["env"] += [
+            {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": credentials_secret, "key": f"{llm_pool}.{name}"}},
+            }
+            for name in POOL_ENVIRONMENT
+        ]
     if otel_endpoint:
         container["env"].append({"name": "MGE_OTEL_ENDPOINT", "value": otel_endpoint})
         container["env"].append({"name": "OTEL_SERVICE_NAME", "value": "mge-executor"})
@@ -120,7 +146,7 @@ def executor_deployment(
         "metadata": {"name": name, "labels": labels},
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": COMPONENT_LABEL},
+            "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
                     "labels": {**placement.pod_labels, **labels},
@@ -138,10 +164,17 @@ def executor_deployment(
     }
 
 
-def configured_executor_deployment(settings: Settings, replicas: int) -> dict[str, Any]:
-    """The executor Deployment as the operator's MGE_* settings describe it."""
+def configured_executor_deployment(
+    settings: Settings, replicas: int, llm_pool: str = "", pool_checksum: str = ""
+) -> dict[str, Any]:
+    """The executor Deployment as the operator's MGE_* settings describe it: the default endpoint's, or
+    `llm_pool`'s (`pool_checksum`: the digest of its entries in the credentials Secret, so a new key rolls
+    its pods)."""
+    checksum = settings.executor_config_checksum
+    if llm_pool:
+        checksum = hashlib.sha256(f"{checksum}|{pool_checksum}".encode()).hexdigest()[:16]
     return executor_deployment(
-        name=settings.executor_name,
+        name=f"{settings.executor_name}-{llm_pool}" if llm_pool else settings.executor_name,
         image=settings.executor_image,
         replicas=replicas,
         concurrency=settings.executor_concurrency,
@@ -153,9 +186,16 @@ def configured_executor_deployment(settings: Settings, replicas: int) -> dict[st
         llm_replay=settings.llm_replay,
         resources=settings.executor_resources,
         placement=settings.created_pod_placement,
-        config_checksum=settings.executor_config_checksum,
+        config_checksum=checksum,
         extras=settings.executor_extras,
+        llm_pool=llm_pool,
+        credentials_secret=llm_credentials_secret(settings),
     )
+
+
+def llm_credentials_secret(settings: Settings) -> str:
+    """The operator-owned Secret, in the operator's namespace, holding every LLM pool's endpoint and key."""
+    return settings.llm_secrets_name or f"{settings.executor_name}-llm"
 
 
 def deployment_drift(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,14 +265,17 @@ class Reading:
     load: Mapping[str, int] = field(default_factory=dict)
 
 
-async def observe(store: LazyStore, prometheus: PrometheusQuery | None, replicas: int) -> Reading:
+async def observe(
+    store: LazyStore, prometheus: PrometheusQuery | None, replicas: int, llm_pool: str | None = None
+) -> Reading:
     """The queue and executor load from Postgres, and LLM/DB p95 and the error rate from Prometheus or,
     when none is configured, from the executors' own reports; no observation if a source cannot be read."""
     try:
         connected = await store.get()
-        ready, running = await connected.runnable()
-        load = await connected.executor_load()
-        local = fleet_signals(await connected.executor_statistics()) if prometheus is None else None
+        ready, running = await connected.runnable(llm_pool)
+        load = await connected.executor_load(llm_pool=llm_pool)
+        statistics = await connected.executor_statistics(llm_pool=llm_pool) if prometheus is None else None
+        local = fleet_signals(statistics) if statistics is not None else None
     except (StoreUnavailable, *STORE_ERRORS) as error:
         log.warning("executor scaling holds: store unavailable: %s", error)
         return Reading(None)
@@ -307,38 +350,49 @@ async def sync_executors_once(
     if decision.replicas != current or existing is None:
         with contextlib.suppress(StoreUnavailable, *STORE_ERRORS):
             await (await store.get()).record_scaling(decision.replicas, current, decision.reason)
+    await apply_decision(kube, namespace, existing, desired, decision, current, reading.load)
+    return decision
+
+
+async def apply_decision(
+    kube: Kube,
+    namespace: str,
+    existing: Mapping[str, Any] | None,
+    desired: Mapping[str, Any],
+    decision: Decision,
+    current: int,
+    load: Mapping[str, int],
+) -> None:
+    """Make the Deployment `desired`: an Event for a change of size, idle pods ranked first to go."""
+    name = desired["metadata"]["name"]
     if existing is not None and decision.replicas != current:
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
-        await _deployment_event(kube, namespace, existing, reason, message)
+        await deployment_event(kube, namespace, existing, reason, message)
     if existing is not None and decision.replicas < current:
-        await _rank_for_deletion(kube, namespace, reading.load)
+        await rank_for_deletion(kube, namespace, load, desired["spec"]["selector"]["matchLabels"])
     if existing is None:
         await kube.create_deployment(namespace, desired)
-        log.info(
-            "created executor Deployment %s: %d replicas (%s)",
-            settings.executor_name,
-            decision.replicas,
-            decision.reason,
-        )
+        log.info("created executor Deployment %s: %d replicas (%s)", name, decision.replicas, decision.reason)
     elif patch := deployment_drift(existing, desired):
-        await kube.patch_deployment(namespace, settings.executor_name, patch)
+        await kube.patch_deployment(namespace, name, patch)
         log.info(
             "executor Deployment %s: %d -> %d replicas (%s)",
-            settings.executor_name,
+            name,
             current,
             decision.replicas,
             decision.reason,
         )
-    return decision
 
 
-async def _rank_for_deletion(kube: Kube, namespace: str, load: Mapping[str, int]) -> None:
+async def rank_for_deletion(
+    kube: Kube, namespace: str, load: Mapping[str, int], labels: Mapping[str, str] = COMPONENT_LABEL
+) -> None:
     """Annotate executor pods with pod-deletion-cost so the ReplicaSet removes idle ones first.
 
     Best effort: without it the scale-down still happens and a stopping busy executor hands its atoms back.
     """
-    selector = ",".join(f"{key}={value}" for key, value in COMPONENT_LABEL.items())
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
     try:
         pods = await kube.list_pods(namespace, selector)
         current = {
@@ -360,10 +414,10 @@ async def _report_prometheus(
     else:
         reason, type_ = "PrometheusAvailable", "Normal"
         message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"
-    await _deployment_event(kube, namespace, deployment, reason, message, type_)
+    await deployment_event(kube, namespace, deployment, reason, message, type_)
 
 
-async def _deployment_event(
+async def deployment_event(
     kube: Kube,
     namespace: str,
     deployment: Mapping[str, Any],
@@ -387,7 +441,10 @@ async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, s
             settings.executor_min_replicas, settings.executor_max_replicas, settings.executor_concurrency
         )
     )
+    from mge.controller.llm_pools import sync_pools_quietly  # that module builds on this one
+
     prometheus = PrometheusQuery(settings.prometheus_url) if settings.prometheus_url else None
+    pool_policies: dict[str, ScalerPolicy] = {}
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -396,4 +453,5 @@ async def sync_executors_forever(kube: Kube, store: LazyStore, namespace: str, s
             log.warning("executor scaling skipped this round: %s", error)
         except Exception:  # anything else (a store error mid-pass, a bug): this round is lost, not the scaler
             log.exception("executor scaling failed this round")
+        await sync_pools_quietly(kube, store, namespace, settings, pool_policies, loop.time())
         await asyncio.sleep(settings.executor_sync_seconds)

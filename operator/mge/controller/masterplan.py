@@ -20,21 +20,24 @@ from mge.controller.acceptance import export_gate, requirements_of, sync_accepta
 from mge.controller.dependencies import check_dependencies
 from mge.controller.deps import ControllerDeps, deps_of
 from mge.controller.events import post_plan_event
+from mge.controller.llm_pools import read_pool_credentials
 from mge.cost.caps import OverrideRejected
 from mge.deps.status import apply_learned
 from mge.models.base import API_GROUP, API_VERSION
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
-from mge.models.masterplan import Atom, MasterplanSpec, MasterplanStatus
+from mge.models.masterplan import Atom, LLMEndpoint, MasterplanSpec, MasterplanStatus
 from mge.models.progress import WaveProgress
 from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.errors import AtomsSourceNotFound, InvalidSpec, PlanError
 from mge.plan.execution import decide_execution, decide_store_unavailable
+from mge.plan.llm_endpoint import ConfigProblem, PoolConfig, pool_config, problem_message
 from mge.plan.status import (
     KubeEvent,
     PlanningOutcome,
     TestOutcome,
     decide_invalid_spec,
+    decide_llm_configured,
     decide_planning,
     decide_wave_progress,
     decide_wave_tests,
@@ -97,7 +100,19 @@ async def reconcile_masterplan(
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
         assert not isinstance(atoms, PlanError)
         run = _Run(plan_id, str(meta.get("uid") or ""), namespace, name, generation)
-        retry = await _register(deps, run, parsed, atoms, outcome) or retry
+        llm = pool_config(namespace, parsed.llm) if parsed.llm is not None else None
+        problem = await _llm_problem(deps.kube, llm)
+        decide_llm_configured(
+            outcome.status,
+            pool=None if llm is None else llm.pool,
+            problem=problem,
+            generation=generation,
+            now=deps.now(),
+        )
+        if problem is None:
+            retry = await _register(deps, run, parsed, atoms, outcome, llm) or retry
+        else:  # nothing runs on another key: the plan waits, unregistered, until its Secret can be read
+            retry = retry or kopf.TemporaryError(problem[1], delay=deps.retry_missing_source_s)
     # Reported when the override is applied, not again each time the operator restarts (the spec is the same).
     resumed = reason == kopf.Reason.RESUME
     rejected = [e for e in outcome.events if e.reason == Reason.OVERRIDE_REJECTED and not resumed]
@@ -130,6 +145,7 @@ async def _register(
     spec: MasterplanSpec,
     atoms: Sequence[Atom],
     outcome: PlanningOutcome,
+    llm: PoolConfig | None,
 ) -> kopf.TemporaryError | None:
     """Hand the plan to the executors (Postgres); an outage becomes a condition and a retry, not a crash."""
     assert outcome.plan is not None
@@ -146,6 +162,7 @@ async def _register(
                 plan=outcome.plan,
                 plan_id=run.id,
                 uid=run.uid or None,
+                llm=llm,
             )
             await CostLedger(store.pool).apply_budget(run.id, spec.budget)
     except OverrideRejected as rejected:
@@ -161,6 +178,20 @@ async def _register(
     return None
 
 
+async def _llm_problem(kube: Kube, llm: PoolConfig | None) -> tuple[str, str] | None:
+    """Why the plan's own endpoint cannot be used, as the condition's (reason, message); None when it can (or
+    the plan has none). The key is read here only to check it: the executor sync copies it for the pool."""
+    if llm is None:
+        return None
+    try:
+        found = await read_pool_credentials(kube, llm)
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    if isinstance(found, ConfigProblem):
+        return found.value, problem_message(found, llm)
+    return None
+
+
 async def sync_progress(
     deps: ControllerDeps, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
@@ -173,6 +204,9 @@ async def sync_progress(
     planned = find_condition(observed.conditions, ConditionType.PLANNED)
     if planned is None or planned.status != ConditionStatus.TRUE:
         return
+    configured = find_condition(observed.conditions, ConditionType.LLM_CONFIGURED)
+    if configured is not None and configured.status == ConditionStatus.FALSE:
+        return  # not handed to executors: nothing in Postgres to report
     current_trace_id.set(observed.trace_id)
     generation = int(meta.get("generation") or 0)
     if observed.observed_generation != generation:
@@ -186,7 +220,9 @@ async def sync_progress(
             waves = await store.wave_progress(plan_id)
             spend = await CostLedger(store.pool).spend(plan_id)
             scaling = await store.scaling_signals()
-            outages = await store.endpoint_outages()
+            llm = spec.get("llm")
+            pool = pool_config(namespace, LLMEndpoint.model_validate(llm)).pool if llm else None
+            outages = await store.endpoint_outages(llm_pool=pool)
             acceptance, wave_tests = await sync_acceptance(
                 deps, store, plan_id, namespace, name, body, requirements_of(spec), progress, waves, logger
             )

@@ -67,6 +67,8 @@ class GenerationConfig:
     endpoint_wait_s: float = 1800.0
     endpoint_retry_first_s: float = 2.0
     endpoint_retry_max_s: float = 60.0
+    # The LLM pool whose plans this generator serves (None: plans on the operator's default endpoint).
+    llm_pool: str | None = None
 
 
 class TestGenerator:
@@ -92,7 +94,9 @@ class TestGenerator:
 
     async def generate_claimed(self) -> bool:
         """Generate the tests of one plan whose generation is requested; False when there was none."""
-        plan_id = await self.acceptance.claim_generation(self.config.executor_id, self.config.lease_s)
+        plan_id = await self.acceptance.claim_generation(
+            self.config.executor_id, self.config.lease_s, llm_pool=self.config.llm_pool
+        )
         if plan_id is None:
             return False
         self.holding = plan_id

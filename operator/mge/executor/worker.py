@@ -131,6 +131,9 @@ class ExecutorConfig:
     # A reservation outlives its call: by default the longest a call can take (slot wait, every HTTP try and
     # backoff) plus two heartbeats; every heartbeat extends what this executor holds by as much again.
     reservation_ttl_s: float | None = None
+    # The LLM pool this executor serves: plans whose spec.llm names that endpoint (None: plans without spec.llm,
+    # on the operator's default endpoint). Its LLM client is built with that pool's endpoint and key.
+    llm_pool: str | None = None
 
 
 class Executor:
@@ -178,6 +181,7 @@ class Executor:
                 temperature=config.temperature,
                 reservation_ttl_s=self.reservation_ttl_s,
                 lease_s=config.lease_s,  # renewed by the heartbeat like the atoms' leases
+                llm_pool=config.llm_pool,
             ),
             validator,
         )
@@ -204,7 +208,9 @@ class Executor:
                 claimed = []
                 if free:
                     try:
-                        claimed = await self.store.claim(self.config.executor_id, free, self.config.lease_s)
+                        claimed = await self.store.claim(
+                            self.config.executor_id, free, self.config.lease_s, self.config.llm_pool
+                        )
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
                 self._generate_tests()
@@ -391,6 +397,7 @@ class Executor:
             ],
             endpoint=self.circuit.report(time.monotonic()),
             rate_limits=self.gate.provider.snapshot(time.monotonic()),
+            llm_pool=self.config.llm_pool,
         )
         if isinstance(limiter, AdaptiveLimiter):
             # The provider answers to every executor on the endpoint: the limiter grows and rounds by it.

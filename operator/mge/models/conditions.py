@@ -20,6 +20,7 @@ class ConditionType(StrEnum):
     EXECUTOR_SCALING = "ExecutorScaling"
     LLM_REPLAY = "LLMReplay"
     LLM_AVAILABLE = "LLMAvailable"
+    LLM_CONFIGURED = "LLMConfigured"
 
 
 class ConditionStatus(StrEnum):
@@ -76,6 +77,11 @@ class Reason(StrEnum):
     RECORDED_ANSWERS = "RecordedAnswers"
     ENDPOINT_DOWN = "EndpointDown"
     ENDPOINT_AVAILABLE = "EndpointAvailable"
+    CREDENTIALS_READ = "CredentialsRead"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_FORBIDDEN = "SecretForbidden"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    BASE_URL_MISSING = "BaseURLMissing"
 
 
 # Reasons that mean "blocked or broken": their Events are of type Warning.
@@ -103,6 +109,10 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.PROMETHEUS_UNAVAILABLE,
         Reason.ENDPOINT_DOWN,
         Reason.SCALER_NOT_REPORTING,
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_FORBIDDEN,
+        Reason.SECRET_KEY_MISSING,
+        Reason.BASE_URL_MISSING,
     }
 )
 

@@ -8,8 +8,10 @@ from mge.models.base import API_GROUP, API_VERSION
 from mge.models.masterplan import MasterplanSpec, MasterplanStatus
 from mge.models.wave import WaveSpec, WaveStatus
 
-# Keys the API server rejects or that carry no meaning in a structural schema.
-_DROPPED_KEYS: Final = frozenset({"title", "$defs", "additionalProperties"})
+# Keys the API server rejects or that carry no meaning in a structural schema (a boolean
+# additionalProperties, from models that forbid extra fields; a map's value schema is kept, or the API
+# server would prune the map's entries).
+_DROPPED_KEYS: Final = frozenset({"title", "$defs"})
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -35,7 +37,7 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         return _resolve(merged, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROPPED_KEYS:
+        if key in _DROPPED_KEYS or (key == "additionalProperties" and isinstance(value, bool)):
             continue
         if key == "const":
             out["enum"] = [value]

@@ -137,6 +137,16 @@ class AtomsSource(KubeModel):
 # API server's regular expressions have no lookahead).
 PROJECT_PATH_PATTERN: Final = r"^[^/\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 MAX_SCAFFOLD_FILES: Final = 200
+# spec.llm: a Secret name and key, as the API server accepts them.
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
+DEFAULT_API_KEY_KEY: Final = "OPENAI_API_KEY"
+BASE_URL_PATTERN: Final = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+HEADER_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
+# Set by the client itself: a plan must not replace the key it was given or break the request.
+RESERVED_HEADERS: Final = frozenset({"authorization", "content-type", "host"})
+MAX_LLM_HEADERS: Final = 16
+MAX_HEADER_VALUE: Final = 1024
 MAX_SCAFFOLD_FILE_BYTES: Final = 256_000
 
 
@@ -188,14 +198,105 @@ class Scaffold(KubeModel):
 
 class SecretRef(KubeModel):
     name: str = Field(
-        description="Name of a Secret in the Masterplan's namespace.", min_length=1, max_length=253
+        description="Name of a Secret in the Masterplan's namespace.",
+        min_length=1,
+        max_length=253,
+        json_schema_extra={"pattern": DNS_SUBDOMAIN_PATTERN},
     )
+    key: str = Field(
+        DEFAULT_API_KEY_KEY,
+        description="The Secret's key that holds the API key.",
+        min_length=1,
+        max_length=253,
+        json_schema_extra={"pattern": SECRET_KEY_PATTERN},
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_secret_name(cls, name: str) -> str:
+        if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name):
+            raise ValueError(f"must be a Secret name (lowercase letters, digits, '-' and '.'); got {name!r}")
+        return name
+
+    @field_validator("key")
+    @classmethod
+    def _key_is_a_secret_key(cls, key: str) -> str:
+        if not re.fullmatch(SECRET_KEY_PATTERN, key):
+            raise ValueError(f"must be a Secret key (letters, digits, '-', '_' and '.'); got {key!r}")
+        return key
 
 
 class LLMEndpoint(KubeModel):
-    secret_ref: SecretRef = Field(
-        description="Secret with OPENAI_BASE_URL and OPENAI_API_KEY for an OpenAI-compatible endpoint."
+    """The plan's own OpenAI-compatible endpoint: its calls go there, with the key from the plan's Secret."""
+
+    base_url: str | None = Field(
+        None,
+        alias="baseURL",
+        description="Endpoint URL, e.g. https://api.openai.com/v1; default: the Secret's OPENAI_BASE_URL.",
+        max_length=2048,
+        json_schema_extra={"pattern": BASE_URL_PATTERN},
     )
+    secret_ref: SecretRef = Field(
+        description="Secret in the Masterplan's namespace with the API key (and optionally OPENAI_BASE_URL)."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers sent with every call (e.g. an organisation or project id); not for "
+        "secrets, which belong in the Secret. Authorization, Content-Type and Host are set by the operator.",
+        max_length=MAX_LLM_HEADERS,
+        json_schema_extra={
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_HEADER_VALUE,
+                "pattern": r"^[^\x00-\x1f\x7f]*$",
+            }
+        },
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.headers) || self.headers.all(h, !h.matches('(?i)^("
+                    + "|".join(sorted(RESERVED_HEADERS))
+                    + ")$'))",
+                    "message": "headers must not set Authorization, Content-Type or Host: the key goes in "
+                    "the Secret named by secretRef",
+                    "fieldPath": ".headers",
+                },
+                {
+                    "rule": "!has(self.headers) || self.headers.all(h, h.matches('"
+                    + HEADER_NAME_PATTERN
+                    + "'))",
+                    "message": "header names must be HTTP tokens (letters, digits, '-')",
+                    "fieldPath": ".headers",
+                },
+            ]
+        }
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(BASE_URL_PATTERN, url):
+            raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1; got {url!r}")
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_plain(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not re.fullmatch(HEADER_NAME_PATTERN, name):
+                raise ValueError(f"header name {name!r} is not an HTTP token (letters, digits, '-')")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(
+                    f"header {name!r} is set by the operator: put the API key in the Secret named by secretRef"
+                )
+            if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > MAX_HEADER_VALUE:
+                raise ValueError(
+                    f"header {name!r}: the value must be one line of at most {MAX_HEADER_VALUE} characters"
+                )
+        return headers
 
 
 class BudgetOverride(KubeModel):

@@ -107,6 +107,32 @@ def transition_events(before: Sequence[Condition], after: Sequence[Condition]) -
     return events
 
 
+def decide_llm_configured(
+    status: MasterplanStatus,
+    *,
+    pool: str | None,
+    problem: tuple[str, str] | None,
+    generation: int,
+    now: datetime,
+) -> None:
+    """LLMConfigured on a plan with spec.llm: True once its Secret was read (the key copied for its executor
+    pool), else False with the problem's (reason, message). A plan without spec.llm has no such condition."""
+    if pool is None:
+        status.conditions = [c for c in status.conditions if c.type != ConditionType.LLM_CONFIGURED]
+        return
+    conditions = ConditionLog(status.conditions, generation, now)
+    if problem is None:
+        conditions.set(
+            ConditionType.LLM_CONFIGURED,
+            ConditionStatus.TRUE,
+            Reason.CREDENTIALS_READ,
+            f"calls go to spec.llm's endpoint with the key from its Secret (executor pool {pool})",
+        )
+    else:
+        reason, message = problem
+        conditions.set(ConditionType.LLM_CONFIGURED, ConditionStatus.FALSE, Reason(reason), message)
+
+
 def decide_planning(
     *,
     name: str,

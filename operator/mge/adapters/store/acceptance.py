@@ -476,15 +476,21 @@ class AcceptanceStore:
         return bool(requested)
 
     async def claim_generation(
-        self, owner: str, lease_seconds: float, plan_id: uuid.UUID | None = None
+        self,
+        owner: str,
+        lease_seconds: float,
+        plan_id: uuid.UUID | None = None,
+        llm_pool: str | None = None,
     ) -> uuid.UUID | None:
-        """Take one requested (or abandoned: lease expired) generation; None when there is nothing to do."""
+        """Take one requested (or abandoned: lease expired) generation of a plan on `llm_pool` (None: the
+        default endpoint); None when there is nothing to do."""
         claimed = await self.pool.fetchval(
             """WITH claimable AS (
-                   SELECT masterplan_id FROM acceptance_generation_claims
-                   WHERE ($3::uuid IS NULL OR masterplan_id = $3)
-                     AND (state = 'requested' OR (state = 'running' AND lease_expires_at < now()))
-                   ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED
+                   SELECT c.masterplan_id FROM acceptance_generation_claims c
+                   JOIN masterplans m ON m.id = c.masterplan_id
+                   WHERE ($3::uuid IS NULL OR c.masterplan_id = $3) AND m.llm_pool IS NOT DISTINCT FROM $4
+                     AND (c.state = 'requested' OR (c.state = 'running' AND c.lease_expires_at < now()))
+                   ORDER BY c.updated_at LIMIT 1 FOR UPDATE OF c SKIP LOCKED
                )
                UPDATE acceptance_generation_claims g SET state = 'running', lease_owner = $1,
                    lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
@@ -493,6 +499,7 @@ class AcceptanceStore:
             owner,
             lease_seconds,
             plan_id,
+            llm_pool,
         )
         return None if claimed is None else uuid.UUID(str(claimed))
 

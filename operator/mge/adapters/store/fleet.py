@@ -33,20 +33,21 @@ class FleetStatus:
         statistics: CallSummary | None = None,
         endpoint: EndpointReport | None = None,
         rate_limits: dict[str, Any] | None = None,
+        llm_pool: str | None = None,
     ) -> None:
         stats = statistics or CallSummary(None, None, 0, 0)
         health = endpoint or EndpointReport(None, "closed", None, None)
         await self.pool.execute(
             """INSERT INTO executor_status (executor, llm_limit, in_flight, queue_size, adjustments, atoms_held,
                    llm_p95_s, db_p95_s, llm_requests, llm_errors, llm_endpoint, llm_circuit, llm_last_error,
-                   llm_down_since, llm_rate_limits, updated_at)
+                   llm_down_since, llm_rate_limits, llm_pool, updated_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                       now() - make_interval(secs => $14), $15, now())
+                       now() - make_interval(secs => $14), $15, $16, now())
                ON CONFLICT (executor) DO UPDATE SET llm_limit = $2, in_flight = $3, queue_size = $4,
                    adjustments = $5, atoms_held = $6, llm_p95_s = $7, db_p95_s = $8, llm_requests = $9,
                    llm_errors = $10, llm_endpoint = $11, llm_circuit = $12, llm_last_error = $13,
                    llm_down_since = now() - make_interval(secs => $14), llm_rate_limits = $15,
-                   updated_at = now()""",
+                   llm_pool = $16, updated_at = now()""",
             executor,
             limit,
             in_flight,
@@ -62,37 +63,47 @@ class FleetStatus:
             health.last_error,
             health.down_for_s,
             json.dumps(rate_limits) if rate_limits else None,
+            llm_pool,
         )
 
-    async def endpoint_outages(self, fresh_s: float = 120.0) -> list[EndpointOutage]:
-        """LLM endpoints that executors seen in the last `fresh_s` seconds have stopped sending work to."""
+    async def endpoint_outages(
+        self, fresh_s: float = 120.0, llm_pool: str | None = None
+    ) -> list[EndpointOutage]:
+        """LLM endpoints that executors of `llm_pool` (None: the default endpoint's) seen in the last `fresh_s`
+        seconds have stopped sending work to."""
         rows = await self.pool.fetch(
             """SELECT llm_endpoint AS endpoint, (array_agg(llm_last_error ORDER BY updated_at DESC))[1]
                           AS last_error,
                       min(llm_down_since) AS down_since, count(*) AS executors
                FROM executor_status
                WHERE llm_circuit <> 'closed' AND llm_endpoint IS NOT NULL AND llm_down_since IS NOT NULL
-                 AND updated_at > now() - make_interval(secs => $1)
+                 AND updated_at > now() - make_interval(secs => $1) AND llm_pool IS NOT DISTINCT FROM $2
                GROUP BY llm_endpoint ORDER BY llm_endpoint""",
             fresh_s,
+            llm_pool,
         )
         return [EndpointOutage(**{**dict(r), "last_error": r["last_error"] or "unknown error"}) for r in rows]
 
-    async def executor_statistics(self, fresh_s: float = 60.0) -> list[CallSummary]:
-        """The call statistics of executors that reported in the last `fresh_s` seconds."""
+    async def executor_statistics(
+        self, fresh_s: float = 60.0, llm_pool: str | None = None
+    ) -> list[CallSummary]:
+        """The call statistics of executors of `llm_pool` that reported in the last `fresh_s` seconds."""
         rows = await self.pool.fetch(
             """SELECT llm_p95_s, db_p95_s, llm_requests, llm_errors FROM executor_status
-               WHERE updated_at > now() - make_interval(secs => $1)""",
+               WHERE updated_at > now() - make_interval(secs => $1) AND llm_pool IS NOT DISTINCT FROM $2""",
             fresh_s,
+            llm_pool,
         )
         return [CallSummary(**dict(r)) for r in rows]
 
-    async def executor_load(self, fresh_s: float = 60.0) -> dict[str, int]:
-        """Atoms held per executor that reported in the last `fresh_s` seconds (a few heartbeats)."""
+    async def executor_load(self, fresh_s: float = 60.0, llm_pool: str | None = None) -> dict[str, int]:
+        """Atoms held per executor of `llm_pool` that reported in the last `fresh_s` seconds (a few
+        heartbeats)."""
         rows = await self.pool.fetch(
             """SELECT executor, greatest(atoms_held, in_flight) AS held FROM executor_status
-               WHERE updated_at > now() - make_interval(secs => $1)""",
+               WHERE updated_at > now() - make_interval(secs => $1) AND llm_pool IS NOT DISTINCT FROM $2""",
             fresh_s,
+            llm_pool,
         )
         return {r["executor"]: int(r["held"]) for r in rows}
 

@@ -1,5 +1,6 @@
 """Masterplan runs in Postgres: registration (and re-planning), suspension, retirement, identity."""
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -12,6 +13,7 @@ from mge.adapters.store.queue import RETIRED_CHANNEL, notify_ready
 from mge.concurrency.ramp import restart_allowance
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.plan.dag import Plan
+from mge.plan.llm_endpoint import PoolConfig
 from mge.plan.sync import PlanSync, atom_fingerprint, sync_atoms
 
 MASTERPLAN_NAMESPACE: Final = uuid.UUID("6f1c1d1e-4d0b-4c55-9d1a-6d6765000001")
@@ -114,6 +116,7 @@ class PlanRegistry:
         max_attempts: int = 3,
         plan_id: uuid.UUID | None = None,
         uid: str | None = None,
+        llm: PoolConfig | None = None,
     ) -> tuple[uuid.UUID, PlanSync]:
         """Upsert the run `plan_id` (default: the local run of namespace/name) of the object `uid`; unchanged
         atoms keep their results, changed ones and their dependents start over. Another live run of the same
@@ -141,10 +144,12 @@ class PlanRegistry:
                 await _retire(connection, other["id"])
             await connection.execute(
                 """INSERT INTO masterplans (id, namespace, name, trace_id, generation, model, priority, suspended,
-                       requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage, uid)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                       requirements, budget_limit_usd, soft_cap_percentage, hard_cap_percentage, uid,
+                       llm_pool, llm_config)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                    ON CONFLICT (id) DO UPDATE SET generation = $5, model = $6, priority = $7, suspended = $8,
-                       requirements = $9, uid = coalesce($13, masterplans.uid), updated_at = now()""",
+                       requirements = $9, uid = coalesce($13, masterplans.uid), llm_pool = $14,
+                       llm_config = $15, updated_at = now()""",
                 plan_id,
                 namespace,
                 name,
@@ -158,6 +163,8 @@ class PlanRegistry:
                 Decimal(str(budget.soft_cap_percent)),
                 Decimal(str(budget.hard_cap_percent)),
                 uid,
+                None if llm is None else llm.pool,
+                None if llm is None else json.dumps(llm.as_json()),
             )
             trace = await connection.fetchval("SELECT trace_id FROM masterplans WHERE id = $1", plan_id)
             rows = await connection.fetch(
@@ -274,6 +281,14 @@ class PlanRegistry:
             if (r["uid"] not in uids if r["uid"] is not None else (r["namespace"], r["name"]) not in names)
         ]
         return [plan_id for plan_id in gone if await self.retire(plan_id)]
+
+    async def llm_pools(self) -> list[PoolConfig]:
+        """The LLM pools of plans that are not retired, one per pool (plans of a pool share their config)."""
+        rows = await self.pool.fetch(
+            """SELECT DISTINCT ON (llm_pool) llm_pool, llm_config FROM masterplans
+               WHERE llm_pool IS NOT NULL AND retired_at IS NULL ORDER BY llm_pool, updated_at DESC"""
+        )
+        return [PoolConfig.from_json(r["llm_pool"], json.loads(r["llm_config"])) for r in rows]
 
     async def live_run(self, namespace: str, name: str) -> uuid.UUID | None:
         """The run of namespace/name that is not retired (a deleted Masterplan's runs are), None if none."""

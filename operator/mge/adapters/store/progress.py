@@ -113,13 +113,16 @@ class PlanProgress:
             outputs=[(r["file"], r["output"]) for r in rows if r["state"] == "succeeded"],
         )
 
-    async def runnable(self) -> tuple[int, int]:
-        """(ready, running) atoms of plans that are not suspended, across the whole store: executor demand."""
+    async def runnable(self, llm_pool: str | None = None) -> tuple[int, int]:
+        """(ready, running) atoms of plans on `llm_pool` (None: the default endpoint) that are not suspended:
+        that pool's executor demand."""
         row: Any = await self.pool.fetchrow(
             """SELECT count(*) FILTER (WHERE a.state = 'ready') AS ready,
                       count(*) FILTER (WHERE a.state = 'running') AS running
                FROM atoms a JOIN masterplans m ON m.id = a.masterplan_id
-               WHERE NOT m.suspended AND NOT m.budget_exhausted AND a.state IN ('ready', 'running')"""
+               WHERE NOT m.suspended AND NOT m.budget_exhausted AND a.state IN ('ready', 'running')
+                 AND m.llm_pool IS NOT DISTINCT FROM $1""",
+            llm_pool,
         )
         return int(row["ready"]), int(row["running"])
 

@@ -72,7 +72,7 @@ WITH plans AS (
            END AS room
     FROM masterplans m
     LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, allowance) ON r.plan_id = m.id
-    WHERE NOT m.suspended AND NOT m.budget_exhausted
+    WHERE NOT m.suspended AND NOT m.budget_exhausted AND m.llm_pool IS NOT DISTINCT FROM $6
       AND (r.plan_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM plan_ramps l WHERE l.masterplan_id = m.id))
       AND EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = m.id AND w.state IN ('ready', 'running'))
 ),
@@ -182,9 +182,11 @@ class AtomQueue:
         now: datetime = await self.pool.fetchval("SELECT now()")
         return now
 
-    async def claim(self, executor: str, limit: int, lease_seconds: float) -> list[ClaimedAtom]:
-        """Take up to `limit` ready atoms (or atoms whose lease expired), highest priority first; a ramping
-        plan only up to its fleet-wide allowance."""
+    async def claim(
+        self, executor: str, limit: int, lease_seconds: float, llm_pool: str | None = None
+    ) -> list[ClaimedAtom]:
+        """Take up to `limit` ready atoms (or atoms whose lease expired) of plans on `llm_pool` (None:
+        the default endpoint), highest priority first; a ramping plan only up to its fleet-wide allowance."""
         async with self.pool.acquire() as connection, connection.transaction():
             ramps = await connection.fetch(_LOCK_RAMPS_SQL)
             rows = await connection.fetch(
@@ -194,6 +196,7 @@ class AtomQueue:
                 [r["masterplan_id"] for r in ramps],
                 [r["allowance"] for r in ramps],
                 float(lease_seconds),
+                llm_pool,
             )
         return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
 

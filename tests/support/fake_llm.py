@@ -50,6 +50,8 @@ class FakeLLMConfig:
     # This share of requests fails at random (seeded) with one of `fault_statuses`, as providers do now and then.
     fault_rate: float = 0.0
     fault_statuses: tuple[int, ...] = (429, 500, 502, 503)
+    # A provider account: a request without `Authorization: Bearer <api_key>` is refused with 401.
+    api_key: str | None = None
 
 
 @dataclass
@@ -68,6 +70,11 @@ class FakeLLMStats:
     latencies_s: list[float] = field(default_factory=list)
     trace_ids: set[str] = field(default_factory=set)
     traceparents: list[str] = field(default_factory=list)
+    # The Authorization header and the atom of every chat request, as received.
+    authorizations: Counter[str] = field(default_factory=Counter)
+    atoms_seen: set[str] = field(default_factory=set)
+    # Every request's headers (chat requests), to check that a plan's spec.llm.headers arrive.
+    request_headers: list[dict[str, str]] = field(default_factory=list)
 
 
 def _truncated(content: str, max_tokens: int | None) -> str:
@@ -200,6 +207,12 @@ class FakeLLM:
         atom = request.headers.get("X-MGE-Atom", "")
         attempt = int(request.headers.get("X-MGE-Attempt", "1"))
         stats.calls_per_atom[atom] += 1
+        stats.authorizations[request.headers.get("Authorization", "")] += 1
+        stats.atoms_seen.add(atom)
+        stats.request_headers.append(dict(request.headers))
+        if config.api_key is not None and request.headers.get("Authorization") != f"Bearer {config.api_key}":
+            stats.rejected += 1
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
         if self.down_with is not None:
             stats.rejected += 1
             return web.json_response({"error": {"message": "service unavailable"}}, status=self.down_with)

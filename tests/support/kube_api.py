@@ -110,6 +110,8 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.grants: set[tuple[str, str, str, str]] = set()  # (user, namespace, resource/subresource, verb)
         # What `kubectl logs` returns per (namespace, pod name); set by tests that play the kubelet.
         self.pod_logs: dict[tuple[str, str], str] = {}
+        # (plural, namespace) the caller has no RBAC for: every request there is answered 403, as without a Role.
+        self.forbidden: set[tuple[str, str]] = set()
 
     def declare(
         self,
@@ -151,6 +153,10 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def _serve(self, request: rendering.Request) -> aiohttp.web.Response:
         action, resource = request.action, request.resource
+        if (resource.plural, request.namespace) in self.forbidden:
+            return _status(
+                403, "Forbidden", f"{resource.plural} is forbidden in namespace {request.namespace}"
+            )
         if action == enums.action.LIST:
             self.lists[resource.plural] += 1
             selector = request.params.get("labelSelector", "")

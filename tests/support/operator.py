@@ -27,6 +27,7 @@ async def fake_cluster() -> AsyncIterator[KubeAPI]:
     api.declare("", "v1", "namespaces", "Namespace", namespaced=False)
     api.declare("", "v1", "events", "Event")
     api.declare("", "v1", "configmaps", "ConfigMap")
+    api.declare("", "v1", "secrets", "Secret")
     api.declare("events.k8s.io", "v1", "events", "Event")
     api.declare("apps", "v1", "deployments", "Deployment")
     api.declare("batch", "v1", "jobs", "Job")

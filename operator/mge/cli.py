@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mge.adapters.local_dirs import FolderRefused, check_out_dir, check_separate, record_problem
-from mge.adapters.manifests import load_plan_input, masterplan_file
+from mge.adapters.manifests import load_context_documents, load_plan_input, masterplan_file
 from mge.adapters.tokenizer import count_tokens
 from mge.cli_deps import deps_app
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice, UnknownModelPrice, parse_price_table, price_for
@@ -26,10 +26,12 @@ from mge.plan.files import check_files
 
 if TYPE_CHECKING:
     from mge.adapters.acceptance_job import AcceptanceJobConfig
+    from mge.adapters.cache import Embedder
     from mge.adapters.kube import Kube
     from mge.adapters.llm import LLM
     from mge.executor.draft import DraftResult
     from mge.executor.local_run import LocalRun, RunResult
+    from mge.executor.retrieval import RetrievalSetup
     from mge.models.masterplan import LLMEndpoint
     from mge.settings import Settings
     from mge.trace.tree import TraceTree
@@ -251,6 +253,10 @@ def run(
             raise _fail(problem)
     client = _open_llm(llm, recording, spec.llm)
     console.print(f"[bold]LLM:[/] {client.label}")
+    try:
+        documents = load_context_documents(path, spec)
+    except ManifestError as error:
+        raise _fail(str(error)) from None
     state_dir = state_dir or Path(".mge") / name
     out = out or Path("out") / name
     cache_dir = (cache_dir or state_dir.parent / LOCAL_CACHE_DIR.name) if cache else None
@@ -272,6 +278,8 @@ def run(
         prices=price_table,
         cache_dir=cache_dir,
         record=recording if record else None,
+        context_documents=documents,
+        embedder=_endpoint_embedder(spec.llm) if llm == "openai" and spec.context is not None else None,
     )
     result = asyncio.run(_run_and_close(options, client))
     if record:
@@ -318,6 +326,19 @@ def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None)
         where = "spec.llm.baseURL" if endpoint is not None and endpoint.base_url else "OPENAI_BASE_URL"
         raise _fail(f"{problem}; check {where} and OPENAI_API_KEY")
     return client
+
+
+def _endpoint_embedder(endpoint: "LLMEndpoint | None", model: str = "text-embedding-3-small") -> "Embedder":
+    """POST <the LLM endpoint>/embeddings with its key: retrieval for `mge run --llm openai`."""
+    import os
+
+    from mge.adapters.cache import OpenAIEmbeddings
+
+    base_url = (endpoint.base_url if endpoint is not None else None) or os.environ.get(
+        "OPENAI_BASE_URL", "https://api.openai.com/v1"
+    )
+    headers = endpoint.headers if endpoint is not None else {}
+    return OpenAIEmbeddings(base_url, os.environ.get("OPENAI_API_KEY", ""), model, headers=headers)
 
 
 async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
@@ -708,6 +729,7 @@ def executor(log_format: LogFormatOption = None) -> None:
             validator,
             prices,
             ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0, llm_pool=settings.llm_pool or None),
+            _retrieval(settings, offline=replay is not None),
         )
         try:
             await worker.run(stop)
@@ -717,6 +739,33 @@ def executor(log_format: LogFormatOption = None) -> None:
             await store.close()
 
     asyncio.run(serve())
+
+
+def _retrieval(settings: "Settings", *, offline: bool) -> "RetrievalSetup":
+    """What an executor retrieves spec.context with: its own endpoint's /embeddings (so a plan's key pays for
+    its plan's embeddings), or hashed n-grams offline; the RAG query cache in the prompt cache's Redis."""
+    import os
+
+    from mge.adapters.cache import OfflineEmbedder, OpenAIEmbeddings, connect_redis
+    from mge.executor.retrieval import RetrievalSetup
+
+    embedder: Embedder = (
+        OfflineEmbedder()
+        if offline or settings.retrieval_offline
+        else OpenAIEmbeddings(
+            settings.embeddings_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            os.environ.get("OPENAI_API_KEY", ""),
+            settings.embeddings_model,
+            headers=settings.llm_headers,
+        )
+    )
+    redis = connect_redis(settings.redis_url) if settings.redis_url and settings.cache_enabled else None
+    return RetrievalSetup(
+        embedder,
+        redis,
+        cache_ttl_s=settings.cache_rag_ttl_seconds,
+        cache_threshold=settings.cache_similarity_threshold,
+    )
 
 
 def _with_cache(inner: "LLM", settings: "Settings", prices: dict[str, ModelPrice], store: Any) -> "LLM":

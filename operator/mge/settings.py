@@ -125,7 +125,16 @@ class Settings(BaseSettings):
     embeddings_url: str = Field(
         "", description="OpenAI-compatible base URL for /embeddings; empty = offline hashed n-grams."
     )
-    embeddings_model: str = Field("text-embedding-3-small", description="Model sent to /embeddings.")
+    embeddings_model: str = Field(
+        "text-embedding-3-small",
+        description="Model sent to /embeddings (must be in the price table: retrieval's embeddings are paid "
+        "through the plan's ledger).",
+    )
+    retrieval_offline: bool = Field(
+        False,
+        description="Executors: embed spec.context with hashed n-grams (no cost, weaker) instead of POST "
+        "<MGE_EMBEDDINGS_URL or OPENAI_BASE_URL>/embeddings with the executor's key.",
+    )
     batch_enabled: bool = Field(False, description="Group small independent atoms into one LLM request.")
     batch_max_size: int = Field(5, ge=1, le=20, description="Atoms per batched request at most.")
     batch_window_ms: int = Field(500, ge=0, le=5000, description="How long a batch waits to fill up.")

@@ -291,10 +291,18 @@ class EmbeddingsUnavailable(RuntimeError):
 class OpenAIEmbeddings:
     """POST {base_url}/embeddings of any OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM)."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        *,
+        timeout_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.model = model
         self._url = base_url.rstrip("/") + "/embeddings"
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 

@@ -70,6 +70,16 @@ class Kube:
         value = data.get(key)
         return str(value) if value is not None else None
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The ConfigMap's data; None if it does not exist."""
+        try:
+            config_map = await self._call(self._core.read_namespaced_config_map, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {str(k): str(v) for k, v in (config_map.data or {}).items()}
+
     async def list_waves(self, namespace: str, masterplan: str) -> list[dict[str, Any]]:
         result = await self._call(
             self._custom.list_namespaced_custom_object,

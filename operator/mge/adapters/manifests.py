@@ -17,6 +17,7 @@ from mge.models.manifest import (
     parse_masterplan,
 )
 from mge.models.masterplan import Atom, MasterplanSpec
+from mge.retrieval.documents import ContextDocument, ContextSourceMissing, context_documents
 
 
 def masterplan_file(path: Path) -> Path:
@@ -55,3 +56,27 @@ def load_plan_input(path: Path) -> tuple[str, MasterplanSpec, list[Atom]]:
             f"{file}: spec.atomsFrom names ConfigMap {ref.name!r} key {ref.key!r}; add that ConfigMap to the file"
         )
     return name, spec, parse_atom_list(text, f"ConfigMap {ref.name} key {ref.key}")
+
+
+def load_context_documents(path: Path, spec: MasterplanSpec) -> list[ContextDocument]:
+    """spec.context's documents from the ConfigMaps in the manifest file (local mode's stand-in for the
+    cluster); raises ManifestError naming a missing one."""
+    if spec.context is None:
+        return []
+    file = masterplan_file(path)
+    documents = load_documents(file.read_text(), str(file))
+    found: dict[str, dict[str, str] | None] = {}
+    for source in spec.context.config_maps:
+        data = next(
+            (
+                d.get("data") or {}
+                for d in documents
+                if d.get("kind") == "ConfigMap" and (d.get("metadata") or {}).get("name") == source.name
+            ),
+            None,
+        )
+        found[source.name] = None if data is None else {str(k): str(v) for k, v in data.items()}
+    try:
+        return context_documents(spec.context, found)
+    except ContextSourceMissing as missing:
+        raise ManifestError(f"{file}: {missing}; locally, add that ConfigMap to the file") from None

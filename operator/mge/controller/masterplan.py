@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.store.context import context_settings
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.plans import PlanRetired, run_uuid
@@ -26,10 +27,10 @@ from mge.deps.status import apply_learned
 from mge.models.base import API_GROUP, API_VERSION
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
-from mge.models.masterplan import Atom, LLMEndpoint, MasterplanSpec, MasterplanStatus
+from mge.models.masterplan import Atom, LLMEndpoint, MasterplanSpec, MasterplanStatus, PlanContext
 from mge.models.progress import WaveProgress
 from mge.models.wave import WaveSpec, WaveStatus
-from mge.plan.errors import AtomsSourceNotFound, InvalidSpec, PlanError
+from mge.plan.errors import AtomsSourceNotFound, ContextSourceNotFound, InvalidSpec, PlanError
 from mge.plan.execution import decide_execution, decide_store_unavailable
 from mge.plan.llm_endpoint import ConfigProblem, PoolConfig, pool_config, problem_message
 from mge.plan.status import (
@@ -45,6 +46,7 @@ from mge.plan.status import (
     transition_events,
     wave_name,
 )
+from mge.retrieval.documents import ContextDocument, ContextSourceMissing, context_documents
 from mge.trace.context import current_trace_id
 
 PROGRESS_INTERVAL_SECONDS = 10.0
@@ -90,7 +92,14 @@ async def reconcile_masterplan(
         atoms = await _read_atoms(deps.kube, namespace, parsed)
         if not isinstance(atoms, PlanError) and observed.dependencies is not None:
             atoms = apply_learned(atoms, observed.dependencies.learned, generation)
-        if isinstance(atoms, AtomsSourceNotFound):
+        documents: list[ContextDocument] = []
+        if not isinstance(atoms, PlanError) and parsed.context is not None:
+            found = await _read_context(deps.kube, namespace, parsed.context)
+            if isinstance(found, PlanError):
+                atoms = found
+            else:
+                documents = found
+        if isinstance(atoms, AtomsSourceNotFound | ContextSourceNotFound):
             retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
     current_trace_id.set(outcome.status.trace_id)
@@ -110,7 +119,7 @@ async def reconcile_masterplan(
             now=deps.now(),
         )
         if problem is None:
-            retry = await _register(deps, run, parsed, atoms, outcome, llm) or retry
+            retry = await _register(deps, run, parsed, atoms, outcome, llm, documents) or retry
         else:  # nothing runs on another key: the plan waits, unregistered, until its Secret can be read
             retry = retry or kopf.TemporaryError(problem[1], delay=deps.retry_missing_source_s)
     # Reported when the override is applied, not again each time the operator restarts (the spec is the same).
@@ -146,6 +155,7 @@ async def _register(
     atoms: Sequence[Atom],
     outcome: PlanningOutcome,
     llm: PoolConfig | None,
+    documents: Sequence[ContextDocument],
 ) -> kopf.TemporaryError | None:
     """Hand the plan to the executors (Postgres); an outage becomes a condition and a retry, not a crash."""
     assert outcome.plan is not None
@@ -165,6 +175,8 @@ async def _register(
                 llm=llm,
             )
             await CostLedger(store.pool).apply_budget(run.id, spec.budget)
+            settings = None if spec.context is None else context_settings(spec.context)
+            await store.store_context(run.id, settings, documents)
     except OverrideRejected as rejected:
         outcome.events.append(
             KubeEvent("Warning", Reason.OVERRIDE_REJECTED.value, f"Override not applied: {rejected}")
@@ -418,6 +430,20 @@ def _plan(
         count_tokens=deps.count_tokens,
         prices=deps.prices,
     )
+
+
+async def _read_context(
+    kube: Kube, namespace: str, context: PlanContext
+) -> list[ContextDocument] | PlanError:
+    """spec.context's documents, read from their ConfigMaps now (a later edit reaches the plan on re-apply)."""
+    try:
+        found = {c.name: await kube.read_config_map(namespace, c.name) for c in context.config_maps}
+    except KubeUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+    try:
+        return context_documents(context, found)
+    except ContextSourceMissing as missing:
+        return ContextSourceNotFound(str(missing))
 
 
 async def _read_atoms(kube: Kube, namespace: str, spec: MasterplanSpec) -> Sequence[Atom] | PlanError:

@@ -67,6 +67,9 @@ DEFAULT_PRICES: Final[Mapping[str, ModelPrice]] = {
     "o4-mini": _price("1.10", "0.275", "4.40"),
     "claude-sonnet-4": _price("3.00", "0.30", "15.00"),
     "claude-3-5-haiku": _price("0.80", "0.08", "4.00"),
+    # Embeddings for retrieval (spec.context): input tokens only.
+    "text-embedding-3-small": _price("0.02", "0.02", "0"),
+    "text-embedding-3-large": _price("0.13", "0.13", "0"),
 }
 
 

@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +17,14 @@ from rich.live import Live
 from rich.table import Table
 
 from mge.adapters import metrics
-from mge.adapters.cache import CacheSavings, LLMPromptCache, SavingsSummary, connect_redis
+from mge.adapters.cache import (
+    CacheSavings,
+    Embedder,
+    LLMPromptCache,
+    OfflineEmbedder,
+    SavingsSummary,
+    connect_redis,
+)
 from mge.adapters.deps_scan import check_generated
 from mge.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from mge.adapters.llm import LLM, RecordingLLM
@@ -25,6 +32,7 @@ from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.local_dirs import claim_state_dir, empty_state_dir, reset_out_dir
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
+from mge.adapters.store.context import context_settings
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.adapters.store.trace import TraceStore, export_trace_metrics
@@ -32,11 +40,13 @@ from mge.concurrency.circuit import CircuitState
 from mge.cost.pricing import ModelPrice
 from mge.deps.compare import PlanCheck
 from mge.executor.acceptance import Evaluation, LocalAcceptance, write_project
+from mge.executor.retrieval import RetrievalSetup
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.models.progress import Progress, Spend, WaveProgress
 from mge.plan.dag import plan_dag
+from mge.retrieval.documents import ContextDocument
 from mge.trace.context import new_trace_id
 from mge.trace.tree import cost_by_wave
 
@@ -59,6 +69,10 @@ class LocalRun:
     cache_dir: Path | None = None
     # Every answer (prompt-cache hits included) is appended to this responses.jsonl for --llm replay.
     record: Path | None = None
+    # spec.context's documents (ConfigMaps in the manifest file) and the embedder for retrieval (None:
+    # offline hashed n-grams, as for --llm replay).
+    context_documents: list[ContextDocument] = field(default_factory=list)
+    embedder: Embedder | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,13 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         )
         ledger = CostLedger(store.pool)
         await ledger.apply_budget(plan_id, run.spec.budget)
+        context = None if run.spec.context is None else context_settings(run.spec.context)
+        await store.store_context(plan_id, context, run.context_documents)
+        retrieval = (
+            RetrievalSetup(run.embedder or OfflineEmbedder(), client)
+            if run.spec.context is not None
+            else None
+        )
         acceptance = LocalAcceptance(AcceptanceStore(store.pool), store, Sandbox(), run.spec.scaffold_files())
         if run.resume:
             # The interrupted process is gone: its leases, its reservations (money it never spent) and its
@@ -154,6 +175,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
                 validator,
                 run.prices,
                 ExecutorConfig(executor_id=executor_id, concurrency=run.concurrency, shutdown_grace_s=5.0),
+                retrieval,
             )
             for executor_id in local_executor_ids(run.executors)
         ]

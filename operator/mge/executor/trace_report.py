@@ -31,6 +31,10 @@ def _attempt_label(record: AttemptRecord) -> str:
         f"{record.prompt_tokens}+{record.completion_tokens} tok  cache {cache}  {record.latency_ms} ms  "
         f"[dim]span {record.span_id}[/]"
     )
+    if record.context:
+        line += (
+            "\n[dim]context: " + "; ".join(f"{c['origin']} :: {c['title']}" for c in record.context) + "[/]"
+        )
     if record.error:
         line += f"\n[dim]{record.error[:160]}[/]"
     return line

@@ -28,6 +28,7 @@ from mge.concurrency.ramp import RampPolicy
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.acceptance import GenerationConfig, TestGenerator
 from mge.executor.gate import CallGate, SlotUnavailable
+from mge.executor.retrieval import NOTHING, RetrievalSetup, Retrieved
 from mge.executor.validation import CodeValidator
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
@@ -144,11 +145,17 @@ class Executor:
         validator: CodeValidator,
         prices: Mapping[str, ModelPrice],
         config: ExecutorConfig,
+        retrieval: RetrievalSetup | None = None,
     ) -> None:
         self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
         self.ledger = CostLedger(store.pool)
         self.reservation_ttl_s = config.reservation_ttl_s or (
             config.slot_timeout_s + call_span_s(llm) + 2 * config.heartbeat_s
+        )
+        self.retriever = (
+            None
+            if retrieval is None
+            else retrieval.retriever(store, self.ledger, prices, config.executor_id, self.reservation_ttl_s)
         )
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
         self.gate = CallGate(
@@ -456,10 +463,21 @@ class Executor:
             for d in await self.store.dependency_outputs(atom.masterplan_id, atom.depends_on)
         ]
         task = AtomTask(atom.atom_id, atom.file, atom.language, atom.description)
+        retrieved = NOTHING
+        if self.retriever is not None:
+            try:
+                retrieved = await self.retriever.retrieve(atom, [d.file for d in dependencies])
+            except BudgetBusy:
+                await retry_transient(partial(self.store.release, atom, executor))
+                log.warning("atom %s handed back: %s", atom.atom_id, BUDGET_BUSY.reason)
+                return
+            except UnknownModelPrice as error:
+                await retry_transient(partial(self.store.fail, atom, executor, f"retrieval: {error}"))
+                return
         feedback: str | None = None
         last_error = "no attempt made"
         for attempt in range(atom.attempts + 1, atom.max_attempts + 1):
-            match await self._attempt(atom, task, dependencies, feedback, attempt, price):
+            match await self._attempt(atom, task, dependencies, feedback, attempt, price, retrieved):
                 case LeaseLost():
                     return
                 case Crashed(crash) if attempt < atom.max_attempts:
@@ -481,6 +499,7 @@ class Executor:
                     return
                 case Rejected(problem):
                     last_error = feedback = problem
+            retrieved = retrieved.paid()  # its embeddings are counted on the first attempt's row
         await retry_transient(
             partial(
                 self.store.fail,
@@ -513,13 +532,23 @@ class Executor:
         feedback: str | None,
         attempt: int,
         price: ModelPrice,
+        retrieved: Retrieved = NOTHING,
     ) -> AttemptOutcome:
         """One generation, traced as one span with its outcome."""
         with tracing.span(
             "atom.attempt", str(atom.trace_id), {"mge.atom": atom.atom_id, "mge.attempt": attempt}
         ) as attempt_span:
+            if retrieved.chunks:
+                attempt_span.set_attribute("mge.context_chunks", [c.id for c in retrieved.chunks])
             result = await self._generate(
-                atom, task, dependencies, feedback, attempt, price, tracing.span_id_hex(attempt_span)
+                atom,
+                task,
+                dependencies,
+                feedback,
+                attempt,
+                price,
+                tracing.span_id_hex(attempt_span),
+                retrieved,
             )
             attempt_span.set_attribute("mge.outcome", _outcome_label(result))
             return result
@@ -533,11 +562,12 @@ class Executor:
         attempt: int,
         price: ModelPrice,
         span_id: str,
+        retrieved: Retrieved = NOTHING,
     ) -> AttemptOutcome:
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
-            messages=atom_messages(task, dependencies, feedback),
+            messages=atom_messages(task, dependencies, feedback, retrieved.block),
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
             trace_id=str(atom.trace_id),
@@ -630,9 +660,10 @@ class Executor:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 cached=hit is not None,
-                cost_usd=cost,
+                cost_usd=cost + retrieved.cost_usd,
                 latency_ms=latency_ms,
                 started_at=started_at,
+                context_chunks=retrieved.labels() if self.retriever is not None else None,
             )
         )
         if not still_ours:

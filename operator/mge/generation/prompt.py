@@ -1,4 +1,5 @@
-"""Builds the chat messages for one atom: its task, its file, and the code of the atoms it depends on."""
+"""Builds the chat messages for one atom: its task, its file, the code of the atoms it depends on, and the
+reference material retrieved for it."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +30,19 @@ class AtomTask:
 
 
 def atom_messages(
-    task: AtomTask, dependencies: Sequence[DependencyCode], previous_error: str | None = None
+    task: AtomTask,
+    dependencies: Sequence[DependencyCode],
+    previous_error: str | None = None,
+    context: str = "",
 ) -> list[dict[str, str]]:
-    """System + user messages; a failed attempt's validation error is fed back so the model can repair it."""
+    """System + user messages; a failed attempt's validation error is fed back so the model can repair it.
+    `context`: retrieved reference material, labelled by origin (none: the prompt is as without retrieval)."""
     parts = [f"Write `{task.file}` ({task.language}).", f"Task: {task.description}"]
+    if context:
+        parts.append(
+            "Reference material from this project (conventions, specifications, existing code); follow it "
+            "where it applies:\n" + context
+        )
     if dependencies:
         parts.append("Project files it may use (already written):")
         parts.extend(f"--- {dep.file}\n```{_fence(dep.file)}\n{dep.code}\n```" for dep in dependencies)

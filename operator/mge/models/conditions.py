@@ -41,6 +41,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNKNOWN_MODEL_PRICE = "UnknownModelPrice"
     ATOMS_SOURCE_NOT_FOUND = "AtomsSourceNotFound"
+    CONTEXT_SOURCE_NOT_FOUND = "ContextSourceNotFound"
     AWAITING_EXECUTORS = "AwaitingExecutors"
     SUSPENDED_BY_USER = "SuspendedByUser"
     NOT_SUSPENDED = "NotSuspended"
@@ -95,6 +96,7 @@ WARNING_REASONS: frozenset[str] = frozenset(
         Reason.INVALID_SPEC,
         Reason.UNKNOWN_MODEL_PRICE,
         Reason.ATOMS_SOURCE_NOT_FOUND,
+        Reason.CONTEXT_SOURCE_NOT_FOUND,
         Reason.STORE_UNAVAILABLE,
         Reason.SOFT_CAP_EXCEEDED,
         Reason.HARD_CAP_REACHED,

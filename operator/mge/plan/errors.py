@@ -86,6 +86,13 @@ class AtomsSourceNotFound(PlanError):
         )
 
 
+class ContextSourceNotFound(PlanError):
+    reason = Reason.CONTEXT_SOURCE_NOT_FOUND
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; retrying every 30 s")
+
+
 class FileConflicts(PlanError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)

@@ -17,6 +17,8 @@ class AttemptRecord:
     cost_usd: Decimal
     cached: bool
     latency_ms: int
+    # The retrieved chunks its prompt carried: [{"id", "origin", "title"}] (spec.context), else empty.
+    context: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 import asyncio
 import contextlib
+import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -263,8 +264,10 @@ class AtomQueue:
         cost_usd: Decimal,
         latency_ms: int,
         started_at: datetime,
+        context_chunks: Sequence[Mapping[str, str]] | None = None,
     ) -> bool:
-        """Count one LLM generation against the atom; False if this claim was lost meanwhile."""
+        """Count one LLM generation against the atom; False if this claim was lost meanwhile.
+        `context_chunks`: the retrieved chunks its prompt carried (id, origin, title)."""
         async with self.pool.acquire() as connection, connection.transaction():
             attempt = await connection.fetchval(
                 """UPDATE atoms SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $3,
@@ -286,8 +289,9 @@ class AtomQueue:
                 return False
             await connection.execute(
                 """INSERT INTO atom_attempts (masterplan_id, atom_id, trace_id, span_id, attempt, executor, outcome,
-                       error, prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                       error, prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at,
+                       context_chunks)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
                 atom.masterplan_id,
                 atom.atom_id,
                 atom.trace_id,
@@ -302,6 +306,7 @@ class AtomQueue:
                 cost_usd,
                 latency_ms,
                 started_at,
+                None if context_chunks is None else json.dumps([dict(c) for c in context_chunks]),
             )
             return True
 

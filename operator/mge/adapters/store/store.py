@@ -10,6 +10,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from mge.adapters import metrics
+from mge.adapters.store.context import ContextQueries
 from mge.adapters.store.errors import CONNECT_ERRORS, CONNECTION_LOST, StoreUnavailable, dsn_host
 from mge.adapters.store.fleet import FleetStatus
 from mge.adapters.store.migrate import migrate
@@ -34,7 +35,7 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     UNLISTEN *, RESET ALL) would be a round trip on every release: about one in five of an atom's queries."""
 
 
-class Store(PlanRegistry, AtomQueue, PlanProgress, FleetStatus):
+class Store(PlanRegistry, AtomQueue, PlanProgress, FleetStatus, ContextQueries):
     """Every query of the operator, executors and API, one pool."""
 
     def __init__(

@@ -1,6 +1,7 @@
 """Trace queries: one plan's waves/atoms/attempts, trace coverage over every table, correlation inputs."""
 
 import contextlib
+import json
 from typing import Any, Final
 
 import asyncpg
@@ -35,7 +36,7 @@ class TraceStore:
         )
         attempts = await self.pool.fetch(
             """SELECT atom_id, attempt, span_id, outcome, error, prompt_tokens, completion_tokens, cost_usd,
-                      cached, latency_ms
+                      cached, latency_ms, coalesce(context_chunks, '[]'::jsonb)::text AS context
                FROM atom_attempts WHERE masterplan_id = $1""",
             plan["id"],
         )
@@ -43,7 +44,7 @@ class TraceStore:
             name,
             plan["trace_id"],
             (AtomRecord(r["wave_index"], r["atom_id"], r["state"]) for r in atoms),
-            (AttemptRecord(**dict(r)) for r in attempts),
+            (AttemptRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in attempts),
             await self.settled(plan["id"]),
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from mge.adapters.tokenizer import count_tokens
+from mge.cache.similarity import embed
 
 Responder = Callable[[dict[str, Any], str, int], str]
 
@@ -73,6 +74,11 @@ class FakeLLMStats:
     # The Authorization header and the atom of every chat request, as received.
     authorizations: Counter[str] = field(default_factory=Counter)
     atoms_seen: set[str] = field(default_factory=set)
+    # /embeddings: requests and texts embedded.
+    embedding_requests: int = 0
+    embedded_texts: int = 0
+    # The chat messages of every request, in arrival order (to check what a prompt carried).
+    prompts: list[tuple[str, str]] = field(default_factory=list)
     # Every request's headers (chat requests), to check that a plan's spec.llm.headers arrive.
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -175,6 +181,7 @@ class FakeLLM:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -194,6 +201,30 @@ class FakeLLM:
         if self.responder is not None:
             return self.responder(body, atom, attempt)
         return "```python\nVALUE = 1\n```"
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's /embeddings shape; vectors from hashed character n-grams (deterministic, 256 dimensions)."""
+        stats = self.stats
+        stats.authorizations[request.headers.get("Authorization", "")] += 1
+        if (
+            self.config.api_key is not None
+            and request.headers.get("Authorization") != f"Bearer {self.config.api_key}"
+        ):
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        body = await request.json()
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        stats.embedding_requests += 1
+        stats.embedded_texts += len(texts)
+        tokens = sum(max(1, len(t) // 4) for t in texts)
+        data = [{"object": "embedding", "index": i, "embedding": embed(t, 256)} for i, t in enumerate(texts)]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
@@ -244,6 +275,7 @@ class FakeLLM:
                 {"error": {"message": "rate limited"}}, status=429, headers={"Retry-After": "0.1"}
             )
         body = await request.json()
+        stats.prompts.append((atom, "\n".join(str(m.get("content", "")) for m in body.get("messages", []))))
         if self._buckets and (refused := self._over_rate_limit(body)) is not None:
             return refused
         stats.in_flight += 1

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 from mge.acceptance.gate import RequirementOutcome, TestStatus
 from mge.plan.execution import GateOutcome, PrecisionFigures
@@ -71,6 +71,15 @@ CACHE_HITS = Counter("v2_cache_hits_total", "Lookups answered from the cache.", 
 CACHE_MISSES = Counter(
     "v2_cache_misses_total", "Lookups of cacheable calls the cache could not answer.", CACHE_LABELS
 )
+
+
+def cache_lookups(cache: str) -> tuple[int, int]:
+    """(hits, misses) this process has counted for `cache` ("llm" or "rag") so far."""
+    hits = REGISTRY.get_sample_value("v2_cache_hits_total", {"cache": cache}) or 0.0
+    misses = REGISTRY.get_sample_value("v2_cache_misses_total", {"cache": cache}) or 0.0
+    return int(hits), int(misses)
+
+
 CACHE_WRITES = Counter("v2_cache_writes_total", "Entries written to the cache.", CACHE_LABELS)
 CACHE_INVALIDATIONS = Counter(
     "v2_cache_invalidations_total",

@@ -95,6 +95,9 @@ class RunResult:
     dependencies: PlanCheck | str | None = None
     # Gate S and the precision score; None when the run stopped before they could be computed.
     acceptance: Evaluation | None = None
+    # spec.context: atom contexts answered by the RAG query cache, of all retrievals that asked it.
+    retrieval_hits: int = 0
+    retrieval_lookups: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -168,6 +171,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
             await ledger.release_abandoned(plan_id)
             await acceptance.acceptance.release_claims(plan_id)
         await acceptance.start(plan_id)
+        rag_before = metrics.cache_lookups("rag")
         executors = [
             Executor(
                 store,
@@ -242,6 +246,8 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
             cache=await CacheSavings(store.pool).summary(plan_id) if client is not None else None,
             dependencies=dependencies,
             acceptance=evaluation,
+            retrieval_hits=metrics.cache_lookups("rag")[0] - rag_before[0],
+            retrieval_lookups=sum(metrics.cache_lookups("rag")) - sum(rag_before),
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

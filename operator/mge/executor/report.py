@@ -24,6 +24,19 @@ def cache_line(hits: int, calls: int, saved: SavingsSummary) -> str:
     )
 
 
+def retrieval_line(result: RunResult) -> str:
+    """RAG cache hits among the atoms' retrievals, and with the prompt cache's the combined hit rate."""
+    rag = result.retrieval_hits, result.retrieval_lookups
+    prompt = (result.cache.hits, result.cache.hits + result.calls) if result.cache is not None else (0, 0)
+    hits, lookups = rag[0] + prompt[0], rag[1] + prompt[1]
+    rate = rag[0] / rag[1] * 100 if rag[1] else 0.0
+    combined = hits / lookups * 100 if lookups else 0.0
+    return (
+        f"{rag[0]} of {rag[1]} atom contexts from the RAG cache ({rate:.0f}%); "
+        f"prompt and RAG caches together {hits} of {lookups} ({combined:.0f}%)"
+    )
+
+
 def gate_summary(gate: GateVerdict) -> str:
     """MUST/SHOULD pass rates and the failing requirement ids, e.g. "MUST 100%, SHOULD 50% (failing: SHOULD-2)"."""
     rates = [
@@ -61,6 +74,8 @@ def print_report(console: Console, run: LocalRun, result: RunResult, llm_label: 
     table.add_row("Tokens", f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion")
     if result.cache is not None:
         table.add_row("Cache", cache_line(result.cache.hits, result.calls, result.cache))
+    if run.spec.context is not None:
+        table.add_row("Retrieval", retrieval_line(result))
     spent = result.spend.spent_usd
     share = spent / limit * 100 if limit else Decimal(0)
     table.add_row("Cost", f"{usd(spent)} of {usd(limit)} budget ({share:.2f}%)")

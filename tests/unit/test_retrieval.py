@@ -132,3 +132,20 @@ def test_recall_at_5_on_the_labelled_questions_about_these_docs() -> None:
     recall = found / len(LABELLED)
     print(f"recall@5 = {recall:.2f} over {len(LABELLED)} questions, {len(by_id)} chunks; missed: {misses}")
     assert recall >= 0.66, misses  # measured 0.75 (9/12) with the offline embedder
+
+
+def test_context_documents_take_every_key_by_default_and_name_what_is_missing() -> None:
+    from mge.models.masterplan import PlanContext
+    from mge.retrieval.documents import ContextSourceMissing, context_documents
+
+    every = PlanContext.model_validate({"configMaps": [{"name": "docs"}]})
+    found = context_documents(every, {"docs": {"b.md": "B", "a.md": "A"}})
+    assert [(d.origin, d.path, d.body) for d in found] == [
+        ("configmap/docs/a.md", "a.md", "A"),
+        ("configmap/docs/b.md", "b.md", "B"),
+    ]
+    with pytest.raises(ContextSourceMissing, match="ConfigMap 'docs', which does not exist"):
+        context_documents(every, {"docs": None})
+    one_key = PlanContext.model_validate({"configMaps": [{"name": "docs", "keys": ["c.md"]}]})
+    with pytest.raises(ContextSourceMissing, match="key 'c.md' of ConfigMap 'docs'"):
+        context_documents(one_key, {"docs": {"a.md": "A"}})

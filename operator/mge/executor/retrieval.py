@@ -7,7 +7,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -32,6 +32,7 @@ EMBED_BATCH: Final = 64
 PLANS_KEPT: Final = 16
 # Candidates ranked before the token budget picks: a long chunk skipped leaves room for shorter ones.
 CANDIDATES_PER_SLOT: Final = 3
+MICRO_USD: Final = Decimal("0.000001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,8 @@ class ChargingEmbedder:
             raise EmbeddingsUnavailable("a paid embedding outside any atom's retrieval is not allowed")
         price = price_for(self.model, self.prices)  # an unknown price is an error, never a silent $0
         tokens = sum(count_tokens(t) for t in texts)
-        amount = price.spent(tokens, 0, 0, None)
+        # Whole micro-dollars, as the ledger keeps them, rounded up: a share of a cent is never lost.
+        amount = price.spent(tokens, 0, 0, None).quantize(MICRO_USD, rounding=ROUND_UP)
         reservation = await self.ledger.reserve(charge.atom, self.executor, amount, self.reservation_ttl_s)
         if reservation is None:
             raise EmbeddingsUnavailable("the plan's budget has no room for the embeddings")

@@ -53,7 +53,7 @@ docs: $(INSTALLED) ## Regenerate the settings table (docs/operations.md) and the
 manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm chart
 	$(BIN)/python -m tests.support.helm manifests/mge-operator.yaml
 
-bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, dependencies, acceptance
+bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, retrieval, dependencies, acceptance
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
 	$(BIN)/python -m tests.bench.bench_execution
@@ -61,6 +61,7 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_concurrency
 	$(BIN)/python -m tests.bench.bench_fleet
 	$(BIN)/python -m tests.bench.bench_cache
+	$(BIN)/python -m tests.bench.bench_retrieval
 	$(BIN)/python -m tests.bench.bench_deps
 	$(BIN)/python -m tests.bench.bench_deps_python
 	$(BIN)/python -m tests.bench.bench_acceptance

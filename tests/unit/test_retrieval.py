@@ -147,5 +147,5 @@ def test_context_documents_take_every_key_by_default_and_name_what_is_missing() 
     with pytest.raises(ContextSourceMissing, match="ConfigMap 'docs', which does not exist"):
         context_documents(every, {"docs": None})
     one_key = PlanContext.model_validate({"configMaps": [{"name": "docs", "keys": ["c.md"]}]})
-    with pytest.raises(ContextSourceMissing, match="key 'c.md' of ConfigMap 'docs'"):
+    with pytest.raises(ContextSourceMissing, match=r"key 'c\.md' of ConfigMap 'docs'"):
         context_documents(one_key, {"docs": {"a.md": "A"}})

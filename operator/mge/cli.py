@@ -719,6 +719,7 @@ def executor(log_format: LogFormatOption = None) -> None:
                 store,
             )
         validator = CodeValidator()
+        retrieval = _retrieval(settings, offline=replay is not None)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -729,12 +730,13 @@ def executor(log_format: LogFormatOption = None) -> None:
             validator,
             prices,
             ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0, llm_pool=settings.llm_pool or None),
-            _retrieval(settings, offline=replay is not None),
+            retrieval,
         )
         try:
             await worker.run(stop)
         finally:
             await validator.close()
+            await retrieval.close()
             await llm.close()
             await store.close()
 

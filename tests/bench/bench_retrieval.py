@@ -100,27 +100,25 @@ def _without_context(folder: Path) -> Path:
     return plan
 
 
-async def _run(plan: Path, folder: Path, tag: str, cache: Path) -> tuple[str, dict[str, int], int]:
-    """The report, the prompt tokens of each atom's first request, and the embedding requests made."""
-    provider = FakeLLM()
-    provider.load_recording(PRICING / "responses.jsonl")
-    await provider.start()
-    try:
-        code, output = await run_mge(
-            "run", str(plan), "--llm", "openai",
-            "--state-dir", str(folder / f"state-{tag}"), "--out", str(folder / f"out-{tag}"),
-            "--cache-dir", str(cache),
-            OPENAI_BASE_URL=provider.url, OPENAI_API_KEY="k",
-        )  # fmt: skip
-    finally:
-        await provider.stop()
+async def _run(
+    provider: FakeLLM, plan: Path, folder: Path, tag: str, cache: Path
+) -> tuple[str, dict[str, int], int]:
+    """The report, the prompt tokens of each atom's first request, and the embedding requests made. The
+    provider stays one server across runs: the prompt cache is keyed by the endpoint's URL."""
+    prompts, embeddings = len(provider.stats.prompts), provider.stats.embedding_requests
+    code, output = await run_mge(
+        "run", str(plan), "--llm", "openai",
+        "--state-dir", str(folder / f"state-{tag}"), "--out", str(folder / f"out-{tag}"),
+        "--cache-dir", str(cache),
+        OPENAI_BASE_URL=provider.url, OPENAI_API_KEY="k",
+    )  # fmt: skip
     if code != 0 or "Gate S │ passed" not in output:
         raise SystemExit(f"the {tag} run did not pass Gate S (exit {code}): {output[-600:]}")
     tokens: dict[str, int] = {}
-    for atom, prompt in provider.stats.prompts:
+    for atom, prompt in provider.stats.prompts[prompts:]:
         if atom in ATOMS and atom not in tokens:
             tokens[atom] = count_tokens(prompt)
-    return output, tokens, provider.stats.embedding_requests
+    return output, tokens, provider.stats.embedding_requests - embeddings
 
 
 def _cost(output: str) -> float:
@@ -134,9 +132,17 @@ async def runs() -> None:
         folder = Path(tmp)
         on_plan = folder / "pricing"
         shutil.copytree(PRICING, on_plan)
-        off, off_tokens, _ = await _run(_without_context(folder), folder, "off", folder / "cache-off")
-        on, on_tokens, embeddings = await _run(on_plan, folder, "on", folder / "cache")
-        again, _, embeddings_again = await _run(on_plan, folder, "again", folder / "cache")
+        provider = FakeLLM()
+        provider.load_recording(PRICING / "responses.jsonl")
+        await provider.start()
+        try:
+            off, off_tokens, _ = await _run(
+                provider, _without_context(folder), folder, "off", folder / "cache-off"
+            )
+            on, on_tokens, embeddings = await _run(provider, on_plan, folder, "on", folder / "cache")
+            again, _, embeddings_again = await _run(provider, on_plan, folder, "again", folder / "cache")
+        finally:
+            await provider.stop()
     print("\n2. examples/pricing: retrieval on vs off (4 atoms; the same recorded answers)")
     rows = [
         (atom, off_tokens.get(atom, 0), on_tokens.get(atom, 0), f"{on_tokens[atom] / off_tokens[atom]:.1f}x")

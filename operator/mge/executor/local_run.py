@@ -137,6 +137,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    retrieval: RetrievalSetup | None = None
     try:
         plan = plan_dag((atom.id, atom.depends_on) for atom in run.atoms)
         trace = await store.pool.fetchval(
@@ -253,6 +254,8 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await validator.close()
+        if retrieval is not None:
+            await retrieval.close()
         if recording is not None:
             await recording.close()
         await store.close()

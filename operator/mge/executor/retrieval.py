@@ -12,7 +12,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from mge.adapters.cache import Embedder, EmbeddingsUnavailable, RAGQueryCache, RagScope
+from mge.adapters.cache import Embedder, EmbeddingsUnavailable, OpenAIEmbeddings, RAGQueryCache, RagScope
 from mge.adapters.store.context import ContextQueries
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.queue import ClaimedAtom
@@ -134,6 +134,10 @@ class RetrievalSetup:
     redis: aioredis.Redis | None = None
     cache_ttl_s: float = 3600.0
     cache_threshold: float = 0.95
+
+    async def close(self) -> None:
+        if isinstance(self.embedder, OpenAIEmbeddings):
+            await self.embedder.close()
 
     def retriever(
         self,

@@ -39,23 +39,30 @@ async def _claimed(store, plan_id):
     return claimed
 
 
-def _retriever(store, provider, executor="ex-1"):
+async def _retrieve(store, provider, claimed, executor="ex-1"):
+    """One executor's retrieval for the claimed atom, with its own embeddings client."""
     embedder = OpenAIEmbeddings(provider.url, "k", "text-embedding-3-small")
-    setup = RetrievalSetup(embedder)
-    return setup.retriever(store, CostLedger(store.pool), DEFAULT_PRICES, executor, 600), embedder
+    retriever = RetrievalSetup(embedder).retriever(
+        store, CostLedger(store.pool), DEFAULT_PRICES, executor, 600
+    )
+    try:
+        return await retriever.retrieve(claimed, [])
+    finally:
+        await embedder.close()
+
+
+async def _with_handbook(store, budget_usd=None):
+    plan_id = await register(store, atom("fees"))
+    if budget_usd is not None:
+        await CostLedger(store.pool).apply_budget(plan_id, Budget(limitUSD=budget_usd))
+    settings = ContextSettings(top_k=2, max_tokens=500, generated_files=True)
+    await store.store_context(plan_id, settings, [HANDBOOK])
+    return plan_id, await _claimed(store, plan_id)
 
 
 async def test_embeddings_are_paid_through_the_ledger_and_made_once_per_plan(store, provider):
-    plan_id = await register(store, atom("fees"))
-    await store.store_context(
-        plan_id, ContextSettings(top_k=2, max_tokens=500, generated_files=True), [HANDBOOK]
-    )
-    claimed = await _claimed(store, plan_id)
-    first, embedder = _retriever(store, provider)
-    try:
-        got = await first.retrieve(claimed, [])
-    finally:
-        await embedder.close()
+    plan_id, claimed = await _with_handbook(store)
+    got = await _retrieve(store, provider, claimed)
     assert 1 <= len(got.chunks) <= 2
     assert got.cost_usd > 0
     assert "--- [configmap/docs/pricing.md ::" in got.block
@@ -66,27 +73,14 @@ async def test_embeddings_are_paid_through_the_ledger_and_made_once_per_plan(sto
     assert texts_first == 4 + 1  # the four sections, then the query
 
     # Another executor: the chunks' embeddings come from Postgres; only its query is embedded.
-    second, embedder = _retriever(store, provider, "ex-2")
-    try:
-        again = await second.retrieve(claimed, [])
-    finally:
-        await embedder.close()
+    again = await _retrieve(store, provider, claimed, "ex-2")
     assert provider.stats.embedded_texts - texts_first == 1
     assert [c.id for c in again.chunks] == [c.id for c in got.chunks]
 
 
 async def test_a_plan_whose_budget_cannot_pay_for_embeddings_runs_without_context(store, provider):
-    plan_id = await register(store, atom("fees"))
-    await CostLedger(store.pool).apply_budget(plan_id, Budget(limitUSD=0.0000001))
-    await store.store_context(
-        plan_id, ContextSettings(top_k=2, max_tokens=500, generated_files=True), [HANDBOOK]
-    )
-    claimed = await _claimed(store, plan_id)
-    retriever, embedder = _retriever(store, provider)
-    try:
-        got = await retriever.retrieve(claimed, [])
-    finally:
-        await embedder.close()
+    _, claimed = await _with_handbook(store, budget_usd=0.0000001)
+    got = await _retrieve(store, provider, claimed)
     assert got.chunks == []
     assert got.cost_usd == Decimal(0)
     assert provider.stats.embedding_requests == 0, "nothing is sent that the budget cannot pay"
@@ -95,9 +89,5 @@ async def test_a_plan_whose_budget_cannot_pay_for_embeddings_runs_without_contex
 async def test_a_plan_without_context_retrieves_nothing_and_calls_nothing(store, provider):
     plan_id = await register(store, atom("fees"))
     claimed = await _claimed(store, plan_id)
-    retriever, embedder = _retriever(store, provider)
-    try:
-        assert (await retriever.retrieve(claimed, [])).chunks == []
-    finally:
-        await embedder.close()
+    assert (await _retrieve(store, provider, claimed)).chunks == []
     assert provider.stats.embedding_requests == 0

@@ -58,26 +58,24 @@ class Kube:
         except OSError as error:  # urllib3 connection errors are OSErrors
             raise KubeUnavailable(f"Kubernetes API unreachable: {error}") from error
 
-    async def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
-        """The key's value; None if the ConfigMap or the key does not exist."""
+    async def _read(self, read: Any, namespace: str, name: str) -> Any:
+        """The object `read` returns; None if it does not exist."""
         try:
-            config_map = await self._call(self._core.read_namespaced_config_map, name, namespace)
+            return await self._call(read, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        data = config_map.data or {}
-        value = data.get(key)
-        return str(value) if value is not None else None
+
+    async def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
+        """The key's value; None if the ConfigMap or the key does not exist."""
+        return (await self.read_config_map(namespace, name) or {}).get(key)
 
     async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ConfigMap's data; None if it does not exist."""
-        try:
-            config_map = await self._call(self._core.read_namespaced_config_map, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        config_map = await self._read(self._core.read_namespaced_config_map, namespace, name)
+        if config_map is None:
+            return None
         return {str(k): str(v) for k, v in (config_map.data or {}).items()}
 
     async def list_waves(self, namespace: str, masterplan: str) -> list[dict[str, Any]]:
@@ -134,13 +132,8 @@ class Kube:
         )
 
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            deployment = await self._call(self._apps.read_namespaced_deployment, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return dict(self._api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
+        deployment = await self._read(self._apps.read_namespaced_deployment, namespace, name)
+        return None if deployment is None else self._plain(deployment)
 
     async def create_deployment(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self._call(self._apps.create_namespaced_deployment, namespace, body)
@@ -164,12 +157,9 @@ class Kube:
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data, decoded; None if it does not exist. A 403 (no `get` on Secrets there) is raised
         as the ApiException it is: the caller says what to grant."""
-        try:
-            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        secret = await self._read(self._core.read_namespaced_secret, namespace, name)
+        if secret is None:
+            return None
         data = secret.data or {}
         return {key: base64.b64decode(value).decode("utf-8", "replace") for key, value in data.items()}
 
@@ -290,13 +280,8 @@ class Kube:
         return dict(self._api.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            job = await self._call(self._batch.read_namespaced_job, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return self._plain(job)
+        job = await self._read(self._batch.read_namespaced_job, namespace, name)
+        return None if job is None else self._plain(job)
 
     async def create_job(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """The created Job (with its uid); if it exists already (a lost response), the existing one."""

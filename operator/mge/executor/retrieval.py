@@ -166,7 +166,7 @@ class Retriever:
     async def retrieve(self, atom: ClaimedAtom, dependency_files: Sequence[str]) -> Retrieved:
         """The context for the atom's prompt; nothing when its plan has no spec.context. An embeddings outage
         is not the atom's failure: it goes on without context (logged)."""
-        context = await self.store.context_of(atom.masterplan_id)
+        context = await self.store.context_of(atom.masterplan_id) if atom.has_context else None
         if context is None:
             return NOTHING
         settings, documents = context

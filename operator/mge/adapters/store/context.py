@@ -51,7 +51,8 @@ class ContextQueries:
             )
             await connection.execute("DELETE FROM context_documents WHERE masterplan_id = $1", plan_id)
             await connection.executemany(
-                "INSERT INTO context_documents (masterplan_id, origin, path, body) VALUES ($1, $2, $3, $4)",
+                """INSERT INTO context_documents (masterplan_id, trace_id, origin, path, body)
+                   SELECT $1, trace_id, $2, $3, $4 FROM masterplans WHERE id = $1""",
                 [(plan_id, d.origin, d.path, d.body) for d in documents],
             )
 
@@ -104,8 +105,8 @@ class ContextQueries:
     ) -> None:
         """Kept for every executor (and the next run's resume); one written first by another executor wins."""
         await self.pool.executemany(
-            """INSERT INTO context_chunks (masterplan_id, chunk_id, embedding_model, embedding)
-               VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            """INSERT INTO context_chunks (masterplan_id, trace_id, chunk_id, embedding_model, embedding)
+               SELECT $1, trace_id, $2, $3, $4 FROM masterplans WHERE id = $1 ON CONFLICT DO NOTHING""",
             [(plan_id, chunk_id, model, array("f", v).tobytes()) for chunk_id, v in vectors.items()],
         )
 

@@ -48,6 +48,8 @@ class ClaimedAtom:
     # This claim's own token, named by every write made under it (None: a pseudo-atom that holds no claim,
     # such as an acceptance test's calls in the ledger, which then can write nothing to the atoms table).
     lease_token: uuid.UUID | None = None
+    # The plan has spec.context: retrieval runs for this atom (no query at all for plans without it).
+    has_context: bool = False
 
 
 # The ramp rows of plans with work, locked for the claim that follows in the same transaction: a concurrent
@@ -99,7 +101,7 @@ FROM claimable c, masterplans m
 WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
 RETURNING a.masterplan_id, a.atom_id, a.trace_id, a.file, a.language, a.description, a.depends_on,
           a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims,
-          a.priority, m.priority AS plan_priority, a.lease_token
+          a.priority, m.priority AS plan_priority, a.lease_token, m.context IS NOT NULL AS has_context
 """
 
 

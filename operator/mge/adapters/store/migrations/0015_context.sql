@@ -2,6 +2,7 @@
 -- embedded chunks of documents and generated files (an embedding per model, computed once per plan).
 CREATE TABLE context_documents (
     masterplan_id uuid NOT NULL REFERENCES masterplans (id) ON DELETE CASCADE,
+    trace_id uuid NOT NULL,
     origin text NOT NULL,
     path text NOT NULL,
     body text NOT NULL,
@@ -9,6 +10,7 @@ CREATE TABLE context_documents (
 );
 CREATE TABLE context_chunks (
     masterplan_id uuid NOT NULL REFERENCES masterplans (id) ON DELETE CASCADE,
+    trace_id uuid NOT NULL,
     chunk_id text NOT NULL,
     embedding_model text NOT NULL,
     embedding bytea NOT NULL,

@@ -1,6 +1,7 @@
 """Retrieval on real Postgres and a real HTTP /embeddings endpoint: paid embeddings go through the plan's
 ledger, chunks are embedded once per plan for every executor, and a plan out of budget gets no context."""
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -91,3 +92,18 @@ async def test_a_plan_without_context_retrieves_nothing_and_calls_nothing(store,
     claimed = await _claimed(store, plan_id)
     assert (await _retrieve(store, provider, claimed)).chunks == []
     assert provider.stats.embedding_requests == 0
+
+
+async def test_atoms_of_one_plan_retrieving_at_once_embed_its_chunks_once(store, provider):
+    plan_id = await register(store, atom("fees"), atom("rates"))
+    await store.store_context(plan_id, ContextSettings(2, 500, True), [HANDBOOK])
+    await end_ramps(store)
+    claimed = await store.claim("ex-1", 2, 60)
+    embedder = OpenAIEmbeddings(provider.url, "k", "text-embedding-3-small")
+    retriever = RetrievalSetup(embedder).retriever(store, CostLedger(store.pool), DEFAULT_PRICES, "ex-1", 600)
+    try:
+        results = await asyncio.gather(*(retriever.retrieve(a, []) for a in claimed))
+    finally:
+        await embedder.close()
+    assert all(r.chunks for r in results)
+    assert provider.stats.embedded_texts == 4 + 2  # the four sections once, then each atom's query

@@ -1,6 +1,7 @@
 """Retrieves an atom's context: its plan's documents and its dependencies' files, chunked and embedded once
 per plan, searched exactly, behind the RAG query cache, with every paid embedding reserved in the ledger."""
 
+import asyncio
 import contextvars
 import logging
 import uuid
@@ -162,6 +163,8 @@ class Retriever:
     ) -> None:
         self.store, self.embedder, self.cache = store, embedder, cache
         self._indexes: OrderedDict[uuid.UUID, VectorIndex] = OrderedDict()
+        # Atoms of one plan retrieving at once wait for one another's embeddings rather than pay twice.
+        self._indexing: dict[uuid.UUID, asyncio.Lock] = {}
 
     async def retrieve(self, atom: ClaimedAtom, dependency_files: Sequence[str]) -> Retrieved:
         """The context for the atom's prompt; nothing when its plan has no spec.context. An embeddings outage
@@ -201,11 +204,17 @@ class Retriever:
 
     async def _index(self, plan: uuid.UUID, chunks: list[Chunk]) -> VectorIndex:
         """The plan's index holding at least `chunks`: embeddings from Postgres first, the rest embedded now."""
+        lock = self._indexing.setdefault(plan, asyncio.Lock())
+        async with lock:
+            return await self._index_locked(plan, chunks)
+
+    async def _index_locked(self, plan: uuid.UUID, chunks: list[Chunk]) -> VectorIndex:
         index = self._indexes.get(plan)
         if index is None:
             index = self._indexes[plan] = VectorIndex(0)
             while len(self._indexes) > PLANS_KEPT:
-                self._indexes.popitem(last=False)
+                evicted, _ = self._indexes.popitem(last=False)
+                self._indexing.pop(evicted, None)
         self._indexes.move_to_end(plan)
         missing = [c for c in chunks if c.id not in index]
         if not missing:

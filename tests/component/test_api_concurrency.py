@@ -24,7 +24,9 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
         await store.report_executor(
             "ex-a", limit=4, in_flight=3, queue_size=1, adjustments=[adjustment], rate_limits=rate_limits
         )
-        await store.report_executor("ex-b", limit=6, in_flight=6, queue_size=2, adjustments=[])
+        await store.report_executor(
+            "ex-b", limit=6, in_flight=6, queue_size=2, adjustments=[], llm_pool="0123456789ab"
+        )
         await store.record_scaling(2, 0, "scale up: 40 ready, 0 running")
         await store.record_scaling(4, 2, "scale up: 30 ready, 8 running")
     finally:
@@ -43,6 +45,8 @@ async def test_status_sums_executors_and_shows_the_latest_replica_decision(pg):
         "retry_after_s": 1.5,
     }
     assert body["executors"][1]["llm_rate_limits"] is None
+    # Which LLM pool each serves: null for the default endpoint's executors.
+    assert [e["llm_pool"] for e in body["executors"]] == [None, "0123456789ab"]
     assert (body["replicas"]["desired"], body["replicas"]["actual"]) == (4, 2)
     assert len(body["recent_decisions"]) == 2
 

@@ -34,6 +34,11 @@ class ExecutorConcurrency(BaseModel):
         description="Recent limit changes with their reasons, newest last."
     )
     llm_endpoint: str | None = Field(None, description="The LLM endpoint this executor calls.")
+    llm_pool: str | None = Field(
+        None,
+        description="The LLM pool it serves (plans whose spec.llm names one endpoint and Secret); null: plans "
+        "on the operator's default endpoint.",
+    )
     llm_circuit: str = Field(
         "closed",
         description="Its circuit breaker: closed (calls flow), open (the endpoint is down: no new atoms are "

@@ -158,8 +158,8 @@ class FleetStatus:
         """Executors seen in the last `fresh_s` seconds, and the recent scaling decisions (newest first)."""
         executors = await self.pool.fetch(
             """SELECT executor, llm_limit AS limit, in_flight, queue_size, atoms_held, llm_p95_s, db_p95_s,
-                      llm_requests, llm_errors, adjustments, llm_endpoint, llm_circuit, llm_last_error,
-                      llm_down_since, llm_rate_limits, updated_at
+                      llm_requests, llm_errors, adjustments, llm_endpoint, llm_pool, llm_circuit,
+                      llm_last_error, llm_down_since, llm_rate_limits, updated_at
                FROM executor_status WHERE updated_at > now() - make_interval(secs => $1) ORDER BY executor""",
             fresh_s,
         )

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -208,7 +209,10 @@ async def test_a_secret_without_the_key_or_a_url_and_one_the_operator_may_not_re
         assert await _stored(pg, "team-b") is None
 
 
-async def test_two_plans_in_two_namespaces_call_their_own_endpoints_with_their_own_keys_at_once(cluster, pg):
+async def test_two_plans_in_two_namespaces_call_their_own_endpoints_with_their_own_keys_at_once(
+    cluster, pg, caplog
+):
+    caplog.set_level(logging.DEBUG)  # the operator's and the executors' logs, every logger, every level
     async with (
         _provider("sk-team-a") as provider_a,
         _provider("sk-team-b") as provider_b,
@@ -260,6 +264,9 @@ async def test_two_plans_in_two_namespaces_call_their_own_endpoints_with_their_o
             assert key not in json.dumps(_plan(cluster, namespace))
             assert key not in json.dumps(cluster.objects_of("events", namespace))
         assert not await _rows_containing(pg, ["sk-team-a", "sk-team-b"])
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "sk-team-" not in logged
+        assert len(caplog.records) > 10  # the logs were captured: the check above saw them
 
 
 async def _rows_containing(dsn: str, needles: list[str]) -> list[str]:

@@ -332,3 +332,23 @@ async def test_a_new_key_rolls_the_pool_and_a_pool_no_plan_uses_is_removed(clust
 
 async def _stored_gone(dsn: str) -> bool:
     return await _stored(dsn, "team-a") is None
+
+
+async def test_a_running_plan_whose_secret_is_deleted_says_so_and_its_status_still_follows_the_run(
+    cluster, pg
+):
+    async with _provider("sk-team-a") as provider:
+        async with running_operator(cluster, pg, ["team-a"]):
+            await _create_secret(cluster, "team-a", "llm", {"OPENAI_API_KEY": "sk-team-a"})
+            await _apply(cluster, "team-a", _hello_with_llm(provider.url, "llm"))
+            pool = (await eventually(lambda: _stored(pg, "team-a")))["llm_pool"]
+            await _sync_pools(cluster, pg, {})
+            environment = _pool_environment(cluster, pool)
+        assert (await cluster.client.delete(_path("team-a", "secrets", "llm"))).status_code == 200
+        # The operator restarts (an upgrade): the plan is resumed and its Secret is gone.
+        async with running_operator(cluster, pg, ["team-a"]), _pool_executor(pg, environment):
+            await eventually(lambda: _reason(cluster, "team-a", "LLMConfigured") == "False/SecretNotFound")
+            await eventually(
+                lambda: _reason(cluster, "team-a", "Complete") == "True/AllAtomsSucceeded", timeout=40
+            )
+        assert provider.stats.completed > 0

@@ -217,8 +217,7 @@ async def sync_progress(
     if planned is None or planned.status != ConditionStatus.TRUE:
         return
     configured = find_condition(observed.conditions, ConditionType.LLM_CONFIGURED)
-    if configured is not None and configured.status == ConditionStatus.FALSE:
-        return  # not handed to executors: nothing in Postgres to report
+    waiting_for_secret = configured is not None and configured.status == ConditionStatus.FALSE
     current_trace_id.set(observed.trace_id)
     generation = int(meta.get("generation") or 0)
     if observed.observed_generation != generation:
@@ -228,6 +227,10 @@ async def sync_progress(
     plan_id = run_of(meta, observed)
     try:
         async with deps.store.session() as store:
+            if waiting_for_secret and await store.identity(plan_id) is None:
+                return  # never handed to executors: nothing in Postgres to report
+            # Else its Secret went missing after it was handed over: its pool runs on with the copy it has,
+            # and the status goes on following it.
             progress = await store.progress(plan_id)
             waves = await store.wave_progress(plan_id)
             spend = await CostLedger(store.pool).spend(plan_id)

@@ -318,7 +318,7 @@ def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None)
             "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
             "server, with OPENAI_API_KEY if it asks for one); neither is set"
         )
-    headers = endpoint.headers if endpoint is not None else {}
+    headers = endpoint.header_map if endpoint is not None else {}
     client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key, headers=headers)
     # A wrong URL or key is found now, not after every atom has used up its retries.
     problem = asyncio.run(client.probe())
@@ -337,7 +337,7 @@ def _endpoint_embedder(endpoint: "LLMEndpoint | None", model: str = "text-embedd
     base_url = (endpoint.base_url if endpoint is not None else None) or os.environ.get(
         "OPENAI_BASE_URL", "https://api.openai.com/v1"
     )
-    headers = endpoint.headers if endpoint is not None else {}
+    headers = endpoint.header_map if endpoint is not None else {}
     return OpenAIEmbeddings(base_url, os.environ.get("OPENAI_API_KEY", ""), model, headers=headers)
 
 

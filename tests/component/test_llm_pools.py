@@ -76,7 +76,7 @@ def _hello_with_llm(
     if base_url is not None:
         llm["baseURL"] = base_url
     if headers:
-        llm["headers"] = headers
+        llm["headers"] = [{"name": k, "value": v} for k, v in headers.items()]
     body["spec"]["llm"] = llm
     return body
 

@@ -63,7 +63,7 @@ async def test_a_pool_executor_process_serves_only_its_pool_with_its_key_and_hea
     await provider.start()
     store = await Store.connect(pg)
     endpoint = LLMEndpoint.model_validate(
-        {"baseURL": provider.url, "secretRef": {"name": "llm"}, "headers": {"X-Team": "a"}}
+        {"baseURL": provider.url, "secretRef": {"name": "llm"}, "headers": [{"name": "X-Team", "value": "a"}]}
     )
     process = None
     try:

@@ -143,11 +143,10 @@ def _verdict(rule: dict[str, str], obj: dict[str, Any]) -> bool:
         (".spec.scaffold.files[]", {"path": "client/tsconfig.json", "content": "{}"}, True),
         (".spec.scaffold.files[]", {"path": "../x.json", "content": ""}, False),
         (".spec.scaffold.files[]", {"path": "client/../../x.json", "content": ""}, False),
-        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"OpenAI-Project": "p1"}}, True),
-        (".spec.llm", {"secretRef": {"name": "team-a"}}, True),
-        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"authorization": "Bearer k"}}, False),
-        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"HOST": "evil"}}, False),
-        (".spec.llm", {"secretRef": {"name": "team-a"}, "headers": {"X Bad": "v"}}, False),
+        (".spec.llm.headers[]", {"name": "OpenAI-Project", "value": "p1"}, True),
+        (".spec.llm.headers[]", {"name": "authorization", "value": "Bearer k"}, False),
+        (".spec.llm.headers[]", {"name": "HOST", "value": "evil"}, False),
+        (".spec.llm.headers[]", {"name": "X-Hostname", "value": "fine"}, True),
     ],
 )
 def test_cel_rules_admit_and_reject_like_the_models(path, obj, admitted):

@@ -29,14 +29,14 @@ def test_pool_ids_are_stable_and_differ_per_account() -> None:
         ),
         pool_config("a", LLMEndpoint.model_validate({"secretRef": {"name": "llm", "key": "K"}})),
         pool_config("a", _endpoint(baseURL="https://b/v1")),
-        pool_config("a", _endpoint(baseURL="https://a/v1", headers={"X-Org": "1"})),
+        pool_config("a", _endpoint(baseURL="https://a/v1", headers=[{"name": "X-Org", "value": "1"}])),
     ]
     assert len({first.pool, *(o.pool for o in others)}) == 6
     assert all(len(o.pool) == 12 and o.pool.isalnum() for o in others)
 
 
 def test_the_secret_gives_the_key_and_the_url_unless_the_plan_sets_it() -> None:
-    from_secret = pool_config("a", _endpoint(headers={"X-Org": "o"}))
+    from_secret = pool_config("a", _endpoint(headers=[{"name": "X-Org", "value": "o"}]))
     found = credentials(from_secret, {"OPENAI_API_KEY": " sk \n", "OPENAI_BASE_URL": "https://s/v1"})
     assert found == PoolCredentials("https://s/v1", "sk", {"X-Org": "o"})
     from_plan = pool_config("a", _endpoint(baseURL="https://p/v1"))
@@ -92,3 +92,18 @@ def test_a_pools_executors_get_only_their_own_entries_of_the_credentials_secret(
     # A new key (another digest) rolls the pool's pods.
     rolled = configured_executor_deployment(settings, 2, "0123456789ab", "other")["spec"]["template"]
     assert rolled["metadata"]["annotations"] != pod["metadata"]["annotations"]
+
+
+def test_headers_are_one_line_tokens_the_operator_does_not_set_each_given_once() -> None:
+    from pydantic import ValidationError
+
+    ok = _endpoint(headers=[{"name": "OpenAI-Project", "value": "p1"}, {"name": "X-Team", "value": "a"}])
+    assert ok.header_map == {"OpenAI-Project": "p1", "X-Team": "a"}
+    for headers, problem in (
+        ([{"name": "authorization", "value": "Bearer k"}], "set by the operator"),
+        ([{"name": "X Bad", "value": "v"}], "not an HTTP token"),
+        ([{"name": "X-A", "value": "one\ntwo"}], "one line"),
+        ([{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}], "x-a given more than once"),
+    ):
+        with pytest.raises(ValidationError, match=problem):
+            _endpoint(headers=headers)

@@ -182,6 +182,8 @@ HEADER_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
 RESERVED_HEADERS: Final = frozenset({"authorization", "content-type", "host"})
 MAX_LLM_HEADERS: Final = 16
 MAX_HEADER_VALUE: Final = 1024
+MAX_HEADER_NAME: Final = 128
+HEADER_VALUE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
 MAX_SCAFFOLD_FILE_BYTES: Final = 256_000
 
 
@@ -261,6 +263,52 @@ class SecretRef(KubeModel):
         return key
 
 
+class LLMHeader(KubeModel):
+    name: str = Field(
+        description="Header name, an HTTP token (letters, digits, '-').",
+        min_length=1,
+        max_length=MAX_HEADER_NAME,
+        json_schema_extra={"pattern": HEADER_NAME_PATTERN},
+    )
+    value: str = Field(
+        description="Header value, one line.",
+        max_length=MAX_HEADER_VALUE,
+        json_schema_extra={"pattern": HEADER_VALUE_PATTERN},
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # Bounded by the name's maxLength, so its cost stays far under the API server's budget.
+                    "rule": "!self.name.matches('(?i)^(" + "|".join(sorted(RESERVED_HEADERS)) + ")$')",
+                    "message": "headers must not set Authorization, Content-Type or Host: the key goes in "
+                    "the Secret named by secretRef",
+                    "fieldPath": ".name",
+                }
+            ]
+        }
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_token_the_operator_does_not_set(cls, name: str) -> str:
+        if not re.fullmatch(HEADER_NAME_PATTERN, name):
+            raise ValueError(f"header name {name!r} is not an HTTP token (letters, digits, '-')")
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(
+                f"header {name!r} is set by the operator: put the API key in the Secret named by secretRef"
+            )
+        return name
+
+    @field_validator("value")
+    @classmethod
+    def _value_is_one_line(cls, value: str) -> str:
+        if not re.fullmatch(HEADER_VALUE_PATTERN, value):
+            raise ValueError("a header value must be one line, without control characters")
+        return value
+
+
 class LLMEndpoint(KubeModel):
     """The plan's own OpenAI-compatible endpoint: its calls go there, with the key from the plan's Secret."""
 
@@ -274,41 +322,25 @@ class LLMEndpoint(KubeModel):
     secret_ref: SecretRef = Field(
         description="Secret in the Masterplan's namespace with the API key (and optionally OPENAI_BASE_URL)."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict,
+    headers: list[LLMHeader] = Field(
+        default_factory=list,
         description="Extra HTTP headers sent with every call (e.g. an organisation or project id); not for "
         "secrets, which belong in the Secret. Authorization, Content-Type and Host are set by the operator.",
         max_length=MAX_LLM_HEADERS,
-        json_schema_extra={
-            "additionalProperties": {
-                "type": "string",
-                "maxLength": MAX_HEADER_VALUE,
-                "pattern": r"^[^\x00-\x1f\x7f]*$",
-            }
-        },
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.headers) || self.headers.all(h, !h.matches('(?i)^("
-                    + "|".join(sorted(RESERVED_HEADERS))
-                    + ")$'))",
-                    "message": "headers must not set Authorization, Content-Type or Host: the key goes in "
-                    "the Secret named by secretRef",
-                    "fieldPath": ".headers",
-                },
-                {
-                    "rule": "!has(self.headers) || self.headers.all(h, h.matches('"
-                    + HEADER_NAME_PATTERN
-                    + "'))",
-                    "message": "header names must be HTTP tokens (letters, digits, '-')",
-                    "fieldPath": ".headers",
-                },
-            ]
-        }
-    )
+    @property
+    def header_map(self) -> dict[str, str]:
+        return {header.name: header.value for header in self.headers}
+
+    @field_validator("headers")
+    @classmethod
+    def _each_header_once(cls, headers: list[LLMHeader]) -> list[LLMHeader]:
+        names = [h.name.lower() for h in headers]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"header names are case-insensitive: {', '.join(twice)} given more than once")
+        return headers
 
     @field_validator("base_url")
     @classmethod
@@ -316,22 +348,6 @@ class LLMEndpoint(KubeModel):
         if url is not None and not re.fullmatch(BASE_URL_PATTERN, url):
             raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1; got {url!r}")
         return url
-
-    @field_validator("headers")
-    @classmethod
-    def _headers_are_plain(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not re.fullmatch(HEADER_NAME_PATTERN, name):
-                raise ValueError(f"header name {name!r} is not an HTTP token (letters, digits, '-')")
-            if name.lower() in RESERVED_HEADERS:
-                raise ValueError(
-                    f"header {name!r} is set by the operator: put the API key in the Secret named by secretRef"
-                )
-            if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > MAX_HEADER_VALUE:
-                raise ValueError(
-                    f"header {name!r}: the value must be one line of at most {MAX_HEADER_VALUE} characters"
-                )
-        return headers
 
 
 class BudgetOverride(KubeModel):

@@ -89,7 +89,7 @@ def pool_config(namespace: str, endpoint: LLMEndpoint) -> PoolConfig:
             endpoint.secret_ref.name,
             endpoint.secret_ref.key,
             endpoint.base_url,
-            sorted(endpoint.headers.items()),
+            sorted(endpoint.header_map.items()),
         ]
     )
     return PoolConfig(
@@ -98,7 +98,7 @@ def pool_config(namespace: str, endpoint: LLMEndpoint) -> PoolConfig:
         secret_name=endpoint.secret_ref.name,
         secret_key=endpoint.secret_ref.key,
         base_url=endpoint.base_url,
-        headers=endpoint.headers,
+        headers=endpoint.header_map,
     )
 
 

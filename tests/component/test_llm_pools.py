@@ -5,7 +5,6 @@ by in-process executors given exactly the environment their pod would get from t
 The LLM providers are real HTTP servers that refuse a request without their own key.
 """
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -20,12 +19,11 @@ from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import LazyStore, Store
 from mge.concurrency.scaler import ScalerPolicy
 from mge.controller.llm_pools import sync_llm_pools_once
-from mge.cost.pricing import DEFAULT_PRICES
-from mge.executor.validation import CodeValidator
-from mge.executor.worker import Executor, ExecutorConfig
+from mge.executor.worker import ExecutorConfig
 from mge.plan.llm_endpoint import POOL_ENV_API_KEY, POOL_ENV_BASE_URL, POOL_ENV_HEADERS, POOL_ENV_ID
 from mge.settings import Settings
 from tests.component.test_operator import HELLO_RECORDING, hello
+from tests.support.executor import executor_on
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.operator import eventually, running_operator
 
@@ -97,33 +95,19 @@ async def _provider(api_key: str) -> AsyncIterator[FakeLLM]:
         await server.stop()
 
 
-@contextlib.asynccontextmanager
-async def _pool_executor(dsn: str, environment: dict[str, str] | None) -> AsyncIterator[None]:
+def _pool_executor(dsn: str, environment: dict[str, str] | None) -> Any:
     """An executor as its pod runs it: the pool's endpoint, key, headers and id from its environment; None
     plays the default executors (the chart's endpoint, here one that answers nothing)."""
-    store = await Store.connect(dsn)
-    validator = CodeValidator()
     if environment is None:
         llm = OpenAICompatibleLLM("http://127.0.0.1:9/v1", "default-key", max_attempts=1)
-        pool = None
-    else:
-        llm = OpenAICompatibleLLM(
-            environment[POOL_ENV_BASE_URL],
-            environment[POOL_ENV_API_KEY],
-            headers=json.loads(environment[POOL_ENV_HEADERS]),
-        )
-        pool = environment[POOL_ENV_ID]
-    stop = asyncio.Event()
-    config = ExecutorConfig(f"ex-{pool or 'default'}", llm_pool=pool, idle_poll_s=0.2)
-    worker = asyncio.create_task(Executor(store, llm, validator, DEFAULT_PRICES, config).run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await worker
-        await llm.close()
-        await validator.close()
-        await store.close()
+        return executor_on(dsn, llm, ExecutorConfig("ex-default", idle_poll_s=0.2))
+    llm = OpenAICompatibleLLM(
+        environment[POOL_ENV_BASE_URL],
+        environment[POOL_ENV_API_KEY],
+        headers=json.loads(environment[POOL_ENV_HEADERS]),
+    )
+    pool = environment[POOL_ENV_ID]
+    return executor_on(dsn, llm, ExecutorConfig(f"ex-{pool}", llm_pool=pool, idle_poll_s=0.2))
 
 
 def _pool_environment(api: Any, pool: str) -> dict[str, str]:

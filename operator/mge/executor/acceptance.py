@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -81,12 +81,12 @@ class TestGenerator:
         acceptance: AcceptanceStore,
         llm: LLM,
         ledger: CostLedger,
-        gate: CallGate,
+        gate_for: Callable[[str], CallGate],
         prices: Mapping[str, ModelPrice],
         config: GenerationConfig,
         validator: CodeValidator | None = None,
     ) -> None:
-        self.acceptance, self.llm, self.ledger, self.gate = acceptance, llm, ledger, gate
+        self.acceptance, self.llm, self.ledger, self.gate_for = acceptance, llm, ledger, gate_for
         self.prices, self.config = prices, config
         self._validator = validator
         # The plan whose generation claim this generator holds now: the executor's heartbeat renews it.
@@ -228,7 +228,7 @@ class TestGenerator:
             share: Decimal | None = None  # a batched call's part of the batch's cost
             endpoint_down = False
             try:
-                completion = await self.gate.complete(
+                completion = await self.gate_for(request.model).complete(
                     functools.partial(self.llm.complete, request),
                     plan=str(plan_id),
                     critical_path=1,

@@ -81,6 +81,24 @@ BUDGET_BUSY: Final = HandedBack("calls in flight hold the rest of the budget")
 ENDPOINT_DOWN: Final = HandedBack("the LLM endpoint is down")
 
 
+def _recent_adjustments(gates: Mapping[str, CallGate], now: float, keep: int = 10) -> list[dict[str, object]]:
+    """The last `keep` limit changes of all the gates, oldest first; each names its model when there are
+    several."""
+    changes = sorted(
+        ((a, model) for model, gate in gates.items() for a in gate.limiter.adjustments), key=lambda c: c[0].at
+    )[-keep:]
+    return [
+        {
+            "old": a.old,
+            "new": a.new,
+            "reason": a.reason,
+            "secondsAgo": round(now - a.at, 1),
+            **({"model": model} if len(gates) > 1 else {}),
+        }
+        for a, model in changes
+    ]
+
+
 def _outcome_label(result: AttemptOutcome) -> str:
     """The attempt span's `mge.outcome`."""
     match result:
@@ -157,18 +175,11 @@ class Executor:
             if retrieval is None
             else retrieval.retriever(store, self.ledger, prices, config.executor_id, self.reservation_ttl_s)
         )
-        # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
-        self.gate = CallGate(
-            AdaptiveLimiter(
-                minimum=1,
-                maximum=config.concurrency,
-                initial=min(2, config.concurrency),
-                wall_offset_s=time.time() - time.monotonic(),
-            ),
-            config.executor_id,
-            queue_size=config.concurrency,
-            timeout_s=config.slot_timeout_s,
-        )
+        # One gate (limiter, queue, rate-limit reading) per model: a provider's capacity and rate limits are
+        # per model. The first model's is `self.gate`; its statistics are the ones scaling reads.
+        self.gate = self._new_gate(config.executor_id)
+        self._primary_model: str | None = None
+        self._model_gates: dict[str, CallGate] = {}
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
         self.ramp = RampPolicy(ends_at=config.plan_ramp_ends_at)
         # Plans found not ramping, and until when (monotonic) to believe it: most answers need no query.
@@ -180,7 +191,7 @@ class Executor:
             AcceptanceStore(store.pool),
             llm,
             self.ledger,
-            self.gate,
+            self.gate_for,
             prices,
             GenerationConfig(
                 config.executor_id,
@@ -197,6 +208,31 @@ class Executor:
         self.circuit = EndpointCircuit(getattr(llm, "label", "LLM endpoint"))
         self._trial: asyncio.Task[None] | None = None  # the atom whose call probes an endpoint that is down
         self._reports: set[asyncio.Task[None]] = set()
+
+    def _new_gate(self, label: str) -> CallGate:
+        # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
+        return CallGate(
+            AdaptiveLimiter(
+                minimum=1,
+                maximum=self.config.concurrency,
+                initial=min(2, self.config.concurrency),
+                wall_offset_s=time.time() - time.monotonic(),
+            ),
+            label,
+            queue_size=self.config.concurrency,
+            timeout_s=self.config.slot_timeout_s,
+        )
+
+    def gate_for(self, model: str) -> CallGate:
+        """The gate of `model`'s calls: the first model seen takes `self.gate`, each other its own."""
+        if self._primary_model is None:
+            self._primary_model = model
+        if model == self._primary_model:
+            return self.gate
+        gate = self._model_gates.get(model)
+        if gate is None:
+            gate = self._model_gates[model] = self._new_gate(f"{self.config.executor_id}/{model}")
+        return gate
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight atoms within the grace period and release the rest."""
@@ -384,31 +420,27 @@ class Executor:
             self._generation.cancel()
 
     async def _report(self) -> None:
-        """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status."""
-        limiter = self.gate.limiter
+        """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status: with
+        several models, the limits and loads of their gates summed, each adjustment naming its model."""
+        now = time.monotonic()
+        gates = {self._primary_model or "": self.gate, **self._model_gates}
         await self.store.report_executor(
             self.config.executor_id,
-            limit=limiter.limit,
-            in_flight=self.gate.in_flight,
-            queue_size=self.gate.queue.size,
+            limit=sum(g.limiter.limit for g in gates.values()),
+            in_flight=sum(g.in_flight for g in gates.values()),
+            queue_size=sum(g.queue.size for g in gates.values()),
             atoms_held=len(self._in_flight),
-            statistics=self.gate.statistics.summary(time.monotonic()),
-            adjustments=[
-                {
-                    "old": a.old,
-                    "new": a.new,
-                    "reason": a.reason,
-                    "secondsAgo": round(time.monotonic() - a.at, 1),
-                }
-                for a in list(limiter.adjustments)[-10:]
-            ],
-            endpoint=self.circuit.report(time.monotonic()),
-            rate_limits=self.gate.provider.snapshot(time.monotonic()),
+            statistics=self.gate.statistics.summary(now),
+            adjustments=_recent_adjustments(gates, now),
+            endpoint=self.circuit.report(now),
+            rate_limits=self.gate.provider.snapshot(now),
             llm_pool=self.config.llm_pool,
         )
-        if isinstance(limiter, AdaptiveLimiter):
-            # The provider answers to every executor on the endpoint: the limiter grows and rounds by it.
-            limiter.fleet = max(1, await self.store.fleet_size(self.circuit.endpoint))
+        # The provider answers to every executor on the endpoint: the limiters grow and round by it.
+        fleet = max(1, await self.store.fleet_size(self.circuit.endpoint))
+        for gate in gates.values():
+            if isinstance(gate.limiter, AdaptiveLimiter):
+                gate.limiter.fleet = fleet
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -516,7 +548,7 @@ class Executor:
             with metrics.LLM_LATENCY.labels(atom.model).time():
                 return await self.llm.complete(request)
 
-        return await self.gate.complete(
+        return await self.gate_for(atom.model).complete(
             call,
             plan=str(atom.masterplan_id),
             critical_path=atom.priority,

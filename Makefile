@@ -56,6 +56,7 @@ manifests: crds ## Regenerate manifests/ (plain YAML install) from the Helm char
 bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planner, reconcile, execution, cost ledger, concurrency, cache, retrieval, dependencies, acceptance
 	$(BIN)/python -m tests.bench.bench_plan
 	$(BIN)/python -m tests.bench.bench_reconcile
+	$(BIN)/python -m tests.bench.bench_live_plans
 	$(BIN)/python -m tests.bench.bench_execution
 	$(BIN)/python -m tests.bench.bench_ledger
 	$(BIN)/python -m tests.bench.bench_concurrency

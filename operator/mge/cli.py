@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mge.settings import Settings
     from mge.trace.tree import TraceTree
 
+DEFAULT_OPENAI_URL: Final = "https://api.openai.com/v1"
 HELP_OPTIONS: Final = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     no_args_is_help=True,
@@ -297,7 +298,6 @@ def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None)
     """The client `--llm` names: the recording's answers, or OPENAI_BASE_URL checked with one cheap request.
     A plan's spec.llm gives the URL (over OPENAI_BASE_URL) and headers; locally the key is OPENAI_API_KEY,
     since there is no cluster to read spec.llm.secretRef from."""
-    import os
 
     from mge.adapters.llm import OpenAICompatibleLLM, ReplayLLM
 
@@ -310,16 +310,13 @@ def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None)
             raise _fail(str(error)) from None
     if kind != "openai":
         raise _fail(f"--llm must be 'replay' or 'openai', not {kind!r}")
-    base_url, key = os.environ.get("OPENAI_BASE_URL", ""), os.environ.get("OPENAI_API_KEY", "")
-    if endpoint is not None and endpoint.base_url:
-        base_url = endpoint.base_url
+    base_url, key, headers = _local_endpoint(endpoint)
     if not base_url and not key:
         raise _fail(
             "--llm openai needs OPENAI_API_KEY (for api.openai.com) or OPENAI_BASE_URL (an OpenAI-compatible "
             "server, with OPENAI_API_KEY if it asks for one); neither is set"
         )
-    headers = endpoint.header_map if endpoint is not None else {}
-    client = OpenAICompatibleLLM(base_url or "https://api.openai.com/v1", key, headers=headers)
+    client = OpenAICompatibleLLM(base_url or DEFAULT_OPENAI_URL, key, headers=headers)
     # A wrong URL or key is found now, not after every atom has used up its retries.
     problem = asyncio.run(client.probe())
     if problem is not None:
@@ -328,17 +325,22 @@ def _open_llm(kind: str, recording: Path, endpoint: "LLMEndpoint | None" = None)
     return client
 
 
-def _endpoint_embedder(endpoint: "LLMEndpoint | None", model: str = "text-embedding-3-small") -> "Embedder":
-    """POST <the LLM endpoint>/embeddings with its key: retrieval for `mge run --llm openai`."""
+def _local_endpoint(endpoint: "LLMEndpoint | None") -> tuple[str, str, dict[str, str]]:
+    """URL ("" when none is set), key and headers of a local run's calls: spec.llm's URL and headers over
+    OPENAI_BASE_URL; the key is OPENAI_API_KEY, as there is no cluster to read spec.llm.secretRef from."""
     import os
 
+    base_url = (endpoint.base_url if endpoint is not None else None) or os.environ.get("OPENAI_BASE_URL", "")
+    headers = endpoint.header_map if endpoint is not None else {}
+    return base_url, os.environ.get("OPENAI_API_KEY", ""), headers
+
+
+def _endpoint_embedder(endpoint: "LLMEndpoint | None", model: str = "text-embedding-3-small") -> "Embedder":
+    """POST <the LLM endpoint>/embeddings with its key: retrieval for `mge run --llm openai`."""
     from mge.adapters.cache import OpenAIEmbeddings
 
-    base_url = (endpoint.base_url if endpoint is not None else None) or os.environ.get(
-        "OPENAI_BASE_URL", "https://api.openai.com/v1"
-    )
-    headers = endpoint.header_map if endpoint is not None else {}
-    return OpenAIEmbeddings(base_url, os.environ.get("OPENAI_API_KEY", ""), model, headers=headers)
+    base_url, key, headers = _local_endpoint(endpoint)
+    return OpenAIEmbeddings(base_url or DEFAULT_OPENAI_URL, key, model, headers=headers)
 
 
 async def _run_and_close(options: "LocalRun", client: "LLM") -> "RunResult":
@@ -710,7 +712,7 @@ def executor(log_format: LogFormatOption = None) -> None:
         else:
             llm = _with_cache(
                 OpenAICompatibleLLM(
-                    os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                    os.environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
                     os.environ.get("OPENAI_API_KEY", ""),
                     headers=settings.llm_headers,
                 ),
@@ -755,7 +757,7 @@ def _retrieval(settings: "Settings", *, offline: bool) -> "RetrievalSetup":
         OfflineEmbedder()
         if offline or settings.retrieval_offline
         else OpenAIEmbeddings(
-            settings.embeddings_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            settings.embeddings_url or os.environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
             os.environ.get("OPENAI_API_KEY", ""),
             settings.embeddings_model,
             headers=settings.llm_headers,

@@ -7,11 +7,10 @@ from decimal import Decimal
 import pytest
 
 from mge.adapters.cache import OpenAIEmbeddings
-from mge.adapters.store.context import ContextSettings
 from mge.adapters.store.ledger import CostLedger
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.retrieval import RetrievalSetup
-from mge.models.masterplan import Budget
+from mge.models.masterplan import Budget, PlanContext
 from mge.retrieval.documents import ContextDocument
 from tests.builders import atom, end_ramps, register
 from tests.support.fake_llm import FakeLLM
@@ -56,7 +55,7 @@ async def _with_handbook(store, budget_usd=None):
     plan_id = await register(store, atom("fees"))
     if budget_usd is not None:
         await CostLedger(store.pool).apply_budget(plan_id, Budget(limitUSD=budget_usd))
-    settings = ContextSettings(top_k=2, max_tokens=500, generated_files=True)
+    settings = PlanContext(topK=2, max_tokens=500, generatedFiles=True)
     await store.store_context(plan_id, settings, [HANDBOOK])
     return plan_id, await _claimed(store, plan_id)
 
@@ -96,7 +95,7 @@ async def test_a_plan_without_context_retrieves_nothing_and_calls_nothing(store,
 
 async def test_atoms_of_one_plan_retrieving_at_once_embed_its_chunks_once(store, provider):
     plan_id = await register(store, atom("fees"), atom("rates"))
-    await store.store_context(plan_id, ContextSettings(2, 500, True), [HANDBOOK])
+    await store.store_context(plan_id, PlanContext(topK=2, max_tokens=500, generatedFiles=True), [HANDBOOK])
     await end_ramps(store)
     claimed = await store.claim("ex-1", 2, 60)
     embedder = OpenAIEmbeddings(provider.url, "k", "text-embedding-3-small")

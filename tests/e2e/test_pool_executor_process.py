@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from mge.adapters.manifests import load_context_documents, load_plan_input
-from mge.adapters.store.context import context_settings
 from mge.adapters.store.store import Store
 from mge.models.masterplan import LLMEndpoint
 from mge.plan.dag import plan_dag
@@ -48,7 +47,7 @@ async def _register(store: Store, namespace: str, llm: LLMEndpoint | None) -> ob
         llm=pool,
     )
     assert spec.context is not None
-    await store.store_context(plan_id, context_settings(spec.context), load_context_documents(PRICING, spec))
+    await store.store_context(plan_id, spec.context, load_context_documents(PRICING, spec))
     return plan_id, pool
 
 

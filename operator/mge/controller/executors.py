@@ -368,9 +368,9 @@ async def apply_decision(
     if existing is not None and decision.replicas != current:
         reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
         message = f"{current} -> {decision.replicas} executors: {decision.reason}"
-        await deployment_event(kube, namespace, existing, reason, message)
+        await _deployment_event(kube, namespace, existing, reason, message)
     if existing is not None and decision.replicas < current:
-        await rank_for_deletion(kube, namespace, load, desired["spec"]["selector"]["matchLabels"])
+        await _rank_for_deletion(kube, namespace, load, desired["spec"]["selector"]["matchLabels"])
     if existing is None:
         await kube.create_deployment(namespace, desired)
         log.info("created executor Deployment %s: %d replicas (%s)", name, decision.replicas, decision.reason)
@@ -385,7 +385,7 @@ async def apply_decision(
         )
 
 
-async def rank_for_deletion(
+async def _rank_for_deletion(
     kube: Kube, namespace: str, load: Mapping[str, int], labels: Mapping[str, str] = COMPONENT_LABEL
 ) -> None:
     """Annotate executor pods with pod-deletion-cost so the ReplicaSet removes idle ones first.
@@ -414,10 +414,10 @@ async def _report_prometheus(
     else:
         reason, type_ = "PrometheusAvailable", "Normal"
         message = "Prometheus answers again: executor scaling reads LLM/DB p95 and the error rate"
-    await deployment_event(kube, namespace, deployment, reason, message, type_)
+    await _deployment_event(kube, namespace, deployment, reason, message, type_)
 
 
-async def deployment_event(
+async def _deployment_event(
     kube: Kube,
     namespace: str,
     deployment: Mapping[str, Any],

@@ -13,6 +13,7 @@ from mge.adapters.store.store import LazyStore
 from mge.concurrency.replicas import ReplicaBounds
 from mge.concurrency.scaler import Decision, ScalerPolicy
 from mge.controller.executors import (
+    LLM_POOL_LABEL,
     apply_decision,
     configured_executor_deployment,
     llm_credentials_secret,
@@ -22,8 +23,6 @@ from mge.plan.llm_endpoint import ConfigProblem, PoolConfig, PoolCredentials, cr
 from mge.settings import Settings
 
 log = logging.getLogger("mge.controller.llm_pools")
-
-POOL_COMPONENT_SELECTOR = "app.kubernetes.io/component=executor-llm-pool"
 
 
 async def read_pool_credentials(kube: Kube, config: PoolConfig) -> PoolCredentials | ConfigProblem:
@@ -76,9 +75,10 @@ async def sync_llm_pools_once(
                 kube, store, namespace, settings, pool.pool, own, policies, now
             )
     live = {pool.pool for pool in pools}
-    for deployment in await kube.list_deployments(namespace, POOL_COMPONENT_SELECTOR):
+    # The pool label selects every pool's Deployment and no other.
+    for deployment in await kube.list_deployments(namespace, LLM_POOL_LABEL):
         labels = deployment["metadata"].get("labels") or {}
-        pool_id = labels.get("mge.devmatrix.io/llm-pool")
+        pool_id = labels.get(LLM_POOL_LABEL)
         if pool_id not in live:
             await kube.delete_deployment(namespace, deployment["metadata"]["name"])
             policies.pop(str(pool_id), None)

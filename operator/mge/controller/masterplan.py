@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
-from mge.adapters.store.context import context_settings
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.plans import PlanRetired, run_uuid
@@ -175,8 +174,7 @@ async def _register(
                 llm=llm,
             )
             await CostLedger(store.pool).apply_budget(run.id, spec.budget)
-            settings = None if spec.context is None else context_settings(spec.context)
-            await store.store_context(run.id, settings, documents)
+            await store.store_context(run.id, spec.context, documents)
     except OverrideRejected as rejected:
         outcome.events.append(
             KubeEvent("Warning", Reason.OVERRIDE_REJECTED.value, f"Override not applied: {rejected}")

@@ -32,7 +32,6 @@ from mge.adapters.llm_cache import CachingLLM
 from mge.adapters.local_dirs import claim_state_dir, empty_state_dir, reset_out_dir
 from mge.adapters.sandbox import Sandbox
 from mge.adapters.store.acceptance import AcceptanceStore
-from mge.adapters.store.context import context_settings
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.adapters.store.trace import TraceStore, export_trace_metrics
@@ -157,8 +156,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
         )
         ledger = CostLedger(store.pool)
         await ledger.apply_budget(plan_id, run.spec.budget)
-        context = None if run.spec.context is None else context_settings(run.spec.context)
-        await store.store_context(plan_id, context, run.context_documents)
+        await store.store_context(plan_id, run.spec.context, run.context_documents)
         retrieval = (
             RetrievalSetup(run.embedder or OfflineEmbedder(), client)
             if run.spec.context is not None

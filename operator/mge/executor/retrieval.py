@@ -43,14 +43,18 @@ class Retrieved:
     chunks: list[Chunk]
     block: str
     cost_usd: Decimal = Decimal(0)
-    cache_hit: bool = False
 
     def paid(self) -> "Retrieved":
         """The same context, its cost already counted (later attempts carry it again for free)."""
-        return Retrieved(self.chunks, self.block, Decimal(0), self.cache_hit)
+        return Retrieved(self.chunks, self.block)
 
     def labels(self) -> list[dict[str, str]]:
-        return [{"id": c.id, "origin": c.origin, "title": c.title} for c in self.chunks]
+        return chunk_labels(self.chunks)
+
+
+def chunk_labels(chunks: Sequence[Chunk]) -> list[dict[str, str]]:
+    """What an attempt row and the RAG cache keep of each chunk: its id, origin and title."""
+    return [{"id": c.id, "origin": c.origin, "title": c.title} for c in chunks]
 
 
 NOTHING: Final = Retrieved([], "")
@@ -188,13 +192,13 @@ class Retriever:
                 cached = [chunks.get(str(d.get("id"))) for d in hit.documents] if hit is not None else []
                 if hit is not None and all(c is not None for c in cached):
                     chosen = [c for c in cached if c is not None]
-                    return Retrieved(chosen, context_block(chosen), charge.spent, cache_hit=True)
+                    return Retrieved(chosen, context_block(chosen), charge.spent)
             index = await self._index(atom.masterplan_id, list(chunks.values()))
             (vector,) = await self.embedder.embed([query])
             ranked = index.search(vector, settings.top_k * CANDIDATES_PER_SLOT, allowed=chunks.keys())
             chosen = fit_budget([chunks[i] for i, _ in ranked], settings.top_k, settings.max_tokens)
             if self.cache is not None:
-                await self.cache.put(scope, query, Retrieved(chosen, "").labels())
+                await self.cache.put(scope, query, chunk_labels(chosen))
             return Retrieved(chosen, context_block(chosen), charge.spent)
         except EmbeddingsUnavailable as error:
             log.warning("atom %s goes on without retrieved context: %s", atom.atom_id, error)
@@ -210,14 +214,10 @@ class Retriever:
 
     async def _index_locked(self, plan: uuid.UUID, chunks: list[Chunk]) -> VectorIndex:
         index = self._indexes.get(plan)
-        if index is None:
-            index = self._indexes[plan] = VectorIndex(0)
-            while len(self._indexes) > PLANS_KEPT:
-                evicted, _ = self._indexes.popitem(last=False)
-                self._indexing.pop(evicted, None)
-        self._indexes.move_to_end(plan)
-        missing = [c for c in chunks if c.id not in index]
-        if not missing:
+        if index is not None:
+            self._indexes.move_to_end(plan)
+        missing = [c for c in chunks if index is None or c.id not in index]
+        if index is not None and not missing:
             return index
         model = self.embedder.model
         known = await self.store.chunk_embeddings(plan, model, [c.id for c in missing])
@@ -230,8 +230,11 @@ class Retriever:
         if fresh:
             await self.store.store_chunk_embeddings(plan, model, fresh)
         found = {**known, **fresh}
-        if not len(index):
+        if index is None:
             index = self._indexes[plan] = VectorIndex(len(next(iter(found.values()))))
+            while len(self._indexes) > PLANS_KEPT:
+                evicted, _ = self._indexes.popitem(last=False)
+                self._indexing.pop(evicted, None)
         index.add(list(found), list(found.values()))
         return index
 

@@ -4,7 +4,6 @@ import json
 import uuid
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -13,24 +12,13 @@ from mge.models.masterplan import PlanContext
 from mge.retrieval.documents import ContextDocument
 
 
-@dataclass(frozen=True, slots=True)
-class ContextSettings:
-    top_k: int
-    max_tokens: int
-    generated_files: bool
-
-
-def context_settings(context: PlanContext) -> ContextSettings:
-    return ContextSettings(context.top_k, context.max_tokens, context.generated_files)
-
-
 class ContextQueries:
     pool: asyncpg.Pool
 
     async def store_context(
         self,
         plan_id: uuid.UUID,
-        settings: ContextSettings | None,
+        context: PlanContext | None,
         documents: Sequence[ContextDocument],
     ) -> None:
         """The plan's spec.context as the operator read it: replaces what was there (a ConfigMap edited and the
@@ -39,15 +27,7 @@ class ContextQueries:
             await connection.execute(
                 "UPDATE masterplans SET context = $2 WHERE id = $1",
                 plan_id,
-                None
-                if settings is None
-                else json.dumps(
-                    {
-                        "topK": settings.top_k,
-                        "maxTokens": settings.max_tokens,
-                        "generatedFiles": settings.generated_files,
-                    }
-                ),
+                None if context is None else context.model_dump_json(by_alias=True),
             )
             await connection.execute("DELETE FROM context_documents WHERE masterplan_id = $1", plan_id)
             await connection.executemany(
@@ -56,18 +36,17 @@ class ContextQueries:
                 [(plan_id, d.origin, d.path, d.body) for d in documents],
             )
 
-    async def context_of(self, plan_id: uuid.UUID) -> tuple[ContextSettings, list[ContextDocument]] | None:
+    async def context_of(self, plan_id: uuid.UUID) -> tuple[PlanContext, list[ContextDocument]] | None:
         """The plan's retrieval settings and documents; None when it has no spec.context."""
         raw = await self.pool.fetchval("SELECT context FROM masterplans WHERE id = $1", plan_id)
         if raw is None:
             return None
-        settings = json.loads(raw)
         rows = await self.pool.fetch(
             "SELECT origin, path, body FROM context_documents WHERE masterplan_id = $1 ORDER BY origin",
             plan_id,
         )
         return (
-            ContextSettings(settings["topK"], settings["maxTokens"], settings["generatedFiles"]),
+            PlanContext.model_validate_json(raw),
             [ContextDocument(r["origin"], r["path"], r["body"]) for r in rows],
         )
 

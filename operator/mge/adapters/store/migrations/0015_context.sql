@@ -18,5 +18,5 @@ CREATE TABLE context_chunks (
 );
 -- Which chunks each attempt's prompt carried (ids; origin and title are in the trace).
 ALTER TABLE atom_attempts ADD COLUMN context_chunks jsonb;
--- The plan's spec.context settings (topK, maxTokens, generatedFiles); NULL: no retrieval.
+-- The plan's spec.context as written (sources, topK, maxTokens, generatedFiles); NULL: no retrieval.
 ALTER TABLE masterplans ADD COLUMN context jsonb;

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import LazyStore, Store
@@ -264,6 +265,10 @@ async def test_restarting_the_operator_writes_nothing_for_plans_with_spend(clust
                 lambda: all(_masterplan(cluster, n)["status"]["cost"]["currentUSD"] > 0 for n in names),
                 timeout=30,
             )
+            # The check of a finished run's imports runs in the background and lands a tick later.
+            await eventually(
+                lambda: all(_reason(cluster, "DependenciesVerified", n) for n in names[2::3]), timeout=30
+            )
         writes = cluster.writes
         NOW_CALLS.clear()
         async with running_operator(cluster, pg, [NS], customize=_counting_now):
@@ -359,22 +364,38 @@ async def test_status_sync_works_from_the_watch_and_does_not_list_masterplans_on
         assert cluster.lists["masterplans"] - lists_before <= 1  # at most the 60 s sweep's own list
 
 
-async def test_a_finished_plan_costs_no_api_writes_on_later_ticks(cluster, pg):
+async def test_a_finished_plan_costs_no_api_calls_on_later_ticks_until_something_asks_for_it(cluster, pg):
+    """The progress loop's cost must not grow with finished plans: no write, no LIST of Waves, no sync at all
+    (each sync asks the time once), until its object changes or its acceptance tests are asked for again."""
     await _apply(cluster, hello())
-    async with running_operator(cluster, pg, [NS], progress_interval=0.1):
+    NOW_CALLS.clear()
+    async with running_operator(cluster, pg, [NS], progress_interval=0.1, customize=_counting_now):
         await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
         async with running_executor(pg, HELLO_RECORDING):
             await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
 
         async def settled() -> bool:
-            before = cluster.writes
+            before = (cluster.writes, len(NOW_CALLS))
             await asyncio.sleep(0.3)
-            return cluster.writes == before
+            return (cluster.writes, len(NOW_CALLS)) == before
 
-        await eventually(settled)  # the completion's own writes (status, Waves, Events) are done
-        writes_before = cluster.writes
+        await eventually(settled)  # the completion's own writes (status, Waves, Events, imports) are done
+        assert _reason(cluster, "DependenciesVerified")
+        before = (cluster.writes, cluster.lists["waves"], len(NOW_CALLS))
         await asyncio.sleep(1.0)  # a window of about 10 progress ticks
-        assert cluster.writes == writes_before
+        assert (cluster.writes, cluster.lists["waves"], len(NOW_CALLS)) == before
+
+        # POST /api/v2/testing/generate/<id> on a finished plan: the next tick syncs it again.
+        store = await Store.connect(pg)
+        try:
+            await AcceptanceStore(store.pool).request_generation(uuid.UUID(_run_id(cluster)))
+        finally:
+            await store.close()
+        await eventually(lambda: len(NOW_CALLS) > before[2], timeout=5)
+        # A change of the object (here a label) makes it due again as well.
+        calls = len(NOW_CALLS)
+        await _patch(cluster, "hello", {"metadata": {"labels": {"team": "a"}}})
+        await eventually(lambda: len(NOW_CALLS) > calls, timeout=5)
 
 
 async def test_a_plan_whose_atoms_outgrow_the_annotation_limit_is_planned_and_updated(cluster, pg):

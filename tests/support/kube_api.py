@@ -143,6 +143,14 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
             if resource.plural == plural and (namespace is None or ns == namespace)
         ]
 
+    def statuses_of(self, plural: str, namespace: str) -> dict[str, dict[str, Any]]:
+        """Each object's status by name: a copy of the status only, cheap enough to poll many large objects."""
+        return {
+            name: copy.deepcopy(obj.get("status") or {})
+            for (resource, ns, name), obj in self.store.items()
+            if resource.plural == plural and ns == namespace
+        }
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None or request.action is None or not isinstance(request.resource.plural, str):
             return await super()._handle(request)  # discovery: /api, /apis, /apis/<group>/<version>
@@ -160,15 +168,25 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         if action == enums.action.LIST:
             self.lists[resource.plural] += 1
             selector = request.params.get("labelSelector", "")
-            items = [
-                obj
-                for (res, ns, _), obj in self.store.items()
-                if res == resource
-                and (request.namespace is None or ns == request.namespace)
-                and _matches(obj["metadata"].get("labels", {}), selector)
-            ]
+            items = sorted(
+                (
+                    obj
+                    for (res, ns, _), obj in self.store.items()
+                    if res == resource
+                    and (request.namespace is None or ns == request.namespace)
+                    and _matches(obj["metadata"].get("labels", {}), selector)
+                ),
+                key=lambda obj: (obj["metadata"].get("namespace") or "", obj["metadata"]["name"]),
+            )
+            # Chunked lists as the API server serves them: `limit`, then `continue` (here the page's offset).
+            start = int(request.params.get("continue") or 0)
+            limit = int(request.params.get("limit") or 0)
+            end = start + limit if limit else len(items)
+            metadata = {"resourceVersion": str(self._current())}
+            if end < len(items):
+                metadata["continue"] = str(end)
             return aiohttp.web.json_response(
-                {"kind": "List", "metadata": {"resourceVersion": str(self._current())}, "items": items}
+                {"kind": "List", "metadata": metadata, "items": items[start:end]}
             )
         body: Any = request.data if request.data is not None else json.loads(request.body or b"{}")
         meta = body.get("metadata", {}) if isinstance(body, dict) else {}

@@ -1,11 +1,13 @@
 """The operator's view of live Masterplans, fed by watch events and pruned by the periodic list."""
 
-from mge.controller.deps import LivePlans
+import uuid
+
+from mge.controller.deps import SETTLED_RESYNC_S, WAVES_REFRESH_S, LivePlans
 
 
-def _body(uid: str, atoms: int = 3) -> dict:
+def _body(uid: str, atoms: int = 3, version: str = "1") -> dict:
     return {
-        "metadata": {"uid": uid, "name": f"p-{uid}", "namespace": "ns"},
+        "metadata": {"uid": uid, "name": f"p-{uid}", "namespace": "ns", "resourceVersion": version},
         "spec": {"atoms": [{"id": f"a{i}"} for i in range(atoms)], "budget": {"limitUSD": 5}},
         "status": {"progress": "0/3"},
     }
@@ -18,7 +20,7 @@ def test_a_seen_plan_is_kept_without_its_atoms_and_the_latest_event_wins():
     later["status"] = {"progress": "2/3"}
     plans.seen(later, at=2.0)
 
-    [current] = plans.current()
+    [current], _ = plans.due(now=3.0)
     assert "atoms" not in current["spec"]
     assert current["spec"]["budget"] == {"limitUSD": 5}
     assert current["status"] == {"progress": "2/3"}
@@ -29,7 +31,7 @@ def test_a_deleted_plan_is_forgotten():
     plans.seen(_body("u1"), at=1.0)
     plans.gone("u1")
     plans.gone("never-seen")
-    assert plans.current() == []
+    assert plans.due(now=3.0) == ([], [])
 
 
 def test_prune_forgets_plans_the_list_no_longer_shows_but_not_one_seen_after_the_list_began():
@@ -40,4 +42,55 @@ def test_prune_forgets_plans_the_list_no_longer_shows_but_not_one_seen_after_the
 
     plans.prune({"still-there"}, listed_at=4.0)
 
-    assert sorted(b["metadata"]["uid"] for b in plans.current()) == ["created-during-the-list", "still-there"]
+    assert sorted(b["metadata"]["uid"] for b in plans.due(now=6.0)[0]) == [
+        "created-during-the-list",
+        "still-there",
+    ]
+
+
+def _uids(bodies: list[dict]) -> list[str]:
+    return sorted(b["metadata"]["uid"] for b in bodies)
+
+
+def test_a_settled_plan_is_skipped_until_its_object_changes():
+    plans = LivePlans()
+    run = uuid.uuid4()
+    plans.seen(_body("done", version="7"), at=1.0)
+    plans.seen(_body("running"), at=1.0)
+    plans.settle(_body("done", version="7"), run, now=10.0)
+
+    due, skipped = plans.due(now=20.0)
+    assert (_uids(due), skipped) == (["running"], [run])
+
+    # Any write to the object (a new spec, a label, a status written by someone else) makes it due again.
+    plans.seen(_body("done", version="8"), at=21.0)
+    due, skipped = plans.due(now=22.0)
+    assert (_uids(due), skipped) == (["done", "running"], [])
+    # ...and no longer settled: it is synced on every tick until a sync settles it again.
+    assert _uids(plans.due(now=23.0)[0]) == ["done", "running"]
+
+
+def test_a_settled_plan_is_synced_again_after_the_resync_period_or_when_woken():
+    plans = LivePlans()
+    run = uuid.uuid4()
+    plans.seen(_body("done"), at=1.0)
+    plans.settle(_body("done"), run, now=10.0)
+    assert plans.due(now=10.0 + SETTLED_RESYNC_S - 1)[0] == []
+    assert _uids(plans.due(now=10.0 + SETTLED_RESYNC_S)[0]) == ["done"]
+
+    plans.settle(_body("done"), run, now=1000.0)
+    assert plans.wake({uuid.uuid4()}) == []
+    assert _uids(plans.wake({run})) == ["done"]
+    assert _uids(plans.due(now=1001.0)[0]) == ["done"]
+
+
+def test_waves_are_trusted_to_show_what_was_written_for_the_refresh_period_only():
+    plans = LivePlans()
+    plans.seen(_body("p"), at=1.0)
+    assert not plans.waves_current("p", ("progress", 1), now=5.0)
+    plans.waves_synced("p", ("progress", 1), now=5.0)
+    assert plans.waves_current("p", ("progress", 1), now=6.0)
+    assert not plans.waves_current("p", ("progress", 2), now=6.0)
+    assert not plans.waves_current("p", ("progress", 1), now=5.0 + WAVES_REFRESH_S)
+    plans.gone("p")
+    assert not plans.waves_current("p", ("progress", 1), now=6.0)

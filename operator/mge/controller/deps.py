@@ -1,5 +1,6 @@
 """What the handlers need, built once at start-up and passed to them through kopf's memo."""
 
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from mge.adapters.acceptance_job import AcceptanceJobConfig
 from mge.adapters.kube import Kube
 from mge.adapters.store.store import LazyStore
 from mge.adapters.tokenizer import count_tokens
+from mge.controller.dependencies import DependencyChecks
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice
 from mge.trace.context import new_trace_id
 
@@ -17,12 +19,22 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+# How long the Waves' status is trusted to be what the progress loop last wrote (see LivePlans.waves_current).
+WAVES_REFRESH_S = 600.0
+# How long a settled plan goes unsynced when nothing says it changed (see LivePlans.settled).
+SETTLED_RESYNC_S = 600.0
+
+
 @dataclass
 class LivePlans:
     """The latest body of each Masterplan seen on the watch, without `spec.atoms` (the only part that can be
     large and that status sync never reads), so syncing status needs no LIST of full objects."""
 
     bodies: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    # What the progress loop last wrote to each plan's Waves, and when (see waves_current).
+    waves_written: dict[str, tuple[float, object]] = field(default_factory=dict)
+    # Plans whose run has ended and whose last sync changed nothing: (resourceVersion then, when, run id).
+    settled: dict[str, tuple[str, float, uuid.UUID]] = field(default_factory=dict)
 
     def seen(self, body: Mapping[str, Any], at: float) -> None:
         spec = {key: value for key, value in (body.get("spec") or {}).items() if key != "atoms"}
@@ -30,16 +42,54 @@ class LivePlans:
 
     def gone(self, uid: str) -> None:
         self.bodies.pop(uid, None)
+        self.waves_written.pop(uid, None)
+        self.settled.pop(uid, None)
+
+    def settle(self, body: Mapping[str, Any], run: uuid.UUID, now: float) -> None:
+        """The plan's run ended and its status says so: nothing changes until its object or its acceptance
+        requests do, so the progress loop skips it (SETTLED_RESYNC_S at most)."""
+        metadata = body["metadata"]
+        self.settled[metadata["uid"]] = (str(metadata.get("resourceVersion")), now, run)
+
+    def wake(self, runs: Collection[uuid.UUID]) -> list[dict[str, Any]]:
+        """Settled plans of these runs are due again (something in Postgres changed for them): their bodies."""
+        uids = [uid for uid, (_, _, run) in self.settled.items() if run in runs]
+        for uid in uids:
+            del self.settled[uid]
+        return [self.bodies[uid][1] for uid in uids if uid in self.bodies]
+
+    def due(self, now: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+        """(the bodies to sync, the runs skipped as settled): a settled plan is due again when its object
+        changed (spec, labels, someone else's status write) or it has been skipped for SETTLED_RESYNC_S."""
+        due: list[dict[str, Any]] = []
+        skipped: list[uuid.UUID] = []
+        for uid, (_, body) in self.bodies.items():
+            entry = self.settled.get(uid)
+            version = str(body["metadata"].get("resourceVersion"))
+            if entry is not None and entry[0] == version and now - entry[1] < SETTLED_RESYNC_S:
+                skipped.append(entry[2])
+                continue
+            self.settled.pop(uid, None)
+            due.append(body)
+        return due, skipped
+
+    def waves_current(self, uid: str, written: object, now: float) -> bool:
+        """The plan's Waves already show `written` (their progress as last written): no LIST, no patch.
+
+        Trusted for WAVES_REFRESH_S only, so a Wave status changed by anything else is rewritten within it.
+        """
+        last = self.waves_written.get(uid)
+        return last is not None and last[1] == written and now - last[0] < WAVES_REFRESH_S
+
+    def waves_synced(self, uid: str, written: object, now: float) -> None:
+        self.waves_written[uid] = (now, written)
 
     def prune(self, live_uids: Collection[str], listed_at: float) -> None:
         """Forget the objects a list taken at `listed_at` no longer shows (their DELETED event was missed);
         not one seen after the list started, which the list may simply predate."""
         for uid, (at, _) in list(self.bodies.items()):
             if uid not in live_uids and at < listed_at:
-                del self.bodies[uid]
-
-    def current(self) -> list[dict[str, Any]]:
-        return [body for _, body in self.bodies.values()]
+                self.gone(uid)
 
 
 @dataclass
@@ -61,6 +111,10 @@ class ControllerDeps:
     sweep_interval_s: float = 60.0
     # The Masterplans the watch has shown, by uid: what the progress loop syncs (see LivePlans).
     live_plans: LivePlans = field(default_factory=LivePlans)
+    dependency_checks: DependencyChecks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dependency_checks = DependencyChecks(self.store)
 
 
 def deps_of(memo: Any) -> ControllerDeps:

@@ -5,6 +5,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
@@ -13,11 +14,12 @@ from pydantic import ValidationError
 
 from mge.adapters import metrics
 from mge.adapters.kube import MANAGED_BY, MASTERPLAN_LABEL, Kube, KubeUnavailable
+from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.plans import PlanRetired, run_uuid
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
-from mge.controller.dependencies import check_dependencies
+from mge.controller.dependencies import check_due
 from mge.controller.deps import ControllerDeps, deps_of
 from mge.controller.events import post_plan_event
 from mge.controller.llm_pools import read_pool_credentials
@@ -26,11 +28,18 @@ from mge.deps.status import apply_learned
 from mge.models.base import API_GROUP, API_VERSION
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
-from mge.models.masterplan import Atom, LLMEndpoint, MasterplanSpec, MasterplanStatus, PlanContext
-from mge.models.progress import WaveProgress
+from mge.models.masterplan import (
+    Atom,
+    LLMEndpoint,
+    MasterplanSpec,
+    MasterplanStatus,
+    Phase,
+    PlanContext,
+)
+from mge.models.progress import Progress, WaveProgress
 from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.errors import AtomsSourceNotFound, ContextSourceNotFound, InvalidSpec, PlanError
-from mge.plan.execution import decide_execution, decide_store_unavailable
+from mge.plan.execution import AcceptanceState, decide_execution, decide_store_unavailable
 from mge.plan.llm_endpoint import ConfigProblem, PoolConfig, pool_config, problem_message
 from mge.plan.status import (
     KubeEvent,
@@ -40,6 +49,7 @@ from mge.plan.status import (
     decide_llm_configured,
     decide_planning,
     decide_wave_progress,
+    decide_wave_status,
     decide_wave_tests,
     status_patch,
     transition_events,
@@ -50,7 +60,7 @@ from mge.trace.context import current_trace_id
 
 PROGRESS_INTERVAL_SECONDS = 10.0
 # Plans synced at once: bounds the Postgres connections and API calls one tick makes with hundreds of plans.
-PROGRESS_CONCURRENCY = 8
+PROGRESS_CONCURRENCY = 16
 RETRY_API_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
@@ -105,7 +115,7 @@ async def reconcile_masterplan(
     plan_id = run_of(meta, observed)
     outcome.status.masterplan_id = str(plan_id)
     if outcome.plan is not None:
-        await _apply_waves(deps.kube, namespace, name, body, outcome.waves)
+        await _apply_waves(deps.kube, namespace, name, body, outcome.waves, deps.now())
         assert not isinstance(atoms, PlanError)
         run = _Run(plan_id, str(meta.get("uid") or ""), namespace, name, generation)
         llm = pool_config(namespace, parsed.llm) if parsed.llm is not None else None
@@ -239,12 +249,14 @@ async def sync_progress(
             acceptance, wave_tests = await sync_acceptance(
                 deps, store, plan_id, namespace, name, body, requirements_of(spec), progress, waves, logger
             )
-            dependencies = await check_dependencies(
-                store, plan_id, name, observed, progress, generation, logger
+            dependencies = deps.dependency_checks.result(
+                str(meta.uid), plan_id, name, observed, progress, generation, logger
             )
     except StoreUnavailable as error:
+        progress_read = False
         desired, events = decide_store_unavailable(observed, str(error), generation, deps.now())
     else:
+        progress_read = True
         desired, events = decide_execution(
             name=name,
             observed=observed,
@@ -259,7 +271,6 @@ async def sync_progress(
             replay=deps.llm_replay,
             outages=outages,
         )
-        await _sync_wave_status(deps, namespace, name, waves, wave_tests)
         _export_cost_metrics(namespace, name, spec, observed, desired, events)
         export_gate(namespace, name, acceptance)
     # Not through kopf's patch: the spec may have changed since this tick's snapshot, and the conditions list
@@ -270,6 +281,12 @@ async def sync_progress(
         logger.info("progress not written: the Masterplan changed meanwhile; the next tick catches up")
         return
     await _post_events(deps.kube, body, PlanningOutcome(status=desired, events=events), logger)
+    if not progress_read:
+        return
+    # After the Masterplan's own status, which is what most readers look at first.
+    await _sync_wave_status(deps, str(meta.uid), namespace, name, generation, waves, wave_tests)
+    if not changes and _settled(desired, progress, acceptance, generation):
+        deps.live_plans.settle(body, plan_id, asyncio.get_running_loop().time())
 
 
 async def track_masterplan(
@@ -305,9 +322,9 @@ async def retire_missing(deps: ControllerDeps, namespaces: Sequence[str]) -> lis
         listed_at = await store.clock()  # before listing: a run registered meanwhile is never swept
         seen_before = asyncio.get_running_loop().time()
         live = [
-            (namespace, item["metadata"]["name"], item["metadata"]["uid"])
+            (namespace, name, uid)
             for namespace in namespaces
-            for item in await deps.kube.list_masterplans(namespace)
+            for name, uid in await deps.kube.masterplan_names(namespace)
         ]
         deps.live_plans.prune({uid for _, _, uid in live}, seen_before)
         return await store.retire_missing(namespaces, live, listed_at)
@@ -335,11 +352,26 @@ async def sync_progress_forever(deps: ControllerDeps, interval: float) -> None:
     """
     slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
     while True:
-        bodies = deps.live_plans.current()
-        await asyncio.gather(
-            *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in bodies)
-        )
+        due, settled = deps.live_plans.due(asyncio.get_running_loop().time())
+        if settled:
+            due += deps.live_plans.wake(await _requested_lately(deps, settled, interval))
+        deps.dependency_checks.forget_except(deps.live_plans.bodies.keys())
+        await asyncio.gather(*(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in due))
         await asyncio.sleep(interval)
+
+
+async def _requested_lately(
+    deps: ControllerDeps, runs: Sequence[uuid.UUID], interval: float
+) -> set[uuid.UUID]:
+    """The runs among `runs` whose acceptance tests were asked for again (`/api/v2/testing`) lately: one query
+    for all settled plans, so their cost does not grow with their number in Python or on the API server."""
+    try:
+        async with deps.store.session() as store:
+            # Twice the interval and a margin: a request committed late in one tick is still seen by the next.
+            return await AcceptanceStore(store.pool).requested_since(runs, 2 * interval + 30)
+    except StoreUnavailable as error:
+        log.warning("settled plans not checked for new acceptance requests: %s", error)
+        return set()
 
 
 async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore) -> None:
@@ -353,6 +385,19 @@ async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaph
         except Exception:
             # One plan's unexpected failure must not stop the status of every other plan.
             logger.exception("progress not synced (retried next tick)")
+
+
+def _settled(
+    status: MasterplanStatus, progress: Progress, acceptance: AcceptanceState, generation: int
+) -> bool:
+    """The run ended, its gate is decided and its imports checked: only a new spec or acceptance request
+    changes this status now."""
+    return (
+        status.phase in (Phase.SUCCEEDED, Phase.FAILED)
+        and progress.finished
+        and (not acceptance.enabled or acceptance.verdict is not None)
+        and not check_due(status, progress, generation)
+    )
 
 
 def _export_cost_metrics(
@@ -390,26 +435,59 @@ def _export_cost_metrics(
 
 async def _sync_wave_status(
     deps: ControllerDeps,
+    uid: str,
     namespace: str,
     masterplan: str,
+    generation: int,
     waves: Sequence[WaveProgress],
     tests: Mapping[int, Sequence[TestOutcome]],
 ) -> None:
+    """Each Wave's progress and tests; no API call while they are what was last written (idle plans cost 0)."""
+    written = (generation, tuple(waves), {index: tuple(outcomes) for index, outcomes in tests.items()})
+    now = asyncio.get_running_loop().time()
+    if deps.live_plans.waves_current(uid, written, now):
+        return
     try:
         existing = {w["metadata"]["name"]: w for w in await deps.kube.list_waves(namespace, masterplan)}
+        complete = True
         for wave in waves:
             child = existing.get(wave_name(masterplan, wave.index))
-            if child is None:
+            if child is None:  # not created yet: written once it is
+                complete = False
                 continue
-            observed = WaveStatus.model_validate(child.get("status") or {})
-            desired = decide_wave_progress(observed, wave, deps.now())
-            if wave.index in tests:
-                desired = decide_wave_tests(desired, tests[wave.index])
-            changes = status_patch(child.get("status") or {}, desired)
-            if changes:
-                await deps.kube.patch_wave_status(namespace, child["metadata"]["name"], changes)
+            await _write_wave_status(
+                deps.kube, namespace, child, progress=wave, tests=tests.get(wave.index), now=deps.now()
+            )
+        if complete:
+            deps.live_plans.waves_synced(uid, written, now)
     except KubeUnavailable as error:
         raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
+
+
+async def _write_wave_status(
+    kube: Kube,
+    namespace: str,
+    child: Mapping[str, Any],
+    *,
+    progress: WaveProgress | None,
+    tests: Sequence[TestOutcome] | None,
+    now: datetime,
+) -> None:
+    """A Wave's status from its spec, its atoms' progress and its tests; written only where it changes."""
+    observed = child.get("status") or {}
+    desired = decide_wave_status(
+        WaveSpec.model_validate(child["spec"]),
+        WaveStatus.model_validate(observed),
+        int(child["metadata"].get("generation") or 0),
+        now,
+    )
+    if progress is not None:
+        desired = decide_wave_progress(desired, progress, now)
+    if tests is not None:
+        desired = decide_wave_tests(desired, tests)
+    changes = status_patch(observed, desired)
+    if changes:
+        await kube.patch_wave_status(namespace, child["metadata"]["name"], changes)
 
 
 def _plan(
@@ -465,9 +543,15 @@ async def _read_atoms(kube: Kube, namespace: str, spec: MasterplanSpec) -> Seque
 
 
 async def _apply_waves(
-    kube: Kube, namespace: str, masterplan: str, owner: kopf.Body, desired: Mapping[str, WaveSpec]
+    kube: Kube,
+    namespace: str,
+    masterplan: str,
+    owner: kopf.Body,
+    desired: Mapping[str, WaveSpec],
+    now: datetime,
 ) -> None:
-    """Create missing Waves, fix drifted ones, delete those the plan no longer has."""
+    """Create missing Waves, fix drifted ones, delete those the plan no longer has; a new or changed Wave's
+    status says at once whether it can start (the operator does not watch Waves: see _sync_wave_status)."""
     try:
         existing = {w["metadata"]["name"]: w for w in await kube.list_waves(namespace, masterplan)}
         for name, spec in desired.items():
@@ -479,9 +563,12 @@ async def _apply_waves(
                 await kube.delete_wave(namespace, name)
                 current = None
             if current is None:
-                await _create_wave(kube, namespace, name, masterplan, wanted, owner)
+                current = await _create_wave(kube, namespace, name, masterplan, wanted, owner)
             elif current.get("spec") != wanted:
-                await kube.patch_wave_spec(namespace, name, wanted)
+                current = await kube.patch_wave_spec(namespace, name, wanted)
+            else:
+                continue
+            await _write_wave_status(kube, namespace, current, progress=None, tests=None, now=now)
         for name in existing.keys() - desired.keys():
             await kube.delete_wave(namespace, name)
     except KubeUnavailable as error:
@@ -495,7 +582,7 @@ def _owned_by(child: Mapping[str, Any], owner: kopf.Body) -> bool:
 
 async def _create_wave(
     kube: Kube, namespace: str, name: str, masterplan: str, spec: Mapping[str, Any], owner: kopf.Body
-) -> None:
+) -> dict[str, Any]:
     child: dict[str, Any] = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": "Wave",
@@ -509,12 +596,12 @@ async def _create_wave(
     # Owned by the Masterplan so `kubectl delete masterplan` cascades to its Waves.
     kopf.append_owner_reference(child, owner=owner, block_owner_deletion=True)
     try:
-        await kube.create_wave(namespace, child)
+        return await kube.create_wave(namespace, child)
     except ApiException as error:
         if error.status != 409:
             raise
         # Created meanwhile (e.g. by a previous attempt whose response was lost): converge its spec.
-        await kube.patch_wave_spec(namespace, name, spec)
+        return await kube.patch_wave_spec(namespace, name, spec)
 
 
 async def _write(

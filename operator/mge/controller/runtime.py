@@ -6,11 +6,11 @@ import json
 import logging
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from mge.controller import masterplan, wave
+from mge.controller import masterplan
 from mge.controller.deps import ControllerDeps
 from mge.models.base import API_GROUP
 
@@ -27,11 +27,15 @@ class SpecDigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
     ) -> kopf.BodyEssence:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        if "spec" in essence:
-            canonical = json.dumps(essence["spec"], sort_keys=True, separators=(",", ":"))
-            essence["spec"] = {"sha256": hashlib.sha256(canonical.encode()).hexdigest()}
-        return essence
+        # The digest is taken before kopf copies the body: a deep copy of a large spec on every watch event
+        # (each status write is one) was most of the operator's CPU with many live plans.
+        raw = dict(body)
+        if "spec" in raw:
+            canonical = json.dumps(raw["spec"], sort_keys=True, separators=(",", ":"))
+            raw["spec"] = {"sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+        if not extra_fields:
+            raw.pop("status", None)  # never part of the essence without extra fields: not worth copying
+        return super().build(body=kopf.Body(cast(kopf.RawBody, raw)), extra_fields=extra_fields)
 
 
 def tune(settings: kopf.OperatorSettings) -> None:
@@ -61,7 +65,6 @@ def build_registry(registry: kopf.OperatorRegistry | None = None) -> kopf.Operat
         # Same credentials as the kubernetes client: in-cluster service account, else kubeconfig.
         kopf.on.login(registry=registry)(kopf.login_via_client)
     masterplan.register(registry)
-    wave.register(registry)
     return registry
 
 

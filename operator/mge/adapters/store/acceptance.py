@@ -552,6 +552,19 @@ class AcceptanceStore:
         )
         return None if state is None else str(state)
 
+    async def requested_since(self, plan_ids: Sequence[uuid.UUID], seconds: float) -> set[uuid.UUID]:
+        """The plans among `plan_ids` whose tests or a wave's run were asked for in the last `seconds`."""
+        rows = await self.pool.fetch(
+            """SELECT masterplan_id FROM acceptance_generation_claims
+               WHERE masterplan_id = ANY($1::uuid[]) AND updated_at > now() - make_interval(secs => $2)
+               UNION
+               SELECT masterplan_id FROM acceptance_wave_runs
+               WHERE masterplan_id = ANY($1::uuid[]) AND updated_at > now() - make_interval(secs => $2)""",
+            list(plan_ids),
+            seconds,
+        )
+        return {row["masterplan_id"] for row in rows}
+
     async def request_wave_run(self, plan_id: uuid.UUID, wave: int) -> int:
         """(Re)run a wave's tests; its earlier results stay as history. Returns the request number."""
         async with self.pool.acquire() as connection:

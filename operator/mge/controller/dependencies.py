@@ -1,9 +1,10 @@
 """After a run: analyse the generated code's imports against the plan (DependenciesVerified, learned edges)."""
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,10 @@ class DependencyChecks:
         key = (uid, generation)
         task = self.running.get(key)
         if task is None:
-            self.running[key] = asyncio.create_task(self._check(plan_id, name, observed, generation, logger))
+            check = functools.partial(
+                check_dependencies, plan_id=plan_id, name=name, observed=observed, generation=generation
+            )
+            self.running[key] = asyncio.create_task(self._check(check, name, logger))
             return None
         if not task.done():
             return None
@@ -72,16 +76,14 @@ class DependencyChecks:
 
     async def _check(
         self,
-        plan_id: uuid.UUID,
+        check: Callable[..., Awaitable[Checked | None]],
         name: str,
-        observed: MasterplanStatus,
-        generation: int,
         logger: logging.Logger | logging.LoggerAdapter[Any],
     ) -> Checked | None:
         async with self.slots:
             try:
                 async with self.store.session() as store:
-                    return await check_dependencies(store, plan_id, name, observed, generation, logger)
+                    return await check(store=store, logger=logger)
             except StoreUnavailable as error:
                 logger.warning("dependencies of %s not checked yet: %s", name, error)
                 return None

@@ -1,8 +1,11 @@
 """Small builders for test data: atoms, specs and manifests with sensible defaults; ramps ended for tests."""
 
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+from mge.adapters.store.queue import AttemptRecord, ClaimedAtom, Succeed
 from mge.adapters.store.store import Store
 from mge.models.masterplan import Atom, MasterplanSpec
 from mge.plan.dag import plan_dag
@@ -60,3 +63,20 @@ async def end_ramps(store: Store) -> None:
     """End every plan's fleet-wide ramp, for tests that claim directly, as many executors at once: a newly
     registered plan would otherwise give them 2 atoms at a time."""
     await store.pool.execute("DELETE FROM plan_ramps")
+
+
+async def succeed(store: Store, claimed: ClaimedAtom, executor: str, output: str) -> bool:
+    """The claimed atom's attempt produced `output`, written as an executor writes it; False if the claim was
+    lost."""
+    attempt = AttemptRecord(
+        span_id="s",
+        outcome="succeeded",
+        error=None,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cached=False,
+        cost_usd=Decimal("0.001"),
+        latency_ms=3,
+        started_at=datetime.now(UTC),
+    )
+    return (await store.finish_attempt(claimed, executor, attempt, ending=Succeed(output))).still_ours

@@ -20,7 +20,12 @@ from tests.bench.common import fresh_database, layered_atoms, print_table, spec_
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.postgres import postgres_server
 
-GOAL_MS_AT_32 = 5.0
+GOAL_MS_AT_32 = 2.0
+GOAL_QUERIES_PER_ATOM = 8
+GOAL_TRANSACTIONS_PER_ATOM = 2
+# A backend reports its transaction counts when idle, at most this long after (Postgres's PGSTAT_IDLE_INTERVAL
+# is 10 s): the count is read only after every backend has been idle that long.
+STATS_SETTLE_S = float(__import__("os").environ.get("MGE_BENCH_STATS_SETTLE_S", "11"))
 GOAL_MAKESPAN_RATIO = 1.10
 
 
@@ -55,10 +60,11 @@ async def _finish(store: Store, plan_id) -> float:
     return time.perf_counter() - started
 
 
-async def _drain(store: Store, plan_id, executors: list[Executor]) -> float:
+async def _drain(store: Store, plan_id, executors: list[Executor], watcher: Store | None = None) -> float:
+    """Run the executors until the plan is finished; `watcher` (default: `store`) polls for the end."""
     stop = asyncio.Event()
     tasks = [asyncio.create_task(e.run(stop)) for e in executors]
-    elapsed = await _finish(store, plan_id)
+    elapsed = await _finish(watcher or store, plan_id)
     stop.set()
     await asyncio.gather(*tasks)
     return elapsed
@@ -77,38 +83,50 @@ async def _transactions(store: Store) -> int:
 
 
 async def overhead(server: str, executors: int, atoms_count: int = 1600) -> tuple[float, float, float]:
-    """ms of orchestration per atom, and the queries and transactions it took per atom."""
+    """ms of orchestration per atom, and the queries and transactions the executors took per atom.
+
+    The executors poll at their default interval: they are woken by NOTIFY and by their own finished atoms,
+    so their periodic checks (acceptance-test work, claims) are not counted per atom as a 10 ms poll made them.
+    """
     async with fresh_database(server) as dsn:
         store = await Store.connect(dsn, max_size=min(90, executors * 2 + 4))
+        # Polls for the end on connections of its own: its queries are the benchmark's, not the executors'.
+        watcher = await Store.connect(dsn, max_size=1)
         validator = CodeValidator()
         try:
             atoms = layered_atoms(atoms_count, width=atoms_count // 8)
             plan_id = await _register(store, atoms, "overhead")
             workers = [
                 Executor(
-                    store,
-                    InstantLLM(),
-                    validator,
-                    DEFAULT_PRICES,
-                    ExecutorConfig(f"ex-{n}", concurrency=4, idle_poll_s=0.01),
+                    store, InstantLLM(), validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", concurrency=4)
                 )
                 for n in range(executors)
             ]
-            queries = 0
+            queries = watched = 0
 
             def counted(_seconds: float) -> None:
                 nonlocal queries
                 queries += 1
 
-            store.query_listeners.append(counted)
+            def watching(_seconds: float) -> None:
+                nonlocal watched
+                watched += 1
+
+            await asyncio.sleep(
+                STATS_SETTLE_S
+            )  # the registration's transactions are reported before `before`
             before = await _transactions(store)
-            elapsed = await _drain(store, plan_id, workers)
+            store.query_listeners.append(counted)
+            watcher.query_listeners.append(watching)
+            elapsed = await _drain(store, plan_id, workers, watcher)
             store.query_listeners.remove(counted)
-            # Other backends report their counts when idle, within a second.
-            await asyncio.sleep(1.5)
-            transactions = await _transactions(store) - before
+            watcher.query_listeners.remove(watching)
+            await asyncio.sleep(STATS_SETTLE_S)
+            # Less the watcher's polls (one transaction each) and the reading itself.
+            transactions = await _transactions(store) - before - watched - 1
         finally:
             await validator.close()
+            await watcher.close()
             await store.close()
     return elapsed / atoms_count * 1000, queries / atoms_count, transactions / atoms_count
 
@@ -235,8 +253,8 @@ async def main() -> None:
                 "ours ms/atom",
                 "naive-lock ms/atom",
                 "ours/naive",
-                "queries/atom (goal <= 8)",
-                "transactions/atom (goal <= 2)",
+                f"queries/atom (goal <= {GOAL_QUERIES_PER_ATOM})",
+                f"transactions/atom (goal <= {GOAL_TRANSACTIONS_PER_ATOM})",
             ],
             rows,
         )
@@ -244,6 +262,14 @@ async def main() -> None:
         print(
             f"at 32 executors: {at_32:.2f} ms/atom — {'meets' if at_32 <= GOAL_MS_AT_32 else 'MISSES'} the {GOAL_MS_AT_32} ms goal"
         )
+        worst_queries, worst_transactions = max(float(r[4]) for r in rows), max(float(r[5]) for r in rows)
+        for measure, worst, goal in (
+            ("queries", worst_queries, GOAL_QUERIES_PER_ATOM),
+            ("transactions", worst_transactions, GOAL_TRANSACTIONS_PER_ATOM),
+        ):
+            print(
+                f"{measure} per atom: at most {worst:.1f} — {'meets' if worst <= goal else 'MISSES'} the {goal} goal"
+            )
         print()
         rows = []
         for latency in (0.5, 2.0):

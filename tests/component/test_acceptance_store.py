@@ -14,7 +14,7 @@ from mge.adapters.store.store import Store
 from mge.models.masterplan import Language
 from mge.plan.dag import plan_dag
 from mge.precision.score import IntegrationCheck, PrecisionScore
-from tests.builders import atom, spec
+from tests.builders import atom, spec, succeed
 
 pytestmark = pytest.mark.component
 
@@ -180,7 +180,7 @@ async def test_validation_counts_count_succeeded_atoms(pg):
     try:
         assert await acceptance.validation_counts(plan_id) == (2, 0)
         (claimed,) = await store.claim("ex-1", 1, 30)
-        await store.succeed(claimed, "ex-1", "code")
+        await succeed(store, claimed, "ex-1", "code")
         assert await acceptance.validation_counts(plan_id) == (2, 1)
     finally:
         await store.close()

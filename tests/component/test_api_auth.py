@@ -28,7 +28,7 @@ from mge.api.app import create_app
 from mge.models.masterplan import Language
 from mge.plan.dag import plan_dag
 from mge.precision.score import PrecisionScore
-from tests.builders import atom, spec
+from tests.builders import atom, spec, succeed
 from tests.support.operator import fake_cluster
 from tests.support.redis import redis_server
 
@@ -106,7 +106,7 @@ async def _plan(pg: str) -> str:
             plan=plan_dag((a.id, a.depends_on) for a in atoms),
         )
         for claimed in await store.claim("ex", 1, 30):
-            await store.succeed(claimed, "ex", "X = 1\n")
+            await succeed(store, claimed, "ex", "X = 1\n")
         accept = AcceptanceStore(store.pool)
         requirement = Requirement("MUST-1", Priority.MUST, "greets", 3)
         test = GeneratedTest("MUST-1", Language.PYTHON, "acceptance_tests/test_must_1.py", "def test(): ...")

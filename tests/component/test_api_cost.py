@@ -14,7 +14,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.api.app import create_app
 from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, spec, succeed
 from tests.support.operator import fake_cluster
 
 pytestmark = pytest.mark.component
@@ -58,7 +58,7 @@ async def _spent_plan(pg: str, spent: str, limit: float = 10.0) -> str:
             await ledger.settle(
                 reservation, claimed, amount=Decimal(spent) / 2, prompt_tokens=1, completion_tokens=1
             )
-            await store.succeed(claimed, "ex", "X = 1\n")
+            await succeed(store, claimed, "ex", "X = 1\n")
     finally:
         await store.close()
     return str(plan_id)

@@ -13,7 +13,7 @@ from mge.adapters.store.store import Store
 from mge.models.masterplan import Language
 from mge.plan.dag import plan_dag
 from mge.precision.score import IntegrationCheck, PrecisionScore
-from tests.builders import atom, spec
+from tests.builders import atom, spec, succeed
 from tests.support.api import api_client
 
 pytestmark = pytest.mark.component
@@ -50,7 +50,7 @@ async def plan(pg):
             plan=plan_dag((a.id, a.depends_on) for a in atoms),
         )
         for claimed in await store.claim("ex", 1, 30):
-            await store.succeed(claimed, "ex", "X = 1\n")
+            await succeed(store, claimed, "ex", "X = 1\n")
         accept = AcceptanceStore(store.pool)
         tests = [
             (

@@ -11,7 +11,7 @@ from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
 from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, end_ramps, spec, succeed
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig, Fault
 
 pytestmark = pytest.mark.component
@@ -84,6 +84,34 @@ async def test_eight_executors_never_run_an_atom_twice(store, fake_llm, validato
     assert rows == 60
 
 
+async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(store, fake_llm, validator):
+    """Down a chain, each atom's write claims the one it made ready: the loop's own claims are the first
+    one and those after a notification or a poll, not one per atom (a claim per atom was a transaction per
+    atom). The loop's claims are counted by wrapping `Store.claim`; nothing is replaced."""
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.01)
+    atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i else [])) for i in range(15)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    loop_claims = 0
+    claim = store.claim
+
+    async def counted_claim(*args, **kwargs):
+        nonlocal loop_claims
+        loop_claims += 1
+        return await claim(*args, **kwargs)
+
+    store.claim = counted_claim
+    try:
+        progress = await _run_until_finished(
+            store, plan_id, [_executor(store, fake_llm, validator, concurrency=2)]
+        )
+    finally:
+        del store.claim
+
+    assert (progress.succeeded, progress.failed) == (15, 0)
+    assert loop_claims <= 3
+
+
 async def test_garbage_answers_fail_the_atom_and_block_only_its_dependents(store, fake_llm, validator):
     fake_llm.responder = lambda body, atom_id, attempt: (
         "Sorry, I cannot help with that." if atom_id == "bad" else "```python\nX = 1\n```"
@@ -152,7 +180,7 @@ async def test_killed_executor_atom_is_reclaimed_after_lease_expiry_and_complete
 
     assert progress.succeeded == 1
     assert fake_llm.stats.calls_per_atom["a"] == 1
-    assert await store.succeed(held, "killed-executor", "late write") is False
+    assert await succeed(store, held, "killed-executor", "late write") is False
     assert [o.output for o in await store.outputs(plan_id)] == ["VALUE = 1\n"]
 
 

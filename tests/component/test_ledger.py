@@ -196,6 +196,23 @@ async def test_soft_cap_event_is_recorded_once_when_spend_crosses_it(store):
     assert kinds[-1] == "hard_cap"
 
 
+async def test_soft_cap_is_crossed_by_the_settlement_that_reaches_it_exactly(store):
+    """The crossing is decided in the settlement's own statement: spend before < 70% of $1 <= spend after."""
+    plan_id = await _plan(store, limit=1)
+    ledger = CostLedger(store.pool)
+    atoms = await store.claim("ex", 3, 30)
+    crossed_after = []
+    for claimed, amount in zip(atoms, ("0.6999", "0.0001", "0.1"), strict=True):
+        reservation = await ledger.reserve(claimed, "ex", Decimal(amount))
+        assert reservation is not None
+        await ledger.settle(
+            reservation, claimed, amount=Decimal(amount), prompt_tokens=1, completion_tokens=1
+        )
+        crossed_after.append((await _kinds(ledger, plan_id)).count("soft_cap"))
+
+    assert crossed_after == [0, 1, 1]
+
+
 async def _kinds(ledger, plan_id):
     return [e.kind for e in await ledger.events(plan_id)]
 
@@ -267,16 +284,17 @@ async def test_heartbeat_keeps_a_reservation_alive_past_its_ttl(store):
 
 
 class _PausingAfterCommit(asyncpg.Connection):
-    """A real connection that, once a COMMIT succeeded, waits until the test has cancelled its caller: the
-    window between a reservation's commit and its return, which no timing can hit reliably."""
+    """A real connection that, once a reservation was written and committed (a statement of its own), waits
+    until the test has cancelled its caller: the window between a reservation's commit and its return, which
+    no timing can hit reliably."""
 
     committed: asyncio.Event
     go_on: asyncio.Event
     armed: bool
 
-    async def execute(self, query, *args, **kwargs):
-        result = await super().execute(query, *args, **kwargs)
-        if query.strip().upper().startswith("COMMIT") and type(self).armed:
+    async def fetchval(self, query, *args, **kwargs):
+        result = await super().fetchval(query, *args, **kwargs)
+        if "INSERT INTO cost_reservations" in query and result is not None and type(self).armed:
             type(self).armed = False
             type(self).committed.set()
             await type(self).go_on.wait()

@@ -22,6 +22,7 @@ from mge.adapters.store.store import LazyStore, Store
 from mge.controller.deps import ControllerDeps
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig
+from tests.builders import succeed
 from tests.component.test_operator import (
     GROUP_PATH,
     HELLO_RECORDING,
@@ -233,7 +234,7 @@ async def _spend(store: Store, finish: set[uuid.UUID]) -> None:
             await ledger.settle(
                 reservation, atom, amount=Decimal("0.000317"), prompt_tokens=10, completion_tokens=5
             )
-            await store.succeed(atom, "probe", "VALUE = 1\n")
+            await succeed(store, atom, "probe", "VALUE = 1\n")
         first = False
         if not work:
             return

@@ -9,11 +9,14 @@ import pytest
 
 from mge.adapters import metrics
 from mge.adapters.store.errors import StoreUnavailable
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.migrate import migrate, migration_files
+from mge.adapters.store.queue import AttemptRecord, ClaimRequest, GiveUp, Succeed
+from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.concurrency.ramp import RampPolicy
 from mge.plan.dag import plan_dag
-from tests.builders import atom, end_ramps, ramp_allowance, spec
+from tests.builders import atom, end_ramps, ramp_allowance, spec, succeed
 
 pytestmark = pytest.mark.component
 
@@ -38,20 +41,7 @@ async def _register(store: Store, *atoms, name: str = "shop", **fields):
 
 
 async def _finish(store: Store, claimed, executor="ex-1", output="code"):
-    await store.record_attempt(
-        claimed,
-        executor=executor,
-        span_id="s",
-        outcome="succeeded",
-        error=None,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached=False,
-        cost_usd=Decimal("0.001"),
-        latency_ms=3,
-        started_at=datetime.now(UTC),
-    )
-    return await store.succeed(claimed, executor, output)
+    return await succeed(store, claimed, executor, output)
 
 
 async def test_migrations_apply_once_and_record_their_versions(pg):
@@ -212,7 +202,7 @@ async def test_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(pg):
         await asyncio.sleep(0.1)  # let the short lease run out: the behaviour under test is expiry itself
 
         (reclaimed,) = await store.claim("ex-2", 1, 30)
-        stale_write = await store.succeed(held, "dead-executor", "stale")
+        stale_write = await succeed(store, held, "dead-executor", "stale")
         fresh_write = await _finish(store, reclaimed, executor="ex-2", output="fresh")
         outputs = await store.outputs(reclaimed.masterplan_id)
     finally:
@@ -221,6 +211,97 @@ async def test_expired_lease_is_reclaimed_and_the_old_holder_cannot_finish(pg):
     assert reclaimed.claims == 2
     assert (stale_write, fresh_write) == (False, True)
     assert [o.output for o in outputs] == ["fresh"]
+
+
+async def test_a_claim_carries_the_code_of_its_dependencies(pg):
+    store = await _store(pg)
+    try:
+        await _register(store, atom("a"), atom("b"), atom("c", "b", "a"))
+        first = {c.atom_id: c for c in await store.claim("ex-1", 10, 30)}
+        await _finish(store, first["a"], output="A = 1\n")
+        await _finish(store, first["b"], output="B = 2\n")
+        (third,) = await store.claim("ex-1", 10, 30)
+    finally:
+        await store.close()
+
+    assert first["a"].dependency_outputs == ()
+    assert [(d.atom_id, d.output) for d in third.dependency_outputs] == [("a", "A = 1\n"), ("b", "B = 2\n")]
+
+
+async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents(pg):
+    """Settlement, the attempt row, the code and the dependents' readiness land together; a lost claim writes
+    only the settlement (the money was spent) and no attempt."""
+    store = await _store(pg)
+    ledger = CostLedger(store.pool)
+    try:
+        plan_id = await _register(store, atom("a"), atom("b", "a"), budget={"limitUSD": 1})
+        await end_ramps(store)
+        (claimed,) = await store.claim("ex-1", 10, 30)
+        reservation = await ledger.reserve(claimed, "ex-1", Decimal("0.10"))
+        assert reservation is not None
+        record = AttemptRecord("s", "succeeded", None, 10, 5, False, Decimal("0.03"), 3, datetime.now(UTC))
+        settlement = Settlement(reservation, Decimal("0.03"), 10, 5)
+        written = await store.finish_attempt(
+            claimed,
+            "ex-1",
+            record,
+            settlement=settlement,
+            ending=Succeed("A = 1\n"),
+            claim_next=ClaimRequest(limit=4, lease_seconds=30),
+        )
+        spend = await ledger.spend(plan_id)
+        attempts = await store.pool.fetchval(
+            "SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id
+        )
+        (dependent,) = written.claimed  # made ready and claimed by the same transaction
+
+        late = await ledger.reserve(dependent, "ex-1", Decimal("0.10"))
+        assert late is not None
+        await store.release(dependent, "ex-1")  # the claim is lost: another executor holds the atom now
+        lost = await store.finish_attempt(
+            dependent, "ex-1", record, settlement=Settlement(late, Decimal("0.02"), 1, 1), ending=Succeed("B")
+        )
+        after_loss = await ledger.spend(plan_id)
+        attempts_after_loss = await store.pool.fetchval(
+            "SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id
+        )
+        kinds = [e.kind for e in await ledger.events(plan_id)]
+    finally:
+        await store.close()
+
+    assert written.still_ours is True
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.03"), Decimal(0))
+    assert attempts == 1
+    assert dependent.atom_id == "b"
+    assert [d.output for d in dependent.dependency_outputs] == ["A = 1\n"]
+    assert lost.still_ours is False
+    assert (after_loss.spent_usd, after_loss.reserved_usd) == (Decimal("0.05"), Decimal(0))
+    assert attempts_after_loss == 1
+    assert kinds == ["reserve", "settle", "reserve", "settle"]
+
+
+async def test_the_last_attempt_fails_the_atom_in_its_own_write(pg):
+    store = await _store(pg)
+    try:
+        plan_id = await _register(store, atom("a"), atom("b", "a"))
+        (claimed,) = await store.claim("ex-1", 10, 30)
+        record = AttemptRecord("s", "invalid", "SyntaxError", 10, 5, False, Decimal(0), 3, datetime.now(UTC))
+        await store.finish_attempt(claimed, "ex-1", record, ending=GiveUp("gave up after 3 attempts"))
+        progress = await store.progress(plan_id)
+        row = await store.pool.fetchrow(
+            "SELECT state, last_error, lease_token FROM atoms WHERE masterplan_id = $1 AND atom_id = 'a'",
+            plan_id,
+        )
+    finally:
+        await store.close()
+
+    assert (row["state"], row["last_error"], row["lease_token"]) == (
+        "failed",
+        "gave up after 3 attempts",
+        None,
+    )
+    assert progress.finished
+    assert progress.blocked == 1
 
 
 async def test_heartbeat_keeps_the_lease(pg):

@@ -10,7 +10,6 @@ from mge.cost.caps import (
     OverrideRejected,
     budget_state,
     check_override,
-    crossed_soft_cap,
     projected_total,
     reservation_decision,
 )
@@ -52,13 +51,6 @@ def test_refusal_for_calls_in_flight_is_a_wait_not_the_hard_cap(spent, reserved,
 
 def test_refusal_reports_the_headroom_left():
     assert reservation_decision(D(190), D(5), D(10), LIMITS).headroom_usd == D(5)
-
-
-@pytest.mark.parametrize(
-    ("before", "after", "crossed"), [("139", "141", True), ("141", "150", False), ("100", "139.99", False)]
-)
-def test_soft_cap_is_crossed_once(before, after, crossed):
-    assert crossed_soft_cap(D(before), D(after), LIMITS) is crossed
 
 
 @pytest.mark.parametrize(

@@ -45,11 +45,6 @@ def reservation_decision(
     )
 
 
-def crossed_soft_cap(before: Decimal, after: Decimal, limits: BudgetLimits) -> bool:
-    """True exactly once per crossing: the settlement that takes spend over the soft cap."""
-    return before < limits.soft_cap_usd <= after
-
-
 class BudgetState(StrEnum):
     WITHIN = "within"
     SOFT_CAP = "soft_cap"

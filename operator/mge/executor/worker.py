@@ -19,7 +19,16 @@ from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, rememb
 from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.errors import retry_transient
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
-from mge.adapters.store.queue import ClaimedAtom
+from mge.adapters.store.queue import (
+    AtomEnding,
+    AttemptRecord,
+    ClaimedAtom,
+    ClaimRequest,
+    FinishedAttempt,
+    GiveUp,
+    Succeed,
+)
+from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.circuit import EndpointCircuit
@@ -40,14 +49,15 @@ log = logging.getLogger("mge.executor")
 
 @dataclass(frozen=True)
 class Generated:
-    """Valid code: the atom succeeds."""
+    """Valid code: the atom succeeded (written with the attempt)."""
 
     code: str
 
 
 @dataclass(frozen=True)
 class Rejected:
-    """Invalid code, or the endpoint refused this request: the attempt counts, the problem is fed back."""
+    """Invalid code, or the endpoint refused this request: the attempt counts, the problem is fed back; on its
+    last attempt the atom failed with the attempt's write."""
 
     problem: str
 
@@ -63,7 +73,7 @@ class HandedBack:
 @dataclass(frozen=True)
 class Crashed:
     """The attempt raised something that says nothing about the code (checker gone, store error): recorded,
-    and the atom handed back for another try, or failed with this error when it was its last attempt."""
+    and the atom handed back for another try; on its last attempt the atom failed with the attempt's write."""
 
     error: str
 
@@ -208,6 +218,12 @@ class Executor:
         self.circuit = EndpointCircuit(getattr(llm, "label", "LLM endpoint"))
         self._trial: asyncio.Task[None] | None = None  # the atom whose call probes an endpoint that is down
         self._reports: set[asyncio.Task[None]] = set()
+        self._handing_back: set[asyncio.Task[bool]] = set()
+        self._stopping = asyncio.Event()  # `run`'s stop event once it runs
+        # A claim found fewer atoms than it asked for: claim again only when told atoms are ready (NOTIFY) or
+        # at the next poll, not whenever a task ends (its own write claimed for its slot already).
+        self._queue_empty = False
+        self._finishing: set[asyncio.Task[object]] = set()  # atom tasks in their attempt's write
 
     def _new_gate(self, label: str) -> CallGate:
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
@@ -239,30 +255,31 @@ class Executor:
         if self.config.start_jitter_s:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(0, self.config.start_jitter_s))
+        self._stopping = stop
         heartbeat = asyncio.create_task(self._heartbeat(stop))
-        stop_listening = await self.store.listen_for_ready(self._wake.set, on_retired=self._abandon)
+        stop_listening = await self.store.listen_for_ready(self._atoms_ready, on_retired=self._abandon)
         self.store.query_listeners.append(self._query_timed)
         try:
             while not stop.is_set():
-                free = self.config.concurrency - len(self._in_flight)
+                # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
+                free = max(0, self.config.concurrency - len(self._in_flight))
                 allowed = self.circuit.calls_allowed(time.monotonic())  # 0 while the endpoint is down
                 probing = allowed == 1
                 free = free if allowed is None else min(free, allowed)
                 claimed = []
-                if free:
+                if free and not self._queue_empty:
                     try:
                         claimed = await self.store.claim(
                             self.config.executor_id, free, self.config.lease_s, self.config.llm_pool
                         )
+                        self._queue_empty = len(claimed) < free
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
                 self._generate_tests()
                 if probing and not claimed:
                     self.circuit.cancel_trial()  # nothing to try it with yet: the next pass tries again
                 for atom in claimed:
-                    task = asyncio.create_task(self._execute(atom))
-                    self._in_flight[task] = atom
-                    task.add_done_callback(self._done)
+                    task = self._start(atom)
                     if probing:
                         self._trial = task
                 if not claimed or len(self._in_flight) >= self.config.concurrency:
@@ -281,6 +298,42 @@ class Executor:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    def _start(self, atom: ClaimedAtom) -> "asyncio.Task[None]":
+        task = asyncio.create_task(self._execute(atom))
+        self._in_flight[task] = atom
+        task.add_done_callback(self._done)
+        return task
+
+    def _next_claim(self) -> ClaimRequest | None:
+        """What an atom's last write may claim for the slots free once its task ends: None while stopping or
+        while the endpoint's circuit limits calls (the loop claims then, trial calls included)."""
+        if self._stopping.is_set() or self.circuit.calls_allowed(time.monotonic()) is not None:
+            return None
+        free = self.config.concurrency - len(self._in_flight) + 1
+        return ClaimRequest(free, self.config.lease_s, self.config.llm_pool) if free > 0 else None
+
+    def _atoms_ready(self) -> None:
+        self._queue_empty = False
+        self._wake.set()
+
+    def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int) -> None:
+        """Run the atoms an attempt's write claimed (hand them back when stopping); also when its task was
+        cancelled meanwhile, so they do not wait for their leases to run out."""
+        if finishing.cancelled() or finishing.exception() is not None:
+            return
+        claimed = finishing.result().claimed
+        if asked:
+            self._queue_empty = len(claimed) < asked
+        for atom in claimed:
+            if self._stopping.is_set():
+                release = partial(self.store.release, atom, self.config.executor_id)
+                handing_back = asyncio.create_task(retry_transient(release))
+                self._handing_back.add(handing_back)
+                handing_back.add_done_callback(self._handing_back.discard)
+            else:
+                self._start(atom)
+        self._wake.set()
 
     def _abandon(self, plan: uuid.UUID) -> None:
         """The plan's Masterplan was deleted: stop its atoms now. Cancelling settles what each call spent; the
@@ -363,9 +416,15 @@ class Executor:
         """Sleep until an atom finishes (a slot frees, dependents may be ready), stop, or the poll interval."""
         self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(waiters, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            waiters, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
+        )
         for waiter in waiters:
             waiter.cancel()
+        if (
+            not done
+        ):  # the poll: look for work whatever the last claim found (leases that ran out, missed news)
+            self._queue_empty = False
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew the leases of the claims in hand and publish this executor's status, every `heartbeat_s`.
@@ -402,7 +461,8 @@ class Executor:
         for token in held.keys() - kept:
             task = held[token]
             atom = self._in_flight.get(task)
-            if atom is not None and not task.done():
+            # A task in its last write is left to it: that write ended the claim itself, or finds it lost.
+            if atom is not None and not task.done() and task not in self._finishing:
                 log.warning("lost the lease on atom %s; stopping its work", atom.atom_id)
                 task.cancel()
 
@@ -490,10 +550,7 @@ class Executor:
         except UnknownModelPrice as error:
             await retry_transient(partial(self.store.fail, atom, executor, str(error)))
             return
-        dependencies = [
-            DependencyCode(d.file, d.output)
-            for d in await self.store.dependency_outputs(atom.masterplan_id, atom.depends_on)
-        ]
+        dependencies = [DependencyCode(d.file, d.output) for d in atom.dependency_outputs]
         task = AtomTask(atom.atom_id, atom.file, atom.language, atom.description)
         retrieved = NOTHING
         if self.retriever is not None:
@@ -507,39 +564,53 @@ class Executor:
                 await retry_transient(partial(self.store.fail, atom, executor, f"retrieval: {error}"))
                 return
         feedback: str | None = None
-        last_error = "no attempt made"
-        for attempt in range(atom.attempts + 1, atom.max_attempts + 1):
+        attempts = range(atom.attempts + 1, atom.max_attempts + 1)
+        if not attempts:  # claimed again after its last attempt was counted, but before it was failed
+            await retry_transient(
+                partial(
+                    self.store.fail,
+                    atom,
+                    executor,
+                    f"gave up after {atom.max_attempts} attempts; last error: no attempt made",
+                )
+            )
+            return
+        for attempt in attempts:
             match await self._attempt(atom, task, dependencies, feedback, attempt, price, retrieved):
-                case LeaseLost():
+                case LeaseLost() | Generated():
                     return
                 case Crashed(crash) if attempt < atom.max_attempts:
                     # Maybe this executor's trouble (its checker died): any executor may try the next attempt.
                     await retry_transient(partial(self.store.release, atom, executor, count_claim=True))
                     log.warning("atom %s handed back after a crash: %s", atom.atom_id, crash)
                     return
-                case Crashed(crash):
-                    last_error = crash
-                    break
                 case HandedBack(reason):
                     # Hard cap (an approved override resumes it), no LLM slot here, the budget still held by
                     # calls in flight, or the endpoint down: hand the atom back untouched, no attempt counted.
                     await retry_transient(partial(self.store.release, atom, executor))
                     log.warning("atom %s handed back: %s", atom.atom_id, reason)
                     return
-                case Generated(code):
-                    await retry_transient(partial(self.store.succeed, atom, executor, code))
-                    return
                 case Rejected(problem):
-                    last_error = feedback = problem
+                    feedback = problem
             retrieved = retrieved.paid()  # its embeddings are counted on the first attempt's row
-        await retry_transient(
-            partial(
-                self.store.fail,
-                atom,
-                executor,
-                f"gave up after {atom.max_attempts} attempts; last error: {last_error}",
+
+    async def _settle_alone(self, atom: ClaimedAtom, settlement: Settlement | None) -> None:
+        """Settle a reservation with no attempt to record (the call never happened, or was cancelled); shielded,
+        so a cancellation cannot leave the money reserved."""
+        if settlement is not None:
+            await asyncio.shield(
+                retry_transient(
+                    partial(
+                        self.ledger.settle,
+                        settlement.reservation,
+                        atom,
+                        amount=settlement.amount_usd,
+                        prompt_tokens=settlement.prompt_tokens,
+                        completion_tokens=settlement.completion_tokens,
+                        cached_tokens=settlement.cached_tokens,
+                    )
+                )
             )
-        )
 
     async def _call_llm(self, atom: ClaimedAtom, request: ChatRequest) -> Completion:
         """One LLM call through the concurrency gate, its latency and outcome fed back to the limiter."""
@@ -631,6 +702,13 @@ class Executor:
         error: str | None = None
         prompt_tokens = completion_tokens = cached_tokens = 0
         share: Decimal | None = None  # a batched call's part of the batch's cost, within this reservation
+
+        def settlement() -> Settlement | None:
+            if reservation is None:
+                return None
+            cost = price.spent(prompt_tokens, completion_tokens, cached_tokens, share)
+            return Settlement(reservation, cost, prompt_tokens, completion_tokens, cached_tokens)
+
         try:
             completion = hit or await self._call_llm(atom, request)
             if hit is None:
@@ -651,54 +729,67 @@ class Executor:
             code, error, outcome = None, str(invalid), "invalid"
         except SlotUnavailable as waited:
             code, error, outcome = None, str(waited), NO_SLOT_OUTCOME
-        except CancelledAfterSpending as cancelled:  # its batch went out and is paid: settle the share
-            spent = cancelled.spent
-            prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
-            cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
-            raise
         except Exception as crash:  # recorded with the money it cost; the caller hands the atom back
             log.error("atom %s attempt %d crashed", atom.atom_id, attempt, exc_info=crash)
             code, error, outcome = None, _describe(crash), "error"
-        finally:
-            cost = price.spent(prompt_tokens, completion_tokens, cached_tokens, share)
-            # Money spent is settled even if the attempt is then dropped or the task is cancelled.
-            if reservation is not None:
-                await asyncio.shield(
-                    retry_transient(
-                        partial(
-                            self.ledger.settle,
-                            reservation,
-                            atom,
-                            amount=cost,
-                            prompt_tokens=prompt_tokens,
-                            completion_tokens=completion_tokens,
-                            cached_tokens=cached_tokens,
-                        )
-                    )
+        except BaseException as interrupted:  # cancelled: what was spent is settled, the attempt is dropped
+            if isinstance(interrupted, CancelledAfterSpending):  # its batch went out and is paid: its share
+                spent = interrupted.spent
+                prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
+                cached_tokens, share = spent.cached_prompt_tokens, spent.cost_usd
+            await self._settle_alone(atom, settlement())
+            raise
+        if outcome in (NO_SLOT_OUTCOME, ENDPOINT_DOWN_OUTCOME):  # no attempt counted
+            await self._settle_alone(atom, settlement())
+            return NO_SLOT if outcome == NO_SLOT_OUTCOME else ENDPOINT_DOWN
+        ending: AtomEnding | None = None
+        if code is not None:
+            ending = Succeed(code)
+        elif attempt >= atom.max_attempts:
+            ending = GiveUp(
+                f"gave up after {atom.max_attempts} attempts; last error: {error or 'unknown error'}"
+            )
+        record = AttemptRecord(
+            span_id=span_id,
+            outcome=outcome,
+            error=error,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached=hit is not None,
+            cost_usd=price.spent(prompt_tokens, completion_tokens, cached_tokens, share) + retrieved.cost_usd,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            started_at=started_at,
+            context_chunks=retrieved.labels() if self.retriever is not None else None,
+        )
+        # Money spent is settled even if the task is cancelled meanwhile (shielded), in the attempt's one write.
+        # When the atom's task ends here, that write also claims the atoms for its slot.
+        claim_next = None if ending is None else self._next_claim()
+        finishing = asyncio.ensure_future(
+            retry_transient(
+                partial(
+                    self.store.finish_attempt,
+                    atom,
+                    self.config.executor_id,
+                    record,
+                    settlement=settlement(),
+                    ending=ending,
+                    claim_next=claim_next,
                 )
-        if outcome == NO_SLOT_OUTCOME:
-            return NO_SLOT
-        if outcome == ENDPOINT_DOWN_OUTCOME:
-            return ENDPOINT_DOWN
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        still_ours = await retry_transient(
-            partial(
-                self.store.record_attempt,
-                atom,
-                executor=self.config.executor_id,
-                span_id=span_id,
-                outcome=outcome,
-                error=error,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached=hit is not None,
-                cost_usd=cost + retrieved.cost_usd,
-                latency_ms=latency_ms,
-                started_at=started_at,
-                context_chunks=retrieved.labels() if self.retriever is not None else None,
             )
         )
-        if not still_ours:
+        asked = 0 if claim_next is None else claim_next.limit
+        this_task = asyncio.current_task()
+        if this_task is not None:
+            self._finishing.add(this_task)
+        try:
+            finished = await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            finishing.add_done_callback(partial(self._take_over, asked=asked))
+            raise
+        finally:
+            self._finishing.discard(this_task)
+        self._take_over(finishing, asked)
+        if not finished.still_ours:
             log.warning("lost the lease on atom %s; dropping attempt %d", atom.atom_id, attempt)
             return LeaseLost()
         if outcome == "error":

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Final, Literal
@@ -16,7 +15,8 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from mge.adapters.store.queue import READY_CHANNEL, ClaimedAtom
-from mge.cost.caps import BudgetLimits, check_override, crossed_soft_cap, reservation_decision
+from mge.adapters.store.settlement import SETTLE_CTES, Reservation, Settlement, settlement_args
+from mge.cost.caps import BudgetLimits, check_override, reservation_decision
 from mge.models.cost_api import CostEventView
 from mge.models.masterplan import Budget
 from mge.models.progress import Spend
@@ -34,13 +34,6 @@ class BudgetBusy(Exception):
 
     Not the hard cap: the plan is not marked exhausted, and the call may fit once those calls settle.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    id: int
-    masterplan_id: uuid.UUID
-    amount_usd: Decimal
 
 
 _LOCK_PLAN: Final = """
@@ -75,26 +68,28 @@ WITH reservation AS (
 SELECT id FROM reservation
 """
 
-# A settlement in one statement (the plan row is already locked): drop the reservation, move its amount from
-# reserved to spent (an expired one was already given back), record "settle" and, when this call crossed the
-# soft cap ($15), "soft_cap".
-_SETTLE: Final = """
-WITH held AS (
-    DELETE FROM cost_reservations WHERE id = $1 RETURNING amount_usd
-), plan AS (
-    UPDATE masterplans
-    SET current_cost_usd = $4, reserved_cost_usd = $3 - coalesce((SELECT amount_usd FROM held), 0),
-        updated_at = now()
-    WHERE id = $2
+# A reservation granted in one statement when the budget has room even counting every reservation (dead ones
+# included: only the locked path below gives those back): the conditional increment is the lock and the check
+# at once, applied to the row's latest version, so racers never reserve past the hard cap. The reservation
+# and its "reserve" event are written only when the increment happened.
+_RESERVE_IF_ROOM: Final = """
+WITH plan AS (
+    UPDATE masterplans SET reserved_cost_usd = reserved_cost_usd + $5::numeric
+    WHERE id = $1
+      AND current_cost_usd + reserved_cost_usd + $5 <= budget_limit_usd * hard_cap_percentage / 100
+    RETURNING trace_id, current_cost_usd, budget_limit_usd
+), reservation AS (
+    INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at,
+                                   lease_token)
+    SELECT $1, $2::text, $3::uuid, $4::text, $5, now() + make_interval(secs => $6::float8), $7::uuid FROM plan
+    RETURNING id
+), event AS (
+    INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd,
+                             cumulative_cost_usd, budget_limit_usd, detail)
+    SELECT $1, trace_id, $2, $8::int, $9::text, 'reserve', $5, current_cost_usd, budget_limit_usd, '{}' FROM plan
 )
-INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd, prompt_tokens,
-                         completion_tokens, cached_tokens, cumulative_cost_usd, budget_limit_usd, detail)
-SELECT $2::uuid, $5::uuid, $6::text, $7::int, $8::text, 'settle', $9::numeric, $10::int, $11::int, $12::int,
-       $4::numeric, $13::numeric, $14::jsonb
-UNION ALL
-SELECT $2, $5, $6, NULL, NULL, 'soft_cap', 0, 0, 0, 0, $4, $13, '{}'::jsonb WHERE $15::boolean
+SELECT id FROM reservation
 """
-
 
 _RELEASE_DEAD_SQL: Final = """
     DELETE FROM cost_reservations r
@@ -229,6 +224,21 @@ class CostLedger:
 
     async def _decide(self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float) -> _Try:
         plan_id = atom.masterplan_id
+        reservation_id = await self.pool.fetchval(
+            _RESERVE_IF_ROOM,
+            plan_id,
+            atom.atom_id,
+            atom.trace_id,
+            executor,
+            amount,
+            ttl_s,
+            atom.lease_token,
+            atom.wave_index,
+            atom.model,
+        )
+        if reservation_id is not None:
+            return Reservation(reservation_id, plan_id, amount)
+        # No room counting every reservation: under the plan lock, give dead ones back and decide.
         async with self.pool.acquire() as connection, connection.transaction():
             row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
             reserved = row["reserved_cost_usd"] - await self._release_expired(connection, plan_id, row)
@@ -316,28 +326,13 @@ class CostLedger:
         cached_tokens: int = 0,
     ) -> None:
         """Replace the reservation by the actual cost (0 for a cache hit or a call that never happened)."""
-        plan_id = reservation.masterplan_id
-        async with self.pool.acquire() as connection, connection.transaction():
-            row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
-            spent = row["current_cost_usd"] + amount
-            await connection.execute(
-                _SETTLE,
-                reservation.id,
-                plan_id,
-                row["reserved_cost_usd"],
-                spent,
-                row["trace_id"],
-                atom.atom_id,
-                atom.wave_index,
-                atom.model,
-                amount,
-                prompt_tokens,
-                completion_tokens,
-                cached_tokens,
-                row["budget_limit_usd"],
-                json.dumps({"reserved": str(reservation.amount_usd)}),
-                crossed_soft_cap(row["current_cost_usd"], spent, _limits(row)),
-            )
+        settlement = Settlement(reservation, amount, prompt_tokens, completion_tokens, cached_tokens)
+        await self.pool.execute(
+            f"WITH {SETTLE_CTES} SELECT 1",
+            *settlement_args(
+                settlement, reservation.masterplan_id, atom.atom_id, atom.wave_index, atom.model
+            ),
+        )
 
     async def spend(self, plan_id: uuid.UUID) -> Spend:
         row: Any = await self.pool.fetchrow(

@@ -1,7 +1,6 @@
 """What a plan has produced and how far it is: outputs, waves, usage, failures, progress."""
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -77,16 +76,6 @@ class PlanProgress:
     """Read-only views of a plan's atoms for status, reports and acceptance tests."""
 
     pool: asyncpg.Pool
-
-    async def dependency_outputs(self, plan_id: uuid.UUID, atom_ids: Sequence[str]) -> list[AtomOutput]:
-        rows = await self.pool.fetch(
-            """SELECT atom_id, file, output FROM atoms
-               WHERE masterplan_id = $1 AND atom_id = ANY($2::text[]) AND state = 'succeeded'
-               ORDER BY wave_index, atom_id""",
-            plan_id,
-            list(atom_ids),
-        )
-        return [AtomOutput(r["atom_id"], r["file"], r["output"]) for r in rows]
 
     async def outputs(self, plan_id: uuid.UUID) -> list[AtomOutput]:
         rows = await self.pool.fetch(

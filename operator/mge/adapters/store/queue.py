@@ -13,6 +13,8 @@ from typing import Any, Final
 import asyncpg
 
 from mge.adapters.store.errors import STORE_ERRORS
+from mge.adapters.store.progress import AtomOutput
+from mge.adapters.store.settlement import SETTLE_CTES, Settlement, settlement_args
 from mge.concurrency.ramp import RampPolicy
 from mge.models.concurrency_api import PlanRampStatus
 
@@ -50,58 +52,116 @@ class ClaimedAtom:
     lease_token: uuid.UUID | None = None
     # The plan has spec.context: retrieval runs for this atom (no query at all for plans without it).
     has_context: bool = False
+    # The code of its dependencies, read with the claim (its prompt carries it).
+    dependency_outputs: tuple[AtomOutput, ...] = ()
 
 
-# The ramp rows of plans with work, locked for the claim that follows in the same transaction: a concurrent
-# claim skips those plans rather than use the same room (and the claim, a later statement, sees every atom
-# claimed before it got the lock).
-_LOCK_RAMPS_SQL: Final = """
-SELECT r.masterplan_id, r.allowance
-FROM plan_ramps r
-WHERE EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = r.masterplan_id AND w.state IN ('ready', 'running'))
-FOR UPDATE OF r SKIP LOCKED
-"""
+# Ramps, candidates and the claim in one round trip (migration 0016 says how).
+_CLAIM_SQL: Final = "SELECT * FROM mge_claim_atoms($1, $2, $3, $4)"
 
 
-# Per plan, at most its room (a ramping plan's allowance, locked in $3/$4, minus its atoms running on any
-# executor; plans ramping under another claim's lock are left out), then the best of those overall. Each
-# plan's candidates are locked with SKIP LOCKED, so executors never share an atom.
-_CLAIM_SQL: Final = """
-WITH plans AS (
-    SELECT m.id, m.priority,
-           CASE WHEN r.plan_id IS NULL THEN $2
-                ELSE r.allowance - (SELECT count(*) FROM atoms x WHERE x.masterplan_id = m.id
-                                    AND x.state = 'running' AND x.lease_expires_at >= now())::int
-           END AS room
-    FROM masterplans m
-    LEFT JOIN unnest($3::uuid[], $4::int[]) AS r(plan_id, allowance) ON r.plan_id = m.id
-    WHERE NOT m.suspended AND NOT m.budget_exhausted AND m.llm_pool IS NOT DISTINCT FROM $6
-      AND (r.plan_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM plan_ramps l WHERE l.masterplan_id = m.id))
-      AND EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = m.id AND w.state IN ('ready', 'running'))
-),
-claimable AS (
-    SELECT c.masterplan_id, c.atom_id
-    FROM plans p
-    CROSS JOIN LATERAL (
-        SELECT a.masterplan_id, a.atom_id, a.priority, a.updated_at
-        FROM atoms a
-        WHERE a.masterplan_id = p.id
-          AND (a.state = 'ready' OR (a.state = 'running' AND a.lease_expires_at < now()))
-        ORDER BY a.priority DESC, a.updated_at, a.atom_id
-        LIMIT greatest(least(p.room, $2), 0)
-        FOR UPDATE OF a SKIP LOCKED
-    ) c
-    ORDER BY c.priority DESC, p.priority DESC, c.updated_at, c.atom_id
-    LIMIT $2
+def _claimed(row: asyncpg.Record) -> ClaimedAtom:
+    fields = dict(row)
+    outputs = json.loads(fields.pop("dependency_outputs"))
+    return ClaimedAtom(**fields, dependency_outputs=tuple(AtomOutput(*output) for output in outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One LLM generation for an atom, as its attempt row records it."""
+
+    span_id: str
+    outcome: str
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    cost_usd: Decimal
+    latency_ms: int
+    started_at: datetime
+    # The retrieved chunks its prompt carried (id, origin, title); None: the plan has no retrieval.
+    context_chunks: Sequence[Mapping[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim asks for: up to `limit` atoms under a lease of `lease_seconds`, of plans on `llm_pool`."""
+
+    limit: int
+    lease_seconds: float
+    llm_pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    still_ours: bool  # False: the claim was lost, and only the settlement was written
+    claimed: list[ClaimedAtom]  # the next atoms claimed in the same transaction (`claim_next`)
+
+
+@dataclass(frozen=True, slots=True)
+class Succeed:
+    """The attempt's code is the atom's output."""
+
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The atom fails with this error (its last attempt failed)."""
+
+    error: str
+
+
+AtomEnding = Succeed | GiveUp
+
+
+# SETTLE_CTES ($1-$10), then the attempt under the claim ($11 executor, $12 lease token), the atom's end
+# ($13 'succeeded' | 'failed' | NULL, $14 output, $15 last error) and the attempt row ($16-$26). The atom's row
+# is written only while the claim holds; dependents are freed only when it succeeded now, and are returned.
+#
+# Executors are woken (NOTIFY) only when the plan had no ready atom before: an executor waits for work only
+# after a claim found none, so the first atom to become ready since wakes it, and a plan that already had
+# ready atoms has no executor waiting for them. With $27 false the caller wakes them itself, after its own
+# claim in the same transaction, and only for what it left. Every listening executor's backend reads each
+# notification in a transaction of its own, and every woken executor claims: a notification per atom cost a
+# fleet of N executors about 2N transactions per atom.
+_FINISH_ATTEMPT_SQL: Final = f"""
+WITH {SETTLE_CTES},
+counted AS (
+    UPDATE atoms
+    SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $20::int,
+        completion_tokens = completion_tokens + $21::int, cost_usd = cost_usd + $23::numeric, last_error = $15::text, updated_at = now(),
+        state = coalesce($13::text, state),
+        output = CASE WHEN $13::text = 'succeeded' THEN $14::text ELSE output END,
+        lease_owner = CASE WHEN $13::text IS NULL THEN lease_owner END,
+        lease_expires_at = CASE WHEN $13::text IS NULL THEN lease_expires_at END,
+        lease_token = CASE WHEN $13::text IS NULL THEN lease_token END,
+        finished_at = CASE WHEN $13::text IS NULL THEN finished_at ELSE now() END
+    WHERE masterplan_id = $2 AND atom_id = $7 AND state = 'running' AND lease_owner = $11::text
+      AND lease_token = $12::uuid
+    RETURNING attempts, state
+), recorded AS (
+    INSERT INTO atom_attempts (masterplan_id, atom_id, trace_id, span_id, attempt, executor, outcome, error,
+                               prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at,
+                               context_chunks)
+    SELECT $2, $7, $16::uuid, $17::text, attempts, $11, $18::text, $19::text, $20::int, $21::int, $22::boolean,
+           $23::numeric, $24::int, $25::timestamptz, $26::jsonb
+    FROM counted
+), freed AS (
+    UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
+        state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END, updated_at = now()
+    FROM atom_dependencies d
+    WHERE d.masterplan_id = $2 AND d.depends_on = $7
+      AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'
+      AND EXISTS (SELECT 1 FROM counted WHERE state = 'succeeded')
+    RETURNING a.atom_id, a.state
 )
-UPDATE atoms a
-SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $5),
-    lease_token = gen_random_uuid(), claims = a.claims + 1, started_at = coalesce(a.started_at, now()), updated_at = now()
-FROM claimable c, masterplans m
-WHERE a.masterplan_id = c.masterplan_id AND a.atom_id = c.atom_id AND m.id = a.masterplan_id
-RETURNING a.masterplan_id, a.atom_id, a.trace_id, a.file, a.language, a.description, a.depends_on,
-          a.wave_index, a.attempts, a.max_attempts, m.model, a.estimated_tokens, a.claims,
-          a.priority, m.priority AS plan_priority, a.lease_token, m.context IS NOT NULL AS has_context
+SELECT EXISTS (SELECT 1 FROM counted) AS still_ours,
+       ARRAY(SELECT atom_id FROM freed WHERE state = 'ready') AS made_ready,
+       NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready') AS none_ready_before,
+       CASE WHEN $27::boolean AND EXISTS (SELECT 1 FROM freed WHERE state = 'ready')
+                 AND NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready')
+            THEN pg_notify('{READY_CHANNEL}', '') END AS notified
 """
 
 
@@ -190,18 +250,8 @@ class AtomQueue:
     ) -> list[ClaimedAtom]:
         """Take up to `limit` ready atoms (or atoms whose lease expired) of plans on `llm_pool` (None:
         the default endpoint), highest priority first; a ramping plan only up to its fleet-wide allowance."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            ramps = await connection.fetch(_LOCK_RAMPS_SQL)
-            rows = await connection.fetch(
-                _CLAIM_SQL,
-                executor,
-                limit,
-                [r["masterplan_id"] for r in ramps],
-                [r["allowance"] for r in ramps],
-                float(lease_seconds),
-                llm_pool,
-            )
-        return [ClaimedAtom(**dict(row)) for row in rows]  # RETURNING lists exactly ClaimedAtom's fields
+        rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds), llm_pool)
+        return [_claimed(row) for row in rows]
 
     async def grow_ramp(self, plan_id: uuid.UUID, policy: RampPolicy) -> bool:
         """One of the plan's calls answered: grow its ramp by one. False when the plan is not (or no longer)
@@ -252,100 +302,59 @@ class AtomQueue:
         )
         return {row["lease_token"] for row in rows}
 
-    async def record_attempt(
+    async def finish_attempt(
         self,
         atom: ClaimedAtom,
-        *,
         executor: str,
-        span_id: str,
-        outcome: str,
-        error: str | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached: bool,
-        cost_usd: Decimal,
-        latency_ms: int,
-        started_at: datetime,
-        context_chunks: Sequence[Mapping[str, str]] | None = None,
-    ) -> bool:
-        """Count one LLM generation against the atom; False if this claim was lost meanwhile.
-        `context_chunks`: the retrieved chunks its prompt carried (id, origin, title)."""
+        attempt: AttemptRecord,
+        *,
+        settlement: Settlement | None = None,
+        ending: AtomEnding | None = None,
+        claim_next: ClaimRequest | None = None,
+    ) -> FinishedAttempt:
+        """An attempt's one write: settle its reservation, count the attempt against the atom and record it,
+        and, with an `ending`, store the code (and make dependents whose last dependency this was ready) or
+        fail the atom. One statement, so one transaction, with no lock held between round trips.
+        With `claim_next` (the atom's task ends here, and its slot is free) the same transaction claims the
+        next atoms: one commit instead of two.
+        Not `still_ours` if this claim was lost meanwhile: then nothing but the settlement is written (money
+        spent is spent, whoever holds the atom now)."""
+        output = ending.output if isinstance(ending, Succeed) else None
+        last_error = ending.error if isinstance(ending, GiveUp) else attempt.error
+        end_state = None if ending is None else "succeeded" if isinstance(ending, Succeed) else "failed"
+        args = (
+            *settlement_args(settlement, atom.masterplan_id, atom.atom_id, atom.wave_index, atom.model),
+            executor,
+            atom.lease_token,
+            end_state,
+            output,
+            last_error,
+            atom.trace_id,
+            attempt.span_id,
+            attempt.outcome,
+            attempt.error,
+            attempt.prompt_tokens,
+            attempt.completion_tokens,
+            attempt.cached,
+            attempt.cost_usd,
+            attempt.latency_ms,
+            attempt.started_at,
+            None if attempt.context_chunks is None else json.dumps([dict(c) for c in attempt.context_chunks]),
+        )
+        if claim_next is None:
+            row = await self.pool.fetchrow(_FINISH_ATTEMPT_SQL, *args, True)
+            return FinishedAttempt(bool(row is not None and row["still_ours"]), [])
         async with self.pool.acquire() as connection, connection.transaction():
-            attempt = await connection.fetchval(
-                """UPDATE atoms SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $3,
-                       completion_tokens = completion_tokens + $4, cost_usd = cost_usd + $5, last_error = $6,
-                       updated_at = now()
-                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $7
-                     AND lease_token = $8
-                   RETURNING attempts""",
-                atom.masterplan_id,
-                atom.atom_id,
-                prompt_tokens,
-                completion_tokens,
-                cost_usd,
-                error,
-                executor,
-                atom.lease_token,
+            row = await connection.fetchrow(_FINISH_ATTEMPT_SQL, *args, False)
+            # A second statement: it sees the dependents this attempt just made ready.
+            rows = await connection.fetch(
+                _CLAIM_SQL, executor, claim_next.limit, float(claim_next.lease_seconds), claim_next.llm_pool
             )
-            if attempt is None:
-                return False
-            await connection.execute(
-                """INSERT INTO atom_attempts (masterplan_id, atom_id, trace_id, span_id, attempt, executor, outcome,
-                       error, prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at,
-                       context_chunks)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-                atom.masterplan_id,
-                atom.atom_id,
-                atom.trace_id,
-                span_id,
-                attempt,
-                executor,
-                outcome,
-                error,
-                prompt_tokens,
-                completion_tokens,
-                cached,
-                cost_usd,
-                latency_ms,
-                started_at,
-                None if context_chunks is None else json.dumps([dict(c) for c in context_chunks]),
-            )
-            return True
-
-    async def succeed(self, atom: ClaimedAtom, executor: str, output: str) -> bool:
-        """Store the code and make dependents whose last dependency this was ready, in one transaction."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            done = await connection.fetchval(
-                """UPDATE atoms SET state = 'succeeded', output = $3, last_error = NULL, lease_owner = NULL,
-                       lease_expires_at = NULL, lease_token = NULL, finished_at = now(), updated_at = now()
-                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
-                     AND lease_token = $5
-                   RETURNING 1""",
-                atom.masterplan_id,
-                atom.atom_id,
-                output,
-                executor,
-                atom.lease_token,
-            )
-            if done is None:
-                return False
-            freed = await connection.fetchval(
-                """WITH freed AS (
-                       UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
-                           state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END,
-                           updated_at = now()
-                       FROM atom_dependencies d
-                       WHERE d.masterplan_id = $1 AND d.depends_on = $2
-                         AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'
-                       RETURNING a.state
-                   )
-                   SELECT count(*) FILTER (WHERE state = 'ready') FROM freed""",
-                atom.masterplan_id,
-                atom.atom_id,
-            )
-            if freed:
-                await notify_ready(connection)
-            return True
+            claimed = [_claimed(r) for r in rows]
+            taken = {a.atom_id for a in claimed if a.masterplan_id == atom.masterplan_id}
+            if row is not None and row["none_ready_before"] and set(row["made_ready"]) - taken:
+                await notify_ready(connection)  # ready atoms this executor has no slot for: wake the others
+        return FinishedAttempt(bool(row is not None and row["still_ours"]), claimed)
 
     async def fail(self, atom: ClaimedAtom, executor: str, error: str) -> bool:
         """Give up on the atom; its dependents stay pending (blocked) and are reported as such."""

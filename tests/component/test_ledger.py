@@ -158,9 +158,13 @@ async def test_reservation_of_a_dead_executor_expires_and_is_given_back(store):
     assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.5")
 
 
-async def test_the_reservation_of_an_executor_whose_atom_was_taken_over_is_given_back_before_its_ttl(store):
+@pytest.mark.parametrize("amount", ["0.5", "0.05"])  # with or without room left beside the dead reservation
+async def test_the_reservation_of_an_executor_whose_atom_was_taken_over_is_given_back_before_its_ttl(
+    store, amount
+):
     """A killed executor pod: its lease runs out, another executor claims the atom and reserves for it. The
-    dead one's reservation (TTL ~27 min in production) must not hold the budget until then."""
+    dead one's reservation (TTL ~27 min in production) must not hold the budget until then, even when the
+    new reservation would fit beside it."""
     plan_id = await _plan(store, limit=1)
     ledger = CostLedger(store.pool)
     (atom,) = await store.claim("dead", 1, 0.05)
@@ -170,12 +174,12 @@ async def test_the_reservation_of_an_executor_whose_atom_was_taken_over_is_given
         return [a for a in await store.claim("alive", 10, 30) if a.atom_id == atom.atom_id]
 
     (again,) = await eventually(taken_over)
-    granted = await ledger.reserve(again, "alive", Decimal("0.5"))
+    granted = await ledger.reserve(again, "alive", Decimal(amount))
 
     assert granted is not None
     events = await ledger.events(plan_id)
     assert [(e.kind, e.atom_id) for e in events if e.kind == "release"] == [("release", atom.atom_id)]
-    assert (await ledger.spend(plan_id)).reserved_usd == Decimal("0.5")
+    assert (await ledger.spend(plan_id)).reserved_usd == Decimal(amount)
 
 
 async def test_soft_cap_event_is_recorded_once_when_spend_crosses_it(store):

@@ -224,6 +224,10 @@ class CostLedger:
 
     async def _decide(self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float) -> _Try:
         plan_id = atom.masterplan_id
+        # An atom claimed before may have left a dead reservation: the locked path gives those back, so that
+        # a plan's reserved total does not keep a dead executor's money until its TTL.
+        if atom.claims > 1:
+            return await self._decide_locked(atom, executor, amount, ttl_s)
         reservation_id = await self.pool.fetchval(
             _RESERVE_IF_ROOM,
             plan_id,
@@ -238,7 +242,11 @@ class CostLedger:
         )
         if reservation_id is not None:
             return Reservation(reservation_id, plan_id, amount)
-        # No room counting every reservation: under the plan lock, give dead ones back and decide.
+        return await self._decide_locked(atom, executor, amount, ttl_s)
+
+    async def _decide_locked(self, atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float) -> _Try:
+        """Under the plan lock: give dead reservations back, then grant, wait or mark the hard cap."""
+        plan_id = atom.masterplan_id
         async with self.pool.acquire() as connection, connection.transaction():
             row: Any = await connection.fetchrow(_LOCK_PLAN, plan_id)
             reserved = row["reserved_cost_usd"] - await self._release_expired(connection, plan_id, row)

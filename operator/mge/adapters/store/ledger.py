@@ -56,14 +56,14 @@ _RESERVE: Final = """
 WITH reservation AS (
     INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at,
                                    lease_token)
-    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $13)
+    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
     RETURNING id
 ), plan AS (
-    UPDATE masterplans SET reserved_cost_usd = $7 WHERE id = $1
+    UPDATE masterplans SET reserved_cost_usd = $10 WHERE id = $1
 ), event AS (
     INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd,
                              cumulative_cost_usd, budget_limit_usd, detail)
-    VALUES ($1, $8, $2, $9, $10, 'reserve', $5, $11, $12, '{}')
+    VALUES ($1, $11, $2, $8, $9, 'reserve', $5, $12, $13, '{}')
 )
 SELECT id FROM reservation
 """
@@ -100,6 +100,23 @@ _RELEASE_DEAD_SQL: Final = """
                         AND a.lease_token <> r.lease_token))
     RETURNING r.atom_id, r.amount_usd
 """
+
+
+def _reservation_args(
+    atom: ClaimedAtom, executor: str, amount: Decimal, ttl_s: float
+) -> tuple[uuid.UUID, str, uuid.UUID, str, Decimal, float, uuid.UUID | None, int, str]:
+    """Parameters $1-$9 of both reservation statements."""
+    return (
+        atom.masterplan_id,
+        atom.atom_id,
+        atom.trace_id,
+        executor,
+        amount,
+        ttl_s,
+        atom.lease_token,
+        atom.wave_index,
+        atom.model,
+    )
 
 
 def _limits(row: Any) -> BudgetLimits:
@@ -229,16 +246,7 @@ class CostLedger:
         if atom.claims > 1:
             return await self._decide_locked(atom, executor, amount, ttl_s)
         reservation_id = await self.pool.fetchval(
-            _RESERVE_IF_ROOM,
-            plan_id,
-            atom.atom_id,
-            atom.trace_id,
-            executor,
-            amount,
-            ttl_s,
-            atom.lease_token,
-            atom.wave_index,
-            atom.model,
+            _RESERVE_IF_ROOM, *_reservation_args(atom, executor, amount, ttl_s)
         )
         if reservation_id is not None:
             return Reservation(reservation_id, plan_id, amount)
@@ -271,19 +279,11 @@ class CostLedger:
                 return None
             reservation_id = await connection.fetchval(
                 _RESERVE,
-                plan_id,
-                atom.atom_id,
-                atom.trace_id,
-                executor,
-                amount,
-                ttl_s,
+                *_reservation_args(atom, executor, amount, ttl_s),
                 reserved + amount,
                 row["trace_id"],
-                atom.wave_index,
-                atom.model,
                 row["current_cost_usd"],
                 row["budget_limit_usd"],
-                atom.lease_token,
             )
         return Reservation(reservation_id, plan_id, amount)
 

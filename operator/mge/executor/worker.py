@@ -421,9 +421,8 @@ class Executor:
         )
         for waiter in waiters:
             waiter.cancel()
-        if (
-            not done
-        ):  # the poll: look for work whatever the last claim found (leases that ran out, missed news)
+        # The poll: look for work whatever the last claim found (leases that ran out, news missed in a race).
+        if not done:
             self._queue_empty = False
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ from mge.models.masterplan import Atom
 from mge.plan.dag import plan_dag
 from tests.builders import atom, end_ramps, spec, succeed
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig, Fault
+from tests.support.operator import eventually
 
 pytestmark = pytest.mark.component
 
@@ -110,6 +111,50 @@ async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(s
 
     assert (progress.succeeded, progress.failed) == (15, 0)
     assert loop_claims <= 3
+
+
+async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_handed_back(
+    store, fake_llm, validator
+):
+    """Shutdown cancels an atom's task while its write (shielded: it settles money) is still on the way. That
+    write claims the next atoms for the freed slot; with nobody left to run them they are handed back, not
+    left running until their leases run out. The write is held back by wrapping `Store.finish_attempt`;
+    nothing is replaced."""
+    atoms = [atom("a"), atom("b")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    finish_attempt = store.finish_attempt
+    landed = []
+
+    async def held_back(*args, **kwargs):
+        entered.set()
+        await gate.wait()
+        landed.append(await finish_attempt(*args, **kwargs))
+        return landed[-1]
+
+    store.finish_attempt = held_back
+    executor = _executor(store, fake_llm, validator, concurrency=1, shutdown_grace_s=0.1)
+    stop = asyncio.Event()
+    try:
+        running = asyncio.create_task(executor.run(stop))
+        await asyncio.wait_for(entered.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(running, 10)  # the task was cancelled and its atom released meanwhile
+        gate.set()  # the write lands now: its claim takes an atom nobody will run
+        await eventually(lambda: landed)
+
+        async def nothing_running():
+            return not await store.pool.fetchval(
+                "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
+            )
+
+        await eventually(nothing_running)
+        assert len(landed[0].claimed) == 1  # a (released by the shutdown) or b: either way, nobody runs it
+    finally:
+        gate.set()
+        del store.finish_attempt
+        await executor.llm.close()
 
 
 async def test_garbage_answers_fail_the_atom_and_block_only_its_dependents(store, fake_llm, validator):

@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import os
 import time
 
 from mge.adapters.llm import ChatRequest, Completion, OpenAICompatibleLLM
@@ -25,7 +26,7 @@ GOAL_QUERIES_PER_ATOM = 8
 GOAL_TRANSACTIONS_PER_ATOM = 2
 # A backend reports its transaction counts when idle, at most this long after (Postgres's PGSTAT_IDLE_INTERVAL
 # is 10 s): the count is read only after every backend has been idle that long.
-STATS_SETTLE_S = float(__import__("os").environ.get("MGE_BENCH_STATS_SETTLE_S", "11"))
+STATS_SETTLE_S = float(os.environ.get("MGE_BENCH_STATS_SETTLE_S", "11"))
 GOAL_MAKESPAN_RATIO = 1.10
 
 

@@ -155,13 +155,14 @@ counted AS (
       AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'
       AND EXISTS (SELECT 1 FROM counted WHERE state = 'succeeded')
     RETURNING a.atom_id, a.state
+), news AS (
+    SELECT ARRAY(SELECT atom_id FROM freed WHERE state = 'ready') AS made_ready,
+           NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready') AS none_ready_before
 )
-SELECT EXISTS (SELECT 1 FROM counted) AS still_ours,
-       ARRAY(SELECT atom_id FROM freed WHERE state = 'ready') AS made_ready,
-       NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready') AS none_ready_before,
-       CASE WHEN $27::boolean AND EXISTS (SELECT 1 FROM freed WHERE state = 'ready')
-                 AND NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready')
+SELECT EXISTS (SELECT 1 FROM counted) AS still_ours, made_ready, none_ready_before,
+       CASE WHEN $27::boolean AND cardinality(made_ready) > 0 AND none_ready_before
             THEN pg_notify('{READY_CHANNEL}', '') END AS notified
+FROM news
 """
 
 

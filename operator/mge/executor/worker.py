@@ -220,8 +220,8 @@ class Executor:
         self._reports: set[asyncio.Task[None]] = set()
         self._handing_back: set[asyncio.Task[bool]] = set()
         self._stopping = asyncio.Event()  # `run`'s stop event once it runs
-        # A claim found fewer atoms than it asked for: claim again only when told atoms are ready (NOTIFY) or
-        # at the next poll, not whenever a task ends (its own write claimed for its slot already).
+        # An atom's write claimed for its slot and found fewer atoms than it asked for: the loop pass its
+        # task's end wakes does not claim again (a claim per atom was a transaction per atom).
         self._queue_empty = False
         self._finishing: set[asyncio.Task[object]] = set()  # atom tasks in their attempt's write
 
@@ -267,12 +267,12 @@ class Executor:
                 probing = allowed == 1
                 free = free if allowed is None else min(free, allowed)
                 claimed = []
-                if free and not self._queue_empty:
+                skip, self._queue_empty = self._queue_empty, False  # one pass: the one its task's end woke
+                if free and not skip:
                     try:
                         claimed = await self.store.claim(
                             self.config.executor_id, free, self.config.lease_s, self.config.llm_pool
                         )
-                        self._queue_empty = len(claimed) < free
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
                 self._generate_tests()

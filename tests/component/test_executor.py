@@ -157,6 +157,49 @@ async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_han
         await executor.llm.close()
 
 
+async def test_writes_that_finish_together_never_claim_past_the_concurrency_limit(store, fake_llm, validator):
+    """Two atoms' last writes run at once, each with free slots beside its own to fill. Each may claim only
+    the slots no other claim has promised: together they ran 6 atoms on a limit of 4. The writes are held
+    until both have started by wrapping `Store.finish_attempt`; nothing is replaced."""
+    atoms = [atom("x"), atom("y")]
+    atoms += [atom(f"{root}{n}", root) for root in "xy" for n in range(5)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    finish_attempt = store.finish_attempt
+    both_started, later = asyncio.Barrier(2), asyncio.Event()
+    landed = []
+
+    async def held_back(*args, **kwargs):
+        if len(landed) < 2:
+            await both_started.wait()
+        else:
+            await later.wait()  # the atoms the two writes claimed stay running until the count is taken
+        landed.append(await finish_attempt(*args, **kwargs))
+        return landed[-1]
+
+    store.finish_attempt = held_back
+    executor = _executor(store, fake_llm, validator, concurrency=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop))
+    try:
+        await eventually(lambda: len(landed) >= 2)
+        await asyncio.sleep(0.2)  # a loop pass the two writes' ends wake may claim too
+        claimed = await store.pool.fetchval(
+            "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
+        )
+        assert claimed == 4
+        later.set()
+        async with asyncio.timeout(30):
+            while not (await store.progress(plan_id)).finished:
+                await asyncio.sleep(0.05)
+    finally:
+        later.set()
+        stop.set()
+        await running
+        del store.finish_attempt
+        await executor.llm.close()
+
+
 async def test_garbage_answers_fail_the_atom_and_block_only_its_dependents(store, fake_llm, validator):
     fake_llm.responder = lambda body, atom_id, attempt: (
         "Sorry, I cannot help with that." if atom_id == "bad" else "```python\nX = 1\n```"

@@ -223,7 +223,11 @@ class Executor:
         # An atom's write claimed for its slot and found fewer atoms than it asked for: the loop pass its
         # task's end wakes does not claim again (a claim per atom was a transaction per atom).
         self._queue_empty = False
+        self._news = 0  # ready-atom notifications so far: one during a write's claim may be news it missed
         self._finishing: set[asyncio.Task[object]] = set()  # atom tasks in their attempt's write
+        # Free slots that claims under way (the loop's, atoms' last writes) may fill: each claim asks only for
+        # slots no other has promised, or writes finishing together each filled the same free slots.
+        self._promised = 0
 
     def _new_gate(self, label: str) -> CallGate:
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
@@ -262,19 +266,22 @@ class Executor:
         try:
             while not stop.is_set():
                 # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
-                free = max(0, self.config.concurrency - len(self._in_flight))
+                free = max(0, self.config.concurrency - len(self._in_flight) - self._promised)
                 allowed = self.circuit.calls_allowed(time.monotonic())  # 0 while the endpoint is down
                 probing = allowed == 1
                 free = free if allowed is None else min(free, allowed)
                 claimed = []
                 skip, self._queue_empty = self._queue_empty, False  # one pass: the one its task's end woke
                 if free and not skip:
+                    self._promised += free
                     try:
                         claimed = await self.store.claim(
                             self.config.executor_id, free, self.config.lease_s, self.config.llm_pool
                         )
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
+                    finally:
+                        self._promised -= free  # the atoms claimed start below, before anything else runs
                 self._generate_tests()
                 if probing and not claimed:
                     self.circuit.cancel_trial()  # nothing to try it with yet: the next pass tries again
@@ -310,21 +317,26 @@ class Executor:
         while the endpoint's circuit limits calls (the loop claims then, trial calls included)."""
         if self._stopping.is_set() or self.circuit.calls_allowed(time.monotonic()) is not None:
             return None
-        free = self.config.concurrency - len(self._in_flight) + 1
-        return ClaimRequest(free, self.config.lease_s, self.config.llm_pool) if free > 0 else None
+        free = self.config.concurrency - len(self._in_flight) + 1 - self._promised
+        if free <= 0:
+            return None
+        self._promised += free - 1  # its own slot is its task's until the atoms claimed start
+        return ClaimRequest(free, self.config.lease_s, self.config.llm_pool)
 
     def _atoms_ready(self) -> None:
+        self._news += 1
         self._queue_empty = False
         self._wake.set()
 
-    def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int) -> None:
+    def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int, news: int) -> None:
         """Run the atoms an attempt's write claimed (hand them back when stopping); also when its task was
         cancelled meanwhile, so they do not wait for their leases to run out."""
+        self._promised -= max(0, asked - 1)
         if finishing.cancelled() or finishing.exception() is not None:
             return
         claimed = finishing.result().claimed
         if asked:
-            self._queue_empty = len(claimed) < asked
+            self._queue_empty = len(claimed) < asked and self._news == news
         for atom in claimed:
             if self._stopping.is_set():
                 release = partial(self.store.release, atom, self.config.executor_id)
@@ -776,18 +788,17 @@ class Executor:
                 )
             )
         )
-        asked = 0 if claim_next is None else claim_next.limit
+        # Also when the task is cancelled meanwhile or the write fails: the promised slots are given back.
+        finishing.add_done_callback(
+            partial(self._take_over, asked=0 if claim_next is None else claim_next.limit, news=self._news)
+        )
         this_task = asyncio.current_task()
         if this_task is not None:
             self._finishing.add(this_task)
         try:
             finished = await asyncio.shield(finishing)
-        except asyncio.CancelledError:
-            finishing.add_done_callback(partial(self._take_over, asked=asked))
-            raise
         finally:
             self._finishing.discard(this_task)
-        self._take_over(finishing, asked)
         if not finished.still_ours:
             log.warning("lost the lease on atom %s; dropping attempt %d", atom.atom_id, attempt)
             return LeaseLost()

@@ -33,8 +33,12 @@ demo: $(INSTALLED) ## The main job: run the hello example end to end (embedded P
 plan: $(INSTALLED) ## Dry run of the hello example: waves, critical path, token/cost estimate
 	$(BIN)/mge plan examples/hello
 
-test: $(INSTALLED) ## Run every test: unit, component (kmock), chart
-	$(BIN)/python -m pytest -q
+# Most tests wait (on Postgres, fake providers, subprocesses): twice as many workers as cores keeps both busy.
+# The slowest tests are collected first (tests/conftest.py) and handed out two at a time, so no worker is
+# left with a block of long ones at the end.
+TEST_WORKERS ?= 4
+test: $(INSTALLED) ## Run every test: unit, component (kmock), chart; TEST_WORKERS=0 runs them in one process
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD drift
 	$(BIN)/ruff check .

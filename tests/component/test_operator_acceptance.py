@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -382,6 +383,18 @@ async def test_wave_jobs_run_restricted_and_a_failing_must_test_fails_the_plan_n
     )
 
 
+async def _tests_not_passing(dsn: str) -> list[tuple[str, str, str]]:
+    """(requirement, status, output) of every acceptance test run that did not pass: what a failure shows."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT requirement_id, status, output FROM acceptance_test_results WHERE status <> 'passed'"
+        )
+    finally:
+        await connection.close()
+    return [(r["requirement_id"], r["status"], r["output"]) for r in rows]
+
+
 @pytest.mark.parametrize(("example", "atoms"), [("hello", 6), ("ts-utils", 16)])
 async def test_demo_mode_runs_an_example_unchanged_to_gate_s_labelled_as_a_replay(
     cluster, pg, example, atoms
@@ -437,7 +450,8 @@ async def test_demo_mode_runs_an_example_unchanged_to_gate_s_labelled_as_a_repla
                     await kubelet
 
     plan = next(o for o in cluster.objects_of("masterplans", NS) if o["metadata"]["name"] == example)
-    assert reason("Complete") == "True/AllRequirementsPassed", plan["status"]["conditions"]
+    not_passing = await _tests_not_passing(pg)
+    assert reason("Complete") == "True/AllRequirementsPassed", (plan["status"]["conditions"], not_passing)
     assert plan["status"]["progress"] == f"{atoms}/{atoms}"
     assert (plan["status"]["phase"], plan["status"]["gate"]["status"]) == ("Succeeded", "Passed")
     assert reason("GateSPassed") == "True/AllRequirementsPassed"

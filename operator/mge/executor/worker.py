@@ -266,7 +266,7 @@ class Executor:
         try:
             while not stop.is_set():
                 # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
-                free = max(0, self.config.concurrency - len(self._in_flight) - self._promised)
+                free = max(0, self._room() - len(self._in_flight) - self._promised)
                 allowed = self.circuit.calls_allowed(time.monotonic())  # 0 while the endpoint is down
                 probing = allowed == 1
                 free = free if allowed is None else min(free, allowed)
@@ -317,11 +317,18 @@ class Executor:
         while the endpoint's circuit limits calls (the loop claims then, trial calls included)."""
         if self._stopping.is_set() or self.circuit.calls_allowed(time.monotonic()) is not None:
             return None
-        free = self.config.concurrency - len(self._in_flight) + 1 - self._promised
+        free = self._room() - len(self._in_flight) + 1 - self._promised
         if free <= 0:
             return None
         self._promised += free - 1  # its own slot is its task's until the atoms claimed start
         return ClaimRequest(free, self.config.lease_s, self.config.llm_pool)
+
+    def _room(self) -> int:
+        """How many atoms this executor takes on: its concurrency, and no more than its LLM limits let call at
+        once. An atom claimed past the limit waited in this executor's queue while another executor could have
+        run it; left ready in Postgres, it is also the backlog the scaler sees."""
+        limits = self.gate.limiter.limit + sum(g.limiter.limit for g in self._model_gates.values())
+        return min(self.config.concurrency, limits)
 
     def _atoms_ready(self) -> None:
         self._news += 1

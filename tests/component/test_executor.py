@@ -185,9 +185,7 @@ async def test_writes_that_finish_together_never_claim_past_the_concurrency_limi
     try:
         await eventually(lambda: len(landed) >= 2)
         await asyncio.sleep(0.2)  # a loop pass the two writes' ends wake may claim too
-        claimed = await store.pool.fetchval(
-            "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
-        )
+        (claimed,) = await _running_by_plan(store, plan_id)
         assert claimed == 4
         later.set()
         async with asyncio.timeout(30):
@@ -352,11 +350,7 @@ async def test_an_executor_claims_no_more_atoms_than_its_limit_lets_call(store, 
     held = []
     try:
         for _ in range(20):  # 1 s: three rounds of calls
-            held.append(
-                await store.pool.fetchval(
-                    "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state = 'running'", plan_id
-                )
-            )
+            held.append((await _running_by_plan(store, plan_id))[0])
             await asyncio.sleep(0.05)
         running.append(asyncio.create_task(wide.run(stop)))
         async with asyncio.timeout(30):

@@ -336,8 +336,8 @@ class Executor:
         self._wake.set()
 
     def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int, news: int) -> None:
-        """Run the atoms an attempt's write claimed (hand them back when stopping); also when its task was
-        cancelled meanwhile, so they do not wait for their leases to run out."""
+        """Give back the slots the write's claim promised, and run the atoms it claimed (hand them back when
+        stopping); also when its task was cancelled meanwhile, so they do not wait for their leases to run out."""
         self._promised -= max(0, asked - 1)
         if finishing.cancelled() or finishing.exception() is not None:
             return

@@ -365,6 +365,33 @@ async def test_status_sync_works_from_the_watch_and_does_not_list_masterplans_on
         assert cluster.lists["masterplans"] - lists_before <= 1  # at most the 60 s sweep's own list
 
 
+async def test_a_masterplans_status_keeps_up_while_writes_to_its_waves_hang(cluster, pg):
+    """With a thousand plans ending at once, their Waves are ten writes each: a tick that waited for them held
+    every Masterplan's status back for minutes. Here the API server stalls every Wave status write; the
+    Masterplan's status must still follow its run to the end (the import check is reported on a tick after the
+    one that saw the run end), and the Waves catch up once writes go through."""
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS], progress_interval=0.1):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        stall = cluster.stalled[("waves", "status")] = asyncio.Event()
+        try:
+            async with running_executor(pg, HELLO_RECORDING):
+                await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+            # The import check's result comes on a later tick than the run's end.
+            await eventually(lambda: _reason(cluster, "DependenciesVerified"), timeout=15)
+            assert not any(
+                (w.get("status") or {}).get("phase") == "Succeeded" for w in cluster.objects_of("waves", NS)
+            )
+        finally:
+            stall.set()
+        await eventually(
+            lambda: all(
+                (w.get("status") or {}).get("phase") == "Succeeded" for w in cluster.objects_of("waves", NS)
+            ),
+            timeout=15,
+        )
+
+
 async def test_a_finished_plan_costs_no_api_calls_on_later_ticks_until_something_asks_for_it(cluster, pg):
     """The progress loop's cost must not grow with finished plans: no write, no LIST of Waves, no sync at all
     (each sync asks the time once), until its object changes or its acceptance tests are asked for again."""

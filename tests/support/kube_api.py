@@ -112,6 +112,8 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.pod_logs: dict[tuple[str, str], str] = {}
         # (plural, namespace) the caller has no RBAC for: every request there is answered 403, as without a Role.
         self.forbidden: set[tuple[str, str]] = set()
+        # (plural, subresource or "") whose requests hang until the Event is set: an API server that stalls.
+        self.stalled: dict[tuple[str, str], asyncio.Event] = {}
 
     def declare(
         self,
@@ -156,6 +158,9 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
             return await super()._handle(request)  # discovery: /api, /apis, /apis/<group>/<version>
         if request.action == enums.action.WATCH:
             return await kmock.KubernetesScaffold._handle(self, request)  # -> self._serve_watch
+        stall = self.stalled.get((request.resource.plural, request.subresource or ""))
+        if stall is not None:
+            await stall.wait()
         async with self._lock:
             return self._serve(request)
 

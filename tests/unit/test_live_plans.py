@@ -1,8 +1,12 @@
 """The operator's view of live Masterplans, fed by watch events and pruned by the periodic list."""
 
+import asyncio
 import uuid
 
-from mge.controller.deps import SETTLED_RESYNC_S, WAVES_REFRESH_S, LivePlans
+import kopf
+
+from mge.controller.deps import SETTLED_RESYNC_S, WAVES_REFRESH_S, LivePlans, WaveBacklog, WaveWrite
+from mge.models.progress import WaveProgress
 
 
 def _body(uid: str, atoms: int = 3, version: str = "1") -> dict:
@@ -94,3 +98,34 @@ def test_waves_are_trusted_to_show_what_was_written_for_the_refresh_period_only(
     assert not plans.waves_current("p", ("progress", 1), now=5.0 + WAVES_REFRESH_S)
     plans.gone("p")
     assert not plans.waves_current("p", ("progress", 1), now=6.0)
+
+
+def _wave_write(uid: str, succeeded: int) -> WaveWrite:
+    body = kopf.Body(_body(uid))  # type: ignore[arg-type]
+    return WaveWrite(body, uuid.uuid4(), 1, [WaveProgress(0, 3, succeeded, 0, 0, 0)], {}, settled=False)
+
+
+def test_the_wave_backlog_keeps_only_each_plans_latest_write_and_hands_it_over_once():
+    backlog = WaveBacklog()
+    backlog.put({"u1": _wave_write("u1", 1), "u2": _wave_write("u2", 1)})
+    backlog.put({"u1": _wave_write("u1", 3)})
+
+    async def take_twice() -> tuple[list[WaveWrite], list[WaveWrite] | None]:
+        first = await backlog.take()
+        try:
+            second = await asyncio.wait_for(backlog.take(), 0.05)
+        except TimeoutError:
+            second = None
+        return first, second
+
+    first, second = asyncio.run(take_twice())
+    assert {str(w.body.meta.uid): w.waves[0].succeeded for w in first} == {"u1": 3, "u2": 1}
+    assert second is None  # nothing new since: the lane waits
+
+
+def test_a_plan_deleted_before_its_waves_were_written_is_not_remembered_as_settled():
+    plans = LivePlans()
+    plans.seen(_body("u1"), at=1.0)
+    plans.gone("u1")
+    plans.settle(_body("u1"), uuid.uuid4(), now=2.0)
+    assert plans.settled == {}

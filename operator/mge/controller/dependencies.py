@@ -41,6 +41,11 @@ class DependencyChecks:
     store: LazyStore
     running: dict[tuple[str, int], asyncio.Task[Checked | None]] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_AT_ONCE))
+    # Cleared while a progress tick writes statuses (sync_progress_forever): a check starts only when it is set.
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.quiet.set()
 
     def result(
         self,
@@ -81,6 +86,7 @@ class DependencyChecks:
         logger: logging.Logger | logging.LoggerAdapter[Any],
     ) -> Checked | None:
         async with self.slots:
+            await self.quiet.wait()
             try:
                 async with self.store.session() as store:
                     return await check(store=store, logger=logger)

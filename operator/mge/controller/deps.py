@@ -1,10 +1,13 @@
 """What the handlers need, built once at start-up and passed to them through kopf's memo."""
 
+import asyncio
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import kopf
 
 from mge.adapters.acceptance_job import AcceptanceJobConfig
 from mge.adapters.kube import Kube
@@ -12,6 +15,8 @@ from mge.adapters.store.store import LazyStore
 from mge.adapters.tokenizer import count_tokens
 from mge.controller.dependencies import DependencyChecks
 from mge.cost.pricing import DEFAULT_PRICES, ModelPrice
+from mge.models.progress import WaveProgress
+from mge.plan.status import TestOutcome
 from mge.trace.context import new_trace_id
 
 
@@ -49,7 +54,8 @@ class LivePlans:
         """The plan's run ended and its status says so: nothing changes until its object or its acceptance
         requests do, so the progress loop skips it (SETTLED_RESYNC_S at most)."""
         metadata = body["metadata"]
-        self.settled[metadata["uid"]] = (str(metadata.get("resourceVersion")), now, run)
+        if metadata["uid"] in self.bodies:  # not one deleted since its sync
+            self.settled[metadata["uid"]] = (str(metadata.get("resourceVersion")), now, run)
 
     def wake(self, runs: Collection[uuid.UUID]) -> list[dict[str, Any]]:
         """Settled plans of these runs are due again (something in Postgres changed for them): their bodies."""
@@ -92,6 +98,40 @@ class LivePlans:
                 self.gone(uid)
 
 
+@dataclass(frozen=True)
+class WaveWrite:
+    """What a tick leaves to the Wave lane for one plan: its Waves' progress and tests to write, then whether
+    the plan is settled (see LivePlans.settle) once they are written."""
+
+    body: kopf.Body
+    plan_id: uuid.UUID
+    generation: int
+    waves: Sequence[WaveProgress]
+    tests: Mapping[int, Sequence[TestOutcome]]
+    settled: bool
+
+
+@dataclass
+class WaveBacklog:
+    """The Wave writes the progress ticks left and the Wave lane has not taken yet: the latest per plan uid."""
+
+    pending: dict[str, WaveWrite] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, writes: Mapping[str, WaveWrite]) -> None:
+        """Replaces what is pending for the same plans: only the latest progress is worth writing."""
+        if writes:
+            self.pending.update(writes)
+            self.arrived.set()
+
+    async def take(self) -> list[WaveWrite]:
+        """Everything pending, once there is something."""
+        await self.arrived.wait()
+        self.arrived.clear()
+        batch, self.pending = list(self.pending.values()), {}
+        return batch
+
+
 @dataclass
 class ControllerDeps:
     kube: Kube
@@ -111,6 +151,8 @@ class ControllerDeps:
     sweep_interval_s: float = 60.0
     # The Masterplans the watch has shown, by uid: what the progress loop syncs (see LivePlans).
     live_plans: LivePlans = field(default_factory=LivePlans)
+    # What the progress ticks leave for the Wave lane (masterplan.sync_waves_forever).
+    wave_backlog: WaveBacklog = field(default_factory=WaveBacklog)
     dependency_checks: DependencyChecks = field(init=False)
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.plans import PlanRetired, run_uuid
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.dependencies import check_due
-from mge.controller.deps import ControllerDeps, deps_of
+from mge.controller.deps import ControllerDeps, WaveWrite, deps_of
 from mge.controller.events import post_plan_event
 from mge.controller.llm_pools import read_pool_credentials
 from mge.cost.caps import OverrideRejected
@@ -61,6 +61,9 @@ from mge.trace.context import current_trace_id
 PROGRESS_INTERVAL_SECONDS = 10.0
 # Plans synced at once: bounds the Postgres connections and API calls one tick makes with hundreds of plans.
 PROGRESS_CONCURRENCY = 16
+# Plans whose Waves are written at once, beside a tick: fewer than PROGRESS_CONCURRENCY, so that the Masterplans'
+# own writes keep most of the API calls in flight (Kube.CALLS_AT_ONCE).
+WAVE_CONCURRENCY = 4
 RETRY_API_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
@@ -214,8 +217,9 @@ async def _llm_problem(kube: Kube, llm: PoolConfig | None) -> tuple[str, str] | 
 
 async def sync_progress(
     deps: ControllerDeps, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """Aggregate atom progress and cost from Postgres into the Masterplan's and its Waves' status."""
+) -> WaveWrite | None:
+    """Aggregate atom progress and cost from Postgres into the Masterplan's status; what its Waves should show
+    is returned for the Wave lane (None when there is nothing to write to them)."""
     meta, spec, status = body.meta, body.spec, body.status
     name, namespace = meta.name, meta.namespace
     assert name is not None, "a listed Masterplan has a name"
@@ -223,7 +227,7 @@ async def sync_progress(
     observed = MasterplanStatus.model_validate(dict(status))
     planned = find_condition(observed.conditions, ConditionType.PLANNED)
     if planned is None or planned.status != ConditionStatus.TRUE:
-        return
+        return None
     configured = find_condition(observed.conditions, ConditionType.LLM_CONFIGURED)
     waiting_for_secret = configured is not None and configured.status == ConditionStatus.FALSE
     current_trace_id.set(observed.trace_id)
@@ -231,12 +235,12 @@ async def sync_progress(
     if observed.observed_generation != generation:
         # A new spec is being reconciled: a status computed from this older snapshot would overwrite the
         # handler's conditions (the whole list is patched), e.g. bring back Suspended=True after a resume.
-        return
+        return None
     plan_id = run_of(meta, observed)
     try:
         async with deps.store.session() as store:
             if waiting_for_secret and await store.identity(plan_id) is None:
-                return  # never handed to executors: nothing in Postgres to report
+                return None  # never handed to executors: nothing in Postgres to report
             # Else its Secret went missing after it was handed over: its pool runs on with the copy it has,
             # and the status goes on following it.
             progress = await store.progress(plan_id)
@@ -279,14 +283,12 @@ async def sync_progress(
     written = not changes or await deps.kube.patch_masterplan_status(namespace, name, changes, generation)
     if not written:
         logger.info("progress not written: the Masterplan changed meanwhile; the next tick catches up")
-        return
+        return None
     await _post_events(deps.kube, body, PlanningOutcome(status=desired, events=events), logger)
     if not progress_read:
-        return
-    # After the Masterplan's own status, which is what most readers look at first.
-    await _sync_wave_status(deps, str(meta.uid), namespace, name, generation, waves, wave_tests)
-    if not changes and _settled(desired, progress, acceptance, generation):
-        deps.live_plans.settle(body, plan_id, asyncio.get_running_loop().time())
+        return None
+    settled = not changes and _settled(desired, progress, acceptance, generation)
+    return WaveWrite(body, plan_id, generation, waves, wave_tests, settled)
 
 
 async def track_masterplan(
@@ -351,13 +353,59 @@ async def sync_progress_forever(deps: ControllerDeps, interval: float) -> None:
     tick in flight. A failure for one plan (API or store down) is logged and retried on the next tick.
     """
     slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
+    checks = deps.dependency_checks
     while True:
         due, settled = deps.live_plans.due(asyncio.get_running_loop().time())
         if settled:
             due += deps.live_plans.wake(await _requested_lately(deps, settled, interval))
-        deps.dependency_checks.forget_except(deps.live_plans.bodies.keys())
-        await asyncio.gather(*(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in due))
+        checks.forget_except(deps.live_plans.bodies.keys())
+        # The import checks (CPU work) wait while a tick writes: on a full machine they would slow every status.
+        checks.quiet.clear()
+        try:
+            waves = await asyncio.gather(
+                *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in due)
+            )
+        finally:
+            checks.quiet.set()
+        deps.wave_backlog.put({str(w.body.meta.uid): w for w in waves if w is not None})
         await asyncio.sleep(interval)
+
+
+async def sync_waves_forever(deps: ControllerDeps) -> None:
+    """Write the Waves the progress ticks leave (WaveWrite), apart from the ticks; never raises.
+
+    A separate lane so that a tick, which writes every changed Masterplan, never waits for their Waves: when
+    a thousand plans end at once that is ten Wave writes each. Only each plan's latest WaveWrite is kept, so
+    a lane that falls behind skips the writes a later tick replaced instead of queueing them.
+    """
+    slots = asyncio.Semaphore(WAVE_CONCURRENCY)
+    while True:
+        batch = await deps.wave_backlog.take()
+        await asyncio.gather(*(_write_waves(deps, wave_write, slots) for wave_write in batch))
+
+
+async def _write_waves(deps: ControllerDeps, wave_write: WaveWrite, slots: asyncio.Semaphore) -> None:
+    meta = wave_write.body.meta
+    uid = str(meta.uid)
+    if uid not in deps.live_plans.bodies:
+        return  # deleted since its tick: garbage collection removes its Waves
+    logger = logging.LoggerAdapter(
+        log, {"k8s_ref": {"namespace": meta.namespace, "name": meta.name, "uid": uid}}
+    )
+    async with slots:
+        try:
+            await _sync_wave_status(
+                deps, uid, str(meta.namespace), str(meta.name), wave_write.generation, wave_write.waves,
+                wave_write.tests,
+            )  # fmt: skip
+        except (kopf.TemporaryError, KubeUnavailable, ApiException) as error:
+            logger.warning("waves not synced (retried next tick): %s", error)
+            return
+        except Exception:
+            logger.exception("waves not synced (retried next tick)")
+            return
+    if wave_write.settled:
+        deps.live_plans.settle(wave_write.body, wave_write.plan_id, asyncio.get_running_loop().time())
 
 
 async def _requested_lately(
@@ -374,17 +422,18 @@ async def _requested_lately(
         return set()
 
 
-async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore) -> None:
+async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore) -> WaveWrite | None:
     ref = {"namespace": body.meta.namespace, "name": body.meta.name, "uid": body.meta.uid}
     logger = logging.LoggerAdapter(log, {"k8s_ref": ref})
     async with slots:
         try:
-            await sync_progress(deps, body, logger)
+            return await sync_progress(deps, body, logger)
         except (KubeUnavailable, ApiException) as error:
             logger.warning("progress not synced (retried next tick): %s", error)
         except Exception:
             # One plan's unexpected failure must not stop the status of every other plan.
             logger.exception("progress not synced (retried next tick)")
+        return None
 
 
 def _settled(

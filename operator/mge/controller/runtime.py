@@ -87,6 +87,7 @@ async def run_operator(
     background = [asyncio.create_task(task) for task in background_tasks]
     background.append(asyncio.create_task(masterplan.retire_missing_forever(deps, namespaces)))
     background.append(asyncio.create_task(masterplan.sync_progress_forever(deps, progress_interval)))
+    background.append(asyncio.create_task(masterplan.sync_waves_forever(deps)))
     try:
         await kopf.operator(
             registry=build_registry(registry),

@@ -105,9 +105,14 @@ async def run() -> None:
                 "MGE_HEALTH_PORT": str(_free_port()),
                 "MGE_LOG_LEVEL": "WARNING",
             }
+            # MGE_BENCH_OPERATOR_LOG=<file> keeps the operator's log (at INFO: each slow tick's duration).
+            log_path = os.environ.get("MGE_BENCH_OPERATOR_LOG")
+            if log_path:
+                environment["MGE_LOG_LEVEL"] = "INFO"
+            log_file = open(log_path, "w") if log_path else asyncio.subprocess.DEVNULL  # noqa: ASYNC230, SIM115
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mge.cli", "operator",
-                env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                env=environment, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             try:
                 await asyncio.sleep(5)

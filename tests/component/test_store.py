@@ -1,6 +1,7 @@
 """The Postgres store on a real server: migrations, registration, claiming with leases, readiness."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -383,6 +384,38 @@ async def test_failed_atom_blocks_its_dependents_and_the_plan_finishes(pg):
     assert (progress.failed, progress.succeeded, progress.blocked) == (1, 1, 2)
     assert progress.failed_atoms == ("a",)
     assert progress.finished
+
+
+async def test_one_read_of_many_plans_keeps_each_plans_progress_spend_and_waves_apart(pg):
+    """A progress tick reads every live plan in one query each. Two plans here share atom ids: the failure in
+    one must not block the other's atoms, and a run not registered reads as empty, not as missing."""
+    store = await _store(pg)
+    try:
+        failing = await _register(store, atom("a"), atom("b", "a"), atom("c", "b"), name="failing")
+        healthy = await _register(store, atom("a"), atom("b", "a"), atom("c", "b"), name="healthy")
+        unknown = uuid.uuid4()
+        claimed = [c for c in await store.claim("ex-1", 10, 30) if c.atom_id == "a"]
+        by_plan = {c.masterplan_id: c for c in claimed}
+        await store.fail(by_plan[failing], "ex-1", "LLM returned no code")
+        await _finish(store, by_plan[healthy])
+
+        progress = await store.progress_of([failing, healthy, unknown])
+        waves = await store.wave_progress_of([failing, healthy, unknown])
+        spend = await CostLedger(store.pool).spend_of([failing, healthy, unknown])
+    finally:
+        await store.close()
+
+    assert (progress[failing].failed, progress[failing].blocked, progress[failing].blocked_atoms) == (
+        1,
+        2,
+        ("b", "c"),
+    )
+    assert (progress[healthy].succeeded, progress[healthy].blocked, progress[healthy].ready) == (1, 0, 1)
+    assert (progress[unknown].total, progress[unknown].waves_total) == (0, 0)
+    assert [w.succeeded for w in waves[healthy]] == [1, 0, 0]
+    assert [w.failed for w in waves[failing]] == [1, 0, 0]
+    assert waves[unknown] == []
+    assert set(spend) == {failing, healthy}
 
 
 async def test_suspended_plans_are_not_claimed(pg):

@@ -101,7 +101,13 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.store: dict[Key, dict[str, Any]] = {}
+        # The same objects by resource, so a LIST costs what that resource holds, as on a real API server (with
+        # thousands of Waves and Events, scanning the whole store on each LIST was most of this server's time).
+        self._by_resource: collections.defaultdict[Any, dict[Key, dict[str, Any]]] = collections.defaultdict(
+            dict
+        )
         self._versions = itertools.count(1)
+        self._latest_version = 0
         self._watchers: list[tuple[Any, str | None, asyncio.Queue[dict[str, Any]]]] = []
         self.writes = 0
         self.lists: collections.Counter[str] = collections.Counter()  # LIST calls per plural
@@ -176,9 +182,8 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
             items = sorted(
                 (
                     obj
-                    for (res, ns, _), obj in self.store.items()
-                    if res == resource
-                    and (request.namespace is None or ns == request.namespace)
+                    for (_, ns, _), obj in self._by_resource[resource].items()
+                    if (request.namespace is None or ns == request.namespace)
                     and _matches(obj["metadata"].get("labels", {}), selector)
                 ),
                 key=lambda obj: (obj["metadata"].get("namespace") or "", obj["metadata"]["name"]),
@@ -268,7 +273,7 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
         return {**body, "status": {"allowed": allowed}}
 
     def _current(self) -> int:
-        return max((int(o["metadata"]["resourceVersion"]) for o in self.store.values()), default=0)
+        return self._latest_version
 
     def _commit(self, key: Key, obj: dict[str, Any], event: str, code: int) -> aiohttp.web.Response:
         annotations = obj["metadata"].get("annotations") or {}
@@ -280,11 +285,14 @@ class KubeAPI(kmock.KubernetesEmulator):  # type: ignore[misc]
                 f"metadata.annotations: Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
             )
         self.writes += 1
-        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        self._latest_version = next(self._versions)
+        obj["metadata"]["resourceVersion"] = str(self._latest_version)
         if event == "DELETED":
             self.store.pop(key, None)
+            self._by_resource[key[0]].pop(key, None)
         else:
             self.store[key] = obj
+            self._by_resource[key[0]][key] = obj
         for resource, namespace, queue in self._watchers:
             if resource == key[0] and namespace in (None, key[1]):
                 queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})

@@ -18,6 +18,7 @@ from mge.adapters.store.acceptance import AcceptanceStore
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.plans import PlanRetired, run_uuid
+from mge.adapters.store.store import Store
 from mge.controller.acceptance import export_gate, requirements_of, sync_acceptance
 from mge.controller.dependencies import check_due
 from mge.controller.deps import ControllerDeps, WaveWrite, deps_of
@@ -26,6 +27,7 @@ from mge.controller.llm_pools import read_pool_credentials
 from mge.cost.caps import OverrideRejected
 from mge.deps.status import apply_learned
 from mge.models.base import API_GROUP, API_VERSION
+from mge.models.concurrency_api import EndpointOutage, ScalingSignals
 from mge.models.conditions import ConditionStatus, ConditionType, Reason, find_condition
 from mge.models.manifest import ManifestError, describe_validation_error, parse_atom_list
 from mge.models.masterplan import (
@@ -36,7 +38,7 @@ from mge.models.masterplan import (
     Phase,
     PlanContext,
 )
-from mge.models.progress import Progress, WaveProgress
+from mge.models.progress import Progress, Spend, WaveProgress
 from mge.models.wave import WaveSpec, WaveStatus
 from mge.plan.errors import AtomsSourceNotFound, ContextSourceNotFound, InvalidSpec, PlanError
 from mge.plan.execution import AcceptanceState, decide_execution, decide_store_unavailable
@@ -65,6 +67,8 @@ PROGRESS_CONCURRENCY = 16
 # own writes keep most of the API calls in flight (Kube.CALLS_AT_ONCE).
 WAVE_CONCURRENCY = 4
 RETRY_API_SECONDS = 10.0
+# The pause after a tick that took longer than the interval, as a fraction of the interval.
+MIN_PAUSE_FRACTION = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +219,43 @@ async def _llm_problem(kube: Kube, llm: PoolConfig | None) -> tuple[str, str] | 
     return None
 
 
+@dataclass
+class TickReads:
+    """What a progress tick reads from Postgres once for every plan it syncs, instead of five queries a plan:
+    with a thousand live plans those queries were most of a tick's time."""
+
+    progress: Mapping[uuid.UUID, Progress]
+    waves: Mapping[uuid.UUID, Sequence[WaveProgress]]
+    spend: Mapping[uuid.UUID, Spend]
+    scaling: ScalingSignals | None
+    outages_by_pool: dict[str | None, list[EndpointOutage]]
+
+    @classmethod
+    async def read(cls, store: Store, plan_ids: Sequence[uuid.UUID]) -> "TickReads":
+        return cls(
+            progress=await store.progress_of(plan_ids),
+            waves=await store.wave_progress_of(plan_ids),
+            spend=await CostLedger(store.pool).spend_of(plan_ids),
+            scaling=await store.scaling_signals(),
+            outages_by_pool={},
+        )
+
+    async def outages(self, store: Store, llm_pool: str | None) -> list[EndpointOutage]:
+        """The endpoint outages of one LLM pool, read once per tick."""
+        if llm_pool not in self.outages_by_pool:
+            self.outages_by_pool[llm_pool] = await store.endpoint_outages(llm_pool=llm_pool)
+        return self.outages_by_pool[llm_pool]
+
+
 async def sync_progress(
-    deps: ControllerDeps, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
+    deps: ControllerDeps,
+    body: kopf.Body,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    reads: TickReads | None = None,
 ) -> WaveWrite | None:
     """Aggregate atom progress and cost from Postgres into the Masterplan's status; what its Waves should show
-    is returned for the Wave lane (None when there is nothing to write to them)."""
+    is returned for the Wave lane (None when there is nothing to write to them). `reads` is the tick's
+    snapshot of every due plan; without it (or without this plan in it) the plan's own rows are read."""
     meta, spec, status = body.meta, body.spec, body.status
     name, namespace = meta.name, meta.namespace
     assert name is not None, "a listed Masterplan has a name"
@@ -243,13 +279,16 @@ async def sync_progress(
                 return None  # never handed to executors: nothing in Postgres to report
             # Else its Secret went missing after it was handed over: its pool runs on with the copy it has,
             # and the status goes on following it.
-            progress = await store.progress(plan_id)
-            waves = await store.wave_progress(plan_id)
-            spend = await CostLedger(store.pool).spend(plan_id)
-            scaling = await store.scaling_signals()
+            if reads is None or plan_id not in reads.progress:
+                reads = await TickReads.read(store, [plan_id])
+            progress, waves = reads.progress[plan_id], reads.waves[plan_id]
+            spend = reads.spend.get(plan_id)
+            if spend is None:
+                raise LookupError(f"no Masterplan with id {plan_id}")
+            scaling = reads.scaling
             llm = spec.get("llm")
             pool = pool_config(namespace, LLMEndpoint.model_validate(llm)).pool if llm else None
-            outages = await store.endpoint_outages(llm_pool=pool)
+            outages = await reads.outages(store, pool)
             acceptance, wave_tests = await sync_acceptance(
                 deps, store, plan_id, namespace, name, body, requirements_of(spec), progress, waves, logger
             )
@@ -361,14 +400,27 @@ async def sync_progress_forever(deps: ControllerDeps, interval: float) -> None:
         checks.forget_except(deps.live_plans.bodies.keys())
         # The import checks (CPU work) wait while a tick writes: on a full machine they would slow every status.
         checks.quiet.clear()
+        started = asyncio.get_running_loop().time()
         try:
+            reads = await _read_tick(deps, due)
             waves = await asyncio.gather(
-                *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots) for body in due)
+                *(_sync_one(deps, kopf.Body(cast(kopf.RawBody, body)), slots, reads) for body in due)
             )
         finally:
             checks.quiet.set()
+        elapsed = asyncio.get_running_loop().time() - started
+        # Longer than the interval means statuses lag by more than it: one replica is near its limit.
+        (log.info if elapsed > interval else log.debug)(
+            "progress tick: %d Masterplans synced in %.1f s, %d settled skipped",
+            len(due),
+            elapsed,
+            len(settled),
+        )
         deps.wave_backlog.put({str(w.body.meta.uid): w for w in waves if w is not None})
-        await asyncio.sleep(interval)
+        # Ticks start every `interval`, so a long tick does not also push the next one back by a whole interval
+        # (statuses lagged by the tick's time plus the interval); a pause still follows each tick, the time the
+        # import checks get.
+        await asyncio.sleep(max(interval - elapsed, interval * MIN_PAUSE_FRACTION))
 
 
 async def sync_waves_forever(deps: ControllerDeps) -> None:
@@ -422,12 +474,29 @@ async def _requested_lately(
         return set()
 
 
-async def _sync_one(deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore) -> WaveWrite | None:
+async def _read_tick(deps: ControllerDeps, due: Sequence[Mapping[str, Any]]) -> TickReads | None:
+    """The tick's snapshot of the due plans; None when Postgres is down (each plan then says so itself)."""
+    if not due:
+        return None
+    plan_ids = [
+        run_of(body["metadata"], MasterplanStatus.model_validate(dict(body.get("status") or {})))
+        for body in due
+    ]
+    try:
+        async with deps.store.session() as store:
+            return await TickReads.read(store, plan_ids)
+    except StoreUnavailable:
+        return None
+
+
+async def _sync_one(
+    deps: ControllerDeps, body: kopf.Body, slots: asyncio.Semaphore, reads: TickReads | None
+) -> WaveWrite | None:
     ref = {"namespace": body.meta.namespace, "name": body.meta.name, "uid": body.meta.uid}
     logger = logging.LoggerAdapter(log, {"k8s_ref": ref})
     async with slots:
         try:
-            return await sync_progress(deps, body, logger)
+            return await sync_progress(deps, body, logger, reads)
         except (KubeUnavailable, ApiException) as error:
             logger.warning("progress not synced (retried next tick): %s", error)
         except Exception:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Final, Literal
@@ -343,26 +344,37 @@ class CostLedger:
         )
 
     async def spend(self, plan_id: uuid.UUID) -> Spend:
-        row: Any = await self.pool.fetchrow(
-            """SELECT current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage, hard_cap_percentage,
-                      budget_exhausted, budget_override_approved_by, budget_override_approved_at,
-                      (SELECT coalesce(sum(saved_usd), 0) FROM cache_savings WHERE masterplan_id = $1)
-                          AS cache_saved_usd
-               FROM masterplans WHERE id = $1""",
-            plan_id,
-        )
-        if row is None:
+        found = await self.spend_of([plan_id])
+        if plan_id not in found:
             raise LookupError(f"no Masterplan with id {plan_id}")
-        return Spend(
-            spent_usd=row["current_cost_usd"],
-            reserved_usd=row["reserved_cost_usd"],
-            limit_usd=row["budget_limit_usd"],
-            soft_cap_percent=row["soft_cap_percentage"],
-            hard_cap_percent=row["hard_cap_percentage"],
-            exhausted=row["budget_exhausted"],
-            override_by=row["budget_override_approved_by"],
-            cache_saved_usd=row["cache_saved_usd"],
+        return found[plan_id]
+
+    async def spend_of(self, plan_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Spend]:
+        """Each registered plan's money, in one query (a plan not registered is left out)."""
+        rows = await self.pool.fetch(
+            """SELECT m.id, current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage,
+                      hard_cap_percentage, budget_exhausted, budget_override_approved_by,
+                      coalesce(s.saved_usd, 0) AS cache_saved_usd
+               FROM masterplans m
+               LEFT JOIN (SELECT masterplan_id, sum(saved_usd) AS saved_usd FROM cache_savings
+                          WHERE masterplan_id = ANY($1::uuid[]) GROUP BY masterplan_id) s
+                      ON s.masterplan_id = m.id
+               WHERE m.id = ANY($1::uuid[])""",
+            list(plan_ids),
         )
+        return {
+            row["id"]: Spend(
+                spent_usd=row["current_cost_usd"],
+                reserved_usd=row["reserved_cost_usd"],
+                limit_usd=row["budget_limit_usd"],
+                soft_cap_percent=row["soft_cap_percentage"],
+                hard_cap_percent=row["hard_cap_percentage"],
+                exhausted=row["budget_exhausted"],
+                override_by=row["budget_override_approved_by"],
+                cache_saved_usd=row["cache_saved_usd"],
+            )
+            for row in rows
+        }
 
     async def apply_budget(self, plan_id: uuid.UUID, budget: Budget) -> list[str]:
         """Make the stored budget match the spec; records an override and resumes an exhausted plan.

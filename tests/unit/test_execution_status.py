@@ -89,6 +89,12 @@ def test_all_succeeded_completes_the_plan():
     assert status.completed_at == NOW
 
 
+def test_a_run_that_ends_posts_its_completion_once_though_two_conditions_change():
+    _, events = _decide(_progress(succeeded=10, waves_complete=3))
+
+    assert [e.reason for e in events].count(Reason.ALL_ATOMS_SUCCEEDED) == 1
+
+
 def test_failures_name_failed_atoms_and_blocked_dependents():
     progress = _progress(
         succeeded=7, failed=1, pending=2, blocked=2, failed_atoms=("models",), blocked_atoms=("api", "cli")

@@ -93,17 +93,21 @@ def projected_cost(spent_usd: Decimal, finished: int, total: int, estimated_usd:
 def transition_events(before: Sequence[Condition], after: Sequence[Condition]) -> list[KubeEvent]:
     """One Event per condition whose status or reason changed: none on resync, no storms on retries.
 
-    A condition that went to False with a Warning reason and then Failed=True are both Warnings.
+    A condition that went to False with a Warning reason and then Failed=True are both Warnings. Two conditions
+    that changed for the same reason with the same message (Complete=True and Progressing=False when a run
+    ends) are one Event: the same line twice in `kubectl describe`, and an API call per plan for nothing.
     """
     previous = {c.type: (c.status, c.reason) for c in before}
-    events = []
+    events: list[KubeEvent] = []
     for condition in after:
         if previous.get(condition.type) == (condition.status, condition.reason):
             continue
         warning = condition.reason in WARNING_REASONS or (
             condition.type == ConditionType.FAILED and condition.status == ConditionStatus.TRUE
         )
-        events.append(KubeEvent("Warning" if warning else "Normal", condition.reason, condition.message))
+        event = KubeEvent("Warning" if warning else "Normal", condition.reason, condition.message)
+        if event not in events:
+            events.append(event)
     return events
 
 

@@ -119,7 +119,7 @@ async def reconcile_masterplan(
             retry = kopf.TemporaryError(str(atoms), delay=deps.retry_missing_source_s)
         outcome = _plan(name, parsed, atoms, observed, generation, deps)
     current_trace_id.set(outcome.status.trace_id)
-    plan_id = run_of(meta, observed)
+    plan_id = run_of(meta, observed.masterplan_id)
     outcome.status.masterplan_id = str(plan_id)
     if outcome.plan is not None:
         await _apply_waves(deps.kube, namespace, name, body, outcome.waves, deps.now())
@@ -147,12 +147,17 @@ async def reconcile_masterplan(
         raise retry
 
 
-def run_of(meta: Mapping[str, Any], observed: MasterplanStatus) -> uuid.UUID:
-    """The object's run in the store: the one its status already names (kept across operator upgrades),
-    else its metadata.uid, so a new object of the same name is a new run."""
-    if observed.masterplan_id:
-        return uuid.UUID(observed.masterplan_id)
+def run_of(meta: Mapping[str, Any], masterplan_id: str | None) -> uuid.UUID:
+    """The object's run in the store: the one its status already names (`status.masterplanId`, kept across
+    operator upgrades), else its metadata.uid, so a new object of the same name is a new run."""
+    if masterplan_id:
+        return uuid.UUID(masterplan_id)
     return run_uuid(str(meta["uid"]))
+
+
+def _recorded_run(body: Mapping[str, Any]) -> uuid.UUID:
+    """run_of a raw body, without validating its whole status (the progress loop does it for every plan)."""
+    return run_of(body["metadata"], (body.get("status") or {}).get("masterplanId"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +277,7 @@ async def sync_progress(
         # A new spec is being reconciled: a status computed from this older snapshot would overwrite the
         # handler's conditions (the whole list is patched), e.g. bring back Suspended=True after a resume.
         return None
-    plan_id = run_of(meta, observed)
+    plan_id = run_of(meta, observed.masterplan_id)
     try:
         async with deps.store.session() as store:
             if waiting_for_secret and await store.identity(plan_id) is None:
@@ -348,7 +353,7 @@ async def track_masterplan(
         deps.live_plans.seen(body, asyncio.get_running_loop().time())
         return
     deps.live_plans.gone(str(body.meta.uid))
-    plan_id = run_of(body.meta, MasterplanStatus.model_validate(dict(body.status)))
+    plan_id = _recorded_run(body)
     try:
         async with deps.store.session() as store:
             if await store.retire(plan_id):
@@ -478,10 +483,7 @@ async def _read_tick(deps: ControllerDeps, due: Sequence[Mapping[str, Any]]) -> 
     """The tick's snapshot of the due plans; None when Postgres is down (each plan then says so itself)."""
     if not due:
         return None
-    plan_ids = [
-        run_of(body["metadata"], MasterplanStatus.model_validate(dict(body.get("status") or {})))
-        for body in due
-    ]
+    plan_ids = [_recorded_run(body) for body in due]
     try:
         async with deps.store.session() as store:
             return await TickReads.read(store, plan_ids)

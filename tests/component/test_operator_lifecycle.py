@@ -365,6 +365,31 @@ async def test_status_sync_works_from_the_watch_and_does_not_list_masterplans_on
         assert cluster.lists["masterplans"] - lists_before <= 1  # at most the 60 s sweep's own list
 
 
+async def test_a_failing_read_of_all_plans_does_not_stop_the_progress_loop(cluster, pg, monkeypatch):
+    """The tick reads every due plan at once; an error there (a query cancelled, a bug) must leave each plan to
+    read its own rows, not end the loop that keeps every status. The first such read fails here; only the
+    progress loop writes the run's end, so the plan completes only if the loop survived it."""
+    from mge.controller import masterplan
+
+    read = masterplan.TickReads.read
+    calls = 0
+
+    async def failing_first(store: Any, plan_ids: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("canceling statement due to statement timeout")
+        return await read(store, plan_ids)
+
+    monkeypatch.setattr(masterplan.TickReads, "read", failing_first)
+    await _apply(cluster, hello())
+    async with running_operator(cluster, pg, [NS], progress_interval=0.1):
+        await eventually(lambda: _reason(cluster, "Planned") == "True/Planned")
+        async with running_executor(pg, HELLO_RECORDING):
+            await eventually(lambda: _reason(cluster, "Complete") == "True/AllAtomsSucceeded", timeout=30)
+    assert calls > 1
+
+
 async def test_a_masterplans_status_keeps_up_while_writes_to_its_waves_hang(cluster, pg):
     """With a thousand plans ending at once, their Waves are ten writes each: a tick that waited for them held
     every Masterplan's status back for minutes. Here the API server stalls every Wave status write; the

@@ -480,7 +480,8 @@ async def _requested_lately(
 
 
 async def _read_tick(deps: ControllerDeps, due: Sequence[Mapping[str, Any]]) -> TickReads | None:
-    """The tick's snapshot of the due plans; None when Postgres is down (each plan then says so itself)."""
+    """The tick's snapshot of the due plans; None when it cannot be read (each plan then reads its own rows,
+    and says so itself if Postgres is down). Never raises: an error here must not end the progress loop."""
     if not due:
         return None
     plan_ids = [_recorded_run(body) for body in due]
@@ -488,6 +489,9 @@ async def _read_tick(deps: ControllerDeps, due: Sequence[Mapping[str, Any]]) -> 
         async with deps.store.session() as store:
             return await TickReads.read(store, plan_ids)
     except StoreUnavailable:
+        return None
+    except Exception:
+        log.exception("the tick's reads failed; each plan reads its own rows")
         return None
 
 

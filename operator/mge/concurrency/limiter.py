@@ -57,6 +57,14 @@ BASELINE_CALLS: Final = 32
 PROBE_AFTER_S: Final = BASELINE_WINDOW_S / 2
 PROBE_FACTOR: Final = 0.75
 PROBE_ROUND_TRIPS: Final = 2
+# In a fleet an executor holds a call or two, so two round trips give its slow average a sample or two: the
+# baseline could never come down again, and congestion became normal. A fleet's probe measures the baseline
+# directly, from the median of at least this many answers to calls started while draining (waiting up to
+# FLEET_PROBE_MAX_ROUND_TRIPS for them), and runs every FLEET_PROBE_EVERY-th wall-clock minute even when an
+# executor saw no congestion: with a baseline taken while the others kept the provider busy, it never would.
+FLEET_PROBE_SAMPLES: Final = 3
+FLEET_PROBE_MAX_ROUND_TRIPS: Final = 6
+FLEET_PROBE_EVERY: Final = 3
 # Cut on overload at most once per round trip (a call's smoothed latency, within these bounds): one overload
 # episode returns many failures at once.
 MIN_COOLDOWN_S: Final = 0.05
@@ -177,12 +185,21 @@ class AdaptiveLimiter:
     # climbs back to it fast. Holding at capacity after the cuts (capacity is lower now) keeps it.
     _recover_to: int = field(init=False, default=0)
     _cutting: bool = field(init=False, default=False)
+    # In a fleet, climbed back to the limit before the cuts and not yet judged at it: if that limit is cut for
+    # congestion, the next climb back goes half as far (a bisection toward what the provider takes now). The
+    # room seen was often another executor's cut, and climbing all the way back and being cut again repeated
+    # every few round trips.
+    _unconfirmed_climb: bool = field(init=False, default=False)
     _suspect_rise: bool = field(init=False, default=False)
     _last_decrease: float = field(init=False, default=float("-inf"))
     _last_uncongested: float | None = field(init=False, default=None)
     _probe_until: float | None = field(init=False, default=None)
     _probe_restore: int = field(init=False, default=0)
+    _probe_started: float = field(init=False, default=0.0)
+    _probe_samples: list[float] = field(init=False, default_factory=list)
     _growth_credit: float = field(init=False, default=0.0)
+    # The current level is this executor's additive step: if it queues, the step is what to take back.
+    _level_is_step: bool = field(init=False, default=False)
     _probe_slot: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:
@@ -211,6 +228,7 @@ class AdaptiveLimiter:
         self._new_level(now)
 
     def _new_level(self, now: float) -> None:
+        self._level_is_step = False
         baseline = self.baseline_s_per_token
         self._level = _Level(now, baseline or self._steady, provisional=baseline is None)
 
@@ -261,8 +279,10 @@ class AdaptiveLimiter:
             self._recover_to = 0
             self._cutting = True
         elif congestion and not self._cutting:
-            self._recover_to = self.limit
+            # A climb back that was cut before it was judged climbs back half as far next time.
+            self._recover_to = (self.limit + new) // 2 if self._unconfirmed_climb else self.limit
             self._cutting = True
+        self._unconfirmed_climb = False
         self._last_decrease = now
         if self._probe_until is not None:  # too high even while draining: the drained limit stays
             self._probe_until = None
@@ -285,6 +305,14 @@ class AdaptiveLimiter:
         if self._probe_until is not None:
             if now < self._probe_until:
                 return True
+            if self.fleet > 1:
+                waited = now - self._probe_started
+                if (
+                    len(self._probe_samples) < FLEET_PROBE_SAMPLES
+                    and waited < FLEET_PROBE_MAX_ROUND_TRIPS * self._round_trip_s
+                ):
+                    return True
+                self._take_probe(now)
             self._probe_until = None
             self._last_uncongested = now
             self._set(self._probe_restore, now, "baseline re-measured; limit restored")
@@ -294,17 +322,31 @@ class AdaptiveLimiter:
             # One executor draining alone leaves the provider as busy as the others keep it: the fleet drains
             # together, at the first answer past a wall-clock minute, so each measures a quieter provider.
             slot = int((now + self.wall_offset_s) // PROBE_AFTER_S)
-            due = due and slot != self._probe_slot
+            due = due or (self._last_uncongested is not None and slot % FLEET_PROBE_EVERY == 0)
+            due = due and self._probe_slot not in (-1, slot)
             self._probe_slot = slot
         if due:
             self._probe_restore = self.limit
+            self._probe_started, self._probe_samples = now, []
             self._probe_until = now + PROBE_ROUND_TRIPS * self._round_trip_s
             self._set(int(self.limit * PROBE_FACTOR), now, "draining briefly to re-measure the baseline")
             return True
         return False
 
+    def _take_probe(self, now: float) -> None:
+        """A fleet's probe: the median of the answers to calls started while draining is a baseline sample."""
+        if len(self._probe_samples) < FLEET_PROBE_SAMPLES or self._steady is None:
+            return
+        measured = statistics.median(self._probe_samples)
+        if measured >= self._steady:
+            return
+        self._steady = measured
+        while self._minima and self._minima[-1][1] >= measured:
+            self._minima.pop()
+        self._minima.append((now, measured))
+
     def _grow(self, now: float, ratio: float | None) -> None:
-        self._cutting = False
+        self._cutting = self._unconfirmed_climb = False
         if self.limit < self._recover_to and (ratio is None or ratio <= ROOM_FACTOR):
             # Capacity came back (it was there before the last cuts): slow start back up to it.
             self.slow_start, self._slow_start_to = True, self._recover_to
@@ -316,6 +358,7 @@ class AdaptiveLimiter:
             if self._growth_credit >= 1 - 1e-9:
                 self._growth_credit = 0.0
                 self._set(self.limit + 1, now, "additive increase")
+                self._level_is_step = True
             else:
                 self._new_level(now)
 
@@ -331,6 +374,7 @@ class AdaptiveLimiter:
             )
             self._set(target, now, reason)
         if self.limit >= self._slow_start_to:
+            self._unconfirmed_climb = self.fleet > 1 and self._slow_start_to < self.maximum
             self.slow_start = False
             self._new_level(now)
 
@@ -388,6 +432,11 @@ class AdaptiveLimiter:
         self._suspect_rise = False
         # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing.
         at_capacity = self._share(level.mean_in_flight / ratio * HOLD_FACTOR)
+        if self.fleet > 1 and self._level_is_step:
+            # In a fleet the provider's queueing answers to everyone's calls, and each executor's share of
+            # capacity is a call or two: rounding it keeps the step (2 x 0.93 is 1.87, so 2), and the fleet
+            # stays a call or two past capacity. The step this executor just took is what queued: undo it.
+            at_capacity = min(at_capacity, self.limit - 1)
         if ratio > SLOW_FACTOR:
             new = max(math.ceil(self.limit / 2), min(self.limit - 1, at_capacity))
             self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")
@@ -423,6 +472,8 @@ class AdaptiveLimiter:
                 self._observe_latency(now, per_token)
                 reference = self._level.reference
                 ratio = per_token / reference if reference else None
+        if self._probe_until is not None and per_token is not None and now - latency_s >= self._probe_started:
+            self._probe_samples.append(per_token)
         if self._probe(now):
             return
         if self.slow_start:

@@ -65,6 +65,7 @@ bench: $(INSTALLED) ## Benchmarks (figures side by side with a baseline): planne
 	$(BIN)/python -m tests.bench.bench_ledger
 	$(BIN)/python -m tests.bench.bench_concurrency
 	$(BIN)/python -m tests.bench.bench_fleet
+	$(BIN)/python -m tests.bench.bench_fleet_http
 	$(BIN)/python -m tests.bench.bench_cache
 	$(BIN)/python -m tests.bench.bench_retrieval
 	$(BIN)/python -m tests.bench.bench_deps

@@ -1,0 +1,212 @@
+"""Real HTTP: 2 and 8 executor processes share the fake LLM server while its capacity halves and comes back.
+
+Each executor is its own process (`tests.bench.fleet_executor`): real Postgres, real HTTP, its own event loop
+and limiter; they learn how many they are only through `executor_status`, as pods do. The server is the one
+`bench_concurrency` uses (latency x in-flight / C past C, 429 past 1.5 C), time-scaled 6x (0.5 s calls, 25 s
+phases, a 2.5 s heartbeat for 15 s). Policies per executor: ours (the executor's own gate, as deployed), the
+seed's rule, and a fixed split of C. Goodput and p95 are measured at the server, as in `bench_concurrency`;
+"in flight / C" is what the server saw, averaged over the last half of each phase.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from mge.adapters.store.store import Store
+from mge.plan.dag import plan_dag
+from tests.bench.bench_concurrency import MAX_INLINE_ATOMS, REAL_HTTP, Scenario, p95
+from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.postgres import postgres_server
+
+FLEETS = tuple(int(n) for n in os.environ.get("MGE_BENCH_FLEETS", "2,8").split(","))
+POLICIES = tuple(os.environ.get("MGE_BENCH_POLICIES", "ours,seed,fixed").split(","))
+GOAL_GOODPUT = 95.0
+GOAL_P95 = 1.2
+
+
+async def _register(store: Store, scenario: Scenario) -> list[uuid.UUID]:
+    atoms_count = int(scenario.ideal_calls * 1.3)
+    plans = math.ceil(atoms_count / MAX_INLINE_ATOMS)
+    ids = []
+    for number in range(plans):
+        atoms = layered_atoms(atoms_count // plans, width=atoms_count // plans)
+        plan_id, _ = await store.register_plan(
+            namespace="bench",
+            name=f"fleet-{number}",
+            trace_id=f"00000000-0000-4000-8000-{number:012x}",
+            generation=1,
+            spec=spec_of(atoms),
+            atoms=atoms,
+            plan=plan_dag((a.id, a.depends_on) for a in atoms),
+        )
+        ids.append(plan_id)
+    return ids
+
+
+@dataclass
+class FleetRun:
+    goodput: float  # % of C
+    p95: float  # over the uncongested p95
+    phase_p95: list[float]
+    refused: int
+    occupancy: list[float]  # in flight / C, last half of each phase
+    failed_atoms: int
+    load: tuple[float, float]
+
+
+async def run_fleet(server: str, scenario: Scenario, policy: str, executors: int) -> FleetRun:
+    fake = FakeLLM(
+        FakeLLMConfig(
+            base_latency_s=scenario.base_latency_s,
+            latency_jitter_s=scenario.jitter_s,
+            capacity=scenario.capacity,
+            reject_factor=1.5,
+        )
+    )
+    await fake.start()
+    async with fresh_database(server) as dsn:
+        store = await Store.connect(dsn, max_size=4)
+        plan_ids = await _register(store, scenario)
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.bench.fleet_executor",
+                dsn,
+                fake.url,
+                policy,
+                str(scenario.capacity),
+                str(executors),
+                f"fleet-{number}",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for number in range(executors)
+        ]
+        try:
+            deadline = time.perf_counter() + 60.0
+            while fake.stats.requests == 0 and time.perf_counter() < deadline:
+                await asyncio.sleep(0.005)
+            if fake.stats.requests == 0:
+                raise RuntimeError("no executor process sent a request within 60 s")
+            load_before = os.getloadavg()[0]
+            started = time.perf_counter()
+            in_flight: list[list[int]] = [[] for _ in scenario.phases]
+            # Where each phase's answers start in the server's list of latencies (in order of answer).
+            phase_starts = [0]
+            while (elapsed := time.perf_counter() - started) < scenario.duration_s:
+                fake.config.capacity = scenario.capacity_at(elapsed)
+                phase = min(len(scenario.phases) - 1, int(elapsed // scenario.phase_s))
+                if phase == len(phase_starts):
+                    phase_starts.append(len(fake.stats.latencies_s))
+                if elapsed - phase * scenario.phase_s >= scenario.phase_s / 2:
+                    in_flight[phase].append(fake.stats.in_flight)
+                await asyncio.sleep(0.05)
+            completed, rejected = fake.stats.completed, fake.stats.rejected
+            latencies = list(fake.stats.latencies_s)
+            load_after = os.getloadavg()[0]
+        finally:
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+            errors = [await _wait(process) for process in processes]
+        failed = 0
+        for plan_id in plan_ids:
+            failed += (await store.progress(plan_id)).failed
+        await store.close()
+    await fake.stop()
+    crashed = [error for error in errors if error]
+    if crashed:
+        raise RuntimeError(f"{len(crashed)} executor process(es) failed; the first said:\n{crashed[0]}")
+    occupancy = [
+        sum(samples) / len(samples) / capacity if samples else float("nan")
+        for samples, (_, capacity) in zip(in_flight, scenario.phases, strict=True)
+    ]
+    return FleetRun(
+        goodput=100 * completed / scenario.ideal_calls,
+        p95=p95(latencies) / scenario.uncongested_p95_s,
+        phase_p95=[
+            p95(latencies[start:end]) / scenario.uncongested_p95_s
+            for start, end in itertools.pairwise([*phase_starts, len(latencies)])
+        ],
+        refused=rejected,
+        occupancy=occupancy,
+        failed_atoms=failed,
+        load=(load_before, load_after),
+    )
+
+
+async def _wait(process: asyncio.subprocess.Process) -> str:
+    """The process's stderr if it failed (not for the SIGTERM that ends it), else ''."""
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return "did not stop within 30 s of SIGTERM"
+    if process.returncode in (0, -15):
+        return ""
+    return stderr.decode(errors="replace")[-2000:]
+
+
+async def main() -> None:
+    scenario = REAL_HTTP
+    print(
+        f"Real HTTP, executor processes: fake LLM server at capacity {scenario.capacity} -> "
+        f"{scenario.capacity // 2} -> {scenario.capacity}, {scenario.base_latency_s} s per call, "
+        f"{scenario.phase_s:.0f} s per phase, time-scaled 6x; {os.cpu_count()} cores"
+    )
+    rows, misses, busiest = [], [], 0.0
+    with postgres_server() as server:
+        for executors in FLEETS:
+            for policy in POLICIES:
+                run = await run_fleet(server, scenario, policy, executors)
+                busiest = max(busiest, *run.load)
+                names = {"ours": "ours (adaptive)", "seed": "seed rule", "fixed": f"fixed C/{executors}"}
+                rows.append(
+                    (
+                        executors,
+                        names[policy],
+                        f"{run.goodput:.1f}%",
+                        f"{run.p95:.2f}x",
+                        " / ".join(f"{r:.2f}" for r in run.phase_p95),
+                        f"{run.refused:,}",
+                        " / ".join(f"{o:.2f}" for o in run.occupancy),
+                        run.failed_atoms,
+                        f"{run.load[0]:.1f} -> {run.load[1]:.1f}",
+                    )
+                )
+                if policy == "ours" and (run.goodput < GOAL_GOODPUT or run.p95 > GOAL_P95):
+                    misses.append(f"{executors} executors: {run.goodput:.1f}% / {run.p95:.2f}x")
+    print_table(
+        [
+            "executors",
+            "policy",
+            "goodput % of C",
+            "p95 / uncongested",
+            "p95 by phase",
+            "429s",
+            "in flight / C (phases 1/2/3)",
+            "failed atoms",
+            "load avg",
+        ],
+        rows,
+    )
+    print(
+        f"ours: goals (goodput >= {GOAL_GOODPUT:.0f}%, p95 <= {GOAL_P95}x) "
+        + ("met on every row" if not misses else "MISSED on: " + "; ".join(misses))
+    )
+    if busiest > (os.cpu_count() or 1):
+        print(f"WARNING: load average {busiest:.1f}: this run measures the machine as much as the policies")
+    print()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

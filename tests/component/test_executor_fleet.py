@@ -2,6 +2,10 @@
 grows and rounds as a part of the fleet; executors on another endpoint are not counted."""
 
 import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +15,14 @@ from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
-from tests.support.fake_llm import FakeLLM
+from mge.plan.dag import plan_dag
+from tests.builders import atom, spec
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.operator import eventually
 
 pytestmark = pytest.mark.component
+
+OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 
 async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
@@ -47,3 +55,75 @@ async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
         await store.close()
         await shared.stop()
         await other.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_executor_processes_count_each_other_and_share_a_plan(pg):
+    """Two `mge executor` processes (the CLI a pod runs, each with its own interpreter and event loop) on one
+    endpoint: both report it, so each counts a fleet of two, and both take atoms of the same plan."""
+    fake = FakeLLM(FakeLLMConfig(base_latency_s=0.2))
+    await fake.start()
+    store = await Store.connect(pg)
+    atoms = [atom(f"a{n}") for n in range(24)]
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name="shared",
+        trace_id="00000000-0000-4000-8000-000000000042",
+        generation=1,
+        spec=spec(*atoms),
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    processes = []
+    for number in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{OPERATOR_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "MGE_DATABASE_URL": pg,
+            "MGE_EXECUTOR_ID": f"proc-{number}",
+            "MGE_METRICS_PORT": str(_free_port()),
+            "MGE_EXECUTOR_CONCURRENCY": "4",
+            "OPENAI_BASE_URL": fake.url,
+            "OPENAI_API_KEY": "k",
+        }
+        processes.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mge.cli",
+                "executor",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        )
+    try:
+
+        async def finished() -> bool:
+            return (await store.progress(plan_id)).finished
+
+        assert await eventually(finished, timeout=60)
+        endpoints = await store.pool.fetch(
+            "SELECT executor, llm_endpoint FROM executor_status ORDER BY executor"
+        )
+        assert [r["executor"] for r in endpoints] == ["proc-0", "proc-1"]
+        assert endpoints[0]["llm_endpoint"] == endpoints[1]["llm_endpoint"]
+        assert await store.fleet_size(endpoints[0]["llm_endpoint"]) == 2
+        workers = await store.pool.fetch(
+            "SELECT DISTINCT executor FROM atom_attempts WHERE masterplan_id = $1 AND outcome = 'succeeded'",
+            plan_id,
+        )
+        assert {r["executor"] for r in workers} == {"proc-0", "proc-1"}
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+        errors = [(await process.communicate())[1].decode(errors="replace") for process in processes]
+        await store.close()
+        await fake.stop()
+    assert [process.returncode for process in processes] == [0, 0], errors

@@ -2,6 +2,7 @@
 grows and rounds as a part of the fleet; executors on another endpoint are not counted."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -63,23 +64,14 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_executor_processes_count_each_other_and_share_a_plan(pg):
+async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path):
     """Two `mge executor` processes (the CLI a pod runs, each with its own interpreter and event loop) on one
     endpoint: both report it, so each counts a fleet of two, and both take atoms of the same plan."""
     fake = FakeLLM(FakeLLMConfig(base_latency_s=0.2))
     await fake.start()
     store = await Store.connect(pg)
-    atoms = [atom(f"a{n}") for n in range(24)]
-    plan_id, _ = await store.register_plan(
-        namespace="ns",
-        name="shared",
-        trace_id="00000000-0000-4000-8000-000000000042",
-        generation=1,
-        spec=spec(*atoms),
-        atoms=atoms,
-        plan=plan_dag((a.id, a.depends_on) for a in atoms),
-    )
     processes = []
+    logs = contextlib.ExitStack()
     for number in range(2):
         env = {
             **os.environ,
@@ -99,10 +91,26 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg):
                 "executor",
                 env=env,
                 stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=logs.enter_context((tmp_path / f"proc-{number}.log").open("wb")),
             )
         )
     try:
+
+        async def both_reported() -> bool:
+            return await store.pool.fetchval("SELECT count(*) FROM executor_status") == 2
+
+        # Registered once both run: a process that starts late (imports, its start jitter) would find it done.
+        assert await eventually(both_reported, timeout=60)
+        atoms = [atom(f"a{n}") for n in range(40)]
+        plan_id, _ = await store.register_plan(
+            namespace="ns",
+            name="shared",
+            trace_id="00000000-0000-4000-8000-000000000042",
+            generation=1,
+            spec=spec(*atoms),
+            atoms=atoms,
+            plan=plan_dag((a.id, a.depends_on) for a in atoms),
+        )
 
         async def finished() -> bool:
             return (await store.progress(plan_id)).finished
@@ -123,7 +131,10 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg):
         for process in processes:
             if process.returncode is None:
                 process.terminate()
-        errors = [(await process.communicate())[1].decode(errors="replace") for process in processes]
+        for process in processes:
+            await process.wait()
+        logs.close()
+        errors = [(tmp_path / f"proc-{n}.log").read_text(errors="replace")[-2000:] for n in range(2)]
         await store.close()
         await fake.stop()
     assert [process.returncode for process in processes] == [0, 0], errors

@@ -223,12 +223,13 @@ async def test_executors_recover_from_killed_connections_and_pay_for_no_atom_twi
 async def test_a_test_generation_longer_than_its_lease_is_kept_by_the_heartbeat_and_paid_once(
     store, fake_llm, validator, monkeypatch
 ):
-    """The generation claim's lease is shortened to 0.5 s (as a long generation outlives a longer one); its
-    calls take 1.5 s. Without renewal the second executor takes the generation over and pays again."""
-    monkeypatch.setattr(worker, "GenerationConfig", functools.partial(GenerationConfig, lease_s=0.5))
+    """The generation claim's lease is shortened to 1 s (as a long generation outlives a longer one); its
+    calls take 2.5 s. Without renewal the second executor takes the generation over and pays again. (A 0.5 s
+    lease was lost now and then on a loaded CI machine, where a heartbeat can be half a second late.)"""
+    monkeypatch.setattr(worker, "GenerationConfig", functools.partial(GenerationConfig, lease_s=1.0))
     name, plan_spec, atoms = load_plan_input(HELLO)
     fake_llm.load_recording(HELLO / "responses.jsonl")
-    fake_llm.config = FakeLLMConfig(atom_latency_s={f"acceptance/MUST-{n}": 1.5 for n in (1, 2, 3)})
+    fake_llm.config = FakeLLMConfig(atom_latency_s={f"acceptance/MUST-{n}": 2.5 for n in (1, 2, 3)})
     plan_id, _ = await store.register_plan(
         namespace="ns",
         name=name,
@@ -241,7 +242,7 @@ async def test_a_test_generation_longer_than_its_lease_is_kept_by_the_heartbeat_
     acceptance = AcceptanceStore(store.pool)
     await acceptance.ensure_generation(plan_id)
     fleet = [
-        _executor(store, fake_llm, validator, f"ex-{n}", lease_s=0.5, heartbeat_s=0.05, idle_poll_s=0.05)
+        _executor(store, fake_llm, validator, f"ex-{n}", lease_s=1.0, heartbeat_s=0.05, idle_poll_s=0.05)
         for n in range(2)
     ]
     async with _running(*fleet):

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,10 +232,28 @@ async def _sample_loop_lag(lags: list[float], stop: asyncio.Event) -> None:
         lags.append(time.perf_counter() - before - 0.01)
 
 
-async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Result:
-    """One executor (4 C atoms at a time) against the fake LLM server while its capacity changes."""
+async def register_independent_atoms(store: Store, scenario: Scenario) -> list[uuid.UUID]:
+    """Independent atoms for 1.3 x the scenario's ideal calls, in as few Masterplans as hold them inline."""
     atoms_count = int(scenario.ideal_calls * 1.3)
     plans = math.ceil(atoms_count / MAX_INLINE_ATOMS)
+    plan_ids = []
+    for number in range(plans):
+        atoms = layered_atoms(atoms_count // plans, width=atoms_count // plans)
+        plan_id, _ = await store.register_plan(
+            namespace="bench",
+            name=f"http-{number}",
+            trace_id=f"00000000-0000-4000-8000-{number:012x}",
+            generation=1,
+            spec=spec_of(atoms),
+            atoms=atoms,
+            plan=plan_dag((a.id, a.depends_on) for a in atoms),
+        )
+        plan_ids.append(plan_id)
+    return plan_ids
+
+
+async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Result:
+    """One executor (4 C atoms at a time) against the fake LLM server while its capacity changes."""
     fake = FakeLLM(
         FakeLLMConfig(
             base_latency_s=scenario.base_latency_s,
@@ -249,19 +268,7 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         store = await Store.connect(dsn, max_size=80)
         validator = CodeValidator()
         llm = OpenAICompatibleLLM(fake.url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
-        plan_ids = []
-        for number in range(plans):
-            atoms = layered_atoms(atoms_count // plans, width=atoms_count // plans)
-            plan_id, _ = await store.register_plan(
-                namespace="bench",
-                name=f"http-{number}",
-                trace_id=f"00000000-0000-4000-8000-{number:012x}",
-                generation=1,
-                spec=spec_of(atoms),
-                atoms=atoms,
-                plan=plan_dag((a.id, a.depends_on) for a in atoms),
-            )
-            plan_ids.append(plan_id)
+        plan_ids = await register_independent_atoms(store, scenario)
         concurrency = 4 * scenario.capacity
         executor = Executor(
             store,

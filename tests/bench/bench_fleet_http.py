@@ -95,10 +95,12 @@ async def run_fleet(server: str, scenario: Scenario, policy: str, executors: int
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
             errors = [await _wait(process) for process in processes]
-        failed = 0
-        for plan_id in plan_ids:
-            failed += (await store.progress(plan_id)).failed
+        progress = [await store.progress(plan_id) for plan_id in plan_ids]
+        failed = sum(p.failed for p in progress)
         await store.close()
+    if all(p.finished for p in progress):
+        # The fleet ran out of work before the run ended: its last part measured idle executors, not a policy.
+        raise RuntimeError(f"{policy}, {executors} executors: every atom was done before the run ended")
     await fake.stop()
     crashed = [error for error in errors if error]
     if crashed:

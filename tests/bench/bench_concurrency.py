@@ -19,6 +19,7 @@ server-side latency over the uncongested p95; convergence is the time until the 
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import heapq
 import math
 import os
@@ -232,6 +233,25 @@ async def _sample_loop_lag(lags: list[float], stop: asyncio.Event) -> None:
         lags.append(time.perf_counter() - before - 0.01)
 
 
+def scenario_server(scenario: Scenario) -> FakeLLM:
+    """The fake LLM server of a scenario: latency x in-flight / C past C, 429 past 1.5 C."""
+    return FakeLLM(
+        FakeLLMConfig(
+            base_latency_s=scenario.base_latency_s,
+            latency_jitter_s=scenario.jitter_s,
+            capacity=scenario.capacity,
+            reject_factor=1.5,
+        )
+    )
+
+
+def bench_executor(store: Store, url: str, config: ExecutorConfig) -> Executor:
+    """A real executor for the real-HTTP runs: quick retries past 429s, a 50 ms idle poll, a short drain."""
+    llm = OpenAICompatibleLLM(url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
+    config = dataclasses.replace(config, idle_poll_s=0.05, shutdown_grace_s=1.0)
+    return Executor(store, llm, CodeValidator(), DEFAULT_PRICES, config)
+
+
 async def register_independent_atoms(store: Store, scenario: Scenario) -> list[uuid.UUID]:
     """Independent atoms for 1.3 x the scenario's ideal calls, in as few Masterplans as hold them inline."""
     atoms_count = int(scenario.ideal_calls * 1.3)
@@ -254,34 +274,14 @@ async def register_independent_atoms(store: Store, scenario: Scenario) -> list[u
 
 async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Result:
     """One executor (4 C atoms at a time) against the fake LLM server while its capacity changes."""
-    fake = FakeLLM(
-        FakeLLMConfig(
-            base_latency_s=scenario.base_latency_s,
-            latency_jitter_s=scenario.jitter_s,
-            capacity=scenario.capacity,
-            reject_factor=1.5,
-        )
-    )
+    fake = scenario_server(scenario)
     await fake.start()
     result = Result()
     async with fresh_database(server) as dsn:
         store = await Store.connect(dsn, max_size=80)
-        validator = CodeValidator()
-        llm = OpenAICompatibleLLM(fake.url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
         plan_ids = await register_independent_atoms(store, scenario)
         concurrency = 4 * scenario.capacity
-        executor = Executor(
-            store,
-            llm,
-            validator,
-            DEFAULT_PRICES,
-            ExecutorConfig(
-                "bench",
-                concurrency=concurrency,
-                idle_poll_s=0.05,
-                shutdown_grace_s=1.0,
-            ),
-        )
+        executor = bench_executor(store, fake.url, ExecutorConfig("bench", concurrency=concurrency))
         observed = _Observed(limiter, result)
         executor.gate.limiter = observed
         stop = asyncio.Event()
@@ -311,8 +311,8 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         with contextlib.suppress(asyncio.CancelledError):
             await lag_sampler
         result.failed_atoms = sum([(await store.progress(plan_id)).failed for plan_id in plan_ids])
-        await llm.close()
-        await validator.close()
+        await executor.llm.close()
+        await executor.validator.close()
         await store.close()
     await fake.stop()
     return result

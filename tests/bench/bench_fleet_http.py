@@ -13,13 +13,20 @@ import contextlib
 import itertools
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from mge.adapters.store.store import Store
-from tests.bench.bench_concurrency import REAL_HTTP, Scenario, p95, register_independent_atoms
+from tests.bench.bench_concurrency import (
+    REAL_HTTP,
+    Scenario,
+    p95,
+    register_independent_atoms,
+    scenario_server,
+)
 from tests.bench.common import fresh_database, print_table
-from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.postgres import postgres_server
 
 FLEETS = tuple(int(n) for n in os.environ.get("MGE_BENCH_FLEETS", "2,8").split(","))
@@ -40,68 +47,67 @@ class FleetRun:
 
 
 async def run_fleet(server: str, scenario: Scenario, policy: str, executors: int) -> FleetRun:
-    fake = FakeLLM(
-        FakeLLMConfig(
-            base_latency_s=scenario.base_latency_s,
-            latency_jitter_s=scenario.jitter_s,
-            capacity=scenario.capacity,
-            reject_factor=1.5,
-        )
-    )
+    fake = scenario_server(scenario)
     await fake.start()
-    async with fresh_database(server) as dsn:
-        store = await Store.connect(dsn, max_size=4)
-        plan_ids = await register_independent_atoms(store, scenario)
-        processes = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.bench.fleet_executor",
-                dsn,
-                fake.url,
-                policy,
-                str(scenario.capacity),
-                str(executors),
-                f"fleet-{number}",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            for number in range(executors)
-        ]
-        try:
-            deadline = time.perf_counter() + 60.0
-            while fake.stats.requests == 0 and time.perf_counter() < deadline:
-                await asyncio.sleep(0.005)
-            if fake.stats.requests == 0:
-                raise RuntimeError("no executor process sent a request within 60 s")
-            load_before = os.getloadavg()[0]
-            started = time.perf_counter()
-            in_flight: list[list[int]] = [[] for _ in scenario.phases]
-            # Where each phase's answers start in the server's list of latencies (in order of answer).
-            phase_starts = [0]
-            while (elapsed := time.perf_counter() - started) < scenario.duration_s:
-                fake.config.capacity = scenario.capacity_at(elapsed)
-                phase = min(len(scenario.phases) - 1, int(elapsed // scenario.phase_s))
-                if phase == len(phase_starts):
-                    phase_starts.append(len(fake.stats.latencies_s))
-                if elapsed - phase * scenario.phase_s >= scenario.phase_s / 2:
-                    in_flight[phase].append(fake.stats.in_flight)
-                await asyncio.sleep(0.05)
-            completed, rejected = fake.stats.completed, fake.stats.rejected
-            latencies = list(fake.stats.latencies_s)
-            load_after = os.getloadavg()[0]
-        finally:
-            for process in processes:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-            errors = [await _wait(process) for process in processes]
-        progress = [await store.progress(plan_id) for plan_id in plan_ids]
-        failed = sum(p.failed for p in progress)
-        await store.close()
+    # Each process's stderr goes to a file: a pipe nobody reads while the run lasts fills at 64 KiB, and a
+    # process blocked on its log would be measured as a slow executor.
+    with tempfile.TemporaryDirectory(prefix="mge-fleet-") as tmp, contextlib.ExitStack() as logs:
+        folder = Path(tmp)
+        async with fresh_database(server) as dsn:
+            store = await Store.connect(dsn, max_size=4)
+            plan_ids = await register_independent_atoms(store, scenario)
+            processes = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "tests.bench.fleet_executor",
+                    dsn,
+                    fake.url,
+                    policy,
+                    str(scenario.capacity),
+                    str(executors),
+                    f"fleet-{number}",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=logs.enter_context((folder / f"fleet-{number}.log").open("wb")),
+                )
+                for number in range(executors)
+            ]
+            try:
+                deadline = time.perf_counter() + 60.0
+                while fake.stats.requests == 0 and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.005)
+                if fake.stats.requests == 0:
+                    raise RuntimeError("no executor process sent a request within 60 s")
+                load_before = os.getloadavg()[0]
+                started = time.perf_counter()
+                in_flight: list[list[int]] = [[] for _ in scenario.phases]
+                # Where each phase's answers start in the server's list of latencies (in order of answer).
+                phase_starts = [0]
+                while (elapsed := time.perf_counter() - started) < scenario.duration_s:
+                    fake.config.capacity = scenario.capacity_at(elapsed)
+                    phase = min(len(scenario.phases) - 1, int(elapsed // scenario.phase_s))
+                    if phase == len(phase_starts):
+                        phase_starts.append(len(fake.stats.latencies_s))
+                    if elapsed - phase * scenario.phase_s >= scenario.phase_s / 2:
+                        in_flight[phase].append(fake.stats.in_flight)
+                    await asyncio.sleep(0.05)
+                completed, rejected = fake.stats.completed, fake.stats.rejected
+                latencies = list(fake.stats.latencies_s)
+                load_after = os.getloadavg()[0]
+            finally:
+                for process in processes:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.terminate()
+                errors = [
+                    await _wait(process, folder / f"fleet-{n}.log") for n, process in enumerate(processes)
+                ]
+            progress = [await store.progress(plan_id) for plan_id in plan_ids]
+            failed = sum(p.failed for p in progress)
+            await store.close()
+    await fake.stop()
     if all(p.finished for p in progress):
         # The fleet ran out of work before the run ended: its last part measured idle executors, not a policy.
         raise RuntimeError(f"{policy}, {executors} executors: every atom was done before the run ended")
-    await fake.stop()
     crashed = [error for error in errors if error]
     if crashed:
         raise RuntimeError(f"{len(crashed)} executor process(es) failed; the first said:\n{crashed[0]}")
@@ -123,17 +129,17 @@ async def run_fleet(server: str, scenario: Scenario, policy: str, executors: int
     )
 
 
-async def _wait(process: asyncio.subprocess.Process) -> str:
-    """The process's stderr if it failed (not for the SIGTERM that ends it), else ''."""
+async def _wait(process: asyncio.subprocess.Process, log: Path) -> str:
+    """The end of the process's log if it failed (not for the SIGTERM that ends it), else ''."""
     try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        await asyncio.wait_for(process.wait(), timeout=30)
     except TimeoutError:
         process.kill()
         await process.wait()
         return "did not stop within 30 s of SIGTERM"
     if process.returncode in (0, -15):
         return ""
-    return stderr.decode(errors="replace")[-2000:]
+    return (await asyncio.to_thread(log.read_text, errors="replace"))[-2000:]
 
 
 async def main() -> None:

@@ -8,12 +8,10 @@ import asyncio
 import signal
 import sys
 
-from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
 from mge.concurrency.limiter import FixedLimiter, SeedRuleLimiter
-from mge.cost.pricing import DEFAULT_PRICES
-from mge.executor.validation import CodeValidator
-from mge.executor.worker import Executor, ExecutorConfig
+from mge.executor.worker import ExecutorConfig
+from tests.bench.bench_concurrency import bench_executor
 
 # Time-scaled as bench_concurrency's real-HTTP run (6x): a 15 s heartbeat stands for 2.5 s here, the seed's
 # 30 s period for 5 s.
@@ -25,20 +23,8 @@ SEED_THRESHOLD_S = 2.0 / 1.5 * 0.5
 async def serve(dsn: str, url: str, policy: str, capacity: int, executors: int, executor_id: str) -> None:
     concurrency = max(4, 4 * capacity // executors)
     store = await Store.connect(dsn, max_size=concurrency + 3)
-    llm = OpenAICompatibleLLM(url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
-    validator = CodeValidator()
-    executor = Executor(
-        store,
-        llm,
-        validator,
-        DEFAULT_PRICES,
-        ExecutorConfig(
-            executor_id,
-            concurrency=concurrency,
-            heartbeat_s=HEARTBEAT_S,
-            idle_poll_s=0.05,
-            shutdown_grace_s=1.0,
-        ),
+    executor = bench_executor(
+        store, url, ExecutorConfig(executor_id, concurrency=concurrency, heartbeat_s=HEARTBEAT_S)
     )
     if policy == "seed":
         executor.gate.limiter = SeedRuleLimiter(
@@ -55,8 +41,8 @@ async def serve(dsn: str, url: str, policy: str, capacity: int, executors: int, 
     try:
         await executor.run(stop)
     finally:
-        await validator.close()
-        await llm.close()
+        await executor.validator.close()
+        await executor.llm.close()
         await store.close()
 
 

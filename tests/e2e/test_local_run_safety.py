@@ -151,6 +151,15 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _postmaster_running(folder: Path) -> bool:
+    """The pid file names a live process. It can exist and still be empty (being written) or stale (the killed
+    run's server): reading a pid from it at once failed now and then."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((folder / "postgres" / "postmaster.pid").read_text().split()[0])
+        return start_time(pid) is not None
+    return False
+
+
 def _servers(folder: Path) -> dict[int, str | None]:
     """The run's postmaster and redis-server: daemons, so not descendants of the run."""
     pids = [int((folder / "postgres" / "postmaster.pid").read_text().split()[0])]
@@ -196,7 +205,7 @@ async def test_kill_9_leaves_no_process_behind_and_resume_starts_clean(tmp_path,
 
         slow.config.base_latency_s = 0.0
         resumed = await _start([*args, "--resume"], slow)
-        await _until(lambda: (state / "postgres" / "postmaster.pid").exists())
+        await _until(lambda: _postmaster_running(state))
         after = _servers(state) | {pid: start_time(pid) for pid in _descendants(resumed.pid)}
         out, err = await asyncio.wait_for(resumed.communicate(), 60)
         left_by_resume = await _survivors(after)

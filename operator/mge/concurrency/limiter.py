@@ -472,7 +472,8 @@ class AdaptiveLimiter:
                 self._observe_latency(now, per_token)
                 reference = self._level.reference
                 ratio = per_token / reference if reference else None
-        if self._probe_until is not None and per_token is not None and now - latency_s >= self._probe_started:
+        probing = self._probe_until is not None and now - latency_s >= self._probe_started
+        if probing and per_token is not None and self.fleet > 1:  # only a fleet's probe reads them
             self._probe_samples.append(per_token)
         if self._probe(now):
             return

@@ -4,16 +4,17 @@ Generation: parse 10 requirements, choose the language, build the prompt, valida
 (Python via ast; TypeScript answers also through the TypeScript syntax checker) and pick the wave — for
 a Python plan (todo-api) and a TypeScript plan (ts-utils). Target: under 5 s for 10 requirements.
 Runner: the examples' recorded projects and acceptance tests (hello, todo-api, ts-utils; an example without
-recorded tests is skipped) and a small calculator project (8 pytest, 4 Jest) with 1, 2 and 4 workers, each
-test in its own copy of the project in the sandbox; tests/s side by side with the 1-worker baseline.
+recorded tests is skipped) and a small calculator project (8 pytest, 4 Jest) with 1, 2 and 4 workers:
+batched runs against the baseline of each test in its own copy of the project and its own process, wall
+and CPU seconds (of every process the sandbox started) side by side.
 """
 
 import asyncio
 import json
+import resource
 import statistics
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -184,22 +185,42 @@ async def main() -> None:
 
 
 async def throughput(title: str, root: Path, runs: list[TestRun]) -> None:
-    print(f"\nSandbox throughput, {title}, each test in its own project copy:")
+    print(f"\nSandbox throughput, {title}: batches vs each test in its own copy and process (baseline):")
     rows = []
-    baseline = None
-    outcome = ""
+    isolated = False
     for workers in (1, 2, 4):
-        sandbox = Sandbox(SandboxLimits(), workers=workers)
-        started = time.perf_counter()
-        results = await sandbox.run_tests(root, runs)
-        elapsed = time.perf_counter() - started
-        statuses = Counter(r.status.value for r in results)
-        outcome = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
-        rate = len(runs) / elapsed
-        baseline = baseline or rate
-        rows.append((workers, f"{elapsed:.2f}", f"{rate:.2f}", f"{rate / baseline:.2f}x"))
-    print_table(("workers", "seconds", "tests/s", "vs 1 worker"), rows)
-    print(f"outcomes: {outcome}; network namespace: {'yes' if sandbox.network_isolated else 'no'}")
+        figures = []
+        for batch in (True, False):
+            sandbox = Sandbox(SandboxLimits(), workers=workers, batch=batch)
+            isolated = sandbox.network_isolated
+            cpu_before = _children_cpu_s()
+            started = time.perf_counter()
+            results = await sandbox.run_tests(root, runs)
+            elapsed, cpu = time.perf_counter() - started, _children_cpu_s() - cpu_before
+            failed = [
+                f"{r.requirement_id}: {r.status.value}\n{r.output}"
+                for r in results
+                if r.status.value != "passed"
+            ]
+            if failed:
+                raise SystemExit(
+                    f"{title}: every recorded test must pass to measure throughput:\n" + "\n".join(failed)
+                )
+            figures.append((elapsed, cpu))
+        (ours, ours_cpu), (base, base_cpu) = figures
+        rows.append(
+            (workers, f"{ours:.2f}", f"{base:.2f}", f"{base / ours:.2f}x", f"{ours_cpu:.2f}", f"{base_cpu:.2f}",
+             f"{base_cpu / ours_cpu:.2f}x")
+        )  # fmt: skip
+    print_table(
+        ("workers", "batched s", "alone s", "speed-up", "batched CPU s", "alone CPU s", "CPU saved"), rows
+    )
+    print(f"outcomes: {len(runs)} passed both ways; network namespace: {'yes' if isolated else 'no'}")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ _IGNORED: Final = shutil.ignore_patterns(
 )
 _NODE_ADDRESS_SPACE_FACTOR: Final = 4
 _PYTEST_REPORT: Final = ".mge-pytest.json"
+# Starting Jest costs ~1 s of CPU, pytest ~0.3 s: more than most acceptance tests. Fuller batches are cheaper;
+# a wave with many tests still spreads over the workers (a batch runs its tests one after the other).
+_TESTS_PER_BATCH: Final = {True: 4, False: 8}  # pytest, Jest
 _JEST_REPORT: Final = ".mge-jest.json"
 # Node's codes for what the sandbox refuses (memory, processes, network, files outside the workdir): a test
 # that died of one did not check its requirement, so its status is error.
@@ -192,11 +195,14 @@ class _Completed:
 
 
 class Sandbox:
-    def __init__(self, limits: SandboxLimits = SandboxLimits(), workers: int = 4) -> None:
+    def __init__(
+        self, limits: SandboxLimits = SandboxLimits(), workers: int = 4, *, batch: bool = True
+    ) -> None:
         if workers < 1 or workers > _SLOTS_PER_PROCESS:
             raise ValueError(f"workers must be between 1 and {_SLOTS_PER_PROCESS}, got {workers}")
         self.limits = limits
         self.workers = workers
+        self.batch = batch  # False: every test in its own copy and process (the benchmark's baseline)
         self._isolation = _probe_isolation()
         self.network_isolated: bool = self._isolation.namespaces
         first = next(_instances) * workers
@@ -205,8 +211,39 @@ class Sandbox:
         self._slot_uids = [base + (first + i) % _SLOTS_PER_PROCESS for i in range(workers)]
 
     async def run_tests(self, project_dir: Path, tests: Sequence[TestRun]) -> list[TestRunResult]:
-        """One result per test, in the order given; each test runs in its own copy of the project."""
-        return list(await asyncio.gather(*(self._run_test(project_dir, test) for test in tests)))
+        """One result per test, in the order given.
+
+        The tests of one language run in batches: one sandboxed copy of the project and one runner process
+        for up to a batch's tests (pytest forks a process per test, Jest gives each file its own module
+        registry). A pass in a batch stands; any other verdict is confirmed by running that test alone in
+        its own copy, so no test fails because of what another test of its batch did.
+        """
+        results: dict[int, TestRunResult] = {}
+        alone: list[int] = []
+        batches: list[list[int]] = []
+        for python in (True, False):
+            indices = [
+                i
+                for i, t in enumerate(tests)
+                if (t.language is Language.PYTHON) is python and _valid_path(t.path)
+            ]
+            if len(indices) < 2 or not self.batch:
+                alone += indices
+            else:
+                batches += _split(indices, self.workers, _TESTS_PER_BATCH[python])
+        alone += [i for i, t in enumerate(tests) if not _valid_path(t.path)]
+        batched = await asyncio.gather(
+            *(self._run_batch(project_dir, [tests[i] for i in b]) for b in batches)
+        )
+        for indices, outcomes in zip(batches, batched, strict=True):
+            for index, outcome in zip(indices, outcomes, strict=True):
+                if outcome is not None and outcome.status is TestStatus.PASSED:
+                    results[index] = outcome
+                else:
+                    alone.append(index)
+        lone = await asyncio.gather(*(self._run_test(project_dir, tests[i]) for i in alone))
+        results.update(zip(alone, lone, strict=True))
+        return [results[i] for i in range(len(tests))]
 
     async def integration_checks(self, project_dir: Path) -> list[IntegrationCheck]:
         """Python compiles and imports resolve; tsc --noEmit; the project's own tests collect."""
@@ -252,20 +289,79 @@ class Sandbox:
         return (written[0] if written else None), done.output
 
     async def _run_test(self, project_dir: Path, test: TestRun) -> TestRunResult:
-        if test.path.startswith("/") or ".." in test.path.split("/"):
+        if not _valid_path(test.path):
             reason = f"test path {test.path!r} must be relative to the project, without '..'"
             return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
         if test.language is Language.PYTHON:
-            command = [
-                self._isolation.python, "-c", _PYTEST_RUNNER, "-q", "-p", "no:cacheprovider", "--tb=short",
-                test.path,
-            ]  # fmt: skip
-            classify: Callable[[Path, _Completed], TestStatus] = _pytest_status
+            command = [self._isolation.python, "-c", _PYTEST_RUNNER, *_PYTEST_ARGS, test.path]
+            classify: Callable[[Path, _Completed], TestStatus] = functools.partial(
+                _pytest_status, _PYTEST_REPORT
+            )
         else:
-            command = self._jest_command(test.path, collect_only=False)
+            command = self._jest_command([test.path], collect_only=False)
             classify = _jest_status
         done = await self._in_sandbox(project_dir, command, classify=classify)
         return TestRunResult(test.requirement_id, done[1], round(done[0].duration_s, 3), done[0].output)
+
+    async def _run_batch(self, project_dir: Path, tests: list[TestRun]) -> list[TestRunResult | None]:
+        """The batch's tests in one copy and one runner process; None where the batch gave no verdict."""
+        paths = [test.path for test in tests]
+        outcomes: list[TestRunResult | None] = [None] * len(tests)
+
+        def read_python(work: Path, done: _Completed) -> TestStatus:
+            try:
+                summary = json.loads((work / _BATCH_SUMMARY).read_text())
+            except (OSError, ValueError):
+                return TestStatus.ERROR
+            for index, (test, entry) in enumerate(zip(tests, summary, strict=False)):
+                returncode, duration = entry["returncode"], float(entry["duration"])
+                log = (work / f"{_BATCH_LOG}{index}").read_bytes().decode(errors="replace")
+                status = _pytest_status(
+                    f"{_BATCH_REPORT}{index}", work, _Completed(returncode, log, duration)
+                )
+                outcomes[index] = TestRunResult(
+                    test.requirement_id, status, round(duration, 3), _excerpt(log)
+                )
+            return TestStatus.PASSED
+
+        def read_jest(work: Path, done: _Completed) -> TestStatus:
+            try:
+                suites = {
+                    Path(suite["name"]).relative_to(work).as_posix(): suite
+                    for suite in json.loads((work / _JEST_REPORT).read_text())["testResults"]
+                }
+            except (OSError, ValueError, KeyError, TypeError):
+                return TestStatus.ERROR
+            for index, test in enumerate(tests):
+                if (suite := suites.get(test.path)) is not None:
+                    timing = suite.get("perfStats") or {}
+                    duration = max(0.0, (timing.get("end", 0) - timing.get("start", 0)) / 1000)
+                    status = _suite_status(suite, 0)
+                    output = _excerpt(f"{test.path}: {suite.get('status')}\n{suite.get('message') or ''}")
+                    outcomes[index] = TestRunResult(test.requirement_id, status, round(duration, 3), output)
+            return TestStatus.PASSED
+
+        if tests[0].language is Language.PYTHON:
+            limits = self.limits
+            command = [
+                self._isolation.python,
+                "-c",
+                _PYTEST_BATCH_RUNNER,
+                str(limits.timeout_s),
+                str(limits.cpu_s),
+            ]
+            # Each test has its own clock in the runner: the batch's only bounds what the runner itself does.
+            await self._in_sandbox(
+                project_dir,
+                [*command, *paths],
+                classify=read_python,
+                timeout_s=limits.timeout_s * len(tests) + _BATCH_GRACE_S,
+            )
+        else:
+            await self._in_sandbox(
+                project_dir, self._jest_command(paths, collect_only=False), classify=read_jest
+            )
+        return outcomes
 
     async def _python_checks(self, project_dir: Path) -> list[IntegrationCheck]:
         done, _ = await self._in_sandbox(project_dir, [self._isolation.python, "-c", _PYTHON_CHECKS])
@@ -322,7 +418,7 @@ class Sandbox:
             return IntegrationCheck("typescript-types", False, _excerpt("\n".join(failures)))
         return IntegrationCheck("typescript-types", True, "tsc --noEmit reports no errors")
 
-    def _jest_command(self, path: str | None, *, collect_only: bool) -> list[str]:
+    def _jest_command(self, paths: list[str] | None, *, collect_only: bool) -> list[str]:
         modules = _node_modules()
         config = {
             "rootDir": ".",
@@ -351,8 +447,8 @@ class Sandbox:
         if collect_only:
             # A name no test has: every file is loaded (a broken import fails the suite), no test runs.
             return [*command, "--passWithNoTests", "-t", "^mge-collect-only-no-test-has-this-name$"]
-        assert path is not None
-        return [*command, "--runTestsByPath", path]
+        assert paths
+        return [*command, "--runTestsByPath", *paths]
 
     async def _in_sandbox(
         self,
@@ -647,6 +743,16 @@ def _project_files(project_dir: Path) -> list[Path]:
     ]
 
 
+def _valid_path(path: str) -> bool:
+    return not path.startswith("/") and ".." not in path.split("/")
+
+
+def _split(indices: list[int], workers: int, per_batch: int) -> list[list[int]]:
+    """Batches of at least per_batch tests, as many as the workers can run at once."""
+    count = max(1, min(workers, len(indices) // per_batch))
+    return [indices[start::count] for start in range(count)]
+
+
 def _inside(file: str, directory: str) -> bool:
     return directory == "." or file.startswith(directory + "/")
 
@@ -677,13 +783,13 @@ def _refused(details: object) -> bool:
     return False
 
 
-def _pytest_status(work: Path, done: _Completed) -> TestStatus:
+def _pytest_status(report: str, work: Path, done: _Completed) -> TestStatus:
     """From pytest's own reports (see _PYTEST_RUNNER): an assertion or an exception of the code under test
     is a failure; a refusal of the sandbox, a setup/teardown or collection error, a skip is an error."""
     if done.returncode is None or done.returncode < 0 or done.returncode not in (0, 1):
         return TestStatus.ERROR  # 2-5: interrupted, internal or usage error, nothing collected
     try:
-        reports = json.loads((work / _PYTEST_REPORT).read_text())
+        reports = json.loads((work / report).read_text())
         phases = [(str(r["test"]), str(r["when"]), str(r["outcome"]), bool(r["refused"])) for r in reports]
     except (OSError, ValueError, KeyError, TypeError):
         return TestStatus.ERROR
@@ -706,20 +812,26 @@ def _jest_status(work: Path, done: _Completed) -> TestStatus:
         suites = list(report["testResults"])
     except (OSError, ValueError, KeyError, TypeError):
         return TestStatus.ERROR
+    if not suites:
+        return TestStatus.ERROR
+    return _worst([_suite_status(suite, done.returncode or 0) for suite in suites], done.returncode or 0)
+
+
+def _suite_status(suite: dict[str, object], returncode: int) -> TestStatus:
+    """The verdict of one Jest test file from its entry in Jest's JSON report."""
+    assertions = suite.get("assertionResults") or []
+    if not isinstance(assertions, list) or not assertions:
+        return TestStatus.ERROR  # the file failed to load (syntax, import, type transform)
     statuses = []
-    for suite in suites:
-        assertions = suite.get("assertionResults") or []
-        if not assertions:
-            statuses.append(TestStatus.ERROR)  # the file failed to load (syntax, import, type transform)
-        for assertion in assertions:
-            if assertion.get("status") == "passed":
-                statuses.append(TestStatus.PASSED)
-            elif assertion.get("status") == "failed":
-                refused = _refused(assertion.get("failureDetails"))
-                statuses.append(TestStatus.ERROR if refused else TestStatus.FAILED)
-            else:
-                statuses.append(TestStatus.ERROR)  # pending, skipped, todo: the requirement was not checked
-    return _worst(statuses, done.returncode or 0)
+    for assertion in assertions:
+        if assertion.get("status") == "passed":
+            statuses.append(TestStatus.PASSED)
+        elif assertion.get("status") == "failed":
+            refused = _refused(assertion.get("failureDetails"))
+            statuses.append(TestStatus.ERROR if refused else TestStatus.FAILED)
+        else:
+            statuses.append(TestStatus.ERROR)  # pending, skipped, todo: the requirement was not checked
+    return _worst(statuses, returncode)
 
 
 def _worst(statuses: list[TestStatus], returncode: int) -> TestStatus:
@@ -743,9 +855,9 @@ def _joined(errors: list[str], ok: str) -> str:
     return _excerpt("\n".join(errors)) if errors else ok
 
 
-# Runs inside the sandbox: compiles every Python file, then imports every module that is not a test.
-_PYTEST_RUNNER: Final = (
-    r"""
+# Runs inside the sandbox: pytest with a plugin that records every phase's outcome and whether its exception
+# was a refusal of the sandbox (see _pytest_status).
+_PYTEST_PLUGIN: Final = r"""
 import errno, json, socket, sys
 import pytest
 
@@ -770,7 +882,8 @@ def refused(error):
 
 
 class Outcomes:
-    def __init__(self):
+    def __init__(self, path):
+        self.path = path
         self.reports = []
 
     @pytest.hookimpl(hookwrapper=True)
@@ -785,13 +898,64 @@ class Outcomes:
             self.reports.append({"test": report.nodeid, "when": "collect", "outcome": "failed", "refused": False})
 
     def pytest_sessionfinish(self):
-        with open("""
-    + repr(_PYTEST_REPORT)
-    + r""", "w") as file:
+        with open(self.path, "w") as file:
             json.dump(self.reports, file)
+"""
+_PYTEST_RUNNER: Final = (
+    _PYTEST_PLUGIN + f"\nsys.exit(pytest.main(sys.argv[1:], plugins=[Outcomes({_PYTEST_REPORT!r})]))\n"
+)
+_PYTEST_ARGS: Final = ("-q", "-p", "no:cacheprovider", "--tb=short")
+# A batch: pytest is imported once, then every test file runs in a forked child of its own (own modules,
+# own CPU limit, own wall clock, own process group), one after the other; the summary says how each ended.
+_BATCH_REPORT: Final = ".mge-pytest-"
+_BATCH_LOG: Final = ".mge-pytest-log-"
+_BATCH_SUMMARY: Final = ".mge-pytest-batch.json"
+_BATCH_GRACE_S: Final = 30
+_PYTEST_BATCH_RUNNER: Final = (
+    _PYTEST_PLUGIN
+    + f"""
+import os, resource, signal, time
 
-
-sys.exit(pytest.main(sys.argv[1:], plugins=[Outcomes()]))
+REPORT, LOG, SUMMARY, ARGS = {_BATCH_REPORT!r}, {_BATCH_LOG!r}, {_BATCH_SUMMARY!r}, {list(_PYTEST_ARGS)!r}
+"""
+    + r"""
+timeout, cpu, paths = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+summary = []
+for index, path in enumerate(paths):
+    started = time.monotonic()
+    with open(f"{LOG}{index}", "wb") as log:
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                os.setpgid(0, 0)
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+                code = pytest.main([*ARGS, path], plugins=[Outcomes(f"{REPORT}{index}")])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(int(code))
+    code = None
+    while time.monotonic() - started < timeout:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        time.sleep(0.005)
+    for kill in (os.killpg, os.kill):  # whatever the test left running goes with it
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if code is None:
+        os.waitpid(pid, 0)
+        with open(f"{LOG}{index}", "ab") as log:
+            log.write(f"killed after {timeout:g} s (timeout)\n".encode())
+    summary.append({"returncode": code, "duration": time.monotonic() - started})
+    with open(SUMMARY, "w") as file:
+        json.dump(summary, file)
 """
 )
 

@@ -82,6 +82,32 @@ async def test_a_test_broken_by_another_in_its_python_batch_gets_the_verdict_it_
     assert sandbox.processes == 2  # it failed in the batch, where its file was gone, and passed alone
 
 
+async def test_a_test_that_deletes_or_forges_its_batchs_files_changes_no_verdict_of_another(
+    tmp_path: Path,
+) -> None:
+    """The runner keeps each test's report and output as soon as the test ends, and writes the batch's
+    summary again after every test: a later test that deletes them, or writes a pass over the summary,
+    changes nothing."""
+    forged = (
+        '[{"returncode": 0, "duration": 0, "output": "", "reports": [{"when": "call", "outcome": "passed"}]}]'
+    )
+    forges = (
+        "    import glob, os\n"
+        "    for path in glob.glob('.mge-pytest*'):\n"
+        "        os.remove(path)\n"
+        f"    open('.mge-pytest-batch.json', 'w').write({forged!r})\n"
+    )
+    tests = dict(
+        [python_test(1, "    from calc import add\n    assert add(2, 2) == 5\n"), python_test(2, forges)]
+    )
+    sandbox = CountingSandbox()
+
+    results = await sandbox.run_tests(project(tmp_path, tests), runs(tests))
+
+    assert [r.status for r in results] == [TestStatus.FAILED, TestStatus.PASSED], results[0].output
+    assert sandbox.processes == 2  # the batch, then test 1 alone
+
+
 async def test_a_hanging_test_in_a_python_batch_times_out_on_its_own_clock(tmp_path: Path) -> None:
     hangs = "    import time\n    time.sleep(120)\n"
     tests = dict([python_test(1, ADDS), python_test(2, hangs), python_test(3, ADDS)])

@@ -294,9 +294,7 @@ class Sandbox:
             return TestRunResult(test.requirement_id, TestStatus.ERROR, 0.0, reason)
         if test.language is Language.PYTHON:
             command = [self._isolation.python, "-c", _PYTEST_RUNNER, *_PYTEST_ARGS, test.path]
-            classify: Callable[[Path, _Completed], TestStatus] = functools.partial(
-                _pytest_status, _PYTEST_REPORT
-            )
+            classify: Callable[[Path, _Completed], TestStatus] = _pytest_status
         else:
             command = self._jest_command([test.path], collect_only=False)
             classify = _jest_status
@@ -311,14 +309,15 @@ class Sandbox:
         def read_python(work: Path, done: _Completed) -> TestStatus:
             try:
                 summary = json.loads((work / _BATCH_SUMMARY).read_text())
-            except (OSError, ValueError):
+                entries = [
+                    (e["returncode"], float(e["duration"]), e["reports"], str(e["output"])) for e in summary
+                ]
+            except (OSError, ValueError, KeyError, TypeError):
                 return TestStatus.ERROR
-            for index, (test, entry) in enumerate(zip(tests, summary, strict=False)):
-                returncode, duration = entry["returncode"], float(entry["duration"])
-                log = (work / f"{_BATCH_LOG}{index}").read_bytes().decode(errors="replace")
-                status = _pytest_status(
-                    f"{_BATCH_REPORT}{index}", work, _Completed(returncode, log, duration)
-                )
+            for index, (test, (returncode, duration, reports, log)) in enumerate(
+                zip(tests, entries, strict=False)
+            ):
+                status = _pytest_verdict(reports, returncode if isinstance(returncode, int) else None)
                 outcomes[index] = TestRunResult(
                     test.requirement_id, status, round(duration, 3), _excerpt(log)
                 )
@@ -333,12 +332,14 @@ class Sandbox:
             except (OSError, ValueError, KeyError, TypeError):
                 return TestStatus.ERROR
             for index, test in enumerate(tests):
-                if (suite := suites.get(test.path)) is not None:
-                    timing = suite.get("perfStats") or {}
-                    duration = max(0.0, (timing.get("end", 0) - timing.get("start", 0)) / 1000)
-                    status = _suite_status(suite, 0)
-                    output = _excerpt(f"{test.path}: {suite.get('status')}\n{suite.get('message') or ''}")
-                    outcomes[index] = TestRunResult(test.requirement_id, status, round(duration, 3), output)
+                suite = suites.get(test.path)
+                if isinstance(suite, dict):
+                    with contextlib.suppress(KeyError, TypeError, ValueError):
+                        duration = max(0.0, (float(suite["endTime"]) - float(suite["startTime"])) / 1000)
+                        output = f"{test.path}: {suite.get('status')}\n{suite.get('message') or ''}"
+                        outcomes[index] = TestRunResult(
+                            test.requirement_id, _suite_status(suite, 0), round(duration, 3), _excerpt(output)
+                        )
             return TestStatus.PASSED
 
         if tests[0].language is Language.PYTHON:
@@ -783,27 +784,37 @@ def _refused(details: object) -> bool:
     return False
 
 
-def _pytest_status(report: str, work: Path, done: _Completed) -> TestStatus:
-    """From pytest's own reports (see _PYTEST_RUNNER): an assertion or an exception of the code under test
+def _pytest_status(work: Path, done: _Completed) -> TestStatus:
+    """The verdict of a test run alone, from the report its runner wrote (see _pytest_verdict)."""
+    try:
+        reports = json.loads((work / _PYTEST_REPORT).read_text())
+    except (OSError, ValueError):
+        return TestStatus.ERROR
+    return _pytest_verdict(reports, done.returncode)
+
+
+def _pytest_verdict(reports: object, returncode: int | None) -> TestStatus:
+    """From pytest's own reports (see _PYTEST_PLUGIN): an assertion or an exception of the code under test
     is a failure; a refusal of the sandbox, a setup/teardown or collection error, a skip is an error."""
-    if done.returncode is None or done.returncode < 0 or done.returncode not in (0, 1):
+    if returncode is None or returncode < 0 or returncode not in (0, 1):
         return TestStatus.ERROR  # 2-5: interrupted, internal or usage error, nothing collected
     try:
-        reports = json.loads((work / report).read_text())
-        phases = [(str(r["test"]), str(r["when"]), str(r["outcome"]), bool(r["refused"])) for r in reports]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(reports, list):
+            return TestStatus.ERROR
+        phases = [(str(r["when"]), str(r["outcome"]), bool(r["refused"])) for r in reports]
+    except (KeyError, TypeError):
         return TestStatus.ERROR
     statuses = []
-    for _, when, outcome, refused in phases:
+    for when, outcome, refused in phases:
         if outcome == "passed":
             statuses.append(TestStatus.PASSED)
         elif when == "call" and outcome == "failed" and not refused:
             statuses.append(TestStatus.FAILED)
         else:
             statuses.append(TestStatus.ERROR)
-    if not any(when == "call" for _, when, _, _ in phases):
+    if not any(when == "call" for when, _, _ in phases):
         return TestStatus.ERROR  # nothing ran: every test skipped or deselected, or collection failed
-    return _worst(statuses, done.returncode)
+    return _worst(statuses, returncode)
 
 
 def _jest_status(work: Path, done: _Completed) -> TestStatus:
@@ -812,7 +823,7 @@ def _jest_status(work: Path, done: _Completed) -> TestStatus:
         suites = list(report["testResults"])
     except (OSError, ValueError, KeyError, TypeError):
         return TestStatus.ERROR
-    if not suites:
+    if not suites or not all(isinstance(suite, dict) for suite in suites):
         return TestStatus.ERROR
     return _worst([_suite_status(suite, done.returncode or 0) for suite in suites], done.returncode or 0)
 
@@ -824,7 +835,9 @@ def _suite_status(suite: dict[str, object], returncode: int) -> TestStatus:
         return TestStatus.ERROR  # the file failed to load (syntax, import, type transform)
     statuses = []
     for assertion in assertions:
-        if assertion.get("status") == "passed":
+        if not isinstance(assertion, dict):
+            statuses.append(TestStatus.ERROR)
+        elif assertion.get("status") == "passed":
             statuses.append(TestStatus.PASSED)
         elif assertion.get("status") == "failed":
             refused = _refused(assertion.get("failureDetails"))
@@ -944,16 +957,34 @@ for index, path in enumerate(paths):
             code = os.waitstatus_to_exitcode(status)
             break
         time.sleep(0.005)
-    for kill in (os.killpg, os.kill):  # whatever the test left running goes with it
+    try:
+        os.killpg(pid, signal.SIGKILL)  # whatever the test left running goes with it
+    except OSError:
+        pass
+    if code is None:
         try:
-            kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    if code is None:
         os.waitpid(pid, 0)
-        with open(f"{LOG}{index}", "ab") as log:
-            log.write(f"killed after {timeout:g} s (timeout)\n".encode())
-    summary.append({"returncode": code, "duration": time.monotonic() - started})
+    # The test's files go into the summary at once: a later test of the batch cannot rewrite this one's verdict
+    # without rewriting the summary, which this runner writes again after every test.
+    try:
+        with open(f"{REPORT}{index}") as file:
+            reports = json.load(file)
+    except (OSError, ValueError):
+        reports = None
+    try:
+        with open(f"{LOG}{index}", "rb") as file:
+            output = file.read(1024)
+            file.seek(max(file.tell(), os.fstat(file.fileno()).st_size - 4096))
+            output += (b"\n[...]\n" if file.tell() > len(output) else b"") + file.read()
+    except OSError:
+        output = b""
+    if code is None:
+        output = f"killed after {timeout:g} s (timeout)\n".encode() + output
+    summary.append({"returncode": code, "duration": time.monotonic() - started, "reports": reports,
+                    "output": output.decode(errors="replace")})
     with open(SUMMARY, "w") as file:
         json.dump(summary, file)
 """

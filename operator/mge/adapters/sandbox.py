@@ -36,9 +36,10 @@ _IGNORED: Final = shutil.ignore_patterns(
 )
 _NODE_ADDRESS_SPACE_FACTOR: Final = 4
 _PYTEST_REPORT: Final = ".mge-pytest.json"
-# Starting Jest costs ~1 s of CPU, pytest ~0.3 s: more than most acceptance tests. Fuller batches are cheaper;
-# a wave with many tests still spreads over the workers (a batch runs its tests one after the other).
-_TESTS_PER_BATCH: Final = {True: 4, False: 8}  # pytest, Jest
+# Starting Jest in the sandbox costs 0.5-1 s of CPU, pytest about 0.3 s: more than most acceptance tests.
+# Fuller batches are cheaper; a wave with many tests still spreads over the workers (a batch runs its tests
+# one after the other, and tests that wait on I/O gain from running side by side: hence pytest's 4).
+_TESTS_PER_BATCH: Final = {"pytest": 4, "jest": 8}
 _JEST_REPORT: Final = ".mge-jest.json"
 # Node's codes for what the sandbox refuses (memory, processes, network, files outside the workdir): a test
 # that died of one did not check its requirement, so its status is error.
@@ -221,16 +222,14 @@ class Sandbox:
         results: dict[int, TestRunResult] = {}
         alone: list[int] = []
         batches: list[list[int]] = []
-        for python in (True, False):
+        for runner, per_batch in _TESTS_PER_BATCH.items():
             indices = [
-                i
-                for i, t in enumerate(tests)
-                if (t.language is Language.PYTHON) is python and _valid_path(t.path)
+                i for i, t in enumerate(tests) if _runner(t.language) == runner and _valid_path(t.path)
             ]
             if len(indices) < 2 or not self.batch:
                 alone += indices
             else:
-                batches += _split(indices, self.workers, _TESTS_PER_BATCH[python])
+                batches += _split(indices, self.workers, per_batch)
         alone += [i for i, t in enumerate(tests) if not _valid_path(t.path)]
         batched = await asyncio.gather(
             *(self._run_batch(project_dir, [tests[i] for i in b]) for b in batches)
@@ -306,6 +305,7 @@ class Sandbox:
         paths = [test.path for test in tests]
         outcomes: list[TestRunResult | None] = [None] * len(tests)
 
+        # The batch's own status is not a verdict: the readers fill `outcomes`, test by test.
         def read_python(work: Path, done: _Completed) -> TestStatus:
             try:
                 summary = json.loads((work / _BATCH_SUMMARY).read_text())
@@ -742,6 +742,10 @@ def _project_files(project_dir: Path) -> list[Path]:
         for path in sorted(project_dir.rglob("*"))
         if path.is_file() and not skipped & set(path.relative_to(project_dir).parts)
     ]
+
+
+def _runner(language: Language) -> str:
+    return "pytest" if language is Language.PYTHON else "jest"
 
 
 def _valid_path(path: str) -> bool:

@@ -108,16 +108,21 @@ async def test_a_test_that_deletes_or_forges_its_batchs_files_changes_no_verdict
     assert sandbox.processes == 2  # the batch, then test 1 alone
 
 
-async def test_a_hanging_test_in_a_python_batch_times_out_on_its_own_clock(tmp_path: Path) -> None:
+async def test_a_hanging_test_in_a_python_batch_times_out_on_its_own_clock_and_ends_the_batch(
+    tmp_path: Path,
+) -> None:
     hangs = "    import time\n    time.sleep(120)\n"
     tests = dict([python_test(1, ADDS), python_test(2, hangs), python_test(3, ADDS)])
 
-    results = await CountingSandbox(SandboxLimits(timeout_s=2)).run_tests(
-        project(tmp_path, tests), runs(tests)
-    )
+    sandbox = CountingSandbox(SandboxLimits(timeout_s=2))
+
+    results = await sandbox.run_tests(project(tmp_path, tests), runs(tests))
 
     assert [r.status for r in results] == [TestStatus.PASSED, TestStatus.TIMEOUT, TestStatus.PASSED]
     assert results[1].output.startswith("killed after 2 s (timeout)")
+    # The timeout stands (not run again); the batch stops there and test 3 runs alone: hanging tests of a
+    # batch do not add up one after another.
+    assert sandbox.processes == 2
 
 
 async def test_a_fork_bomb_in_a_batch_is_contained_and_the_batch_goes_on(tmp_path: Path) -> None:

@@ -216,8 +216,9 @@ class Sandbox:
 
         The tests of one language run in batches: one sandboxed copy of the project and one runner process
         for up to a batch's tests (pytest forks a process per test, Jest gives each file its own module
-        registry). A pass in a batch stands; any other verdict is confirmed by running that test alone in
-        its own copy, so no test fails because of what another test of its batch did.
+        registry). A pass in a batch stands, and so does a timeout in a pytest batch (which then stops: the
+        rest run alone); any other verdict is confirmed by running that test alone in its own copy, so no test
+        fails because of what another test of its batch did.
         """
         results: dict[int, TestRunResult] = {}
         alone: list[int] = []
@@ -236,7 +237,8 @@ class Sandbox:
         )
         for indices, outcomes in zip(batches, batched, strict=True):
             for index, outcome in zip(indices, outcomes, strict=True):
-                if outcome is not None and outcome.status is TestStatus.PASSED:
+                # A timeout in a pytest batch was the test's own clock in its own process: it stands too.
+                if outcome is not None and outcome.status in (TestStatus.PASSED, TestStatus.TIMEOUT):
                     results[index] = outcome
                 else:
                     alone.append(index)
@@ -317,7 +319,10 @@ class Sandbox:
             for index, (test, (returncode, duration, reports, log)) in enumerate(
                 zip(tests, entries, strict=False)
             ):
-                status = _pytest_verdict(reports, returncode if isinstance(returncode, int) else None)
+                if returncode is None:
+                    status = TestStatus.TIMEOUT
+                else:
+                    status = _pytest_verdict(reports, returncode if isinstance(returncode, int) else -1)
                 outcomes[index] = TestRunResult(
                     test.requirement_id, status, round(duration, 3), _excerpt(log)
                 )
@@ -991,6 +996,8 @@ for index, path in enumerate(paths):
                     "output": output.decode(errors="replace")})
     with open(SUMMARY, "w") as file:
         json.dump(summary, file)
+    if code is None:
+        break  # one after another, hanging tests would add up: the rest of the batch runs alone, side by side
 """
 )
 

@@ -1,8 +1,11 @@
 """Sandbox with real pytest and real Jest on a small project: verdicts, containment, integration checks."""
 
 import os
+import shutil
 import subprocess
+import sys
 import sysconfig
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -11,7 +14,16 @@ import pytest
 import mge
 from mge.acceptance.gate import RequirementOutcome, TestStatus, evaluate_gate
 from mge.acceptance.requirements import Priority, Requirement
-from mge.adapters.sandbox import OUTPUT_LIMIT_BYTES, Sandbox, SandboxLimits, TestRun, _live_processes_of
+from mge.adapters.sandbox import (
+    _ENTER,
+    OUTPUT_LIMIT_BYTES,
+    Sandbox,
+    SandboxLimits,
+    TestRun,
+    _live_processes_of,
+    _namespaced,
+    _probe_isolation,
+)
 from mge.adapters.typescript import DEFAULT_NODE_MODULES
 from mge.models.masterplan import Language
 
@@ -464,3 +476,34 @@ async def test_jest_verdict_comes_from_the_thrown_error_not_the_message(tmp_path
 
     assert refused_status is TestStatus.ERROR, refused_output
     assert asserted_status is TestStatus.FAILED, asserted_output
+
+
+def test_a_hidden_folder_under_tmp_that_holds_a_tool_leaves_the_namespaces_working(
+    tmp_path: Path,
+) -> None:
+    """A checkout under /tmp (a CI clone, say) is hidden and holds the interpreter's venv: the sandbox's set-up
+    once failed there (EINVAL remounting it under the private /tmp), and every test ran without namespaces."""
+    if not _probe_isolation().namespaces:
+        pytest.skip("no network namespace on this machine")
+    checkout = Path(tempfile.mkdtemp(prefix="mge-checkout-", dir="/tmp"))
+    try:
+        (checkout / "tools").mkdir()
+        (checkout / "tools" / "tool.txt").write_text("the tool\n")
+        (checkout / "secret.txt").write_text("not for tests\n")
+        script = (
+            "import os; print(open(os.path.join(os.environ['CHECKOUT'], 'tools/tool.txt')).read().strip()); "
+            "print(os.path.exists(os.path.join(os.environ['CHECKOUT'], 'secret.txt')))"
+        )
+        argv = _namespaced(True, [sys.executable, "-c", script], str(tmp_path), "-")
+        hidden_at = argv.index(_ENTER) + 4  # work, uid, kept, hidden
+        argv[hidden_at - 1] = str(checkout / "tools")
+        argv[hidden_at] = str(checkout)
+
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, "CHECKOUT": str(checkout)}
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["the", "tool", "False"]
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)

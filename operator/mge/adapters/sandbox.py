@@ -110,7 +110,8 @@ if libc.umount2(b"/mnt", 0) != 0:
     raise OSError(ctypes.get_errno(), "sandbox set-up: umount /mnt")
 mount("tmpfs", "/mnt", "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
 for path in hide:
-    if any(k == path or k.startswith(path + "/") for k in keep):
+    # A hidden folder under /tmp (a checkout there) is covered by the private /tmp by now: nothing to remount.
+    if any(k == path or k.startswith(path + "/") for k in keep) and os.path.ismount(path):
         mount(None, path, None, REMOUNT | RDONLY | NOSUID | NODEV, "size=1m,mode=755")
 # Loopback of the new namespace only: servers on 127.0.0.1 work, nothing routes out of it.
 try:

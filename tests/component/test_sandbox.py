@@ -495,9 +495,10 @@ def test_a_hidden_folder_under_tmp_that_holds_a_tool_leaves_the_namespaces_worki
             "print(os.path.exists(os.path.join(os.environ['CHECKOUT'], 'secret.txt')))"
         )
         argv = _namespaced(True, [sys.executable, "-c", script], str(tmp_path), "-")
+        # Added to what the sandbox keeps and hides anyway (this interpreter may itself live under /tmp).
         hidden_at = argv.index(_ENTER) + 4  # work, uid, kept, hidden
-        argv[hidden_at - 1] = str(checkout / "tools")
-        argv[hidden_at] = str(checkout)
+        for at, path in ((hidden_at - 1, checkout / "tools"), (hidden_at, checkout)):
+            argv[at] = "\n".join(filter(None, [argv[at], str(path)]))
 
         done = subprocess.run(
             argv, capture_output=True, text=True, env={**os.environ, "CHECKOUT": str(checkout)}

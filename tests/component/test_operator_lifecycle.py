@@ -270,7 +270,16 @@ async def test_restarting_the_operator_writes_nothing_for_plans_with_spend(clust
             await eventually(
                 lambda: all(_reason(cluster, "DependenciesVerified", n) for n in names[2::3]), timeout=30
             )
-        writes = cluster.writes
+
+            async def quiet() -> bool:
+                # The Waves' lane and the Events trail the Masterplans' status: on a loaded machine they were
+                # still being written when the operator stopped, and the restarted one finished them.
+                before = cluster.writes
+                await asyncio.sleep(1.5)  # 3 progress intervals
+                return cluster.writes == before
+
+            await eventually(quiet, timeout=60)
+        writes, version = cluster.writes, cluster._latest_version
         NOW_CALLS.clear()
         async with running_operator(cluster, pg, [NS], customize=_counting_now):
             # Every plan resumed and ticked at least twice (each pass asks the time once).
@@ -280,7 +289,12 @@ async def test_restarting_the_operator_writes_nothing_for_plans_with_spend(clust
 
     changed = cluster.writes - writes
     events = [e for e in cluster.objects_of("events", NS) if int(e["metadata"]["resourceVersion"]) > writes]
-    assert (changed, [e.get("reason") for e in events]) == (0, [])
+    written = sorted(  # what the restarted operator wrote, for the failure message
+        f"{obj.get('kind')}/{obj['metadata'].get('name')}"
+        for obj in cluster.store.values()
+        if int(obj["metadata"].get("resourceVersion", 0)) > version
+    )
+    assert (changed, [e.get("reason") for e in events]) == (0, []), written
 
 
 class _SpecChangeMidTick:

@@ -215,7 +215,7 @@ class Sandbox:
     async def run_tests(self, project_dir: Path, tests: Sequence[TestRun]) -> list[TestRunResult]:
         """One result per test, in the order given.
 
-        The tests of one language run in batches: one sandboxed copy of the project and one runner process
+        The tests of one runner (pytest, Jest) run in batches: one sandboxed copy of the project and one process
         for up to a batch's tests (pytest forks a process per test, Jest gives each file its own module
         registry). A pass in a batch stands, and so does a timeout in a pytest batch (which then stops: the
         rest run alone); any other verdict is confirmed by running that test alone in its own copy, so no test

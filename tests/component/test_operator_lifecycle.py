@@ -319,12 +319,7 @@ class _SpecChangeMidTick:
 
         async def observed_two(namespace: str, name: str) -> bool:
             plan = await kube._call(  # the operator's loop cannot read the fake API's objects directly
-                kube._custom.get_namespaced_custom_object,
-                "mge.devmatrix.io",
-                "v1alpha1",
-                namespace,
-                "masterplans",
-                name,
+                "GET", f"/apis/mge.devmatrix.io/v1alpha1/namespaces/{namespace}/masterplans/{name}"
             )
             return bool((plan.get("status") or {}).get("observedGeneration") == 2)
 
@@ -528,3 +523,36 @@ async def test_a_rejected_override_is_reported_once_not_again_at_each_operator_r
 
 def _rejections(cluster: Any) -> int:
     return sum(1 for e in cluster.objects_of("events", NS) if e.get("reason") == "OverrideRejected")
+
+
+async def test_many_plans_applied_at_once_are_planned_a_bounded_number_at_a_time(cluster, pg):
+    """Each plan being planned holds its parsed atoms and plan: 1,000 at once would hold them all."""
+    names = [f"burst-{i:02d}" for i in range(12)]
+    in_flight, most = 0, 0
+
+    def customize(deps: ControllerDeps) -> None:
+        deps.planning_slots = asyncio.Semaphore(3)
+        real_create = deps.kube.create_wave
+
+        async def create_wave(namespace: str, body: Any) -> dict[str, Any]:
+            # Only planning creates Waves, one plan's one after another: these calls in flight are the plans.
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                await asyncio.sleep(0.05)
+                return await real_create(namespace, body)
+            finally:
+                in_flight -= 1
+
+        deps.kube.create_wave = create_wave  # type: ignore[method-assign]
+
+    for name in names:
+        body = hello()
+        body["metadata"]["name"] = name
+        await _apply(cluster, body)
+    async with running_operator(cluster, pg, [NS], customize=customize):
+        await eventually(
+            lambda: all(_reason(cluster, "Planned", n) == "True/Planned" for n in names), timeout=60
+        )
+    assert 2 <= most <= 3, most

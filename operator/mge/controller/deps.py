@@ -28,6 +28,8 @@ def utc_now() -> datetime:
 WAVES_REFRESH_S = 600.0
 # How long a settled plan goes unsynced when nothing says it changed (see LivePlans.settled).
 SETTLED_RESYNC_S = 600.0
+# Masterplans planned at once: as many as the API calls in flight (Kube's CALLS_AT_ONCE) keep busy.
+PLANNING_CONCURRENCY = 32
 
 
 @dataclass
@@ -154,6 +156,8 @@ class ControllerDeps:
     # What the progress ticks leave for the Wave lane (masterplan.sync_waves_forever).
     wave_backlog: WaveBacklog = field(default_factory=WaveBacklog)
     dependency_checks: DependencyChecks = field(init=False)
+    # Plans planned at once (see masterplan.reconcile_masterplan).
+    planning_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PLANNING_CONCURRENCY))
 
     def __post_init__(self) -> None:
         self.dependency_checks = DependencyChecks(self.store)

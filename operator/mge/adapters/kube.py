@@ -115,24 +115,9 @@ class Kube:
         )
         return answer.data
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        query: Sequence[tuple[str, Any]] = (),
-        content_type: str | None = None,
-    ) -> Any:
-        call = functools.partial(
-            contextvars.copy_context().run,
-            self._request,
-            method,
-            path,
-            body,
-            query=query,
-            content_type=content_type,
-        )
+    async def _call(self, method: str, path: str, body: Any = None, **options: Any) -> Any:
+        """_request in a thread of our own; `options` are _request's."""
+        call = functools.partial(contextvars.copy_context().run, self._request, method, path, body, **options)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except ApiException as error:

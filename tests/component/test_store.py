@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -12,7 +13,14 @@ from mge.adapters import metrics
 from mge.adapters.store.errors import StoreUnavailable
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.migrate import migrate, migration_files
-from mge.adapters.store.queue import AttemptRecord, ClaimRequest, GiveUp, Succeed
+from mge.adapters.store.queue import (
+    RETIRED_CHANNEL,
+    AttemptRecord,
+    ClaimRequest,
+    GiveUp,
+    Succeed,
+    _ReadyListener,
+)
 from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.concurrency.ramp import RampPolicy
@@ -484,3 +492,29 @@ def _histogram_count(operation: str) -> float:
             if sample.name.endswith("_count") and sample.labels == {"operation": operation}:
                 return sample.value
     return 0.0
+
+
+async def test_a_listener_that_fails_half_way_leaves_no_listening_connection_in_the_pool(pg, monkeypatch):
+    """Postgres can end the connection between the two LISTENs (a restart, a killed backend). The fault is
+    injected on a real connection: the second LISTEN raises as a dropped connection would."""
+    store = await Store.connect(pg, min_size=1, max_size=1)
+    real_add = asyncpg.Connection.add_listener
+
+    async def add_listener(self, channel, callback):
+        if channel == RETIRED_CHANNEL:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle")
+        await real_add(self, channel, callback)
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", add_listener)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+                await _ReadyListener(store.pool, lambda: None).listen()
+        assert [str(w.message) for w in caught if issubclass(w.category, asyncpg.InterfaceWarning)] == []
+        # The pool's only connection is a fresh one, not the one left listening.
+        async with store.pool.acquire() as connection:
+            assert connection._con._listeners == {}
+            assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await store.close()

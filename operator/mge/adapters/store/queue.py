@@ -199,7 +199,7 @@ class _ReadyListener:
             await connection.add_listener(RETIRED_CHANNEL, self._retired)
             connection.add_termination_listener(self.listen_later)
         except BaseException:
-            await self._pool.release(connection)
+            await _discard(self._pool, connection)
             raise
         self._connection = connection
 
@@ -228,12 +228,21 @@ class _ReadyListener:
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        connection.remove_termination_listener(self.listen_later)
         try:
-            connection.remove_termination_listener(self.listen_later)
             await connection.remove_listener(READY_CHANNEL, self._notified)
             await connection.remove_listener(RETIRED_CHANNEL, self._retired)
-        finally:
-            await self._pool.release(connection)
+        except BaseException:
+            await _discard(self._pool, connection)
+            raise
+        await self._pool.release(connection)
+
+
+async def _discard(pool: asyncpg.Pool, connection: Any) -> None:
+    """Close a connection a listener could not finish setting up or tearing down, then hand it back: it may
+    still LISTEN, and the pool would give it to the next caller with that listener (asyncpg warns)."""
+    connection.terminate()
+    await pool.release(connection)
 
 
 class AtomQueue:

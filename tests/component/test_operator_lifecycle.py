@@ -528,22 +528,25 @@ def _rejections(cluster: Any) -> int:
 async def test_many_plans_applied_at_once_are_planned_a_bounded_number_at_a_time(cluster, pg):
     """Each plan being planned holds its parsed atoms and plan: 1,000 at once would hold them all."""
     names = [f"burst-{i:02d}" for i in range(12)]
-    in_flight, most = 0, 0
+    creating: dict[str, int] = {}  # Masterplan name -> its Wave creations in flight
+    most, most_of_one_plan = 0, 0
 
     def customize(deps: ControllerDeps) -> None:
         deps.planning_slots = asyncio.Semaphore(3)
         real_create = deps.kube.create_wave
 
         async def create_wave(namespace: str, body: Any) -> dict[str, Any]:
-            # Only planning creates Waves, one plan's one after another: these calls in flight are the plans.
-            nonlocal in_flight, most
-            in_flight += 1
-            most = max(most, in_flight)
+            # Only planning creates Waves: the plans with a creation in flight are plans being planned.
+            nonlocal most, most_of_one_plan
+            plan = body["metadata"]["labels"]["mge.devmatrix.io/masterplan"]
+            creating[plan] = creating.get(plan, 0) + 1
+            most = max(most, sum(1 for count in creating.values() if count))
+            most_of_one_plan = max(most_of_one_plan, creating[plan])
             try:
                 await asyncio.sleep(0.05)
                 return await real_create(namespace, body)
             finally:
-                in_flight -= 1
+                creating[plan] -= 1
 
         deps.kube.create_wave = create_wave  # type: ignore[method-assign]
 
@@ -556,3 +559,5 @@ async def test_many_plans_applied_at_once_are_planned_a_bounded_number_at_a_time
             lambda: all(_reason(cluster, "Planned", n) == "True/Planned" for n in names), timeout=60
         )
     assert 2 <= most <= 3, most
+    # A plan's own Waves are created side by side, not one round trip after another.
+    assert most_of_one_plan == _masterplan(cluster, names[0])["status"]["waves"]["total"], most_of_one_plan

@@ -697,25 +697,34 @@ async def _apply_waves(
 ) -> None:
     """Create missing Waves, fix drifted ones, delete those the plan no longer has; a new or changed Wave's
     status says at once whether it can start (the operator does not watch Waves: see _sync_wave_status)."""
+
+    async def apply(name: str, spec: WaveSpec, current: Mapping[str, Any] | None) -> None:
+        wanted = spec.to_kube()
+        if current is not None and not _owned_by(current, owner):
+            # Left by a deleted Masterplan of the same name (garbage collection lags behind a quick
+            # re-create): its status describes the old run, and the collector would remove it later.
+            await kube.delete_wave(namespace, name)
+            current = None
+        if current is None:
+            current = await _create_wave(kube, namespace, name, masterplan, wanted, owner)
+        elif current.get("spec") != wanted:
+            current = await kube.patch_wave_spec(namespace, name, wanted)
+        else:
+            return
+        await _write_wave_status(kube, namespace, current, progress=None, tests=None, now=now)
+
     try:
         existing = {w["metadata"]["name"]: w for w in await kube.list_waves(namespace, masterplan)}
-        for name, spec in desired.items():
-            wanted = spec.to_kube()
-            current = existing.get(name)
-            if current is not None and not _owned_by(current, owner):
-                # Left by a deleted Masterplan of the same name (garbage collection lags behind a quick
-                # re-create): its status describes the old run, and the collector would remove it later.
-                await kube.delete_wave(namespace, name)
-                current = None
-            if current is None:
-                current = await _create_wave(kube, namespace, name, masterplan, wanted, owner)
-            elif current.get("spec") != wanted:
-                current = await kube.patch_wave_spec(namespace, name, wanted)
-            else:
-                continue
-            await _write_wave_status(kube, namespace, current, progress=None, tests=None, now=now)
-        for name in existing.keys() - desired.keys():
-            await kube.delete_wave(namespace, name)
+        # Side by side: a plan's Waves are independent objects, and one after another a plan of 10 Waves
+        # waited for 20 round trips to the API server. All finish before the first failure is raised.
+        outcomes = await asyncio.gather(
+            *(apply(name, spec, existing.get(name)) for name, spec in desired.items()),
+            *(kube.delete_wave(namespace, name) for name in existing.keys() - desired.keys()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
     except KubeUnavailable as error:
         raise kopf.TemporaryError(str(error), delay=RETRY_API_SECONDS) from error
 

@@ -71,10 +71,9 @@ def _custom(namespace: str, plural: str, *rest: str) -> str:
 class Kube:
     """Blocking kubernetes-client calls run in worker threads of its own so kopf's event loop never stalls.
 
-    Requests go through the client's ApiClient (its kubeconfig or service-account login, TLS, retries of
-    connections) as plain JSON in and out. The typed API classes are not used: CoreV1Api alone, with its
-    docstrings and pydantic-validated signatures, costs about 40 MB of the operator's memory for the dozen calls
-    it makes.
+    Requests go through the client's ApiClient (its kubeconfig or service-account login, TLS) as plain JSON
+    in and out. The typed API classes are not used: CoreV1Api alone, with its docstrings and pydantic-validated
+    signatures, costs about 40 MB of the operator's memory for the dozen calls it makes.
     """
 
     def __init__(self, configuration: client.Configuration) -> None:
@@ -250,9 +249,6 @@ class Kube:
         await self._call("PATCH", _core(namespace, "secrets", name), patch, content_type=JSON_PATCH)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        return await self._list_pods(namespace, label_selector)
-
-    async def _list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         pods = await self._call("GET", _core(namespace, "pods"), query=[("labelSelector", label_selector)])
         return list(pods.get("items") or [])
 
@@ -380,7 +376,7 @@ class Kube:
 
     async def job_pod_log(self, namespace: str, label_selector: str) -> str | None:
         """Log of the newest pod matching the selector (a Job's pod); None when no pod or log is left."""
-        pods = await self._list_pods(namespace, label_selector)
+        pods = await self.list_pods(namespace, label_selector)
         if not pods:
             return None
         # RFC 3339 timestamps in UTC, all of one length: their text sorts as their time does.

@@ -286,42 +286,58 @@ async def test_hostile_parameters_are_client_errors_never_500(api):
     assert answers["/api/v2/cost/{plan}/events after=9223372036854775808"] == 422
 
 
-def _listening(port: int) -> set[str]:
-    """Local addresses with a TCP socket in LISTEN state on `port`, from the kernel's own table."""
+def _listening(port: int, pid: int) -> set[str]:
+    """Local addresses where process `pid` has a TCP socket in LISTEN state on `port`, from the kernel's own
+    tables: another process that took the port meanwhile (other tests run beside this one) does not count."""
+    owned = set()
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    owned.add(target[len("socket:[") : -1])
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             for line in itertools.islice(lines, 1, None):
-                local, state = line.split()[1], line.split()[3]
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
                 address, hex_port = local.split(":")
-                if state == "0A" and int(hex_port, 16) == port:
+                if state == "0A" and int(hex_port, 16) == port and inode in owned:
                     found.add(address)
     return found
 
 
 def test_mge_api_listens_on_loopback_unless_told_otherwise(pg):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "MGE_DATABASE_URL": pg}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mge.cli", "api", "--no-kubernetes", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not _listening(port):
-            assert server.poll() is None, "mge api exited"
-            assert time.monotonic() < deadline, "mge api did not listen within 60 s"
-            time.sleep(0.1)
-        health = httpx.get(f"http://127.0.0.1:{port}/healthz")
-        plans = httpx.get(f"http://127.0.0.1:{port}/api/v2/concurrency/status")
-        addresses = _listening(port)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    # A free port can be taken by another test's server before `mge api` binds it: then it exits, and the
+    # test tries another port.
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mge.cli", "api", "--no-kubernetes", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not _listening(port, server.pid) and server.poll() is None:
+                assert time.monotonic() < deadline, "mge api did not listen within 60 s"
+                time.sleep(0.1)
+            if server.poll() is not None:
+                continue
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+            plans = httpx.get(f"http://127.0.0.1:{port}/api/v2/concurrency/status")
+            addresses = _listening(port, server.pid)
+            break
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    else:
+        raise AssertionError("mge api exited on each of 3 free ports")
 
     assert addresses == {"0100007F"}  # 127.0.0.1 only, in /proc/net/tcp's byte order
     assert health.status_code == 200

@@ -73,7 +73,18 @@ MIN_PAUSE_FRACTION = 0.25
 log = logging.getLogger(__name__)
 
 
-async def reconcile_masterplan(
+async def reconcile_masterplan(memo: Any, **handler_kwargs: Any) -> None:
+    """Level-based: the same spec always yields the same Waves and status, so running twice changes nothing.
+
+    At most PLANNING_CONCURRENCY plans are planned at once. kopf starts a handler for every object that
+    changed; 1,000 plans applied (or resumed after a restart) would each hold their parsed spec, plan and
+    atoms while waiting for the API and Postgres, and the memory they took stays with the process.
+    """
+    async with deps_of(memo).planning_slots:
+        await _reconcile(memo=memo, **handler_kwargs)
+
+
+async def _reconcile(
     name: str,
     namespace: str | None,
     spec: kopf.Spec,
@@ -86,30 +97,8 @@ async def reconcile_masterplan(
     reason: str = "",
     **_: Any,
 ) -> None:
-    """Level-based: the same spec always yields the same Waves and status, so running twice changes nothing.
-
-    At most PLANNING_CONCURRENCY plans are planned at once. kopf starts a handler for every object that
-    changed; 1,000 plans applied (or resumed after a restart) would each hold their parsed spec, plan and
-    atoms while waiting for the API and Postgres, and the memory they took stays with the process.
-    """
-    deps = deps_of(memo)
-    async with deps.planning_slots:
-        await _reconcile(name, namespace, spec, status, meta, body, patch, deps, logger, reason)
-
-
-async def _reconcile(
-    name: str,
-    namespace: str | None,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    deps: ControllerDeps,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    reason: str,
-) -> None:
     assert namespace is not None, "Masterplan is a namespaced resource"
+    deps = deps_of(memo)
     observed = MasterplanStatus.model_validate(dict(status))
     current_trace_id.set(observed.trace_id)
     generation = int(meta.get("generation") or 0)

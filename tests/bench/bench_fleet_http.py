@@ -38,6 +38,7 @@ GOAL_P95 = 1.2
 @dataclass
 class FleetRun:
     goodput: float  # % of C
+    phase_goodput: list[float]  # % of each phase's C, answers counted in the phase they came back in
     p95: float  # over the uncongested p95
     phase_p95: list[float]
     refused: int
@@ -115,13 +116,16 @@ async def run_fleet(server: str, scenario: Scenario, policy: str, executors: int
         sum(samples) / len(samples) / capacity if samples else float("nan")
         for samples, (_, capacity) in zip(in_flight, scenario.phases, strict=True)
     ]
+    per_call_s = scenario.base_latency_s + scenario.jitter_s / 2
+    bounds = list(itertools.pairwise([*phase_starts, len(latencies)]))
     return FleetRun(
         goodput=100 * completed / scenario.ideal_calls,
-        p95=p95(latencies) / scenario.uncongested_p95_s,
-        phase_p95=[
-            p95(latencies[start:end]) / scenario.uncongested_p95_s
-            for start, end in itertools.pairwise([*phase_starts, len(latencies)])
+        phase_goodput=[
+            100 * (end - start) / (scenario.phase_s * capacity / per_call_s)
+            for (start, end), (_, capacity) in zip(bounds, scenario.phases, strict=True)
         ],
+        p95=p95(latencies) / scenario.uncongested_p95_s,
+        phase_p95=[p95(latencies[start:end]) / scenario.uncongested_p95_s for start, end in bounds],
         refused=rejected,
         occupancy=occupancy,
         failed_atoms=failed,
@@ -161,6 +165,7 @@ async def main() -> None:
                         executors,
                         names[policy],
                         f"{run.goodput:.1f}%",
+                        " / ".join(f"{g:.0f}" for g in run.phase_goodput),
                         f"{run.p95:.2f}x",
                         " / ".join(f"{r:.2f}" for r in run.phase_p95),
                         f"{run.refused:,}",
@@ -176,6 +181,7 @@ async def main() -> None:
             "executors",
             "policy",
             "goodput % of C",
+            "by phase",
             "p95 / uncongested",
             "p95 by phase",
             "429s",

@@ -58,6 +58,38 @@ async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
         await other.stop()
 
 
+
+async def test_executors_started_together_count_each_other_within_seconds_not_a_heartbeat(pg):
+    """Started together, each executor's first report sees only those that reported before it. At the default
+    heartbeat (15 s) the first of them believed it was alone for 15 s, slow-starting as one; they report again
+    a second later (and sooner whenever the count moved), so all count the whole fleet within seconds."""
+    fake = FakeLLM()
+    await fake.start()
+    store = await Store.connect(pg)
+    validator = CodeValidator()
+    clients = [OpenAICompatibleLLM(fake.url, "k") for _ in range(3)]
+    executors = [
+        Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", heartbeat_s=15.0))
+        for n, llm in enumerate(clients)
+    ]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(e.run(stop)) for e in executors]
+    try:
+
+        async def fleets() -> list[int] | None:
+            sizes = [e.gate.limiter.fleet for e in executors if isinstance(e.gate.limiter, AdaptiveLimiter)]
+            return sizes if sizes == [3, 3, 3] else None
+
+        assert await eventually(fleets, timeout=6) == [3, 3, 3]
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        for client in clients:
+            await client.close()
+        await validator.close()
+        await store.close()
+        await fake.stop()
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.circuit import EndpointCircuit
+from mge.concurrency.heartbeat import next_report_in
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.concurrency.ramp import RampPolicy
 from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
@@ -217,7 +218,7 @@ class Executor:
         self._generation_checked = -float("inf")
         self.circuit = EndpointCircuit(getattr(llm, "label", "LLM endpoint"))
         self._trial: asyncio.Task[None] | None = None  # the atom whose call probes an endpoint that is down
-        self._reports: set[asyncio.Task[None]] = set()
+        self._reports: set[asyncio.Task[bool]] = set()
         self._handing_back: set[asyncio.Task[bool]] = set()
         self._stopping = asyncio.Event()  # `run`'s stop event once it runs
         # An atom's write claimed for its slot and found fewer atoms than it asked for: the loop pass its
@@ -228,6 +229,7 @@ class Executor:
         # Free slots that claims under way (the loop's, atoms' last writes) may fill: each claim asks only for
         # slots no other has promised, or writes finishing together each filled the same free slots.
         self._promised = 0
+        self._fleet = 1  # executors on this endpoint at the last report, this one included
 
     def _new_gate(self, label: str) -> CallGate:
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
@@ -260,6 +262,9 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(0, self.config.start_jitter_s))
         self._stopping = stop
+        # Counted by the others, and counting them, before the first call: executors started together do not
+        # each slow-start as if alone until their first heartbeat.
+        await self._report_quietly()
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         stop_listening = await self.store.listen_for_ready(self._atoms_ready, on_retired=self._abandon)
         self.store.query_listeners.append(self._query_timed)
@@ -381,11 +386,13 @@ class Executor:
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _report_quietly(self) -> None:
+    async def _report_quietly(self) -> bool:
+        """`_report`, logging a failure (the next heartbeat reports again); True if the fleet's size changed."""
         try:
-            await self._report()
-        except Exception as error:  # the heartbeat reports it again
+            return await self._report()
+        except Exception as error:
             log.warning("executor status not reported: %s", _describe(error))
+            return False
 
     def _query_timed(self, seconds: float) -> None:
         self.gate.statistics.db_latency.add(seconds, time.monotonic())
@@ -448,8 +455,12 @@ class Executor:
         """Renew the leases of the claims in hand and publish this executor's status, every `heartbeat_s`.
         Survives any error: a store outage is retried sooner (backing off up to `heartbeat_s`), since the
         leases run out `lease_s` after the last renewal that got through."""
-        failures = 0
+        failures, fleet_changed = 0, False
+        scheduled: float | None = None  # the reports' own schedule (`run` made the first report)
         while True:
+            scheduled = next_report_in(scheduled, fleet_changed, self.config.heartbeat_s)
+            delay = scheduled if not failures else 0.2 * 2 ** (failures - 1)
+            await asyncio.sleep(min(delay, self.config.heartbeat_s))
             try:
                 if self._in_flight:
                     await self._renew()
@@ -464,12 +475,7 @@ class Executor:
                     self.config.lease_s,
                     _describe(error),
                 )
-            try:
-                await self._report()
-            except Exception as error:
-                log.warning("executor status not published: %s", _describe(error))
-            delay = self.config.heartbeat_s if not failures else 0.2 * 2 ** (failures - 1)
-            await asyncio.sleep(min(delay, self.config.heartbeat_s))
+            fleet_changed = await self._report_quietly()
 
     async def _renew(self) -> None:
         """Extend the claims in hand; a claim found lost (its lease ran out while the store was unreachable and
@@ -497,9 +503,10 @@ class Executor:
             log.warning("lost the test-generation claim of plan %s; stopping it", plan)
             self._generation.cancel()
 
-    async def _report(self) -> None:
+    async def _report(self) -> bool:
         """Publish this executor's limit, load and recent adjustments for /api/v2/concurrency/status: with
-        several models, the limits and loads of their gates summed, each adjustment naming its model."""
+        several models, the limits and loads of their gates summed, each adjustment naming its model. True if
+        the fleet on its endpoint has another size than at the last report."""
         now = time.monotonic()
         gates = {self._primary_model or "": self.gate, **self._model_gates}
         await self.store.report_executor(
@@ -519,6 +526,8 @@ class Executor:
         for gate in gates.values():
             if isinstance(gate.limiter, AdaptiveLimiter):
                 gate.limiter.fleet = fleet
+        changed, self._fleet = fleet != self._fleet, fleet
+        return changed
 
     async def _drain(self) -> None:
         if not self._in_flight:

@@ -58,7 +58,6 @@ async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
         await other.stop()
 
 
-
 async def test_executors_started_together_count_each_other_within_seconds_not_a_heartbeat(pg):
     """Started together, each executor's first report sees only those that reported before it. At the default
     heartbeat (15 s) the first of them believed it was alone for 15 s, slow-starting as one; they report again
@@ -89,6 +88,7 @@ async def test_executors_started_together_count_each_other_within_seconds_not_a_
         await validator.close()
         await store.close()
         await fake.stop()
+
 
 def _free_port() -> int:
     with socket.socket() as probe:

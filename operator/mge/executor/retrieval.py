@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import redis.asyncio as aioredis
 
@@ -22,8 +22,10 @@ from mge.cache.similarity import OFFLINE_MODEL
 from mge.cost.pricing import ModelPrice, price_for
 from mge.retrieval.chunking import Chunk, chunk_document
 from mge.retrieval.documents import ContextDocument
-from mge.retrieval.index import VectorIndex
 from mge.retrieval.select import context_block, context_query, corpus_version, fit_budget
+
+if TYPE_CHECKING:
+    from mge.retrieval.index import VectorIndex
 
 log = logging.getLogger("mge.executor.retrieval")
 
@@ -206,13 +208,13 @@ class Retriever:
         finally:
             _CHARGE.reset(token)
 
-    async def _index(self, plan: uuid.UUID, chunks: list[Chunk]) -> VectorIndex:
+    async def _index(self, plan: uuid.UUID, chunks: list[Chunk]) -> "VectorIndex":
         """The plan's index holding at least `chunks`: embeddings from Postgres first, the rest embedded now."""
         lock = self._indexing.setdefault(plan, asyncio.Lock())
         async with lock:
             return await self._index_locked(plan, chunks)
 
-    async def _index_locked(self, plan: uuid.UUID, chunks: list[Chunk]) -> VectorIndex:
+    async def _index_locked(self, plan: uuid.UUID, chunks: list[Chunk]) -> "VectorIndex":
         index = self._indexes.get(plan)
         if index is not None:
             self._indexes.move_to_end(plan)
@@ -231,6 +233,9 @@ class Retriever:
             await self.store.store_chunk_embeddings(plan, model, fresh)
         found = {**known, **fresh}
         if index is None:
+            # numpy is imported with the first plan that has context: most runs and executors never need it.
+            from mge.retrieval.index import VectorIndex
+
             index = self._indexes[plan] = VectorIndex(len(next(iter(found.values()))))
             while len(self._indexes) > PLANS_KEPT:
                 evicted, _ = self._indexes.popitem(last=False)

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from mge.adapters import metrics
-from mge.adapters.store.errors import StoreUnavailable
+from mge.adapters.store.errors import StoreUnavailable, retry_transient
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.migrate import migrate, migration_files
 from mge.adapters.store.queue import (
@@ -518,3 +518,44 @@ async def test_a_listener_that_fails_half_way_leaves_no_listening_connection_in_
             assert await connection.fetchval("SELECT 1") == 1
     finally:
         await store.close()
+
+
+async def test_a_write_that_postgres_aborts_for_a_deadlock_runs_again_and_lands(pg):
+    """Two transactions lock the same two rows in opposite orders, and Postgres aborts one of them
+    ("deadlock detected": it was rolled back whole, so running it again is safe). The write run through
+    `retry_transient` runs again and lands. Before, the error passed through: an attempt's write, which
+    settles what its call spent, was lost with it and the atom was handed back as crashed."""
+    connection = await asyncpg.connect(pg)
+    await connection.execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+    await connection.execute("INSERT INTO counters VALUES (1, 0), (2, 0)")
+    pool = await asyncpg.create_pool(pg, min_size=2, max_size=2)
+    holds_first, holds_second = asyncio.Event(), asyncio.Event()
+    runs = 0
+
+    async def write() -> None:
+        nonlocal runs
+        runs += 1
+        async with pool.acquire() as own, own.transaction():
+            await own.execute("SET LOCAL deadlock_timeout = '50ms'")  # this one finds the deadlock
+            await own.execute("UPDATE counters SET n = n + 1 WHERE id = 1")
+            if runs == 1:
+                holds_first.set()
+                await holds_second.wait()
+            await own.execute("UPDATE counters SET n = n + 1 WHERE id = 2")
+
+    async def other() -> None:
+        async with pool.acquire() as own, own.transaction():
+            await own.execute("SET LOCAL deadlock_timeout = '10s'")
+            await own.execute("UPDATE counters SET n = n + 10 WHERE id = 2")
+            holds_second.set()
+            await holds_first.wait()
+            await own.execute("UPDATE counters SET n = n + 10 WHERE id = 1")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(retry_transient(write), other()), timeout=30)
+        assert runs == 2
+        rows = await connection.fetch("SELECT id, n FROM counters ORDER BY id")
+        assert [(r["id"], r["n"]) for r in rows] == [(1, 11), (2, 11)]  # both landed, each once
+    finally:
+        await pool.close()
+        await connection.close()

@@ -25,8 +25,9 @@ CONNECTION_LOST: Final = (
 )
 
 
-# Postgres went away for a moment (a restart, a failover, connections killed): the same statement may work on
-# a fresh connection. Anything else (a constraint, a bug) is not retried.
+# Postgres went away for a moment (a restart, a failover, connections killed), or rolled the transaction
+# back whole to break a deadlock between writers: the same statement may work on a fresh connection, or when
+# run again. Anything else (a constraint, a bug) is not retried.
 TRANSIENT_ERRORS: Final = (
     OSError,
     TimeoutError,
@@ -36,6 +37,8 @@ TRANSIENT_ERRORS: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
 )
 
 

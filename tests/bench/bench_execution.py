@@ -12,6 +12,7 @@ import os
 import time
 
 from mge.adapters.llm import ChatRequest, Completion, OpenAICompatibleLLM
+from mge.adapters.store.queue import READY_CHANNEL
 from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
@@ -206,7 +207,7 @@ async def makespan(
                 llm,
                 validator,
                 DEFAULT_PRICES,
-                ExecutorConfig(f"ex-{n}", concurrency=16, idle_poll_s=0.02),
+                ExecutorConfig(f"ex-{n}", concurrency=16),
             )
             for n, llm in enumerate(llms)
         ]
@@ -216,6 +217,9 @@ async def makespan(
             warm_ramped = await _finish(store, await _register(store, atoms, "warm-ramped"))
             unramped = await _register(store, atoms, "warm")
             await store.pool.execute("DELETE FROM plan_ramps WHERE masterplan_id = $1", unramped)
+            # Its ramp ended: executors that found it capped at the ramp's two atoms are told, as when a
+            # ramp ends in the product, rather than left to their next poll.
+            await store.pool.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
             warm = await _finish(store, unramped)
         finally:
             stop.set()

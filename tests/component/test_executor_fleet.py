@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,27 +27,22 @@ pytestmark = pytest.mark.component
 OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 
-async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
-    shared, other = FakeLLM(), FakeLLM()
-    await shared.start()
-    await other.start()
+@contextlib.asynccontextmanager
+async def _executors(
+    pg: str, urls: list[str], heartbeat_s: float
+) -> AsyncIterator[tuple[Store, list[Executor]]]:
+    """Running executors, one per LLM endpoint URL, until the block ends."""
     store = await Store.connect(pg)
     validator = CodeValidator()
-    clients = [OpenAICompatibleLLM(url, "k") for url in (shared.url, shared.url, shared.url, other.url)]
+    clients = [OpenAICompatibleLLM(url, "k") for url in urls]
     executors = [
-        Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", heartbeat_s=0.2))
+        Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", heartbeat_s=heartbeat_s))
         for n, llm in enumerate(clients)
     ]
     stop = asyncio.Event()
     running = [asyncio.create_task(e.run(stop)) for e in executors]
     try:
-
-        async def fleets() -> list[int] | None:
-            sizes = [e.gate.limiter.fleet for e in executors if isinstance(e.gate.limiter, AdaptiveLimiter)]
-            return sizes if sizes == [3, 3, 3, 1] else None
-
-        assert await eventually(fleets, timeout=10) == [3, 3, 3, 1]
-        assert await store.fleet_size(executors[0].circuit.endpoint) == 3
+        yield store, executors
     finally:
         stop.set()
         await asyncio.gather(*running)
@@ -54,6 +50,29 @@ async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
             await client.close()
         await validator.close()
         await store.close()
+
+
+async def _fleet_sizes(executors: list[Executor], expected: list[int], timeout: float) -> list[int]:
+    """The fleet each executor's limiter counts, once it is `expected` (or the last one seen, failing)."""
+
+    async def sizes() -> list[int] | None:
+        seen = [e.gate.limiter.fleet for e in executors if isinstance(e.gate.limiter, AdaptiveLimiter)]
+        return seen if seen == expected else None
+
+    result: list[int] = await eventually(sizes, timeout=timeout)
+    return result
+
+
+async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
+    shared, other = FakeLLM(), FakeLLM()
+    await shared.start()
+    await other.start()
+    try:
+        urls = [shared.url, shared.url, shared.url, other.url]
+        async with _executors(pg, urls, heartbeat_s=0.2) as (store, executors):
+            assert await _fleet_sizes(executors, [3, 3, 3, 1], timeout=10) == [3, 3, 3, 1]
+            assert await store.fleet_size(executors[0].circuit.endpoint) == 3
+    finally:
         await shared.stop()
         await other.stop()
 
@@ -64,29 +83,10 @@ async def test_executors_started_together_count_each_other_within_seconds_not_a_
     a second later (and sooner whenever the count moved), so all count the whole fleet within seconds."""
     fake = FakeLLM()
     await fake.start()
-    store = await Store.connect(pg)
-    validator = CodeValidator()
-    clients = [OpenAICompatibleLLM(fake.url, "k") for _ in range(3)]
-    executors = [
-        Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", heartbeat_s=15.0))
-        for n, llm in enumerate(clients)
-    ]
-    stop = asyncio.Event()
-    running = [asyncio.create_task(e.run(stop)) for e in executors]
     try:
-
-        async def fleets() -> list[int] | None:
-            sizes = [e.gate.limiter.fleet for e in executors if isinstance(e.gate.limiter, AdaptiveLimiter)]
-            return sizes if sizes == [3, 3, 3] else None
-
-        assert await eventually(fleets, timeout=6) == [3, 3, 3]
+        async with _executors(pg, [fake.url] * 3, heartbeat_s=15.0) as (_, executors):
+            assert await _fleet_sizes(executors, [3, 3, 3], timeout=6) == [3, 3, 3]
     finally:
-        stop.set()
-        await asyncio.gather(*running)
-        for client in clients:
-            await client.close()
-        await validator.close()
-        await store.close()
         await fake.stop()
 
 

@@ -173,3 +173,20 @@ def test_log_lines_round_trip_and_noise_is_ignored():
 
 def test_truncated_log_is_not_done():
     assert parse_log(result_line("MUST-1", "passed", 0.1, "")).done is False
+
+
+def test_a_test_without_a_result_is_reported_with_what_the_log_did_hold():
+    """A Job whose log ended well but has no line for a test was either never given it or lost its line: the
+    error says which of those the log shows (a bare "ended without reporting" told neither)."""
+    complete = parse_log("\n".join([result_line("MUST-1", "passed", 0.2, ""), done_line(1)]))
+    garbled = parse_log("\n".join(['{"kind": "result", "requirement_id": "MUST-3"', done_line(2)]))
+    cut = parse_log(result_line("MUST-1", "passed", 0.2, ""))
+
+    assert complete.not_reported("w3-r1") == (
+        "Job w3-r1 ended without reporting this test (1 result(s) reported, and its end)"
+    )
+    assert garbled.not_reported("w3-r1") == (
+        "Job w3-r1 ended without reporting this test (0 result(s) reported, and its end; 1 line(s) of its log "
+        'could not be read, the first: \'{"kind": "result", "requirement_id": "MUST-3"\')'
+    )
+    assert cut.not_reported("w3-r1").endswith("(1 result(s) reported, not its end)")

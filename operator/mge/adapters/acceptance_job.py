@@ -266,6 +266,19 @@ class JobReport:
     # Lines that were not ours (pytest noise on stdout is possible) and lines that were ours but malformed.
     malformed: list[str]
 
+    def not_reported(self, job: str) -> str:
+        """The error of a test the Job's log has no result for: what the log did hold, to tell a test the Job
+        was never given from a result line that was lost."""
+        unreadable = (
+            f"; {len(self.malformed)} line(s) of its log could not be read, the first: {self.malformed[0]!r}"
+            if self.malformed
+            else ""
+        )
+        return (
+            f"Job {job} ended without reporting this test ({len(self.results)} result(s) reported"
+            f"{', and its end' if self.done else ', not its end'}{unreadable})"
+        )
+
 
 def result_line(requirement_id: str, status: str, duration_s: float, output: str) -> str:
     line = {"kind": "result", "requirement_id": requirement_id, "status": status, "duration_s": duration_s}

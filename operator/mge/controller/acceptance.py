@@ -265,7 +265,7 @@ class _WaveRun:
             if line.requirement_id in language
         ]
         seen = {r.requirement_id for r in results}
-        missing = failure or f"Job {self.name} ended without reporting this test"
+        missing = failure or report.not_reported(self.name)
         results += [
             TestRunResult(requirement_id=rid, status=TestStatus.ERROR, duration_s=0.0, output=missing)
             for rid in language

@@ -7,6 +7,7 @@ import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.manifests import load_plan_input
+from mge.adapters.store.ledger import CostLedger
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
@@ -155,6 +156,69 @@ async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_han
         gate.set()
         del store.finish_attempt
         await executor.llm.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "quick_ends", "outputs"),
+    [
+        ("```python\nVALUE = 1\n```", "succeeded", ["VALUE = 1\n"]),
+        # Rejected while stopping: no second attempt here; another executor makes it, the first counted.
+        ("```python\ndef broken(:\n```", "ready", []),
+    ],
+    ids=["valid", "rejected"],
+)
+async def test_shutdown_lets_a_write_under_way_land_and_hands_back_only_the_atoms_it_stopped(
+    store, fake_llm, validator, answer, quick_ends, outputs
+):
+    """At shutdown one atom is in its attempt's write (it carries the atom's code and what its call cost) while
+    another waits for a slow answer. The call is cancelled and its atom handed back; the write is waited for,
+    not raced by a hand-back that would make it find its lease gone and drop the code, to be paid for again.
+    The write is held back by wrapping `Store.finish_attempt`; nothing is replaced."""
+    fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 30.0})
+    fake_llm.responder = lambda _body, atom_id, _attempt: (
+        answer if atom_id == "quick" else "```python\nB = 2\n```"
+    )
+    atoms = [atom("quick"), atom("slow")]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    finish_attempt = store.finish_attempt
+
+    async def held_back(claimed, *args, **kwargs):
+        if claimed.atom_id == "quick":
+            entered.set()
+            await gate.wait()
+        return await finish_attempt(claimed, *args, **kwargs)
+
+    store.finish_attempt = held_back
+    grace = 1.0
+    executor = _executor(store, fake_llm, validator, concurrency=2, shutdown_grace_s=grace)
+    stop = asyncio.Event()
+    try:
+        running = asyncio.create_task(executor.run(stop))
+        await asyncio.wait_for(entered.wait(), 10)
+        async with asyncio.timeout(10):
+            while fake_llm.stats.in_flight == 0:  # the slow atom's call is out
+                await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.sleep(grace + 0.3)  # past the grace period: the slow call is cancelled by now
+        gate.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        gate.set()
+        del store.finish_attempt
+        await executor.llm.close()
+
+    rows = await store.pool.fetch(
+        "SELECT atom_id, state, attempts FROM atoms WHERE masterplan_id = $1", plan_id
+    )
+    assert {r["atom_id"]: (r["state"], r["attempts"]) for r in rows} == {
+        "quick": (quick_ends, 1),
+        "slow": ("ready", 0),
+    }
+    assert fake_llm.stats.calls_per_atom["quick"] == 1
+    assert [o.output for o in await store.outputs(plan_id)] == outputs
+    assert (await CostLedger(store.pool).spend(plan_id)).reserved_usd == 0
 
 
 async def test_writes_that_finish_together_never_claim_past_the_concurrency_limit(store, fake_llm, validator):

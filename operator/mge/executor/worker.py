@@ -530,22 +530,37 @@ class Executor:
         return changed
 
     async def _drain(self) -> None:
+        """Shutdown: in-flight atoms get the grace period to finish. Then their calls are cancelled together (each
+        settles what it spent) and their atoms handed back to other executors. An atom in its attempt's write
+        gets as long again for it to land: the write carries its code and cost, and handing the atom back
+        meanwhile would make the write find its lease gone and drop the code, to be generated and paid again."""
         if not self._in_flight:
             return
-        tasks = list(self._in_flight)
-        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
-        for task in pending:
-            atom = self._in_flight.get(task)
+        grace = self.config.shutdown_grace_s
+        atoms = dict(self._in_flight)
+        _, pending = await asyncio.wait(atoms.keys(), timeout=grace)
+        stopped = pending - self._finishing
+        for task in stopped:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if atom is None:
-                continue
-            try:
-                await self.store.release(atom, self.config.executor_id)
-                log.info("released atom %s for another executor", atom.atom_id)
-            except Exception as error:  # its lease runs out instead, and another executor takes it over
-                log.warning("atom %s not released: %s", atom.atom_id, _describe(error))
+        writing = pending - stopped
+        if writing:
+            _, late = await asyncio.wait(writing, timeout=grace)
+            for task in late:  # its write goes on by itself (shielded); the atoms it claims are handed back
+                task.cancel()
+            stopped |= late
+        if pending:  # a cancelled task ends once it has settled what its call spent
+            await asyncio.wait(pending)
+        handed_back = [atoms[task] for task in stopped]
+        released = await asyncio.gather(
+            *(self.store.release(atom, self.config.executor_id) for atom in handed_back),
+            return_exceptions=True,
+        )
+        for atom_id, outcome in zip((a.atom_id for a in handed_back), released, strict=True):
+            # Not released: its lease runs out instead, and another executor takes it over.
+            if isinstance(outcome, BaseException):
+                log.warning("atom %s not released: %s", atom_id, _describe(outcome))
+            else:
+                log.info("released atom %s for another executor", atom_id)
 
     async def _execute(self, atom: ClaimedAtom) -> None:
         """Run the claimed atom to an end: succeeded, failed, or handed back. Whatever goes wrong, the claim is
@@ -616,6 +631,15 @@ class Executor:
                     # calls in flight, or the endpoint down: hand the atom back untouched, no attempt counted.
                     await retry_transient(partial(self.store.release, atom, executor))
                     log.warning("atom %s handed back: %s", atom.atom_id, reason)
+                    return
+                case Rejected(problem) if self._stopping.is_set():
+                    # Shutting down: no new attempt starts here; another executor makes it, with the same count.
+                    await retry_transient(partial(self.store.release, atom, executor))
+                    log.info(
+                        "atom %s handed back at shutdown after a rejected attempt: %s",
+                        atom.atom_id,
+                        problem[:300],
+                    )
                     return
                 case Rejected(problem):
                     feedback = problem

@@ -37,8 +37,13 @@ plan: $(INSTALLED) ## Dry run of the hello example: waves, critical path, token/
 # The slowest tests are collected first (tests/conftest.py) and handed out two at a time, so no worker is
 # left with a block of long ones at the end.
 TEST_WORKERS ?= 4
+# The tests write throwaway files by the thousand (generated projects, embedded Postgres data folders, sandboxes):
+# in a RAM-backed folder they cost no block I/O, a fifth of the suite's wall time on a 2-core VM. Used when
+# /dev/shm is writable, executable and has 4 GiB free; TEST_TMPDIR= (empty) keeps the system's temp folder.
+TEST_TMPDIR ?= $(shell d=/dev/shm; [ -d $$d ] && [ -w $$d ] && ! grep -qs " $$d [^ ]* [^ ]*noexec" /proc/mounts \
+	&& [ "$$(df -Pk $$d | awk 'NR==2 {print $$4}')" -ge 4194304 ] 2>/dev/null && echo $$d)
 test: $(INSTALLED) ## Run every test: unit, component (kmock), chart; TEST_WORKERS=0 runs them in one process
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD drift
 	$(BIN)/ruff check .

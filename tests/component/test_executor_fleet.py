@@ -29,9 +29,10 @@ OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 @contextlib.asynccontextmanager
 async def _executors(
-    pg: str, urls: list[str], heartbeat_s: float
+    pg: str, urls: list[str], heartbeat_s: float, stagger_s: float = 0.0
 ) -> AsyncIterator[tuple[Store, list[Executor]]]:
-    """Running executors, one per LLM endpoint URL, until the block ends."""
+    """Running executors, one per LLM endpoint URL, until the block ends; each starts `stagger_s` after the one
+    before it, as pods of a rollout do."""
     store = await Store.connect(pg)
     validator = CodeValidator()
     clients = [OpenAICompatibleLLM(url, "k") for url in urls]
@@ -40,7 +41,12 @@ async def _executors(
         for n, llm in enumerate(clients)
     ]
     stop = asyncio.Event()
-    running = [asyncio.create_task(e.run(stop)) for e in executors]
+
+    async def started(executor: Executor, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await executor.run(stop)
+
+    running = [asyncio.create_task(started(e, n * stagger_s)) for n, e in enumerate(executors)]
     try:
         yield store, executors
     finally:
@@ -78,13 +84,14 @@ async def test_each_executor_counts_the_executors_on_its_endpoint(pg):
 
 
 async def test_executors_started_together_count_each_other_within_seconds_not_a_heartbeat(pg):
-    """Started together, each executor's first report sees only those that reported before it. At the default
-    heartbeat (15 s) the first of them believed it was alone for 15 s, slow-starting as one; they report again
-    a second later (and sooner whenever the count moved), so all count the whole fleet within seconds."""
+    """Started together (half a second apart, as a rollout's pods), each executor's first report sees only those
+    that reported before it. At the default heartbeat (15 s) the first of them believed it was alone for 15 s,
+    slow-starting as one; they report again a second later (and sooner whenever the count moved), so all count
+    the whole fleet within seconds."""
     fake = FakeLLM()
     await fake.start()
     try:
-        async with _executors(pg, [fake.url] * 3, heartbeat_s=15.0) as (_, executors):
+        async with _executors(pg, [fake.url] * 3, heartbeat_s=15.0, stagger_s=0.5) as (_, executors):
             assert await _fleet_sizes(executors, [3, 3, 3], timeout=6) == [3, 3, 3]
     finally:
         await fake.stop()

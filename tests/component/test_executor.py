@@ -159,30 +159,33 @@ async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_han
 
 
 @pytest.mark.parametrize(
-    ("answer", "quick_ends", "outputs"),
+    ("answer", "quick_ends", "next_ends", "outputs"),
     [
-        ("```python\nVALUE = 1\n```", "succeeded", ["VALUE = 1\n"]),
+        # The write frees `next` and claims it for its slot: stopping, that claim is handed back.
+        ("```python\nVALUE = 1\n```", "succeeded", "ready", ["VALUE = 1\n"]),
         # Rejected while stopping: no second attempt here; another executor makes it, the first counted.
-        ("```python\ndef broken(:\n```", "ready", []),
+        ("```python\ndef broken(:\n```", "ready", "pending", []),
     ],
     ids=["valid", "rejected"],
 )
 async def test_shutdown_lets_a_write_under_way_land_and_hands_back_only_the_atoms_it_stopped(
-    store, fake_llm, validator, answer, quick_ends, outputs
+    store, fake_llm, validator, answer, quick_ends, next_ends, outputs
 ):
     """At shutdown one atom is in its attempt's write (it carries the atom's code and what its call cost) while
     another waits for a slow answer. The call is cancelled and its atom handed back; the write is waited for,
     not raced by a hand-back that would make it find its lease gone and drop the code, to be paid for again.
-    The write is held back by wrapping `Store.finish_attempt`; nothing is replaced."""
+    Every hand-back is written before `run` returns: a pod's process ends right after it. The write is held
+    back by wrapping `Store.finish_attempt`, and the hand-back of `next` slowed by wrapping `Store.release`; nothing is
+    replaced."""
     fake_llm.config = FakeLLMConfig(atom_latency_s={"slow": 30.0})
     fake_llm.responder = lambda _body, atom_id, _attempt: (
         answer if atom_id == "quick" else "```python\nB = 2\n```"
     )
-    atoms = [atom("quick"), atom("slow")]
+    atoms = [atom("quick"), atom("slow"), atom("next", "quick")]
     plan_id = await _register(store, spec(*atoms), atoms)
     await end_ramps(store)
     entered, gate = asyncio.Event(), asyncio.Event()
-    finish_attempt = store.finish_attempt
+    finish_attempt, release = store.finish_attempt, store.release
 
     async def held_back(claimed, *args, **kwargs):
         if claimed.atom_id == "quick":
@@ -190,7 +193,12 @@ async def test_shutdown_lets_a_write_under_way_land_and_hands_back_only_the_atom
             await gate.wait()
         return await finish_attempt(claimed, *args, **kwargs)
 
-    store.finish_attempt = held_back
+    async def slow_release(claimed, *args, **kwargs):
+        if claimed.atom_id == "next":
+            await asyncio.sleep(0.5)
+        return await release(claimed, *args, **kwargs)
+
+    store.finish_attempt, store.release = held_back, slow_release
     grace = 1.0
     executor = _executor(store, fake_llm, validator, concurrency=2, shutdown_grace_s=grace)
     stop = asyncio.Event()
@@ -204,17 +212,18 @@ async def test_shutdown_lets_a_write_under_way_land_and_hands_back_only_the_atom
         await asyncio.sleep(grace + 0.3)  # past the grace period: the slow call is cancelled by now
         gate.set()
         await asyncio.wait_for(running, 10)
+        rows = await store.pool.fetch(
+            "SELECT atom_id, state, attempts FROM atoms WHERE masterplan_id = $1", plan_id
+        )
     finally:
         gate.set()
-        del store.finish_attempt
+        del store.finish_attempt, store.release
         await executor.llm.close()
 
-    rows = await store.pool.fetch(
-        "SELECT atom_id, state, attempts FROM atoms WHERE masterplan_id = $1", plan_id
-    )
     assert {r["atom_id"]: (r["state"], r["attempts"]) for r in rows} == {
         "quick": (quick_ends, 1),
         "slow": ("ready", 0),
+        "next": (next_ends, 0),
     }
     assert fake_llm.stats.calls_per_atom["quick"] == 1
     assert [o.output for o in await store.outputs(plan_id)] == outputs

@@ -302,6 +302,8 @@ class Executor:
             except Exception as error:  # its connection died with the store: nothing is left to stop
                 log.warning("stopping the ready-atom listener failed: %s", _describe(error))
             await self._drain()
+            if self._handing_back:  # a pod's process ends when `run` returns: these are written first
+                await asyncio.wait(set(self._handing_back))
             self.store.query_listeners.remove(self._query_timed)
             if self._generation is not None and not self._generation.done():
                 self._generation.cancel()  # the claim's lease runs out and another executor takes it over

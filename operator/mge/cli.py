@@ -731,7 +731,13 @@ def executor(log_format: LogFormatOption = None) -> None:
             llm,
             validator,
             prices,
-            ExecutorConfig(executor_id, concurrency, start_jitter_s=2.0, llm_pool=settings.llm_pool or None),
+            ExecutorConfig(
+                executor_id,
+                concurrency,
+                start_jitter_s=2.0,
+                llm_pool=settings.llm_pool or None,
+                shutdown_grace_s=settings.executor_shutdown_grace_s,
+            ),
             retrieval,
         )
         try:

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     executor_min_replicas: int = Field(0, ge=0, le=500, description="Fewest executor pods.")
     executor_max_replicas: int = Field(10, ge=1, le=500, description="Most executor pods.")
     executor_concurrency: int = Field(8, ge=1, le=256, description="In-flight atoms per executor pod.")
+    executor_shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, seconds an executor gives its atoms to finish before cancelling their calls, "
+        "and as long again for writes under way; its pod's terminationGracePeriodSeconds is twice this plus 20.",
+    )
     executor_config_checksum: str = Field(
         "",
         description="Digest of the ConfigMaps executors read at start (chart: prices, cache); a new value "

@@ -4,6 +4,7 @@ grows and rounds as a part of the fleet; executors on another endpoint are not c
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import DEFAULT_PRICES
@@ -103,6 +105,32 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def _executor_process(
+    pg: str, llm_url: str, name: str, folder: Path, logs: contextlib.ExitStack, **environment: str
+) -> asyncio.subprocess.Process:
+    """`mge executor`, as a pod runs it, its stderr in `folder`/`name`.log."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{OPERATOR_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "MGE_DATABASE_URL": pg,
+        "MGE_EXECUTOR_ID": name,
+        "MGE_METRICS_PORT": str(_free_port()),
+        "MGE_EXECUTOR_CONCURRENCY": "4",
+        "OPENAI_BASE_URL": llm_url,
+        "OPENAI_API_KEY": "k",
+        **environment,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mge.cli",
+        "executor",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=logs.enter_context((folder / f"{name}.log").open("wb")),
+    )
+
+
 async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path):
     """Two `mge executor` processes (the CLI a pod runs, each with its own interpreter and event loop) on one
     endpoint: both report it, so each counts a fleet of two, and both take atoms of the same plan."""
@@ -112,27 +140,7 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path
     processes = []
     logs = contextlib.ExitStack()
     for number in range(2):
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{OPERATOR_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "MGE_DATABASE_URL": pg,
-            "MGE_EXECUTOR_ID": f"proc-{number}",
-            "MGE_METRICS_PORT": str(_free_port()),
-            "MGE_EXECUTOR_CONCURRENCY": "4",
-            "OPENAI_BASE_URL": fake.url,
-            "OPENAI_API_KEY": "k",
-        }
-        processes.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "mge.cli",
-                "executor",
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=logs.enter_context((tmp_path / f"proc-{number}.log").open("wb")),
-            )
-        )
+        processes.append(await _executor_process(pg, fake.url, f"proc-{number}", tmp_path, logs))
     try:
 
         async def both_reported() -> bool:
@@ -177,3 +185,47 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path
         await store.close()
         await fake.stop()
     assert [process.returncode for process in processes] == [0, 0], errors
+
+
+async def test_an_executor_process_stopped_by_sigterm_hands_its_atoms_back_and_settles_their_calls(
+    pg, tmp_path
+):
+    """What a pod does on a rollout or scale-down: SIGTERM while its atoms wait for slow answers. Within its
+    grace (here 0.5 s, MGE_EXECUTOR_SHUTDOWN_GRACE_S) and as long again, it cancels the calls, settles what
+    they spent, hands the atoms back for other executors, and exits 0."""
+    fake = FakeLLM(FakeLLMConfig(base_latency_s=30.0))
+    await fake.start()
+    store = await Store.connect(pg)
+    atoms = [atom(f"a{n}") for n in range(3)]
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name="stopped",
+        trace_id="00000000-0000-4000-8000-000000000043",
+        generation=1,
+        spec=spec(*atoms),
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    with contextlib.ExitStack() as logs:
+        process = await _executor_process(
+            pg, fake.url, "pod-0", tmp_path, logs, MGE_EXECUTOR_SHUTDOWN_GRACE_S="0.5"
+        )
+        try:
+            assert await eventually(lambda: fake.stats.in_flight >= 1, timeout=60)
+            process.send_signal(signal.SIGTERM)
+            stopped = asyncio.get_running_loop().time()
+            await asyncio.wait_for(process.wait(), 15)
+            took = asyncio.get_running_loop().time() - stopped
+            states = await store.pool.fetch("SELECT state, count(*) FROM atoms GROUP BY state")
+            spend = await CostLedger(store.pool).spend(plan_id)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await store.close()
+            await fake.stop()
+    log = (tmp_path / "pod-0.log").read_text(errors="replace")[-3000:]
+    assert process.returncode == 0, log
+    assert took < 10, log  # not the 30 s answers
+    assert {r["state"]: r["count"] for r in states} == {"ready": 3}, log
+    assert spend.reserved_usd == 0

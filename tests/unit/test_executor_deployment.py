@@ -30,6 +30,15 @@ def test_executor_pods_are_restricted_and_have_no_api_token():
     assert container["envFrom"] == [{"secretRef": {"name": "db"}}, {"secretRef": {"name": "llm"}}]
 
 
+def test_the_pods_termination_grace_covers_the_atoms_grace_the_writes_and_the_hand_backs():
+    for grace, termination in ((20.0, 60), (45.0, 110), (0.5, 21)):
+        pod = _deployment(shutdown_grace_s=grace)["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+        assert env["MGE_EXECUTOR_SHUTDOWN_GRACE_S"] == f"{grace:g}"
+        assert pod["terminationGracePeriodSeconds"] == termination
+
+
 def test_prices_config_map_is_mounted_and_named_in_the_environment():
     pod = _deployment(prices_config_map="mge-prices")["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,6 +65,7 @@ def executor_deployment(
     replicas: int,
     concurrency: int,
     env_secrets: list[str],
+    shutdown_grace_s: float = 20.0,
     service_account: str,
     prices_config_map: str = "",
     otel_endpoint: str = "",
@@ -91,6 +93,7 @@ def executor_deployment(
         "env": [
             {"name": "MGE_EXECUTOR_CONCURRENCY", "value": str(concurrency)},
             {"name": "MGE_EXECUTOR_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MGE_EXECUTOR_SHUTDOWN_GRACE_S", "value": f"{shutdown_grace_s:g}"},
         ],
         "ports": [{"name": "metrics", "containerPort": 9100}],
         "resources": resources.container_field(),
@@ -132,7 +135,8 @@ def executor_deployment(
         volumes += extras.volumes
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # executors talk to Postgres and the LLM, never the API
-        "terminationGracePeriodSeconds": 60,
+        # The grace for the atoms, as long again for writes under way, and time to hand atoms back and close.
+        "terminationGracePeriodSeconds": math.ceil(2 * shutdown_grace_s) + 20,
         "containers": [container],
         "volumes": volumes,
     }
@@ -178,6 +182,7 @@ def configured_executor_deployment(
         image=settings.executor_image,
         replicas=replicas,
         concurrency=settings.executor_concurrency,
+        shutdown_grace_s=settings.executor_shutdown_grace_s,
         env_secrets=[s.strip() for s in settings.executor_env_secrets.split(",") if s.strip()],
         service_account=settings.executor_service_account,
         prices_config_map=settings.executor_prices_config_map,

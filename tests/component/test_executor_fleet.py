@@ -19,8 +19,7 @@ from mge.concurrency.limiter import AdaptiveLimiter
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
-from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, register
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.operator import eventually
 
@@ -149,15 +148,7 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path
         # Registered once both run: a process that starts late (imports, its start jitter) would find it done.
         assert await eventually(both_reported, timeout=60)
         atoms = [atom(f"a{n}") for n in range(40)]
-        plan_id, _ = await store.register_plan(
-            namespace="ns",
-            name="shared",
-            trace_id="00000000-0000-4000-8000-000000000042",
-            generation=1,
-            spec=spec(*atoms),
-            atoms=atoms,
-            plan=plan_dag((a.id, a.depends_on) for a in atoms),
-        )
+        plan_id = await register(store, *atoms, name="shared")
 
         async def finished() -> bool:
             return (await store.progress(plan_id)).finished
@@ -197,15 +188,7 @@ async def test_an_executor_process_stopped_by_sigterm_hands_its_atoms_back_and_s
     await fake.start()
     store = await Store.connect(pg)
     atoms = [atom(f"a{n}") for n in range(3)]
-    plan_id, _ = await store.register_plan(
-        namespace="ns",
-        name="stopped",
-        trace_id="00000000-0000-4000-8000-000000000043",
-        generation=1,
-        spec=spec(*atoms),
-        atoms=atoms,
-        plan=plan_dag((a.id, a.depends_on) for a in atoms),
-    )
+    plan_id = await register(store, *atoms, name="stopped")
     with contextlib.ExitStack() as logs:
         process = await _executor_process(
             pg, fake.url, "pod-0", tmp_path, logs, MGE_EXECUTOR_SHUTDOWN_GRACE_S="0.5"

@@ -38,7 +38,7 @@ plan: $(INSTALLED) ## Dry run of the hello example: waves, critical path, token/
 # left with a block of long ones at the end.
 TEST_WORKERS ?= 4
 # The tests write throwaway files by the thousand (generated projects, embedded Postgres data folders, sandboxes):
-# in a RAM-backed folder they cost no block I/O, a fifth of the suite's wall time on a 2-core VM. Used when
+# in a RAM-backed folder they cost no block I/O (about half a minute of the suite on a 2-core VM). Used when
 # /dev/shm is writable, executable and has 4 GiB free; TEST_TMPDIR= (empty) keeps the system's temp folder.
 TEST_TMPDIR ?= $(shell d=/dev/shm; [ -d $$d ] && [ -w $$d ] && ! grep -qs " $$d [^ ]* [^ ]*noexec" /proc/mounts \
 	&& [ "$$(df -Pk $$d | awk 'NR==2 {print $$4}')" -ge 4194304 ] 2>/dev/null && echo $$d)

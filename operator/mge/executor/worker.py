@@ -541,6 +541,8 @@ class Executor:
         grace = self.config.shutdown_grace_s
         atoms = dict(self._in_flight)
         _, pending = await asyncio.wait(atoms.keys(), timeout=grace)
+        if not pending:
+            return
         stopped = pending - self._finishing
         for task in stopped:
             task.cancel()
@@ -550,8 +552,7 @@ class Executor:
             for task in late:  # its write goes on by itself (shielded); the atoms it claims are handed back
                 task.cancel()
             stopped |= late
-        if pending:  # a cancelled task ends once it has settled what its call spent
-            await asyncio.wait(pending)
+        await asyncio.wait(pending)  # a cancelled task ends once it has settled what its call spent
         handed_back = [atoms[task] for task in stopped]
         released = await asyncio.gather(
             *(self.store.release(atom, self.config.executor_id) for atom in handed_back),

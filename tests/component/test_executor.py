@@ -105,7 +105,10 @@ async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(s
     store.claim = counted_claim
     try:
         progress = await _run_until_finished(
-            store, plan_id, [_executor(store, fake_llm, validator, concurrency=2)]
+            # No poll within the run, however slow the machine: a poll's claim is not what is counted.
+            store,
+            plan_id,
+            [_executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)],
         )
     finally:
         del store.claim

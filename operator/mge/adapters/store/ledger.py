@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from mge.adapters.store.queue import READY_CHANNEL, ClaimedAtom
-from mge.adapters.store.settlement import SETTLE_CTES, Reservation, Settlement, settlement_args
+from mge.adapters.store.settlement import Reservation, Settlement, settlement_args
 from mge.cost.caps import BudgetLimits, check_override, reservation_decision
 from mge.models.cost_api import CostEventView
 from mge.models.masterplan import Budget
@@ -337,7 +337,7 @@ class CostLedger:
         """Replace the reservation by the actual cost (0 for a cache hit or a call that never happened)."""
         settlement = Settlement(reservation, amount, prompt_tokens, completion_tokens, cached_tokens)
         await self.pool.execute(
-            f"WITH {SETTLE_CTES} SELECT 1",
+            "SELECT mge_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             *settlement_args(
                 settlement, reservation.masterplan_id, atom.atom_id, atom.wave_index, atom.model
             ),

@@ -14,7 +14,7 @@ import asyncpg
 
 from mge.adapters.store.errors import STORE_ERRORS
 from mge.adapters.store.progress import AtomOutput
-from mge.adapters.store.settlement import SETTLE_CTES, Settlement, settlement_args
+from mge.adapters.store.settlement import Settlement, settlement_args
 from mge.concurrency.ramp import RampPolicy
 from mge.models.concurrency_api import PlanRampStatus
 
@@ -62,6 +62,7 @@ _CLAIM_SQL: Final = "SELECT * FROM mge_claim_atoms($1, $2, $3, $4)"
 
 def _claimed(row: asyncpg.Record) -> ClaimedAtom:
     fields = dict(row)
+    fields.pop("still_ours", None)  # a claim made by an attempt's write (mge_finish_attempt) says this too
     outputs = json.loads(fields.pop("dependency_outputs"))
     return ClaimedAtom(**fields, dependency_outputs=tuple(AtomOutput(*output) for output in outputs))
 
@@ -115,55 +116,11 @@ class GiveUp:
 AtomEnding = Succeed | GiveUp
 
 
-# SETTLE_CTES ($1-$10), then the attempt under the claim ($11 executor, $12 lease token), the atom's end
-# ($13 'succeeded' | 'failed' | NULL, $14 output, $15 last error) and the attempt row ($16-$26). The atom's row
-# is written only while the claim holds; dependents are freed only when it succeeded now, and are returned.
-#
-# Executors are woken (NOTIFY) only when the plan had no ready atom before: an executor waits for work only
-# after a claim found none, so the first atom to become ready since wakes it, and a plan that already had
-# ready atoms has no executor waiting for them. With $27 false the caller wakes them itself, after its own
-# claim in the same transaction, and only for what it left. Every listening executor's backend reads each
-# notification in a transaction of its own, and every woken executor claims: a notification per atom cost a
-# fleet of N executors about 2N transactions per atom.
-_FINISH_ATTEMPT_SQL: Final = f"""
-WITH {SETTLE_CTES},
-counted AS (
-    UPDATE atoms
-    SET attempts = attempts + 1, prompt_tokens = prompt_tokens + $20::int,
-        completion_tokens = completion_tokens + $21::int, cost_usd = cost_usd + $23::numeric, last_error = $15::text, updated_at = now(),
-        state = coalesce($13::text, state),
-        output = CASE WHEN $13::text = 'succeeded' THEN $14::text ELSE output END,
-        lease_owner = CASE WHEN $13::text IS NULL THEN lease_owner END,
-        lease_expires_at = CASE WHEN $13::text IS NULL THEN lease_expires_at END,
-        lease_token = CASE WHEN $13::text IS NULL THEN lease_token END,
-        finished_at = CASE WHEN $13::text IS NULL THEN finished_at ELSE now() END
-    WHERE masterplan_id = $2 AND atom_id = $7 AND state = 'running' AND lease_owner = $11::text
-      AND lease_token = $12::uuid
-    RETURNING attempts, state
-), recorded AS (
-    INSERT INTO atom_attempts (masterplan_id, atom_id, trace_id, span_id, attempt, executor, outcome, error,
-                               prompt_tokens, completion_tokens, cached, cost_usd, latency_ms, started_at,
-                               context_chunks)
-    SELECT $2, $7, $16::uuid, $17::text, attempts, $11, $18::text, $19::text, $20::int, $21::int, $22::boolean,
-           $23::numeric, $24::int, $25::timestamptz, $26::jsonb
-    FROM counted
-), freed AS (
-    UPDATE atoms a SET unmet_dependencies = a.unmet_dependencies - 1,
-        state = CASE WHEN a.unmet_dependencies = 1 THEN 'ready' ELSE a.state END, updated_at = now()
-    FROM atom_dependencies d
-    WHERE d.masterplan_id = $2 AND d.depends_on = $7
-      AND a.masterplan_id = d.masterplan_id AND a.atom_id = d.atom_id AND a.state = 'pending'
-      AND EXISTS (SELECT 1 FROM counted WHERE state = 'succeeded')
-    RETURNING a.atom_id, a.state
-), news AS (
-    SELECT ARRAY(SELECT atom_id FROM freed WHERE state = 'ready') AS made_ready,
-           NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = $2 AND w.state = 'ready') AS none_ready_before
-)
-SELECT EXISTS (SELECT 1 FROM counted) AS still_ours, made_ready, none_ready_before,
-       CASE WHEN $27::boolean AND cardinality(made_ready) > 0 AND none_ready_before
-            THEN pg_notify('{READY_CHANNEL}', '') END AS notified
-FROM news
-"""
+# The attempt's one write, the claim of the next atoms and the wake-up of other executors in one round trip
+# (migration 0017 says how): settlement_args ($1-$10), the attempt under the claim ($11 executor, $12 lease
+# token), the atom's end ($13 'succeeded' | 'failed' | NULL, $14 output, $15 last error), the attempt row
+# ($16-$26) and the claim ($27 limit, 0 for none; $28 lease seconds; $29 LLM pool).
+_FINISH_ATTEMPT_SQL: Final = f"SELECT * FROM mge_finish_attempt({', '.join(f'${n}' for n in range(1, 30))})"
 
 
 class _ReadyListener:
@@ -324,9 +281,9 @@ class AtomQueue:
     ) -> FinishedAttempt:
         """An attempt's one write: settle its reservation, count the attempt against the atom and record it,
         and, with an `ending`, store the code (and make dependents whose last dependency this was ready) or
-        fail the atom. One statement, so one transaction, with no lock held between round trips.
-        With `claim_next` (the atom's task ends here, and its slot is free) the same transaction claims the
-        next atoms: one commit instead of two.
+        fail the atom. One call of `mge_finish_attempt`, so one round trip and one transaction: the plan row's
+        lock is held only while the server works. With `claim_next` (the atom's task ends here, and its slot
+        is free) the same transaction claims the next atoms: one commit instead of two.
         Not `still_ours` if this claim was lost meanwhile: then nothing but the settlement is written (money
         spent is spent, whoever holds the atom now)."""
         output = ending.output if isinstance(ending, Succeed) else None
@@ -351,20 +308,11 @@ class AtomQueue:
             attempt.started_at,
             None if attempt.context_chunks is None else json.dumps([dict(c) for c in attempt.context_chunks]),
         )
-        if claim_next is None:
-            row = await self.pool.fetchrow(_FINISH_ATTEMPT_SQL, *args, True)
-            return FinishedAttempt(bool(row is not None and row["still_ours"]), [])
-        async with self.pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(_FINISH_ATTEMPT_SQL, *args, False)
-            # A second statement: it sees the dependents this attempt just made ready.
-            rows = await connection.fetch(
-                _CLAIM_SQL, executor, claim_next.limit, float(claim_next.lease_seconds), claim_next.llm_pool
-            )
-            claimed = [_claimed(r) for r in rows]
-            taken = {a.atom_id for a in claimed if a.masterplan_id == atom.masterplan_id}
-            if row is not None and row["none_ready_before"] and set(row["made_ready"]) - taken:
-                await notify_ready(connection)  # ready atoms this executor has no slot for: wake the others
-        return FinishedAttempt(bool(row is not None and row["still_ours"]), claimed)
+        claim = claim_next or ClaimRequest(limit=0, lease_seconds=0.0)
+        rows = await self.pool.fetch(
+            _FINISH_ATTEMPT_SQL, *args, claim.limit, float(claim.lease_seconds), claim.llm_pool
+        )
+        return FinishedAttempt(rows[0]["still_ours"], [_claimed(r) for r in rows if r["atom_id"] is not None])
 
     async def fail(self, atom: ClaimedAtom, executor: str, error: str) -> bool:
         """Give up on the atom; its dependents stay pending (blocked) and are reported as such."""

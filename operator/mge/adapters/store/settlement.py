@@ -1,10 +1,9 @@
-"""Settling a call's reservation to what it spent: the SQL shared by the ledger and an attempt's one write."""
+"""Settling a call's reservation to what it spent: the values the ledger and an attempt's one write pass to `mge_settle`."""
 
 import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,36 +24,8 @@ class Settlement:
     cached_tokens: int = 0
 
 
-# The CTEs of a settlement, for a statement's WITH clause; parameters $1-$10 are `settlement_args`. The plan
-# row is locked first (the held reservation is deleted only after), the order every ledger write takes, so
-# a settlement and a reservation that gives dead reservations back never wait for each other. The amount
-# moves from reserved to spent (an expired reservation was already given back, and is not again); "settle"
-# is recorded and, when this call took spend over the soft cap, "soft_cap" (exactly once per crossing: the
-# increment is applied to the row's latest version, so `spent - amount` is what it was just before).
-SETTLE_CTES: Final = """
-plan_lock AS (
-    SELECT id FROM masterplans WHERE id = $2 AND $1::bigint IS NOT NULL FOR UPDATE
-), held AS (
-    DELETE FROM cost_reservations WHERE id = $1 AND EXISTS (SELECT 1 FROM plan_lock) RETURNING amount_usd
-), spend AS (
-    UPDATE masterplans
-    SET current_cost_usd = current_cost_usd + $3::numeric,
-        reserved_cost_usd = reserved_cost_usd - coalesce((SELECT amount_usd FROM held), 0), updated_at = now()
-    WHERE id = (SELECT id FROM plan_lock)
-    RETURNING trace_id, current_cost_usd, budget_limit_usd,
-              budget_limit_usd * soft_cap_percentage / 100 AS soft_cap_usd
-), cost_event AS (
-    INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd,
-                             prompt_tokens, completion_tokens, cached_tokens, cumulative_cost_usd,
-                             budget_limit_usd, detail)
-    SELECT $2::uuid, trace_id, $7::text, $8::int, $9::text, 'settle', $3::numeric, $4::int, $5::int, $6::int,
-           current_cost_usd, budget_limit_usd, $10::jsonb
-    FROM spend
-    UNION ALL
-    SELECT $2, trace_id, $7, NULL, NULL, 'soft_cap', 0, 0, 0, 0, current_cost_usd, budget_limit_usd, '{}'::jsonb
-    FROM spend
-    WHERE current_cost_usd - $3::numeric < soft_cap_usd AND soft_cap_usd <= current_cost_usd
-)"""
+# The settlement itself is `mge_settle` (migration 0017): the ledger's settle and an attempt's one write both
+# call it, so the money path has one definition.
 
 
 def settlement_args(
@@ -64,7 +35,7 @@ def settlement_args(
     wave_index: int | None,
     model: str | None,
 ) -> tuple[object, ...]:
-    """SETTLE_CTES' parameters; with no settlement (a cache hit reserved nothing) they change nothing."""
+    """`mge_settle`'s parameters (the first ten of `mge_finish_attempt`); with no settlement (a cache hit reserved nothing) they change nothing."""
     if settlement is None:
         return (None, plan_id, Decimal(0), 0, 0, 0, atom_id, wave_index, model, "{}")
     return (

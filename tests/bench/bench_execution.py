@@ -3,8 +3,8 @@
 1. Orchestration overhead per atom (claim + prompt context + attempt record + success + readiness),
    with an instant in-process LLM so only our machinery is timed, at 1, 8 and 32 executors.
    Baseline: the same atoms through a naive queue (one global lock, no SKIP LOCKED).
-2. Makespan of a 500-atom plan against the fake LLM server (fixed latency per call) vs the
-   critical-path lower bound.
+2. Makespan of a 500-atom plan against the fake LLM server (fixed latency per call, in a process of its own
+   as a provider is) vs the critical-path lower bound.
 """
 
 import asyncio
@@ -19,7 +19,7 @@ from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
 from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
-from tests.support.fake_llm import FakeLLM, FakeLLMConfig
+from tests.support.fake_llm import fake_llm_process
 from tests.support.postgres import postgres_server
 
 GOAL_MS_AT_32 = 2.0
@@ -192,14 +192,12 @@ async def makespan(
     new fleet gets. Warm: the same executors after a warm-up plan, so their limits are up; once with the new
     plan's ramp (a plan applied to a running fleet) and once with it ended, which leaves the engine alone.
     """
-    fake = FakeLLM(FakeLLMConfig(base_latency_s=latency_s))
-    await fake.start()
-    async with fresh_database(server) as dsn:
+    async with fake_llm_process(latency_s) as url, fresh_database(server) as dsn:
         store = await Store.connect(dsn, max_size=40)
         validator = CodeValidator()
         atoms = layered_atoms(atoms_count, width=50)
         plan = plan_dag((a.id, a.depends_on) for a in atoms)
-        llms = [OpenAICompatibleLLM(fake.url, "k") for _ in range(8)]
+        llms = [OpenAICompatibleLLM(url, "k") for _ in range(8)]
         stop = asyncio.Event()
         workers = [
             Executor(
@@ -228,7 +226,6 @@ async def makespan(
                 await llm.close()
             await validator.close()
             await store.close()
-            await fake.stop()
     slots = 8 * 16
     # Each level must wait for the previous one; a level of n atoms on `slots` slots takes ceil(n/slots) calls.
     lower_bound = sum(-(-len(w) // slots) for w in plan.waves) * latency_s
@@ -288,7 +285,10 @@ async def main() -> None:
                     f"{warm:.2f} ({warm / bound:.3f}x)",
                 )
             )
-        print("Makespan, 500 atoms in 10 levels of 50, fake LLM server, 8 executors x 16 slots, one process")
+        print(
+            "Makespan, 500 atoms in 10 levels of 50, fake LLM server in its own process, "
+            "8 executors x 16 slots in one"
+        )
         print_table(
             [
                 "LLM s/call",

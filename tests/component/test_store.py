@@ -238,8 +238,10 @@ async def test_a_claim_carries_the_code_of_its_dependencies(pg):
 
 
 async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents(pg):
-    """Settlement, the attempt row, the code and the dependents' readiness land together; a lost claim writes
-    only the settlement (the money was spent) and no attempt."""
+    """Settlement, the attempt row, the code, the dependents' readiness and the next claim land together, in
+    one round trip: the write locks the plan row first, and a lock held across a client's round trips made
+    every write and reservation of the plan wait. A lost claim writes only the settlement (the money was
+    spent) and no attempt."""
     store = await _store(pg)
     ledger = CostLedger(store.pool)
     try:
@@ -250,6 +252,8 @@ async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents
         assert reservation is not None
         record = AttemptRecord("s", "succeeded", None, 10, 5, False, Decimal("0.03"), 3, datetime.now(UTC))
         settlement = Settlement(reservation, Decimal("0.03"), 10, 5)
+        round_trips: list[float] = []
+        store.query_listeners.append(round_trips.append)
         written = await store.finish_attempt(
             claimed,
             "ex-1",
@@ -258,6 +262,7 @@ async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents
             ending=Succeed("A = 1\n"),
             claim_next=ClaimRequest(limit=4, lease_seconds=30),
         )
+        store.query_listeners.remove(round_trips.append)
         spend = await ledger.spend(plan_id)
         attempts = await store.pool.fetchval(
             "SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id
@@ -279,6 +284,7 @@ async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents
         await store.close()
 
     assert written.still_ours is True
+    assert len(round_trips) == 1
     assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.03"), Decimal(0))
     assert attempts == 1
     assert dependent.atom_id == "b"

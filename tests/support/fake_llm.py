@@ -5,11 +5,13 @@ which cannot run here.
 """
 
 import asyncio
+import contextlib
 import json
 import random
+import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,3 +317,38 @@ class FakeLLM:
             },
             headers=self._rate_limit_headers(),
         )
+
+
+@contextlib.asynccontextmanager
+async def fake_llm_process(base_latency_s: float) -> AsyncIterator[str]:
+    """A FakeLLM in a process of its own, as a real provider is: a burst of its answers is not handled on the
+    caller's event loop, where it would add to the latency the caller's limiters measure. Yields its URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.fake_llm",
+        str(base_latency_s),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        url = (await process.stdout.readline()).decode().strip()
+        if not url:
+            raise RuntimeError(f"the fake LLM process ended before serving (exit {await process.wait()})")
+        yield url
+    finally:
+        process.stdin.close()  # it serves until its stdin closes
+        await process.wait()
+
+
+async def _serve_until_stdin_closes(base_latency_s: float) -> None:
+    server = FakeLLM(FakeLLMConfig(base_latency_s=base_latency_s))
+    print(await server.start(), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_until_stdin_closes(float(sys.argv[1])))

@@ -75,6 +75,9 @@ DECLARE
     none_ready_before boolean;
     claimed boolean := false;
 BEGIN
+    -- "Before" is before this write, read before the settlement waits for the plan row's lock (as the
+    -- write's single statement read it), not after the writes that went ahead of it while it waited.
+    none_ready_before := NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = p_plan AND w.state = 'ready');
     PERFORM mge_settle(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens, p_cached_tokens,
                        p_atom, p_wave, p_model, p_detail);
 
@@ -108,10 +111,8 @@ BEGIN
           AND EXISTS (SELECT 1 FROM counted WHERE state = 'succeeded')
         RETURNING a.atom_id, a.state
     )
-    SELECT EXISTS (SELECT 1 FROM counted),
-           ARRAY(SELECT f.atom_id FROM freed f WHERE f.state = 'ready'),
-           NOT EXISTS (SELECT 1 FROM atoms w WHERE w.masterplan_id = p_plan AND w.state = 'ready')
-    INTO ours, made_ready, none_ready_before;
+    SELECT EXISTS (SELECT 1 FROM counted), ARRAY(SELECT f.atom_id FROM freed f WHERE f.state = 'ready')
+    INTO ours, made_ready;
 
     IF p_claim_limit > 0 THEN
         RETURN QUERY SELECT ours, c.* FROM mge_claim_atoms(p_executor, p_claim_limit, p_lease_s, p_pool) c;

@@ -1,6 +1,7 @@
 """The Postgres store on a real server: migrations, registration, claiming with leases, readiness."""
 
 import asyncio
+import contextlib
 import uuid
 import warnings
 from datetime import UTC, datetime
@@ -293,6 +294,33 @@ async def test_an_attempt_is_one_write_settling_recording_and_freeing_dependents
     assert (after_loss.spent_usd, after_loss.reserved_usd) == (Decimal("0.05"), Decimal(0))
     assert attempts_after_loss == 1
     assert kinds == ["reserve", "settle", "reserve", "settle"]
+
+
+@pytest.mark.parametrize(("slots", "woken"), [(1, True), (2, False)])
+async def test_an_attempts_write_wakes_other_executors_only_for_dependents_it_left(pg, slots, woken):
+    """Finishing `a` makes `b` and `c` ready. A write whose claim has a slot for only one of them wakes the
+    other executors (a NOTIFY on the channel they listen on); one that takes both wakes nobody."""
+    store = await _store(pg)
+    notified = asyncio.Event()
+    stop_listening = await store.listen_for_ready(notified.set)
+    try:
+        await _register(store, atom("a"), atom("b", "a"), atom("c", "a"))
+        await end_ramps(store)
+        (claimed,) = await store.claim("ex-1", 10, 30)
+        await asyncio.sleep(0.2)  # the registration's own notification has arrived
+        notified.clear()
+        record = AttemptRecord("s", "succeeded", None, 10, 5, False, Decimal(0), 3, datetime.now(UTC))
+        written = await store.finish_attempt(
+            claimed, "ex-1", record, ending=Succeed("A = 1\n"), claim_next=ClaimRequest(slots, 30)
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(notified.wait(), 1.0)
+    finally:
+        await stop_listening()
+        await store.close()
+
+    assert len(written.claimed) == slots
+    assert notified.is_set() is woken
 
 
 async def test_the_last_attempt_fails_the_atom_in_its_own_write(pg):

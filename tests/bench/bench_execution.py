@@ -55,9 +55,22 @@ async def _register(store: Store, atoms, name: str) -> object:
     return plan_id
 
 
+_UNFINISHED_SQL = "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state <> 'succeeded'"
+
+
 async def _finish(store: Store, plan_id) -> float:
+    """Seconds until every atom of the plan succeeded, polled every 20 ms with a count of the others.
+
+    Not with `progress`: its walk for blocked atoms took 11 ms of the database's CPU per poll on 1,600 atoms,
+    a third of a core taken from what is measured. A plan that ends any other way fails the benchmark."""
     started = time.perf_counter()
-    while not (await store.progress(plan_id)).finished:
+    polls = 0
+    while await store.pool.fetchval(_UNFINISHED_SQL, plan_id):
+        polls += 1
+        if polls % 50 == 0 and (progress := await store.progress(plan_id)).finished:
+            raise RuntimeError(
+                f"the plan ended with {progress.failed} failed and {progress.blocked} blocked atoms"
+            )
         await asyncio.sleep(0.02)
     return time.perf_counter() - started
 

@@ -1,4 +1,5 @@
-"""Settling a call's reservation to what it spent: the values the ledger and an attempt's one write pass to `mge_settle`."""
+"""Settling a call's reservation to what it spent: the values passed to `mge_settle` (migration 0017), the one
+definition of the settlement, which the ledger and an attempt's one write both call."""
 
 import json
 import uuid
@@ -24,10 +25,6 @@ class Settlement:
     cached_tokens: int = 0
 
 
-# The settlement itself is `mge_settle` (migration 0017): the ledger's settle and an attempt's one write both
-# call it, so the money path has one definition.
-
-
 def settlement_args(
     settlement: Settlement | None,
     plan_id: uuid.UUID,
@@ -35,7 +32,8 @@ def settlement_args(
     wave_index: int | None,
     model: str | None,
 ) -> tuple[object, ...]:
-    """`mge_settle`'s parameters (the first ten of `mge_finish_attempt`); with no settlement (a cache hit reserved nothing) they change nothing."""
+    """`mge_settle`'s parameters (the first ten of `mge_finish_attempt`); with no settlement (a cache hit
+    reserved nothing) they change nothing."""
     if settlement is None:
         return (None, plan_id, Decimal(0), 0, 0, 0, atom_id, wave_index, model, "{}")
     return (

@@ -10,8 +10,11 @@ of calls in flight; the provider sees them all. Capacity C goes C -> C/2 -> C. T
   429 at once.
 
 Policies, per executor: ours (adaptive), the seed's rule (-10% / +5% per 30 s period on p95 > 2 s, bounds
-10..200) and a fixed limit of C / executors (the best fixed split, knowing C). Goodput is completed calls
-over C / base per second; p95 is over the uncongested p95.
+10..200) and a fixed limit of C / executors (the best fixed split, knowing C). With more than one executor,
+also "one shared estimate": a single adaptive limiter fed every executor's answers with the fleet's calls in
+flight, each executor holding a fixed share of its limit (what executors sharing their answers through a store
+would do; the product does not do it yet: docs/concurrency.md). Goodput is completed calls over C / base per
+second; p95 is over the uncongested p95.
 """
 
 import os
@@ -43,6 +46,22 @@ class _Call:
     started_with: int
     work: float  # seconds of service still needed (processor sharing), or the finish time
     refused: bool = False
+
+
+class SharedEstimate:
+    """One limiter for the whole fleet: it hears every executor's answers, counted against the fleet's calls in
+    flight, and executor `n` may hold its share of the limit (the first `limit % fleet` executors one more)."""
+
+    fleet_wide = True
+
+    def __init__(self, capacity: int, executors: int) -> None:
+        # Each executor would start at 2 on its own: the fleet starts where the independent limiters start.
+        self.limiter = AdaptiveLimiter(minimum=1, maximum=4 * capacity, initial=2 * executors)
+        self.executors = executors
+
+    def share(self, executor: int) -> int:
+        limit = self.limiter.limit
+        return limit // self.executors + (1 if executor < limit % self.executors else 0)
 
 
 @dataclass
@@ -101,33 +120,45 @@ class Provider:
 
 
 def simulate(
-    model: str, capacity: int, executors: int, make: Callable[[], CallLimiter], seed: int = 1
+    model: str,
+    capacity: int,
+    executors: int,
+    make: Callable[[], CallLimiter | SharedEstimate],
+    seed: int = 1,
 ) -> Result:
+    """`make` gives each executor a limiter of its own, or (a SharedEstimate) one for all of them."""
     rnd = random.Random(seed)
     provider = Provider(model, capacity, rnd)
-    limiters = [make() for _ in range(executors)]
+    made = [make() for _ in range(executors)]
+    shared = made[0] if isinstance(made[0], SharedEstimate) else None
+    limiters = [m.limiter if isinstance(m, SharedEstimate) else m for m in made]
+    if shared is not None:
+        limiters = [shared.limiter] * executors
     in_flight = [0] * executors
     result = Result()
     now = 0.0
     while now < 3 * PHASE_S:
         for number, limiter in enumerate(limiters):
-            while in_flight[number] < limiter.limit:
+            limit = limiter.limit if shared is None else shared.share(number)
+            while in_flight[number] < limit:
                 in_flight[number] += 1
-                provider.admit(_Call(number, now, in_flight[number], 0.0), now)
+                counted = in_flight[number] if shared is None else sum(in_flight)
+                provider.admit(_Call(number, now, counted, 0.0), now)
         now += STEP_S
         for call in provider.advance(now):
             limiter = limiters[call.executor]
+            counted = in_flight[call.executor] if shared is None else sum(in_flight)
             latency = now - call.started
             if call.refused:
                 result.refused += 1
-                limiter.record(Outcome.OVERLOADED, in_flight=in_flight[call.executor], now=now)
+                limiter.record(Outcome.OVERLOADED, in_flight=counted, now=now)
             else:
                 result.completed += 1
                 result.completed_by_phase[min(2, int(now // PHASE_S))] += 1
                 result.latencies.append(latency)
                 limiter.record(
                     Outcome.OK,
-                    in_flight=in_flight[call.executor],
+                    in_flight=counted,
                     now=now,
                     latency_s=latency,
                     tokens=400,
@@ -137,7 +168,10 @@ def simulate(
     return result
 
 
-def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimiter]]:
+def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimiter | SharedEstimate]]:
+    shared: dict[str, Callable[[], CallLimiter | SharedEstimate]] = (
+        {"one shared estimate": lambda: SharedEstimate(capacity, executors)} if executors > 1 else {}
+    )
     return {
         "ours (adaptive)": lambda: AdaptiveLimiter(
             minimum=1, maximum=4 * capacity, initial=2, fleet=executors
@@ -146,6 +180,7 @@ def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimite
             minimum=10, maximum=200, limit=10, period_s=SEED_PERIOD_S, p95_threshold_s=2.0 * BASE_S / 1.5
         ),
         f"fixed C/{executors}": lambda: FixedLimiter(max(1, capacity // executors)),
+        **shared,
     }
 
 

@@ -25,6 +25,8 @@ from mge.plan.estimate import PlanEstimate, estimate_plan
 from mge.plan.files import check_files
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from mge.adapters.acceptance_job import AcceptanceJobConfig
     from mge.adapters.cache import Embedder
     from mge.adapters.kube import Kube
@@ -739,6 +741,7 @@ def executor(log_format: LogFormatOption = None) -> None:
                 shutdown_grace_s=settings.executor_shutdown_grace_s,
             ),
             retrieval,
+            fleet_redis=_fleet_redis(settings),
         )
         try:
             await worker.run(stop)
@@ -749,6 +752,13 @@ def executor(log_format: LogFormatOption = None) -> None:
             await store.close()
 
     asyncio.run(serve())
+
+
+def _fleet_redis(settings: "Settings") -> "Redis | None":
+    """Where executors share their estimate of the endpoint's limit: the caches' Redis, unless turned off."""
+    from mge.adapters.cache import connect_redis
+
+    return connect_redis(settings.redis_url) if settings.redis_url and settings.fleet_shared_limit else None
 
 
 def _retrieval(settings: "Settings", *, offline: bool) -> "RetrievalSetup":

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds an executor gives its atoms to finish before cancelling their calls, "
         "and as long again for writes under way; its pod's terminationGracePeriodSeconds is twice this plus 20.",
     )
+    fleet_shared_limit: bool = Field(
+        True,
+        description="Executors on one LLM endpoint share one estimate of its limit through redis_url, each "
+        "calling up to its share (docs/concurrency.md); false, or no Redis: each executor limits its calls alone.",
+    )
     executor_config_checksum: str = Field(
         "",
         description="Digest of the ConfigMaps executors read at start (chart: prices, cache); a new value "

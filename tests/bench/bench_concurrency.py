@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from redis.asyncio import Redis
+
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.store import Store
 from mge.concurrency.limiter import (
@@ -245,11 +247,13 @@ def scenario_server(scenario: Scenario) -> FakeLLM:
     )
 
 
-def bench_executor(store: Store, url: str, config: ExecutorConfig) -> Executor:
+def bench_executor(
+    store: Store, url: str, config: ExecutorConfig, fleet_redis: Redis | None = None
+) -> Executor:
     """A real executor for the real-HTTP runs: quick retries past 429s, a 50 ms idle poll, a short drain."""
     llm = OpenAICompatibleLLM(url, "k", backoff_base_s=0.05, backoff_cap_s=0.5, max_attempts=20)
     config = dataclasses.replace(config, idle_poll_s=0.05, shutdown_grace_s=1.0)
-    return Executor(store, llm, CodeValidator(), DEFAULT_PRICES, config)
+    return Executor(store, llm, CodeValidator(), DEFAULT_PRICES, config, fleet_redis=fleet_redis)
 
 
 async def register_independent_atoms(store: Store, scenario: Scenario) -> list[uuid.UUID]:

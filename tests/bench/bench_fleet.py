@@ -11,17 +11,20 @@ of calls in flight; the provider sees them all. Capacity C goes C -> C/2 -> C. T
 
 Policies, per executor: ours (adaptive), the seed's rule (-10% / +5% per 30 s period on p95 > 2 s, bounds
 10..200) and a fixed limit of C / executors (the best fixed split, knowing C). With more than one executor,
-also "one shared estimate": a single adaptive limiter fed every executor's answers with the fleet's calls in
-flight, each executor holding a fixed share of its limit (what executors sharing their answers through a store
-would do; the product does not do it yet: docs/concurrency.md). Goodput is completed calls over C / base per
-second; p95 is over the uncongested p95.
+also "one shared estimate": the product's fleet estimate (docs/concurrency.md), one limiter fed every
+executor's calls and counted against the fleet's calls in flight, each executor holding its share of the
+limit, events and shares exchanged every 50 ms as the Redis link does. Goodput is completed calls over
+C / base per second; p95 is over the uncongested p95.
 """
 
+import itertools
 import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mge.adapters.fleet_link import TICK_S
+from mge.concurrency.fleet_estimate import STATUS_EVERY_S, FleetEstimate, SharedLimiter
 from mge.concurrency.limiter import AdaptiveLimiter, CallLimiter, FixedLimiter, Outcome, SeedRuleLimiter
 from tests.bench.common import print_table
 
@@ -46,22 +49,6 @@ class _Call:
     started_with: int
     work: float  # seconds of service still needed (processor sharing), or the finish time
     refused: bool = False
-
-
-class SharedEstimate:
-    """One limiter for the whole fleet: it hears every executor's answers, counted against the fleet's calls in
-    flight, and executor `n` may hold its share of the limit (the first `limit % fleet` executors one more)."""
-
-    fleet_wide = True
-
-    def __init__(self, capacity: int, executors: int) -> None:
-        # Each executor would start at 2 on its own: the fleet starts where the independent limiters start.
-        self.limiter = AdaptiveLimiter(minimum=1, maximum=4 * capacity, initial=2 * executors)
-        self.executors = executors
-
-    def share(self, executor: int) -> int:
-        limit = self.limiter.limit
-        return limit // self.executors + (1 if executor < limit % self.executors else 0)
 
 
 @dataclass
@@ -120,57 +107,84 @@ class Provider:
 
 
 def simulate(
-    model: str,
-    capacity: int,
-    executors: int,
-    make: Callable[[], CallLimiter | SharedEstimate],
-    seed: int = 1,
+    model: str, capacity: int, executors: int, make: Callable[[], CallLimiter], seed: int = 1
 ) -> Result:
-    """`make` gives each executor a limiter of its own, or (a SharedEstimate) one for all of them."""
+    """`make` gives each executor its limiter. SharedLimiters share one FleetEstimate, the product's: their
+    events reach it, and its shares reach them, every TICK_S, as the Redis link carries them."""
     rnd = random.Random(seed)
     provider = Provider(model, capacity, rnd)
-    made = [make() for _ in range(executors)]
-    shared = made[0] if isinstance(made[0], SharedEstimate) else None
-    limiters = [m.limiter if isinstance(m, SharedEstimate) else m for m in made]
-    if shared is not None:
-        limiters = [shared.limiter] * executors
+    limiters = [make() for _ in range(executors)]
+    shared = [limiter for limiter in limiters if isinstance(limiter, SharedLimiter)]
+    # Each executor would start at 2 on its own: the fleet starts where the independent limiters start.
+    estimate = FleetEstimate(initial=2 * executors) if shared else None
     in_flight = [0] * executors
     result = Result()
-    now = 0.0
+    now, steps, status_at = 0.0, 0, -STATUS_EVERY_S
     while now < 3 * PHASE_S:
+        if estimate is not None and steps % round(TICK_S / STEP_S) == 0:
+            _exchange(estimate, shared, in_flight, now, status_due=now - status_at >= STATUS_EVERY_S)
+            status_at = now if now - status_at >= STATUS_EVERY_S else status_at
+        steps += 1
         for number, limiter in enumerate(limiters):
-            limit = limiter.limit if shared is None else shared.share(number)
-            while in_flight[number] < limit:
+            while in_flight[number] < limiter.limit:
                 in_flight[number] += 1
-                counted = in_flight[number] if shared is None else sum(in_flight)
-                provider.admit(_Call(number, now, counted, 0.0), now)
+                if isinstance(limiter, SharedLimiter):
+                    limiter.started(now)
+                provider.admit(_Call(number, now, in_flight[number], 0.0), now)
         now += STEP_S
         for call in provider.advance(now):
             limiter = limiters[call.executor]
-            counted = in_flight[call.executor] if shared is None else sum(in_flight)
             latency = now - call.started
             if call.refused:
                 result.refused += 1
-                limiter.record(Outcome.OVERLOADED, in_flight=counted, now=now)
+                limiter.record(Outcome.OVERLOADED, in_flight=in_flight[call.executor], now=now)
             else:
                 result.completed += 1
                 result.completed_by_phase[min(2, int(now // PHASE_S))] += 1
                 result.latencies.append(latency)
                 limiter.record(
                     Outcome.OK,
-                    in_flight=counted,
+                    in_flight=in_flight[call.executor],
                     now=now,
                     latency_s=latency,
                     tokens=400,
                     started_with=call.started_with,
                 )
             in_flight[call.executor] -= 1
+            if isinstance(limiter, SharedLimiter):
+                limiter.finished(now)
     return result
 
 
-def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimiter | SharedEstimate]]:
-    shared: dict[str, Callable[[], CallLimiter | SharedEstimate]] = (
-        {"one shared estimate": lambda: SharedEstimate(capacity, executors)} if executors > 1 else {}
+def _exchange(
+    estimate: FleetEstimate,
+    limiters: list[SharedLimiter],
+    in_flight: list[int],
+    now: float,
+    *,
+    status_due: bool,
+) -> None:
+    """One tick of the link: statuses and events to the leader's estimate, the shares back."""
+    for number, limiter in enumerate(limiters):
+        if status_due:
+            limiter.status(now, in_flight=in_flight[number])
+        while limiter.outbox:
+            event = limiter.outbox.popleft()
+            estimate.apply(event, event.at)
+    shares = estimate.shares(now)
+    for limiter in limiters:
+        limiter.set_share(shares.get(limiter.executor), now, estimate.limiter.limit)
+
+
+def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimiter]]:
+    numbers = itertools.count()
+
+    def shared() -> CallLimiter:
+        own = AdaptiveLimiter(minimum=1, maximum=4 * capacity, initial=2, fleet=executors)
+        return SharedLimiter(f"executor-{next(numbers)}", own, wall_offset_s=0.0)
+
+    one_estimate: dict[str, Callable[[], CallLimiter]] = (
+        {"one shared estimate": shared} if executors > 1 else {}
     )
     return {
         "ours (adaptive)": lambda: AdaptiveLimiter(
@@ -180,7 +194,7 @@ def policies(capacity: int, executors: int) -> dict[str, Callable[[], CallLimite
             minimum=10, maximum=200, limit=10, period_s=SEED_PERIOD_S, p95_threshold_s=2.0 * BASE_S / 1.5
         ),
         f"fixed C/{executors}": lambda: FixedLimiter(max(1, capacity // executors)),
-        **shared,
+        **one_estimate,
     }
 
 

@@ -7,11 +7,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from mge.adapters.cache import connect_redis
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.store import Store
@@ -22,6 +24,7 @@ from mge.executor.worker import Executor, ExecutorConfig
 from tests.builders import atom, register
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 from tests.support.operator import eventually
+from tests.support.redis import redis_server
 
 pytestmark = pytest.mark.component
 
@@ -30,15 +33,23 @@ OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 @contextlib.asynccontextmanager
 async def _executors(
-    pg: str, urls: list[str], heartbeat_s: float, stagger_s: float = 0.0
+    pg: str, urls: list[str], heartbeat_s: float, stagger_s: float = 0.0, redis_url: str | None = None
 ) -> AsyncIterator[tuple[Store, list[Executor]]]:
     """Running executors, one per LLM endpoint URL, until the block ends; each starts `stagger_s` after the one
-    before it, as pods of a rollout do."""
+    before it, as pods of a rollout do. With `redis_url`, they share their estimates through it."""
     store = await Store.connect(pg)
     validator = CodeValidator()
     clients = [OpenAICompatibleLLM(url, "k") for url in urls]
+    redis = connect_redis(redis_url) if redis_url else None
     executors = [
-        Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(f"ex-{n}", heartbeat_s=heartbeat_s))
+        Executor(
+            store,
+            llm,
+            validator,
+            DEFAULT_PRICES,
+            ExecutorConfig(f"ex-{n}", heartbeat_s=heartbeat_s),
+            fleet_redis=redis,
+        )
         for n, llm in enumerate(clients)
     ]
     stop = asyncio.Event()
@@ -55,6 +66,8 @@ async def _executors(
         await asyncio.gather(*running)
         for client in clients:
             await client.close()
+        if redis is not None:
+            await redis.aclose()
         await validator.close()
         await store.close()
 
@@ -212,3 +225,39 @@ async def test_an_executor_process_stopped_by_sigterm_hands_its_atoms_back_and_s
     assert took < 10, log  # not the 30 s answers
     assert {r["state"]: r["count"] for r in states} == {"ready": 3}, log
     assert spend.reserved_usd == 0
+
+
+async def test_executors_with_redis_call_up_to_their_shares_of_one_estimate_led_by_one_of_them(pg):
+    """Two executors of one endpoint and a third on another: the two share one estimate (one leads it, hears
+    both, and their shares add up to its limit); the third has an estimate of its own."""
+    shared, other = FakeLLM(FakeLLMConfig(base_latency_s=0.05)), FakeLLM(FakeLLMConfig(base_latency_s=0.05))
+    await shared.start()
+    await other.start()
+    store = await Store.connect(pg)
+    await register(store, *(atom(f"a{n}") for n in range(400)))
+    await store.close()
+    try:
+        with redis_server() as redis:
+            urls = [shared.url, shared.url, other.url]
+            async with _executors(pg, urls, heartbeat_s=0.2, redis_url=redis.url) as (_, executors):
+
+                async def one_estimate() -> list[int] | None:
+                    pair = executors[:2]
+                    leaders = [e for e in pair if e.fleet_link is not None and e.fleet_link.leading]
+                    if len(leaders) != 1 or leaders[0].fleet_link is None:
+                        return None
+                    estimate = leaders[0].fleet_link.estimate
+                    shares = [e.gate.limiter.limit for e in pair]
+                    heard = estimate is not None and set(estimate.shares(time.monotonic()))
+                    if heard != {"ex-0", "ex-1"} or estimate is None:
+                        return None
+                    return shares if sum(shares) == estimate.limiter.limit else None
+
+                shares = await eventually(one_estimate, timeout=15)
+                assert all(share >= 1 for share in shares)
+                alone = executors[2]
+                assert alone.fleet_link is not None
+                assert alone.fleet_link.leading  # its endpoint's fleet is itself
+    finally:
+        await shared.stop()
+        await other.stop()

@@ -106,7 +106,7 @@ class CallLimiter(Protocol):
     ) -> None: ...
 
 
-def _adjustment_log() -> deque[Adjustment]:
+def adjustment_log() -> deque[Adjustment]:
     return deque(maxlen=50)
 
 
@@ -165,9 +165,12 @@ class AdaptiveLimiter:
     # Wall clock minus the `now` the caller passes (a monotonic clock): fleet probes line up on wall-clock
     # minutes, which every pod shares, where their monotonic clocks do not.
     wall_offset_s: float = 0.0
+    # A fleet's one estimate (fleet_estimate.py) is a fleet of one that starts at the limit of this many
+    # executors together: its first calls are measured as theirs would be.
+    started_as: int = 1
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
-    adjustments: deque[Adjustment] = field(init=False, default_factory=_adjustment_log)
+    adjustments: deque[Adjustment] = field(init=False, default_factory=adjustment_log)
     # (time, smoothed latency per token), increasing in both: a monotonic queue whose head is the minimum.
     _minima: deque[tuple[float, float]] = field(init=False, default_factory=deque)
     _smoothed: float | None = field(init=False, default=None)
@@ -245,13 +248,13 @@ class AdaptiveLimiter:
             # connections (and a starting process), and a mean would carry that into the baseline, where it
             # can hide the first queueing (and let slow start step from 1.1x to 1.7x capacity).
             bisect.insort(self._first_s_per_token, per_token)
-            # In a fleet the provider is busy with the other executors' calls too: most of these first calls
-            # already queue, so a low quantile (the 50/N-th percentile), not the median, is the uncongested one.
+            # In a fleet the provider is busy with the other executors' calls too (or, for a fleet's one estimate,
+            # its first limit is already the whole fleet's): most of these first calls already queue, so a low
+            # quantile (the 50/N-th percentile), not the median, is the uncongested one.
             first = self._first_s_per_token
+            starting = max(self.fleet, self.started_as)
             self._steady = (
-                statistics.median(first)
-                if self.fleet <= 1
-                else first[int((len(first) - 1) * 0.5 / self.fleet)]
+                statistics.median(first) if starting <= 1 else first[int((len(first) - 1) * 0.5 / starting)]
             )
         else:
             span = max(BASELINE_CALLS, self.limit)
@@ -499,7 +502,7 @@ class FixedLimiter:
     """A limit that never moves: the benchmark's fixed baselines, and a safe fallback."""
 
     limit: int
-    adjustments: deque[Adjustment] = field(default_factory=_adjustment_log)
+    adjustments: deque[Adjustment] = field(default_factory=adjustment_log)
 
     def record(
         self,
@@ -527,7 +530,7 @@ class SeedRuleLimiter:
     limit: int = 100
     period_s: float = 30.0
     p95_threshold_s: float = 2.0
-    adjustments: deque[Adjustment] = field(default_factory=_adjustment_log)
+    adjustments: deque[Adjustment] = field(default_factory=adjustment_log)
     _window: list[float] = field(default_factory=list)
     _busiest: int = 0
     _next: float | None = None

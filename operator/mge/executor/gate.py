@@ -11,6 +11,7 @@ from typing import Final
 
 from mge.adapters import metrics
 from mge.adapters.llm import Completion, LLMError, retries_reported_to
+from mge.concurrency.fleet_estimate import SharedLimiter
 from mge.concurrency.limiter import CallLimiter, Outcome
 from mge.concurrency.queue import BackpressureQueue
 from mge.concurrency.rate_limits import ProviderBudget, parse_rate_limit_headers
@@ -91,7 +92,7 @@ class CallGate:
                 retries.append(error)
                 before = self.limiter.limit
                 self._failed(classify(error), time.monotonic())
-                self._limit_changed(before)
+                self.limit_changed(before)
 
             try:
                 with retries_reported_to(
@@ -136,12 +137,17 @@ class CallGate:
                     metrics.QUEUE_TIMEOUTS.labels(self._executor).inc()
                     raise SlotUnavailable(f"waited {self._timeout_s:.0f}s for an LLM slot") from None
         admitted = time.monotonic()
+        shared = self.limiter if isinstance(self.limiter, SharedLimiter) else None
+        if shared is not None:
+            shared.started(admitted)
         try:
             yield self.in_flight
         finally:
             now = time.monotonic()
             self.statistics.llm_latency.add(now - admitted, now)  # the call, retries included
             self.in_flight -= 1
+            if shared is not None:
+                shared.finished(now)
             self._admit_waiting()
 
     async def _enqueue(self, plan: str, critical_path: int, plan_priority: int, deadline: float) -> _Waiter:
@@ -170,7 +176,8 @@ class CallGate:
         self.statistics.llm_failures.add(1.0, now)
         self.limiter.record(outcome, in_flight=self.in_flight, now=now)
 
-    def _limit_changed(self, before: int) -> None:
+    def limit_changed(self, before: int) -> None:
+        """The limit moved from `before` (an outcome, or the fleet's estimate): export it, admit who it lets in."""
         if self.limiter.limit != before:
             direction = "up" if self.limiter.limit > before else "down"
             metrics.CONCURRENCY_LIMIT.labels(self._executor).set(self.limiter.limit)
@@ -204,4 +211,4 @@ class CallGate:
             )
         elif error is not None:
             self._failed(classify(error), now)
-        self._limit_changed(before)
+        self.limit_changed(before)

@@ -179,6 +179,7 @@ async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: Embe
                 run.prices,
                 ExecutorConfig(executor_id=executor_id, concurrency=run.concurrency, shutdown_grace_s=5.0),
                 retrieval,
+                fleet_redis=client,  # the run's executors share one estimate of the endpoint's limit
             )
             for executor_id in local_executor_ids(run.executors)
         ]

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mge.adapters import metrics, tracing
+from mge.adapters.fleet_link import FleetLink
 from mge.adapters.llm import LLM, ChatRequest, Completion, EndpointUnavailable, LLMError, call_span_s
 from mge.adapters.llm_cache import CancelledAfterSpending, cached_answer, remember_answer
 from mge.adapters.store.acceptance import AcceptanceStore
@@ -32,6 +33,7 @@ from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.circuit import EndpointCircuit
+from mge.concurrency.fleet_estimate import SharedLimiter
 from mge.concurrency.heartbeat import next_report_in
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.concurrency.ramp import RampPolicy
@@ -44,6 +46,9 @@ from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.generation.prompt import AtomTask, DependencyCode, atom_messages
 from mge.generation.validate import InvalidCode
 from mge.trace.context import current_trace_id
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("mge.executor")
 
@@ -175,7 +180,10 @@ class Executor:
         prices: Mapping[str, ModelPrice],
         config: ExecutorConfig,
         retrieval: RetrievalSetup | None = None,
+        fleet_redis: "Redis | None" = None,
     ) -> None:
+        """With `fleet_redis`, the executors on this endpoint share one estimate of its limit through it
+        (docs/concurrency.md, "One estimate for the fleet"); without, each limits its calls alone."""
         self.store, self.llm, self.validator, self.prices, self.config = store, llm, validator, prices, config
         self.ledger = CostLedger(store.pool)
         self.reservation_ttl_s = config.reservation_ttl_s or (
@@ -189,6 +197,12 @@ class Executor:
         # One gate (limiter, queue, rate-limit reading) per model: a provider's capacity and rate limits are
         # per model. The first model's is `self.gate`; its statistics are the ones scaling reads.
         self.gate = self._new_gate(config.executor_id)
+        self._fleet_redis = fleet_redis
+        self.fleet_link: FleetLink | None = None
+        if fleet_redis is not None and isinstance(self.gate.limiter, AdaptiveLimiter):
+            self.gate.limiter = SharedLimiter(
+                config.executor_id, self.gate.limiter, wall_offset_s=time.time() - time.monotonic()
+            )
         self._primary_model: str | None = None
         self._model_gates: dict[str, CallGate] = {}
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
@@ -266,6 +280,8 @@ class Executor:
         # each slow-start as if alone until their first heartbeat.
         await self._report_quietly()
         heartbeat = asyncio.create_task(self._heartbeat(stop))
+        link_stop = asyncio.Event()
+        linking = self._link_fleet(link_stop)
         stop_listening = await self.store.listen_for_ready(self._atoms_ready, on_retired=self._abandon)
         self.store.query_listeners.append(self._query_timed)
         try:
@@ -312,6 +328,24 @@ class Executor:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            link_stop.set()
+            if linking is not None:
+                await linking
+
+    def _link_fleet(self, stop: asyncio.Event) -> "asyncio.Task[None] | None":
+        """Share the primary model's estimate with the fleet, until `stop` (after the calls in flight ended)."""
+        limiter = self.gate.limiter
+        if self._fleet_redis is None or not isinstance(limiter, SharedLimiter):
+            return None
+        self.fleet_link = FleetLink(
+            self._fleet_redis,
+            self.circuit.endpoint,
+            limiter,
+            in_flight=lambda: self.gate.in_flight,
+            fleet_size=lambda: self._fleet,
+            on_limit_change=self.gate.limit_changed,
+        )
+        return asyncio.create_task(self.fleet_link.run(stop))
 
     def _start(self, atom: ClaimedAtom) -> "asyncio.Task[None]":
         task = asyncio.create_task(self._execute(atom))
@@ -526,8 +560,9 @@ class Executor:
         # The provider answers to every executor on the endpoint: the limiters grow and round by it.
         fleet = max(1, await self.store.fleet_size(self.circuit.endpoint))
         for gate in gates.values():
-            if isinstance(gate.limiter, AdaptiveLimiter):
-                gate.limiter.fleet = fleet
+            limiter = gate.limiter.local if isinstance(gate.limiter, SharedLimiter) else gate.limiter
+            if isinstance(limiter, AdaptiveLimiter):
+                limiter.fleet = fleet
         changed, self._fleet = fleet != self._fleet, fleet
         return changed
 

@@ -1,0 +1,216 @@
+"""Carries a fleet's LLM-call events to the executor that leads its estimate, and the leader's shares back,
+through Redis: a stream of events, a leader key with a lease, a hash of shares, per endpoint."""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mge.concurrency.fleet_estimate import (
+    LIVE_FOR_S,
+    SHARES_FRESH_FOR_S,
+    STATUS_EVERY_S,
+    EventKind,
+    FleetEstimate,
+    FleetEvent,
+    SharedLimiter,
+)
+from mge.concurrency.limiter import Outcome
+
+log = logging.getLogger(__name__)
+
+TICK_S: Final = 0.05
+# The leader holds its key this long without renewing it (it renews every tick): a leader that dies is
+# replaced within this, and its estimate's last limit is where the next one starts.
+LEADER_LEASE_MS: Final = 3000
+STREAM_MAX: Final = 100_000
+STREAM_KEEP_MS: Final = 600_000
+_READ_MAX: Final = 10_000
+_LIMIT: Final = "_limit"
+_AT: Final = "_at"
+
+
+def _encode(event: FleetEvent) -> dict[str, str | float | int]:
+    return {
+        "x": event.executor,
+        "k": event.kind.value,
+        "t": event.at,
+        "o": event.outcome.value,
+        "l": event.latency_s,
+        "n": event.tokens,
+        "f": event.in_flight,
+        "m": event.most,
+    }
+
+
+def _decode(fields: dict[bytes, bytes]) -> FleetEvent:
+    def text(key: str) -> str:
+        return fields[key.encode()].decode()
+
+    return FleetEvent(
+        text("x"),
+        EventKind(text("k")),
+        float(text("t")),
+        outcome=Outcome(text("o")),
+        latency_s=float(text("l")),
+        tokens=int(text("n")),
+        in_flight=int(text("f")),
+        most=int(text("m")),
+    )
+
+
+class FleetLink:
+    """One executor's side of its fleet's shared estimate for one endpoint.
+
+    Every tick it sends the events its limiter collected, reads its share, and takes or renews the leader's key;
+    as the leader it reads every executor's events, runs the estimate and writes each executor's share. When
+    Redis cannot be reached, or nobody leads for SHARES_FRESH_FOR_S, the executor's own limiter decides alone.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        endpoint: str,
+        limiter: SharedLimiter,
+        *,
+        in_flight: Callable[[], int],
+        fleet_size: Callable[[], int],
+        on_limit_change: Callable[[int], None],
+    ) -> None:
+        key = "mge:fleet:" + hashlib.sha256(endpoint.encode()).hexdigest()[:16]
+        self._events, self._leader, self._shares = f"{key}:events", f"{key}:leader", f"{key}:shares"
+        self.redis, self.limiter = redis, limiter
+        self._in_flight, self._fleet_size, self._on_limit_change = in_flight, fleet_size, on_limit_change
+        self.estimate: FleetEstimate | None = None  # while this executor leads
+        self._read_from = "0-0"
+        self._shared_at = -math.inf
+        self._status_at = -math.inf
+        self._failing = False
+
+    @property
+    def leading(self) -> bool:
+        return self.estimate is not None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                await self.tick(now)
+                if self._failing:
+                    log.info("fleet estimate: Redis answers again")
+                self._failing = False
+            except (RedisError, OSError, ValueError, KeyError) as error:
+                if not self._failing:
+                    log.warning("fleet estimate: %s; this executor's own limiter decides meanwhile", error)
+                self._failing = True
+                self.estimate = None
+            if now - self._shared_at > SHARES_FRESH_FOR_S:
+                self._set_share(None, now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RESIGN, 1, self._leader, self.limiter.executor)
+
+    async def tick(self, now: float) -> None:
+        limiter = self.limiter
+        if now - self._status_at >= STATUS_EVERY_S:
+            limiter.status(now, in_flight=self._in_flight())
+            self._status_at = now
+        events = list(limiter.outbox)
+        limiter.outbox.clear()
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self._events, _encode(event), maxlen=STREAM_MAX, approximate=True)  # type: ignore[arg-type]
+        pipe.eval(_TAKE_OR_RENEW, 1, self._leader, limiter.executor, LEADER_LEASE_MS)
+        pipe.hgetall(self._shares)
+        try:
+            *_, leader, shares = await pipe.execute()
+        except BaseException:
+            limiter.outbox.extendleft(reversed(events))  # sent with the next tick that reaches Redis
+            raise
+        self._read(shares, now)
+        if leader.decode() == limiter.executor:
+            await self._lead(shares, now)
+        else:
+            self.estimate = None
+
+    def _read(self, shares: dict[bytes, bytes], now: float) -> None:
+        at = shares.get(_AT.encode())
+        mine = shares.get(self.limiter.executor.encode())
+        if at is None or mine is None or time.time() - float(at) > SHARES_FRESH_FOR_S:
+            return
+        self._shared_at = now
+        fleet_limit = shares.get(_LIMIT.encode())
+        self._set_share(int(mine), now, int(fleet_limit) if fleet_limit else None)
+
+    async def _new_events(self) -> list[FleetEvent]:
+        read: Any = await self.redis.xread({self._events: self._read_from}, count=_READ_MAX)
+        events = []
+        for _stream, entries in read:
+            for entry_id, fields in entries:
+                events.append(_decode(fields))
+                self._read_from = entry_id.decode()
+        return events
+
+    def _set_share(self, share: int | None, now: float, fleet_limit: int | None = None) -> None:
+        before = self.limiter.limit
+        self.limiter.set_share(share, now, fleet_limit)
+        if self.limiter.limit != before:
+            self._on_limit_change(before)
+
+    async def _lead(self, shares: dict[bytes, bytes], now: float) -> None:
+        if self.estimate is None:
+            # Taking over: from the events of the last LIVE_FOR_S (stream ids are the server's milliseconds),
+            # so every live executor's latest status is read and each has its share at once; from the last
+            # leader's limit, or at two calls for each executor (where each would start alone), not from one
+            # cold start for the whole fleet.
+            self._read_from = f"{int((time.time() - LIVE_FOR_S) * 1000)}-0"
+            events = await self._new_events()
+            last = shares.get(_LIMIT.encode())
+            executors = max(self._fleet_size(), len({event.executor for event in events}))
+            initial = int(last) if last else 2 * max(1, executors)
+            self.estimate = FleetEstimate(initial=initial)
+            log.info("fleet estimate: this executor leads it, from a limit of %d", initial)
+        else:
+            events = await self._new_events()
+        wall_offset = time.time() - time.monotonic()
+        for event in events:
+            self.estimate.apply(event, event.at - wall_offset)
+        split = self.estimate.shares(now)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._shares)
+        written: dict[str, int | float] = {**split, _LIMIT: self.estimate.limiter.limit, _AT: time.time()}
+        pipe.hset(self._shares, mapping=written)  # type: ignore[arg-type]
+        # Nothing outlives a fleet that stopped: the shares after a few leases, the events after STREAM_KEEP_MS.
+        pipe.pexpire(self._shares, LEADER_LEASE_MS * 10)
+        pipe.pexpire(self._events, STREAM_KEEP_MS)
+        await pipe.execute()
+
+
+# Take the key if nobody holds it, renew it if we do; returns the holder.
+_TAKE_OR_RENEW: Final = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return ARGV[1]
+end
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return holder
+"""
+
+# A leader stopping gives the key up at once, so the next leader does not wait out the lease.
+_RESIGN: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -132,3 +132,31 @@ def test_the_changes_reported_are_those_of_the_limit_in_force():
     ]
     shared.record(Outcome.OVERLOADED, in_flight=4, now=10.0)
     assert shared.adjustments[-1] is local.adjustments[-1]  # alone, its own limiter's changes are the ones
+
+
+def test_events_that_arrive_out_of_order_are_counted_at_their_own_times():
+    """Each executor sends its events every tick, so b's start at 0.02 can arrive after a's at 0.04: b's answer
+    is judged against the one call in flight when it started (its own), a's against two."""
+    estimate = FleetEstimate(initial=4)
+    seen: list[int | None] = []
+    record = estimate.limiter.record
+
+    def spy(outcome, *, in_flight, now, latency_s=0.0, tokens=0, started_with=None):
+        seen.append(started_with)
+        record(
+            outcome,
+            in_flight=in_flight,
+            now=now,
+            latency_s=latency_s,
+            tokens=tokens,
+            started_with=started_with,
+        )
+
+    estimate.limiter.record = spy  # type: ignore[method-assign]
+    estimate.apply(_event("a", EventKind.START, 0.04), 0.04)
+    estimate.apply(_event("b", EventKind.START, 0.02), 0.02)
+    estimate.apply(_event("c", EventKind.START, 0.50), 0.50)
+    estimate.apply(_event("b", EventKind.OUTCOME, 1.02, latency_s=1.0, tokens=100), 1.02)
+    estimate.apply(_event("a", EventKind.OUTCOME, 1.04, latency_s=1.0, tokens=100), 1.04)
+    assert seen == [1, 2]
+    assert estimate.in_flight == 3

@@ -79,6 +79,7 @@ class FleetEstimate:
     _seen: dict[str, float] = field(init=False, default_factory=dict)
     # (time, fleet calls in flight from then on), increasing in time.
     _history: list[tuple[float, int]] = field(init=False, default_factory=list)
+    _before_history: int = field(init=False, default=0)
     _now: float = field(init=False, default=-math.inf)
 
     def __post_init__(self) -> None:
@@ -94,39 +95,49 @@ class FleetEstimate:
     def in_flight(self) -> int:
         return sum(self._in_flight.values())
 
-    def _count(self, executor: str, calls: int, now: float) -> None:
+    def _count(self, executor: str, calls: int, at: float) -> None:
+        """`executor` holds `calls` from `at` on. Events of different executors arrive up to a tick out of order:
+        a change is filed at its own time, and the counts after it move with it."""
+        delta = max(0, calls) - self._in_flight.get(executor, 0)
         self._in_flight[executor] = max(0, calls)
-        self._history.append((now, self.in_flight))
-        if len(self._history) > 1024 and self._history[0][0] < now - HISTORY_S:
-            del self._history[
-                : bisect.bisect_left(self._history, now - HISTORY_S, key=lambda entry: entry[0])
-            ]
+        if not delta:
+            return
+        history = self._history
+        index = bisect.bisect_right(history, at, key=lambda entry: entry[0])
+        before = history[index - 1][1] if index else self._before_history
+        history.insert(index, (at, before + delta))
+        for later in range(index + 1, len(history)):
+            history[later] = (history[later][0], history[later][1] + delta)
+        if len(history) > 1024 and history[0][0] < at - HISTORY_S:
+            cut = bisect.bisect_left(history, at - HISTORY_S, key=lambda entry: entry[0])
+            self._before_history = history[cut - 1][1]
+            del history[:cut]
 
     def _in_flight_at(self, at: float) -> int:
         """The fleet's calls in flight at `at` (its own call included when `at` is its start)."""
         index = bisect.bisect_right(self._history, at, key=lambda entry: entry[0])
-        return self._history[index - 1][1] if index else self.in_flight
+        return self._history[index - 1][1] if index else self._before_history
 
-    def apply(self, event: FleetEvent, now: float) -> None:
-        """One event, at `now` on the caller's monotonic clock (never earlier than the last)."""
-        now = self._now = max(self._now, now)
+    def apply(self, event: FleetEvent, at: float) -> None:
+        """One event, at `at` on the caller's monotonic clock (the event's own time, mapped onto it)."""
+        # The limiter's clock never goes back; the counts are filed at the events' own times.
+        now = self._now = max(self._now, at)
         executor = event.executor
         self._seen[executor] = now
         calls = self._in_flight.get(executor, 0)
         match event.kind:
             case EventKind.START:
-                self._count(executor, calls + 1, now)
+                self._count(executor, calls + 1, at)
             case EventKind.FINISH:
-                self._count(executor, calls - 1, now)
+                self._count(executor, calls - 1, at)
             case EventKind.STATUS:
                 # The executor's own count wins: starts missed before this leader took over, or lost.
                 self._most[executor] = max(1, event.most)
-                if event.in_flight != calls:
-                    self._count(executor, event.in_flight, now)
+                self._count(executor, event.in_flight, at)
             case EventKind.OUTCOME:
                 started_with = None
                 if event.latency_s > 0:
-                    started_with = max(1, self._in_flight_at(now - event.latency_s))
+                    started_with = max(1, self._in_flight_at(at - event.latency_s))
                 self.limiter.record(
                     event.outcome,
                     in_flight=max(1, self.in_flight),
@@ -141,9 +152,8 @@ class FleetEstimate:
         for executor in [e for e, seen in self._seen.items() if now - seen > LIVE_FOR_S]:
             del self._seen[executor]
             self._most.pop(executor, None)
-            if executor in self._in_flight:
-                del self._in_flight[executor]
-                self._history.append((now, self.in_flight))
+            self._count(executor, 0, now)
+            del self._in_flight[executor]
         # An executor heard of only through calls (its status is on its way) can hold what the limit allows.
         return split(self.limiter.limit, {e: self._most.get(e, self.limiter.limit) for e in self._seen})
 

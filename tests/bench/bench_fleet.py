@@ -115,8 +115,7 @@ def simulate(
     provider = Provider(model, capacity, rnd)
     limiters = [make() for _ in range(executors)]
     shared = [limiter for limiter in limiters if isinstance(limiter, SharedLimiter)]
-    # Each executor would start at 2 on its own: the fleet starts where the independent limiters start.
-    estimate = FleetEstimate(initial=2 * executors) if shared else None
+    estimate = FleetEstimate() if shared else None
     in_flight = [0] * executors
     result = Result()
     now, steps, status_at = 0.0, 0, -STATUS_EVERY_S

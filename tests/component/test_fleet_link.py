@@ -43,7 +43,6 @@ class Member:
             ENDPOINT,
             self.limiter,
             in_flight=lambda: self.in_flight,
-            fleet_size=lambda: 2,
             on_limit_change=self.changes.append,
         )
 

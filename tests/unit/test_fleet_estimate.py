@@ -33,7 +33,7 @@ def _event(executor: str, kind: EventKind, at: float, **fields) -> FleetEvent:
 
 def test_an_answer_is_judged_against_the_fleets_calls_in_flight_when_it_started():
     """Two executors with two calls each: the limiter hears 4 in flight at the start, not one executor's 2."""
-    estimate = FleetEstimate(initial=4)
+    estimate = FleetEstimate(continued_from=4)
     for executor in ("a", "b"):
         for _ in range(2):
             estimate.apply(_event(executor, EventKind.START, 0.0), 0.0)
@@ -60,7 +60,7 @@ def test_an_answer_is_judged_against_the_fleets_calls_in_flight_when_it_started(
 
 
 def test_slow_start_grows_on_every_executors_answers():
-    estimate = FleetEstimate(initial=4)
+    estimate = FleetEstimate(continued_from=4)
     now = 0.0
     for round_trip in range(4):
         limit = estimate.limiter.limit
@@ -75,7 +75,7 @@ def test_slow_start_grows_on_every_executors_answers():
 
 
 def test_a_status_recounts_an_executors_calls_and_an_executor_that_left_loses_its_share():
-    estimate = FleetEstimate(initial=8)
+    estimate = FleetEstimate(continued_from=8)
     estimate.apply(_event("a", EventKind.STATUS, 0.0, in_flight=3, most=32), 0.0)
     estimate.apply(_event("b", EventKind.STATUS, 0.0, in_flight=3, most=32), 0.0)
     assert estimate.in_flight == 6
@@ -137,7 +137,7 @@ def test_the_changes_reported_are_those_of_the_limit_in_force():
 def test_events_that_arrive_out_of_order_are_counted_at_their_own_times():
     """Each executor sends its events every tick, so b's start at 0.02 can arrive after a's at 0.04: b's answer
     is judged against the one call in flight when it started (its own), a's against two."""
-    estimate = FleetEstimate(initial=4)
+    estimate = FleetEstimate(continued_from=4)
     seen: list[int | None] = []
     record = estimate.limiter.record
 
@@ -160,3 +160,36 @@ def test_events_that_arrive_out_of_order_are_counted_at_their_own_times():
     estimate.apply(_event("a", EventKind.OUTCOME, 1.04, latency_s=1.0, tokens=100), 1.04)
     assert seen == [1, 2]
     assert estimate.in_flight == 3
+
+
+def test_the_fleets_first_calls_are_measured_as_a_fleets_not_by_their_median():
+    """A new fleet of 8 executors starts at two calls each: at a capacity below that, half of its first calls
+    already queue. Their median would be taken for the uncongested latency, and congestion for normal."""
+    estimate = FleetEstimate()
+    now = 0.0
+    for n in range(32):
+        now += 0.1
+        latency = 1.0 if n % 2 else 1.5
+        estimate.apply(_event(f"e{n % 8}", EventKind.OUTCOME, now, latency_s=latency, tokens=100), now)
+    assert estimate.limiter.baseline_s_per_token == 0.01
+
+
+def test_a_new_fleet_starts_at_two_calls_per_executor_as_its_executors_join_and_no_more_after_its_slow_start():
+    estimate = FleetEstimate()
+    limits = []
+    for n, executor in enumerate(("a", "b", "c")):
+        estimate.apply(_event(executor, EventKind.STATUS, n * 0.5, most=64), n * 0.5)
+        limits.append(estimate.limiter.limit)
+    assert limits == [2, 4, 6]
+    estimate.apply(_event("a", EventKind.OUTCOME, 2.0, outcome=Outcome.OVERLOADED), 2.0)
+    assert not estimate.limiter.slow_start
+    cut = estimate.limiter.limit
+    estimate.apply(_event("d", EventKind.STATUS, 3.0, most=64), 3.0)
+    assert estimate.limiter.limit == cut  # the provider's capacity is what it was
+
+
+def test_a_leader_that_takes_over_continues_from_the_last_limit():
+    estimate = FleetEstimate(continued_from=13)
+    for executor in ("a", "b", "c"):
+        estimate.apply(_event(executor, EventKind.STATUS, 0.0, most=64), 0.0)
+    assert estimate.limiter.limit == 13

@@ -81,13 +81,12 @@ class FleetLink:
         limiter: SharedLimiter,
         *,
         in_flight: Callable[[], int],
-        fleet_size: Callable[[], int],
         on_limit_change: Callable[[int], None],
     ) -> None:
         key = "mge:fleet:" + hashlib.sha256(endpoint.encode()).hexdigest()[:16]
         self._events, self._leader, self._shares = f"{key}:events", f"{key}:leader", f"{key}:shares"
         self.redis, self.limiter = redis, limiter
-        self._in_flight, self._fleet_size, self._on_limit_change = in_flight, fleet_size, on_limit_change
+        self._in_flight, self._on_limit_change = in_flight, on_limit_change
         self.estimate: FleetEstimate | None = None  # while this executor leads
         self._read_from = "0-0"
         self._shared_at = -math.inf
@@ -169,15 +168,14 @@ class FleetLink:
         if self.estimate is None:
             # Taking over: from the events of the last LIVE_FOR_S (stream ids are the server's milliseconds),
             # so every live executor's latest status is read and each has its share at once; from the last
-            # leader's limit, or at two calls for each executor (where each would start alone), not from one
-            # cold start for the whole fleet.
+            # leader's limit, or as a new fleet (two calls for each executor, not one cold start for all).
             self._read_from = f"{int((time.time() - LIVE_FOR_S) * 1000)}-0"
             events = await self._new_events()
             last = shares.get(_LIMIT.encode())
-            executors = max(self._fleet_size(), len({event.executor for event in events}))
-            initial = int(last) if last else 2 * max(1, executors)
-            self.estimate = FleetEstimate(initial=initial)
-            log.info("fleet estimate: this executor leads it, from a limit of %d", initial)
+            self.estimate = FleetEstimate(continued_from=int(last) if last else None)
+            log.info(
+                "fleet estimate: this executor leads it, %s", f"from {int(last)} calls" if last else "new"
+            )
         else:
             events = await self._new_events()
         wall_offset = time.time() - time.monotonic()

@@ -28,6 +28,8 @@ HISTORY_S: Final = 300.0
 # Shares older than this are not the fleet's estimate any more (the leader or the store is gone): each
 # executor goes back to its own limiter.
 SHARES_FRESH_FOR_S: Final = 2.0
+# The calls an executor starts with alone (the executor's own limiter's initial limit).
+STARTING_CALLS: Final = 2
 
 
 class EventKind(StrEnum):
@@ -69,9 +71,14 @@ def split(limit: int, most: dict[str, int]) -> dict[str, int]:
 
 @dataclass
 class FleetEstimate:
-    """The leader's limiter for one endpoint, fed by every executor's events."""
+    """The leader's limiter for one endpoint, fed by every executor's events.
 
-    initial: int
+    `continued_from` is the limit of a leader before this one. Without it the fleet is new: it starts at two
+    calls for each executor, as each would start alone, and an executor that joins while that first slow start
+    runs brings its two (executors of a rollout start over seconds, not at once).
+    """
+
+    continued_from: int | None = None
     maximum: int = 10_000
     limiter: AdaptiveLimiter = field(init=False)
     _in_flight: dict[str, int] = field(init=False, default_factory=dict)
@@ -81,15 +88,25 @@ class FleetEstimate:
     _history: list[tuple[float, int]] = field(init=False, default_factory=list)
     _before_history: int = field(init=False, default=0)
     _now: float = field(init=False, default=-math.inf)
+    _starters: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        # Two calls per executor to start, where each would start alone.
         self.limiter = AdaptiveLimiter(
-            minimum=1,
-            maximum=self.maximum,
-            initial=max(1, self.initial),
-            started_as=max(1, self.initial // 2),
+            minimum=1, maximum=self.maximum, initial=max(1, self.continued_from or STARTING_CALLS)
         )
+        if self.continued_from is not None:
+            self._starters = -1  # not a new fleet: nobody brings calls
+            self.limiter.started_as = max(1, self.continued_from // STARTING_CALLS)
+
+    def _joined(self, now: float) -> None:
+        """A new executor: in a new fleet's first slow start, the limit takes its two calls, and the first calls
+        are measured as those of that many executors."""
+        if self._starters < 0:
+            return
+        self._starters += 1
+        self.limiter.started_as = self._starters
+        if self._starters > 1:
+            self.limiter.grow_for_newcomer(STARTING_CALLS, now)
 
     @property
     def in_flight(self) -> int:
@@ -123,6 +140,8 @@ class FleetEstimate:
         # The limiter's clock never goes back; the counts are filed at the events' own times.
         now = self._now = max(self._now, at)
         executor = event.executor
+        if executor not in self._seen:
+            self._joined(now)
         self._seen[executor] = now
         calls = self._in_flight.get(executor, 0)
         match event.kind:

@@ -365,6 +365,13 @@ class AdaptiveLimiter:
             else:
                 self._new_level(now)
 
+    def grow_for_newcomer(self, calls: int, now: float) -> None:
+        """A fleet's one estimate (fleet_estimate.py): an executor joined during the fleet's first slow start,
+        with the calls it would have started with alone. Past that slow start, a newcomer changes nothing: the
+        provider's capacity is what it was."""
+        if self.slow_start and self._slow_start_to == self.maximum:
+            self._set(self.limit + calls, now, "an executor joined the fleet's slow start")
+
     def _slow_start_step(self, now: float) -> None:
         target = max(
             min(2 * self._verified, SLOW_START_DOUBLING_UP_TO), math.ceil(SLOW_START_FACTOR * self._verified)

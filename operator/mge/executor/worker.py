@@ -342,7 +342,6 @@ class Executor:
             self.circuit.endpoint,
             limiter,
             in_flight=lambda: self.gate.in_flight,
-            fleet_size=lambda: self._fleet,
             on_limit_change=self.gate.limit_changed,
         )
         return asyncio.create_task(self.fleet_link.run(stop))

@@ -11,7 +11,7 @@ import pytest
 from mge.adapters.cache import connect_redis
 from mge.adapters.embedded import EmbeddedRedis
 from mge.adapters.fleet_link import LEADER_LEASE_MS, FleetLink
-from mge.concurrency.fleet_estimate import SHARES_FRESH_FOR_S, SharedLimiter
+from mge.concurrency.fleet_estimate import SHARES_FRESH_FOR_S, EventKind, FleetEvent, SharedLimiter
 from mge.concurrency.limiter import AdaptiveLimiter, Outcome
 from tests.support.redis import kill, redis_server
 
@@ -140,3 +140,14 @@ async def test_without_redis_each_executor_limits_alone_within_seconds_and_never
     for member in (a, b):
         with contextlib.suppress(Exception):
             await member.redis.aclose()
+
+
+async def test_events_held_back_while_redis_was_out_of_reach_are_not_sent_once_stale(server):
+    """An outage keeps events in the outbox; when Redis answers again, only those of the last seconds go out:
+    a minute-old 429 says nothing about the provider now, and must not cut the fleet's limit."""
+    a = Member(server.url, "a", in_flight=1)
+    a.limiter.outbox.append(FleetEvent("a", EventKind.OUTCOME, time.time() - 60, outcome=Outcome.OVERLOADED))
+    await _ticks([a], 3)
+    assert a.link.estimate is not None
+    assert a.link.estimate.limiter.limit == 2
+    assert not a.link.estimate.limiter.adjustments

@@ -31,18 +31,13 @@ def _event(executor: str, kind: EventKind, at: float, **fields) -> FleetEvent:
     return FleetEvent(executor, kind, at, **fields)
 
 
-def test_an_answer_is_judged_against_the_fleets_calls_in_flight_when_it_started():
-    """Two executors with two calls each: the limiter hears 4 in flight at the start, not one executor's 2."""
-    estimate = FleetEstimate(continued_from=4)
-    for executor in ("a", "b"):
-        for _ in range(2):
-            estimate.apply(_event(executor, EventKind.START, 0.0), 0.0)
-    assert estimate.in_flight == 4
-    seen: list[tuple[int, int | None]] = []
+def _counts_heard(estimate: FleetEstimate) -> list[tuple[int, int | None]]:
+    """(in flight, started with) of every outcome the estimate's limiter hears from now on."""
+    heard: list[tuple[int, int | None]] = []
     record = estimate.limiter.record
 
     def spy(outcome, *, in_flight, now, latency_s=0.0, tokens=0, started_with=None):
-        seen.append((in_flight, started_with))
+        heard.append((in_flight, started_with))
         record(
             outcome,
             in_flight=in_flight,
@@ -53,6 +48,17 @@ def test_an_answer_is_judged_against_the_fleets_calls_in_flight_when_it_started(
         )
 
     estimate.limiter.record = spy  # type: ignore[method-assign]
+    return heard
+
+
+def test_an_answer_is_judged_against_the_fleets_calls_in_flight_when_it_started():
+    """Two executors with two calls each: the limiter hears 4 in flight at the start, not one executor's 2."""
+    estimate = FleetEstimate(continued_from=4)
+    for executor in ("a", "b"):
+        for _ in range(2):
+            estimate.apply(_event(executor, EventKind.START, 0.0), 0.0)
+    assert estimate.in_flight == 4
+    seen = _counts_heard(estimate)
     estimate.apply(_event("a", EventKind.OUTCOME, 1.0, latency_s=1.0, tokens=100), 1.0)
     estimate.apply(_event("a", EventKind.FINISH, 1.0), 1.0)
     assert seen == [(4, 4)]
@@ -138,27 +144,13 @@ def test_events_that_arrive_out_of_order_are_counted_at_their_own_times():
     """Each executor sends its events every tick, so b's start at 0.02 can arrive after a's at 0.04: b's answer
     is judged against the one call in flight when it started (its own), a's against two."""
     estimate = FleetEstimate(continued_from=4)
-    seen: list[int | None] = []
-    record = estimate.limiter.record
-
-    def spy(outcome, *, in_flight, now, latency_s=0.0, tokens=0, started_with=None):
-        seen.append(started_with)
-        record(
-            outcome,
-            in_flight=in_flight,
-            now=now,
-            latency_s=latency_s,
-            tokens=tokens,
-            started_with=started_with,
-        )
-
-    estimate.limiter.record = spy  # type: ignore[method-assign]
+    seen = _counts_heard(estimate)
     estimate.apply(_event("a", EventKind.START, 0.04), 0.04)
     estimate.apply(_event("b", EventKind.START, 0.02), 0.02)
     estimate.apply(_event("c", EventKind.START, 0.50), 0.50)
     estimate.apply(_event("b", EventKind.OUTCOME, 1.02, latency_s=1.0, tokens=100), 1.02)
     estimate.apply(_event("a", EventKind.OUTCOME, 1.04, latency_s=1.0, tokens=100), 1.04)
-    assert seen == [1, 2]
+    assert [started_with for _, started_with in seen] == [1, 2]
     assert estimate.in_flight == 3
 
 

@@ -1,5 +1,7 @@
-"""Carries a fleet's LLM-call events to the executor that leads its estimate, and the leader's shares back,
-through Redis: a stream of events, a leader key with a lease, a hash of shares, per endpoint."""
+"""Carries a fleet's LLM-call events to the executor leading its estimate, and the shares back, through Redis.
+
+Per endpoint: a stream of events, a leader key with a lease, a hash of shares (docs/concurrency.md).
+"""
 
 import asyncio
 import contextlib
@@ -105,9 +107,13 @@ class FleetLink:
                 if self._failing:
                     log.info("fleet estimate: Redis answers again")
                 self._failing = False
-            except (RedisError, OSError, ValueError, KeyError) as error:
+            except Exception as error:  # the link never ends the executor: its own limiter decides meanwhile
                 if not self._failing:
-                    log.warning("fleet estimate: %s; this executor's own limiter decides meanwhile", error)
+                    log.warning(
+                        "fleet estimate: %s; this executor's own limiter decides meanwhile",
+                        error,
+                        exc_info=not isinstance(error, (RedisError, OSError)),
+                    )
                 self._failing = True
                 self.estimate = None
             if now - self._shared_at > SHARES_FRESH_FOR_S:
@@ -122,7 +128,9 @@ class FleetLink:
         if now - self._status_at >= STATUS_EVERY_S:
             limiter.status(now, in_flight=self._in_flight())
             self._status_at = now
-        events = list(limiter.outbox)
+        # Events held back while Redis was out of reach are news no more: the statuses recount the calls.
+        oldest = time.time() - LIVE_FOR_S
+        events = [event for event in limiter.outbox if event.at >= oldest]
         limiter.outbox.clear()
         pipe = self.redis.pipeline(transaction=False)
         for event in events:

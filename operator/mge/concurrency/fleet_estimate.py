@@ -1,5 +1,4 @@
-"""One estimate of an endpoint's limit for the whole fleet: every executor's calls feed one limiter, each executor
-holds a share of its limit.
+"""One estimate of an endpoint's limit for the whole fleet: one limiter fed every executor's calls, and shares.
 
 Independent limiters in a fleet each see a share of the answers (a call or two in flight), so each decision
 takes the fleet several round trips, and recovery after the provider gets its capacity back costs the most
@@ -19,8 +18,8 @@ from typing import Final
 
 from mge.concurrency.limiter import AdaptiveLimiter, Adjustment, Outcome, adjustment_log
 
-# An executor reports its calls in flight (and how many it can hold) this often; one not heard of for LIVE_FOR_S has left
-# the fleet (stopped, or its pod is gone) and its share goes to the others.
+# An executor reports its calls in flight (and how many it can hold) this often; one not heard of for
+# LIVE_FOR_S has left the fleet (stopped, or its pod is gone) and its share goes to the others.
 STATUS_EVERY_S: Final = 0.5
 LIVE_FOR_S: Final = 5.0
 # The fleet's calls in flight over this long: an answer is judged against the count when its call started.

@@ -85,7 +85,8 @@ class FleetLink:
         in_flight: Callable[[], int],
         on_limit_change: Callable[[int], None],
     ) -> None:
-        key = "mge:fleet:" + hashlib.sha256(endpoint.encode()).hexdigest()[:16]
+        # One hash slot for an endpoint's keys (the braces), so its MULTI works on a Redis Cluster too.
+        key = "mge:fleet:{" + hashlib.sha256(endpoint.encode()).hexdigest()[:16] + "}"
         self._events, self._leader, self._shares = f"{key}:events", f"{key}:leader", f"{key}:shares"
         self.redis, self.limiter = redis, limiter
         self._in_flight, self._on_limit_change = in_flight, on_limit_change

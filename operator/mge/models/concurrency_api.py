@@ -22,7 +22,10 @@ class ProviderRateLimits(BaseModel):
 
 class ExecutorConcurrency(BaseModel):
     executor: str
-    limit: int = Field(description="Adaptive limit on this executor's in-flight LLM calls.")
+    limit: int = Field(
+        description="Limit on this executor's in-flight LLM calls: its share of the fleet's one estimate when the "
+        "executors share one through Redis, else its own adaptive limit (`adjustments` say which)."
+    )
     in_flight: int
     queue_size: int = Field(description="Atoms waiting for an LLM slot in this executor.")
     atoms_held: int = Field(0, description="Atoms this executor claimed and has not finished.")

@@ -724,6 +724,7 @@ def executor(log_format: LogFormatOption = None) -> None:
             )
         validator = CodeValidator()
         retrieval = _retrieval(settings, offline=replay is not None)
+        fleet_redis = _fleet_redis(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -741,7 +742,7 @@ def executor(log_format: LogFormatOption = None) -> None:
                 shutdown_grace_s=settings.executor_shutdown_grace_s,
             ),
             retrieval,
-            fleet_redis=_fleet_redis(settings),
+            fleet_redis=fleet_redis,
         )
         try:
             await worker.run(stop)
@@ -749,6 +750,8 @@ def executor(log_format: LogFormatOption = None) -> None:
             await validator.close()
             await retrieval.close()
             await llm.close()
+            if fleet_redis is not None:
+                await fleet_redis.aclose()
             await store.close()
 
     asyncio.run(serve())

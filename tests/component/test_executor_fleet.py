@@ -145,14 +145,18 @@ async def _executor_process(
 
 async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path):
     """Two `mge executor` processes (the CLI a pod runs, each with its own interpreter and event loop) on one
-    endpoint: both report it, so each counts a fleet of two, and both take atoms of the same plan."""
+    endpoint: both report it, so each counts a fleet of two, and both take atoms of the same plan. With the
+    chart's MGE_REDIS_URL they share one estimate of the endpoint's limit: one leads, both have a share."""
     fake = FakeLLM(FakeLLMConfig(base_latency_s=0.2))
     await fake.start()
     store = await Store.connect(pg)
     processes = []
     logs = contextlib.ExitStack()
+    redis = logs.enter_context(redis_server())
     for number in range(2):
-        processes.append(await _executor_process(pg, fake.url, f"proc-{number}", tmp_path, logs))
+        processes.append(
+            await _executor_process(pg, fake.url, f"proc-{number}", tmp_path, logs, MGE_REDIS_URL=redis.url)
+        )
     try:
 
         async def both_reported() -> bool:
@@ -178,6 +182,14 @@ async def test_executor_processes_count_each_other_and_share_a_plan(pg, tmp_path
             plan_id,
         )
         assert {r["executor"] for r in workers} == {"proc-0", "proc-1"}
+        client = connect_redis(redis.url)
+        try:
+            [leader_key] = await client.keys("mge:fleet:*:leader")
+            assert (await client.get(leader_key)).decode() in ("proc-0", "proc-1")
+            [shares_key] = await client.keys("mge:fleet:*:shares")
+            assert {b"proc-0", b"proc-1"} <= set(await client.hgetall(shares_key))
+        finally:
+            await client.aclose()
     finally:
         for process in processes:
             if process.returncode is None:

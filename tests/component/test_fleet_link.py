@@ -151,3 +151,18 @@ async def test_events_held_back_while_redis_was_out_of_reach_are_not_sent_once_s
     assert a.link.estimate is not None
     assert a.link.estimate.limiter.limit == 2
     assert not a.link.estimate.limiter.adjustments
+
+
+async def test_the_shares_of_a_hung_leader_are_dropped_within_2_s_of_its_last_write(server):
+    """The leader's key is still held (a hung process keeps it for its lease), but its shares stop changing:
+    within 2 s the follower goes back to its own limiter. Freshness is a change the follower sees on its own
+    clock, so pods whose clocks disagree by seconds do not keep (or drop) a share for it."""
+    a, b = Member(server.url, "a", in_flight=2), Member(server.url, "b", in_flight=2)
+    await _ticks([a, b], 3)
+    assert b.limiter.share is not None
+    started = time.monotonic()
+    while b.limiter.share is not None:  # only b ticks: a is hung
+        assert time.monotonic() - started < SHARES_FRESH_FOR_S + 1, "a share nobody renews is still in force"
+        await _ticks([b], 1)
+        await asyncio.sleep(0.05)
+    assert not b.link.leading  # a's lease has not run out yet

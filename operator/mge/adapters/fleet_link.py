@@ -36,7 +36,9 @@ STREAM_MAX: Final = 100_000
 STREAM_KEEP_MS: Final = 600_000
 _READ_MAX: Final = 10_000
 _LIMIT: Final = "_limit"
-_AT: Final = "_at"
+# Bumped by the leader at every write: a follower knows the shares are fresh by seeing it change, which no
+# difference between the pods' clocks can fool (a timestamp compared across pods could).
+_WRITE: Final = "_write"
 
 
 def _encode(event: FleetEvent) -> dict[str, str | float | int]:
@@ -93,6 +95,8 @@ class FleetLink:
         self.estimate: FleetEstimate | None = None  # while this executor leads
         self._read_from = "0-0"
         self._shared_at = -math.inf
+        self._last_write: bytes | None = None
+        self._write_seen_at = -math.inf
         self._status_at = -math.inf
         self._failing = False
 
@@ -117,8 +121,7 @@ class FleetLink:
                     )
                 self._failing = True
                 self.estimate = None
-            if now - self._shared_at > SHARES_FRESH_FOR_S:
-                self._set_share(None, now)
+                self._drop_stale_share(now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
         with contextlib.suppress(RedisError, OSError):
@@ -144,17 +147,25 @@ class FleetLink:
             limiter.outbox.extendleft(reversed(events))  # sent with the next tick that reaches Redis
             raise
         self._read(shares, now)
+        self._drop_stale_share(now)
         if leader.decode() == limiter.executor:
             await self._lead(shares, now)
         else:
             self.estimate = None
 
+    def _drop_stale_share(self, now: float) -> None:
+        """No fresh shares for SHARES_FRESH_FOR_S: the executor's own limiter decides."""
+        if now - self._shared_at > SHARES_FRESH_FOR_S:
+            self._set_share(None, now)
+
     def _read(self, shares: dict[bytes, bytes], now: float) -> None:
-        at = shares.get(_AT.encode())
+        write = shares.get(_WRITE.encode())
+        if write is not None and write != self._last_write:
+            self._last_write, self._write_seen_at = write, now
         mine = shares.get(self.limiter.executor.encode())
-        if at is None or mine is None or time.time() - float(at) > SHARES_FRESH_FOR_S:
+        if mine is None or write is None or now - self._write_seen_at > SHARES_FRESH_FOR_S:
             return
-        self._shared_at = now
+        self._shared_at = self._write_seen_at  # fresh for as long as the leader's writes keep changing it
         fleet_limit = shares.get(_LIMIT.encode())
         self._set_share(int(mine), now, int(fleet_limit) if fleet_limit else None)
 
@@ -175,10 +186,11 @@ class FleetLink:
 
     async def _lead(self, shares: dict[bytes, bytes], now: float) -> None:
         if self.estimate is None:
-            # Taking over: from the events of the last LIVE_FOR_S (stream ids are the server's milliseconds),
+            # Taking over: from the events of the last LIVE_FOR_S (by the server's clock, as its stream ids are),
             # so every live executor's latest status is read and each has its share at once; from the last
             # leader's limit, or as a new fleet (two calls for each executor, not one cold start for all).
-            self._read_from = f"{int((time.time() - LIVE_FOR_S) * 1000)}-0"
+            seconds, microseconds = await self.redis.time()  # stream ids are the server's clock
+            self._read_from = f"{(seconds - int(LIVE_FOR_S)) * 1000 + microseconds // 1000}-0"
             events = await self._new_events()
             last = shares.get(_LIMIT.encode())
             self.estimate = FleetEstimate(continued_from=int(last) if last else None)
@@ -193,7 +205,9 @@ class FleetLink:
         split = self.estimate.shares(now)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self._shares)
-        written: dict[str, int | float] = {**split, _LIMIT: self.estimate.limiter.limit, _AT: time.time()}
+        previous = shares.get(_WRITE.encode())
+        write = int(previous) + 1 if previous else 1
+        written: dict[str, int] = {**split, _LIMIT: self.estimate.limiter.limit, _WRITE: write}
         pipe.hset(self._shares, mapping=written)  # type: ignore[arg-type]
         # Nothing outlives a fleet that stopped: the shares after a few leases, the events after STREAM_KEEP_MS.
         pipe.pexpire(self._shares, LEADER_LEASE_MS * 10)

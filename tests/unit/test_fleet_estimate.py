@@ -154,16 +154,25 @@ def test_events_that_arrive_out_of_order_are_counted_at_their_own_times():
     assert estimate.in_flight == 3
 
 
-def test_the_fleets_first_calls_are_measured_as_a_fleets_not_by_their_median():
-    """A new fleet of 8 executors starts at two calls each: at a capacity below that, half of its first calls
-    already queue. Their median would be taken for the uncongested latency, and congestion for normal."""
+def test_the_fleets_first_calls_that_started_with_the_fewest_in_flight_give_its_uncongested_latency():
+    """A new fleet of 8 executors starts at 16 calls; at a capacity of 8, the calls that started with more than
+    8 in flight queue (1.5 s). Their median would be taken for the uncongested latency (and congestion for
+    normal), and a low percentile of all of them takes the noise of the fast ones (0.9-1.1 s) for it."""
     estimate = FleetEstimate()
-    now = 0.0
-    for n in range(32):
-        now += 0.1
-        latency = 1.0 if n % 2 else 1.5
-        estimate.apply(_event(f"e{n % 8}", EventKind.OUTCOME, now, latency_s=latency, tokens=100), now)
-    assert estimate.limiter.baseline_s_per_token == 0.01
+    for n in range(8):
+        estimate.apply(_event(f"e{n}", EventKind.STATUS, 0.0, most=64), 0.0)
+    assert estimate.limiter.limit == 16
+    for burst in range(2):
+        started = burst * 2.0
+        for n in range(16):
+            estimate.apply(_event(f"e{n % 8}", EventKind.START, started + n * 0.001), started + n * 0.001)
+        for n in range(16):
+            latency = (0.9, 0.95, 1.05, 1.1)[n % 4] if n < 8 else 1.5
+            at = started + n * 0.001 + latency
+            estimate.apply(_event(f"e{n % 8}", EventKind.OUTCOME, at, latency_s=latency, tokens=100), at)
+            estimate.apply(_event(f"e{n % 8}", EventKind.FINISH, at), at)
+    assert estimate.limiter.baseline_s_per_token is not None
+    assert abs(estimate.limiter.baseline_s_per_token - 0.01) < 0.0002
 
 
 def test_a_new_fleet_starts_at_two_calls_per_executor_as_its_executors_join_and_no_more_after_its_slow_start():

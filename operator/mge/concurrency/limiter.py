@@ -166,7 +166,7 @@ class AdaptiveLimiter:
     # minutes, which every pod shares, where their monotonic clocks do not.
     wall_offset_s: float = 0.0
     # A fleet's one estimate (fleet_estimate.py) is a fleet of one that starts at the limit of this many
-    # executors together: its first calls are measured as theirs would be.
+    # executors together: its first calls are measured by how many were in flight when each started.
     started_as: int = 1
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
@@ -176,6 +176,7 @@ class AdaptiveLimiter:
     _smoothed: float | None = field(init=False, default=None)
     _steady: float | None = field(init=False, default=None)
     _first_s_per_token: list[float] = field(init=False, default_factory=list)
+    _first_started: list[tuple[int, float]] = field(init=False, default_factory=list)
     _samples: int = field(init=False, default=0)
     _round_trip_s: float = field(init=False, default=MAX_COOLDOWN_S)
     _level: _Level = field(init=False, default_factory=lambda: _Level(float("-inf")))
@@ -235,7 +236,7 @@ class AdaptiveLimiter:
         baseline = self.baseline_s_per_token
         self._level = _Level(now, baseline or self._steady, provisional=baseline is None)
 
-    def _observe_latency(self, now: float, per_token: float) -> None:
+    def _observe_latency(self, now: float, per_token: float, started_with: int | None = None) -> None:
         # The current latency is smoothed over about one limit's worth of calls, so one slow answer is not
         # congestion. The baseline is the minimum of a slower average: the minimum of a noisy series lies
         # below its mean by a few of its standard deviations, and that gap would read as queueing.
@@ -248,14 +249,22 @@ class AdaptiveLimiter:
             # connections (and a starting process), and a mean would carry that into the baseline, where it
             # can hide the first queueing (and let slow start step from 1.1x to 1.7x capacity).
             bisect.insort(self._first_s_per_token, per_token)
-            # In a fleet the provider is busy with the other executors' calls too (or, for a fleet's one estimate,
-            # its first limit is already the whole fleet's): most of these first calls already queue, so a low
-            # quantile (the 50/N-th percentile), not the median, is the uncongested one.
+            # In a fleet the provider is busy with the other executors' calls too: most of these first calls
+            # already queue, so a low quantile (the 50/N-th percentile), not the median, is the uncongested one.
+            # A fleet's one estimate starts with the whole fleet's calls, but knows how many were in flight when
+            # each started: the median of the half that started with the fewest (which did not queue) is not
+            # thrown off by the noise of the fast ones, as a low percentile is.
             first = self._first_s_per_token
-            starting = max(self.fleet, self.started_as)
-            self._steady = (
-                statistics.median(first) if starting <= 1 else first[int((len(first) - 1) * 0.5 / starting)]
-            )
+            if self.started_as > 1 and started_with is not None:
+                self._first_started.append((started_with, per_token))
+                fewest = statistics.median_low(n for n, _ in self._first_started)
+                self._steady = statistics.median(t for n, t in self._first_started if n <= fewest)
+            else:
+                self._steady = (
+                    statistics.median(first)
+                    if self.fleet <= 1
+                    else first[int((len(first) - 1) * 0.5 / self.fleet)]
+                )
         else:
             span = max(BASELINE_CALLS, self.limit)
             self._steady = self._ewma(self._steady, per_token, 1 / span)
@@ -479,7 +488,7 @@ class AdaptiveLimiter:
             self._round_trip_s += 0.2 * (bounded - self._round_trip_s)
             if tokens > 0:
                 per_token = latency_s / tokens
-                self._observe_latency(now, per_token)
+                self._observe_latency(now, per_token, started_with)
                 reference = self._level.reference
                 ratio = per_token / reference if reference else None
         probing = self._probe_until is not None and now - latency_s >= self._probe_started

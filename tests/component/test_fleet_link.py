@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mge.adapters.cache import connect_redis
 from mge.adapters.embedded import EmbeddedRedis
@@ -166,3 +167,36 @@ async def test_the_shares_of_a_hung_leader_are_dropped_within_2_s_of_its_last_wr
         await _ticks([b], 1)
         await asyncio.sleep(0.05)
     assert not b.link.leading  # a's lease has not run out yet
+
+
+async def test_a_blip_shorter_than_the_lease_keeps_the_leaders_estimate(server):
+    """A Redis timeout in one tick is not a new leader: nobody else could take the key meanwhile, so what the
+    estimate learned (its limit, its baseline) is kept, not started again from the last limit alone."""
+    a = Member(server.url, "a", in_flight=2)
+    await _ticks([a], 2)
+    estimate = a.link.estimate
+    assert estimate is not None
+    estimate.limiter.limit = 13
+    real = a.redis.pipeline
+    blips = []
+
+    def once_failing(*args, **kwargs):
+        pipe = real(*args, **kwargs)
+        if not blips:
+            blips.append(time.monotonic())
+
+            async def execute(*_args, **_kwargs):
+                raise RedisConnectionError("timeout reading from socket")
+
+            pipe.execute = execute
+        return pipe
+
+    a.redis.pipeline = once_failing  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(a.link.run(stop))
+    await asyncio.sleep(0.5)  # the blip, then several ticks
+    stop.set()
+    await running
+    assert blips
+    assert a.link.estimate is estimate
+    assert estimate.limiter.limit == 13

@@ -98,6 +98,7 @@ class FleetLink:
         self._last_write: bytes | None = None
         self._write_seen_at = -math.inf
         self._status_at = -math.inf
+        self._led_at = -math.inf
         self._failing = False
 
     @property
@@ -120,7 +121,6 @@ class FleetLink:
                         exc_info=not isinstance(error, (RedisError, OSError)),
                     )
                 self._failing = True
-                self.estimate = None
                 self._drop_stale_share(now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
@@ -185,7 +185,9 @@ class FleetLink:
             self._on_limit_change(before)
 
     async def _lead(self, shares: dict[bytes, bytes], now: float) -> None:
-        if self.estimate is None:
+        # A blip shorter than the lease keeps the estimate (nobody else could take the key meanwhile); after a
+        # longer one, another executor may have led, and this one takes over afresh.
+        if self.estimate is None or now - self._led_at > LEADER_LEASE_MS / 1000:
             # Taking over: from the events of the last LIVE_FOR_S (by the server's clock, as its stream ids are),
             # so every live executor's latest status is read and each has its share at once; from the last
             # leader's limit, or as a new fleet (two calls for each executor, not one cold start for all).
@@ -213,6 +215,7 @@ class FleetLink:
         pipe.pexpire(self._shares, LEADER_LEASE_MS * 10)
         pipe.pexpire(self._events, STREAM_KEEP_MS)
         await pipe.execute()
+        self._led_at = now
 
 
 # Take the key if nobody holds it, renew it if we do; returns the holder.

@@ -121,8 +121,10 @@ def simulate(
     now, steps, status_at = 0.0, 0, -STATUS_EVERY_S
     while now < 3 * PHASE_S:
         if estimate is not None and steps % round(TICK_S / STEP_S) == 0:
-            _exchange(estimate, shared, in_flight, now, status_due=now - status_at >= STATUS_EVERY_S)
-            status_at = now if now - status_at >= STATUS_EVERY_S else status_at
+            status_due = now - status_at >= STATUS_EVERY_S
+            _exchange(estimate, shared, in_flight, now, status_due=status_due)
+            if status_due:
+                status_at = now
         steps += 1
         for number, limiter in enumerate(limiters):
             while in_flight[number] < limiter.limit:

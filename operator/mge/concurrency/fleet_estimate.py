@@ -91,19 +91,19 @@ class FleetEstimate:
 
     def __post_init__(self) -> None:
         self.limiter = AdaptiveLimiter(
-            minimum=1, maximum=self.maximum, initial=max(1, self.continued_from or STARTING_CALLS)
+            minimum=1,
+            maximum=self.maximum,
+            initial=max(1, self.continued_from or STARTING_CALLS),
+            counts_whole_fleet=True,
         )
         if self.continued_from is not None:
             self._starters = -1  # not a new fleet: nobody brings calls
-            self.limiter.started_as = max(1, self.continued_from // STARTING_CALLS)
 
     def _joined(self, now: float) -> None:
-        """A new executor: in a new fleet's first slow start, the limit takes its two calls, and the first calls
-        are measured as those of that many executors."""
+        """A new executor: in a new fleet's first slow start, the limit takes its two calls."""
         if self._starters < 0:
             return
         self._starters += 1
-        self.limiter.started_as = self._starters
         if self._starters > 1:
             self.limiter.grow_for_newcomer(STARTING_CALLS, now)
 

@@ -165,9 +165,9 @@ class AdaptiveLimiter:
     # Wall clock minus the `now` the caller passes (a monotonic clock): fleet probes line up on wall-clock
     # minutes, which every pod shares, where their monotonic clocks do not.
     wall_offset_s: float = 0.0
-    # A fleet's one estimate (fleet_estimate.py) is a fleet of one that starts at the limit of this many
-    # executors together: its first calls are measured by how many were in flight when each started.
-    started_as: int = 1
+    # A fleet's one estimate (fleet_estimate.py): `started_with` counts the whole fleet's calls, and its first
+    # calls are measured by how many were in flight when each started.
+    counts_whole_fleet: bool = False
     limit: int = field(init=False)
     slow_start: bool = field(init=False, default=True)
     adjustments: deque[Adjustment] = field(init=False, default_factory=adjustment_log)
@@ -255,7 +255,7 @@ class AdaptiveLimiter:
             # each started: the median of the half that started with the fewest (which did not queue) is not
             # thrown off by the noise of the fast ones, as a low percentile is.
             first = self._first_s_per_token
-            if self.started_as > 1 and started_with is not None:
+            if self.counts_whole_fleet and started_with is not None:
                 self._first_started.append((started_with, per_token))
                 fewest = statistics.median_low(n for n, _ in self._first_started)
                 self._steady = statistics.median(t for n, t in self._first_started if n <= fewest)

@@ -1,4 +1,4 @@
-"""Concurrency policies when 1, 2 or 8 executors share one provider, on three capacity models.
+"""Concurrency policies when 1, 2 or 8 executors share one provider, on four capacity models.
 
 A time-stepped simulation (10 ms steps, seeded, deterministic): each executor keeps its own limiter's limit
 of calls in flight; the provider sees them all. Capacity C goes C -> C/2 -> C. The models:
@@ -7,7 +7,11 @@ of calls in flight; the provider sees them all. Capacity C goes C -> C/2 -> C. T
 - processor sharing: each call needs `base` seconds of service and progresses at min(1, C / in-flight)
   per step, with the step's share jittered +-20% (scheduling noise); 429 past 1.5 C;
 - rate limited: flat latency, but a requests budget of C / base per second (a bucket of C): past it
-  429 at once.
+  429 at once;
+- rate limited + headers: the same provider answering as OpenAI-compatible ones do, with
+  `x-ratelimit-{limit,remaining,reset}-requests` read when the call was admitted and `Retry-After` on a 429.
+  Each executor reads them as the product's call gate does (`ProviderBudget`): a call starts only when the
+  last reading, refilled since and less the calls started since, leaves room for it.
 
 Policies, per executor: ours (adaptive), the seed's rule (-10% / +5% per 30 s period on p95 > 2 s, bounds
 10..200) and a fixed limit of C / executors (the best fixed split, knowing C). With more than one executor,
@@ -26,10 +30,12 @@ from dataclasses import dataclass, field
 from mge.adapters.fleet_link import TICK_S
 from mge.concurrency.fleet_estimate import STATUS_EVERY_S, FleetEstimate, SharedLimiter
 from mge.concurrency.limiter import AdaptiveLimiter, CallLimiter, FixedLimiter, Outcome, SeedRuleLimiter
+from mge.concurrency.rate_limits import ProviderBudget, RateLimitHeaders, parse_rate_limit_headers
 from tests.bench.common import print_table
 
 # C = 16: in the halved phase 8 executors get one call each; C = 48: a share of 3 or more.
 CAPACITIES = (16, 48)
+MODELS = ("queueing", "processor sharing", "rate limited", "rate limited + headers")
 BASE_S = 1.0
 JITTER_S = 0.1
 # 120 round trips a phase; `bench_fleet_http`'s phases are 50 (MGE_BENCH_PHASE_S=50 simulates those).
@@ -49,6 +55,8 @@ class _Call:
     started_with: int
     work: float  # seconds of service still needed (processor sharing), or the finish time
     refused: bool = False
+    headers: RateLimitHeaders | None = None  # what the answer tells of the provider's budget
+    sent: int = 0  # the request's number in its executor's ProviderBudget
 
 
 @dataclass
@@ -74,12 +82,15 @@ class Provider:
     def admit(self, call: _Call, now: float) -> None:
         capacity = capacity_at(now, self.capacity)
         live = sum(not c.refused for c in self.calls)
-        if self.model == "rate limited":
-            if self.bucket < 1:
+        if self.model.startswith("rate limited"):
+            refused = self.bucket < 1
+            if refused:
                 call.refused, call.work = True, now + REFUSED_S
             else:
                 self.bucket -= 1
                 call.work = now + BASE_S + self.rnd.random() * JITTER_S
+            if self.model == "rate limited + headers":
+                call.headers = self._headers(capacity, refused)
         elif live >= 1.5 * capacity:
             call.refused, call.work = True, now + REFUSED_S
         elif self.model == "queueing":
@@ -88,6 +99,18 @@ class Provider:
         else:  # processor sharing: seconds of service still needed
             call.work = BASE_S + self.rnd.random() * JITTER_S
         self.calls.append(call)
+
+    def _headers(self, capacity: int, refused: bool) -> RateLimitHeaders | None:
+        """The budget as the provider reports it at admission; a refusal says when one request fits again."""
+        rate = capacity / BASE_S
+        headers = {
+            "x-ratelimit-limit-requests": str(capacity),
+            "x-ratelimit-remaining-requests": str(int(self.bucket)),
+            "x-ratelimit-reset-requests": f"{(capacity - self.bucket) / rate:.3f}s",
+        }
+        if refused:
+            headers["retry-after"] = f"{(1 - self.bucket) / rate:.3f}"
+        return parse_rate_limit_headers(headers)
 
     def advance(self, now: float) -> list[_Call]:
         capacity = capacity_at(now, self.capacity)
@@ -117,6 +140,8 @@ def simulate(
     shared = [limiter for limiter in limiters if isinstance(limiter, SharedLimiter)]
     estimate = FleetEstimate() if shared else None
     in_flight = [0] * executors
+    # Each executor's reading of the provider's budget (its call gate's); only the headers model sends any.
+    budgets = [ProviderBudget() for _ in range(executors)]
     result = Result()
     now, steps, status_at = 0.0, 0, -STATUS_EVERY_S
     while now < 3 * PHASE_S:
@@ -127,18 +152,24 @@ def simulate(
                 status_at = now
         steps += 1
         for number, limiter in enumerate(limiters):
-            while in_flight[number] < limiter.limit:
+            while in_flight[number] < limiter.limit and budgets[number].wait_s(0, now) == 0:
                 in_flight[number] += 1
+                sent = budgets[number].started(0, now)
                 if isinstance(limiter, SharedLimiter):
                     limiter.started(now)
-                provider.admit(_Call(number, now, in_flight[number], 0.0), now)
+                provider.admit(_Call(number, now, in_flight[number], 0.0, sent=sent), now)
         now += STEP_S
         for call in provider.advance(now):
             limiter = limiters[call.executor]
+            if call.headers is not None:
+                budgets[call.executor].observe(call.headers, now, call.sent)
             latency = now - call.started
             if call.refused:
                 result.refused += 1
-                limiter.record(Outcome.OVERLOADED, in_flight=in_flight[call.executor], now=now)
+                # As the call gate classifies it: a refusal the headers explain is the budget's, not congestion.
+                budget = call.headers is not None and call.headers.refused_for_budget(0)
+                outcome = Outcome.RATE_LIMITED if budget else Outcome.OVERLOADED
+                limiter.record(outcome, in_flight=in_flight[call.executor], now=now)
             else:
                 result.completed += 1
                 result.completed_by_phase[min(2, int(now // PHASE_S))] += 1
@@ -203,15 +234,15 @@ def main() -> None:
     uncongested_p95 = BASE_S + 0.95 * JITTER_S
     print(
         "Fleet simulation: 1, 2 and 8 executors on one provider whose capacity C halves and comes back, "
-        f"{BASE_S:.0f} s per call, {PHASE_S:.0f} s per phase, three capacity models, seed {SEED}"
+        f"{BASE_S:.0f} s per call, {PHASE_S:.0f} s per phase, four capacity models, seed {SEED}"
     )
     rows = []
     misses = []
     for capacity in CAPACITIES:
-        for model in ("queueing", "processor sharing", "rate limited"):
+        for model in MODELS:
             # The provider serves C calls per call time; the rate-limited one C per `base` seconds.
             per_s = [capacity_at(start, capacity) for start in (0.0, PHASE_S, 2 * PHASE_S)]
-            call_s = BASE_S if model == "rate limited" else BASE_S + JITTER_S / 2
+            call_s = BASE_S if model.startswith("rate limited") else BASE_S + JITTER_S / 2
             ideal = sum(per_s) * PHASE_S / call_s
             for executors in EXECUTORS:
                 figures = {}

@@ -10,7 +10,7 @@ import pytest
 from mge.adapters.llm import ChatRequest, EndpointUnavailable, LLMError, OpenAICompatibleLLM
 from mge.concurrency.limiter import Adjustment, Outcome
 from mge.executor.gate import CallGate, SlotUnavailable
-from tests.support.fake_llm import FakeLLM, Fault
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig, Fault
 
 pytestmark = pytest.mark.component
 
@@ -210,6 +210,33 @@ async def test_the_gate_hears_of_a_429_while_the_call_is_still_retrying(server):
     assert [outcome for outcome, _ in limiter.outcomes] == [Outcome.OVERLOADED, Outcome.OK]  # once each
     overloaded_at = limiter.outcomes[0][1]
     assert ended - overloaded_at >= 0.3  # heard before the Retry-After wait, not when the call ended
+
+
+async def test_a_429_whose_headers_say_a_budget_is_spent_is_the_providers_pace_not_congestion():
+    """Fewer calls in flight do not refill a requests-per-minute budget: the gate waits for the room the headers
+    announce, and the limiter is told RATE_LIMITED (which it does not cut on), not OVERLOADED."""
+    budgeted = FakeLLM(FakeLLMConfig(requests_per_minute=2, minute_s=1.0))
+    await budgeted.start()
+    client = _client(budgeted, backoff_cap_s=1.0)
+    limiter = _RecordingLimiter()
+    gate = CallGate(limiter, "budget-test", queue_size=4, timeout_s=5.0)
+    try:
+        # Nothing known before the first answers: the third of a burst of three meets the spent budget.
+        await asyncio.gather(
+            *(
+                gate.complete(lambda: client.complete(REQUEST), plan="p", critical_path=1, plan_priority=0)
+                for _ in range(3)
+            )
+        )
+    finally:
+        await client.close()
+        await budgeted.stop()
+
+    outcomes = [outcome for outcome, _ in limiter.outcomes]
+    assert budgeted.stats.rate_limited >= 1
+    assert outcomes.count(Outcome.RATE_LIMITED) == budgeted.stats.rate_limited, outcomes
+    assert Outcome.OVERLOADED not in outcomes
+    assert outcomes.count(Outcome.OK) == 3
 
 
 async def test_calls_beyond_a_full_queue_wait_for_a_slot_and_give_up_only_at_the_deadline(server):

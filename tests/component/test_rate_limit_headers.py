@@ -84,6 +84,20 @@ async def test_a_requests_per_minute_budget_is_waited_for_instead_of_refused():
     assert snapshot["limit_requests"] == 20
 
 
+async def test_answers_slower_than_the_budget_refills_do_not_let_calls_through_that_the_provider_refuses():
+    """A reading is what was left when its request was admitted, which is most of a second before its answer
+    arrives here: read as a reading of the arrival, the calls sent in between were forgotten and the provider
+    refused them (a 429 each, a limiter cut each in production)."""
+    config = FakeLLMConfig(base_latency_s=0.6, requests_per_minute=12, minute_s=2.0)  # 6 per second
+    ours, _, _ = await _run(config, through_gate=True)
+
+    assert ours.stats.completed == CALLS
+    # The first burst overruns (nothing is known before the first answer); after it, hardly any.
+    burst_ended = sorted(ours.stats.arrivals)[IN_FLIGHT - 1] + 0.05
+    later = [round(at - burst_ended, 2) for at in ours.stats.refusals_429 if at > burst_ended]
+    assert len(later) <= ROUNDING, later
+
+
 async def test_a_tokens_per_minute_budget_holds_calls_whose_tokens_do_not_fit():
     # Each call takes 2 + 200 tokens; 2,000 tokens per 1 s "minute": about 10 calls per second.
     config = FakeLLMConfig(base_latency_s=0.02, tokens_per_minute=2000, minute_s=1.0)

@@ -280,6 +280,8 @@ class FakeLLM:
         stats.prompts.append((atom, "\n".join(str(m.get("content", "")) for m in body.get("messages", []))))
         if self._buckets and (refused := self._over_rate_limit(body)) is not None:
             return refused
+        # As a provider reports them: what its budgets had left when it admitted the request, not at the answer.
+        rate_limit_headers = self._rate_limit_headers()
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
@@ -315,7 +317,7 @@ class FakeLLM:
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
             },
-            headers=self._rate_limit_headers(),
+            headers=rate_limit_headers,
         )
 
 

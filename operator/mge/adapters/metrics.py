@@ -61,7 +61,9 @@ DB_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 LLM_REQUESTS = Counter(
-    "mge_llm_requests_total", "LLM calls by outcome (ok, overloaded, error), retries included.", ("outcome",)
+    "mge_llm_requests_total",
+    "LLM calls by outcome (ok, overloaded, rate_limited, error), retries included.",
+    ("outcome",),
 )
 
 # --- cache ---

@@ -74,6 +74,9 @@ MAX_COOLDOWN_S: Final = 2.0
 class Outcome(StrEnum):
     OK = "ok"
     OVERLOADED = "overloaded"  # 429, 503, timeout
+    # A 429 whose rate-limit headers say a budget (requests or tokens per minute) is spent: the call gate's pacing
+    # answers it (docs/concurrency.md, "Rate-limit headers"); fewer calls in flight would not.
+    RATE_LIMITED = "rate_limited"
     ERROR = "error"  # other failures say nothing about load
 
 

@@ -32,6 +32,18 @@ class SlotUnavailable(RuntimeError):
 
 
 @dataclass
+class _Requests:
+    """The HTTP requests of one call, as the provider's budget sees them."""
+
+    tokens: int  # what each takes of the tokens budget
+    latest: int | None = (
+        None  # the number of the last one sent (`ProviderBudget.started`): its answer's reading
+    )
+    # The last answer was a refusal its headers explain (a budget spent): the provider's pace, not congestion.
+    refused_by_budget: bool = False
+
+
+@dataclass
 class _Waiter:
     admitted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -82,21 +94,27 @@ class CallGate:
         """
         # Most of a wait for the provider happens here, before the call takes a slot; the room is taken (and
         # looked at again) right before each request is sent, once readings of the calls ahead have come in.
-        await self._provider_room(tokens, take=False)
+        await self._provider_room(tokens)
         async with self.slot(
             plan=plan, critical_path=critical_path, plan_priority=plan_priority
         ) as started_with:
             retries: list[str] = []
+            requests = _Requests(tokens)
 
             def retrying(error: str) -> None:
                 retries.append(error)
                 before = self.limiter.limit
-                self._failed(classify(error), time.monotonic())
+                outcome = classify(error)
+                if outcome is Outcome.OVERLOADED and requests.refused_by_budget:
+                    outcome = Outcome.RATE_LIMITED
+                self._failed(outcome, time.monotonic())
                 self.limit_changed(before)
 
             try:
                 with retries_reported_to(
-                    retrying, self._heard, functools.partial(self._provider_room, tokens, take=True)
+                    retrying,
+                    functools.partial(self._heard, requests),
+                    functools.partial(self._send, requests),
                 ):
                     completion = await call()
             except LLMError as failure:
@@ -105,19 +123,22 @@ class CallGate:
             self.record(completion, started_with=started_with, reported_retries=len(retries))
         return completion
 
-    async def _provider_room(self, tokens: int, *, take: bool) -> None:
-        """Wait (not a failure, no deadline: the provider says when) until the provider has room for the call;
-        with `take`, the call is counted against that room."""
+    async def _provider_room(self, tokens: int) -> None:
+        """Wait (not a failure, no deadline: the provider says when) until the provider has room for the call."""
         # A deadline, not an event: the room comes back with time (and a new reading may move it), so look again.
         while (wait := self.provider.wait_s(tokens, time.monotonic())) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
-        if take:
-            self.provider.started(tokens)
 
-    def _heard(self, headers: Mapping[str, str]) -> None:
+    async def _send(self, requests: "_Requests") -> None:
+        """Right before a request goes out: wait for the provider's room, then count the request against it."""
+        await self._provider_room(requests.tokens)
+        requests.latest = self.provider.started(requests.tokens, time.monotonic())
+
+    def _heard(self, requests: "_Requests", headers: Mapping[str, str]) -> None:
         reading = parse_rate_limit_headers(headers, time.time())
+        requests.refused_by_budget = reading is not None and reading.refused_for_budget(requests.tokens)
         if reading is not None:
-            self.provider.observe(reading, time.monotonic())
+            self.provider.observe(reading, time.monotonic(), requests.latest)
 
     @contextlib.asynccontextmanager
     async def slot(self, *, plan: str, critical_path: int, plan_priority: int) -> AsyncIterator[int]:

@@ -15,6 +15,7 @@ from mge.adapters.llm import ChatRequest, Completion, OpenAICompatibleLLM
 from mge.adapters.store.queue import READY_CHANNEL
 from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
+from mge.executor.local_run import store_pool_size
 from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.plan.dag import plan_dag
@@ -104,7 +105,11 @@ async def overhead(server: str, executors: int, atoms_count: int = 1600) -> tupl
     so their periodic checks (acceptance-test work, claims) are not counted per atom as a 10 ms poll made them.
     """
     async with fresh_database(server) as dsn:
-        store = await Store.connect(dsn, max_size=min(90, executors * 2 + 4))
+        # The pool `mge run --executors N` opens (its executors share one store, as these do); MGE_BENCH_POOL
+        # sets another size.
+        store = await Store.connect(
+            dsn, max_size=int(os.environ.get("MGE_BENCH_POOL", store_pool_size(executors)))
+        )
         # Polls for the end on connections of its own: its queries are the benchmark's, not the executors'.
         watcher = await Store.connect(dsn, max_size=1)
         validator = CodeValidator()

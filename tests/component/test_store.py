@@ -15,6 +15,7 @@ from mge.adapters.store.errors import StoreUnavailable, retry_transient
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.migrate import migrate, migration_files
 from mge.adapters.store.queue import (
+    READY_CHANNEL,
     RETIRED_CHANNEL,
     AttemptRecord,
     ClaimRequest,
@@ -321,6 +322,51 @@ async def test_an_attempts_write_wakes_other_executors_only_for_dependents_it_le
 
     assert len(written.claimed) == slots
     assert notified.is_set() is woken
+
+
+async def test_the_executors_of_a_process_share_one_listen_and_a_notification_wakes_one_with_room(pg):
+    """Postgres hands each NOTIFY to every listening backend (a transaction each), and every executor woken
+    claimed: with 32 executors in one process, most claims came back empty. One LISTEN per store; a
+    notification wakes the next executor in turn that has room, and one whose claim got all it asked for passes
+    the turn on to the next two."""
+    store = await _store(pg)
+    room = {"a": False, "b": True, "c": True}
+    woken: list[str] = []
+
+    def wake(name: str):
+        def take_turn() -> bool:
+            if room[name]:
+                woken.append(name)
+            return room[name]
+
+        return take_turn
+
+    async def notified(count: int) -> None:
+        await store.pool.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        for _ in range(100):
+            if len(woken) >= count:
+                return
+            await asyncio.sleep(0.02)
+
+    stops = [await store.listen_for_ready(wake(name)) for name in room]
+    try:
+        listening = await store.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+        )
+        await notified(1)
+        await asyncio.sleep(0.1)
+        assert woken == ["b"]  # a has no room; c waits for its turn
+        # b's claim got all it asked for: the next two with room (a has none) claim, since more may be ready.
+        store.pass_ready_turn()
+        assert woken == ["b", "c", "b"]
+        await notified(4)  # the next notification: the turn goes on after b
+        assert woken == ["b", "c", "b", "c"]
+    finally:
+        for stop in stops:
+            await stop()
+        await store.close()
+
+    assert listening == 1
 
 
 async def test_the_last_attempt_fails_the_atom_in_its_own_write(pg):

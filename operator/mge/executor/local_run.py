@@ -119,9 +119,17 @@ async def run_local(run: LocalRun, llm: LLM, console: Console) -> RunResult:
         return await _run_claimed(run, llm, console, postgres)
 
 
+def store_pool_size(executors: int) -> int:
+    """Connections for a run's executors, which share one store (and one LISTEN): one each and two more, but
+    no more than four per core of the machine, where the embedded Postgres runs. Past that, more transactions
+    at once only wait inside Postgres, most for the plan row's lock: 32 executors on one plan took 4.0-4.6
+    ms per atom with 37 connections, 2.2-2.9 with 6-12 (docs/benchmarks.md, "Execution")."""
+    return max(4, min(executors + 2, 4 * (os.cpu_count() or 2)))
+
+
 async def _run_claimed(run: LocalRun, llm: LLM, console: Console, postgres: EmbeddedPostgres) -> RunResult:
     dsn = await asyncio.to_thread(postgres.start)
-    store = await Store.connect(dsn, max_size=max(4, run.executors + 2))
+    store = await Store.connect(dsn, max_size=store_pool_size(run.executors))
     redis = EmbeddedRedis(run.cache_dir) if run.cache_dir is not None else None
     client = connect_redis(await asyncio.to_thread(redis.start)) if redis is not None else None
     if client is not None:

@@ -239,6 +239,9 @@ class Executor:
         # task's end wakes does not claim again (a claim per atom was a transaction per atom).
         self._queue_empty = False
         self._news = 0  # ready-atom notifications so far: one during a write's claim may be news it missed
+        # Woken for ready atoms in turn (the store wakes one executor of the process per notification): after
+        # its claim, it passes the turn on if it got all it asked for.
+        self._has_turn = False
         self._finishing: set[asyncio.Task[object]] = set()  # atom tasks in their attempt's write
         # Free slots that claims under way (the loop's, atoms' last writes) may fill: each claim asks only for
         # slots no other has promised, or writes finishing together each filled the same free slots.
@@ -286,13 +289,14 @@ class Executor:
         self.store.query_listeners.append(self._query_timed)
         try:
             while not stop.is_set():
-                # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
-                free = max(0, self._room() - len(self._in_flight) - self._promised)
+                free = self._free()
                 allowed = self.circuit.calls_allowed(time.monotonic())  # 0 while the endpoint is down
                 probing = allowed == 1
                 free = free if allowed is None else min(free, allowed)
-                claimed = []
+                claimed: list[ClaimedAtom] = []
+                claim_failed = False
                 skip, self._queue_empty = self._queue_empty, False  # one pass: the one its task's end woke
+                has_turn, self._has_turn = self._has_turn, False
                 if free and not skip:
                     self._promised += free
                     try:
@@ -301,8 +305,11 @@ class Executor:
                         )
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
+                        claim_failed = True
                     finally:
                         self._promised -= free  # the atoms claimed start below, before anything else runs
+                if has_turn and not claim_failed and len(claimed) >= free:
+                    self.store.pass_ready_turn()  # more may be ready than it had room for
                 self._generate_tests()
                 if probing and not claimed:
                     self.circuit.cancel_trial()  # nothing to try it with yet: the next pass tries again
@@ -370,10 +377,20 @@ class Executor:
         limits = self.gate.limiter.limit + sum(g.limiter.limit for g in self._model_gates.values())
         return min(self.config.concurrency, limits)
 
-    def _atoms_ready(self) -> None:
+    def _free(self) -> int:
+        """Slots no atom holds and no claim under way has promised."""
+        # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
+        return max(0, self._room() - len(self._in_flight) - self._promised)
+
+    def _atoms_ready(self) -> bool:
+        """Atoms became ready (a notification): True if this executor takes the turn to claim them (it has room)."""
         self._news += 1
         self._queue_empty = False
+        if self._stopping.is_set() or not self._free():
+            return False
+        self._has_turn = True
         self._wake.set()
+        return True
 
     def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int, news: int) -> None:
         """Give back the slots the write's claim promised, and run the atoms it claimed (hand them back when
@@ -474,12 +491,14 @@ class Executor:
         self._wake.set()
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Sleep until an atom finishes (a slot frees, dependents may be ready), stop, or the poll interval."""
-        self._wake.clear()
+        """Sleep until an atom finishes (a slot frees, dependents may be ready), stop, or the poll interval.
+        A wake-up that came while the loop was busy (in a claim) is not lost: it ends this sleep at once (a turn
+        to claim for a notification is this executor's alone, and the others wait for it to be passed on)."""
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         done, _ = await asyncio.wait(
             waiters, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
         )
+        self._wake.clear()
         for waiter in waiters:
             waiter.cancel()
         # The poll: look for work whatever the last claim found (leases that ran out, news missed in a race).

@@ -195,6 +195,68 @@ class _ReadyListener:
         await self._pool.release(connection)
 
 
+@dataclass
+class _Subscriber:
+    wake: Callable[[], bool]
+    on_retired: Callable[[uuid.UUID], None] | None
+
+
+class _ReadyFanOut:
+    """One LISTEN for every executor of a process (`mge run --executors N` runs them on one store), and one of
+    them woken per notification.
+
+    Postgres hands each NOTIFY to every listening backend, and each backend's read is a transaction of its own:
+    an executor per listener made as many of them per notification as executors in the process. And every
+    executor woken claimed, though an atom or two had become ready: most of those claims came back empty. Here
+    a notification wakes the next executor in turn that has room; one whose claim got all it asked for passes
+    the turn on to the next two (`pass_turn`), since more atoms may be ready: a wave of ready atoms reaches
+    every executor with room in a few claims' time, not one claim after another."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._listener: _ReadyListener | None = None
+        self._subscribers: list[_Subscriber] = []
+        self._turn = 0
+
+    async def subscribe(
+        self, wake: Callable[[], bool], on_retired: Callable[[uuid.UUID], None] | None
+    ) -> Callable[[], Awaitable[None]]:
+        subscriber = _Subscriber(wake, on_retired)
+        self._subscribers.append(subscriber)
+        if self._listener is None:
+            self._listener = _ReadyListener(self._pool, self.pass_turn, self._retired)
+            try:
+                await self._listener.listen()
+            except STORE_ERRORS:
+                self._listener.listen_later()
+
+        async def unsubscribe() -> None:
+            self._subscribers.remove(subscriber)
+            if not self._subscribers and self._listener is not None:
+                listener, self._listener = self._listener, None
+                await listener.stop()
+
+        return unsubscribe
+
+    def pass_turn(self, wakes: int = 1) -> None:
+        """Atoms may be ready: wake the next `wakes` subscribers in turn that have room for them (none: the
+        next executor to finish an atom claims them in its write)."""
+        count = len(self._subscribers)
+        start = self._turn
+        for step in range(count):
+            index = (start + step) % count
+            if self._subscribers[index].wake():
+                self._turn = (index + 1) % count
+                wakes -= 1
+                if not wakes:
+                    return
+
+    def _retired(self, plan: uuid.UUID) -> None:
+        for subscriber in list(self._subscribers):
+            if subscriber.on_retired is not None:
+                subscriber.on_retired(plan)
+
+
 async def _discard(pool: asyncpg.Pool, connection: Any) -> None:
     """Close a connection a listener could not finish setting up or tearing down, then hand it back: it may
     still LISTEN, and the pool would give it to the next caller with that listener (asyncpg warns)."""
@@ -206,6 +268,7 @@ class AtomQueue:
     """Atoms as a queue: executors claim them under a lease and settle each attempt."""
 
     pool: asyncpg.Pool
+    _ready_fan_out: _ReadyFanOut | None = None
 
     async def clock(self) -> datetime:
         """The database's current time (the sweep compares it with rows' timestamps)."""
@@ -330,19 +393,22 @@ class AtomQueue:
         return str(result).endswith(" 1")
 
     async def listen_for_ready(
-        self, callback: Callable[[], None], on_retired: Callable[[uuid.UUID], None] | None = None
+        self, wake: Callable[[], bool], on_retired: Callable[[uuid.UUID], None] | None = None
     ) -> Callable[[], Awaitable[None]]:
-        """Call `callback` whenever atoms become ready anywhere, and `on_retired` with the id of each run
-        retired; returns a function that stops listening.
-        If Postgres drops the connection (a restart), it listens again on a new one and calls `callback`
-        once then (atoms may have become ready while nobody listened). If it cannot listen now, it keeps
-        trying in the background (the caller's poll covers the meantime)."""
-        listener = _ReadyListener(self.pool, callback, on_retired)
-        try:
-            await listener.listen()
-        except STORE_ERRORS:
-            listener.listen_later()
-        return listener.stop
+        """When atoms become ready anywhere, call `wake` of one listener of this store after another until one
+        returns True (it has room and claims them: `pass_ready_turn` after its claim if it got all it asked
+        for), and `on_retired` of all with the id of each run retired; returns a function that stops listening.
+        If Postgres drops the connection (a restart), it listens again on a new one and wakes one then (atoms
+        may have become ready while nobody listened). If it cannot listen now, it keeps trying in the
+        background (the caller's poll covers the meantime)."""
+        if self._ready_fan_out is None:
+            self._ready_fan_out = _ReadyFanOut(self.pool)
+        return await self._ready_fan_out.subscribe(wake, on_retired)
+
+    def pass_ready_turn(self) -> None:
+        """A listener woken for ready atoms claimed all it had room for: wake the next two with room, if any."""
+        if self._ready_fan_out is not None:
+            self._ready_fan_out.pass_turn(wakes=2)
 
     async def release(self, atom: ClaimedAtom, executor: str, *, count_claim: bool = False) -> bool:
         """Hand an unfinished atom back (graceful shutdown, suspension, no LLM slot): ready again. The claim is

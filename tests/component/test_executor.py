@@ -1,6 +1,7 @@
 """Executors on real Postgres against the fake LLM server: completion, no double work, faults, shutdown."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from mge.adapters.llm import OpenAICompatibleLLM
 from mge.adapters.manifests import load_plan_input
 from mge.adapters.store.ledger import CostLedger
+from mge.adapters.store.queue import READY_CHANNEL
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
@@ -84,6 +86,35 @@ async def test_eight_executors_never_run_an_atom_twice(store, fake_llm, validato
     assert set(fake_llm.stats.calls_per_atom.values()) == {1}
     rows = await store.pool.fetchval("SELECT count(*) FROM atom_attempts WHERE masterplan_id = $1", plan_id)
     assert rows == 60
+
+
+async def test_executors_whose_endpoint_is_down_do_not_pass_the_turn_to_claim_around_without_end(
+    store, fake_llm, validator
+):
+    """The executors of a process take turns to claim for a notification. While their endpoint's circuit is
+    open they claim nothing: one that took the turn would pass it to the next and so on around, a loop that
+    never waits. None takes it then, and the process stays idle until a trial call is due."""
+    fake_llm.down_with = 503
+    atoms = [atom(f"a{n}") for n in range(12)]
+    await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    executors = [_executor(store, fake_llm, validator, name=f"ex-{n}", concurrency=4) for n in range(4)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(e.run(stop)) for e in executors]
+    try:
+        await eventually(lambda: all(e.circuit.calls_allowed(time.monotonic()) == 0 for e in executors))
+        for _ in range(5):
+            await store.pool.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        busy_before = time.process_time()
+        await asyncio.sleep(1.0)  # the first trial call is 2 s after the circuit opened
+        busy = time.process_time() - busy_before
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for executor in executors:
+            await executor.llm.close()
+
+    assert busy < 0.5, busy  # seconds of CPU in a second of waiting
 
 
 async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(store, fake_llm, validator):

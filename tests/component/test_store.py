@@ -327,10 +327,10 @@ async def test_an_attempts_write_wakes_other_executors_only_for_dependents_it_le
 async def test_the_executors_of_a_process_share_one_listen_and_a_notification_wakes_one_with_room(pg):
     """Postgres hands each NOTIFY to every listening backend (a transaction each), and every executor woken
     claimed: with 32 executors in one process, most claims came back empty. One LISTEN per store; a
-    notification wakes the next executor in turn that has room, and one whose claim got all it asked for passes
-    the turn on to the next two."""
+    notification wakes the next executor in turn that has room in each LLM pool, and one whose claim got all
+    it asked for passes the turn on to the next two."""
     store = await _store(pg)
-    room = {"a": False, "b": True, "c": True}
+    room = {"a": False, "b": True, "c": True, "other-pool": True}
     woken: list[str] = []
 
     def wake(name: str):
@@ -348,19 +348,23 @@ async def test_the_executors_of_a_process_share_one_listen_and_a_notification_wa
                 return
             await asyncio.sleep(0.02)
 
-    stops = [await store.listen_for_ready(wake(name)) for name in room]
+    stops = [await store.listen_for_ready(wake(name)) for name in ("a", "b", "c")]
+    stops.append(await store.listen_for_ready(wake("other-pool"), llm_pool="other"))
     try:
         listening = await store.pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()"
         )
-        await notified(1)
+        await notified(2)
         await asyncio.sleep(0.1)
-        assert woken == ["b"]  # a has no room; c waits for its turn
-        # b's claim got all it asked for: the next two with room (a has none) claim, since more may be ready.
-        store.pass_ready_turn()
-        assert woken == ["b", "c", "b"]
-        await notified(4)  # the next notification: the turn goes on after b
-        assert woken == ["b", "c", "b", "c"]
+        # One per pool: in the default pool a has no room, and c waits for its turn.
+        assert sorted(woken) == ["b", "other-pool"]
+        woken.clear()
+        # b's claim got all it asked for: the next two with room in its pool (c, then b again) claim.
+        store.pass_ready_turn(None, claimed_all=True)
+        assert woken == ["c", "b"]
+        # c had no room left by the time it claimed: the next one with room takes the turn.
+        store.pass_ready_turn(None, claimed_all=False)
+        assert woken == ["c", "b", "c"]
     finally:
         for stop in stops:
             await stop()

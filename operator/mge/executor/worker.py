@@ -285,7 +285,9 @@ class Executor:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         link_stop = asyncio.Event()
         linking = self._link_fleet(link_stop)
-        stop_listening = await self.store.listen_for_ready(self._atoms_ready, on_retired=self._abandon)
+        stop_listening = await self.store.listen_for_ready(
+            self._atoms_ready, on_retired=self._abandon, llm_pool=self.config.llm_pool
+        )
         self.store.query_listeners.append(self._query_timed)
         try:
             while not stop.is_set():
@@ -309,7 +311,8 @@ class Executor:
                     finally:
                         self._promised -= free  # the atoms claimed start below, before anything else runs
                 if has_turn and not claim_failed and len(claimed) >= free:
-                    self.store.pass_ready_turn()  # more may be ready than it had room for
+                    # More may be ready than it had room for (or its room went to its own atoms meanwhile).
+                    self.store.pass_ready_turn(self.config.llm_pool, claimed_all=free > 0)
                 self._generate_tests()
                 if probing and not claimed:
                     self.circuit.cancel_trial()  # nothing to try it with yet: the next pass tries again
@@ -386,7 +389,8 @@ class Executor:
         """Atoms became ready (a notification): True if this executor takes the turn to claim them (it has room)."""
         self._news += 1
         self._queue_empty = False
-        if self._stopping.is_set() or not self._free():
+        # Not while its endpoint is down: it would claim nothing, and pass the turn to the next, forever.
+        if self._stopping.is_set() or not self._free() or self.circuit.calls_allowed(time.monotonic()) == 0:
             return False
         self._has_turn = True
         self._wake.set()

@@ -5,7 +5,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -201,6 +201,25 @@ class _Subscriber:
     on_retired: Callable[[uuid.UUID], None] | None
 
 
+@dataclass
+class _Turns:
+    """The executors of one LLM pool, and whose turn is next."""
+
+    subscribers: list[_Subscriber] = field(default_factory=list)
+    next: int = 0
+
+    def wake(self, wakes: int) -> None:
+        count = len(self.subscribers)
+        start = self.next
+        for step in range(count):
+            index = (start + step) % count
+            if self.subscribers[index].wake():
+                self.next = (index + 1) % count
+                wakes -= 1
+                if not wakes:
+                    return
+
+
 class _ReadyFanOut:
     """One LISTEN for every executor of a process (`mge run --executors N` runs them on one store), and one of
     them woken per notification.
@@ -208,53 +227,55 @@ class _ReadyFanOut:
     Postgres hands each NOTIFY to every listening backend, and each backend's read is a transaction of its own:
     an executor per listener made as many of them per notification as executors in the process. And every
     executor woken claimed, though an atom or two had become ready: most of those claims came back empty. Here
-    a notification wakes the next executor in turn that has room; one whose claim got all it asked for passes
-    the turn on to the next two (`pass_turn`), since more atoms may be ready: a wave of ready atoms reaches
-    every executor with room in a few claims' time, not one claim after another."""
+    a notification wakes the next executor in turn that has room, in each LLM pool (a notification does not
+    say whose atoms are ready); one whose claim got all it asked for passes the turn on to the next two in its
+    pool, since more atoms may be ready: a wave of ready atoms reaches every executor with room in a few
+    claims' time, not one claim after another."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._listener: _ReadyListener | None = None
-        self._subscribers: list[_Subscriber] = []
-        self._turn = 0
+        self._turns: dict[str | None, _Turns] = {}
 
     async def subscribe(
-        self, wake: Callable[[], bool], on_retired: Callable[[uuid.UUID], None] | None
+        self, wake: Callable[[], bool], on_retired: Callable[[uuid.UUID], None] | None, llm_pool: str | None
     ) -> Callable[[], Awaitable[None]]:
         subscriber = _Subscriber(wake, on_retired)
-        self._subscribers.append(subscriber)
+        turns = self._turns.setdefault(llm_pool, _Turns())
+        turns.subscribers.append(subscriber)
         if self._listener is None:
-            self._listener = _ReadyListener(self._pool, self.pass_turn, self._retired)
+            self._listener = _ReadyListener(self._pool, self._notified, self._retired)
             try:
                 await self._listener.listen()
             except STORE_ERRORS:
                 self._listener.listen_later()
 
         async def unsubscribe() -> None:
-            self._subscribers.remove(subscriber)
-            if not self._subscribers and self._listener is not None:
+            turns.subscribers.remove(subscriber)
+            if not turns.subscribers:
+                self._turns.pop(llm_pool, None)
+            if not self._turns and self._listener is not None:
                 listener, self._listener = self._listener, None
                 await listener.stop()
 
         return unsubscribe
 
-    def pass_turn(self, wakes: int = 1) -> None:
-        """Atoms may be ready: wake the next `wakes` subscribers in turn that have room for them (none: the
-        next executor to finish an atom claims them in its write)."""
-        count = len(self._subscribers)
-        start = self._turn
-        for step in range(count):
-            index = (start + step) % count
-            if self._subscribers[index].wake():
-                self._turn = (index + 1) % count
-                wakes -= 1
-                if not wakes:
-                    return
+    def _notified(self) -> None:
+        """Atoms may be ready: wake the next executor in turn with room in each pool (none: the next executor to
+        finish an atom claims them in its write)."""
+        for turns in list(self._turns.values()):
+            turns.wake(1)
+
+    def pass_turn(self, llm_pool: str | None, wakes: int) -> None:
+        turns = self._turns.get(llm_pool)
+        if turns is not None:
+            turns.wake(wakes)
 
     def _retired(self, plan: uuid.UUID) -> None:
-        for subscriber in list(self._subscribers):
-            if subscriber.on_retired is not None:
-                subscriber.on_retired(plan)
+        for turns in list(self._turns.values()):
+            for subscriber in list(turns.subscribers):
+                if subscriber.on_retired is not None:
+                    subscriber.on_retired(plan)
 
 
 async def _discard(pool: asyncpg.Pool, connection: Any) -> None:
@@ -393,22 +414,26 @@ class AtomQueue:
         return str(result).endswith(" 1")
 
     async def listen_for_ready(
-        self, wake: Callable[[], bool], on_retired: Callable[[uuid.UUID], None] | None = None
+        self,
+        wake: Callable[[], bool],
+        on_retired: Callable[[uuid.UUID], None] | None = None,
+        llm_pool: str | None = None,
     ) -> Callable[[], Awaitable[None]]:
-        """When atoms become ready anywhere, call `wake` of one listener of this store after another until one
-        returns True (it has room and claims them: `pass_ready_turn` after its claim if it got all it asked
-        for), and `on_retired` of all with the id of each run retired; returns a function that stops listening.
+        """When atoms become ready anywhere, call `wake` of one listener of this store on `llm_pool` after another
+        until one returns True (it has room and claims them; then `pass_ready_turn`), and `on_retired` of all
+        with the id of each run retired; returns a function that stops listening.
         If Postgres drops the connection (a restart), it listens again on a new one and wakes one then (atoms
         may have become ready while nobody listened). If it cannot listen now, it keeps trying in the
         background (the caller's poll covers the meantime)."""
         if self._ready_fan_out is None:
             self._ready_fan_out = _ReadyFanOut(self.pool)
-        return await self._ready_fan_out.subscribe(wake, on_retired)
+        return await self._ready_fan_out.subscribe(wake, on_retired, llm_pool)
 
-    def pass_ready_turn(self) -> None:
-        """A listener woken for ready atoms claimed all it had room for: wake the next two with room, if any."""
+    def pass_ready_turn(self, llm_pool: str | None, *, claimed_all: bool) -> None:
+        """A listener woken for ready atoms claimed: if it got all it asked for, more may be ready, and the next
+        two with room claim; if it had no room left to claim with, the next one with room does."""
         if self._ready_fan_out is not None:
-            self._ready_fan_out.pass_turn(wakes=2)
+            self._ready_fan_out.pass_turn(llm_pool, wakes=2 if claimed_all else 1)
 
     async def release(self, atom: ClaimedAtom, executor: str, *, count_claim: bool = False) -> bool:
         """Hand an unfinished atom back (graceful shutdown, suspension, no LLM slot): ready again. The claim is

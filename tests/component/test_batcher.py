@@ -9,7 +9,7 @@ from mge.adapters.llm import OpenAICompatibleLLM, retries_reported_to
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
 from tests.support.batch_answers import batch_responder
 from tests.support.batch_answers import batchable_request as _request
-from tests.support.fake_llm import FakeLLM, Fault
+from tests.support.fake_llm import FakeLLM, FakeLLMConfig, Fault
 
 pytestmark = pytest.mark.component
 
@@ -151,6 +151,44 @@ async def test_calls_with_different_sampling_never_share_a_request():
 
     assert server.stats.requests == 2
     assert server.stats.calls_per_atom == {"a0": 1, "a1": 1}
+
+
+async def test_a_batch_waits_for_the_providers_room_and_its_headers_reach_the_first_items_gate():
+    """Batches and their fallbacks are sent from the batcher's task: without the submitters' rate-limit hooks
+    they went out with no wait for the room the provider's headers announce, and their headers were never
+    read. Each request now carries the hooks of the call whose answer it is (a batch: its first item's)."""
+    server = FakeLLM(FakeLLMConfig(requests_per_minute=100), responder=batch_responder(RECORDINGS))
+    server.recordings = {atom: dict(answers) for atom, answers in RECORDINGS.items()}
+    await server.start()
+    llm = OpenAICompatibleLLM(server.url, "k")
+    batcher = RequestBatcher(llm.complete, BatchConfig(max_batch=3, window_s=0.2))
+    sent: dict[str, int] = dict.fromkeys(ATOMS[:4], 0)
+    heard: dict[str, list[str]] = {atom: [] for atom in ATOMS[:4]}
+
+    async def submit(atom: str, **options):
+        async def before_send() -> None:
+            sent[atom] += 1
+
+        def headers(values) -> None:
+            heard[atom].append(values["x-ratelimit-remaining-requests"])
+
+        with retries_reported_to(None, headers, before_send):
+            return await batcher.submit(_request(atom, **options))
+
+    try:
+        # a3 cannot share their request (another temperature): after the window it is sent alone.
+        *_, alone = await asyncio.wait_for(
+            asyncio.gather(*(submit(a) for a in ATOMS[:3]), submit("a3", temperature=0.5)), 5
+        )
+    finally:
+        await batcher.close()
+        await llm.close()
+        await server.stop()
+
+    assert alone.content == RECORDINGS["a3"][1]
+    assert server.stats.requests == 2
+    assert sent == {"a0": 1, "a1": 0, "a2": 0, "a3": 1}
+    assert [len(heard[atom]) for atom in ATOMS[:4]] == [1, 0, 0, 1]
 
 
 async def test_a_retry_of_the_batch_is_reported_to_the_item_whose_answer_carries_it():

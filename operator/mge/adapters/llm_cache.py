@@ -19,6 +19,8 @@ from typing import Final
 from mge.adapters import metrics
 from mge.adapters.cache import CacheSavings, LLMPromptCache
 from mge.adapters.llm import (
+    BEFORE_SEND,
+    HEADERS_LISTENER,
     LLM,
     RETRY_LISTENER,
     ChatRequest,
@@ -108,6 +110,10 @@ class _Pending:
     # Whom the submitter's retries are reported to: the batch is sent from another task, and a retry must
     # reach the limiter of the call whose completion carries it (the first item, or the item sent alone).
     retry_listener: Callable[[str], None] | None = field(default_factory=RETRY_LISTENER.get)
+    # ... and the submitter's call gate's hooks for the provider's rate-limit headers: the request waits for the
+    # room they announce before it is sent, and its answer's headers are read (a batch: the first item's gate).
+    headers_listener: Callable[[Mapping[str, str]], None] | None = field(default_factory=HEADERS_LISTENER.get)
+    before_send: Callable[[], Awaitable[None]] | None = field(default_factory=BEFORE_SEND.get)
     answer: asyncio.Future[Completion] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -241,7 +247,8 @@ class RequestBatcher:
             await asyncio.gather(*(self._alone(p, "alone") for p in items))
             return
         try:
-            with retries_reported_to(items[0].retry_listener):
+            lead = items[0]
+            with retries_reported_to(lead.retry_listener, lead.headers_listener, lead.before_send):
                 combined = await self._send(batch)
         except EndpointUnavailable as error:  # sent alone, each would only fail the same way
             for pending in items:
@@ -361,7 +368,7 @@ class RequestBatcher:
             return
         metrics.BATCH_REQUESTS.labels(outcome).inc()
         try:
-            with retries_reported_to(pending.retry_listener):
+            with retries_reported_to(pending.retry_listener, pending.headers_listener, pending.before_send):
                 single = await self._send(request)
         except BaseException as error:  # handed to the atom's own task, which decides what it means
             if not pending.answer.done():

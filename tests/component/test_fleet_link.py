@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mge.adapters.cache import connect_redis
 from mge.adapters.embedded import EmbeddedRedis
-from mge.adapters.fleet_link import LEADER_LEASE_MS, FleetLink
+from mge.adapters.fleet_link import LEADER_LEASE_MS, FleetLink, _encode
 from mge.concurrency.fleet_estimate import SHARES_FRESH_FOR_S, EventKind, FleetEvent, SharedLimiter
 from mge.concurrency.limiter import AdaptiveLimiter, Outcome
 from tests.support.redis import kill, redis_server
@@ -200,3 +200,27 @@ async def test_a_blip_shorter_than_the_lease_keeps_the_leaders_estimate(server):
     assert blips
     assert a.link.estimate is estimate
     assert estimate.limiter.limit == 13
+
+
+async def test_an_event_another_version_wrote_is_skipped_and_the_ones_after_it_are_read(server):
+    """During a rollout executors of two versions share the stream: an event this one cannot read (an outcome
+    it does not know) was read again at every tick, and the leader heard nothing after it."""
+    a, b = Member(server.url, "a", in_flight=2), Member(server.url, "b", in_flight=2)
+    await _ticks([a, b])
+    estimate = a.link.estimate
+    assert estimate is not None
+    before = estimate.limiter.limit
+    unknown = {"x": "b", "k": "outcome", "t": time.time(), "o": "some-later-outcome", "l": 1.0, "n": 1}
+    await b.redis.xadd(b.link._events, {**unknown, "f": 0, "m": 0})
+    for _ in range(3):
+        now = time.monotonic()
+        a.answer(now)
+        b.answer(now)
+        await _ticks([a, b], 1)
+    assert estimate.limiter.limit > before
+
+
+def test_a_refusal_for_the_providers_budget_goes_out_as_an_error_that_earlier_versions_read():
+    limiter = SharedLimiter("a", AdaptiveLimiter(minimum=1, maximum=8, initial=2), wall_offset_s=0.0)
+    limiter.record(Outcome.RATE_LIMITED, in_flight=1, now=1.0)
+    assert _encode(limiter.outbox[-1])["o"] == "error"

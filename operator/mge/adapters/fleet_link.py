@@ -42,11 +42,14 @@ _WRITE: Final = "_write"
 
 
 def _encode(event: FleetEvent) -> dict[str, str | float | int]:
+    # The leader's limiter treats a refusal for the provider's budget as any other error (neither is
+    # congestion), and executors of earlier versions, which may lead during a rollout, know only "error".
+    outcome = Outcome.ERROR if event.outcome is Outcome.RATE_LIMITED else event.outcome
     return {
         "x": event.executor,
         "k": event.kind.value,
         "t": event.at,
-        "o": event.outcome.value,
+        "o": outcome.value,
         "l": event.latency_s,
         "n": event.tokens,
         "f": event.in_flight,
@@ -174,8 +177,14 @@ class FleetLink:
         events = []
         for _stream, entries in read:
             for entry_id, fields in entries:
-                events.append(_decode(fields))
                 self._read_from = entry_id.decode()
+                try:
+                    events.append(_decode(fields))
+                except (
+                    KeyError,
+                    ValueError,
+                ) as unreadable:  # written by another version: skipped, not read again
+                    log.warning("fleet event %s of %s skipped: %r", self._read_from, self._events, unreadable)
         return events
 
     def _set_share(self, share: int | None, now: float, fleet_limit: int | None = None) -> None:

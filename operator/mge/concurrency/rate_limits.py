@@ -20,6 +20,10 @@ _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 STALE_AFTER_S: Final = 120.0
 # No wait longer than this on one reading; a longer reset is looked at again (a new reading may come first).
 LONGEST_WAIT_S: Final = 60.0
+# A request reaches the provider's rate limiter some milliseconds after it is sent (more from a busy client):
+# a reading dated at the send would count refill from before the provider took its count, and the first call
+# that extra refill let start was refused (a few tokens short, at a budget's edge). Dated this much later.
+ADMISSION_DELAY_S: Final = 0.05
 # Other processes' spending is estimated over the readings of this long: long enough that the rounding of
 # the headers (a unit per reading) averages out, short enough to follow a fleet that grows or shrinks.
 OTHERS_WINDOW_S: Final = 5.0
@@ -271,7 +275,8 @@ class ProviderBudget:
         elif headers.retry_after_s is not None:
             read_at = now  # a refusal is answered as soon as it is decided, however long the request took to get there
         else:
-            read_at = next((s.at for s in self._since_reading if s.number == sent), now)
+            sent_at = next((s.at for s in self._since_reading if s.number == sent), now)
+            read_at = min(sent_at + ADMISSION_DELAY_S, now)
         requests = self._calibrated(headers.requests, self._request_period)
         tokens = self._calibrated(headers.tokens, self._token_period)
         # A refused request took nothing: counted as this process's, it would hide the call that beat it.

@@ -59,6 +59,15 @@ async def _ticks(members: list[Member], count: int = 2) -> None:
             await member.link.tick(time.monotonic())
 
 
+async def _answer_rounds(members: list[Member], rounds: int = 3) -> None:
+    """Each member's call answers, then a tick, `rounds` times."""
+    for _ in range(rounds):
+        now = time.monotonic()
+        for member in members:
+            member.answer(now)
+        await _ticks(members, 1)
+
+
 async def test_one_executor_leads_and_every_executor_calls_up_to_its_share_of_one_limit(server):
     a, b = Member(server.url, "a", in_flight=2), Member(server.url, "b", in_flight=2, most=3)
     await _ticks([a, b])
@@ -83,11 +92,7 @@ async def test_the_leader_hears_both_executors_answers_and_slow_start_grows_the_
     estimate = a.link.estimate
     assert estimate is not None
     before = estimate.limiter.limit
-    for _ in range(3):
-        now = time.monotonic()
-        a.answer(now)
-        b.answer(now)
-        await _ticks([a, b], 1)
+    await _answer_rounds([a, b])
     assert estimate.limiter.limit > before
     await _ticks([a, b])
     assert a.limiter.share + b.limiter.share == estimate.limiter.limit  # type: ignore[operator]
@@ -212,11 +217,7 @@ async def test_an_event_another_version_wrote_is_skipped_and_the_ones_after_it_a
     before = estimate.limiter.limit
     unknown = {"x": "b", "k": "outcome", "t": time.time(), "o": "some-later-outcome", "l": 1.0, "n": 1}
     await b.redis.xadd(b.link._events, {**unknown, "f": 0, "m": 0})
-    for _ in range(3):
-        now = time.monotonic()
-        a.answer(now)
-        b.answer(now)
-        await _ticks([a, b], 1)
+    await _answer_rounds([a, b])
     assert estimate.limiter.limit > before
 
 

@@ -36,9 +36,8 @@ class _Requests:
     """The HTTP requests of one call, as the provider's budget sees them."""
 
     tokens: int  # what each takes of the tokens budget
-    latest: int | None = (
-        None  # the number of the last one sent (`ProviderBudget.started`): its answer's reading
-    )
+    # The number of the last one sent (`ProviderBudget.started`): its answer's reading is of it.
+    latest: int | None = None
     # The last answer was a refusal its headers explain (a budget spent): the provider's pace, not congestion.
     refused_by_budget: bool = False
 

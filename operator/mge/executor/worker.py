@@ -496,13 +496,15 @@ class Executor:
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Sleep until an atom finishes (a slot frees, dependents may be ready), stop, or the poll interval.
-        A wake-up that came while the loop was busy (in a claim) is not lost: it ends this sleep at once (a turn
-        to claim for a notification is this executor's alone, and the others wait for it to be passed on)."""
+        A turn to claim that came while the loop was busy (in a claim) ends it at once: the turn is this
+        executor's alone, and the others wait for it to be passed on."""
+        self._wake.clear()
+        if self._has_turn:
+            return
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         done, _ = await asyncio.wait(
             waiters, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
         )
-        self._wake.clear()
         for waiter in waiters:
             waiter.cancel()
         # The poll: look for work whatever the last claim found (leases that ran out, news missed in a race).

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -186,10 +187,93 @@ async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_han
 
         await eventually(nothing_running)
         assert len(landed[0].claimed) == 1  # a (released by the shutdown) or b: either way, nobody runs it
+        # Its call was reserved with the claim, and is never made: the money goes back with the atom.
+        assert landed[0].claimed[0].reservation is not None
+        assert await store.pool.fetchval("SELECT count(*) FROM cost_reservations") == 0
+        assert await store.pool.fetchval(
+            "SELECT reserved_cost_usd FROM masterplans WHERE id = $1", plan_id
+        ) == Decimal(0)
+        released = await store.pool.fetch(
+            "SELECT atom_id, amount_usd, detail->>'why' AS why FROM cost_events WHERE kind = 'release'"
+        )
+        assert [(r["atom_id"], r["amount_usd"], r["why"]) for r in released] == [
+            (landed[0].claimed[0].atom_id, landed[0].claimed[0].reservation.amount_usd, "handed back")
+        ]
     finally:
         gate.set()
         del store.finish_attempt
         await executor.llm.close()
+
+
+async def _ledger_events(store, plan_id):
+    rows = await store.pool.fetch(
+        "SELECT atom_id, kind, amount_usd, detail->>'why' AS why FROM cost_events WHERE masterplan_id = $1 "
+        "ORDER BY id",
+        plan_id,
+    )
+    return [(r["atom_id"], r["kind"], r["amount_usd"], r["why"]) for r in rows]
+
+
+async def test_down_a_chain_each_call_is_reserved_by_the_write_of_the_atom_before(store, fake_llm, validator):
+    """The write that ends an atom claims the next and reserves its call under the plan lock it holds for its
+    own settlement: one lock and one transaction per atom instead of two. Only the loop's own claims (the
+    first, and those after a notification) leave the reservation to the call. Counted by wrapping the
+    ledger's `reserve`; nothing is replaced."""
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.01)
+    atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i else [])) for i in range(15)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    executor = _executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)
+    reserved_when_called = 0
+    reserve = executor.ledger.reserve
+
+    async def counted_reserve(*args, **kwargs):
+        nonlocal reserved_when_called
+        reserved_when_called += 1
+        return await reserve(*args, **kwargs)
+
+    executor.ledger.reserve = counted_reserve
+    progress = await _run_until_finished(store, plan_id, [executor])
+    await executor.llm.close()
+
+    assert (progress.succeeded, progress.failed) == (15, 0)
+    assert reserved_when_called <= 3
+    events = await _ledger_events(store, plan_id)
+    # Every atom: one reservation, one settlement, nothing given back; nothing is left reserved.
+    assert sorted((a, k) for a, k, _, _ in events) == sorted(
+        (f"a{i}", kind) for i in range(15) for kind in ("reserve", "settle")
+    )
+    spend = await CostLedger(store.pool).spend(plan_id)
+    assert spend.reserved_usd == 0
+    assert spend.spent_usd == sum(amount for _, kind, amount, _ in events if kind == "settle") > 0
+
+
+async def test_a_call_longer_than_its_claim_reserved_exchanges_the_reservation_for_its_worst_case(
+    store, fake_llm, validator
+):
+    """The write of `short` reserves for `long` about what its own call's worst case was; `long`'s prompt is
+    far longer, so its call gives that back and reserves its own worst case before it is made: a call is
+    never made on a reservation smaller than its worst case."""
+    atoms = [
+        atom("short"),
+        Atom(id="long", file="pkg/long.py", language="python", description="𝔘" * 19999, depends_on=["short"]),
+    ]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+
+    progress = await _run_until_finished(
+        store, plan_id, [_executor(store, fake_llm, validator, concurrency=1)]
+    )
+
+    assert (progress.succeeded, progress.failed) == (2, 0)
+    long_events = [
+        (kind, amount, why) for a, kind, amount, why in await _ledger_events(store, plan_id) if a == "long"
+    ]
+    (claimed_kind, claimed_usd, _), exchanged, (own_kind, own_usd, _), (settled_kind, _, _) = long_events
+    assert (claimed_kind, own_kind, settled_kind) == ("reserve", "reserve", "settle")
+    assert exchanged == ("release", claimed_usd, "below the call's worst case")
+    assert own_usd > claimed_usd
+    assert (await CostLedger(store.pool).spend(plan_id)).reserved_usd == 0
 
 
 @pytest.mark.parametrize(

@@ -298,7 +298,7 @@ class _PausingAfterCommit(asyncpg.Connection):
 
     async def fetchval(self, query, *args, **kwargs):
         result = await super().fetchval(query, *args, **kwargs)
-        if "INSERT INTO cost_reservations" in query and result is not None and type(self).armed:
+        if "mge_reserve_if_room" in query and result is not None and type(self).armed:
             type(self).armed = False
             type(self).committed.set()
             await type(self).go_on.wait()

@@ -7,6 +7,8 @@ from typing import Final
 from pydantic import BaseModel, Field
 
 _PER_TOKEN: Final = Decimal(1) / Decimal(1_000_000)
+# The ledger's unit: amounts are stored with 6 decimals.
+MICRO_USD: Final = Decimal("0.000001")
 
 
 class ModelPrice(BaseModel):

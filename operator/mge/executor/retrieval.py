@@ -19,7 +19,7 @@ from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.queue import ClaimedAtom
 from mge.adapters.tokenizer import count_tokens
 from mge.cache.similarity import OFFLINE_MODEL
-from mge.cost.pricing import ModelPrice, price_for
+from mge.cost.pricing import MICRO_USD, ModelPrice, price_for
 from mge.retrieval.chunking import Chunk, chunk_document
 from mge.retrieval.documents import ContextDocument
 from mge.retrieval.select import context_block, context_query, corpus_version, fit_budget
@@ -35,7 +35,6 @@ EMBED_BATCH: Final = 64
 PLANS_KEPT: Final = 16
 # Candidates ranked before the token budget picks: a long chunk skipped leaves room for shorter ones.
 CANDIDATES_PER_SLOT: Final = 3
-MICRO_USD: Final = Decimal("0.000001")
 
 
 @dataclass(frozen=True, slots=True)

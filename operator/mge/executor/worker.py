@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +29,7 @@ from mge.adapters.store.queue import (
     GiveUp,
     Succeed,
 )
-from mge.adapters.store.settlement import Settlement
+from mge.adapters.store.settlement import Reservation, Settlement
 from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.concurrency.circuit import EndpointCircuit
@@ -37,7 +37,7 @@ from mge.concurrency.fleet_estimate import SharedLimiter
 from mge.concurrency.heartbeat import next_report_in
 from mge.concurrency.limiter import AdaptiveLimiter
 from mge.concurrency.ramp import RampPolicy
-from mge.cost.pricing import ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
+from mge.cost.pricing import MICRO_USD, ModelPrice, UnknownModelPrice, price_for, worst_case_call_cost
 from mge.executor.acceptance import GenerationConfig, TestGenerator
 from mge.executor.gate import CallGate, SlotUnavailable
 from mge.executor.retrieval import NOTHING, RetrievalSetup, Retrieved
@@ -138,6 +138,9 @@ NO_SLOT_OUTCOME: Final = "no_slot"
 ENDPOINT_DOWN_OUTCOME: Final = "endpoint_down"
 # How long an executor believes a plan it found not ramping is still not ramping.
 NOT_RAMPING_RECHECK_S: Final = 5.0
+# The atoms an attempt's write claims of its plan come with their calls reserved: this times that attempt's
+# worst case (the next prompt may carry longer dependencies). A call whose worst case is more exchanges it.
+NEXT_CALL_RESERVE_MARGIN: Final = Decimal("1.25")
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ class Executor:
         self._primary_model: str | None = None
         self._model_gates: dict[str, CallGate] = {}
         self._in_flight: dict[asyncio.Task[None], ClaimedAtom] = {}
+        # Tasks whose atom's last write landed: their slots are free (see `_take_over`).
+        self._written: set[asyncio.Task[None]] = set()
         self.ramp = RampPolicy(ends_at=config.plan_ramp_ends_at)
         # Plans found not ramping, and until when (monotonic) to believe it: most answers need no query.
         self._not_ramping_until: dict[uuid.UUID, float] = {}
@@ -320,7 +325,7 @@ class Executor:
                     task = self._start(atom)
                     if probing:
                         self._trial = task
-                if not claimed or len(self._in_flight) >= self.config.concurrency:
+                if not claimed or self._busy() >= self.config.concurrency:
                     await self._idle(stop)
         finally:
             try:
@@ -362,16 +367,19 @@ class Executor:
         task.add_done_callback(self._done)
         return task
 
-    def _next_claim(self) -> ClaimRequest | None:
+    def _next_claim(self, reserve_usd: Decimal | None) -> ClaimRequest | None:
         """What an atom's last write may claim for the slots free once its task ends: None while stopping or
-        while the endpoint's circuit limits calls (the loop claims then, trial calls included)."""
+        while the endpoint's circuit limits calls (the loop claims then, trial calls included). Each atom it
+        claims of the same plan comes with `reserve_usd` reserved for its call, where the budget has room."""
         if self._stopping.is_set() or self.circuit.calls_allowed(time.monotonic()) is not None:
             return None
-        free = self._room() - len(self._in_flight) + 1 - self._promised
+        free = self._room() - self._busy() + 1 - self._promised
         if free <= 0:
             return None
         self._promised += free - 1  # its own slot is its task's until the atoms claimed start
-        return ClaimRequest(free, self.config.lease_s, self.config.llm_pool)
+        return ClaimRequest(
+            free, self.config.lease_s, self.config.llm_pool, reserve_usd, self.reservation_ttl_s
+        )
 
     def _room(self) -> int:
         """How many atoms this executor takes on: its concurrency, and no more than its LLM limits let call at
@@ -383,7 +391,11 @@ class Executor:
     def _free(self) -> int:
         """Slots no atom holds and no claim under way has promised."""
         # Never below 0: a finishing atom's task starts the atoms its write claimed just before it ends.
-        return max(0, self._room() - len(self._in_flight) - self._promised)
+        return max(0, self._room() - self._busy() - self._promised)
+
+    def _busy(self) -> int:
+        """Slots atoms hold: every atom in flight but those whose last write landed."""
+        return len(self._in_flight) - len(self._written)
 
     def _atoms_ready(self) -> bool:
         """Atoms became ready (a notification): True if this executor takes the turn to claim them (it has room)."""
@@ -396,12 +408,22 @@ class Executor:
         self._wake.set()
         return True
 
-    def _take_over(self, finishing: "asyncio.Future[FinishedAttempt]", asked: int, news: int) -> None:
+    def _take_over(
+        self,
+        finishing: "asyncio.Future[FinishedAttempt]",
+        asked: int,
+        news: int,
+        ending_task: "asyncio.Task[None] | None" = None,
+    ) -> None:
         """Give back the slots the write's claim promised, and run the atoms it claimed (hand them back when
-        stopping); also when its task was cancelled meanwhile, so they do not wait for their leases to run out."""
+        stopping); also when its task was cancelled meanwhile, so they do not wait for their leases to run out.
+        `ending_task`: the write was its atom's last, so its slot is free from now on, though the task has a few
+        steps left to end (an attempt that takes no longer, as a cache hit's, must not find it still taken)."""
         self._promised -= max(0, asked - 1)
         if finishing.cancelled() or finishing.exception() is not None:
             return
+        if ending_task is not None and ending_task in self._in_flight:
+            self._written.add(ending_task)
         claimed = finishing.result().claimed
         if asked:
             self._queue_empty = len(claimed) < asked and self._news == news
@@ -487,6 +509,7 @@ class Executor:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._written.discard(task)
         if task is self._trial:
             self._trial = None
             self.circuit.cancel_trial()  # the trial atom made no call (a cache hit, budget): try another
@@ -679,8 +702,13 @@ class Executor:
                 )
             )
             return
+        reserved = atom.reservation  # made with the claim, for its first call
         for attempt in attempts:
-            match await self._attempt(atom, task, dependencies, feedback, attempt, price, retrieved):
+            outcome = await self._attempt(
+                atom, task, dependencies, feedback, attempt, price, retrieved, reserved
+            )
+            reserved = None
+            match outcome:
                 case LeaseLost() | Generated():
                     return
                 case Crashed(crash) if attempt < atom.max_attempts:
@@ -749,6 +777,7 @@ class Executor:
         attempt: int,
         price: ModelPrice,
         retrieved: Retrieved = NOTHING,
+        reserved: Reservation | None = None,
     ) -> AttemptOutcome:
         """One generation, traced as one span with its outcome."""
         with tracing.span(
@@ -765,6 +794,7 @@ class Executor:
                 price,
                 tracing.span_id_hex(attempt_span),
                 retrieved,
+                reserved,
             )
             attempt_span.set_attribute("mge.outcome", _outcome_label(result))
             return result
@@ -779,7 +809,9 @@ class Executor:
         price: ModelPrice,
         span_id: str,
         retrieved: Retrieved = NOTHING,
+        reserved: Reservation | None = None,
     ) -> AttemptOutcome:
+        """`reserved`: what the claim reserved for this call; used if the call's worst case fits in it."""
         started_at, started = datetime.now(UTC), time.perf_counter()
         request = ChatRequest(
             model=atom.model,
@@ -794,10 +826,14 @@ class Executor:
         worst_case = worst_case_call_cost(
             [count_tokens(m["content"]) for m in request.messages], request.max_tokens, price
         )
-        # A cache hit spends nothing: no reservation, no LLM slot, no call.
+        # A cache hit spends nothing: no LLM slot, no call, and what the claim reserved is settled at $0.
         hit = await cached_answer(self.llm, request)
         reservation = None
-        if hit is None:
+        if reserved is not None and (hit is not None or worst_case <= reserved.amount_usd):
+            reservation = reserved
+        elif reserved is not None:  # the claim reserved less than this call's worst case: exchanged for it
+            await self.ledger.release(reserved, atom, why="below the call's worst case")
+        if hit is None and reservation is None:
             wait_s = self.config.budget_wait_s
             try:
                 reservation = await self.ledger.reserve(
@@ -876,7 +912,14 @@ class Executor:
         )
         # Money spent is settled even if the task is cancelled meanwhile (shielded), in the attempt's one write.
         # When the atom's task ends here, that write also claims the atoms for its slot.
-        claim_next = None if ending is None else self._next_claim()
+        # The next atoms of the plan reserve about what this call did, with a margin for a longer prompt; after
+        # a cache hit nothing (the next is likely a hit too, and a hit spends nothing).
+        reserve_next = (
+            None
+            if hit is not None
+            else (worst_case * NEXT_CALL_RESERVE_MARGIN).quantize(MICRO_USD, rounding=ROUND_UP)
+        )
+        claim_next = None if ending is None else self._next_claim(reserve_next)
         finishing = asyncio.ensure_future(
             retry_transient(
                 partial(
@@ -890,11 +933,16 @@ class Executor:
                 )
             )
         )
+        this_task = asyncio.current_task()
         # Also when the task is cancelled meanwhile or the write fails: the promised slots are given back.
         finishing.add_done_callback(
-            partial(self._take_over, asked=0 if claim_next is None else claim_next.limit, news=self._news)
+            partial(
+                self._take_over,
+                asked=0 if claim_next is None else claim_next.limit,
+                news=self._news,
+                ending_task=this_task if ending is not None else None,
+            )
         )
-        this_task = asyncio.current_task()
         if this_task is not None:
             self._finishing.add(this_task)
         try:

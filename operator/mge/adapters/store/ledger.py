@@ -69,28 +69,8 @@ WITH reservation AS (
 SELECT id FROM reservation
 """
 
-# A reservation granted in one statement when the budget has room even counting every reservation (dead ones
-# included: only the locked path below gives those back): the conditional increment is the lock and the check
-# at once, applied to the row's latest version, so racers never reserve past the hard cap. The reservation
-# and its "reserve" event are written only when the increment happened.
-_RESERVE_IF_ROOM: Final = """
-WITH plan AS (
-    UPDATE masterplans SET reserved_cost_usd = reserved_cost_usd + $5::numeric
-    WHERE id = $1
-      AND current_cost_usd + reserved_cost_usd + $5 <= budget_limit_usd * hard_cap_percentage / 100
-    RETURNING trace_id, current_cost_usd, budget_limit_usd
-), reservation AS (
-    INSERT INTO cost_reservations (masterplan_id, atom_id, trace_id, executor, amount_usd, expires_at,
-                                   lease_token)
-    SELECT $1, $2::text, $3::uuid, $4::text, $5, now() + make_interval(secs => $6::float8), $7::uuid FROM plan
-    RETURNING id
-), event AS (
-    INSERT INTO cost_events (masterplan_id, trace_id, atom_id, wave_index, model, kind, amount_usd,
-                             cumulative_cost_usd, budget_limit_usd, detail)
-    SELECT $1, trace_id, $2, $8::int, $9::text, 'reserve', $5, current_cost_usd, budget_limit_usd, '{}' FROM plan
-)
-SELECT id FROM reservation
-"""
+# A reservation granted in one statement when the budget has room (migration 0018 says how); NULL when not.
+_RESERVE_IF_ROOM: Final = "SELECT mge_reserve_if_room($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 _RELEASE_DEAD_SQL: Final = """
     DELETE FROM cost_reservations r

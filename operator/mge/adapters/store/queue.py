@@ -14,7 +14,7 @@ import asyncpg
 
 from mge.adapters.store.errors import STORE_ERRORS
 from mge.adapters.store.progress import AtomOutput
-from mge.adapters.store.settlement import Settlement, settlement_args
+from mge.adapters.store.settlement import Reservation, Settlement, settlement_args
 from mge.concurrency.ramp import RampPolicy
 from mge.models.concurrency_api import PlanRampStatus
 
@@ -28,6 +28,18 @@ RETIRED_CHANNEL: Final = "mge_plans_retired"
 
 async def notify_ready(connection: Any) -> None:
     await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+
+
+async def _give_back_claim_reservations(connection: Any, atom: "ClaimedAtom", why: str) -> None:
+    """Inside the caller's transaction, before it writes the atom (the plan row is locked first)."""
+    if atom.reservation is not None:
+        await connection.execute(
+            "SELECT mge_give_back_claim_reservations($1, $2, $3, $4)",
+            atom.masterplan_id,
+            atom.atom_id,
+            atom.lease_token,
+            why,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +66,26 @@ class ClaimedAtom:
     has_context: bool = False
     # The code of its dependencies, read with the claim (its prompt carries it).
     dependency_outputs: tuple[AtomOutput, ...] = ()
+    # Its call's reservation, made with the claim by the write of the atom before (None: reserved when called).
+    reservation: Reservation | None = None
 
 
 # Ramps, candidates and the claim in one round trip (migration 0016 says how).
 _CLAIM_SQL: Final = "SELECT * FROM mge_claim_atoms($1, $2, $3, $4)"
 
 
-def _claimed(row: asyncpg.Record) -> ClaimedAtom:
+def _claimed(row: asyncpg.Record, reserved_usd: Decimal | None = None) -> ClaimedAtom:
     fields = dict(row)
-    fields.pop("still_ours", None)  # a claim made by an attempt's write (mge_finish_attempt) says this too
+    # A claim made by an attempt's write (mge_finish_attempt) says these too.
+    fields.pop("still_ours", None)
+    reservation_id = fields.pop("reservation_id", None)
     outputs = json.loads(fields.pop("dependency_outputs"))
-    return ClaimedAtom(**fields, dependency_outputs=tuple(AtomOutput(*output) for output in outputs))
+    reservation = None
+    if reservation_id is not None and reserved_usd is not None:
+        reservation = Reservation(reservation_id, fields["masterplan_id"], reserved_usd)
+    return ClaimedAtom(
+        **fields, dependency_outputs=tuple(AtomOutput(*output) for output in outputs), reservation=reservation
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +107,15 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """What a claim asks for: up to `limit` atoms under a lease of `lease_seconds`, of plans on `llm_pool`."""
+    """What a claim asks for: up to `limit` atoms under a lease of `lease_seconds`, of plans on `llm_pool`;
+    with `reserve_usd`, an attempt's write also reserves that much (for `reservation_ttl_s`) for the call of
+    each atom it claims of its own plan (see `mge_finish_attempt`)."""
 
     limit: int
     lease_seconds: float
     llm_pool: str | None = None
+    reserve_usd: Decimal | None = None
+    reservation_ttl_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +142,11 @@ AtomEnding = Succeed | GiveUp
 
 
 # The attempt's one write, the claim of the next atoms and the wake-up of other executors in one round trip
-# (migration 0017 says how): settlement_args ($1-$10), the attempt under the claim ($11 executor, $12 lease
-# token), the atom's end ($13 'succeeded' | 'failed' | NULL, $14 output, $15 last error), the attempt row
-# ($16-$26) and the claim ($27 limit, 0 for none; $28 lease seconds; $29 LLM pool).
-_FINISH_ATTEMPT_SQL: Final = f"SELECT * FROM mge_finish_attempt({', '.join(f'${n}' for n in range(1, 30))})"
+# (migrations 0017 and 0018 say how): settlement_args ($1-$10), the attempt under the claim ($11 executor,
+# $12 lease token), the atom's end ($13 'succeeded' | 'failed' | NULL, $14 output, $15 last error), the
+# attempt row ($16-$26), the claim ($27 limit, 0 for none; $28 lease seconds; $29 LLM pool) and the
+# reservation made with it ($30 amount, NULL for none; $31 its TTL in seconds).
+_FINISH_ATTEMPT_SQL: Final = f"SELECT * FROM mge_finish_attempt({', '.join(f'${n}' for n in range(1, 32))})"
 
 
 class _ReadyListener:
@@ -394,23 +420,33 @@ class AtomQueue:
         )
         claim = claim_next or ClaimRequest(limit=0, lease_seconds=0.0)
         rows = await self.pool.fetch(
-            _FINISH_ATTEMPT_SQL, *args, claim.limit, float(claim.lease_seconds), claim.llm_pool
+            _FINISH_ATTEMPT_SQL,
+            *args,
+            claim.limit,
+            float(claim.lease_seconds),
+            claim.llm_pool,
+            claim.reserve_usd,
+            float(claim.reservation_ttl_s),
         )
-        return FinishedAttempt(rows[0]["still_ours"], [_claimed(r) for r in rows if r["atom_id"] is not None])
+        claimed = [_claimed(r, claim.reserve_usd) for r in rows if r["atom_id"] is not None]
+        return FinishedAttempt(rows[0]["still_ours"], claimed)
 
     async def fail(self, atom: ClaimedAtom, executor: str, error: str) -> bool:
-        """Give up on the atom; its dependents stay pending (blocked) and are reported as such."""
-        result = await self.pool.execute(
-            """UPDATE atoms SET state = 'failed', last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
-                   lease_token = NULL, finished_at = now(), updated_at = now()
-               WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
-                 AND lease_token = $5""",
-            atom.masterplan_id,
-            atom.atom_id,
-            error,
-            executor,
-            atom.lease_token,
-        )
+        """Give up on the atom; its dependents stay pending (blocked) and are reported as such. A reservation
+        made with the claim goes back to the plan (no call was made under it)."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await _give_back_claim_reservations(connection, atom, "failed without a call")
+            result = await connection.execute(
+                """UPDATE atoms SET state = 'failed', last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                       lease_token = NULL, finished_at = now(), updated_at = now()
+                   WHERE masterplan_id = $1 AND atom_id = $2 AND state = 'running' AND lease_owner = $4
+                     AND lease_token = $5""",
+                atom.masterplan_id,
+                atom.atom_id,
+                error,
+                executor,
+                atom.lease_token,
+            )
         return str(result).endswith(" 1")
 
     async def listen_for_ready(
@@ -437,8 +473,10 @@ class AtomQueue:
 
     async def release(self, atom: ClaimedAtom, executor: str, *, count_claim: bool = False) -> bool:
         """Hand an unfinished atom back (graceful shutdown, suspension, no LLM slot): ready again. The claim is
-        not counted unless `count_claim` (the attempt crashed: a poison atom must not be retried forever)."""
+        not counted unless `count_claim` (the attempt crashed: a poison atom must not be retried forever).
+        A reservation made with the claim for a call never made goes back to the plan."""
         async with self.pool.acquire() as connection, connection.transaction():
+            await _give_back_claim_reservations(connection, atom, "handed back")
             result = await connection.execute(
                 """UPDATE atoms SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
                        claims = CASE WHEN $5 THEN claims ELSE greatest(claims - 1, 0) END, updated_at = now()

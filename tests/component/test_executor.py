@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mge.adapters.llm import OpenAICompatibleLLM
+from mge.adapters.llm import ChatRequest, Completion, OpenAICompatibleLLM
 from mge.adapters.manifests import load_plan_input
 from mge.adapters.store.ledger import CostLedger
 from mge.adapters.store.queue import READY_CHANNEL
@@ -146,6 +146,52 @@ async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(s
         del store.claim
 
     assert (progress.succeeded, progress.failed) == (15, 0)
+    assert loop_claims <= 3
+
+
+class _AnswersInMemory:
+    """An LLM client that answers without I/O, as a prompt cache served from memory does: the whole attempt
+    of the next atom then runs in a few steps of the event loop. In-process: nothing real answers this fast."""
+
+    label = "in-memory answers (test)"
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        return Completion(content="```python\nVALUE = 1\n```", prompt_tokens=100, completion_tokens=10)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_atom_whose_attempt_takes_no_time_finds_the_slot_of_the_atom_before_free(store, validator):
+    """One slot down a chain: each write claims the next atom, whose attempt (answered from memory) ends
+    before the task of the atom before has taken its last steps. That task's slot is free once its last
+    write landed; counted as taken, the write found no room, claimed nothing, and the loop claimed instead:
+    a transaction more per atom. The loop's claims are counted by wrapping `Store.claim`."""
+    atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i else [])) for i in range(12)]
+    plan_id = await _register(store, spec(*atoms), atoms)
+    await end_ramps(store)
+    loop_claims = 0
+    claim = store.claim
+
+    async def counted_claim(*args, **kwargs):
+        nonlocal loop_claims
+        loop_claims += 1
+        return await claim(*args, **kwargs)
+
+    store.claim = counted_claim
+    executor = Executor(
+        store,
+        _AnswersInMemory(),
+        validator,
+        DEFAULT_PRICES,
+        ExecutorConfig(executor_id="ex", concurrency=1, idle_poll_s=60.0),
+    )
+    try:
+        progress = await _run_until_finished(store, plan_id, [executor])
+    finally:
+        del store.claim
+
+    assert (progress.succeeded, progress.failed) == (12, 0)
     assert loop_claims <= 3
 
 

@@ -22,6 +22,8 @@ _provider = TracerProvider(
     resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "mge")})
 )
 atexit.register(_provider.shutdown)  # flushes what the batch processor still holds
+# Processors added later apply to it too; asking the provider for it per span cost as much as the span.
+_tracer = _provider.get_tracer("mge")
 
 
 def enable_export(processor: SpanProcessor) -> None:
@@ -57,8 +59,7 @@ def span(name: str, trace_id: str, attributes: Mapping[str, str | int] | None = 
     inherited = trace.get_current_span().get_span_context()
     same_plan = inherited.is_valid and f"{inherited.trace_id:032x}" == trace_id.replace("-", "")
     context = None if same_plan else _plan_context(trace_id)
-    tracer = _provider.get_tracer("mge")
-    with tracer.start_as_current_span(name, context=context, attributes=attributes) as current_span:
+    with _tracer.start_as_current_span(name, context=context, attributes=attributes) as current_span:
         yield current_span
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import random
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -11,6 +12,8 @@ import pytest
 from mge.adapters.llm import ChatRequest, OpenAICompatibleLLM
 from mge.adapters.llm_cache import BatchConfig, RequestBatcher
 from mge.adapters.store.ledger import BudgetBusy, CostLedger
+from mge.adapters.store.queue import AttemptRecord, ClaimRequest, Succeed
+from mge.adapters.store.settlement import Settlement
 from mge.adapters.store.store import Store
 from mge.adapters.tokenizer import count_tokens
 from mge.cost.caps import OverrideRejected
@@ -82,6 +85,64 @@ async def test_fifty_racing_executors_never_spend_past_the_hard_cap(store, seed)
         "SELECT count(*) FROM cost_events WHERE masterplan_id = $1 AND kind = 'hard_cap'", plan_id
     )
     assert hard_cap_events == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_fifty_racing_executors_reserving_with_their_claims_never_spend_past_the_hard_cap(store, seed):
+    """As above, but each settlement is an attempt's write that claims the racer's next atom and reserves
+    for its call under the plan lock (what executors do): claim-time reservations race with the ledger's,
+    near the cap too. A call whose worst case is more than its claim reserved exchanges it, as an executor's
+    does; a racer that stops hands its last atom back, with what its claim reserved."""
+    # The work would cost about $10: the budget ends it, after about 4 calls a racer.
+    plan_id = await _plan(store, atoms_count=800, limit=3.0)
+    ledger = CostLedger(store.pool)
+    rnd = random.Random(seed)
+    calls = {"reserved with the claim": 0, "exchanged": 0}
+    record = AttemptRecord("0" * 16, "succeeded", None, 1, 1, False, Decimal(0), 1, datetime.now(UTC))
+
+    async def executor(name):
+        (claimed_atom,) = await store.claim(name, 1, 300)
+        while True:
+            worst = Decimal(rnd.randint(1, 40)) / 1000  # $0.001 - $0.040 per call
+            reservation = claimed_atom.reservation
+            if reservation is not None and worst > reservation.amount_usd:
+                await ledger.release(reservation, claimed_atom, why="below the call's worst case")
+                reservation = None
+                calls["exchanged"] += 1
+            elif reservation is not None:
+                calls["reserved with the claim"] += 1
+            if reservation is None:
+                reservation = await ledger.reserve(claimed_atom, name, worst, wait_s=None)
+            if reservation is None:
+                await store.release(claimed_atom, name)
+                return
+            await asyncio.sleep(0)  # let the others interleave between reserve and settle
+            actual = worst * Decimal(rnd.randint(30, 100)) / 100
+            finished = await store.finish_attempt(
+                claimed_atom,
+                name,
+                record,
+                settlement=Settlement(reservation, actual, 1, 1),
+                ending=Succeed("VALUE = 1"),
+                claim_next=ClaimRequest(1, 300, None, Decimal(rnd.randint(20, 40)) / 1000, 300),
+            )
+            if not finished.claimed:
+                return
+            (claimed_atom,) = finished.claimed
+
+    await asyncio.gather(*(executor(f"ex{n}") for n in range(50)))
+
+    spend = await ledger.spend(plan_id)
+    settled = await store.pool.fetchval(
+        "SELECT sum(amount_usd) FROM cost_events WHERE masterplan_id = $1 AND kind = 'settle'", plan_id
+    )
+    assert settled == spend.spent_usd
+    assert spend.spent_usd <= Decimal("3.0")
+    assert spend.reserved_usd == 0
+    assert await store.pool.fetchval("SELECT count(*) FROM cost_reservations") == 0
+    assert spend.exhausted  # the budget was the limit, not the work
+    assert calls["reserved with the claim"] > 50
+    assert calls["exchanged"] > 10
 
 
 async def test_exhausted_plan_is_not_claimed_until_an_override_resumes_it(store):

@@ -1,6 +1,7 @@
 """Executors on real Postgres against the fake LLM server: completion, no double work, faults, shutdown."""
 
 import asyncio
+import contextlib
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,24 @@ async def _register(store, plan_spec, atoms, name="plan"):
 def _executor(store, fake_llm, validator, name="ex", **config):
     llm = OpenAICompatibleLLM(fake_llm.url, "k", backoff_base_s=0.01, backoff_cap_s=0.02, jitter=lambda: 1.0)
     return Executor(store, llm, validator, DEFAULT_PRICES, ExecutorConfig(executor_id=name, **config))
+
+
+@contextlib.contextmanager
+def _loop_claims_counted(store):
+    """The executors' own claims (not those of their attempts' writes), each listed as it is made; by
+    wrapping `Store.claim`, nothing is replaced."""
+    claims = []
+    claim = store.claim
+
+    async def counted_claim(*args, **kwargs):
+        claims.append(args)
+        return await claim(*args, **kwargs)
+
+    store.claim = counted_claim
+    try:
+        yield claims
+    finally:
+        del store.claim
 
 
 async def _run_until_finished(store, plan_id, executors, timeout=30.0):
@@ -126,27 +145,16 @@ async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(s
     atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i else [])) for i in range(15)]
     plan_id = await _register(store, spec(*atoms), atoms)
     await end_ramps(store)
-    loop_claims = 0
-    claim = store.claim
-
-    async def counted_claim(*args, **kwargs):
-        nonlocal loop_claims
-        loop_claims += 1
-        return await claim(*args, **kwargs)
-
-    store.claim = counted_claim
-    try:
+    with _loop_claims_counted(store) as loop_claims:
         progress = await _run_until_finished(
             # No poll within the run, however slow the machine: a poll's claim is not what is counted.
             store,
             plan_id,
             [_executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)],
         )
-    finally:
-        del store.claim
 
     assert (progress.succeeded, progress.failed) == (15, 0)
-    assert loop_claims <= 3
+    assert len(loop_claims) <= 3
 
 
 class _AnswersInMemory:
@@ -170,15 +178,6 @@ async def test_an_atom_whose_attempt_takes_no_time_finds_the_slot_of_the_atom_be
     atoms = [atom(f"a{i}", *([f"a{i - 1}"] if i else [])) for i in range(12)]
     plan_id = await _register(store, spec(*atoms), atoms)
     await end_ramps(store)
-    loop_claims = 0
-    claim = store.claim
-
-    async def counted_claim(*args, **kwargs):
-        nonlocal loop_claims
-        loop_claims += 1
-        return await claim(*args, **kwargs)
-
-    store.claim = counted_claim
     executor = Executor(
         store,
         _AnswersInMemory(),
@@ -186,13 +185,11 @@ async def test_an_atom_whose_attempt_takes_no_time_finds_the_slot_of_the_atom_be
         DEFAULT_PRICES,
         ExecutorConfig(executor_id="ex", concurrency=1, idle_poll_s=60.0),
     )
-    try:
+    with _loop_claims_counted(store) as loop_claims:
         progress = await _run_until_finished(store, plan_id, [executor])
-    finally:
-        del store.claim
 
     assert (progress.succeeded, progress.failed) == (12, 0)
-    assert loop_claims <= 3
+    assert len(loop_claims) <= 3
 
 
 async def test_atoms_claimed_by_a_write_that_outlives_its_cancelled_task_are_handed_back(

@@ -1,9 +1,9 @@
 """An LLM client wrapper adding the prompt cache (lookup before the call, write after validation) and batching.
 
-The executor asks `cached_answer` first: a hit skips the budget reservation, the concurrency gate and the
-LLM. On a miss it calls `complete` (batched with other small independent atoms when enabled), validates
-the code, and only then `remember_answer` stores it, so an answer that failed validation is never
-served again.
+The executor asks `cached_answer` first: a hit skips the budget reservation (what its claim reserved, if
+anything, is settled at $0), the concurrency gate and the LLM. On a miss it calls `complete` (batched with
+other small independent atoms when enabled), validates the code, and only then `remember_answer` stores
+it, so an answer that failed validation is never served again.
 """
 
 import asyncio

@@ -568,8 +568,9 @@ class Executor:
         for token in held.keys() - kept:
             task = held[token]
             atom = self._in_flight.get(task)
-            # A task in its last write is left to it: that write ended the claim itself, or finds it lost.
-            if atom is not None and not task.done() and task not in self._finishing:
+            # A task in its last write is left to it: that write ended the claim itself, or finds it lost; so is
+            # one whose last write landed (it ended the claim).
+            if atom is not None and not task.done() and task not in self._finishing | self._written:
                 log.warning("lost the lease on atom %s; stopping its work", atom.atom_id)
                 task.cancel()
 

@@ -519,3 +519,63 @@ async def test_fifty_racing_executors_with_batching_never_spend_past_the_hard_ca
 
     assert batcher.stats.batches > 0
     await _assert_never_past_the_cap(store, ledger, plan_id, limit)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_racing_writes_of_a_plan_whose_atoms_share_dependents_never_deadlock(store, seed):
+    """Forty racers run a plan of eight levels of forty atoms, each depending on two of the level before, as
+    executors do: every attempt's write settles its call, frees dependents (which the writes of their other
+    dependency race to free) and claims the next atom with its call reserved; the plan row is locked last,
+    for the money alone. The writes are made without the retry an executor adds, so a deadlock Postgres
+    breaks fails the test: waiting for the plan row in the statement that then updates it, after the atom
+    rows, deadlocked writes of the same wave with each other."""
+    rnd = random.Random(seed)
+    width, levels = 40, 8
+
+    def dependencies(i: int) -> set[str]:
+        level_before = (i // width - 1) * width
+        return {f"a{level_before + rnd.randrange(width)}" for _ in range(2)} if i >= width else set()
+
+    atoms = [atom(f"a{i}", *sorted(dependencies(i))) for i in range(width * levels)]
+    plan_id, _ = await store.register_plan(
+        namespace="ns",
+        name="shared-dependents",
+        trace_id="00000000-0000-4000-8000-0000000000cd",
+        generation=1,
+        spec=spec(*atoms, budget={"limitUSD": 1000}),
+        atoms=atoms,
+        plan=plan_dag((a.id, a.depends_on) for a in atoms),
+    )
+    await end_ramps(store)
+    ledger = CostLedger(store.pool)
+    record = AttemptRecord("0" * 16, "succeeded", None, 1, 1, False, Decimal(0), 1, datetime.now(UTC))
+    unfinished = "SELECT count(*) FROM atoms WHERE masterplan_id = $1 AND state <> 'succeeded'"
+
+    async def racer(name):
+        claimed_atom = None
+        while True:
+            if claimed_atom is None:
+                got = await store.claim(name, 1, 300)
+                if not got:
+                    if not await store.pool.fetchval(unfinished, plan_id):
+                        return
+                    await asyncio.sleep(0.005)
+                    continue
+                (claimed_atom,) = got
+            reservation = claimed_atom.reservation or await ledger.reserve(
+                claimed_atom, name, Decimal("0.01"), wait_s=None
+            )
+            finished = await store.finish_attempt(
+                claimed_atom,
+                name,
+                record,
+                settlement=Settlement(reservation, Decimal("0.005"), 1, 1),
+                ending=Succeed("VALUE = 1"),
+                claim_next=ClaimRequest(1, 300, None, Decimal("0.01"), 300),
+            )
+            claimed_atom = finished.claimed[0] if finished.claimed else None
+
+    await asyncio.wait_for(asyncio.gather(*(racer(f"ex{n}") for n in range(40))), timeout=120)
+
+    spend = await ledger.spend(plan_id)
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.005") * width * levels, Decimal(0))

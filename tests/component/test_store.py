@@ -324,6 +324,52 @@ async def test_an_attempts_write_wakes_other_executors_only_for_dependents_it_le
     assert notified.is_set() is woken
 
 
+async def test_a_write_wakes_executors_for_the_dependent_it_left_ready_though_others_were_ready_before(pg):
+    """`x` is ready when `a`'s write starts. Such a write used to wake nobody for `b`, the dependent it made
+    ready: whoever came for `x` would find `b` as well. But an executor claimed `x` while the write was under
+    way (here waiting for `b`'s row), before `b` was ready, and `b` then waited, with every executor told
+    nothing, for some executor's next write or poll (about 400 ms, a call's length, in the makespan
+    benchmark). A write now wakes the executors whenever it leaves ready an atom it made ready."""
+    store = await _store(pg)
+    notified = asyncio.Event()
+    stop_listening = await store.listen_for_ready(notified.set)
+    blocker = await asyncpg.connect(pg)
+    try:
+        plan_id = await _register(store, atom("a"), atom("x"), atom("b", "a"))
+        await end_ramps(store)
+        (claimed,) = await store.claim("ex-1", 1, 30)  # `a`: the critical path first
+        await asyncio.sleep(0.2)  # the registration's own notification has arrived
+        notified.clear()
+        record = AttemptRecord("s", "succeeded", None, 10, 5, False, Decimal(0), 3, datetime.now(UTC))
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT 1 FROM atoms WHERE masterplan_id = $1 AND atom_id = 'b' FOR UPDATE", plan_id
+            )
+            writing = asyncio.create_task(
+                store.finish_attempt(claimed, "ex-1", record, ending=Succeed("A = 1\n"))
+            )
+            while not await blocker.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%mge_finish_attempt%'"""
+            ):
+                await asyncio.sleep(0.01)
+            taken = await store.claim("ex-2", 5, 30)  # another executor, come for `x`
+        written = await writing
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(notified.wait(), 1.0)
+        left = await store.claim("ex-3", 5, 30)
+    finally:
+        await blocker.close()
+        await stop_listening()
+        await store.close()
+
+    assert [t.atom_id for t in taken] == ["x"]
+    assert written.still_ours
+    assert written.claimed == []
+    assert notified.is_set()
+    assert [t.atom_id for t in left] == ["b"]
+
+
 async def test_the_executors_of_a_process_share_one_listen_and_a_notification_wakes_one_with_room(pg):
     """Postgres hands each NOTIFY to every listening backend (a transaction each), and every executor woken
     claimed: with 32 executors in one process, most claims came back empty. One LISTEN per store; a

@@ -41,7 +41,7 @@ _LOCK_PLAN: Final = """
 SELECT trace_id, current_cost_usd, reserved_cost_usd, budget_limit_usd, soft_cap_percentage, hard_cap_percentage,
        budget_exhausted, budget_override_approved_by, budget_override_approved_at, budget_override_limit_usd,
        budget_override_reason
-FROM masterplans WHERE id = $1 FOR UPDATE
+FROM masterplans WHERE id = $1 FOR NO KEY UPDATE
 """
 
 _EVENT: Final = """

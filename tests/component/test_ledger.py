@@ -579,3 +579,34 @@ async def test_racing_writes_of_a_plan_whose_atoms_share_dependents_never_deadlo
 
     spend = await ledger.spend(plan_id)
     assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.005") * width * levels, Decimal(0))
+
+
+async def test_a_loop_claim_reserves_the_first_call_of_each_atom_of_the_plans_it_names(store):
+    """An executor's own claim (not an attempt's write) passes what each plan's next call should reserve: the
+    atoms it claims for the first time come with that reserved, in the claim's transaction, where the budget
+    has room; a plan it does not name, an atom claimed before, or a budget without room leaves the call to
+    reserve its worst case as before (a claim after the first may follow a dead one, which may have left a
+    reservation: the ledger's locked path gives those back). An atom handed back gives its claim's
+    reservation back."""
+    named = await _plan(store, atoms_count=3, limit=0.05, name="named")
+    other = await _plan(store, atoms_count=1, limit=1.0, name="other")
+    amount = Decimal("0.02")
+
+    first = await store.claim("ex-1", 10, 300, None, {named: amount}, 60.0)
+    reserved = {a.atom_id: a.reservation for a in first if a.masterplan_id == named}
+    unnamed = [a.reservation for a in first if a.masterplan_id == other]
+    after_claim = await CostLedger(store.pool).spend(named)
+    handed_back = next(a for a in first if a.masterplan_id == named and a.reservation is not None)
+    await store.release(
+        handed_back, "ex-1", count_claim=True
+    )  # as after a crash: its next claim is its second
+    (again,) = await store.claim("ex-2", 10, 300, None, {named: amount}, 60.0)
+    after_release = await CostLedger(store.pool).spend(named)
+
+    # $0.05 holds two reservations of $0.02: the third atom is claimed without one.
+    assert sorted(r is not None for r in reserved.values()) == [False, True, True]
+    assert all(r.amount_usd == amount for r in reserved.values() if r is not None)
+    assert unnamed == [None]
+    assert after_claim.reserved_usd == 2 * amount
+    assert (again.atom_id, again.claims, again.reservation) == (handed_back.atom_id, 2, None)
+    assert after_release.reserved_usd == amount

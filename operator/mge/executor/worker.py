@@ -252,6 +252,9 @@ class Executor:
         # slots no other has promised, or writes finishing together each filled the same free slots.
         self._promised = 0
         self._fleet = 1  # executors on this endpoint at the last report, this one included
+        # Per plan, what a claim reserves for each atom's call (what an attempt's write passes on): about what
+        # the plan's last call did. None after a cache hit (the next is likely a hit too, and spends nothing).
+        self._reserve_next: dict[uuid.UUID, Decimal] = {}
 
     def _new_gate(self, label: str) -> CallGate:
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
@@ -308,7 +311,12 @@ class Executor:
                     self._promised += free
                     try:
                         claimed = await self.store.claim(
-                            self.config.executor_id, free, self.config.lease_s, self.config.llm_pool
+                            self.config.executor_id,
+                            free,
+                            self.config.lease_s,
+                            self.config.llm_pool,
+                            dict(self._reserve_next),
+                            self.reservation_ttl_s,
                         )
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
@@ -440,6 +448,7 @@ class Executor:
     def _abandon(self, plan: uuid.UUID) -> None:
         """The plan's Masterplan was deleted: stop its atoms now. Cancelling settles what each call spent; the
         run's reservations, atoms and leases are already gone with it."""
+        self._reserve_next.pop(plan, None)
         for task, atom in list(self._in_flight.items()):
             if atom.masterplan_id == plan:
                 log.info("atom %s stopped: its Masterplan was deleted", atom.atom_id)
@@ -920,6 +929,10 @@ class Executor:
             if hit is not None
             else (worst_case * NEXT_CALL_RESERVE_MARGIN).quantize(MICRO_USD, rounding=ROUND_UP)
         )
+        if reserve_next is None:
+            self._reserve_next.pop(atom.masterplan_id, None)
+        else:
+            self._reserve_next[atom.masterplan_id] = reserve_next
         claim_next = None if ending is None else self._next_claim(reserve_next)
         finishing = asyncio.ensure_future(
             retry_transient(

@@ -72,6 +72,7 @@ class ClaimedAtom:
 
 # Ramps, candidates and the claim in one round trip (migration 0016 says how).
 _CLAIM_SQL: Final = "SELECT * FROM mge_claim_atoms($1, $2, $3, $4)"
+_CLAIM_RESERVING_SQL: Final = "SELECT * FROM mge_claim_atoms_reserving($1, $2, $3, $4, $5, $6, $7)"
 
 
 def _claimed(row: asyncpg.Record, reserved_usd: Decimal | None = None) -> ClaimedAtom:
@@ -323,12 +324,33 @@ class AtomQueue:
         return now
 
     async def claim(
-        self, executor: str, limit: int, lease_seconds: float, llm_pool: str | None = None
+        self,
+        executor: str,
+        limit: int,
+        lease_seconds: float,
+        llm_pool: str | None = None,
+        reserve_usd: Mapping[uuid.UUID, Decimal] | None = None,
+        reservation_ttl_s: float = 0.0,
     ) -> list[ClaimedAtom]:
         """Take up to `limit` ready atoms (or atoms whose lease expired) of plans on `llm_pool` (None:
-        the default endpoint), highest priority first; a ramping plan only up to its fleet-wide allowance."""
-        rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds), llm_pool)
-        return [_claimed(row) for row in rows]
+        the default endpoint), highest priority first; a ramping plan only up to its fleet-wide allowance.
+        With `reserve_usd`, each atom claimed for the first time of a plan it names comes with that much
+        reserved for its call (for `reservation_ttl_s`), where the budget has room, in the same transaction."""
+        if not reserve_usd:
+            rows = await self.pool.fetch(_CLAIM_SQL, executor, limit, float(lease_seconds), llm_pool)
+            return [_claimed(row) for row in rows]
+        plans = list(reserve_usd)
+        rows = await self.pool.fetch(
+            _CLAIM_RESERVING_SQL,
+            executor,
+            limit,
+            float(lease_seconds),
+            llm_pool,
+            plans,
+            [reserve_usd[plan] for plan in plans],
+            float(reservation_ttl_s),
+        )
+        return [_claimed(row, reserve_usd.get(row["masterplan_id"])) for row in rows]
 
     async def grow_ramp(self, plan_id: uuid.UUID, policy: RampPolicy) -> bool:
         """One of the plan's calls answered: grow its ramp by one. False when the plan is not (or no longer)

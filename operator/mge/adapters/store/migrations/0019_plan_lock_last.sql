@@ -174,3 +174,43 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The executor loop's claim, reserving as an attempt's write does: each atom it claims, on its first claim, of
+-- a plan in `p_reserve_plans` comes with `p_reserve_usd` (the same position) reserved for its call
+-- (`reservation_id`; NULL: none, the executor reserves as before). Each such atom used to be reserved by a
+-- transaction of its own before its call. The atoms are claimed first, then the plan rows locked in the
+-- order of their ids (two claims reserving in the same plans never wait for each other in a cycle).
+CREATE FUNCTION mge_claim_atoms_reserving(
+    p_executor text, p_limit int, p_lease_s float8, p_pool text, p_reserve_plans uuid[], p_reserve_usd numeric[],
+    p_reserve_ttl_s float8
+)
+RETURNS TABLE (
+    masterplan_id uuid, atom_id text, trace_id uuid, file text, language text, description text,
+    depends_on text[], wave_index int, attempts int, max_attempts int, model text, estimated_tokens int,
+    claims int, priority int, plan_priority int, lease_token uuid, has_context boolean,
+    dependency_outputs jsonb, reservation_id bigint
+)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    taken mge_claimed_atom[];
+BEGIN
+    SELECT array_agg(ROW(c.*)::mge_claimed_atom) INTO taken
+    FROM mge_claim_atoms(p_executor, p_limit, p_lease_s, p_pool) c;
+    IF taken IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM masterplans m
+    WHERE m.id IN (SELECT c.masterplan_id FROM unnest(taken) c WHERE c.claims = 1 AND c.masterplan_id = ANY(p_reserve_plans))
+    ORDER BY m.id
+    FOR NO KEY UPDATE;
+    RETURN QUERY
+    SELECT c.*,
+           CASE WHEN r.amount IS NOT NULL AND c.claims = 1 THEN
+               mge_reserve_if_room(c.masterplan_id, c.atom_id, c.trace_id, p_executor, r.amount, p_reserve_ttl_s,
+                                   c.lease_token, c.wave_index, c.model)
+           END
+    FROM unnest(taken) c
+    LEFT JOIN unnest(p_reserve_plans, p_reserve_usd) AS r(plan_id, amount) ON r.plan_id = c.masterplan_id;
+END
+$$;

@@ -25,21 +25,21 @@ CREATE TYPE mge_claimed_atom AS (
     dependency_outputs jsonb
 );
 
-CREATE OR REPLACE FUNCTION mge_settle(
+-- A call's settlement, its plan row already locked by the caller: the reservation deleted, spent and reserved
+-- moved, the `settle` event and, when this call crossed it, `soft_cap`. Without a reservation, nothing.
+CREATE FUNCTION mge_settle_locked(
     p_reservation bigint, p_plan uuid, p_amount numeric, p_prompt_tokens int, p_completion_tokens int,
     p_cached_tokens int, p_atom text, p_wave int, p_model text, p_detail jsonb
 ) RETURNS void
 LANGUAGE sql VOLATILE AS $$
-WITH plan_lock AS (
-    SELECT id FROM masterplans WHERE id = p_plan AND p_reservation IS NOT NULL FOR NO KEY UPDATE
-), held AS (
-    DELETE FROM cost_reservations WHERE id = p_reservation AND EXISTS (SELECT 1 FROM plan_lock)
+WITH held AS (
+    DELETE FROM cost_reservations WHERE id = p_reservation
     RETURNING amount_usd
 ), spend AS (
     UPDATE masterplans
     SET current_cost_usd = current_cost_usd + p_amount,
         reserved_cost_usd = reserved_cost_usd - coalesce((SELECT amount_usd FROM held), 0), updated_at = now()
-    WHERE id = (SELECT id FROM plan_lock)
+    WHERE id = p_plan AND p_reservation IS NOT NULL
     RETURNING trace_id, current_cost_usd, budget_limit_usd,
               budget_limit_usd * soft_cap_percentage / 100 AS soft_cap_usd
 ), cost_event AS (
@@ -56,6 +56,22 @@ WITH plan_lock AS (
     WHERE current_cost_usd - p_amount < soft_cap_usd AND soft_cap_usd <= current_cost_usd
 )
 SELECT
+$$;
+
+-- The ledger's own settlement: the plan row locked by a statement of its own, then the settlement.
+CREATE OR REPLACE FUNCTION mge_settle(
+    p_reservation bigint, p_plan uuid, p_amount numeric, p_prompt_tokens int, p_completion_tokens int,
+    p_cached_tokens int, p_atom text, p_wave int, p_model text, p_detail jsonb
+) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF p_reservation IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM masterplans WHERE id = p_plan FOR NO KEY UPDATE;
+    PERFORM mge_settle_locked(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens,
+                              p_cached_tokens, p_atom, p_wave, p_model, p_detail);
+END
 $$;
 
 CREATE OR REPLACE FUNCTION mge_give_back_claim_reservations(
@@ -149,12 +165,17 @@ BEGIN
         SELECT array_agg(ROW(c.*)::mge_claimed_atom) INTO taken
         FROM mge_claim_atoms(p_executor, p_claim_limit, p_lease_s, p_pool) c;
     END IF;
+    -- Sent at the commit; asked before the plan row is locked, as nothing after changes the answer.
+    IF EXISTS (SELECT 1 FROM atoms a WHERE a.masterplan_id = p_plan
+               AND a.atom_id = ANY(made_ready) AND a.state = 'ready') THEN
+        PERFORM pg_notify('mge_atoms_ready', '');
+    END IF;
 
     IF p_reservation IS NOT NULL OR (taken IS NOT NULL AND p_reserve_usd IS NOT NULL) THEN
         PERFORM 1 FROM masterplans WHERE id = p_plan FOR NO KEY UPDATE;
     END IF;
-    PERFORM mge_settle(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens, p_cached_tokens,
-                       p_atom, p_wave, p_model, p_detail);
+    PERFORM mge_settle_locked(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens,
+                              p_cached_tokens, p_atom, p_wave, p_model, p_detail);
     IF taken IS NOT NULL THEN
         RETURN QUERY
         SELECT ours, c.*,
@@ -163,10 +184,6 @@ BEGIN
                                        c.lease_token, c.wave_index, c.model)
                END
         FROM unnest(taken) c;
-    END IF;
-    IF EXISTS (SELECT 1 FROM atoms a WHERE a.masterplan_id = p_plan
-               AND a.atom_id = ANY(made_ready) AND a.state = 'ready') THEN
-        PERFORM pg_notify('mge_atoms_ready', '');
     END IF;
     IF taken IS NULL THEN
         still_ours := ours;

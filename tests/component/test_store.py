@@ -329,7 +329,7 @@ async def test_a_write_wakes_executors_for_the_dependent_it_left_ready_though_ot
     ready: whoever came for `x` would find `b` as well. But an executor claimed `x` while the write was under
     way (here waiting for `b`'s row), before `b` was ready, and `b` then waited, with every executor told
     nothing, for some executor's next write or poll (about 400 ms, a call's length, in the makespan
-    benchmark). A write now wakes the executors whenever it leaves ready an atom it made ready."""
+    benchmark). A write now also wakes the executors when an atom ready as it began was claimed meanwhile."""
     store = await _store(pg)
     notified = asyncio.Event()
     stop_listening = await store.listen_for_ready(notified.set)
@@ -368,6 +368,32 @@ async def test_a_write_wakes_executors_for_the_dependent_it_left_ready_though_ot
     assert written.claimed == []
     assert notified.is_set()
     assert [t.atom_id for t in left] == ["b"]
+
+
+async def test_a_write_wakes_nobody_while_the_atoms_ready_before_it_wait_untouched(pg):
+    """`x` is ready, and stays so while `a`'s write makes `b` ready: whoever comes for `x` finds `b` too, so the
+    write wakes nobody. A notification costs every listening executor process a transaction, and a fleet
+    with a backlog would otherwise pay that for every atom made ready."""
+    store = await _store(pg)
+    notified = asyncio.Event()
+    stop_listening = await store.listen_for_ready(notified.set)
+    try:
+        await _register(store, atom("a"), atom("x"), atom("b", "a"))
+        await end_ramps(store)
+        (claimed,) = await store.claim("ex-1", 1, 30)
+        await asyncio.sleep(0.2)  # the registration's own notification has arrived
+        notified.clear()
+        record = AttemptRecord("s", "succeeded", None, 10, 5, False, Decimal(0), 3, datetime.now(UTC))
+        await store.finish_attempt(claimed, "ex-1", record, ending=Succeed("A = 1\n"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(notified.wait(), 0.5)
+        ready = await store.claim("ex-2", 5, 30)
+    finally:
+        await stop_listening()
+        await store.close()
+
+    assert not notified.is_set()
+    assert sorted(t.atom_id for t in ready) == ["b", "x"]
 
 
 async def test_the_executors_of_a_process_share_one_listen_and_a_notification_wakes_one_with_room(pg):

@@ -16,7 +16,9 @@
 --
 -- A write that made atoms ready and left them (no slot to claim them with) used to wake nobody when the plan
 -- had other atoms ready as it began. An executor could claim those while the write was under way, before
--- its atoms were ready; they then waited for some executor's next write or poll.
+-- its atoms were ready; they then waited for some executor's next write or poll. Now it also wakes them when
+-- one of the atoms ready as it began (up to 64 of them) was claimed meanwhile. Not for every atom left: each
+-- notification costs every listening executor process a transaction.
 
 CREATE TYPE mge_claimed_atom AS (
     masterplan_id uuid, atom_id text, trace_id uuid, file text, language text, description text,
@@ -103,8 +105,7 @@ $$;
 
 -- As in 0018 (the same arguments and rows), in this order: the atom's rows (its count and attempt row, its
 -- end, its dependents made ready), the claim of the next atoms, then the plan row: the settlement and each
--- claimed atom's reservation. Waking other executors comes last, as before, now for any atom it made ready
--- and left ready.
+-- claimed atom's reservation. Other executors are woken as above.
 CREATE OR REPLACE FUNCTION mge_finish_attempt(
     p_reservation bigint, p_plan uuid, p_amount numeric, p_prompt_tokens int, p_completion_tokens int,
     p_cached_tokens int, p_atom text, p_wave int, p_model text, p_detail jsonb,
@@ -126,8 +127,10 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     ours boolean;
     made_ready text[];
+    ready_before text[];
     taken mge_claimed_atom[];
 BEGIN
+    ready_before := ARRAY(SELECT w.atom_id FROM atoms w WHERE w.masterplan_id = p_plan AND w.state = 'ready' LIMIT 64);
     WITH counted AS (
         UPDATE atoms
         SET attempts = attempts + 1, prompt_tokens = prompt_tokens + p_attempt_prompt_tokens,
@@ -167,7 +170,10 @@ BEGIN
     END IF;
     -- Sent at the commit; asked before the plan row is locked, as nothing after changes the answer.
     IF EXISTS (SELECT 1 FROM atoms a WHERE a.masterplan_id = p_plan
-               AND a.atom_id = ANY(made_ready) AND a.state = 'ready') THEN
+               AND a.atom_id = ANY(made_ready) AND a.state = 'ready')
+       AND (cardinality(ready_before) = 0
+            OR EXISTS (SELECT 1 FROM unnest(ready_before) r(atom_id) WHERE NOT EXISTS (
+                SELECT 1 FROM atoms b WHERE b.masterplan_id = p_plan AND b.atom_id = r.atom_id AND b.state = 'ready'))) THEN
         PERFORM pg_notify('mge_atoms_ready', '');
     END IF;
 

@@ -291,6 +291,51 @@ async def test_down_a_chain_each_call_is_reserved_by_the_write_of_the_atom_befor
     assert spend.spent_usd == sum(amount for _, kind, amount, _ in events if kind == "settle") > 0
 
 
+async def test_an_executors_own_claim_reserves_the_call_of_new_work_on_a_plan_it_has_called(
+    store, fake_llm, validator
+):
+    """The plan is applied again with a new atom while its executor idles: the notification wakes the
+    executor, and its own claim (not an attempt's write) takes the atom with its call reserved, about what
+    the plan's last call was, in the claim's transaction. Only the plan's first call is reserved by the
+    ledger. Counted by wrapping the ledger's `reserve`; nothing is replaced."""
+    plan_id = await _register(store, spec(atom("a1")), [atom("a1")])
+    await end_ramps(store)
+    executor = _executor(store, fake_llm, validator, concurrency=1, idle_poll_s=60.0)
+    reserved_when_called = 0
+    reserve = executor.ledger.reserve
+
+    async def counted_reserve(*args, **kwargs):
+        nonlocal reserved_when_called
+        reserved_when_called += 1
+        return await reserve(*args, **kwargs)
+
+    executor.ledger.reserve = counted_reserve
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while (await store.progress(plan_id)).succeeded < 1:
+                await asyncio.sleep(0.05)
+            await _register(store, spec(atom("a1"), atom("a2")), [atom("a1"), atom("a2")])
+            while not (progress := await store.progress(plan_id)).finished:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await running
+        await executor.llm.close()
+
+    assert (progress.succeeded, progress.failed) == (2, 0)
+    assert reserved_when_called == 1
+    events = await _ledger_events(store, plan_id)
+    assert [(a, k) for a, k, _, _ in events] == [
+        ("a1", "reserve"),
+        ("a1", "settle"),
+        ("a2", "reserve"),
+        ("a2", "settle"),
+    ]
+    assert (await CostLedger(store.pool).spend(plan_id)).reserved_usd == 0
+
+
 async def test_a_call_longer_than_its_claim_reserved_exchanges_the_reservation_for_its_worst_case(
     store, fake_llm, validator
 ):

@@ -6,6 +6,7 @@ import logging
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,6 +142,8 @@ NOT_RAMPING_RECHECK_S: Final = 5.0
 # The atoms an attempt's write claims of its plan come with their calls reserved: this times that attempt's
 # worst case (the next prompt may carry longer dependencies). A call whose worst case is more exchanges it.
 NEXT_CALL_RESERVE_MARGIN: Final = Decimal("1.25")
+# Plans whose next calls an executor's own claims reserve for (the most recently called).
+RESERVE_NEXT_PLANS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,9 @@ class Executor:
         self._promised = 0
         self._fleet = 1  # executors on this endpoint at the last report, this one included
         # Per plan, what a claim reserves for each atom's call (what an attempt's write passes on): about what
-        # the plan's last call did. None after a cache hit (the next is likely a hit too, and spends nothing).
-        self._reserve_next: dict[uuid.UUID, Decimal] = {}
+        # the plan's last call did; none after a cache hit (the next is likely a hit too, and spends nothing).
+        # The plans called most recently only: every claim sends them all, and a pod outlives many plans.
+        self._reserve_next: OrderedDict[uuid.UUID, Decimal] = OrderedDict()
 
     def _new_gate(self, label: str) -> CallGate:
         # Slow start from a small limit: a fresh executor (or fleet) does not stampede the LLM.
@@ -933,6 +937,9 @@ class Executor:
             self._reserve_next.pop(atom.masterplan_id, None)
         else:
             self._reserve_next[atom.masterplan_id] = reserve_next
+            self._reserve_next.move_to_end(atom.masterplan_id)
+            if len(self._reserve_next) > RESERVE_NEXT_PLANS:
+                self._reserve_next.popitem(last=False)
         claim_next = None if ending is None else self._next_claim(reserve_next)
         finishing = asyncio.ensure_future(
             retry_transient(

@@ -257,6 +257,20 @@ async def _ledger_events(store, plan_id):
     return [(r["atom_id"], r["kind"], r["amount_usd"], r["why"]) for r in rows]
 
 
+def _ledger_reservations_counted(executor):
+    """The calls the executor's ledger reserved itself (not with a claim), each listed as it is made; by
+    wrapping `reserve`, nothing is replaced."""
+    reservations = []
+    reserve = executor.ledger.reserve
+
+    async def counted_reserve(*args, **kwargs):
+        reservations.append(args)
+        return await reserve(*args, **kwargs)
+
+    executor.ledger.reserve = counted_reserve
+    return reservations
+
+
 async def test_down_a_chain_each_call_is_reserved_by_the_write_of_the_atom_before(store, fake_llm, validator):
     """The write that ends an atom claims the next and reserves its call under the plan lock it holds for its
     own settlement: one lock and one transaction per atom instead of two. Only the loop's own claims (the
@@ -267,20 +281,12 @@ async def test_down_a_chain_each_call_is_reserved_by_the_write_of_the_atom_befor
     plan_id = await _register(store, spec(*atoms), atoms)
     await end_ramps(store)
     executor = _executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)
-    reserved_when_called = 0
-    reserve = executor.ledger.reserve
-
-    async def counted_reserve(*args, **kwargs):
-        nonlocal reserved_when_called
-        reserved_when_called += 1
-        return await reserve(*args, **kwargs)
-
-    executor.ledger.reserve = counted_reserve
+    ledger_reservations = _ledger_reservations_counted(executor)
     progress = await _run_until_finished(store, plan_id, [executor])
     await executor.llm.close()
 
     assert (progress.succeeded, progress.failed) == (15, 0)
-    assert reserved_when_called <= 3
+    assert len(ledger_reservations) <= 3
     events = await _ledger_events(store, plan_id)
     # Every atom: one reservation, one settlement, nothing given back; nothing is left reserved.
     assert sorted((a, k) for a, k, _, _ in events) == sorted(
@@ -301,15 +307,7 @@ async def test_an_executors_own_claim_reserves_the_call_of_new_work_on_a_plan_it
     plan_id = await _register(store, spec(atom("a1")), [atom("a1")])
     await end_ramps(store)
     executor = _executor(store, fake_llm, validator, concurrency=1, idle_poll_s=60.0)
-    reserved_when_called = 0
-    reserve = executor.ledger.reserve
-
-    async def counted_reserve(*args, **kwargs):
-        nonlocal reserved_when_called
-        reserved_when_called += 1
-        return await reserve(*args, **kwargs)
-
-    executor.ledger.reserve = counted_reserve
+    ledger_reservations = _ledger_reservations_counted(executor)
     stop = asyncio.Event()
     running = asyncio.create_task(executor.run(stop))
     try:
@@ -325,7 +323,7 @@ async def test_an_executors_own_claim_reserves_the_call_of_new_work_on_a_plan_it
         await executor.llm.close()
 
     assert (progress.succeeded, progress.failed) == (2, 0)
-    assert reserved_when_called == 1
+    assert len(ledger_reservations) == 1
     events = await _ledger_events(store, plan_id)
     assert [(a, k) for a, k, _, _ in events] == [
         ("a1", "reserve"),

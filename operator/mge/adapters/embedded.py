@@ -116,12 +116,16 @@ class EmbeddedRedis:
         temporary, registry = server.redis_dir, server.settingregistryfile if server.cleanupregistry else None
         # On a socket of its own: redis-py takes the connection the exiting server closes for an outage, and
         # reconnects with backoff to a socket that is gone (3.7 s).
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as connection:
-            connection.settimeout(_SHUTDOWN_TIMEOUT_S)
-            connection.connect(server.socket_file)
-            connection.sendall(b"SHUTDOWN SAVE\r\n")
-            connection.recv(256)  # nothing once it saved and exited; an error if it cannot save
-        stop_process(pid, started)  # gone already; SIGINT, then SIGKILL, if not (a save that failed)
+        if server.socket_file:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as connection:
+                connection.settimeout(_SHUTDOWN_TIMEOUT_S)
+                connection.connect(server.socket_file)
+                connection.sendall(b"SHUTDOWN SAVE\r\n")
+                if connection.recv(256):  # nothing once it saved and exited: an error, it cannot save
+                    # (its folder deleted under it, a full disk): it would refuse SIGINT and SIGTERM too.
+                    connection.sendall(b"SHUTDOWN NOSAVE\r\n")
+                    connection.recv(256)
+        stop_process(pid, started)  # gone already; SIGINT, then SIGKILL, if not
         Watchdog.forget(pid)
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -180,8 +180,10 @@ BEGIN
     IF p_reservation IS NOT NULL OR (taken IS NOT NULL AND p_reserve_usd IS NOT NULL) THEN
         PERFORM 1 FROM masterplans WHERE id = p_plan FOR NO KEY UPDATE;
     END IF;
-    PERFORM mge_settle_locked(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens,
-                              p_cached_tokens, p_atom, p_wave, p_model, p_detail);
+    IF p_reservation IS NOT NULL THEN  -- a cache hit's write has nothing to settle
+        PERFORM mge_settle_locked(p_reservation, p_plan, p_amount, p_prompt_tokens, p_completion_tokens,
+                                  p_cached_tokens, p_atom, p_wave, p_model, p_detail);
+    END IF;
     IF taken IS NOT NULL THEN
         RETURN QUERY
         SELECT ours, c.*,

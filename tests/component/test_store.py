@@ -348,7 +348,8 @@ async def test_a_write_wakes_executors_for_the_dependent_it_left_ready_though_ot
             writing = asyncio.create_task(
                 store.finish_attempt(claimed, "ex-1", record, ending=Succeed("A = 1\n"))
             )
-            while not await blocker.fetchval(
+            # Asked on a connection of its own: a transaction reads pg_stat_activity once and keeps that view.
+            while not await store.pool.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
                    WHERE wait_event_type = 'Lock' AND query LIKE '%mge_finish_attempt%'"""
             ):

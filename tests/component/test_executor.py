@@ -157,6 +157,27 @@ async def test_an_executor_claims_the_next_atom_in_the_write_of_the_one_before(s
     assert len(loop_claims) <= 3
 
 
+async def test_a_claim_that_got_fewer_atoms_than_asked_is_not_followed_at_once_by_another(
+    store, fake_llm, validator
+):
+    """One atom ready and room for more: the claim that took it left nothing else ready. The loop used to claim
+    again at once (a transaction that found nothing), and once more when its look for acceptance tests to
+    generate came back empty: the chain test above counted 3 loop claims, and now and then a 4th, which failed
+    it. Now the one claim is all, until a notification, an atom's end or a poll."""
+    fake_llm.config = FakeLLMConfig(base_latency_s=0.3)
+    plan_id = await _register(store, spec(atom("a")), [atom("a")])
+    await end_ramps(store)
+    with _loop_claims_counted(store) as loop_claims:
+        progress = await _run_until_finished(
+            store, plan_id, [_executor(store, fake_llm, validator, concurrency=4, idle_poll_s=60.0)]
+        )
+
+    assert (progress.succeeded, progress.failed) == (1, 0)
+    assert len(loop_claims) == 1, (
+        loop_claims
+    )  # was 3: a claim for the room left, then one after the empty look
+
+
 class _AnswersInMemory:
     """An LLM client that answers without I/O, as a prompt cache served from memory does: the whole attempt
     of the next atom then runs in a few steps of the event loop. In-process: nothing real answers this fast."""

@@ -311,6 +311,7 @@ class Executor:
                 claim_failed = False
                 skip, self._queue_empty = self._queue_empty, False  # one pass: the one its task's end woke
                 has_turn, self._has_turn = self._has_turn, False
+                news = self._news
                 if free and not skip:
                     self._promised += free
                     try:
@@ -337,7 +338,10 @@ class Executor:
                     task = self._start(atom)
                     if probing:
                         self._trial = task
-                if not claimed or self._busy() >= self.config.concurrency:
+                # Fewer than asked, and no news since: nothing else is ready, and claiming again at once would be
+                # a transaction for nothing.
+                exhausted = len(claimed) < free and self._news == news
+                if not claimed or exhausted or self._busy() >= self.config.concurrency:
                     await self._idle(stop)
         finally:
             try:
@@ -518,7 +522,13 @@ class Executor:
             return
         self._generation_checked = now
         self._generation = asyncio.create_task(self.tests.generate_claimed())
-        self._generation.add_done_callback(lambda _: self._wake.set())
+        self._generation.add_done_callback(self._generation_ended)
+
+    def _generation_ended(self, generation: "asyncio.Task[bool]") -> None:
+        """A plan's tests were generated: the loop looks for the next at once. A look that found nothing (or
+        failed) waits for the next poll: waking the loop for it cost a claim."""
+        if not generation.cancelled() and generation.exception() is None and generation.result():
+            self._wake.set()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -19,7 +19,7 @@ from mge.executor.validation import CodeValidator
 from mge.executor.worker import Executor, ExecutorConfig
 from mge.models.masterplan import Atom
 from mge.plan.dag import plan_dag
-from tests.builders import atom, spec
+from tests.builders import atom, end_ramps, spec
 from tests.support.fake_llm import FakeLLM, FakeLLMConfig
 
 pytestmark = pytest.mark.component
@@ -279,6 +279,36 @@ async def test_a_replan_of_a_running_atom_lands_the_new_code_not_the_old_calls(s
     assert progress.succeeded == 1
     assert [o.output for o in await store.outputs(plan_id)] == ["NEW = 1\n"]
     assert fake_llm.stats.calls_per_atom["a"] == 2
+
+
+async def test_a_claim_on_a_connection_that_died_is_made_again_at_once(store, fake_llm, validator):
+    """After a Postgres restart the pool can still hand out a connection that died with it, until the event
+    loop has read its end: the claim a notification asked for then failed, and the executor waited for its
+    poll (here 60 s) with the atom ready. It claims again at once now. The dead connection is stood for by
+    `Store.claim` raising asyncpg's error for one once (the real one depends on when the loop reads the
+    socket's end); the store, the executor and the second claim are real."""
+    plan_id = await _register(store, [atom("a")])
+    await end_ramps(store)
+    claim = store.claim
+    failed = []
+
+    async def claim_on_a_dead_connection_first(*args, **kwargs):
+        if not failed:
+            failed.append(args)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            )
+        return await claim(*args, **kwargs)
+
+    store.claim = claim_on_a_dead_connection_first
+    try:
+        async with _running(_executor(store, fake_llm, validator, "ex", idle_poll_s=60.0)):
+            progress = await _until_finished(store, plan_id, timeout=10)
+    finally:
+        del store.claim
+
+    assert failed
+    assert progress.succeeded == 1
 
 
 async def test_after_a_postgres_restart_newly_ready_atoms_still_wake_the_executor(

@@ -315,7 +315,10 @@ class Executor:
                 if free and not skip:
                     self._promised += free
                     try:
-                        claimed = await self.store.claim(
+                        # Once more at once on a connection error: after a Postgres restart the pool still holds
+                        # connections that died with it, and the news this claim is for would wait for the poll.
+                        claim = partial(
+                            self.store.claim,
                             self.config.executor_id,
                             free,
                             self.config.lease_s,
@@ -323,6 +326,7 @@ class Executor:
                             dict(self._reserve_next),
                             self.reservation_ttl_s,
                         )
+                        claimed = await retry_transient(claim, attempts=2)
                     except Exception as error:  # a store outage pauses claiming; it never ends the executor
                         log.warning("claiming atoms failed; trying again: %s", _describe(error))
                         claim_failed = True

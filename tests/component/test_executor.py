@@ -178,6 +178,49 @@ async def test_a_claim_that_got_fewer_atoms_than_asked_is_not_followed_at_once_b
     )  # was 3: a claim for the room left, then one after the empty look
 
 
+async def test_a_notification_that_comes_while_the_loops_claim_runs_is_not_lost(store, fake_llm, validator):
+    """The loop's claim promises all its free slots while it runs, so a notification arriving then finds no
+    room and wakes nothing. That claim, begun before the atoms were ready, came back empty, the loop slept,
+    and the atoms waited for the poll (here 60 s; seen in a fault test on a loaded machine). The loop now
+    claims again when news came during its claim. The claim is slowed by wrapping `Store.claim` (it waits
+    until the plan is registered and its notification has had time to arrive before it returns), as a loaded
+    machine slows it; the claim itself is real."""
+    registered = asyncio.Event()
+    claim = store.claim
+    loop_claims = []
+
+    async def slow_first_claim(*args, **kwargs):
+        claimed = await claim(*args, **kwargs)
+        loop_claims.append(len(claimed))
+        if len(loop_claims) == 1:
+            await registered.wait()
+            await asyncio.sleep(0.3)  # the registration's notification arrives meanwhile
+        return claimed
+
+    store.claim = slow_first_claim
+    executor = _executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not loop_claims:
+                await asyncio.sleep(0.01)
+        plan_id = await _register(store, spec(atom("a")), [atom("a")])
+        await end_ramps(store)
+        registered.set()
+        async with asyncio.timeout(5):
+            while not (progress := await store.progress(plan_id)).finished:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await running
+        await executor.llm.close()
+        del store.claim
+
+    assert loop_claims[0] == 0
+    assert progress.succeeded == 1
+
+
 class _AnswersInMemory:
     """An LLM client that answers without I/O, as a prompt cache served from memory does: the whole attempt
     of the next atom then runs in a few steps of the event loop. In-process: nothing real answers this fast."""

@@ -342,10 +342,17 @@ class Executor:
                     task = self._start(atom)
                     if probing:
                         self._trial = task
-                # Fewer than asked, and no news since: nothing else is ready, and claiming again at once would be
-                # a transaction for nothing.
-                exhausted = len(claimed) < free and self._news == news
-                if not claimed or exhausted or self._busy() >= self.config.concurrency:
+                # Claim again at once only if the claim filled its room (more may be ready) or news came while it
+                # ran: a notification then found no room here (the claim had promised it) and woke nothing. Fewer
+                # than asked and no news: nothing else is ready, and another claim would be a transaction for
+                # nothing.
+                claim_again = (
+                    free > 0
+                    and not skip
+                    and not claim_failed
+                    and (len(claimed) >= free or self._news != news)
+                )
+                if not claim_again or self._busy() >= self.config.concurrency:
                     await self._idle(stop)
         finally:
             try:

@@ -80,6 +80,19 @@ async def _run_until_finished(store, plan_id, executors, timeout=30.0):
     return progress
 
 
+@contextlib.asynccontextmanager
+async def _running(executor):
+    """The executor runs inside the block; stopped, and its LLM client closed, when the block ends."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+        await executor.llm.close()
+
+
 async def test_hello_example_runs_to_completion_with_validated_code(store, fake_llm, validator):
     name, plan_spec, atoms = load_plan_input(REPO / "examples" / "hello")
     fake_llm.load_recording(REPO / "examples" / "hello" / "responses.jsonl")
@@ -198,23 +211,18 @@ async def test_a_notification_that_comes_while_the_loops_claim_runs_is_not_lost(
         return claimed
 
     store.claim = slow_first_claim
-    executor = _executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)
-    stop = asyncio.Event()
-    running = asyncio.create_task(executor.run(stop))
     try:
-        async with asyncio.timeout(5):
-            while not loop_claims:
-                await asyncio.sleep(0.01)
-        plan_id = await _register(store, spec(atom("a")), [atom("a")])
-        await end_ramps(store)
-        registered.set()
-        async with asyncio.timeout(5):
-            while not (progress := await store.progress(plan_id)).finished:
-                await asyncio.sleep(0.05)
+        async with _running(_executor(store, fake_llm, validator, concurrency=2, idle_poll_s=60.0)):
+            async with asyncio.timeout(5):
+                while not loop_claims:
+                    await asyncio.sleep(0.01)
+            plan_id = await _register(store, spec(atom("a")), [atom("a")])
+            await end_ramps(store)
+            registered.set()
+            async with asyncio.timeout(5):
+                while not (progress := await store.progress(plan_id)).finished:
+                    await asyncio.sleep(0.05)
     finally:
-        stop.set()
-        await running
-        await executor.llm.close()
         del store.claim
 
     assert loop_claims[0] == 0
@@ -372,19 +380,12 @@ async def test_an_executors_own_claim_reserves_the_call_of_new_work_on_a_plan_it
     await end_ramps(store)
     executor = _executor(store, fake_llm, validator, concurrency=1, idle_poll_s=60.0)
     ledger_reservations = _ledger_reservations_counted(executor)
-    stop = asyncio.Event()
-    running = asyncio.create_task(executor.run(stop))
-    try:
-        async with asyncio.timeout(30):
-            while (await store.progress(plan_id)).succeeded < 1:
-                await asyncio.sleep(0.05)
-            await _register(store, spec(atom("a1"), atom("a2")), [atom("a1"), atom("a2")])
-            while not (progress := await store.progress(plan_id)).finished:
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await running
-        await executor.llm.close()
+    async with _running(executor), asyncio.timeout(30):
+        while (await store.progress(plan_id)).succeeded < 1:
+            await asyncio.sleep(0.05)
+        await _register(store, spec(atom("a1"), atom("a2")), [atom("a1"), atom("a2")])
+        while not (progress := await store.progress(plan_id)).finished:
+            await asyncio.sleep(0.05)
 
     assert (progress.succeeded, progress.failed) == (2, 0)
     assert len(ledger_reservations) == 1

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from tests.support.postgres import postgres_server, with_database
+from tests.support.postgres import SCHEMA_TEMPLATE, create_schema_template, postgres_server, with_database
 from tests.support.processes import Session
 
 SESSION = Session.mark()
@@ -25,7 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
         servers = contextlib.ExitStack()
         # Each worker's tests may hold 100 connections at once (the 50-racer ledger tests hold 60).
         shared = postgres_server(max_connections=100 * config.getoption("numprocesses") + 20)
-        os.environ[_SHARED_POSTGRES_VARIABLE] = servers.enter_context(shared)
+        dsn = servers.enter_context(shared)
+        create_schema_template(dsn)
+        os.environ[_SHARED_POSTGRES_VARIABLE] = dsn
         config.stash[_SHARED_SERVERS] = servers
 
 
@@ -60,21 +62,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
-    """One real PostgreSQL server per test run (shared by parallel workers); yields the admin DSN."""
+    """One real PostgreSQL server per test run (shared by parallel workers) with the schema template; yields
+    the admin DSN."""
     if shared := os.environ.get(_SHARED_POSTGRES_VARIABLE):
         yield shared
         return
     with postgres_server() as dsn:
+        create_schema_template(dsn)
         yield dsn
 
 
 @pytest.fixture
 async def pg(pg_server: str) -> AsyncIterator[str]:
-    """DSN of a fresh, empty database for this test."""
+    """DSN of a fresh database for this test, with the product's schema (every migration applied)."""
+    async with _fresh_database(pg_server, f'TEMPLATE "{SCHEMA_TEMPLATE}"') as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def empty_pg(pg_server: str) -> AsyncIterator[str]:
+    """DSN of a fresh, empty database for this test: no migration applied."""
+    async with _fresh_database(pg_server, "") as dsn:
+        yield dsn
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(pg_server: str, options: str) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" {options}')
     finally:
         await admin.close()
     yield with_database(pg_server, name)

@@ -55,8 +55,8 @@ async def _finish(store: Store, claimed, executor="ex-1", output="code"):
     return await succeed(store, claimed, executor, output)
 
 
-async def test_migrations_apply_once_and_record_their_versions(pg):
-    connection = await asyncpg.connect(pg)
+async def test_migrations_apply_once_and_record_their_versions(empty_pg):
+    connection = await asyncpg.connect(empty_pg)
     try:
         first = await migrate(connection)
         second = await migrate(connection)

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 
 from mge.adapters.embedded import EmbeddedPostgres
+from mge.adapters.store.migrate import migrate
 
 
 @contextlib.contextmanager
@@ -30,6 +31,25 @@ def postgres_server(max_connections: int | None = None) -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# Every test's database is a copy of this one: the product's schema, migrated once per server. Copying is a
+# third of the server's CPU of migrating (0.02 s against 0.06 s per database), across ~700 tests.
+SCHEMA_TEMPLATE = "mge_schema_template"
+
+
+def create_schema_template(dsn: str) -> None:
+    """Create the template database on the server at `dsn` and migrate it; no connection stays on it."""
+
+    async def create() -> None:
+        await _configure(dsn, f'CREATE DATABASE "{SCHEMA_TEMPLATE}"')
+        connection = await asyncpg.connect(with_database(dsn, SCHEMA_TEMPLATE))
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
 
 
 async def _configure(dsn: str, statement: str) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 import helm_python as helm
 import yaml
 
+from tests.support import yaml_files
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "mge-operator"
 # The values the plain manifests are rendered with: a quick-start database so they install as they are.
@@ -31,13 +33,13 @@ def render_chart(
 ) -> list[dict[str, Any]]:
     """Parsed documents of `helm template --include-crds`, in a stable order (CRDs first, then by file)."""
     documents: list[dict[str, Any]] = [
-        yaml.safe_load(path.read_text()) for path in sorted((chart / "crds").glob("*.yaml"))
+        yaml_files.load(path) for path in sorted((chart / "crds").glob("*.yaml"))
     ]
     with helm.Chart.load(chart) as loaded:
         manifests = loaded.render(values or {}, name=release, namespace=namespace, is_install=True)
     for template in sorted(manifests):
         if template.endswith(".yaml"):
-            documents.extend(doc for doc in yaml.safe_load_all(manifests[template]) if doc)
+            documents.extend(doc for doc in yaml_files.parse_all(manifests[template]) if doc)
     return documents
 
 

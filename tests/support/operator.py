@@ -9,12 +9,12 @@ from typing import Any
 
 import kmock
 import kopf
-import yaml
 
 from mge.adapters.kube import Kube, load_client_configuration
 from mge.adapters.store.store import LazyStore
 from mge.controller.deps import ControllerDeps
 from mge.controller.runtime import run_operator, tune
+from tests.support import yaml_files
 from tests.support.kube_api import KubeAPI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ async def fake_cluster() -> AsyncIterator[KubeAPI]:
         namespaced=False,
     )
     for file in sorted((REPO / "crds").glob("*.yaml")):
-        api.declare_crd(yaml.safe_load(file.read_text()))
+        api.declare_crd(yaml_files.load(file))
     async with kmock.Server(api):
         yield api
 

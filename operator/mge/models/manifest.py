@@ -50,7 +50,7 @@ _METADATA_FIELDS: Final = [
 ]
 _MAX_REPORTED: Final = 10
 # libyaml's parser is about ten times faster than the pure-Python one on large files.
-_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ManifestError(ValueError):
@@ -251,7 +251,7 @@ def load_yaml(text: str, source: str, max_bytes: int = MAX_PLAN_FILE_BYTES) -> l
     if len(text) > max_bytes or len(text.encode()) > max_bytes:
         raise ManifestError(f"{source}: larger than {max_bytes:,} bytes; split the plan")
     try:
-        documents = list(yaml.load_all(text, Loader=_LOADER))
+        documents = list(yaml.load_all(text, Loader=YAML_LOADER))
     except RecursionError:
         raise ManifestError(f"{source}: nested too deeply") from None
     for document in documents:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from mge.acceptance.requirements import Priority, Requirement
 from mge.generation.extract import NoCodeInAnswer, extract_code
 from mge.models.base import API_GROUP
-from mge.models.manifest import describe_validation_error
+from mge.models.manifest import YAML_LOADER, describe_validation_error
 from mge.models.masterplan import MAX_INLINE_ATOMS, Atom, MasterplanSpec
 from mge.plan.dag import plan_dag
 from mge.plan.errors import PlanError
@@ -98,7 +98,7 @@ def review_proposal(
 ) -> Review:
     """Parse an answer and check it as `kubectl apply` and the planner would, plus requirement coverage."""
     try:
-        document = yaml.safe_load(extract_code(answer))
+        document = yaml.load(extract_code(answer), Loader=YAML_LOADER)
     except (NoCodeInAnswer, yaml.YAMLError) as error:
         return Review(None, (f"the answer is not one ```yaml block with `atoms:` ({_first_line(error)})",))
     entries = document.get("atoms") if isinstance(document, dict) else None

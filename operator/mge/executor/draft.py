@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -94,7 +94,11 @@ async def draft_plan(
     return DraftResult(None, problems, max_repairs + 1, spent, trace_id)
 
 
-class _ManifestDumper(yaml.SafeDumper):
+# libyaml's emitter where PyYAML has it: ten times faster on a plan of thousands of atoms.
+_SAFE_DUMPER: Final[type[yaml.SafeDumper]] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _ManifestDumper(_SAFE_DUMPER):  # type: ignore[misc,valid-type]
     """Multi-line strings (requirements, long descriptions) as `|` blocks, the way people write them."""
 
 

@@ -34,8 +34,9 @@ plan: $(INSTALLED) ## Dry run of the hello example: waves, critical path, token/
 	$(BIN)/mge plan examples/hello
 
 # Most tests wait (on Postgres, fake providers, subprocesses): twice as many workers as cores keeps both busy.
-# The slowest tests are collected first (tests/conftest.py) and handed out two at a time, so no worker is
-# left with a block of long ones at the end.
+# The slowest tests are collected first (tests/conftest.py); a worker that runs out takes tests queued for
+# another (worksteal), so no worker is left with a block of long ones at the end (load scheduling left one
+# worker alone for the last ~25 s).
 TEST_WORKERS ?= 4
 # The tests write throwaway files by the thousand (generated projects, embedded Postgres data folders, sandboxes):
 # in a RAM-backed folder they cost no block I/O (about half a minute of the suite on a 2-core VM). Used when
@@ -43,7 +44,7 @@ TEST_WORKERS ?= 4
 TEST_TMPDIR ?= $(shell d=/dev/shm; [ -d $$d ] && [ -w $$d ] && ! grep -qs " $$d [^ ]* [^ ]*noexec" /proc/mounts \
 	&& [ "$$(df -Pk $$d | awk 'NR==2 {print $$4}')" -ge 4194304 ] 2>/dev/null && echo $$d)
 test: $(INSTALLED) ## Run every test: unit, component (kmock), chart; TEST_WORKERS=0 runs them in one process
-	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 check: $(INSTALLED) ## Lint, format check, strict types, layer contract, CRD drift
 	$(BIN)/ruff check .

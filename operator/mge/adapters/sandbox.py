@@ -643,6 +643,14 @@ def _chown_tree(root: Path, uid: int) -> None:
             os.chown(os.path.join(directory, name), uid, NOBODY_GID, follow_symlinks=False)
 
 
+_PROBE: Final = (
+    "import importlib.util, os, sys\n"
+    "with open(importlib.util.find_spec('pytest').origin, 'rb') as source:\n"
+    "    source.read(1)\n"
+    "sys.exit(0 if os.access(sys.executable, os.X_OK) else 1)\n"
+)
+
+
 @functools.cache
 def _probe_isolation() -> _Isolation:
     site_packages = sysconfig.get_paths()["purelib"]
@@ -658,12 +666,9 @@ def _probe_isolation() -> _Isolation:
     candidates = [sys.executable, *(f"{d}/{version}" for d in ("/usr/local/bin", "/usr/bin"))]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site_packages}
     for python in candidates:
-        # The test may start the interpreter again (subprocess.run([sys.executable, ...])): check that too.
-        probe = [
-            python,
-            "-c",
-            "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pytest'], check=True)",
-        ]
+        # Finds and reads pytest without importing it (a fifth of the CPU: this runs once per process), and may
+        # execute the interpreter again, as a test may (subprocess.run([sys.executable, ...])).
+        probe = [python, "-c", _PROBE]
         argv = _namespaced(namespaces, probe, tempfile.gettempdir(), str(_SLOT_UID_BASE - 1))
         if not namespaces:
             argv = [

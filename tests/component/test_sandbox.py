@@ -508,3 +508,29 @@ def test_a_hidden_folder_under_tmp_that_holds_a_tool_leaves_the_namespaces_worki
         assert done.stdout.split() == ["the", "tool", "False"]
     finally:
         shutil.rmtree(checkout, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HAS_TSC, reason="TypeScript is installed by `make setup`")
+async def test_each_typescript_program_is_checked_with_its_own_options_and_named_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    """Both programs run in one process (it parses the declaration files they share once): each keeps its own
+    options and its own verdict."""
+    (tmp_path / "client" / "src").mkdir(parents=True)
+    config = tmp_path / "client" / "tsconfig.json"
+    config.write_text('{"compilerOptions": {"strict": false, "noEmit": true}, "include": ["src"]}')
+    untyped = "export const same = (value) => value;\n"  # an implicit any: an error only when strict
+    (tmp_path / "client" / "src" / "same.ts").write_text(untyped)
+    (tmp_path / "acceptance_tests").mkdir()
+    (tmp_path / "acceptance_tests" / "same.ts").write_text(untyped)  # no tsconfig: the strict default
+    sandbox = Sandbox(SandboxLimits(timeout_s=60), workers=1)
+
+    first = {c.name: c for c in await sandbox.integration_checks(tmp_path)}["typescript-types"]
+    config.write_text('{"compilerOptions": {"strict": true, "noEmit": true}, "include": ["src"]}')
+    second = {c.name: c for c in await sandbox.integration_checks(tmp_path)}["typescript-types"]
+
+    assert not first.passed
+    assert "default config: acceptance_tests/same.ts(1,22): error TS7006" in first.detail
+    assert "client" not in first.detail
+    assert "-p client/tsconfig.json: client/src/same.ts(1,22): error TS7006" in second.detail
+    assert "default config: acceptance_tests/same.ts(1,22): error TS7006" in second.detail

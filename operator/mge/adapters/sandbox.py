@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +37,7 @@ _IGNORED: Final = shutil.ignore_patterns(
 )
 _NODE_ADDRESS_SPACE_FACTOR: Final = 4
 _PYTEST_REPORT: Final = ".mge-pytest.json"
+_TS_CHECK: Final = (resources.files("mge.adapters") / "ts_check.js").read_text()
 # Starting Jest in the sandbox costs 0.5-1 s of CPU, pytest about 0.3 s: more than most acceptance tests.
 # Fuller batches are cheaper; a wave with many tests still spreads over the workers (a batch runs its tests
 # one after the other, and tests that wait on I/O gain from running side by side: hence pytest's 4).
@@ -387,8 +389,8 @@ class Sandbox:
         ]  # fmt: skip
 
     async def _typescript_check(self, project_dir: Path, typescript: list[str]) -> IntegrationCheck:
-        """tsc with the nearest tsconfig.json of each file; files under none get a strict default."""
-        tsc = str(_node_modules() / "typescript" / "bin" / "tsc")
+        """tsc with the nearest tsconfig.json of each file; files under none get a strict default. All programs
+        are checked by one process (ts_check.js), which parses the declaration files they share once."""
         # Declaration files of libraries are not the project's to fix: --skipLibCheck everywhere.
         types = ["--skipLibCheck", "--typeRoots", str(_node_modules() / "@types"), "--types", "node,jest"]
         configs = sorted(
@@ -396,33 +398,26 @@ class Sandbox:
              if path.name == "tsconfig.json"),
             key=len, reverse=True,
         )  # fmt: skip
-        commands: list[list[str]] = []
+        jobs: list[dict[str, object]] = []
         loose: list[str] = []
         for directory in configs:
             if any(_inside(file, directory) for file in typescript):
                 config = "tsconfig.json" if directory == "." else f"{directory}/tsconfig.json"
-                commands.append(["node", tsc, "--noEmit", "-p", config, *types])
+                jobs.append({"label": f"-p {config}", "args": ["--noEmit", "-p", config, *types]})
         for file in typescript:
             if not any(_inside(file, directory) for directory in configs):
                 loose.append(file)
         if loose:
             # Bare imports resolve to the modules the tests run with (Jest finds them through NODE_PATH, which
             # tsc ignores): a test importing "typescript" type-checks as it runs.
-            commands.append([
-                "node", tsc, "--noEmit", "--strict", "--target", "es2022", "--module", "esnext",
+            jobs.append({"label": "default config", "args": [
+                "--noEmit", "--strict", "--target", "es2022", "--module", "esnext",
                 "--moduleResolution", "bundler", "--baseUrl", str(_node_modules()), *types, *loose,
-            ])  # fmt: skip
-        failures = []
-        for command in commands:
-            done, status = await self._in_sandbox(
-                project_dir, command, timeout_s=max(self.limits.timeout_s, 120)
-            )
-            if status is not TestStatus.PASSED:
-                failures.append(
-                    f"{' '.join(command[3:5]) if '-p' in command else 'default config'}: {done.output}"
-                )
-        if failures:
-            return IntegrationCheck("typescript-types", False, _excerpt("\n".join(failures)))
+            ]})  # fmt: skip
+        command = ["node", "-e", _TS_CHECK, json.dumps(jobs)]
+        done, status = await self._in_sandbox(project_dir, command, timeout_s=max(self.limits.timeout_s, 120))
+        if status is not TestStatus.PASSED:
+            return IntegrationCheck("typescript-types", False, _excerpt(done.output))
         return IntegrationCheck("typescript-types", True, "tsc --noEmit reports no errors")
 
     def _jest_command(self, paths: list[str] | None, *, collect_only: bool) -> list[str]:

@@ -661,7 +661,7 @@ def _probe_isolation() -> _Isolation:
     candidates = [sys.executable, *(f"{d}/{version}" for d in ("/usr/local/bin", "/usr/bin"))]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site_packages}
     for python in candidates:
-        # Finds and reads pytest without importing it (a fifth of the CPU: this runs once per process), and may
+        # Finds and reads pytest without importing it (a third of the CPU: this runs once per process), and may
         # execute the interpreter again, as a test may (subprocess.run([sys.executable, ...])).
         probe = [python, "-c", _PROBE]
         argv = _namespaced(namespaces, probe, tempfile.gettempdir(), str(_SLOT_UID_BASE - 1))

@@ -229,6 +229,7 @@ def run(
 
     from mge.executor.local_run import LocalRun
     from mge.executor.report import print_report
+    from mge.executor.worker import tune_gc_for_bursts
 
     price_table = _load_prices(prices)
     try:
@@ -284,6 +285,7 @@ def run(
         context_documents=documents,
         embedder=_endpoint_embedder(spec.llm) if llm == "openai" and spec.context is not None else None,
     )
+    tune_gc_for_bursts()
     result = asyncio.run(_run_and_close(options, client))
     if record:
         console.print(f"Recorded the answers in {recording}: `mge run {path} --llm replay` serves them.")
@@ -683,7 +685,7 @@ def executor(log_format: LogFormatOption = None) -> None:
     from mge.adapters.store.errors import StoreUnavailable
     from mge.adapters.store.store import Store
     from mge.executor.validation import CodeValidator
-    from mge.executor.worker import Executor, ExecutorConfig
+    from mge.executor.worker import Executor, ExecutorConfig, tune_gc_for_bursts
 
     settings = _settings(log_format)
     if not settings.database_url:
@@ -754,6 +756,7 @@ def executor(log_format: LogFormatOption = None) -> None:
                 await fleet_redis.aclose()
             await store.close()
 
+    tune_gc_for_bursts()
     asyncio.run(serve())
 
 

@@ -17,7 +17,7 @@ from mge.adapters.store.store import Store
 from mge.cost.pricing import DEFAULT_PRICES
 from mge.executor.local_run import store_pool_size
 from mge.executor.validation import CodeValidator
-from mge.executor.worker import Executor, ExecutorConfig
+from mge.executor.worker import Executor, ExecutorConfig, tune_gc_for_bursts
 from mge.plan.dag import plan_dag
 from tests.bench.common import fresh_database, layered_atoms, print_table, spec_of
 from tests.support.fake_llm import fake_llm_process
@@ -251,6 +251,7 @@ async def makespan(
 
 
 async def main() -> None:
+    tune_gc_for_bursts()  # as `mge executor` and `mge run` do: this process runs the executors
     with postgres_server() as server:
         rows = []
         for executors in (1, 8, 32):

@@ -12,7 +12,7 @@ import sys
 from mge.adapters.cache import connect_redis
 from mge.adapters.store.store import Store
 from mge.concurrency.limiter import FixedLimiter, SeedRuleLimiter
-from mge.executor.worker import ExecutorConfig
+from mge.executor.worker import ExecutorConfig, tune_gc_for_bursts
 from tests.bench.bench_concurrency import bench_executor
 
 # Time-scaled as bench_concurrency's real-HTTP run (6x): a 15 s heartbeat stands for 2.5 s here, the seed's
@@ -58,4 +58,5 @@ async def serve(
 if __name__ == "__main__":
     dsn, url, policy, capacity, executors, executor_id = sys.argv[1:7]
     redis_url = sys.argv[7] if len(sys.argv) > 7 else ""
+    tune_gc_for_bursts()  # as `mge executor` does
     asyncio.run(serve(dsn, url, policy, int(capacity), int(executors), executor_id, redis_url))

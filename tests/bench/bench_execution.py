@@ -30,6 +30,8 @@ GOAL_TRANSACTIONS_PER_ATOM = 2
 # is 10 s): the count is read only after every backend has been idle that long.
 STATS_SETTLE_S = float(os.environ.get("MGE_BENCH_STATS_SETTLE_S", "11"))
 GOAL_MAKESPAN_RATIO = 1.10
+# The makespan benchmark's fleet: executors in one process, and their slots each.
+EXECUTORS, SLOTS = 8, 16
 
 
 class InstantLLM:
@@ -211,11 +213,14 @@ async def makespan(
     plan's ramp (a plan applied to a running fleet) and once with it ended, which leaves the engine alone.
     """
     async with fake_llm_process(latency_s) as url, fresh_database(server) as dsn:
-        store = await Store.connect(dsn, max_size=40)
+        # One process's executors share a pool sized as `mge run` sizes it (4 connections per core at most):
+        # with 40, as this benchmark had, a burst of writes waited for the cores inside Postgres (1.11-1.12x
+        # against 1.08x, docs/benchmarks.md).
+        store = await Store.connect(dsn, max_size=store_pool_size(EXECUTORS))
         validator = CodeValidator()
         atoms = layered_atoms(atoms_count, width=50)
         plan = plan_dag((a.id, a.depends_on) for a in atoms)
-        llms = [OpenAICompatibleLLM(url, "k") for _ in range(8)]
+        llms = [OpenAICompatibleLLM(url, "k") for _ in range(EXECUTORS)]
         stop = asyncio.Event()
         workers = [
             Executor(
@@ -223,7 +228,7 @@ async def makespan(
                 llm,
                 validator,
                 DEFAULT_PRICES,
-                ExecutorConfig(f"ex-{n}", concurrency=16),
+                ExecutorConfig(f"ex-{n}", concurrency=SLOTS),
             )
             for n, llm in enumerate(llms)
         ]
@@ -244,7 +249,7 @@ async def makespan(
                 await llm.close()
             await validator.close()
             await store.close()
-    slots = 8 * 16
+    slots = EXECUTORS * SLOTS
     # Each level must wait for the previous one; a level of n atoms on `slots` slots takes ceil(n/slots) calls.
     lower_bound = sum(-(-len(w) // slots) for w in plan.waves) * latency_s
     return cold, warm_ramped, warm, lower_bound
@@ -306,7 +311,7 @@ async def main() -> None:
             )
         print(
             "Makespan, 500 atoms in 10 levels of 50, fake LLM server in its own process, "
-            "8 executors x 16 slots in one"
+            f"{EXECUTORS} executors x {SLOTS} slots in one, a pool of {store_pool_size(EXECUTORS)} connections"
         )
         print_table(
             [

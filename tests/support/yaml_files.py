@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-# The pure-Python parser took about 30 s of the suite's CPU (a CRD is 27 KB, read by every fake cluster and
-# every chart render); libyaml's is ten times faster.
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's parser, as the product reads manifests: the pure-Python one took about 30 s of the suite's CPU (a
+# CRD is 27 KB, read by every fake cluster and every chart render).
+from mge.models.manifest import YAML_LOADER as LOADER
 
 
 def parse(text: str) -> Any:

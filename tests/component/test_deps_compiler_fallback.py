@@ -4,12 +4,14 @@ annotations) is read again with the TypeScript compiler's parser; really invalid
 Real tree-sitter, real Node.js + typescript, real tsc as the judge.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mge.adapters.deps_scan import analyze_folder
+from mge.adapters.deps_scan import analyze_folder, read_partial_again
+from mge.adapters.typescript import node_modules_path
 from mge.cli import app
 from mge.deps.graph import EdgeKind
 from mge.deps.ts_source import read_source
@@ -82,3 +84,20 @@ def test_a_really_invalid_file_is_reported_with_the_compilers_error_and_the_rest
     result = CliRunner().invoke(app, ["deps", "analyze", str(project)])
     assert "invalid src/broken.ts:" in result.output
     assert "1 invalid" in result.output or "2 invalid" in result.output
+
+
+ZOD_VARIANCE_FILES = ["v4/core/schemas.ts", "v4/classic/schemas.ts", "v4/mini/schemas.ts"]
+
+
+def test_zods_variance_annotated_files_are_read_whole_by_tree_sitter_as_the_compiler_reads_them():
+    """zod 4.6.7 (installed by `make setup`) writes `<out O, out I>`: tree-sitter's reading of those files,
+    taken whole, must match the compiler's reading field for field."""
+    root = node_modules_path() / "zod" / "src"
+    ours = [read_source(file, (root / file).read_bytes()) for file in ZOD_VARIANCE_FILES]
+    assert not any(facts.partial for facts in ours)
+    compilers, invalid = read_partial_again(root, [replace(facts, partial=True) for facts in ours])
+    assert invalid == []
+    for tree_sitters, compiler in zip(ours, compilers, strict=True):
+        assert sorted(map(repr, tree_sitters.specifiers)) == sorted(map(repr, compiler.specifiers))
+        assert tree_sitters.exports == compiler.exports
+        assert len(compiler.exports) > 50

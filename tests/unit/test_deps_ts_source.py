@@ -103,6 +103,41 @@ def test_variance_annotations_the_grammar_does_not_know_do_not_hide_exports() ->
     }
 
 
+VARIANCE = """export interface Box<in out T, out U = import("./default").D> { value: T }
+/** @ts-ignore */
+export interface Tagged<
+  out T extends string = string,
+> extends Box<T, T> {}
+export class Cell<in T> {}
+export type Read<out T> = () => T;
+export * from "./rest";
+"""
+
+
+def test_a_file_whose_only_errors_are_variance_annotations_is_a_whole_reading() -> None:
+    """tree-sitter-typescript 0.23.2 puts `out`/`in` (or the name after them) in ERROR nodes inside the type
+    parameter list; nothing else is lost, so the file need not be read again by the compiler."""
+    facts = read_source("m.ts", VARIANCE.encode())
+    assert not facts.partial
+    assert facts.exports == {"Box", "Tagged", "Cell", "Read"}
+    assert [(s.specifier, s.kind) for s in facts.specifiers] == [
+        ("./default", EdgeKind.TYPE),
+        ("./rest", EdgeKind.RE_EXPORT),
+    ]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        VARIANCE + "export const broken = (;\n",  # an error outside any type parameter list
+        "interface A<T extends> {}\n",  # a missing type inside one
+        "interface A<T, 1> {}\n",  # not a name inside one
+    ],
+)
+def test_any_other_error_leaves_the_file_partial(code: str) -> None:
+    assert read_source("m.ts", code.encode()).partial
+
+
 def test_dynamic_imports_literal_template_and_computed() -> None:
     code = """async function load(lang: string, name: string) {
   await import("./util");

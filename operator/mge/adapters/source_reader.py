@@ -34,7 +34,7 @@ import mge
 from mge.deps.ts_source import read_source
 from mge.deps.typescript import SourceFacts
 
-# Below this much source one process is at least as fast: tree-sitter parses TypeScript at 3-4 MB/s per
+# Below this much source one process is at least as fast: tree-sitter parses TypeScript at about 10 MB/s per
 # core, and the second process needs a moment to start (figures of the 2-core development machine).
 FORK_FROM_BYTES = 200_000
 SPAWN_FROM_BYTES = 1_000_000

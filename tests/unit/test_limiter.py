@@ -3,6 +3,7 @@
 import heapq
 import itertools
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
@@ -120,6 +121,70 @@ def test_after_capacity_halves_the_limit_follows_within_a_few_round_trips_and_cl
 
     assert 40 <= limiter.limit <= 44
     assert "latency flat again: back toward the limit before the cuts" in _reasons(limiter)
+
+
+def test_a_limit_held_since_slow_start_is_remembered_when_capacity_halves():
+    """Slow start ended on queueing and the limit was held there, never grown: the cuts when capacity halved
+    were taken for slow start's own overshoot, so nothing was remembered and capacity coming back was found
+    one call per measured limit (11 of 16 after 10 s)."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    provider = Provider(capacity=16)
+    provider.run(limiter, 60.0)
+    provider.capacity = 8
+    provider.run(limiter, 60.0)
+    provider.capacity = 16
+    provider.run(limiter, 10.0)
+
+    assert limiter.limit >= 16
+    assert "latency flat again: back toward the limit before the cuts" in _reasons(limiter)
+
+
+def _halved_with_blips(limiter: AdaptiveLimiter, blips: int) -> tuple[Provider, float]:
+    """Capacity 16, then 8 with `blips` moments of room (1 s at 16, every 4 s): the room a provider held at
+    its capacity shows now and then, which looks like capacity coming back until tried."""
+    provider = Provider(capacity=16)
+    provider.run(limiter, 60.0)
+    provider.capacity = 8
+    provider.run(limiter, 20.0)
+    blips_from = provider.now
+    for _ in range(blips):
+        provider.capacity = 16
+        provider.run(limiter, 1.0)
+        provider.capacity = 8
+        provider.run(limiter, 3.0)
+    return provider, blips_from
+
+
+def test_a_climb_back_cut_by_a_provider_still_slow_keeps_the_limit_to_climb_back_to():
+    """The failed climb used to end as slow start's overshoot does, forgetting the limit before the cuts: when
+    capacity really came back, growth was one call per measured limit (13 of 16 after 6 s)."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    provider, _ = _halved_with_blips(limiter, 1)
+    provider.run(limiter, 20.0)
+    climbs = _reasons(limiter).count("latency flat again: back toward the limit before the cuts")
+    assert climbs >= 1  # the blip was tried, and failed
+    assert limiter.limit <= 10
+
+    provider.capacity = 16
+    provider.run(limiter, 6.0)
+    assert limiter.limit >= 16
+
+
+def test_climbs_back_into_a_provider_that_stays_slow_wait_longer_after_each_failure():
+    """Each failed climb costs a round trip of calls past capacity; tried at every moment of room, a provider
+    that stays slower was climbed into 19 times in 120 s."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    limiter.adjustments = deque(maxlen=1000)
+    _, blips_from = _halved_with_blips(limiter, 30)
+    steps = [
+        a.at for a in limiter.adjustments if a.at > blips_from and a.reason.startswith("latency flat again")
+    ]
+    # A climb is one or more steps within a round trip.
+    starts = [at for previous, at in itertools.pairwise([float("-inf"), *steps]) if at - previous > 1.5]
+    assert 3 <= len(starts) <= 9, starts
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 4.0, gaps  # CLIMB_BACKOFF_ROUND_TRIPS round trips of about 1.1 s
+    assert max(gaps) >= 15.0, gaps  # longer after failures in a row
 
 
 def test_past_the_limit_before_the_last_cuts_growth_is_one_per_measured_limit():

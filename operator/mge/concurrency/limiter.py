@@ -69,6 +69,13 @@ FLEET_PROBE_EVERY: Final = 3
 # episode returns many failures at once.
 MIN_COOLDOWN_S: Final = 0.05
 MAX_COOLDOWN_S: Final = 2.0
+# A climb back to the limit before the cuts that is cut again (the room it saw was the noise of a provider held
+# at its lower capacity, which looks the same as room until tried) keeps that limit in memory but waits this
+# many round trips before the next try, twice as long after each failure in a row, up to CLIMB_BACKOFF_MAX
+# times: capacity that comes back is found within a few round trips, and a provider that stays slower is tried
+# only now and then.
+CLIMB_BACKOFF_ROUND_TRIPS: Final = 4
+CLIMB_BACKOFF_MAX: Final = 4
 
 
 class Outcome(StrEnum):
@@ -188,15 +195,19 @@ class AdaptiveLimiter:
     _slow_start_to: int = field(init=False, default=0)
     _verified: int = field(init=False, default=0)
     _queued: list[tuple[int, float]] = field(init=False, default_factory=list)
-    # The limit before the latest run of cuts for congestion: when the provider has room again, growth
-    # climbs back to it fast. Holding at capacity after the cuts (capacity is lower now) keeps it.
+    # The highest limit before a run of cuts for congestion: when the provider has room again, growth climbs
+    # back to it fast. Holding at capacity after the cuts (capacity is lower now) keeps it, and so does a climb
+    # back that fails (see CLIMB_BACKOFF_ROUND_TRIPS); reaching it and being judged there clears it.
     _recover_to: int = field(init=False, default=0)
+    # In a run of cuts for congestion (or for slow start's overshoot): only its first cut remembers the limit it
+    # cut. A limit judged and kept, or held at capacity, ends the run.
     _cutting: bool = field(init=False, default=False)
-    # In a fleet, climbed back to the limit before the cuts and not yet judged at it: if that limit is cut for
-    # congestion, the next climb back goes half as far (a bisection toward what the provider takes now). The
-    # room seen was often another executor's cut, and climbing all the way back and being cut again repeated
-    # every few round trips.
+    # Climbed back to the limit before the cuts and not yet judged at it. If that limit is cut for congestion,
+    # the climb failed: in a fleet the next one goes half as far (a bisection toward what the provider takes
+    # now: the room seen was often another executor's cut); alone, the next one waits (_next_climb_at).
     _unconfirmed_climb: bool = field(init=False, default=False)
+    _failed_climbs: int = field(init=False, default=0)  # in a row
+    _next_climb_at: float = field(init=False, default=float("-inf"))
     _suspect_rise: bool = field(init=False, default=False)
     _last_decrease: float = field(init=False, default=float("-inf"))
     _last_uncongested: float | None = field(init=False, default=None)
@@ -289,19 +300,34 @@ class AdaptiveLimiter:
     def _decrease(self, new: int, now: float, reason: str, *, congestion: bool = True) -> None:
         """Lower the limit; `congestion` for overload or a clear latency rise, not for holding at capacity."""
         if self.slow_start:
-            # Slow start's last step overshot: that limit was never good, nothing to climb back to.
+            if self._slow_start_to < self.maximum:  # a climb back, cut on its way
+                self._climb_failed(self._slow_start_to, now)
+            else:
+                # Slow start's last step overshot: that limit was never good, nothing to climb back to.
+                self._recover_to = 0
             self.slow_start = False
-            self._recover_to = 0
             self._cutting = True
-        elif congestion and not self._cutting:
-            # A climb back that was cut before it was judged climbs back half as far next time.
-            self._recover_to = (self.limit + new) // 2 if self._unconfirmed_climb else self.limit
+        elif not congestion:
+            self._cutting = False
+        elif not self._cutting:
+            if self._unconfirmed_climb and self.fleet > 1:
+                self._recover_to = (self.limit + new) // 2
+            elif self._unconfirmed_climb:
+                self._climb_failed(self.limit, now)
+            else:
+                self._recover_to = max(self._recover_to, self.limit)
             self._cutting = True
         self._unconfirmed_climb = False
         self._last_decrease = now
         if self._probe_until is not None:  # too high even while draining: the drained limit stays
             self._probe_until = None
         self._set(new, now, reason)
+
+    def _climb_failed(self, target: int, now: float) -> None:
+        self._recover_to = max(self._recover_to, target)
+        self._failed_climbs += 1
+        backoff = CLIMB_BACKOFF_ROUND_TRIPS * min(CLIMB_BACKOFF_MAX, 2 ** (self._failed_climbs - 1))
+        self._next_climb_at = now + backoff * self._round_trip_s
 
     def _overloaded(self, now: float) -> None:
         if now - self._last_decrease < self._round_trip_s:
@@ -361,8 +387,11 @@ class AdaptiveLimiter:
         self._minima.append((now, measured))
 
     def _grow(self, now: float, ratio: float | None) -> None:
+        if self._unconfirmed_climb:  # judged at the limit it climbed back to: that capacity is back
+            self._failed_climbs = 0
         self._cutting = self._unconfirmed_climb = False
-        if self.limit < self._recover_to and (ratio is None or ratio <= ROOM_FACTOR):
+        room = ratio is None or ratio <= ROOM_FACTOR
+        if self.limit < self._recover_to and room and now >= self._next_climb_at:
             # Capacity came back (it was there before the last cuts): slow start back up to it.
             self.slow_start, self._slow_start_to = True, self._recover_to
             self._verified, self._queued = math.floor(self._level.mean_in_flight), []
@@ -396,7 +425,7 @@ class AdaptiveLimiter:
             )
             self._set(target, now, reason)
         if self.limit >= self._slow_start_to:
-            self._unconfirmed_climb = self.fleet > 1 and self._slow_start_to < self.maximum
+            self._unconfirmed_climb = self._slow_start_to < self.maximum
             self.slow_start = False
             self._new_level(now)
 
@@ -466,6 +495,7 @@ class AdaptiveLimiter:
             reason = f"queueing began ({ratio:.2f}x): held at capacity"
             self._decrease(at_capacity, now, reason, congestion=False)
         else:
+            self._cutting = False
             self._new_level(now)  # at capacity already: hold, and judge the limit again
 
     def record(

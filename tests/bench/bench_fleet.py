@@ -151,13 +151,18 @@ def simulate(
             if status_due:
                 status_at = now
         steps += 1
+        # Calls started in one step get distinct times, in the order the provider admits them, as calls of
+        # real executors do: the fleet's estimate orders its counts by these times. As in the call gate, a
+        # call's slot is taken (its START) just before its request is sent (the latency is measured from there).
+        started_in_step = itertools.count()
         for number, limiter in enumerate(limiters):
             while in_flight[number] < limiter.limit and budgets[number].wait_s(0, now) == 0:
                 in_flight[number] += 1
                 sent = budgets[number].started(0, now)
+                at = now + 1e-6 * next(started_in_step)
                 if isinstance(limiter, SharedLimiter):
-                    limiter.started(now)
-                provider.admit(_Call(number, now, in_flight[number], 0.0, sent=sent), now)
+                    limiter.started(at)
+                provider.admit(_Call(number, at + 5e-7, in_flight[number], 0.0, sent=sent), now)
         now += STEP_S
         for call in provider.advance(now):
             limiter = limiters[call.executor]

@@ -204,7 +204,8 @@ class AdaptiveLimiter:
     _cutting: bool = field(init=False, default=False)
     # Climbed back to the limit before the cuts and not yet judged at it. If that limit is cut for congestion,
     # the climb failed: in a fleet the next one goes half as far (a bisection toward what the provider takes
-    # now: the room seen was often another executor's cut); alone, the next one waits (_next_climb_at).
+    # now: the room seen was often another executor's cut); alone, the next one waits (_next_climb_at), as
+    # does any executor's next climb after one cut on its way up.
     _unconfirmed_climb: bool = field(init=False, default=False)
     _failed_climbs: int = field(init=False, default=0)  # in a row
     _next_climb_at: float = field(init=False, default=float("-inf"))

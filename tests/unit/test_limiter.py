@@ -25,6 +25,7 @@ class Provider:
     now: float = 0.0
     rejected: int = 0
     slowest_s: float = 0.0
+    answered: list[float] = field(default_factory=list)  # latencies of the calls answered, in order
     _random: random.Random = field(default_factory=lambda: random.Random(1))
 
     def run(self, limiter: AdaptiveLimiter, seconds: float) -> None:
@@ -43,6 +44,7 @@ class Provider:
             self.rejected += rejected
             if not rejected:
                 self.slowest_s = max(self.slowest_s, latency)
+                self.answered.append(latency)
             outcome = Outcome.OVERLOADED if rejected else Outcome.OK
             limiter.record(
                 outcome,
@@ -121,6 +123,27 @@ def test_after_capacity_halves_the_limit_follows_within_a_few_round_trips_and_cl
 
     assert 40 <= limiter.limit <= 44
     assert "latency flat again: back toward the limit before the cuts" in _reasons(limiter)
+
+
+def test_when_capacity_halves_the_latency_is_judged_while_429s_still_come():
+    """Capacity 16 -> 8. Each cut for 429s (x0.9, once a round trip) was a new limit whose own calls answer a
+    round trip later, so no latency was judged while they came: 17 -> 15 -> 13 -> 11 -> 9 over 5 s, and 12% of
+    the next 30 s of answers were past 1.2x."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    limiter.adjustments = deque(maxlen=1000)
+    provider = Provider(capacity=16)
+    provider.run(limiter, 60.0)
+    halved_at, answered_before = provider.now, len(provider.answered)
+
+    provider.capacity = 8
+    provider.run(limiter, 30.0)
+
+    settled_at = next(a.at for a in limiter.adjustments if a.at > halved_at and a.new <= 10)
+    assert settled_at - halved_at < 2.0  # about a round trip and a half at the congested latency
+    assert any(reason.endswith("while overloaded") for reason in _reasons(limiter))
+    answered = provider.answered[answered_before:]
+    assert sum(latency > 1.2 * 1.05 for latency in answered) / len(answered) < 0.03
+    assert 8 <= limiter.limit <= 9
 
 
 def test_a_limit_held_since_slow_start_is_remembered_when_capacity_halves():
@@ -214,6 +237,24 @@ def test_queueing_while_the_limit_is_not_used_brings_it_to_the_measured_capacity
 
     assert limiter.limit == 9  # ceil(1.05 x 9 / 1.1)
     assert limiter.adjustments[-1].reason == "queueing began (1.10x): held at capacity"
+
+
+def test_the_capacity_is_measured_with_the_calls_in_flight_when_each_call_started():
+    """A call's latency answers to the calls in flight when it started. Counted when it ends, they are fewer
+    whenever the calls are draining (after a cut, or as work runs out): 12 calls that queued at 1.1x, each
+    ending with 6 in flight, measured a capacity of 6 and cut the limit to it."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
+    limiter.slow_start = False
+    now = 0.0
+    for _ in range(40):  # the baseline forms; 9 in flight do not use the limit enough for it to grow
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.05, tokens=5)
+
+    for _ in range(10):
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=6, now=now, latency_s=0.055, tokens=5, started_with=12)
+
+    assert limiter.limit == 12  # ceil(1.05 x 12 / 1.1)
 
 
 def test_first_overload_ends_slow_start_at_the_last_good_size_and_later_ones_cut_ten_percent():

@@ -133,11 +133,13 @@ class _Level:
     provisional: bool = True
     calls: int = 0
     ratios: list[float] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: int = 0  # summed over its calls, counted when each ended (how busy the limit was kept)
+    started: list[int] = field(default_factory=list)  # calls in flight when each started
 
-    def add(self, ratio: float | None, in_flight: int) -> None:
+    def add(self, ratio: float | None, in_flight: int, started_with: int) -> None:
         self.calls += 1
         self.in_flight += in_flight
+        self.started.append(started_with)
         if ratio is not None:
             self.ratios.append(ratio)
 
@@ -161,7 +163,8 @@ class AdaptiveLimiter:
     past capacity the latency grows with the calls in flight, so `n / r` is what it serves without queueing.
     Below 1.05 the limit grows (by slow start back to where it was before the last cuts, when the provider
     clearly has room again); from 1.05 it is brought to 1.05 x `n / r` (just past capacity: full throughput
-    at 1.05x the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9.
+    at 1.05x the latency), and above 1.2 cut to it (at most by half); a 429/5xx/timeout cuts x0.9, after which
+    the last answers judge the latency until a limit is judged again.
     The limit only grows while the executor keeps all of it in flight, so an executor short of work does
     not accumulate a limit it never tested.
     """
@@ -220,6 +223,12 @@ class AdaptiveLimiter:
     # The current level is this executor's additive step: if it queues, the step is what to take back.
     _level_is_step: bool = field(init=False, default=False)
     _probe_slot: int = field(init=False, default=-1)
+    # Cut for overload since a limit was last judged, and the last answers (calls in flight when each started,
+    # latency per token over the baseline) whatever limit they started under: see _cut_if_answers_slow.
+    _cut_for_overload: bool = field(init=False, default=False)
+    _last_answers: deque[tuple[int, float]] = field(
+        init=False, default_factory=lambda: deque(maxlen=CUT_AFTER_CALLS)
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.initial <= self.maximum:
@@ -341,6 +350,7 @@ class AdaptiveLimiter:
             self._decrease(min(self.limit - 1, previous), now, f"{reason}; slow start ends")
         else:
             self._decrease(min(self.limit - 1, int(self.limit * DECREASE_FACTOR)), now, reason)
+            self._cut_for_overload = True
 
     def _probe(self, now: float) -> bool:
         """Drain now and then to re-measure the uncongested latency; True while a probe is running."""
@@ -468,6 +478,7 @@ class AdaptiveLimiter:
         """Decide on the limit from the calls that started under it."""
         level = self._level
         ratio = level.ratio
+        self._cut_for_overload = False
         if ratio is None or ratio <= HOLD_FACTOR:
             self._suspect_rise = False
             if level.mean_in_flight >= self.limit - USED_SLACK_CALLS:
@@ -482,8 +493,10 @@ class AdaptiveLimiter:
             self._new_level(now)
             return
         self._suspect_rise = False
-        # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing.
-        at_capacity = self._share(level.mean_in_flight / ratio * HOLD_FACTOR)
+        # Past capacity: n in flight at r times the uncongested latency serve n / r without queueing (n counted
+        # when each call started: the count when it ends is lower after a cut, as the calls above it drain).
+        started_with = statistics.fmean(level.started)
+        at_capacity = self._share(started_with / ratio * HOLD_FACTOR)
         if self.fleet > 1 and self._level_is_step:
             # In a fleet the provider's queueing answers to everyone's calls, and each executor's share of
             # capacity is a call or two: rounding it keeps the step (2 x 0.93 is 1.87, so 2), and the fleet
@@ -498,6 +511,26 @@ class AdaptiveLimiter:
         else:
             self._cutting = False
             self._new_level(now)  # at capacity already: hold, and judge the limit again
+
+    def _cut_if_answers_slow(self, now: float) -> bool:
+        """After a cut for overload, the last answers judge the latency, whatever limit they started under.
+
+        Each cut for 429s (once a round trip) is a new limit, judged on its own calls a round trip later, so
+        while 429s keep coming no latency is judged: capacity 16 -> 8 took the limit 17 -> 15 -> 13 -> 11 -> 9
+        over 5 s, while the answers already said how far. The last CUT_AFTER_CALLS answers all clearly slow
+        bring the limit to the capacity they measure. While 429s come, the calls counted in flight include
+        refused ones waiting to retry, which the provider did not hold: each counts at most the limit the cuts
+        have left.
+        """
+        answers = self._last_answers
+        if len(answers) < CUT_AFTER_CALLS or min(r for _, r in answers) <= SLOW_FACTOR:
+            return False
+        self._cut_for_overload = False
+        capacity = statistics.median(min(n, self.limit) / r for n, r in answers) * HOLD_FACTOR
+        new = max(math.ceil(self.limit / 2), min(self.limit - 1, self._share(capacity)))
+        ratio = statistics.fmean(r for _, r in answers)
+        self._decrease(new, now, f"latency per token rose ({ratio:.2f}x) while overloaded")
+        return True
 
     def record(
         self,
@@ -530,17 +563,23 @@ class AdaptiveLimiter:
             self._probe_samples.append(per_token)
         if self._probe(now):
             return
+        started = in_flight if started_with is None else started_with
+        # Against the reference of the moment (the median of the first calls, then the baseline), where a limit
+        # has a fixed one: slow start steps faster than that could follow, and so do the cuts while overloaded.
+        current = self.baseline_s_per_token or self._steady
+        answer_ratio = per_token / current if per_token and current else None
         if self.slow_start:
-            # Against the reference of the moment (the median of the first calls, then the baseline): slow
-            # start steps faster than a limit's fixed reference could follow. No latency signal, no brake.
-            current = self.baseline_s_per_token or self._steady
-            answer_ratio = per_token / current if per_token and current else 1.0
-            self._slow_start_answer(now, answer_ratio, in_flight if started_with is None else started_with)
+            # No latency signal, no brake.
+            self._slow_start_answer(now, 1.0 if answer_ratio is None else answer_ratio, started)
+            return
+        if answer_ratio is not None:
+            self._last_answers.append((started, answer_ratio))
+        if self._cut_for_overload and self._cut_if_answers_slow(now):
             return
         level = self._level
         if now - latency_s < level.since + BURST_SHARE * self._round_trip_s:
             return  # started under an earlier limit, or in the burst that filled this one
-        level.add(ratio, in_flight)
+        level.add(ratio, in_flight, started)
         enough = level.calls >= max(LEVEL_MIN_CALLS, math.ceil(self.limit * LEVEL_SHARE))
         clearly_slow = level.calls >= CUT_AFTER_CALLS and (level.ratio or 0.0) > SLOW_FACTOR
         if enough or clearly_slow:

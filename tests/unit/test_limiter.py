@@ -351,6 +351,25 @@ def test_a_long_hold_drains_briefly_to_re_measure_the_baseline_then_restores():
     assert provider.rejected == 0
 
 
+def test_a_baseline_that_crept_up_through_a_halved_phase_is_measured_again():
+    """Held at 9 calls against a capacity of 8 (1.125x) for minutes, the baseline's window fills with queued
+    answers: it crept up 8% (1.02 -> 1.10 s a call), the congestion read as none, so no probe came, and when
+    capacity came back the limit held at 19 of 16 (1.19x every call). A probe runs every third wall-clock
+    minute whatever the congestion, and its answers are the baseline."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=200, initial=2)
+    provider = Provider(capacity=16)
+    provider.run(limiter, 60.0)
+    uncongested = limiter.baseline_s_per_token
+    assert uncongested is not None
+    provider.capacity = 8
+    provider.run(limiter, 200.0)
+    provider.capacity = 16
+    provider.run(limiter, 160.0)
+
+    assert limiter.baseline_s_per_token < 1.04 * uncongested
+    assert 16 <= limiter.limit <= 18
+
+
 def test_bounds_hold():
     limiter = AdaptiveLimiter(minimum=2, maximum=4, initial=2)
     Provider(capacity=1000).run(limiter, 10.0)

@@ -57,14 +57,16 @@ BASELINE_CALLS: Final = 32
 PROBE_AFTER_S: Final = BASELINE_WINDOW_S / 2
 PROBE_FACTOR: Final = 0.75
 PROBE_ROUND_TRIPS: Final = 2
-# In a fleet an executor holds a call or two, so two round trips give its slow average a sample or two: the
-# baseline could never come down again, and congestion became normal. A fleet's probe measures the baseline
-# directly, from the median of at least this many answers to calls started while draining (waiting up to
-# FLEET_PROBE_MAX_ROUND_TRIPS for them), and runs every FLEET_PROBE_EVERY-th wall-clock minute even when an
-# executor saw no congestion: with a baseline taken while the others kept the provider busy, it never would.
-FLEET_PROBE_SAMPLES: Final = 3
-FLEET_PROBE_MAX_ROUND_TRIPS: Final = 6
-FLEET_PROBE_EVERY: Final = 3
+# The probe measures the baseline directly, from the median of at least this many answers to calls started
+# while draining (waiting up to PROBE_MAX_ROUND_TRIPS for them): fed to the slow average, two round trips moved
+# it a third of the way at best (a fleet's executor, holding a call or two, a sample or two), so a baseline
+# that had crept up never came down. And it runs every PROBE_EVERY-th wall-clock minute even without
+# congestion: a baseline that crept up (held at 1.125x capacity through a halved phase: 1.07 -> 1.19 s for
+# 1.05 s calls) reads the congestion as none, and a fleet's executor whose baseline was taken while the others
+# kept the provider busy never sees any.
+PROBE_SAMPLES: Final = 3
+PROBE_MAX_ROUND_TRIPS: Final = 6
+PROBE_EVERY: Final = 3
 # Cut on overload at most once per round trip (a call's smoothed latency, within these bounds): one overload
 # episode returns many failures at once.
 MIN_COOLDOWN_S: Final = 0.05
@@ -357,26 +359,24 @@ class AdaptiveLimiter:
         if self._probe_until is not None:
             if now < self._probe_until:
                 return True
-            if self.fleet > 1:
-                waited = now - self._probe_started
-                if (
-                    len(self._probe_samples) < FLEET_PROBE_SAMPLES
-                    and waited < FLEET_PROBE_MAX_ROUND_TRIPS * self._round_trip_s
-                ):
-                    return True
-                self._take_probe(now)
+            waited = now - self._probe_started
+            if (
+                len(self._probe_samples) < PROBE_SAMPLES
+                and waited < PROBE_MAX_ROUND_TRIPS * self._round_trip_s
+            ):
+                return True
+            self._take_probe(now)
             self._probe_until = None
             self._last_uncongested = now
             self._set(self._probe_restore, now, "baseline re-measured; limit restored")
             return False
         due = self._last_uncongested is not None and now - self._last_uncongested > PROBE_AFTER_S
-        if self.fleet > 1:
-            # One executor draining alone leaves the provider as busy as the others keep it: the fleet drains
-            # together, at the first answer past a wall-clock minute, so each measures a quieter provider.
-            slot = int((now + self.wall_offset_s) // PROBE_AFTER_S)
-            due = due or (self._last_uncongested is not None and slot % FLEET_PROBE_EVERY == 0)
-            due = due and self._probe_slot not in (-1, slot)
-            self._probe_slot = slot
+        # One executor of a fleet draining alone leaves the provider as busy as the others keep it: the fleet
+        # drains together, at the first answer past a wall-clock minute, so each measures a quieter provider.
+        slot = int((now + self.wall_offset_s) // PROBE_AFTER_S)
+        due = due or (self._last_uncongested is not None and slot % PROBE_EVERY == 0)
+        due = due and self._probe_slot not in (-1, slot)
+        self._probe_slot = slot
         if due:
             self._probe_restore = self.limit
             self._probe_started, self._probe_samples = now, []
@@ -386,8 +386,8 @@ class AdaptiveLimiter:
         return False
 
     def _take_probe(self, now: float) -> None:
-        """A fleet's probe: the median of the answers to calls started while draining is a baseline sample."""
-        if len(self._probe_samples) < FLEET_PROBE_SAMPLES or self._steady is None:
+        """The median of the answers to calls started while draining is a baseline sample."""
+        if len(self._probe_samples) < PROBE_SAMPLES or self._steady is None:
             return
         measured = statistics.median(self._probe_samples)
         if measured >= self._steady:
@@ -503,8 +503,15 @@ class AdaptiveLimiter:
             # stays a call or two past capacity. The step this executor just took is what queued: undo it.
             at_capacity = min(at_capacity, self.limit - 1)
         if ratio > SLOW_FACTOR:
-            new = max(math.ceil(self.limit / 2), min(self.limit - 1, at_capacity))
-            self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")
+            # A limit measured slow is cut by a call at least, unless its calls started with more in flight than
+            # it (it was cut while they ran): they measured that many, and the limit may be right.
+            most = self.limit if started_with > self.limit else self.limit - 1
+            new = max(math.ceil(self.limit / 2), min(most, at_capacity))
+            if new < self.limit:
+                self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")
+            else:
+                self._cutting = False
+                self._new_level(now)  # at capacity already: hold, and judge the limit again
         elif at_capacity < self.limit:
             reason = f"queueing began ({ratio:.2f}x): held at capacity"
             self._decrease(at_capacity, now, reason, congestion=False)
@@ -559,7 +566,7 @@ class AdaptiveLimiter:
                 reference = self._level.reference
                 ratio = per_token / reference if reference else None
         probing = self._probe_until is not None and now - latency_s >= self._probe_started
-        if probing and per_token is not None and self.fleet > 1:  # only a fleet's probe reads them
+        if probing and per_token is not None:
             self._probe_samples.append(per_token)
         if self._probe(now):
             return

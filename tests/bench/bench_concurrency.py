@@ -13,7 +13,8 @@ p95 is too high, else +5%) and our adaptive limiter:
 The provider's latency past C is `base x in-flight / C`: throughput is flat from C up to the 429 point, so the
 best a policy can do is to keep in-flight just past C. Goodput is successful calls over C / base; p95 is the
 server-side latency over the uncongested p95; convergence is the time until the limit stays within
-[0.9, 1.25] x the new capacity (90% of each later period), in control periods.
+[0.9, 1.25] x the new capacity (90% of each later period), in control periods; the limiter's own drains to
+re-measure its baseline (two round trips or so, every third wall-clock minute) count as inside.
 """
 
 import asyncio
@@ -115,7 +116,8 @@ class Result:
     rejected: int = 0
     failed_atoms: int = 0
     latencies: list[float] = field(default_factory=list)
-    limits: list[tuple[float, int]] = field(default_factory=list)
+    # (time, limit, draining to re-measure the baseline)
+    limits: list[tuple[float, int, bool]] = field(default_factory=list)
     # Real HTTP only: what the executor measured (the limiter's input) and how busy the machine was.
     client_latencies: list[float] = field(default_factory=list)
     loop_lags_s: list[float] = field(default_factory=list)
@@ -138,17 +140,22 @@ def convergence_periods(result: Result, scenario: Scenario, phase: int) -> float
     start, target = scenario.phases[phase]
     step = scenario.period_s / 10
     grid = [start + i * step for i in range(int(scenario.phase_s / step))]
-    times = [t for t, _ in result.limits]
+    times = [t for t, _, _ in result.limits]
     low, high = CONVERGED_BAND
     inside = []
     for t in grid:
         at = bisect.bisect_right(times, t) - 1
-        inside.append(at >= 0 and low * target <= result.limits[at][1] <= high * target)
+        _, limit, probing = result.limits[at] if at >= 0 else (0.0, 0, False)
+        inside.append(at >= 0 and (probing or low * target <= limit <= high * target))
     for first in range(len(grid) - 9):
         windows = range(first, len(grid) - 9)
         if all(sum(inside[j : j + 10]) >= 9 for j in windows):
             return first * step / scenario.period_s
     return None
+
+
+def _probing(limiter: CallLimiter) -> bool:
+    return isinstance(limiter, AdaptiveLimiter) and limiter.probing
 
 
 def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
@@ -182,7 +189,7 @@ def simulate(scenario: Scenario, limiter: CallLimiter, seed: int = 1) -> Result:
             outcome, in_flight=in_flight, now=now, latency_s=latency, tokens=400, started_with=started_with
         )
         in_flight -= 1
-        result.limits.append((now, limiter.limit))
+        result.limits.append((now, limiter.limit, _probing(limiter)))
     return result
 
 
@@ -301,7 +308,7 @@ async def real_run(server: str, scenario: Scenario, limiter: CallLimiter) -> Res
         filled = samples = 0
         while (elapsed := time.perf_counter() - started) < scenario.duration_s:
             fake.config.capacity = scenario.capacity_at(elapsed)
-            result.limits.append((elapsed, min(limiter.limit, concurrency)))
+            result.limits.append((elapsed, min(limiter.limit, concurrency), _probing(limiter)))
             samples += 1
             filled += executor.gate.in_flight >= min(limiter.limit, concurrency) - 1
             await asyncio.sleep(0.05)

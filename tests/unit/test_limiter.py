@@ -450,7 +450,7 @@ def test_a_fleet_probes_in_the_same_wall_clock_minute_whatever_each_pods_monoton
         for step in range(1, 400):
             now = monotonic_at_wall_zero + step * 0.5
             limiter._probe(now)
-            if drained is None and limiter._probe_until is not None:
+            if drained is None and limiter.probing:
                 drained = now - monotonic_at_wall_zero
         starts.append(drained)
     assert (
@@ -538,11 +538,11 @@ def test_a_fleet_probe_measures_the_baseline_again_from_the_calls_started_while_
     for _ in range(int(3 * PROBE_AFTER_S / 0.6) + 1):
         now += 0.6
         limiter.record(Outcome.OK, in_flight=2, now=now, latency_s=1.2, tokens=100, started_with=2)
-        if limiter._probe_until is not None:
+        if limiter.probing:
             break
-    assert limiter._probe_until is not None, "no probe in three wall-clock minutes"
+    assert limiter.probing, "no probe in three wall-clock minutes"
     probe_started = now
-    while limiter._probe_until is not None:
+    while limiter.probing:
         now += 1.0
         limiter.record(Outcome.OK, in_flight=1, now=now, latency_s=1.0, tokens=100, started_with=1)
     assert now - probe_started <= 6 * 1.2

@@ -245,6 +245,11 @@ class AdaptiveLimiter:
         return self._minima[0][1] if self._minima else None
 
     @property
+    def probing(self) -> bool:
+        """Drained for now to re-measure the baseline (below the limit it will restore)."""
+        return self._probe_until is not None
+
+    @property
     def latency_ratio(self) -> float | None:
         """Smoothed latency per token over the baseline: 1.0 uncongested, 1.5 at half again capacity."""
         baseline = self.baseline_s_per_token

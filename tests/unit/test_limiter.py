@@ -257,6 +257,26 @@ def test_the_capacity_is_measured_with_the_calls_in_flight_when_each_call_starte
     assert limiter.limit == 12  # ceil(1.05 x 12 / 1.1)
 
 
+def test_a_limit_its_draining_calls_measured_slow_is_held_when_they_measured_it_right():
+    """Calls that started with 10 in flight, above a limit of 9 (it was cut while they ran), answered at 1.22x:
+    they measure a capacity of 9 (10 / 1.22 x 1.05, rounded up). The limit was cut to 8 anyway, a call under
+    capacity, where the provider showed room and the limit climbed back into it."""
+    limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=9)
+    limiter.slow_start = False
+    now = 0.0
+    for _ in range(40):  # the baseline forms; 7 in flight do not use the limit enough for it to grow
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=7, now=now, latency_s=0.05, tokens=5)
+    changes = len(limiter.adjustments)
+
+    for _ in range(5):
+        now += 0.1
+        limiter.record(Outcome.OK, in_flight=8, now=now, latency_s=0.061, tokens=5, started_with=10)
+
+    assert limiter.limit == 9
+    assert len(limiter.adjustments) == changes
+
+
 def test_first_overload_ends_slow_start_at_the_last_good_size_and_later_ones_cut_ten_percent():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
 

@@ -220,20 +220,33 @@ def test_past_the_limit_before_the_last_cuts_growth_is_one_per_measured_limit():
     assert all(a.new == a.old + 1 and a.reason == "additive increase" for a in limiter.adjustments)
 
 
+def _answers(
+    limiter: AdaptiveLimiter,
+    now: float,
+    count: int,
+    *,
+    in_flight: int,
+    latency_s: float,
+    started_with: int | None = None,
+) -> float:
+    """`count` answers of 5 tokens, 0.1 s apart, from `now`; the time of the last."""
+    for _ in range(count):
+        now += 0.1
+        limiter.record(
+            Outcome.OK, in_flight=in_flight, now=now, latency_s=latency_s, tokens=5, started_with=started_with
+        )
+    return now
+
+
 def test_queueing_while_the_limit_is_not_used_brings_it_to_the_measured_capacity():
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
     limiter.slow_start = False
-    now = 0.0
-    for _ in range(
-        40
-    ):  # uncongested at 9 in flight: the baseline forms, the limit is not used enough to grow
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.05, tokens=5)
+    # Uncongested at 9 in flight: the baseline forms, the limit is not used enough to grow.
+    now = _answers(limiter, 0.0, 40, in_flight=9, latency_s=0.05)
     assert limiter.limit == 20
 
-    for _ in range(10):  # 9 in flight now queue at 1.1x: the provider serves 9 / 1.1 without queueing
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.055, tokens=5)
+    # 9 in flight now queue at 1.1x: the provider serves 9 / 1.1 without queueing.
+    _answers(limiter, now, 10, in_flight=9, latency_s=0.055)
 
     assert limiter.limit == 9  # ceil(1.05 x 9 / 1.1)
     assert limiter.adjustments[-1].reason == "queueing began (1.10x): held at capacity"
@@ -245,14 +258,9 @@ def test_the_capacity_is_measured_with_the_calls_in_flight_when_each_call_starte
     ending with 6 in flight, measured a capacity of 6 and cut the limit to it."""
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=20)
     limiter.slow_start = False
-    now = 0.0
-    for _ in range(40):  # the baseline forms; 9 in flight do not use the limit enough for it to grow
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=9, now=now, latency_s=0.05, tokens=5)
+    now = _answers(limiter, 0.0, 40, in_flight=9, latency_s=0.05)  # the baseline; too few to grow the limit
 
-    for _ in range(10):
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=6, now=now, latency_s=0.055, tokens=5, started_with=12)
+    _answers(limiter, now, 10, in_flight=6, latency_s=0.055, started_with=12)
 
     assert limiter.limit == 12  # ceil(1.05 x 12 / 1.1)
 
@@ -263,15 +271,10 @@ def test_a_limit_its_draining_calls_measured_slow_is_held_when_they_measured_it_
     capacity, where the provider showed room and the limit climbed back into it."""
     limiter = AdaptiveLimiter(minimum=1, maximum=64, initial=9)
     limiter.slow_start = False
-    now = 0.0
-    for _ in range(40):  # the baseline forms; 7 in flight do not use the limit enough for it to grow
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=7, now=now, latency_s=0.05, tokens=5)
+    now = _answers(limiter, 0.0, 40, in_flight=7, latency_s=0.05)  # the baseline; too few to grow the limit
     changes = len(limiter.adjustments)
 
-    for _ in range(5):
-        now += 0.1
-        limiter.record(Outcome.OK, in_flight=8, now=now, latency_s=0.061, tokens=5, started_with=10)
+    _answers(limiter, now, 5, in_flight=8, latency_s=0.061, started_with=10)
 
     assert limiter.limit == 9
     assert len(limiter.adjustments) == changes

@@ -511,18 +511,15 @@ class AdaptiveLimiter:
             # A limit measured slow is cut by a call at least, unless its calls started with more in flight than
             # it (it was cut while they ran): they measured that many, and the limit may be right.
             most = self.limit if started_with > self.limit else self.limit - 1
-            new = max(math.ceil(self.limit / 2), min(most, at_capacity))
-            if new < self.limit:
-                self._decrease(new, now, f"latency per token rose ({ratio:.2f}x)")
-            else:
-                self._cutting = False
-                self._new_level(now)  # at capacity already: hold, and judge the limit again
-        elif at_capacity < self.limit:
-            reason = f"queueing began ({ratio:.2f}x): held at capacity"
-            self._decrease(at_capacity, now, reason, congestion=False)
-        else:
+            at_capacity = max(math.ceil(self.limit / 2), min(most, at_capacity))
+        if at_capacity >= self.limit:
             self._cutting = False
             self._new_level(now)  # at capacity already: hold, and judge the limit again
+        elif ratio > SLOW_FACTOR:
+            self._decrease(at_capacity, now, f"latency per token rose ({ratio:.2f}x)")
+        else:
+            reason = f"queueing began ({ratio:.2f}x): held at capacity"
+            self._decrease(at_capacity, now, reason, congestion=False)
 
     def _cut_if_answers_slow(self, now: float) -> bool:
         """After a cut for overload, the last answers judge the latency, whatever limit they started under.
